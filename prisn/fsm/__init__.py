@@ -1,0 +1,1 @@
+"""The replicated state machine: deployments keyed by namespace/name (pure, deterministic)."""

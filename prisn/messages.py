@@ -1,0 +1,336 @@
+"""Every message that crosses an actor or node boundary, as frozen dataclasses.
+
+Pure module: no I/O. The codec (`transport.codec`) is the only place where bytes become these
+objects; it checks each field against the annotation below, so a field may only use the types
+the codec knows: int, bool, str, bytes, None, and list/dict of those (see `FIELD_KINDS`).
+
+Envelope (one CBOR map per ZeroMQ frame 0): `v` wire version, `t` message type, then the
+message's own fields. `src`/`dst` are node ids on peer messages and actor names inside a node.
+
+Log entries travel as `Entry` tuples ``[index, term, kind, data]`` (see `EntryKind`); `data` is
+opaque bytes to Raft and decoded only by the state machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from enum import IntEnum
+from typing import Any, ClassVar
+
+WIRE_VERSION = 1
+
+# [index, term, kind, data]
+Entry = list
+
+
+class EntryKind(IntEnum):
+    """What an entry's `data` holds."""
+
+    COMMAND = 0  # CBOR {"o": origin node, "r": rid, "c": command map}
+    NOOP = 1  # empty; opens every leader term
+    CONFIG = 2  # CBOR Membership.to_wire()
+
+
+class Role(IntEnum):
+    """Raft role; the values are the seed's `raft_state` metric values (learner reports 0)."""
+
+    FOLLOWER = 0
+    CANDIDATE = 1
+    LEADER = 2
+
+
+REGISTRY: dict[str, type[Msg]] = {}
+
+
+def message(type_name: str):
+    """Class decorator: a frozen, slotted, keyword-only dataclass registered under `type_name`."""
+
+    def wrap(cls):
+        cls.T = type_name
+        dc = dataclass(frozen=True, slots=True, kw_only=True)(cls)
+        if type_name in REGISTRY:
+            raise ValueError(f"duplicate message type {type_name}")
+        REGISTRY[type_name] = dc
+        return dc
+
+    return wrap
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Msg:
+    """Base of every message. `src`/`dst`: node ids on peer messages, actor names locally."""
+
+    T: ClassVar[str] = ""
+    src: str = ""
+    dst: str = ""
+
+
+# --------------------------------------------------------------------------- system
+@message("sys.tick")
+class Tick(Msg):
+    """Timer -> raft, every tick interval. The raft core counts ticks; it never reads a clock."""
+
+
+@message("sys.stop")
+class Stop(Msg):
+    """Supervisor -> any actor: finish the current batch and leave the loop."""
+
+    reason: str = ""
+
+
+# --------------------------------------------------------------------------- api <-> raft
+@message("api.propose")
+class Propose(Msg):
+    """API -> local raft. `data` is the encoded command entry payload (see EntryKind.COMMAND)."""
+
+    rid: int
+    data: bytes
+
+
+@message("api.read_index")
+class ReadIndex(Msg):
+    """API -> local raft: ask for a linearizable read index (ReadIndex, Raft thesis 6.4)."""
+
+    rid: int
+
+
+@message("api.transfer")
+class TransferLeadership(Msg):
+    """API -> local raft: make `target` the leader (empty target: the local node asks for it)."""
+
+    rid: int
+    target: str = ""
+
+
+@message("api.remove_node")
+class RemoveNode(Msg):
+    """API -> local raft: remove `node_id` from the configuration (forwarded to the leader)."""
+
+    rid: int
+    node_id: str
+
+
+@message("api.add_node")
+class AddNode(Msg):
+    """API/raft -> leader raft: add `node_id` at `addr` as a learner (promoted once caught up)."""
+
+    rid: int
+    node_id: str
+    addr: str
+
+
+@message("raft.reply")
+class Reply(Msg):
+    """Raft -> API: the outcome of a request that is not a committed command.
+
+    `ok` False carries `code` (an HTTP status the API should use) and `reason`. For ReadIndex,
+    `index` is the read index the API must wait to have applied before reading.
+    """
+
+    rid: int
+    ok: bool
+    code: int = 200
+    reason: str = ""
+    index: int = 0
+
+
+# --------------------------------------------------------------------------- raft <-> logstore
+@message("store.append")
+class StoreAppend(Msg):
+    """Raft -> logstore: persist in one synced batch, then answer `StoreSynced(seq)`.
+
+    Order inside the batch: delete entries with index >= `truncate_from` (if not 0), put
+    `entries`, put the hard state (`term`, `vote`, `commit`). An empty `entries` with a changed
+    hard state is a valid request (a vote). The logstore may merge several requests into one
+    write (group commit) and answer each seq, or only the highest (answers are cumulative).
+    """
+
+    seq: int
+    term: int
+    vote: str
+    commit: int
+    entries: list = field(default_factory=list)
+    truncate_from: int = 0
+
+
+@message("store.synced")
+class StoreSynced(Msg):
+    """Logstore -> raft: every StoreAppend with seq <= `seq` is durably on disk."""
+
+    seq: int
+
+
+@message("store.failed")
+class StoreFailed(Msg):
+    """Logstore -> raft: the write of requests up to `seq` failed (disk full, I/O error)."""
+
+    seq: int
+    reason: str
+
+
+# --------------------------------------------------------------------------- raft <-> fsm
+@message("fsm.apply")
+class Apply(Msg):
+    """Raft -> state machine: apply these committed entries, in order, exactly once each."""
+
+    entries: list
+
+
+@message("fsm.applied")
+class Applied(Msg):
+    """State machine -> API: applied through `index`; `results` for commands this node proposed.
+
+    Each result is ``[rid, status, body]`` with `status` an HTTP code and `body` the JSON-able
+    answer.
+    """
+
+    index: int
+    results: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- raft <-> raft (peers)
+@message("raft.vote")
+class VoteRequest(Msg):
+    """Candidate -> peer. `pre` marks a pre-vote (term not yet incremented); `transfer` marks a
+    campaign started by TimeoutNow, which peers grant even while they hear from a leader."""
+
+    cluster: str
+    term: int
+    last_index: int
+    last_term: int
+    pre: bool = False
+    transfer: bool = False
+
+
+@message("raft.vote_resp")
+class VoteResponse(Msg):
+    cluster: str
+    term: int
+    granted: bool
+    pre: bool = False
+
+
+@message("raft.append")
+class AppendEntries(Msg):
+    """Leader -> follower. Empty `entries` is a heartbeat. `seq` is echoed in the response and
+    confirms leadership for ReadIndex rounds."""
+
+    cluster: str
+    term: int
+    prev_index: int
+    prev_term: int
+    entries: list
+    commit: int
+    seq: int = 0
+
+
+@message("raft.append_resp")
+class AppendResponse(Msg):
+    """Follower -> leader. On success `index` is the follower's match index; on reject it is
+    the hint where the leader should retry (`hint_term` the follower's term at that index)."""
+
+    cluster: str
+    term: int
+    success: bool
+    index: int
+    hint_term: int = 0
+    seq: int = 0
+
+
+@message("raft.timeout_now")
+class TimeoutNow(Msg):
+    """Leader -> transfer target: start an election now (leadership transfer)."""
+
+    cluster: str
+    term: int
+
+
+@message("raft.forward")
+class ForwardPropose(Msg):
+    """Follower -> leader: append `data` as a command on behalf of `src` (answer via fsm)."""
+
+    cluster: str
+    term: int
+    rid: int
+    data: bytes
+
+
+@message("raft.forward_read")
+class ForwardReadIndex(Msg):
+    """Follower -> leader: ask for a read index for request `rid` of node `src`."""
+
+    cluster: str
+    term: int
+    rid: int
+
+
+@message("raft.forward_req")
+class ForwardRequest(Msg):
+    """Follower -> leader: a membership or transfer request (`op` "remove", "transfer", "add")."""
+
+    cluster: str
+    term: int
+    rid: int
+    op: str
+    node_id: str = ""
+    addr: str = ""
+
+
+@message("raft.forward_resp")
+class ForwardResponse(Msg):
+    """Leader -> follower: outcome of a forwarded proposal/read/request (`index` for reads)."""
+
+    cluster: str
+    term: int
+    rid: int
+    ok: bool
+    code: int = 200
+    reason: str = ""
+    index: int = 0
+
+
+@message("raft.join")
+class JoinRequest(Msg):
+    """New node -> any listed peer address: please add me. `cluster` is empty for a new node."""
+
+    cluster: str
+    term: int
+    node_id: str
+    addr: str
+
+
+@message("raft.join_resp")
+class JoinResponse(Msg):
+    """Peer -> joining node: `ok` (added as learner), or redirect to `leader`/`leader_addr`."""
+
+    cluster: str
+    term: int
+    ok: bool
+    leader: str = ""
+    leader_addr: str = ""
+    reason: str = ""
+
+
+PEER_TYPES = frozenset(
+    t for t, c in REGISTRY.items() if any(f.name == "cluster" for f in fields(c))
+)
+
+
+def fields_of(cls: type[Msg]) -> tuple[str, ...]:
+    """Names of the wire fields of `cls`, in declaration order (cached on the class)."""
+    cached = _FIELDS.get(cls)
+    if cached is None:
+        cached = tuple(f.name for f in fields(cls))
+        _FIELDS[cls] = cached
+    return cached
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def to_map(msg: Msg) -> dict[str, Any]:
+    """The envelope map of `msg` (not yet CBOR)."""
+    d: dict[str, Any] = {"v": WIRE_VERSION, "t": msg.T}
+    for name in fields_of(type(msg)):
+        d[name] = getattr(msg, name)
+    return d

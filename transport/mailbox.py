@@ -1,0 +1,113 @@
+"""ZeroMQ mailboxes: the inbox an actor polls, the outbox it sends with, and peer sockets.
+
+Invariants:
+- One socket, one thread: every socket here is created and used by the thread that owns it
+  (an `Outbox` must be created inside its actor's thread, see `actors.base.Actor.run`).
+- Local queues are bounded by the high-water mark; a full local queue blocks the sender for
+  at most `send_timeout_ms`, then raises `MailboxFull` (the actor fails, the node stops): a
+  local message is never silently lost. Peer sends never block: a full queue drops and counts.
+- LINGER is 0 everywhere: stopping never waits on unsent messages.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from prisn.messages import Msg
+from transport.codec import encode
+
+LOCAL_HWM = 100_000
+PEER_HWM = 1_000
+PEER_MAX_MSG_BYTES = 64 << 20  # libzmq disconnects a peer that sends a larger frame
+
+
+class MailboxFull(RuntimeError):
+    """A local actor's inbox stayed full past the send timeout."""
+
+
+def inproc_address(node_id: str, actor: str) -> str:
+    return f"inproc://{node_id}/{actor}"
+
+
+def bind_inbox(ctx: zmq.Context, node_id: str, actor: str) -> zmq.Socket:
+    """The PULL socket an actor polls for local messages."""
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, LOCAL_HWM)
+    sock.bind(inproc_address(node_id, actor))
+    return sock
+
+
+class Outbox:
+    """Lazily connected PUSH sockets, one per local destination actor (owner thread only)."""
+
+    def __init__(self, ctx: zmq.Context, node_id: str, send_timeout_ms: int = 10_000) -> None:
+        self.ctx = ctx
+        self.node_id = node_id
+        self.send_timeout_ms = send_timeout_ms
+        self._socks: dict[str, zmq.Socket] = {}
+
+    def _sock(self, to: str) -> zmq.Socket:
+        s = self._socks.get(to)
+        if s is None:
+            s = self.ctx.socket(zmq.PUSH)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, LOCAL_HWM)
+            s.setsockopt(zmq.SNDTIMEO, self.send_timeout_ms)
+            s.connect(inproc_address(self.node_id, to))
+            self._socks[to] = s
+        return s
+
+    def send(self, to: str, msg: Msg) -> None:
+        self.send_bytes(to, encode(msg))
+
+    def send_bytes(self, to: str, data: bytes) -> None:
+        try:
+            self._sock(to).send(data, copy=len(data) > 65536)
+        except zmq.Again:
+            raise MailboxFull(f"local mailbox {to!r} full for {self.send_timeout_ms} ms") from None
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close(0)
+        self._socks.clear()
+
+
+def tcp_endpoint(addr: str, *, bind: bool) -> str:
+    """`host:port` (host may be empty) -> a ZeroMQ tcp endpoint; empty host binds all."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address {addr!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        host = "0.0.0.0" if bind else "127.0.0.1"
+    if ":" in host:
+        return f"tcp://[{host}]:{port}"
+    return f"tcp://{host}:{port}"
+
+
+def bind_peer_inbox(ctx: zmq.Context, addr: str) -> zmq.Socket:
+    """The PULL socket on --raft-addr that every peer's replicator pushes to."""
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 10_000)
+    sock.setsockopt(zmq.MAXMSGSIZE, PEER_MAX_MSG_BYTES)
+    if ":" in addr.rpartition(":")[0]:
+        sock.setsockopt(zmq.IPV6, 1)
+    sock.bind(tcp_endpoint(addr, bind=True))
+    return sock
+
+
+def connect_peer(ctx: zmq.Context, addr: str) -> zmq.Socket:
+    """A PUSH socket to a peer's raft address: queues only on a live connection (IMMEDIATE),
+    never blocks the sender, reconnects with backoff up to 1 s."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.SNDHWM, PEER_HWM)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.connect(tcp_endpoint(addr, bind=False))
+    return sock

@@ -1,0 +1,276 @@
+"""The real `NodeClient`: the API's bridge to the raft and state-machine actors over ZeroMQ.
+
+Everything here runs on the API IOLoop thread, which owns both sockets: a PUSH to the raft
+actor and the API's own inbox (PULL at `inproc://<node>/api`) that the raft actor (`Reply`)
+and the state machine (`Applied`) write to. Requests are correlated by `rid`; every wait has a
+deadline. Invariants:
+- A write resolves only when THIS node's state machine applied the entry carrying our rid, so
+  the answer is committed, durable on a quorum and visible to a following local read.
+- Waiters are bounded (`max_inflight`); beyond that a request fails 503 at once.
+- A timed-out write may still commit later (its idempotency key makes a retry harmless); the
+  503 message says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from actors.api.errors import Conflict, NotFound, Unavailable
+from actors.api.node import NodeInfo, NodeStatus
+from prisn.fsm.commands import encode_entry
+from prisn.fsm.deployments import DeploymentStore, Result
+from prisn.messages import (
+    Applied,
+    Msg,
+    Propose,
+    ReadIndex,
+    RemoveNode,
+    Reply,
+    Role,
+    TransferLeadership,
+)
+from transport.codec import Decoder, encode
+from transport.mailbox import bind_inbox
+
+log = logging.getLogger("prisn.api")
+
+TIMEOUT_MESSAGE = ("no quorum available: the write was not confirmed within {t:g}s "
+                   "(it may still commit; retry with the same Idempotency-Key)")
+
+
+class RaftNodeClient:
+    """NodeClient over the node's actors; construct and use on the API IOLoop thread only."""
+
+    def __init__(self, ctx: zmq.Context, node_id: str, store: DeploymentStore, *,
+                 raft_status: Callable[[], Any], raft_stats: Callable[[], Any],
+                 boot_commit: int, started_at: float, max_inflight: int = 10_000,
+                 metrics: Any = None, tick_seconds: float = 0.01) -> None:
+        self.node_id = node_id
+        self.store = store
+        self._ctx = ctx
+        self._raft_status = raft_status
+        self._raft_stats = raft_stats
+        self._boot_commit = boot_commit
+        self._started_at = started_at
+        self._max_inflight = max_inflight
+        self._rids = itertools.count(1)
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._applied_waiters: list[tuple[int, int, asyncio.Future]] = []  # heap by index
+        self._wseq = itertools.count()
+        self._decoder = Decoder("api")
+        self._inbox: zmq.Socket | None = None
+        self._to_raft: zmq.Socket | None = None
+        self._reader: asyncio.Task | None = None
+        self.applied_index = store.applied_index
+        self._ready_latched = False
+        self._metrics = metrics
+        self._tick_seconds = tick_seconds
+
+    # ------------------------------------------------------------------ lifecycle (IOLoop)
+    def open(self) -> None:
+        """Create the sockets and start the inbox reader (on the IOLoop thread)."""
+        self._inbox = bind_inbox(self._ctx, self.node_id, "api")
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.setsockopt(zmq.SNDHWM, 100_000)
+        push.connect(f"inproc://{self.node_id}/raft")
+        self._to_raft = push
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._inbox.getsockopt(zmq.FD), self._on_readable)
+        self._on_readable()  # the FD is edge-triggered: drain whatever is already there
+
+    def close(self) -> None:
+        if self._inbox is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._inbox.getsockopt(zmq.FD))
+            except Exception:  # noqa: BLE001 - loop may already be closing
+                pass
+            self._inbox.close(0)
+            self._inbox = None
+        if self._to_raft is not None:
+            self._to_raft.close(0)
+            self._to_raft = None
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(Unavailable("node is shutting down"))
+        self._waiters.clear()
+
+    # ------------------------------------------------------------------ inbox
+    def _on_readable(self) -> None:
+        sock = self._inbox
+        if sock is None:
+            return
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            for _ in range(4096):
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                msg = self._decoder.try_decode(frame)
+                if msg is not None:
+                    self._handle(msg)
+
+    def _handle(self, msg: Msg) -> None:
+        if isinstance(msg, Applied):
+            for rid, status, body in msg.results:
+                fut = self._waiters.pop(rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((status, body))
+            if msg.index > self.applied_index:
+                self.applied_index = msg.index
+            heap = self._applied_waiters
+            while heap and heap[0][0] <= self.applied_index:
+                _, _, fut = heapq.heappop(heap)
+                if not fut.done():
+                    fut.set_result(None)
+        elif isinstance(msg, Reply):
+            fut = self._waiters.pop(msg.rid, None)
+            if fut is None or fut.done():
+                return
+            if msg.ok:
+                fut.set_result(msg.index)
+            else:
+                fut.set_exception(_error_for(msg.code, msg.reason))
+
+    # ------------------------------------------------------------------ requests
+    def _request(self, make: Callable[[int], Msg]) -> tuple[int, asyncio.Future]:
+        if len(self._waiters) >= self._max_inflight:
+            raise Unavailable(f"too many requests in flight on this node ({self._max_inflight})")
+        rid = next(self._rids)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        try:
+            assert self._to_raft is not None
+            self._to_raft.send(encode(make(rid)), zmq.NOBLOCK)
+        except zmq.Again:
+            self._waiters.pop(rid, None)
+            raise Unavailable("the raft actor's queue is full; retry") from None
+        return rid, fut
+
+    async def _await(self, rid: int, fut: asyncio.Future, timeout: float, message: str) -> Any:
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._waiters.pop(rid, None)
+            raise Unavailable(message) from None
+
+    def current_leader(self) -> str | None:
+        return self._raft_status().leader_id or None
+
+    async def propose(self, command: dict[str, Any], timeout: float) -> Result:
+        node = self.node_id
+
+        def make(rid: int) -> Msg:
+            return Propose(src="api", dst="raft", rid=rid, data=encode_entry(node, rid, command))
+
+        rid, fut = self._request(make)
+        try:
+            result = await self._await(rid, fut, timeout, TIMEOUT_MESSAGE.format(t=timeout))
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.proposals_failed()
+            raise
+        if self._metrics is not None:
+            self._metrics.proposals_committed()
+        return result
+
+    async def read_barrier(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        rid, fut = self._request(lambda rid: ReadIndex(src="api", dst="raft", rid=rid))
+        msg = f"could not confirm leadership for a strong read within {timeout:g}s (no quorum?)"
+        index = await self._await(rid, fut, timeout, msg)
+        if self.applied_index >= index:
+            return
+        wait = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._applied_waiters, (index, next(self._wseq), wait))
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(wait, remaining)
+        except TimeoutError:
+            raise Unavailable(f"this node did not apply index {index} within {timeout:g}s") from None
+
+    async def transfer(self, target: str) -> None:
+        rid, fut = self._request(
+            lambda rid: TransferLeadership(src="api", dst="raft", rid=rid, target=target))
+        await self._await(rid, fut, 5.0, "leadership transfer was not accepted within 5s")
+
+    async def remove_node(self, node_id: str, timeout: float) -> None:
+        rid, fut = self._request(
+            lambda rid: RemoveNode(src="api", dst="raft", rid=rid, node_id=node_id))
+        await self._await(rid, fut, timeout,
+                          f"removal of {node_id} was not committed within {timeout:g}s")
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> NodeStatus:
+        return build_status(self.node_id, self._raft_status(), self._raft_stats(),
+                            applied=self.store.applied_index, ready=self._ready(),
+                            uptime=time.monotonic() - self._started_at,
+                            tick_seconds=self._tick_seconds)
+
+    def _ready(self) -> bool:
+        """Latched true once a leader is known and we applied what was committed at start."""
+        if not self._ready_latched:
+            st = self._raft_status()
+            if st.leader_id and self.store.applied_index >= self._boot_commit:
+                self._ready_latched = True
+        return self._ready_latched and bool(self._raft_status().leader_id)
+
+
+def _error_for(code: int, reason: str) -> Exception:
+    if code == 404:
+        return NotFound(reason)
+    if code == 409:
+        return Conflict(reason)
+    if code == 507:
+        return Unavailable(reason, status=507)
+    return Unavailable(reason or "no quorum available")
+
+
+def state_name(st: Any) -> str:
+    if getattr(st, "is_learner", False):
+        return "learner"
+    return {Role.LEADER: "leader", Role.CANDIDATE: "candidate"}.get(st.role, "follower")
+
+
+def build_status(node_id: str, st: Any, stats: Any, *, applied: int, ready: bool,
+                 uptime: float, tick_seconds: float = 0.01) -> NodeStatus:
+    """Core status + shell stats -> the API's NodeStatus (runs on the API thread)."""
+    me = state_name(st)
+    leader = st.leader_id or None
+    nodes: list[NodeInfo] = []
+    membership = st.membership
+    voters = membership.voters if membership else {}
+    learners = membership.learners if membership else {}
+    progress = st.progress or {}
+    for nid, addr in list(voters.items()) + list(learners.items()):
+        if nid == node_id:
+            nodes.append(NodeInfo(id=nid, address=addr, state=me))
+            continue
+        p = progress.get(nid)
+        if me == "leader" and p is not None:
+            contact = p.last_contact_ticks * tick_seconds
+            reachable = p.recent_active
+            state = ("learner" if nid in learners else "follower") if reachable else "unreachable"
+            lag_s = stats.lag_seconds.get(nid)
+            sent_dropped = stats.replicators.get(nid)
+            nodes.append(NodeInfo(id=nid, address=addr, state=state,
+                                  last_contact_seconds=round(contact, 3),
+                                  lag_entries=max(0, st.last_index - p.match),
+                                  lag_seconds=None if lag_s is None else round(lag_s, 3),
+                                  inflight_messages=p.inflight if sent_dropped is not None
+                                  else None))
+        else:
+            state = "leader" if nid == leader else ("learner" if nid in learners else "follower")
+            nodes.append(NodeInfo(id=nid, address=addr, state=state))
+    return NodeStatus(node_id=node_id, state=me, term=st.term, leader_id=leader,
+                      commit_index=st.commit_index, applied_index=applied,
+                      cluster_id=st.cluster_id or "", healthy=bool(leader) and st.quorum_ok,
+                      nodes=nodes, ready=ready, uptime_seconds=round(uptime, 3))

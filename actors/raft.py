@@ -1,0 +1,200 @@
+"""The raft actor: the thin shell around the pure `RaftCore`.
+
+Runs on its own thread. Owns the core (term, vote, role, commit index), the peer inbox (a PULL
+socket on `--raft-addr`) and the replicator actors, which it starts and stops as the
+membership changes. Each poll batch (local and peer messages together) goes to the core in one
+`step()`, and everything the core returns is sent in one go, so a burst of proposals becomes
+one log write and one AppendEntries per peer.
+
+Invariants:
+- Only messages of peer types are accepted from the peer socket; anything else, and any frame
+  the codec refuses, is dropped and counted, never raised.
+- `status` is an immutable snapshot replaced (never mutated) after every step; other threads
+  read it without a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import zmq
+
+from actors.base import Actor
+from actors.replicator import ReplicatorActor, replicator_name
+from prisn.messages import PEER_TYPES, Msg, Role, StoreAppend
+from prisn.raft.core import RaftCore
+from transport.codec import encode
+from transport.mailbox import bind_peer_inbox
+
+log = logging.getLogger("prisn.raft")
+
+LOCAL_DESTS = frozenset({"logstore", "fsm", "api"})
+MAX_ADDR_REPLICATORS = 16
+
+
+@dataclass(frozen=True)
+class ShellStats:
+    """Counters and timings the shell keeps beside the core's status (published together)."""
+
+    leader_changes: int = 0
+    peer_dropped: int = 0
+    unroutable: int = 0
+    lag_seconds: dict = field(default_factory=dict)  # peer -> seconds behind (leader only)
+    replicators: dict = field(default_factory=dict)  # peer -> (sent, dropped)
+
+
+class RaftActor(Actor):
+    """Shell: decode, step the core, route outputs, publish status."""
+
+    def __init__(self, ctx: zmq.Context, node_id: str, core: RaftCore, *,
+                 listen_addr: str | None, on_leader_change=None, **kw) -> None:
+        super().__init__("raft", ctx, node_id, **kw)
+        self._on_leader_change = on_leader_change
+        self.core = core
+        self.listen_addr = listen_addr
+        self.status = core.status()
+        self.stats = ShellStats()
+        self._batch: list[Msg] = []
+        self._replicators: dict[str, ReplicatorActor] = {}
+        self._addr_repls: deque[str] = deque()
+        self._appended: deque[tuple[int, float]] = deque(maxlen=100_000)
+        self._leader_changes = 0
+        self._last_leader = self.status.leader_id
+        self._peer_dropped = 0
+        self._unroutable = 0
+        self._last_stats = 0.0
+        self._kw = kw
+
+    # ------------------------------------------------------------------ hooks
+    def on_start(self) -> None:
+        if self.listen_addr:
+            self.add_socket(bind_peer_inbox(self.ctx, self.listen_addr), self._peer_frames)
+            log.info("raft listening on %s", self.listen_addr)
+        self._dispatch(self.core.startup())
+        self._publish()
+
+    def on_messages(self, msgs: list[Msg]) -> None:
+        self._batch.extend(msgs)
+
+    def _peer_frames(self, frames: list[bytes]) -> None:
+        for m in self.decode_all(frames):
+            if m.T in PEER_TYPES:
+                self._batch.append(m)
+            else:
+                self._peer_dropped += 1
+                log.warning("dropped %s from the peer socket: not a peer message", m.T)
+
+    def on_batch_end(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        self._dispatch(self.core.step(batch))
+        self._publish()
+
+    def on_stop(self) -> None:
+        for r in self._replicators.values():
+            r.stop()
+        for r in self._replicators.values():
+            r.join(timeout=2)
+        self._replicators.clear()
+
+    # ------------------------------------------------------------------ routing
+    def _dispatch(self, out: list[Msg]) -> None:
+        if not out:
+            return
+        send_bytes = self.outbox.send_bytes  # type: ignore[union-attr]
+        leader = self.status.role == Role.LEADER
+        for m in out:
+            dst = m.dst
+            if dst in LOCAL_DESTS:
+                if leader and isinstance(m, StoreAppend) and m.entries:
+                    self._appended.append((m.entries[-1][0], time.monotonic()))
+                send_bytes(dst, encode(m))
+                continue
+            repl = self._replicator_for(dst)
+            if repl is None:
+                self._unroutable += 1
+                continue
+            send_bytes(repl, encode(m))
+
+    def _replicator_for(self, dst: str) -> str | None:
+        if dst in self._replicators:
+            return replicator_name(dst)
+        if dst.startswith("@"):
+            addr = dst[1:]
+            while len(self._addr_repls) >= MAX_ADDR_REPLICATORS:
+                self._stop_replicator(self._addr_repls.popleft())
+            self._addr_repls.append(dst)
+        else:
+            addr = self.core.address_of(dst)
+            if not addr:
+                return None
+        self._start_replicator(dst, addr)
+        return replicator_name(dst)
+
+    def _start_replicator(self, peer: str, addr: str) -> None:
+        r = ReplicatorActor(self.ctx, self.node_id, peer, addr, **self._kw)
+        r.start()
+        r.started.wait(5)
+        self._replicators[peer] = r
+        log.info("replicator for %s at %s started", peer, addr)
+
+    def _stop_replicator(self, peer: str) -> None:
+        r = self._replicators.pop(peer, None)
+        if r is not None:
+            r.stop()
+            r.join(timeout=2)
+
+    def _sync_replicators(self) -> None:
+        """Stop replicators of nodes that left the membership or moved to a new address."""
+        for peer in list(self._replicators):
+            if peer.startswith("@"):
+                continue
+            addr = self.core.address_of(peer)
+            if addr != self._replicators[peer].addr:
+                self._stop_replicator(peer)
+
+    # ------------------------------------------------------------------ status
+    def _publish(self) -> None:
+        st = self.core.status()
+        if st.leader_id != self._last_leader:
+            if st.leader_id:
+                self._leader_changes += 1
+                if self._on_leader_change is not None:
+                    self._on_leader_change()
+            self._last_leader = st.leader_id
+        if st.membership is not self.status.membership:
+            self._sync_replicators()
+        self.status = st
+        now = time.monotonic()
+        if now - self._last_stats >= 0.1:
+            self._last_stats = now
+            self.stats = ShellStats(
+                leader_changes=self._leader_changes,
+                peer_dropped=self._peer_dropped + self.decoder.dropped,
+                unroutable=self._unroutable,
+                lag_seconds=self._lags(st, now),
+                replicators={p: (r.sent, r.dropped) for p, r in self._replicators.items()},
+            )
+
+    def _lags(self, st, now: float) -> dict:
+        """Seconds since the oldest entry a peer is missing was appended (leader only)."""
+        if st.role != Role.LEADER or not st.progress:
+            self._appended.clear()
+            return {}
+        lags = {}
+        appended = self._appended
+        floor = min(p.match for p in st.progress.values())
+        while appended and appended[0][0] <= floor:
+            appended.popleft()
+        for peer, p in st.progress.items():
+            lag = 0.0
+            for idx, t in appended:
+                if idx > p.match:
+                    lag = now - t
+                    break
+            lags[peer] = lag
+        return lags

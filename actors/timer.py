@@ -1,0 +1,40 @@
+"""The timer actor: owns the wall clock, decides nothing, sends `sys.tick` to raft every tick.
+
+Runs on its own thread. Ticks follow a monotonic schedule (no drift); after a stall (the
+process was paused) it sends one tick and re-anchors rather than a burst, so a paused node
+wakes with at most one elapsed tick per poll and cannot skip past its peers' timeouts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from actors.base import Actor
+from prisn.messages import Tick
+from transport.codec import encode
+
+
+class TimerActor(Actor):
+    def __init__(self, ctx: zmq.Context, node_id: str, interval: float, **kw) -> None:
+        super().__init__("timer", ctx, node_id, **kw)
+        self.interval = interval
+        self.ticks = 0
+
+    def _loop(self) -> None:
+        assert self.outbox is not None
+        frame = encode(Tick(src="timer", dst="raft"))
+        next_at = time.monotonic() + self.interval
+        while not self.stopping:
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                self._poller.poll(max(1, int(delay * 1000)))  # inbox only: stop or nothing
+                if time.monotonic() < next_at:
+                    continue
+            self.outbox.send_bytes("raft", frame)
+            self.ticks += 1
+            now = time.monotonic()
+            next_at += self.interval
+            if next_at < now:  # stalled: re-anchor instead of bursting
+                next_at = now + self.interval

@@ -1,0 +1,125 @@
+"""The `prisn` command line (click). Runs on the main thread.
+
+Every `server` flag is also read from `PRISN_<FLAG>` (dashes become underscores); a flag given
+on the command line beats the environment. Any bad value ends with a one-line error and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from prisn import __version__
+from prisn.config import (
+    DEFAULT_BIND,
+    DEFAULT_RAFT_ADDR,
+    ConfigError,
+    ServerConfig,
+    default_data_dir,
+    default_node_id,
+    parse_addr,
+    parse_duration,
+    parse_peers,
+)
+
+
+def _env(name: str) -> str:
+    return "PRISN_" + name.upper().replace("-", "_")
+
+
+def _opt(name: str, **kw):
+    return click.option(f"--{name}", envvar=_env(name), show_envvar=True, **kw)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="prisn")
+def cli() -> None:
+    """prisn: a Raft-replicated control plane for deployments of scripts and services."""
+
+
+@cli.command()
+@_opt("bind", default=DEFAULT_BIND, show_default=True, help="HTTP API address (host:port).")
+@_opt("data-dir", default=None, help="Data directory for the Raft log [default: /var/lib/prisn "
+      "if writable, else ~/.local/share/prisn].")
+@_opt("node-id", default=None, help="Node identifier [default: hostname].")
+@_opt("log-level", default="info", show_default=True,
+      type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@_opt("cluster", is_flag=True, default=False, help="Enable clustering.")
+@_opt("raft-addr", default=DEFAULT_RAFT_ADDR, show_default=True, help="Raft consensus address.")
+@_opt("advertise-addr", default="", help="Raft address peers use to reach this node "
+      "[default: --raft-addr with the hostname filled in].")
+@_opt("peers", default="", help="Comma-separated peer Raft addresses to join.")
+@_opt("bootstrap", is_flag=True, default=False, help="Bootstrap a new cluster (first node only).")
+@_opt("force-new-cluster", is_flag=True, default=False,
+      help="Dangerous: start a new single-node cluster from local state.")
+@_opt("heartbeat-interval", default="50ms", show_default=True, help="Leader heartbeat interval.")
+@_opt("election-timeout", default="150ms", show_default=True,
+      help="Minimum election timeout (randomized up to twice this).")
+@_opt("write-timeout", default="5s", show_default=True,
+      help="How long a write waits for a quorum before 503.")
+def server(**kw: object) -> None:
+    """Run a prisn server node."""
+    try:
+        cfg = build_config(kw)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    from prisn.server import run  # heavy imports only when serving
+
+    sys.exit(run(cfg))
+
+
+def build_config(kw: dict) -> ServerConfig:
+    """Flags (already merged with the environment by click) -> a checked ServerConfig."""
+    bind = parse_addr(str(kw["bind"]), "--bind")
+    raft_addr = parse_addr(str(kw["raft_addr"]), "--raft-addr")
+    adv = str(kw["advertise_addr"] or "")
+    if adv:
+        parse_addr(adv, "--advertise-addr")
+        if not adv.rpartition(":")[0]:
+            raise ConfigError("--advertise-addr needs a host")
+    peers = parse_peers(str(kw["peers"] or ""))
+    node_id = str(kw["node_id"] or default_node_id())
+    if not node_id or len(node_id) > 128 or any(c.isspace() or c in "/@" for c in node_id):
+        raise ConfigError(f"--node-id {node_id!r} must be 1-128 characters without spaces, / or @")
+    hb = parse_duration(kw["heartbeat_interval"], "--heartbeat-interval")
+    et = parse_duration(kw["election_timeout"], "--election-timeout")
+    if et < 2 * hb:
+        raise ConfigError("--election-timeout must be at least twice --heartbeat-interval")
+    wt = parse_duration(kw["write_timeout"], "--write-timeout")
+    cluster = bool(kw["cluster"]) or bool(peers) or bool(kw["bootstrap"])
+    if kw["force_new_cluster"] and not cluster:
+        cluster = True
+    return ServerConfig(
+        node_id=node_id,
+        data_dir=str(kw["data_dir"] or default_data_dir()),
+        bind=bind,
+        cluster=cluster,
+        raft_addr=raft_addr,
+        advertise_addr=adv,
+        peers=peers,
+        bootstrap=bool(kw["bootstrap"]),
+        force_new_cluster=bool(kw["force_new_cluster"]),
+        heartbeat_interval=hb,
+        election_timeout=et,
+        write_timeout=wt,
+        log_level=str(kw["log_level"]).lower(),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: click errors become one line on stderr and exit 2."""
+    try:
+        cli.main(args=argv, prog_name="prisn", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        msg = " ".join(e.format_message().split())
+        click.echo(f"prisn: error: {msg}", err=True)
+        sys.exit(e.exit_code if isinstance(e, click.UsageError) else 1)
+
+
+if __name__ == "__main__":
+    main()

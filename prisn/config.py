@@ -1,0 +1,117 @@
+"""Server configuration: one frozen dataclass built from flags and `PRISN_*` variables.
+
+Pure apart from `default_data_dir`/`default_node_id`, which look at the machine once at start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_BIND = ":7331"
+DEFAULT_RAFT_ADDR = ":7332"
+SYSTEM_DATA_DIR = "/var/lib/prisn"
+
+
+class ConfigError(ValueError):
+    """A flag or variable with a value prisn cannot use (the CLI prints it and exits 2)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `prisn server` needs; see the README's configuration table."""
+
+    node_id: str
+    data_dir: str
+    bind: str = DEFAULT_BIND
+    cluster: bool = False
+    raft_addr: str = DEFAULT_RAFT_ADDR
+    advertise_addr: str = ""
+    peers: tuple[str, ...] = ()
+    bootstrap: bool = False
+    force_new_cluster: bool = False
+    heartbeat_interval: float = 0.05
+    election_timeout: float = 0.15
+    write_timeout: float = 5.0
+    log_level: str = "info"
+    tick_interval: float = 0.01
+    max_body_bytes: int = 10 << 20
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def advertised_raft_addr(self) -> str:
+        """`--advertise-addr`, else `--raft-addr` with an empty or wildcard host filled in."""
+        if self.advertise_addr:
+            return self.advertise_addr
+        host, _, port = self.raft_addr.rpartition(":")
+        if host in ("", "0.0.0.0", "[::]", "::"):
+            host = socket.gethostname()
+        return f"{host}:{port}"
+
+    @property
+    def heartbeat_ticks(self) -> int:
+        return max(1, round(self.heartbeat_interval / self.tick_interval))
+
+    @property
+    def election_ticks(self) -> int:
+        return max(self.heartbeat_ticks * 2, round(self.election_timeout / self.tick_interval))
+
+
+def parse_addr(value: str, what: str) -> str:
+    """Check `host:port` (host may be empty); return it unchanged."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must be host:port or :port, got {value!r}")
+    if any(c.isspace() for c in host):
+        raise ConfigError(f"{what} has a bad host in {value!r}")
+    return value
+
+
+def parse_peers(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    peers = tuple(p.strip() for p in value.split(",") if p.strip())
+    for p in peers:
+        parse_addr(p, "--peers")
+    return peers
+
+
+def parse_duration(value: str | float, what: str) -> float:
+    """`150ms`, `1.5s`, `2m` or a bare number of seconds -> seconds (> 0)."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        v = value.strip().lower()
+        try:
+            if v.endswith("ms"):
+                seconds = float(v[:-2]) / 1000
+            elif v.endswith("s"):
+                seconds = float(v[:-1])
+            elif v.endswith("m"):
+                seconds = float(v[:-1]) * 60
+            else:
+                seconds = float(v)
+        except ValueError:
+            raise ConfigError(f"{what} must be a duration like 150ms or 5s, got {value!r}") from None
+    if not seconds > 0 or seconds > 3600:
+        raise ConfigError(f"{what} must be between 0 and 1h, got {value!r}")
+    return seconds
+
+
+def default_node_id() -> str:
+    return socket.gethostname() or "prisn"
+
+
+def default_data_dir() -> str:
+    """`/var/lib/prisn` where it exists or can be made and is writable, else a per-user dir."""
+    system = Path(SYSTEM_DATA_DIR)
+    try:
+        system.mkdir(parents=True, exist_ok=True)
+        if os.access(system, os.W_OK):
+            return str(system)
+    except OSError:
+        pass
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "prisn")

@@ -1,0 +1,239 @@
+"""`prisn server`: wires storage, the Raft core and the actors of one node, then waits.
+
+Runs on the main thread. Start order (each waits for the previous to be serving): logstore,
+state machine, raft (with its replicators), timer, api. Stop order is the reverse. SIGTERM or
+SIGINT stops gracefully (a leader first hands leadership to a peer) and exits 0; an actor
+failure stops the node and exits 1 so that systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+from actors.api.actor import ApiActor
+from actors.api.bridge import RaftNodeClient, build_status
+from actors.logstore import LogStoreActor
+from actors.metrics import NodeMetrics
+from actors.raft import RaftActor
+from actors.statemachine import StateMachineActor
+from actors.supervisor import Supervisor
+from actors.timer import TimerActor
+from prisn import __version__
+from prisn.config import ServerConfig
+from prisn.fsm.deployments import DeploymentStore
+from prisn.messages import Role, TransferLeadership
+from prisn.raft.core import RaftCore, RaftOptions
+from prisn.storage import LogStorage, StorageError
+from transport.codec import encode
+
+log = logging.getLogger("prisn.server")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as e:
+        log.warning("sd_notify failed: %s", e)
+
+
+class Node:
+    """One running node: owns the ZeroMQ context, the storage and the supervisor."""
+
+    def __init__(self, cfg: ServerConfig, *, seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.sup = Supervisor()
+        self.ctx = zmq.Context()
+        self.metrics: NodeMetrics | None = None
+        self.storage: LogStorage | None = None
+        self.raft: RaftActor | None = None
+        self.api: ApiActor | None = None
+        self.seed = seed if seed is not None else secrets.randbits(64)
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> None:
+        cfg = self.cfg
+        data = Path(cfg.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.storage = LogStorage(str(data / "raft"))
+        boot = self.storage.load()
+        fresh = not boot.entries and boot.snapshot_index == 0
+        addr = cfg.advertised_raft_addr
+        opts = RaftOptions(heartbeat_ticks=cfg.heartbeat_ticks, election_ticks=cfg.election_ticks)
+        rng = random.Random(self.seed)
+        kwargs: dict = {}
+        if cfg.force_new_cluster:
+            new_id = secrets.token_hex(8)
+            log.warning("!!! --force-new-cluster: starting a NEW cluster %s with this node as its "
+                        "only voter, from local state (last index %d). Other nodes must be "
+                        "re-added. !!!", new_id, boot.entries[-1][0] if boot.entries else 0)
+            kwargs["force_new_cluster"] = new_id
+        elif not cfg.cluster:
+            kwargs["bootstrap"] = True
+        elif cfg.bootstrap:
+            kwargs["bootstrap"] = True
+        elif cfg.peers:
+            kwargs["join"] = [p for p in cfg.peers if not _same_addr(p, addr, cfg.raft_addr)]
+            if fresh and len(kwargs["join"]) < len(cfg.peers):
+                # Static form (every node lists all members, itself included): the node with
+                # the lowest address founds the cluster, the others join it.
+                first = sorted(cfg.peers)[0]
+                if _same_addr(first, addr, cfg.raft_addr):
+                    kwargs = {"bootstrap": True}
+        elif fresh:
+            raise SystemExit("prisn: error: --cluster needs --bootstrap (first node) or --peers")
+        core = RaftCore(cfg.node_id, addr, opts, rng, boot, **kwargs)
+        store = DeploymentStore()
+        self.store = store
+        started_at = time.monotonic()
+        sup = self.sup
+        fail = sup.on_failure
+
+        raft_holder: dict = {}
+
+        def raft_status():
+            return raft_holder["raft"].status
+
+        def raft_stats():
+            return raft_holder["raft"].stats
+
+        metrics = NodeMetrics(status=self.node_status, deployments=store.count)
+        self.metrics = metrics
+
+        logstore = LogStoreActor(self.storage, self.ctx, cfg.node_id,
+                                 observe_fsync=lambda s, n: (metrics.observe_fsync(s),
+                                                             metrics.observe_batch(n)),
+                                 on_failure=fail)
+        sup.start(logstore)
+        sup.start(StateMachineActor(self.ctx, cfg.node_id, store, on_failure=fail))
+        listen = cfg.raft_addr if cfg.cluster else None
+        self.raft = RaftActor(self.ctx, cfg.node_id, core, listen_addr=listen, on_failure=fail,
+                              on_leader_change=metrics.leader_changed)
+        raft_holder["raft"] = self.raft
+        sup.start(self.raft)
+        sup.start(TimerActor(self.ctx, cfg.node_id, cfg.tick_interval, on_failure=fail))
+
+        def client_factory() -> RaftNodeClient:
+            return RaftNodeClient(self.ctx, cfg.node_id, store, raft_status=raft_status,
+                                  raft_stats=raft_stats, boot_commit=boot.commit,
+                                  started_at=started_at, metrics=metrics,
+                                  tick_seconds=cfg.tick_interval)
+
+        self.api = ApiActor(self.ctx, cfg.node_id, bind=cfg.bind, client_factory=client_factory,
+                            metrics=metrics, write_timeout=cfg.write_timeout,
+                            max_body=cfg.max_body_bytes, on_failure=fail)
+        sup.start(self.api)
+
+    def node_status(self):
+        """The API's NodeStatus (any thread; used by the metrics collector at scrape time)."""
+        api = self.api
+        if api is not None and api.client is not None:
+            return api.client.status()
+        raft = self.raft
+        assert raft is not None
+        return build_status(self.cfg.node_id, raft.status, raft.stats,
+                            applied=self.store.applied_index, ready=False, uptime=0.0,
+                            tick_seconds=self.cfg.tick_interval)
+
+    # ------------------------------------------------------------------ stop
+    def hand_over(self, timeout: float) -> None:
+        """If this node leads a multi-voter cluster, transfer leadership before stopping."""
+        raft = self.raft
+        if raft is None or not self.cfg.cluster:
+            return
+        st = raft.status
+        if st.role != Role.LEADER or len(st.voters) < 2:
+            return
+        push = self.ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        try:
+            push.connect(f"inproc://{self.cfg.node_id}/raft")
+            push.send(encode(TransferLeadership(src="server", dst="raft", rid=0, target="")))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and raft.status.role == Role.LEADER:
+                time.sleep(0.005)  # polling a published status with a deadline
+            log.info("leadership %s before stop",
+                     "handed over" if raft.status.role != Role.LEADER else "NOT handed over")
+        finally:
+            push.close(0)
+
+    def stop(self) -> None:
+        self.sup.stop_all()
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None
+        self.ctx.term()
+
+
+def _same_addr(peer: str, advertised: str, raft_addr: str) -> bool:
+    """Whether `peer` names this node (its advertised or literal raft address)."""
+    if peer in (advertised, raft_addr):
+        return True
+    host, _, port = peer.rpartition(":")
+    my_port = raft_addr.rpartition(":")[2]
+    if port != my_port:
+        return False
+    return host in (socket.gethostname(), socket.getfqdn(), advertised.rpartition(":")[0])
+
+
+def run(cfg: ServerConfig) -> int:
+    """Run a node until SIGTERM/SIGINT (exit 0) or an actor failure (exit 1)."""
+    setup_logging(cfg.log_level)
+    log.info("prisn %s starting: node %s, data dir %s, API %s%s", __version__, cfg.node_id,
+             cfg.data_dir, cfg.bind,
+             f", raft {cfg.raft_addr} (advertised {cfg.advertised_raft_addr})"
+             if cfg.cluster else " (single node)")
+    print(f"prisn: data dir {cfg.data_dir}", file=sys.stderr, flush=True)
+    node = Node(cfg)
+
+    def on_signal(signum, _frame) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        node.sup.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        node.start()
+    except (StorageError, OSError, zmq.ZMQError, RuntimeError) as e:
+        log.error("cannot start: %s", e)
+        print(f"prisn: error: cannot start: {e}", file=sys.stderr, flush=True)
+        node.stop()
+        return 1
+    sd_notify("READY=1")
+    while not node.sup.wait(0.5):
+        pass
+    sd_notify("STOPPING=1")
+    if not node.sup.failed.is_set():
+        node.hand_over(timeout=2 * cfg.election_timeout * 4)
+    node.stop()
+    if node.sup.failed.is_set():
+        name, exc = node.sup.failure or ("?", None)
+        log.error("stopped because actor %s failed: %s", name, exc)
+        return 1
+    log.info("stopped")
+    return 0

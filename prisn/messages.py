@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 WIRE_VERSION = 1
 
@@ -42,6 +42,7 @@ class Role(IntEnum):
 REGISTRY: dict[str, type[Msg]] = {}
 
 
+@dataclass_transform(kw_only_default=True, frozen_default=True)
 def message(type_name: str):
     """Class decorator: a frozen, slotted, keyword-only dataclass registered under `type_name`."""
 

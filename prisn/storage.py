@@ -1,0 +1,318 @@
+"""The durable Raft log and hard state in RocksDB (via rocksdict). No threads of its own.
+
+Threading: one thread owns a `LogStorage` at a time. `open`/`load` run in the main thread
+before any actor starts; afterwards only the logstore actor's thread calls `write`,
+`compact_prefix` and `close`. Nothing here is locked.
+
+On-disk format (FORMAT = 1), raw bytes keys, deterministic CBOR values:
+- ``b"m:format"``  -> CBOR uint, the format number; an unknown number refuses to open.
+- ``b"m:hard"``    -> CBOR ``{"term", "vote", "commit"}``.
+- ``b"m:compact"`` -> CBOR ``[index, term]``: the last entry removed by `compact_prefix`
+  (absent: nothing compacted). The log starts right after it.
+- ``b"m:snap"``    -> reserved for snapshot metadata ``{"index", "term", "membership"}``
+  (written by the snapshot work; read here only for its membership).
+- ``b"l" + index as 8 bytes big-endian`` -> CBOR ``[term, kind, data]``.
+Every entry key sorts before every ``m:`` key, so the log is one ordered range.
+
+Invariants:
+- Every mutation is ONE WriteBatch written with ``sync = True`` (WAL on): a batch is on disk
+  entirely or not at all, and `write` returns only after the sync.
+- The stored log is contiguous: indexes ``first_index() .. last_index()`` with no gap, where
+  ``first_index() == compact index + 1``. `write` refuses (before touching the disk) any request
+  that would break this; `load` re-checks it and raises `StorageCorrupt` on a gap.
+- After a failed RocksDB write the on-disk state is unknown; every later mutation raises
+  `StorageBroken` until the store is closed and reopened (`load` then tells the truth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cbor2
+import rocksdict
+
+from prisn.messages import StoreAppend
+from prisn.raft.boot import BootState, Membership
+
+FORMAT = 1
+
+K_FORMAT = b"m:format"
+K_HARD = b"m:hard"
+K_COMPACT = b"m:compact"
+K_SNAP = b"m:snap"  # reserved: snapshot metadata (a later issue writes it)
+ENTRY_PREFIX = b"l"
+ENTRY_END = b"m"  # first key after every entry key
+MAX_INDEX = (1 << 63) - 1  # fits a signed 64-bit int everywhere
+
+
+class StorageError(Exception):
+    """Base of every error this module raises on purpose."""
+
+
+class StorageOpenError(StorageError):
+    """The database could not be opened (already open in this process, bad path, ...)."""
+
+
+class StorageFormatError(StorageError):
+    """The database holds an unknown format, or is not a prisn log store."""
+
+
+class StorageCorrupt(StorageError):
+    """The stored log violates its invariants (gap, bad value)."""
+
+
+class StorageBroken(StorageError):
+    """An earlier write failed; the store must be closed and reopened."""
+
+
+def entry_key(index: int) -> bytes:
+    """The key of log entry `index` (1 <= index <= MAX_INDEX)."""
+    return ENTRY_PREFIX + index.to_bytes(8, "big")
+
+
+def _index_of(key: bytes) -> int:
+    if len(key) != 9 or key[:1] != ENTRY_PREFIX:
+        raise StorageCorrupt(f"unexpected key {key!r} in the entry range")
+    return int.from_bytes(key[1:], "big")
+
+
+def _dumps(value: Any) -> bytes:
+    return cbor2.dumps(value, canonical=True)
+
+
+def _no_tags(_decoder: Any, tag: Any) -> Any:
+    raise StorageCorrupt(f"CBOR tag {tag.tag} in a stored value")
+
+
+def _loads(data: bytes, what: str) -> Any:
+    try:
+        return cbor2.loads(data, tag_hook=_no_tags)
+    except StorageCorrupt:
+        raise
+    except Exception as e:  # cbor2 raises several types on bad bytes
+        raise StorageCorrupt(f"{what}: bad CBOR: {e}") from None
+
+
+def _check_entry(e: Any) -> tuple[int, int, int, bytes]:
+    """An Entry ``[index, term, kind, data]`` with the right types, or ValueError."""
+    if not isinstance(e, list | tuple) or len(e) != 4:
+        raise ValueError(f"entry must be [index, term, kind, data], got {e!r:.80}")
+    index, term, kind, data = e
+    for name, v in (("index", index), ("term", term), ("kind", kind)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"entry {name} must be a non-negative int, got {v!r}")
+    if not 1 <= index <= MAX_INDEX:
+        raise ValueError(f"entry index {index} out of range")
+    if not isinstance(data, bytes):
+        raise ValueError(f"entry data must be bytes, got {type(data).__name__}")
+    return index, term, kind, data
+
+
+class LogStorage:
+    """The Raft log + hard state of one node in one RocksDB directory (see module doc)."""
+
+    def __init__(self, path: str) -> None:
+        """Open (creating if missing) the store at `path`; refuse an unknown format."""
+        self.path = path
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_paranoid_checks(True)
+        # Recover a prefix of the batches: a torn (never acknowledged) WAL tail is dropped, and
+        # nothing after a damaged record is replayed, so no batch is ever half-applied.
+        opts.set_wal_recovery_mode(rocksdict.DBRecoveryMode.point_in_time())
+        opts.set_keep_log_file_num(4)  # RocksDB's info LOG files, not the WAL
+        self._sync = rocksdict.WriteOptions()
+        self._sync.sync = True
+        try:
+            self._db = rocksdict.Rdict(path, opts)
+        except Exception as e:  # rocksdict raises a bare Exception (lock held, I/O error)
+            raise StorageOpenError(f"cannot open log store {path!r}: {e}") from e
+        self._broken: str | None = None
+        self._closed = False
+        try:
+            self._check_format()
+            self._compact_index, self._compact_term = self._read_compact()
+            self._last = self._scan_last()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # ------------------------------------------------------------------ opening
+    def _check_format(self) -> None:
+        raw = self._db.get(K_FORMAT)
+        if raw is None:
+            if self._any_key():
+                raise StorageFormatError(
+                    f"{self.path!r} holds data but no format key: not a prisn log store")
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            wb.put(K_FORMAT, _dumps(FORMAT))
+            self._db.write(wb, self._sync)
+            return
+        fmt = _loads(raw, "format key")
+        if fmt != FORMAT:
+            raise StorageFormatError(
+                f"{self.path!r} has log store format {fmt!r}; this build reads only {FORMAT}")
+
+    def _any_key(self) -> bool:
+        it = self._db.iter()
+        try:
+            it.seek_to_first()
+            return bool(it.valid())
+        finally:
+            del it  # a live iterator keeps the DB (and its lock) alive past close()
+
+    def _read_compact(self) -> tuple[int, int]:
+        raw = self._db.get(K_COMPACT)
+        if raw is None:
+            return 0, 0
+        v = _loads(raw, "compaction point")
+        if (not isinstance(v, list) or len(v) != 2
+                or not all(isinstance(x, int) and x >= 0 for x in v)):
+            raise StorageCorrupt(f"bad compaction point {v!r}")
+        return v[0], v[1]
+
+    def _entry_iter(self) -> Any:
+        ro = rocksdict.ReadOptions()
+        ro.set_iterate_upper_bound(ENTRY_END)
+        return self._db.iter(ro)
+
+    def _scan_last(self) -> int:
+        it = self._entry_iter()
+        try:
+            it.seek_to_last()
+            if it.valid() and bytes(it.key())[:1] == ENTRY_PREFIX:
+                return _index_of(bytes(it.key()))
+            return self._compact_index
+        finally:
+            del it
+
+    # ------------------------------------------------------------------ reading
+    def first_index(self) -> int:
+        """Index of the first stored entry (compact index + 1; equals last+1 when empty)."""
+        return self._compact_index + 1
+
+    def last_index(self) -> int:
+        """Index of the last stored entry (the compact index when the log is empty)."""
+        return self._last
+
+    def load(self) -> BootState:
+        """Everything durable: hard state and all entries in order, checked for contiguity.
+
+        Raises `StorageCorrupt` on a gap, an entry before the compaction point, or a bad
+        value. Reads the whole log into memory (the raft core keeps it there anyway).
+        """
+        hard = self._db.get(K_HARD)
+        term, vote, commit = 0, "", 0
+        if hard is not None:
+            h = _loads(hard, "hard state")
+            if (not isinstance(h, dict) or not isinstance(h.get("term"), int)
+                    or not isinstance(h.get("vote"), str) or not isinstance(h.get("commit"), int)):
+                raise StorageCorrupt(f"bad hard state {h!r}")
+            term, vote, commit = h["term"], h["vote"], h["commit"]
+        membership = None
+        snap = self._db.get(K_SNAP)
+        if snap is not None:
+            s = _loads(snap, "snapshot metadata")
+            if isinstance(s, dict) and s.get("membership") is not None:
+                try:
+                    membership = Membership.from_wire(s["membership"])
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                    raise StorageCorrupt(f"bad snapshot membership: {e!r}") from None
+        entries: list[list[Any]] = []
+        expected = self._compact_index + 1
+        it = self._entry_iter()
+        try:
+            it.seek(ENTRY_PREFIX)
+            while it.valid():
+                key = bytes(it.key())
+                index = _index_of(key)
+                if index != expected:
+                    raise StorageCorrupt(
+                        f"log gap in {self.path!r}: expected entry {expected}, found {index}")
+                v = _loads(bytes(it.value()), f"entry {index}")
+                if (not isinstance(v, list) or len(v) != 3 or not isinstance(v[0], int)
+                        or not isinstance(v[1], int) or not isinstance(v[2], bytes)):
+                    raise StorageCorrupt(f"entry {index}: bad value {v!r:.80}")
+                entries.append([index, v[0], v[1], v[2]])
+                expected += 1
+                it.next()
+        finally:
+            del it
+        self._last = expected - 1
+        return BootState(term=term, vote=vote, commit=commit, entries=entries,
+                         snapshot_index=self._compact_index, snapshot_term=self._compact_term,
+                         snapshot_membership=membership)
+
+    # ------------------------------------------------------------------ writing
+    def write(self, requests: Sequence[StoreAppend]) -> None:
+        """Apply `requests` in order as ONE synced WriteBatch; return once it is on disk.
+
+        Per request: delete entries >= `truncate_from` (if not 0), put `entries`; then the
+        hard state of the LAST request. Raises ValueError (nothing written, store still
+        usable) if a request would leave a gap or truncate compacted entries; any RocksDB
+        error is re-raised and breaks the store (see `StorageBroken`).
+        """
+        if self._broken is not None:
+            raise StorageBroken(f"log store broken by an earlier failed write: {self._broken}")
+        if not requests:
+            return
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        last = self._last
+        for req in requests:
+            if req.truncate_from:
+                if req.truncate_from <= self._compact_index:
+                    raise ValueError(f"seq {req.seq}: truncate_from {req.truncate_from} is at "
+                                     f"or below the compaction point {self._compact_index}")
+                for index in range(req.truncate_from, last + 1):
+                    wb.delete(entry_key(index))
+                last = min(last, req.truncate_from - 1)
+            for e in req.entries:
+                index, term, kind, data = _check_entry(e)
+                if not self._compact_index < index <= last + 1:
+                    raise ValueError(f"seq {req.seq}: entry {index} would leave a gap or touch "
+                                     f"compacted entries (log is {self._compact_index + 1}.."
+                                     f"{last})")
+                wb.put(entry_key(index), _dumps([term, kind, data]))
+                last = max(last, index)
+        final = requests[-1]
+        wb.put(K_HARD, _dumps({"term": final.term, "vote": final.vote, "commit": final.commit}))
+        self._commit(wb)
+        self._last = last
+
+    def compact_prefix(self, upto_index: int) -> None:
+        """Delete entries <= `upto_index` in one synced batch, remembering its (index, term).
+
+        Only for use after a snapshot covers `upto_index` (a later issue). No-op when
+        `upto_index` is at or below the current compaction point; ValueError beyond the log.
+        """
+        if self._broken is not None:
+            raise StorageBroken(f"log store broken by an earlier failed write: {self._broken}")
+        if upto_index <= self._compact_index:
+            return
+        if upto_index > self._last:
+            raise ValueError(f"cannot compact to {upto_index}: last index is {self._last}")
+        raw = self._db.get(entry_key(upto_index))
+        if raw is None:
+            raise StorageCorrupt(f"entry {upto_index} missing inside the log")
+        v = _loads(raw, f"entry {upto_index}")
+        if not isinstance(v, list) or len(v) != 3 or not isinstance(v[0], int):
+            raise StorageCorrupt(f"entry {upto_index}: bad value {v!r:.80}")
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb.delete_range(entry_key(self._compact_index + 1), entry_key(upto_index + 1))
+        wb.put(K_COMPACT, _dumps([upto_index, v[0]]))
+        self._commit(wb)
+        self._compact_index, self._compact_term = upto_index, v[0]
+
+    def _commit(self, wb: rocksdict.WriteBatch) -> None:
+        try:
+            self._db.write(wb, self._sync)
+        except Exception as e:
+            self._broken = f"{type(e).__name__}: {e}"
+            raise
+
+    def close(self) -> None:
+        """Close the handle (idempotent); the path can then be opened again in this process."""
+        if not self._closed:
+            self._closed = True
+            self._db.close()

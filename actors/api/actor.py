@@ -86,13 +86,13 @@ class ApiActor(Actor):
         loop = self._loop
         if loop is None:
             return
-        try:
-            if self._server is not None:
-                self._server.stop()
-                loop.run_until_complete(
-                    asyncio.wait_for(self._server.close_all_connections(), 2.0))
-        except Exception:  # noqa: BLE001
-            log.debug("closing HTTP connections", exc_info=True)
+        server, self._server = self._server, None
+        if server is not None and self.port is not None:
+            try:
+                server.stop()
+                loop.run_until_complete(asyncio.wait_for(server.close_all_connections(), 2.0))
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                log.debug("closing HTTP connections", exc_info=True)
         if self.client is not None:
             self.client.close()
         loop.close()

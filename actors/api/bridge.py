@@ -42,8 +42,7 @@ from transport.mailbox import bind_inbox
 
 log = logging.getLogger("prisn.api")
 
-TIMEOUT_MESSAGE = ("no quorum available: the write was not confirmed within {t:g}s "
-                   "(it may still commit; retry with the same Idempotency-Key)")
+TIMEOUT_MESSAGE = "the write was not confirmed within {t:g}s"
 
 
 class RaftNodeClient:
@@ -252,13 +251,14 @@ def build_status(node_id: str, st: Any, stats: Any, *, applied: int, ready: bool
     progress = st.progress or {}
     for nid, addr in list(voters.items()) + list(learners.items()):
         if nid == node_id:
-            nodes.append(NodeInfo(id=nid, address=addr, state=me))
+            nodes.append(NodeInfo(id=nid, address=addr, state=me, voter=nid not in learners))
             continue
         p = progress.get(nid)
         if me == "leader" and p is not None:
             contact = p.last_contact_ticks * tick_seconds
             reachable = p.recent_active
-            state = ("learner" if nid in learners else "follower") if reachable else "unreachable"
+            voter = nid not in learners
+            state = ("follower" if voter else "learner") if reachable else "unreachable"
             lag_s = stats.lag_seconds.get(nid)
             sent_dropped = stats.replicators.get(nid)
             nodes.append(NodeInfo(id=nid, address=addr, state=state,
@@ -266,10 +266,10 @@ def build_status(node_id: str, st: Any, stats: Any, *, applied: int, ready: bool
                                   lag_entries=max(0, st.last_index - p.match),
                                   lag_seconds=None if lag_s is None else round(lag_s, 3),
                                   inflight_messages=p.inflight if sent_dropped is not None
-                                  else None))
+                                  else None, voter=voter))
         else:
             state = "leader" if nid == leader else ("learner" if nid in learners else "follower")
-            nodes.append(NodeInfo(id=nid, address=addr, state=state))
+            nodes.append(NodeInfo(id=nid, address=addr, state=state, voter=nid not in learners))
     return NodeStatus(node_id=node_id, state=me, term=st.term, leader_id=leader,
                       commit_index=st.commit_index, applied_index=applied,
                       cluster_id=st.cluster_id or "", healthy=bool(leader) and st.quorum_ok,

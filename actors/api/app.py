@@ -1,0 +1,516 @@
+"""The Tornado HTTP API: `make_app(node, ...)` and its handlers. HTTP mapping only.
+
+Threads: everything here runs on the API IOLoop thread (Tornado is single-threaded); the
+node is reached only through the `NodeClient` protocol. No locks: `ApiContext.inflight` is
+touched on that thread only.
+
+Invariants:
+- Every response carries ``X-Prisn-Node`` and ``X-Prisn-Leader`` (empty if unknown); every
+  error body is ``{"error": <HTTP reason phrase>, "message": ...}`` (unknown route 404, wrong
+  method 405 with ``Allow``, malformed JSON 400, ...).
+- Request bodies are streamed (`@stream_request_body`): `prepare` refuses a Content-Length
+  above `max_body` with 413 before one body byte is read, and `data_received` refuses a
+  chunked body as soon as it passes `max_body`; in both cases Tornado then closes the
+  connection instead of reading the rest. `make_server` also sets the server's
+  `max_body_size` to `max_body` as a backstop.
+- A refused request (400/404/405/409/413/503 before proposing) proposes nothing.
+- At most `max_inflight` proposals wait at once; one more gets 503 immediately.
+- No per-request logging at INFO (`_log_request`); metric label children are cached.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, cast
+
+from tornado.httpserver import HTTPServer
+from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
+
+from actors.api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
+from actors.api.node import NodeClient, NodeStatus
+from actors.metrics import NodeMetrics
+from prisn.fsm.commands import CommandFactory
+from prisn.fsm.deployments import error_body
+from prisn.fsm.validation import TYPES, ValidationError, validate_name
+
+log = logging.getLogger("prisn.api")
+
+MiB = 1024 * 1024
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# Tornado's own per-connection limit while a handler streams: our handlers enforce `max_body`
+# themselves (with a proper 413), so Tornado must not cut in first with its bare 400.
+_STREAM_LIMIT = 1 << 62
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_WEAK_READS = frozenset({"", "default", "stale", "eventual"})
+NO_QUORUM = ("no quorum is available to commit the write ({reason}); a write that timed out may "
+             "still commit: retry with the same Idempotency-Key to apply it at most once")
+
+
+@dataclass
+class ApiContext:
+    """What every handler shares; created by `make_app`, used on the IOLoop thread only."""
+
+    node: NodeClient
+    metrics: NodeMetrics
+    commands: CommandFactory
+    write_timeout: float
+    read_timeout: float
+    max_body: int
+    max_inflight: int
+    inflight: int = 0
+    request_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+
+class PrisnApplication(Application):
+    """A Tornado Application that carries the `ApiContext`."""
+
+    ctx: ApiContext
+
+
+def _log_request(handler: RequestHandler) -> None:
+    """Access log: DEBUG normally, WARNING for server errors other than 503."""
+    status = handler.get_status()
+    level = logging.WARNING if status >= 500 and status != 503 else logging.DEBUG
+    if log.isEnabledFor(level):
+        req = handler.request
+        log.log(level, "%d %s %s %.1fms", status, req.method, req.uri,
+                1000.0 * req.request_time())
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+@stream_request_body
+class BaseHandler(RequestHandler):
+    """Shared plumbing: headers, body streaming and limits, JSON in/out, errors, metrics."""
+
+    ROUTE = "unmatched"
+    ctx: ApiContext
+
+    def initialize(self) -> None:
+        self.ctx = cast(PrisnApplication, self.application).ctx
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._refused = False
+        self._request_id = ""
+
+    def set_default_headers(self) -> None:
+        # Called from RequestHandler.__init__ before initialize(), and again by clear().
+        ctx = cast(PrisnApplication, self.application).ctx
+        self.set_header("X-Prisn-Node", ctx.node.node_id)
+        self.set_header("X-Prisn-Leader", ctx.node.current_leader() or "")
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+
+    # ------------------------------------------------------------------ body
+    def prepare(self) -> None:
+        rid = self.request.headers.get("X-Request-Id", "")
+        if not (0 < len(rid) <= 128 and rid.isascii() and rid.isprintable()):
+            rid = f"{self.ctx.node.node_id}-{next(self.ctx.request_ids)}"
+        self._request_id = rid
+        self.set_header("X-Request-Id", rid)
+        self.request.connection.set_max_body_size(_STREAM_LIMIT)  # type: ignore[union-attr]
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                n = -1
+            if n < 0:
+                self._refused = True
+                raise BadRequest("Content-Length must be a non-negative integer")
+            if n > self.ctx.max_body:
+                self._refused = True
+                raise PayloadTooLarge(
+                    f"request body of {n} bytes exceeds the limit of {self.ctx.max_body} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._refused:
+            return
+        self._size += len(chunk)
+        if self._size > self.ctx.max_body:
+            self._refused = True
+            self._chunks.clear()
+            self.send_error(413, exc_info=(PayloadTooLarge, PayloadTooLarge(
+                f"request body exceeds the limit of {self.ctx.max_body} bytes"), None))
+            return
+        self._chunks.append(chunk)
+
+    def json_body(self) -> Any:
+        """The parsed JSON body; BadRequest if empty or malformed."""
+        raw = b"".join(self._chunks)
+        if not raw.strip():
+            raise BadRequest("request body must be a JSON object")
+        try:
+            return json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise BadRequest(f"malformed JSON: {exc}") from None
+
+    def optional_json_body(self) -> Any:
+        return self.json_body() if b"".join(self._chunks).strip() else None
+
+    # ------------------------------------------------------------------ answers
+    def send_json(self, status: int, body: Any) -> None:
+        self.set_status(status)
+        if status == 204:
+            self.clear_header("Content-Type")
+            self.finish()
+            return
+        self.finish(json.dumps(body, separators=(",", ":"), allow_nan=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            message = exc.message or HTTPStatus(status_code).phrase
+        elif status_code == 405:
+            allowed = self.allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            message = (f"method {self.request.method} is not allowed on {self.request.path}; "
+                       f"allowed: {', '.join(allowed)}")
+        elif isinstance(exc, HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "internal server error"
+        else:
+            message = HTTPStatus(status_code).phrase
+        if status_code == 503:
+            self.set_header("Retry-After", "1")
+        if self._request_id:  # send_error() cleared the headers set in prepare()
+            self.set_header("X-Request-Id", self._request_id)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(error_body(status_code, message)))
+
+    def allowed_methods(self) -> list[str]:
+        cls = type(self)
+        return [m for m in _METHODS
+                if getattr(cls, m.lower()) is not getattr(RequestHandler, m.lower())]
+
+    def on_finish(self) -> None:
+        self.ctx.metrics.observe_request(self.request.method or "", self.ROUTE,
+                                         self.get_status(), self.request.request_time())
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, HTTPError):
+            return  # expected answers; the access log (DEBUG) has them
+        super().log_exception(typ, value, tb)
+
+    # ------------------------------------------------------------------ shared request bits
+    def namespace_arg(self) -> str | None:
+        ns = self.get_query_argument("namespace", None)
+        if not ns:
+            return None
+        try:
+            return validate_name(ns, "namespace")
+        except ValidationError as exc:
+            raise BadRequest(exc.message) from None
+
+    async def consistency(self) -> None:
+        """Honour ``X-Prisn-Consistency: strong`` with a read barrier (503 if unavailable)."""
+        level = self.request.headers.get("X-Prisn-Consistency", "").strip().lower()
+        if level == "strong":
+            try:
+                await self.ctx.node.read_barrier(self.ctx.read_timeout)
+            except Unavailable as exc:
+                raise Unavailable(f"strong read unavailable: {exc.message}; retry, or read "
+                                  "without X-Prisn-Consistency: strong (possibly stale)") from None
+            except TimeoutError:
+                raise Unavailable("strong read unavailable: read barrier timed out") from None
+        elif level not in _WEAK_READS:
+            raise BadRequest("X-Prisn-Consistency must be 'strong' or 'default'")
+
+    def idempotency_key(self) -> str | None:
+        return self.request.headers.get("Idempotency-Key")
+
+    async def propose(self, build: Callable[[], dict[str, Any]]) -> None:
+        """Build a command (ValidationError -> 400), propose it, answer with its result."""
+        if self._refused:
+            return
+        try:
+            command = build()
+        except ValidationError as exc:
+            raise BadRequest(exc.message) from None
+        ctx = self.ctx
+        if ctx.inflight >= ctx.max_inflight:
+            raise Unavailable(f"too many writes in flight ({ctx.max_inflight}); retry shortly")
+        ctx.inflight += 1
+        try:
+            status, body = await ctx.node.propose(command, ctx.write_timeout)
+        except Unavailable as exc:
+            if exc.status != 503:  # e.g. 507 from a full disk: not a quorum problem
+                raise
+            raise Unavailable(NO_QUORUM.format(reason=exc.message or "unavailable")) from None
+        except TimeoutError:
+            raise Unavailable(NO_QUORUM.format(reason="timed out")) from None
+        finally:
+            ctx.inflight -= 1
+        self.send_json(status, body)
+
+
+class NotFoundHandler(BaseHandler):
+    """Every unknown path: 404 in the error shape, whatever the method."""
+
+    ROUTE = "unmatched"
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise NotFound(f"no route for {self.request.path}")
+
+
+class DeploymentsHandler(BaseHandler):
+    ROUTE = "/api/v1/deployments"
+
+    async def get(self) -> None:
+        await self.consistency()
+        limit = self._int_arg("limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        offset = self._int_arg("offset", 0, 0, None)
+        namespace = self.namespace_arg()
+        typ = self.get_query_argument("type", None) or None
+        if typ is not None and typ not in TYPES:
+            raise BadRequest(f"type: must be one of {', '.join(TYPES)}")
+        items, total = self.ctx.node.store.list(namespace=namespace, type=typ, limit=limit,
+                                                offset=offset)
+        self.send_json(200, {"items": items, "count": len(items), "total": total,
+                             "limit": limit, "offset": offset})
+
+    async def post(self) -> None:
+        if self._refused:
+            return
+        body = self.json_body()
+        ns = self.namespace_arg()
+        await self.propose(lambda: self.ctx.commands.create(
+            body, namespace=ns, key=self.idempotency_key()))
+
+    def _int_arg(self, name: str, default: int, low: int, high: int | None) -> int:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise BadRequest(f"{name}: must be an integer {bound}")
+        return value
+
+
+class DeploymentHandler(BaseHandler):
+    ROUTE = "/api/v1/deployments/{name}"
+
+    async def get(self, name: str) -> None:
+        await self.consistency()
+        dep = self.ctx.node.store.get(self.namespace_arg(), name)
+        if dep is None:
+            raise NotFound(f"deployment {name} not found")
+        self.send_json(200, dep)
+
+    async def put(self, name: str) -> None:
+        if self._refused:
+            return
+        body = self.json_body()
+        ns = self.namespace_arg()
+        await self.propose(lambda: self.ctx.commands.replace(
+            name, body, namespace=ns, key=self.idempotency_key()))
+
+    async def patch(self, name: str) -> None:
+        if self._refused:
+            return
+        body = self.json_body()
+        ns = self.namespace_arg()
+        await self.propose(lambda: self.ctx.commands.patch(
+            name, body, namespace=ns, key=self.idempotency_key()))
+
+    async def delete(self, name: str) -> None:
+        if self._refused:
+            return
+        ns = self.namespace_arg()
+        await self.propose(lambda: self.ctx.commands.delete(
+            name, namespace=ns, key=self.idempotency_key()))
+
+
+class ScaleHandler(BaseHandler):
+    ROUTE = "/api/v1/deployments/{name}/scale"
+
+    async def post(self, name: str) -> None:
+        if self._refused:
+            return
+        body = self.json_body()
+        ns = self.namespace_arg()
+        await self.propose(lambda: self.ctx.commands.scale(
+            name, body, namespace=ns, key=self.idempotency_key()))
+
+
+class HealthHandler(BaseHandler):
+    """Liveness: 200 whenever the process answers."""
+
+    ROUTE = "/health"
+
+    def get(self) -> None:
+        st = self.ctx.node.status()
+        self.send_json(200, {"status": "healthy", "node_id": st.node_id, "state": st.state,
+                             "uptime_seconds": round(st.uptime_seconds, 3)})
+
+
+class ReadyHandler(BaseHandler):
+    """Readiness: 200 when the node can serve, else 503 (with the error shape)."""
+
+    ROUTE = "/ready"
+
+    def get(self) -> None:
+        st = self.ctx.node.status()
+        body: dict[str, Any] = {"ready": st.ready, "node_id": st.node_id, "state": st.state,
+                                "leader": st.leader_id, "applied_index": st.applied_index,
+                                "commit_index": st.commit_index}
+        if st.ready:
+            self.send_json(200, body)
+            return
+        why = "no known leader" if st.leader_id is None else "still catching up with the log"
+        self.set_header("Retry-After", "1")
+        self.send_json(503, {**error_body(503, f"node not ready: {why}"), **body})
+
+
+def _voters(st: NodeStatus) -> int:
+    return sum(1 for n in st.nodes if n.is_voter)
+
+
+class ClusterStatusHandler(BaseHandler):
+    ROUTE = "/api/v1/cluster/status"
+
+    def get(self) -> None:
+        st = self.ctx.node.status()
+        self.send_json(200, {
+            "leader": st.leader_id,
+            "nodes": [{"id": n.id, "address": n.address, "state": n.state} for n in st.nodes],
+            "healthy": st.healthy, "term": st.term, "commit_index": st.commit_index,
+            "applied_index": st.applied_index, "node_id": st.node_id,
+            "cluster_id": st.cluster_id,
+        })
+
+
+class ClusterHealthHandler(BaseHandler):
+    """200 when healthy (leader known, quorum in contact), else 503. `quorum` is the number
+    of voters a commit needs; `voters` how many there are."""
+
+    ROUTE = "/api/v1/cluster/health"
+
+    def get(self) -> None:
+        st = self.ctx.node.status()
+        voters = _voters(st)
+        body: dict[str, Any] = {
+            "healthy": st.healthy, "leader": st.leader_id, "quorum": voters // 2 + 1,
+            "voters": voters,
+            "nodes": [{"id": n.id, "address": n.address, "state": n.state,
+                       "last_contact_seconds": _finite(n.last_contact_seconds),
+                       "lag_entries": n.lag_entries, "lag_seconds": _finite(n.lag_seconds)}
+                      for n in st.nodes],
+        }
+        if st.healthy:
+            self.send_json(200, body)
+            return
+        why = "no known leader" if st.leader_id is None else "no quorum in contact"
+        self.set_header("Retry-After", "1")
+        self.send_json(503, {**error_body(503, f"cluster unhealthy: {why}"), **body})
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 6)
+
+
+class ClusterNodeHandler(BaseHandler):
+    ROUTE = "/api/v1/cluster/nodes/{id}"
+
+    async def delete(self, node_id: str) -> None:
+        if self._refused:
+            return
+        try:
+            await self.ctx.node.remove_node(node_id, self.ctx.write_timeout)
+        except TimeoutError:
+            raise Unavailable(f"removal of {node_id} not committed in time; it may still "
+                              "complete") from None
+        self.send_json(204, None)
+
+
+class ElectionHandler(BaseHandler):
+    """Leadership transfer: to ``{"target": id}`` if given, else to this node (campaign)."""
+
+    ROUTE = "/api/v1/cluster/election"
+
+    async def post(self) -> None:
+        if self._refused:
+            return
+        body = self.optional_json_body()
+        target = self.ctx.node.node_id
+        if body is not None:
+            if not isinstance(body, dict) or set(body) - {"target"}:
+                raise BadRequest("body must be empty or {\"target\": \"<node id>\"}")
+            if "target" in body:
+                if not isinstance(body["target"], str) or not body["target"]:
+                    raise BadRequest("target: must be a node id")
+                target = body["target"]
+        if target == self.ctx.node.node_id and self.ctx.node.status().state == "learner":
+            raise Conflict(f"{target} is a learner and cannot become leader")
+        try:
+            await self.ctx.node.transfer(target)
+        except TimeoutError:
+            raise Unavailable("leadership transfer timed out") from None
+        self.send_json(202, {"message": f"leadership transfer to {target} started",
+                             "target": target})
+
+
+class MetricsHandler(BaseHandler):
+    ROUTE = "/metrics"
+
+    def get(self) -> None:
+        payload, content_type = self.ctx.metrics.render(self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(payload)
+
+
+ROUTES: list[tuple[str, type[BaseHandler]]] = [
+    (r"/api/v1/deployments/?", DeploymentsHandler),
+    (r"/api/v1/deployments/([^/]+)/scale/?", ScaleHandler),
+    (r"/api/v1/deployments/([^/]+)/?", DeploymentHandler),
+    (r"/health", HealthHandler),
+    (r"/ready", ReadyHandler),
+    (r"/api/v1/cluster/status", ClusterStatusHandler),
+    (r"/api/v1/cluster/health", ClusterHealthHandler),
+    (r"/api/v1/cluster/nodes/([^/]+)", ClusterNodeHandler),
+    (r"/api/v1/cluster/election", ElectionHandler),
+    (r"/metrics", MetricsHandler),
+]
+
+
+def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: float = 5.0,
+             max_body: int = 10 * MiB, max_inflight: int = 10000,
+             metrics: NodeMetrics | None = None,
+             commands: CommandFactory | None = None) -> PrisnApplication:
+    """The API application for `node`. Without `metrics`, a `NodeMetrics` is made from
+    `node.status` and `node.store.count` (reach it as ``app.ctx.metrics``)."""
+    if metrics is None:
+        metrics = NodeMetrics(status=node.status, deployments=node.store.count)
+    app = PrisnApplication(
+        ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
+        serve_traceback=False, compress_response=False,
+    )
+    app.ctx = ApiContext(
+        node=node, metrics=metrics, commands=commands or CommandFactory(),
+        write_timeout=write_timeout, read_timeout=read_timeout, max_body=max_body,
+        max_inflight=max_inflight,
+    )
+    return app
+
+
+def make_server(app: PrisnApplication, **kwargs: Any) -> HTTPServer:
+    """An HTTPServer for `app` with `max_body_size` = the app's `max_body` (a backstop: the
+    handlers stream and refuse oversize bodies with 413 themselves). Call `.listen()` or
+    `.add_sockets()` on the API IOLoop thread."""
+    kwargs.setdefault("max_body_size", app.ctx.max_body)
+    kwargs.setdefault("idle_connection_timeout", 120.0)
+    return HTTPServer(app, **kwargs)

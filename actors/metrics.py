@@ -1,0 +1,152 @@
+"""Prometheus metrics of one node: one `NodeMetrics`, one private `CollectorRegistry`.
+
+Who calls what, on which thread (prometheus-client counters and histograms are thread-safe):
+- API IOLoop thread: `observe_request` after each response; `render` for ``GET /metrics``,
+  which also runs the scrape-time collectors (so `status()` and `deployments()` are called
+  on the API thread).
+- logstore thread: `observe_fsync(seconds)`, `observe_batch(entries)`.
+- raft actor thread: `leader_changed()`, `proposals_committed(n)`, `proposals_failed(n)`.
+- anyone: `counter(...)` to register an extra counter once at start and `.inc()` it later.
+
+Raft gauges are not pushed: a collector asks `status()` at scrape time. The deployment count
+is exposed as `prisn_deployments_total` with type *untyped*: the seed fixes that name, and
+promtool refuses a gauge whose name ends in ``_total`` (it is a current count, not a counter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # no runtime import: actors.api.app imports this module
+    from actors.api.node import NodeStatus
+
+ROLE_VALUES = {"follower": 0, "learner": 0, "candidate": 1, "leader": 2}
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class _RaftCollector(Collector):
+    """Scrape-time raft series from `status()`; a failing `status()` yields no raft series."""
+
+    def __init__(self, status: Callable[[], NodeStatus]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            st = self._status()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        yield GaugeMetricFamily("raft_state", "Raft role: 0 follower or learner, 1 candidate, "
+                                "2 leader.", value=ROLE_VALUES.get(st.state, 0))
+        yield GaugeMetricFamily("raft_term", "Current Raft term.", value=st.term)
+        yield GaugeMetricFamily("raft_commit_index", "Highest log index known committed.",
+                                value=st.commit_index)
+        yield GaugeMetricFamily("raft_applied_index", "Highest log index applied.",
+                                value=st.applied_index)
+        others = [n for n in st.nodes if n.id != st.node_id]
+        yield GaugeMetricFamily("raft_peers", "Number of other voting members.",
+                                value=sum(1 for n in others if n.is_voter))
+        lag = GaugeMetricFamily("raft_replication_lag_seconds",
+                                "Seconds the peer's log is behind the leader (leader only).",
+                                labels=["peer"])
+        contact = GaugeMetricFamily("raft_peer_last_contact_seconds",
+                                    "Seconds since the peer last answered.", labels=["peer"])
+        inflight = GaugeMetricFamily("raft_peer_inflight_messages",
+                                     "Messages queued or in flight to the peer.", labels=["peer"])
+        for n in others:
+            if st.state == "leader" and n.lag_seconds is not None:
+                lag.add_metric([n.id], n.lag_seconds)
+            if n.last_contact_seconds is not None:
+                contact.add_metric([n.id], n.last_contact_seconds)
+            if n.inflight_messages is not None:
+                inflight.add_metric([n.id], n.inflight_messages)
+        yield lag
+        yield contact
+        yield inflight
+
+
+class _CountCollector(Collector):
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterator[Metric]:
+        yield UnknownMetricFamily("prisn_deployments_total",
+                                  "Number of deployments in the local state machine.",
+                                  value=self._count())
+
+
+class NodeMetrics:
+    """All metrics of one node. Create once at start; pass to the actors that report."""
+
+    def __init__(self, *, status: Callable[[], NodeStatus] | None = None,
+                 deployments: Callable[[], int] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self._requests = Counter("prisn_api_requests", "HTTP API requests answered.",
+                                 ["method", "route", "code"], registry=r)
+        self._duration = Histogram("prisn_api_request_duration_seconds",
+                                   "HTTP API request duration.", ["method", "route"],
+                                   buckets=REQUEST_BUCKETS, registry=r)
+        self._leader_changes = Counter("raft_leader_changes",
+                                       "Times this node saw the leader change.", registry=r)
+        self._committed = Counter("raft_proposals_committed",
+                                  "Proposals of this node committed and applied.", registry=r)
+        self._failed = Counter("raft_proposals_failed",
+                               "Proposals of this node that failed or timed out.", registry=r)
+        self._fsync = Histogram("prisn_log_fsync_seconds", "Duration of synced log writes.",
+                                buckets=FSYNC_BUCKETS, registry=r)
+        self._batch = Histogram("prisn_log_batch_entries", "Entries per synced log write.",
+                                buckets=BATCH_BUCKETS, registry=r)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        if status is not None:
+            r.register(_RaftCollector(status))
+        if deployments is not None:
+            r.register(_CountCollector(deployments))
+
+    # ------------------------------------------------------------------ API thread
+    def observe_request(self, method: str, route: str, code: int, seconds: float) -> None:
+        """Count one answered request; `route` is the route pattern, not the raw path."""
+        key = (method, route, code)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (self._requests.labels(method, route, str(code)),
+                    self._duration.labels(method, route))
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """(body, content type) for a scrape, negotiated from the Accept header."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    # ------------------------------------------------------------------ other actors' threads
+    def observe_fsync(self, seconds: float) -> None:
+        """Logstore thread: one synced write took `seconds`."""
+        self._fsync.observe(seconds)
+
+    def observe_batch(self, entries: int) -> None:
+        """Logstore thread: one synced write carried `entries` entries."""
+        self._batch.observe(entries)
+
+    def leader_changed(self) -> None:
+        self._leader_changes.inc()
+
+    def proposals_committed(self, n: int = 1) -> None:
+        self._committed.inc(n)
+
+    def proposals_failed(self, n: int = 1) -> None:
+        self._failed.inc(n)
+
+    def counter(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()) -> Counter:
+        """Register an extra counter in this registry (once, at start) and return it."""
+        return Counter(name, documentation, list(labelnames), registry=self.registry)

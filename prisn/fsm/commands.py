@@ -1,0 +1,199 @@
+"""Deployment commands: built by the proposer (API thread), applied by `DeploymentStore`.
+
+Everything time-like or random is chosen here, on the proposing side, and carried in the
+command, so that `apply` on every node computes the same state: the idempotency `key`, the
+timestamp `ts` and, for create, the deployment `id`. `CommandFactory` takes its clock and id
+source as arguments (tests inject fixed ones).
+
+Command format (a CBOR/JSON-able map; `v` is `COMMAND_VERSION`):
+
+    {"v": 1, "op": "create",  "key": K, "ts": T, "ns": NS, "name": N, "id": ID, "spec": S}
+    {"v": 1, "op": "replace", "key": K, "ts": T, "ns": NS, "name": N, "spec": S}
+    {"v": 1, "op": "patch",   "key": K, "ts": T, "ns": NS, "name": N, "spec": P}
+    {"v": 1, "op": "scale",   "key": K, "ts": T, "ns": NS, "name": N, "replicas": R}
+    {"v": 1, "op": "delete",  "key": K, "ts": T, "ns": NS, "name": N}
+
+`S` is a normalized full spec and `P` a normalized partial one (`validation.normalize_spec`),
+both without `name`/`namespace` (the target is `ns`/`name`). `T` is an RFC 3339 UTC string with
+milliseconds. The log entry payload (EntryKind.COMMAND) wraps a command as
+``{"o": origin node id, "r": rid, "c": command}`` (`encode_entry` / `decode_entry`).
+
+Pure apart from the injected clock and id source; safe on any thread.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import cbor2
+
+from prisn.fsm.validation import (
+    DEFAULT_NAMESPACE,
+    ValidationError,
+    normalize_spec,
+    validate_name,
+    validate_replicas,
+)
+
+COMMAND_VERSION = 1
+OPS: tuple[str, ...] = ("create", "replace", "patch", "scale", "delete")
+MAX_KEY = 255
+MAX_ENTRY_BYTES = 64 * 1024 * 1024
+
+
+class CommandError(ValueError):
+    """A log entry payload or command that cannot be decoded (400 Bad Request)."""
+
+
+def format_ts(seconds: float) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. ``2025-01-02T03:04:05.678Z``."""
+    dt = datetime.fromtimestamp(seconds, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def check_key(key: Any) -> str:
+    """An idempotency key: 1..255 printable ASCII characters."""
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY:
+        raise ValidationError("Idempotency-Key", f"must be 1 to {MAX_KEY} characters")
+    if not (key.isascii() and key.isprintable()):
+        raise ValidationError("Idempotency-Key", "must be printable ASCII")
+    return key
+
+
+def resolve_target(spec: dict[str, Any], *, name: str | None, namespace: str | None) -> tuple[str, str]:
+    """The (namespace, name) a write addresses, from the path/query and the body.
+
+    The body may repeat `name`/`namespace`; a value that differs from the path or query is a
+    400. The namespace defaults to ``default``.
+    """
+    body_name = spec.get("name")
+    if name is None:
+        if body_name is None:
+            raise ValidationError("name", "is required")
+        target_name = validate_name(body_name)
+    else:
+        target_name = validate_name(name)
+        if body_name is not None and body_name != target_name:
+            raise ValidationError("name", f"{body_name!r} does not match the path {target_name!r}")
+    body_ns = spec.get("namespace")
+    if namespace is not None:
+        target_ns = validate_name(namespace, "namespace")
+        if body_ns is not None and body_ns != target_ns:
+            raise ValidationError(
+                "namespace", f"{body_ns!r} does not match the query parameter {target_ns!r}"
+            )
+    elif body_ns is not None:
+        target_ns = validate_name(body_ns, "namespace")
+    else:
+        target_ns = DEFAULT_NAMESPACE
+    return target_ns, target_name
+
+
+def _strip_target(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in ("name", "namespace")}
+
+
+class CommandFactory:
+    """Builds validated commands. Runs on the API thread; `clock` and `new_id` are injected.
+
+    Every builder raises `ValidationError` (400) for a bad request, before anything is proposed.
+    A missing `key` is replaced by a fresh random one (no deduplication across retries then).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self._clock = clock
+        self._new_id = new_id
+
+    def _base(self, op: str, key: str | None, ns: str, name: str) -> dict[str, Any]:
+        return {
+            "v": COMMAND_VERSION,
+            "op": op,
+            "key": check_key(key) if key is not None else self._new_id(),
+            "ts": format_ts(self._clock()),
+            "ns": ns,
+            "name": name,
+        }
+
+    def create(self, body: Any, *, namespace: str | None = None, key: str | None = None) -> dict[str, Any]:
+        """POST /deployments: `body` is the full spec (name and source required)."""
+        spec = normalize_spec(body, partial=False)
+        ns, name = resolve_target(spec, name=None, namespace=namespace)
+        cmd = self._base("create", key, ns, name)
+        cmd["id"] = self._new_id()
+        cmd["spec"] = _strip_target(spec)
+        return cmd
+
+    def replace(self, name: str, body: Any, *, namespace: str | None = None,
+                key: str | None = None) -> dict[str, Any]:
+        """PUT /deployments/{name}: `body` is the whole new spec (source required)."""
+        if isinstance(body, dict) and "name" not in body:
+            body = {**body, "name": name}
+        spec = normalize_spec(body, partial=False)
+        ns, target = resolve_target(spec, name=name, namespace=namespace)
+        cmd = self._base("replace", key, ns, target)
+        cmd["spec"] = _strip_target(spec)
+        return cmd
+
+    def patch(self, name: str, body: Any, *, namespace: str | None = None,
+              key: str | None = None) -> dict[str, Any]:
+        """PATCH /deployments/{name}: `body` is any subset of the spec fields."""
+        spec = normalize_spec(body, partial=True)
+        ns, target = resolve_target(spec, name=name, namespace=namespace)
+        cmd = self._base("patch", key, ns, target)
+        cmd["spec"] = _strip_target(spec)
+        return cmd
+
+    def scale(self, name: str, body: Any, *, namespace: str | None = None,
+              key: str | None = None) -> dict[str, Any]:
+        """POST /deployments/{name}/scale with ``{"replicas": N}``."""
+        if not isinstance(body, dict):
+            raise ValidationError("body", "must be a JSON object")
+        for field in body:
+            if field != "replicas":
+                raise ValidationError(str(field), "unknown field")
+        if "replicas" not in body:
+            raise ValidationError("replicas", "is required")
+        replicas = validate_replicas(body["replicas"])
+        ns, target = resolve_target({}, name=name, namespace=namespace)
+        cmd = self._base("scale", key, ns, target)
+        cmd["replicas"] = replicas
+        return cmd
+
+    def delete(self, name: str, *, namespace: str | None = None,
+               key: str | None = None) -> dict[str, Any]:
+        """DELETE /deployments/{name}."""
+        ns, target = resolve_target({}, name=name, namespace=namespace)
+        return self._base("delete", key, ns, target)
+
+
+def encode_entry(origin: str, rid: int, command: dict[str, Any]) -> bytes:
+    """The data of an EntryKind.COMMAND log entry (deterministic CBOR)."""
+    return cbor2.dumps({"o": origin, "r": rid, "c": command}, canonical=True)
+
+
+def decode_entry(data: bytes) -> tuple[str, int, dict[str, Any]]:
+    """(origin, rid, command) of a COMMAND entry; `CommandError` for anything malformed."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CommandError("entry data is not bytes")
+    if len(data) > MAX_ENTRY_BYTES:
+        raise CommandError("entry data too large")
+    try:
+        payload = cbor2.loads(bytes(data))
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise CommandError(f"entry data is not CBOR: {exc}") from None
+    if not isinstance(payload, dict):
+        raise CommandError("entry payload is not a map")
+    origin, rid, command = payload.get("o"), payload.get("r"), payload.get("c")
+    if not isinstance(origin, str) or not isinstance(rid, int) or isinstance(rid, bool):
+        raise CommandError("entry payload lacks origin 'o' or rid 'r'")
+    if not isinstance(command, dict):
+        raise CommandError("entry payload lacks command 'c'")
+    return origin, rid, command

@@ -1,0 +1,395 @@
+"""The deployments state machine: committed log entries in, deterministic results out.
+
+Threads: `apply`, `restore` run on the state-machine thread; `get`, `list`, `count`,
+`snapshot`, `state_hash` on the API thread (or any other). One `threading.Lock` guards all
+state and is held only for the in-memory work of one call (encoding a snapshot happens outside
+it). Stored deployment dicts are never mutated after they are stored (every change stores a new
+dict), so references handed out stay valid; callers must not mutate them.
+
+Determinism: `apply` reads no clock and no randomness; ids and timestamps come in the command
+(`prisn.fsm.commands`). The only iteration orders that reach results or snapshots are sorted
+indexes and the apply-ordered dedup table, so two stores fed the same entries have the same
+`state_hash`.
+
+Exactly-once: every command carries an idempotency `key`. The last `dedup_capacity` keys are
+remembered with their result (FIFO by first apply, deterministic); a repeated key with the same
+request returns the remembered result and changes nothing, with a different request it is a 422.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from bisect import bisect_left, insort
+from collections import OrderedDict
+from http import HTTPStatus
+from typing import Any
+
+import cbor2
+
+from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
+from prisn.fsm.validation import (
+    DEFAULT_REPLICAS,
+    TYPES,
+    ValidationError,
+    check_consistent,
+    infer_type,
+    normalize_spec,
+    validate_name,
+    validate_replicas,
+)
+from prisn.messages import EntryKind
+
+SNAPSHOT_FORMAT = 1
+DEFAULT_DEDUP_CAPACITY = 100_000
+MAX_ID = 64
+MAX_TS = 64
+
+Result = tuple[int, dict[str, Any]]
+Deployment = dict[str, Any]
+DeploymentList = list[Deployment]  # module-level: `DeploymentStore.list` shadows `list` in the class
+DedupRows = list[list[Any]]
+
+FIELDS: tuple[str, ...] = (
+    "id", "name", "namespace", "type", "runtime", "source", "args", "env", "port", "replicas",
+    "schedule", "generation", "created_at", "updated_at",
+)
+# Spec fields a change compares (everything but identity, generation and timestamps).
+_SPEC_KEYS: tuple[str, ...] = ("type", "runtime", "source", "args", "env", "port", "replicas",
+                               "schedule")
+_DEFAULTS: dict[str, Any] = {"runtime": None, "args": [], "env": {}, "port": 0,
+                             "replicas": DEFAULT_REPLICAS, "schedule": None}
+
+
+def error_body(status: int, message: str) -> dict[str, str]:
+    """The API error shape: ``{"error": <HTTP reason phrase>, "message": ...}``."""
+    return {"error": HTTPStatus(status).phrase, "message": message}
+
+
+def _err(status: int, message: str) -> Result:
+    return status, error_body(status, message)
+
+
+def _default(field: str) -> Any:
+    value = _DEFAULTS[field]
+    return type(value)() if isinstance(value, list | dict) else value
+
+
+def _fingerprint(cmd: dict[str, Any]) -> bytes:
+    """What makes two commands "the same request" for deduplication: everything but the
+    proposer-chosen `key`, `ts` and `id` (a client retry gets fresh ones)."""
+    core = {k: v for k, v in cmd.items() if k not in ("key", "ts", "id")}
+    try:
+        return hashlib.sha256(cbor2.dumps(core, canonical=True)).digest()[:16]
+    except Exception:  # undumpable garbage; apply refuses it anyway
+        return b""
+
+
+def _text(cmd: dict[str, Any], field: str, limit: int) -> str:
+    value = cmd.get(field)
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise CommandError(f"command field {field!r} must be a string of 1 to {limit} characters")
+    return value
+
+
+class _Index:
+    """Sorted (name, namespace) keys: overall, per namespace, per type, per (namespace, type).
+
+    Listing is a slice of one sorted list; insert/remove are a bisect plus a list memmove.
+    """
+
+    def __init__(self) -> None:
+        self.all: list[tuple[str, str]] = []
+        self.by_ns: dict[str, list[tuple[str, str]]] = {}
+        self.by_type: dict[str, list[tuple[str, str]]] = {}
+        self.by_ns_type: dict[tuple[str, str], list[tuple[str, str]]] = {}
+
+    def _lists(self, ns: str, typ: str) -> list[tuple[dict[Any, list[tuple[str, str]]], Any]]:
+        return [(self.by_ns, ns), (self.by_type, typ), (self.by_ns_type, (ns, typ))]
+
+    def add(self, ns: str, name: str, typ: str) -> None:
+        key = (name, ns)
+        insort(self.all, key)
+        for table, k in self._lists(ns, typ):
+            insort(table.setdefault(k, []), key)
+
+    def remove(self, ns: str, name: str, typ: str) -> None:
+        key = (name, ns)
+        _remove_sorted(self.all, key)
+        for table, k in self._lists(ns, typ):
+            lst = table[k]
+            _remove_sorted(lst, key)
+            if not lst:
+                del table[k]
+
+    def select(self, ns: str | None, typ: str | None) -> list[tuple[str, str]]:
+        if ns is None and typ is None:
+            return self.all
+        if typ is None:
+            return self.by_ns.get(ns, [])  # type: ignore[arg-type]
+        if ns is None:
+            return self.by_type.get(typ, [])
+        return self.by_ns_type.get((ns, typ), [])
+
+
+def _remove_sorted(lst: list[tuple[str, str]], key: tuple[str, str]) -> None:
+    i = bisect_left(lst, key)
+    if i == len(lst) or lst[i] != key:
+        raise AssertionError(f"index lost {key}")
+    del lst[i]
+
+
+class DeploymentStore:
+    """Deployments keyed by (namespace, name), with a global id index and dedup table."""
+
+    def __init__(self, *, dedup_capacity: int = DEFAULT_DEDUP_CAPACITY) -> None:
+        if dedup_capacity < 1:
+            raise ValueError("dedup_capacity must be positive")
+        self._lock = threading.Lock()
+        self._capacity = dedup_capacity
+        self._deps: dict[tuple[str, str], dict[str, Any]] = {}
+        self._ids: dict[str, tuple[str, str]] = {}
+        self._index = _Index()
+        # key -> (fingerprint, status, body); insertion order is apply order.
+        self._dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
+        self._applied = 0
+
+    # ------------------------------------------------------------------ apply (SM thread)
+    @property
+    def applied_index(self) -> int:
+        """Index of the last applied entry (0 before any)."""
+        return self._applied
+
+    def apply(self, index: int, kind: int, data: bytes) -> Result | None:
+        """Apply the committed entry `index`; the result for a COMMAND, else None.
+
+        Entries at or below `applied_index` are skipped (None): replay after a restart is
+        harmless. A gap (index > applied + 1) is a wiring bug and raises ValueError. Bad
+        command data never raises: it is a (400, error) result and changes nothing.
+        """
+        with self._lock:
+            if index <= self._applied:
+                return None
+            if index != self._applied + 1:
+                raise ValueError(f"apply gap: applied {self._applied}, got entry {index}")
+            self._applied = index
+            if kind != EntryKind.COMMAND:
+                return None
+            try:
+                _origin, _rid, cmd = decode_entry(data)
+            except CommandError as exc:
+                return _err(400, str(exc))
+            return self._apply_command(cmd)
+
+    def _apply_command(self, cmd: dict[str, Any]) -> Result:
+        try:
+            key = check_key(cmd.get("key"))
+        except ValidationError as exc:
+            return _err(400, f"command {exc.message}")
+        fp = _fingerprint(cmd)
+        seen = self._dedup.get(key)
+        if seen is not None:
+            if seen[0] != fp:
+                return _err(422, "Idempotency-Key was already used for a different request")
+            return seen[1], seen[2]
+        try:
+            result = self._execute(cmd)
+        except ValidationError as exc:
+            result = _err(400, exc.message)
+        except CommandError as exc:
+            result = _err(400, str(exc))
+        except Exception as exc:  # a bug must not become a poison pill for every node
+            result = _err(500, f"internal error applying command: {type(exc).__name__}")
+        self._dedup[key] = (fp, result[0], result[1])
+        while len(self._dedup) > self._capacity:
+            self._dedup.popitem(last=False)
+        return result
+
+    def _execute(self, cmd: dict[str, Any]) -> Result:
+        """Run one command. Every check happens before the single mutation at the end."""
+        if cmd.get("v") != COMMAND_VERSION:
+            raise CommandError(f"unsupported command version {cmd.get('v')!r}")
+        op = cmd.get("op")
+        spec: dict[str, Any] = {}
+        replicas = 0
+        ts = _text(cmd, "ts", MAX_TS)
+        ns = validate_name(cmd.get("ns"), "namespace")
+        name = validate_name(cmd.get("name"))
+        current = self._deps.get((ns, name))
+        if op == "create":
+            dep_id = _text(cmd, "id", MAX_ID)
+            spec = normalize_spec({**_spec_of(cmd), "name": name}, partial=False)
+            if current is not None:
+                return _err(409, f"deployment {ns}/{name} already exists")
+            if dep_id in self._ids:
+                return _err(409, f"deployment id {dep_id} already exists")
+            dep = _build(spec, None)
+            dep.update(id=dep_id, name=name, namespace=ns, generation=1, created_at=ts,
+                       updated_at=ts)
+            check_consistent(dep)
+            dep = {f: dep[f] for f in FIELDS}
+            self._insert(dep)
+            return 201, dep
+        if op not in ("replace", "patch", "scale", "delete"):
+            raise CommandError(f"unknown command op {op!r}")
+        if op == "replace":
+            spec = normalize_spec({**_spec_of(cmd), "name": name}, partial=False)
+        elif op == "patch":
+            spec = normalize_spec(_spec_of(cmd), partial=True)
+            if "name" in spec or "namespace" in spec:
+                raise CommandError("a patch command must not carry name or namespace")
+        elif op == "scale":
+            replicas = validate_replicas(cmd.get("replicas"))
+        if current is None:
+            return _err(404, f"deployment {ns}/{name} not found")
+        if op == "delete":
+            self._remove(current)
+            return 204, {}
+        if op == "replace":
+            new = _build(spec, None)
+        elif op == "patch":
+            new = _build(spec, current)
+        else:
+            new = {k: current[k] for k in _SPEC_KEYS}
+            new["replicas"] = replicas
+        check_consistent(new)
+        if all(new[k] == current[k] for k in _SPEC_KEYS):
+            return 200, current
+        dep = {**current, **{k: new[k] for k in _SPEC_KEYS}}
+        dep["generation"] = current["generation"] + 1
+        dep["updated_at"] = ts
+        self._replace(current, dep)
+        return 200, dep
+
+    def _insert(self, dep: dict[str, Any]) -> None:
+        key = (dep["namespace"], dep["name"])
+        self._deps[key] = dep
+        self._ids[dep["id"]] = key
+        self._index.add(key[0], key[1], dep["type"])
+
+    def _remove(self, dep: dict[str, Any]) -> None:
+        key = (dep["namespace"], dep["name"])
+        del self._deps[key]
+        del self._ids[dep["id"]]
+        self._index.remove(key[0], key[1], dep["type"])
+
+    def _replace(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        key = (new["namespace"], new["name"])
+        self._deps[key] = new
+        if old["type"] != new["type"]:
+            self._index.remove(key[0], key[1], old["type"])
+            self._index.add(key[0], key[1], new["type"])
+
+    # ------------------------------------------------------------------ queries (any thread)
+    def get(self, namespace: str | None, name_or_id: str) -> dict[str, Any] | None:
+        """By name in `namespace` (``default`` when None), else by id (in `namespace` if given)."""
+        with self._lock:
+            dep = self._deps.get((namespace or "default", name_or_id))
+            if dep is None:
+                key = self._ids.get(name_or_id)
+                if key is not None and (namespace is None or key[0] == namespace):
+                    dep = self._deps[key]
+        return dict(dep) if dep is not None else None
+
+    def list(self, namespace: str | None = None, type: str | None = None,
+             limit: int = 100, offset: int = 0) -> tuple[DeploymentList, int]:
+        """A page ordered by name, then namespace, and the total matching. O(limit + log n)."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        with self._lock:
+            keys = self._index.select(namespace, type)
+            total = len(keys)
+            page = [self._deps[(ns, name)] for name, ns in keys[offset:offset + limit]]
+        return [dict(d) for d in page], total
+
+    def count(self) -> int:
+        """Number of deployments."""
+        return len(self._deps)
+
+    # ------------------------------------------------------------------ snapshots
+    def _state(self) -> tuple[int, DeploymentList, DedupRows]:
+        with self._lock:
+            deps = [self._deps[(ns, name)] for name, ns in self._index.all]
+            dedup = [[k, fp, st, body] for k, (fp, st, body) in self._dedup.items()]
+            return self._applied, deps, dedup
+
+    def snapshot(self) -> bytes:
+        """Deterministic CBOR of the whole state, with format number and applied index."""
+        applied, deps, dedup = self._state()
+        return cbor2.dumps(
+            {"format": SNAPSHOT_FORMAT, "applied": applied, "deployments": deps,
+             "dedup": dedup},
+            canonical=True,
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state by a `snapshot()`; ValueError (state untouched) if invalid."""
+        try:
+            snap = cbor2.loads(data)
+        except Exception as exc:
+            raise ValueError(f"snapshot is not CBOR: {exc}") from None
+        if not isinstance(snap, dict) or snap.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError("unsupported snapshot format")
+        deps: dict[tuple[str, str], dict[str, Any]] = {}
+        ids: dict[str, tuple[str, str]] = {}
+        index = _Index()
+        try:
+            applied = int(snap["applied"])
+            for raw in snap["deployments"]:
+                dep = {f: raw[f] for f in FIELDS}
+                key = (dep["namespace"], dep["name"])
+                if key in deps or dep["id"] in ids or dep["type"] not in TYPES:
+                    raise ValueError(f"snapshot has a bad or duplicate deployment {key}")
+                deps[key] = dep
+                ids[dep["id"]] = key
+                index.add(key[0], key[1], dep["type"])
+            dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
+            for k, fp, st, body in snap["dedup"]:
+                dedup[str(k)] = (bytes(fp), int(st), dict(body))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"invalid snapshot: {exc}") from None
+        while len(dedup) > self._capacity:
+            dedup.popitem(last=False)
+        with self._lock:
+            self._deps, self._ids, self._index = deps, ids, index
+            self._dedup, self._applied = dedup, applied
+
+    def state_hash(self) -> str:
+        """SHA-256 hex of the deployments and dedup table (not the applied index), for
+        comparing nodes that have applied the same entries."""
+        _applied, deps, dedup = self._state()
+        blob = cbor2.dumps({"deployments": deps, "dedup": dedup}, canonical=True)
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _spec_of(cmd: dict[str, Any]) -> dict[str, Any]:
+    spec = cmd.get("spec")
+    if not isinstance(spec, dict):
+        raise CommandError("command field 'spec' must be a map")
+    return spec
+
+
+def _build(spec: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    """The spec fields of a deployment: `current` (or defaults) overlaid with `spec`.
+
+    `None` in `spec` resets to the default. `type` absent from a full spec is inferred; absent
+    from a patch it is kept unless the patch touches `schedule` or `port`, then re-inferred.
+    """
+    out: dict[str, Any] = {}
+    for field in _DEFAULTS:
+        if field in spec:
+            value = spec[field]
+            out[field] = _default(field) if value is None else value
+        elif current is not None:
+            out[field] = current[field]
+        else:
+            out[field] = _default(field)
+    out["source"] = spec["source"] if "source" in spec else current["source"]  # type: ignore[index]
+    typ = spec.get("type")
+    if typ is None:
+        if current is not None and "type" not in spec and not ({"schedule", "port"} & spec.keys()):
+            typ = current["type"]
+        else:
+            typ = infer_type(out["schedule"], out["port"])
+    out["type"] = typ
+    return out

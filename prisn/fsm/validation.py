@@ -1,0 +1,267 @@
+"""Validation of deployment specs (pure: no I/O, no clock; safe on any thread).
+
+Runs twice for every write: on the API thread before proposing (a quick 400 without touching
+Raft) and again on the state-machine thread inside `DeploymentStore.apply` (the log is the
+source of truth; a command that slipped past an older API must still be refused the same way
+on every node). Every failure is a `ValidationError` naming the offending field.
+
+Invariants of a normalized spec (`normalize_spec`): only keys of `SPEC_FIELDS`; every present
+value has its canonical Python type (no bools where ints are meant, no floats); `None` means
+"reset to the default" and is only accepted for optional fields.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+SPEC_FIELDS: frozenset[str] = frozenset(
+    {"name", "source", "runtime", "port", "replicas", "args", "env", "schedule", "namespace",
+     "type"}
+)
+TYPES: tuple[str, ...] = ("job", "service", "cronjob")
+DEFAULT_NAMESPACE = "default"
+DEFAULT_REPLICAS = 1
+MAX_NAME = 63
+MAX_RUNTIME = 32
+MAX_REPLICAS = 1000
+MAX_ARGS = 1024
+MAX_ENV = 1024
+MAX_SCHEDULE = 256
+
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]*")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RUNTIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+CRON_DESCRIPTORS: frozenset[str] = frozenset(
+    {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
+)
+_MONTHS = {m: i + 1 for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
+_DAYS = {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+# (field name, low, high, names)
+_CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day-of-month", 1, 31, {}),
+    ("month", 1, 12, _MONTHS),
+    ("day-of-week", 0, 7, _DAYS),  # 0 and 7 are both Sunday
+)
+
+
+class ValidationError(ValueError):
+    """A spec was refused; `field` names the offending field (400 Bad Request)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = f"{field}: {message}"
+
+
+def is_int(value: Any) -> bool:
+    """True for a real integer (bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_name(value: Any, field: str = "name") -> str:
+    """A name or namespace: ``^[a-zA-Z0-9][a-zA-Z0-9_-]*$``, at most 63 characters."""
+    if not isinstance(value, str):
+        raise ValidationError(field, "must be a string")
+    if not value:
+        raise ValidationError(field, "must not be empty")
+    if len(value) > MAX_NAME:
+        raise ValidationError(field, f"must be at most {MAX_NAME} characters")
+    if not _NAME_RE.fullmatch(value):
+        raise ValidationError(
+            field, "must start with a letter or digit and contain only letters, digits, '_' and '-'"
+        )
+    return value
+
+
+def validate_replicas(value: Any) -> int:
+    """An integer 0..1000 (bool refused)."""
+    if not is_int(value):
+        raise ValidationError("replicas", "must be an integer")
+    if not 0 <= value <= MAX_REPLICAS:
+        raise ValidationError("replicas", f"must be between 0 and {MAX_REPLICAS}")
+    return int(value)
+
+
+def validate_port(value: Any) -> int:
+    """0 (no port) or 1024..65535."""
+    if not is_int(value):
+        raise ValidationError("port", "must be an integer")
+    if value != 0 and not 1024 <= value <= 65535:
+        raise ValidationError("port", "must be 0 or between 1024 and 65535")
+    return int(value)
+
+
+def validate_type(value: Any) -> str:
+    if value not in TYPES or not isinstance(value, str):
+        raise ValidationError("type", f"must be one of {', '.join(TYPES)}")
+    return value
+
+
+def validate_source(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("source", "must be a string")
+    if not value.strip():
+        raise ValidationError("source", "must not be empty")
+    return value
+
+
+def validate_runtime(value: Any) -> str:
+    """A short token such as ``python3`` or ``node``: at most 32 characters."""
+    if not isinstance(value, str):
+        raise ValidationError("runtime", "must be a string")
+    if not value or len(value) > MAX_RUNTIME:
+        raise ValidationError("runtime", f"must be 1 to {MAX_RUNTIME} characters")
+    if not _RUNTIME_RE.fullmatch(value):
+        raise ValidationError(
+            "runtime", "must contain only letters, digits, '.', '_', '+' and '-'"
+        )
+    return value
+
+
+def validate_args(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ValidationError("args", "must be a list of strings")
+    if len(value) > MAX_ARGS:
+        raise ValidationError("args", f"must have at most {MAX_ARGS} items")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValidationError("args", f"item {i} must be a string")
+    return list(value)
+
+
+def validate_env(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValidationError("env", "must be an object of string values")
+    if len(value) > MAX_ENV:
+        raise ValidationError("env", f"must have at most {MAX_ENV} variables")
+    for k, v in value.items():
+        if not isinstance(k, str) or not _ENV_KEY_RE.fullmatch(k):
+            raise ValidationError(
+                "env", f"key {k!r} must match ^[A-Za-z_][A-Za-z0-9_]*$"
+            )
+        if not isinstance(v, str):
+            raise ValidationError("env", f"value of {k} must be a string")
+    return dict(value)
+
+
+def _cron_value(text: str, low: int, high: int, names: dict[str, int], fname: str) -> int:
+    key = text.lower()
+    if key in names:
+        return names[key]
+    if not text.isdigit() or not text.isascii():
+        raise ValidationError("schedule", f"{fname} value {text!r} is not a number")
+    n = int(text)
+    if not low <= n <= high:
+        raise ValidationError("schedule", f"{fname} value {n} is outside {low}-{high}")
+    return n
+
+
+def _cron_field(text: str, low: int, high: int, names: dict[str, int], fname: str) -> None:
+    """One cron field: a comma list of ``*``, ``N``, ``A-B``, each optionally ``/STEP``."""
+    if not text:
+        raise ValidationError("schedule", f"{fname} is empty")
+    for item in text.split(","):
+        base, slash, step = item.partition("/")
+        if slash:
+            if not step.isdigit() or not step.isascii() or int(step) < 1:
+                raise ValidationError("schedule", f"{fname} step {step!r} must be a positive integer")
+            if int(step) > high:
+                raise ValidationError("schedule", f"{fname} step {step} is larger than {high}")
+        if base == "*":
+            continue
+        if not base:
+            raise ValidationError("schedule", f"{fname} has an empty item in {text!r}")
+        first, dash, last = base.partition("-")
+        a = _cron_value(first, low, high, names, fname)
+        if dash:
+            b = _cron_value(last, low, high, names, fname)
+            if a > b:
+                raise ValidationError("schedule", f"{fname} range {base} is reversed")
+
+
+def validate_schedule(value: Any) -> str:
+    """Five cron fields (minute hour day-of-month month day-of-week) or an @descriptor."""
+    if not isinstance(value, str):
+        raise ValidationError("schedule", "must be a string")
+    text = value.strip()
+    if not text or len(text) > MAX_SCHEDULE:
+        raise ValidationError("schedule", "must be a cron expression")
+    if text.startswith("@"):
+        if text.lower() not in CRON_DESCRIPTORS:
+            raise ValidationError(
+                "schedule", f"unknown descriptor {text!r}; use one of "
+                + ", ".join(sorted(CRON_DESCRIPTORS))
+            )
+        return text.lower()
+    parts = text.split()
+    if len(parts) != 5:
+        raise ValidationError(
+            "schedule", f"must have 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
+        )
+    for part, (fname, low, high, names) in zip(parts, _CRON_FIELDS, strict=True):
+        _cron_field(part, low, high, names, fname)
+    return " ".join(parts)
+
+
+_OPTIONAL_NULLABLE = frozenset({"runtime", "schedule", "port", "replicas", "args", "env", "type"})
+_VALIDATORS = {
+    "name": validate_name,
+    "namespace": lambda v: validate_name(v, "namespace"),
+    "source": validate_source,
+    "runtime": validate_runtime,
+    "port": validate_port,
+    "replicas": validate_replicas,
+    "args": validate_args,
+    "env": validate_env,
+    "schedule": validate_schedule,
+    "type": validate_type,
+}
+
+
+def normalize_spec(spec: Any, *, partial: bool) -> dict[str, Any]:
+    """Check `spec` and return a normalized copy (keys in a fixed order).
+
+    `partial` False (create, PUT): `name` and `source` are required. `partial` True (PATCH):
+    any subset, possibly empty. In both, `null` on an optional field means "its default".
+    """
+    if not isinstance(spec, dict):
+        raise ValidationError("body", "must be a JSON object")
+    for key in spec:
+        if key not in SPEC_FIELDS:
+            raise ValidationError(str(key), "unknown field")
+    if not partial:
+        for required in ("name", "source"):
+            if spec.get(required) is None:
+                raise ValidationError(required, "is required")
+    out: dict[str, Any] = {}
+    for key in sorted(spec):
+        value = spec[key]
+        if value is None:
+            if key not in _OPTIONAL_NULLABLE:
+                raise ValidationError(key, "must not be null")
+            out[key] = None
+            continue
+        out[key] = _VALIDATORS[key](value)
+    return out
+
+
+def infer_type(schedule: str | None, port: int) -> str:
+    """`cronjob` when scheduled, else `service` when it listens on a port, else `job`."""
+    if schedule:
+        return "cronjob"
+    if port > 0:
+        return "service"
+    return "job"
+
+
+def check_consistent(dep: dict[str, Any]) -> None:
+    """Cross-field rules on a complete deployment: a schedule if and only if a cronjob."""
+    if dep["type"] == "cronjob" and not dep.get("schedule"):
+        raise ValidationError("schedule", "is required for type cronjob")
+    if dep["type"] != "cronjob" and dep.get("schedule"):
+        raise ValidationError("schedule", f"is only allowed for type cronjob, not {dep['type']}")

@@ -1,0 +1,508 @@
+"""DeploymentStore: every command, status codes, generation, dedup, determinism, snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import threading
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prisn.fsm.commands import CommandFactory, decode_entry, encode_entry, format_ts
+from prisn.fsm.deployments import SNAPSHOT_FORMAT, DeploymentStore
+from prisn.messages import EntryKind
+
+
+class Feeder:
+    """Proposes commands into a store as consecutive COMMAND entries (a fake log)."""
+
+    def __init__(self, store: DeploymentStore | None = None) -> None:
+        self.store = store if store is not None else DeploymentStore()
+        ids = (f"id{n:06d}" for n in itertools.count(1))
+        ticks = itertools.count(1_700_000_000)
+        self.cf = CommandFactory(clock=lambda: float(next(ticks)), new_id=lambda: next(ids))
+        self.entries: list[tuple[int, int, bytes]] = []
+        self.rid = itertools.count(1)
+
+    def entry(self, kind: int, data: bytes) -> tuple[int, dict] | None:
+        index = self.store.applied_index + 1
+        self.entries.append((index, kind, data))
+        return self.store.apply(index, kind, data)
+
+    def run(self, command: dict) -> tuple[int, dict]:
+        result = self.entry(EntryKind.COMMAND, encode_entry("n1", next(self.rid), command))
+        assert result is not None
+        return result
+
+    def create(self, **spec: object) -> tuple[int, dict]:
+        spec.setdefault("source", "print(1)")
+        key = spec.pop("key", None)
+        return self.run(self.cf.create(spec, key=key))  # type: ignore[arg-type]
+
+
+def test_create_defaults_and_fields() -> None:
+    f = Feeder()
+    status, dep = f.create(name="web")
+    assert status == 201
+    assert list(dep) == ["id", "name", "namespace", "type", "runtime", "source", "args", "env",
+                         "port", "replicas", "schedule", "generation", "created_at",
+                         "updated_at"]
+    assert dep["namespace"] == "default"
+    assert dep["type"] == "job"
+    assert dep["replicas"] == 1 and dep["port"] == 0 and dep["args"] == [] and dep["env"] == {}
+    assert dep["generation"] == 1
+    assert dep["created_at"] == dep["updated_at"] == format_ts(1_700_000_000)
+    assert f.store.get("default", "web") == dep
+    assert f.store.get(None, dep["id"]) == dep
+    assert f.store.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({}, "job"),
+        ({"port": 8080}, "service"),
+        ({"schedule": "*/5 * * * *"}, "cronjob"),
+        ({"schedule": "@daily", "port": 8080}, "cronjob"),
+        ({"type": "service"}, "service"),
+    ],
+)
+def test_type_inference(spec: dict, expected: str) -> None:
+    status, dep = Feeder().create(name="x", **spec)
+    assert status == 201
+    assert dep["type"] == expected
+
+
+def test_duplicate_create_is_409_and_changes_nothing() -> None:
+    f = Feeder()
+    f.create(name="web")
+    before = f.store.state_hash()
+    status, body = f.create(name="web", source="other")
+    assert status == 409
+    assert body["error"] == "Conflict" and "default/web" in body["message"]
+    # only the dedup table grew (the 409 is remembered for its key); the deployment did not
+    assert f.store.get("default", "web")["source"] == "print(1)"  # type: ignore[index]
+    assert before != f.store.state_hash()
+    # same name, other namespace is fine
+    assert f.create(name="web", namespace="prod")[0] == 201
+    assert f.store.count() == 2
+
+
+def test_missing_is_404_for_every_change() -> None:
+    f = Feeder()
+    cf = f.cf
+    for cmd in (cf.replace("ghost", {"source": "x"}), cf.patch("ghost", {"replicas": 2}),
+                cf.scale("ghost", {"replicas": 2}), cf.delete("ghost")):
+        status, body = f.run(cmd)
+        assert status == 404, cmd["op"]
+        assert body == {"error": "Not Found", "message": "deployment default/ghost not found"}
+    assert f.store.count() == 0
+
+
+def test_patch_replace_scale_delete_and_generation() -> None:
+    f = Feeder()
+    _, d1 = f.create(name="api", env={"A": "1"}, args=["--x"])
+    s, d2 = f.run(f.cf.patch("api", {"replicas": 3}))
+    assert s == 200 and d2["replicas"] == 3 and d2["generation"] == 2
+    assert d2["env"] == {"A": "1"} and d2["args"] == ["--x"]
+    assert d2["created_at"] == d1["created_at"] and d2["updated_at"] > d1["updated_at"]
+    assert d2["id"] == d1["id"]
+    s, d3 = f.run(f.cf.replace("api", {"source": "new", "port": 9000}))
+    assert s == 200 and d3["generation"] == 3
+    # PUT replaces the whole spec: env/args/replicas back to defaults, type re-inferred
+    assert d3["env"] == {} and d3["args"] == [] and d3["replicas"] == 1
+    assert d3["type"] == "service" and d3["source"] == "new"
+    s, d4 = f.run(f.cf.scale("api", {"replicas": 7}))
+    assert s == 200 and d4["replicas"] == 7 and d4["generation"] == 4
+    s, body = f.run(f.cf.delete("api"))
+    assert (s, body) == (204, {})
+    assert f.store.get("default", "api") is None
+    assert f.store.get(None, d1["id"]) is None
+    assert f.store.count() == 0
+    assert f.store.list() == ([], 0)
+
+
+def test_no_op_change_keeps_generation() -> None:
+    f = Feeder()
+    _, d1 = f.create(name="a", replicas=2)
+    s, d2 = f.run(f.cf.scale("a", {"replicas": 2}))
+    assert s == 200 and d2 == d1
+
+
+def test_patch_null_resets_and_type_reinference() -> None:
+    f = Feeder()
+    f.create(name="c", schedule="@hourly")
+    s, d = f.run(f.cf.patch("c", {"schedule": None, "port": 8080}))
+    assert s == 200 and d["schedule"] is None and d["type"] == "service"
+    s, d = f.run(f.cf.patch("c", {"replicas": 4}))
+    assert d["type"] == "service"  # untouched schedule/port: type kept
+    s, body = f.run(f.cf.patch("c", {"type": "cronjob"}))
+    assert s == 400 and "schedule" in body["message"]
+
+
+def test_type_change_moves_between_type_indexes() -> None:
+    f = Feeder()
+    f.create(name="a")
+    f.create(name="b")
+    f.run(f.cf.patch("a", {"port": 2000}))
+    assert [d["name"] for d in f.store.list(type="service")[0]] == ["a"]
+    assert [d["name"] for d in f.store.list(type="job")[0]] == ["b"]
+    assert [d["name"] for d in f.store.list(namespace="default", type="job")[0]] == ["b"]
+
+
+def test_get_by_id_respects_namespace() -> None:
+    f = Feeder()
+    _, d = f.create(name="w", namespace="team")
+    assert f.store.get(None, d["id"]) == d
+    assert f.store.get("team", d["id"]) == d
+    assert f.store.get("other", d["id"]) is None
+    assert f.store.get(None, "w") is None  # by name: namespace defaults to "default"
+    assert f.store.get("team", "w") == d
+
+
+def test_list_order_filters_and_paging() -> None:
+    f = Feeder()
+    for name, ns in [("b", "x"), ("a", "y"), ("b", "a"), ("c", "x"), ("a", "x")]:
+        f.create(name=name, namespace=ns, port=2000 if name == "c" else 0)
+    items, total = f.store.list()
+    assert total == 5
+    assert [(d["name"], d["namespace"]) for d in items] == [
+        ("a", "x"), ("a", "y"), ("b", "a"), ("b", "x"), ("c", "x")]
+    items, total = f.store.list(namespace="x")
+    assert total == 3 and [d["name"] for d in items] == ["a", "b", "c"]
+    items, total = f.store.list(type="service")
+    assert total == 1 and items[0]["name"] == "c"
+    items, total = f.store.list(limit=2, offset=1)
+    assert total == 5 and [(d["name"], d["namespace"]) for d in items] == [("a", "y"), ("b", "a")]
+    assert f.store.list(offset=10) == ([], 5)
+    assert f.store.list(namespace="nope") == ([], 0)
+    with pytest.raises(ValueError):
+        f.store.list(limit=-1)
+
+
+def test_idempotency_key_returns_stored_result_without_change() -> None:
+    f = Feeder()
+    first = f.create(name="w", key="k-1")
+    h = f.store.state_hash()
+    again = f.create(name="w", key="k-1")  # retry: fresh ts and id, same request
+    assert again == first and again[0] == 201
+    assert f.store.state_hash() == h
+    # patch retried after a later change still returns its own result
+    p1 = f.run(f.cf.patch("w", {"replicas": 5}, key="k-2"))
+    f.run(f.cf.patch("w", {"replicas": 6}, key="k-3"))
+    assert f.run(f.cf.patch("w", {"replicas": 5}, key="k-2")) == p1
+    assert f.store.get(None, "w")["replicas"] == 6  # type: ignore[index]
+
+
+def test_idempotency_key_reused_for_other_request_is_422() -> None:
+    f = Feeder()
+    f.create(name="w", key="k")
+    h = f.store.state_hash()
+    status, body = f.create(name="other", key="k")
+    assert status == 422 and body["error"] == "Unprocessable Entity"
+    assert f.store.state_hash() == h and f.store.get(None, "other") is None
+
+
+def test_dedup_is_bounded_fifo() -> None:
+    f = Feeder(DeploymentStore(dedup_capacity=3))
+    for i in range(4):
+        f.create(name=f"d{i}", key=f"k{i}")
+    # k0 was evicted: re-applying it is a fresh create -> 409 (name exists), not the old 201
+    assert f.create(name="d0", key="k0")[0] == 409
+    # k3 is still remembered
+    assert f.create(name="d3", key="k3")[0] == 201
+    snap = cbor2.loads(f.store.snapshot())
+    assert [row[0] for row in snap["dedup"]] == ["k2", "k3", "k0"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\xfe garbage",
+        cbor2.dumps([1, 2, 3]),
+        cbor2.dumps({"o": "n", "r": 1}),
+        cbor2.dumps({"o": "n", "r": 1, "c": "nope"}),
+        cbor2.dumps({"o": 1, "r": 1, "c": {}}),
+        encode_entry("n", 1, {}),
+        encode_entry("n", 1, {"key": "k"}),
+        encode_entry("n", 1, {"v": 1, "key": "k", "op": "explode", "ts": "t", "ns": "default",
+                              "name": "a"}),
+        encode_entry("n", 1, {"v": 99, "key": "k", "op": "delete", "ts": "t", "ns": "default",
+                              "name": "a"}),
+        encode_entry("n", 1, {"v": 1, "key": "k", "op": "create", "ts": "t", "ns": "default",
+                              "name": "a", "id": "i", "spec": {"source": "x", "port": 1}}),
+        encode_entry("n", 1, {"v": 1, "key": "k", "op": "create", "ts": "t", "ns": "bad ns",
+                              "name": "a", "id": "i", "spec": {"source": "x"}}),
+        encode_entry("n", 1, {"v": 1, "key": "k", "op": "create", "ts": "t", "ns": "default",
+                              "name": "a", "spec": {"source": "x"}}),
+        encode_entry("n", 1, {"v": 1, "key": "k", "op": "patch", "ts": "t", "ns": "default",
+                              "name": "a", "spec": {"name": "b"}}),
+        encode_entry("n", 1, {"v": 1, "key": "k", "op": "scale", "ts": "t", "ns": "default",
+                              "name": "a", "replicas": True}),
+    ],
+)
+def test_bad_command_data_is_400_never_an_exception(data: bytes) -> None:
+    f = Feeder()
+    f.create(name="a")
+    count = f.store.count()
+    dep = f.store.get(None, "a")
+    result = f.entry(EntryKind.COMMAND, data)
+    assert result is not None
+    status, body = result
+    assert status == 400, body
+    assert body["error"] == "Bad Request" and body["message"]
+    assert f.store.count() == count and f.store.get(None, "a") == dep
+
+
+def test_noop_and_config_only_advance_index() -> None:
+    f = Feeder()
+    assert f.entry(EntryKind.NOOP, b"") is None
+    assert f.entry(EntryKind.CONFIG, cbor2.dumps({"cluster": "c"})) is None
+    assert f.store.applied_index == 2
+    assert f.create(name="a")[0] == 201
+    assert f.store.applied_index == 3
+
+
+def test_replayed_index_is_skipped_and_gap_raises() -> None:
+    f = Feeder()
+    f.create(name="a")
+    index, kind, data = f.entries[0]
+    assert f.store.apply(index, kind, data) is None
+    assert f.store.count() == 1
+    with pytest.raises(ValueError, match="gap"):
+        f.store.apply(f.store.applied_index + 2, EntryKind.NOOP, b"")
+
+
+def _workload(f: Feeder, rng: random.Random, n: int) -> None:
+    names = [f"n{i}" for i in range(20)]
+    for i in range(n):
+        name = rng.choice(names)
+        op = rng.choice(["create", "create", "patch", "replace", "scale", "delete", "noop"])
+        key = f"key{rng.randrange(n // 2 + 1)}"
+        if op == "noop":
+            f.entry(EntryKind.NOOP, b"")
+        elif op == "create":
+            f.run(f.cf.create({"name": name, "source": f"s{i}", "port": rng.choice([0, 2000])},
+                              key=key))
+        elif op == "patch":
+            f.run(f.cf.patch(name, {"replicas": rng.randrange(5)}, key=key))
+        elif op == "replace":
+            f.run(f.cf.replace(name, {"source": f"r{i}", "schedule": "@daily"}, key=key))
+        elif op == "scale":
+            f.run(f.cf.scale(name, {"replicas": rng.randrange(5)}, key=key))
+        else:
+            f.run(f.cf.delete(name, key=key))
+
+
+def test_two_stores_fed_the_same_entries_agree() -> None:
+    a = Feeder(DeploymentStore(dedup_capacity=50))
+    _workload(a, random.Random(7), 600)
+    b = DeploymentStore(dedup_capacity=50)
+    results_a = []
+    replay = Feeder(DeploymentStore(dedup_capacity=50))
+    for index, kind, data in a.entries:
+        results_a.append(replay.store.apply(index, kind, data))
+        b.apply(index, kind, data)
+    assert a.store.state_hash() == b.state_hash() == replay.store.state_hash()
+    assert a.store.snapshot() == b.snapshot()
+    assert a.store.list(limit=1000) == b.list(limit=1000)
+    # and a different history gives a different hash
+    c = Feeder(DeploymentStore(dedup_capacity=50))
+    _workload(c, random.Random(8), 600)
+    assert c.store.state_hash() != a.store.state_hash()
+
+
+def test_snapshot_restore_round_trip() -> None:
+    f = Feeder(DeploymentStore(dedup_capacity=40))
+    _workload(f, random.Random(3), 300)
+    snap = f.store.snapshot()
+    assert cbor2.loads(snap)["format"] == SNAPSHOT_FORMAT
+    other = DeploymentStore(dedup_capacity=40)
+    other.restore(snap)
+    assert other.snapshot() == snap
+    assert other.state_hash() == f.store.state_hash()
+    assert other.applied_index == f.store.applied_index
+    for ns in (None, "default"):
+        for typ in (None, "job", "service", "cronjob"):
+            assert other.list(ns, typ, 1000) == f.store.list(ns, typ, 1000)
+    # both continue identically, including dedup of keys remembered before the snapshot
+    done = len(f.entries)
+    _workload(f, random.Random(11), 100)
+    for index, kind, data in f.entries[done:]:
+        other.apply(index, kind, data)
+    assert other.state_hash() == f.store.state_hash()
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [b"junk", cbor2.dumps({"format": 999}), cbor2.dumps({"format": SNAPSHOT_FORMAT}),
+     cbor2.dumps({"format": SNAPSHOT_FORMAT, "applied": 1, "deployments": [{"id": "x"}],
+                  "dedup": []})],
+)
+def test_restore_refuses_bad_snapshot_and_keeps_state(blob: bytes) -> None:
+    f = Feeder()
+    f.create(name="keep")
+    h = f.store.state_hash()
+    with pytest.raises(ValueError):
+        f.store.restore(blob)
+    assert f.store.state_hash() == h and f.store.applied_index == 1
+
+
+def test_golden_formats() -> None:
+    """Persisted bytes (log entry payloads, snapshots) must not change by accident. If this
+    fails on purpose, bump COMMAND_VERSION / SNAPSHOT_FORMAT, keep reading the old format,
+    and update the digests."""
+    ids = (f"id{n}" for n in itertools.count(1))
+    cf = CommandFactory(clock=lambda: 1_700_000_000.5, new_id=lambda: next(ids))
+    store = DeploymentStore()
+    cmds = [cf.create({"name": "web", "source": "x", "port": 8080, "env": {"A": "1"}}, key="k1"),
+            cf.scale("web", {"replicas": 2}, key="k2")]
+    digests = []
+    for i, cmd in enumerate(cmds, start=1):
+        data = encode_entry("n1", i, cmd)
+        digests.append(hashlib.sha256(data).hexdigest())
+        store.apply(i, EntryKind.COMMAND, data)
+    assert digests == ["47abbcd0572299de8d667601c26c74423e8977d74d7072520e0c621b660e2aa4",
+                       "b7ac84c2e887199e809bcd345d90267f816a70f9db421aa73395d1e0167499f8"]
+    assert hashlib.sha256(store.snapshot()).hexdigest() == (
+        "84f1aa46e00b8a9cebff91ecfb43adc493c53bfc951b553241436e24fd4a4c53")
+
+
+def test_entry_codec_round_trip() -> None:
+    cmd = CommandFactory().delete("x")
+    assert decode_entry(encode_entry("node9", 42, cmd)) == ("node9", 42, cmd)
+
+
+def test_100k_deployments_list_pages() -> None:
+    store = DeploymentStore()
+    f = Feeder(store)
+    rng = random.Random(1)
+    names = [f"dep-{i:06d}" for i in range(100_000)]
+    rng.shuffle(names)
+    for i, name in enumerate(names):
+        f.run({"v": 1, "op": "create", "key": f"k{i}", "ts": "2025-01-01T00:00:00.000Z",
+               "ns": "default" if i % 2 else "other", "name": name, "id": f"id{i}",
+               "spec": {"source": "x", "port": 2000 if i % 3 == 0 else 0}})
+    assert store.count() == 100_000
+    items, total = store.list(limit=1000, offset=50_000)
+    assert total == 100_000
+    assert [d["name"] for d in items] == [f"dep-{i:06d}" for i in range(50_000, 51_000)]
+    items, total = store.list(namespace="other", type="service", limit=10, offset=0)
+    assert total == sum(1 for i in range(100_000) if i % 2 == 0 and i % 3 == 0)
+    assert [d["name"] for d in items] == sorted(d["name"] for d in items)
+    # many pages in a row: each is a slice of the sorted index
+    for offset in range(0, 100_000, 10_000):
+        page, _ = store.list(limit=1000, offset=offset)
+        assert page[0]["name"] == f"dep-{offset:06d}"
+
+
+def test_queries_concurrent_with_apply() -> None:
+    """Apply on one thread while another lists: every page is internally consistent."""
+    f = Feeder()
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            items, total = f.store.list(limit=1000)
+            if len(items) != min(total, 1000):
+                problems.append(f"{len(items)} items for total {total}")
+            names = [d["name"] for d in items]
+            if names != sorted(names):
+                problems.append("unsorted")
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(2000):
+            f.create(name=f"c{i}")
+            if i % 3 == 0:
+                f.run(f.cf.delete(f"c{i}"))
+    finally:
+        stop.set()
+        t.join(10)
+    assert not problems
+    assert f.store.count() == 2000 - 667
+
+
+# ---------------------------------------------------------------- property: never an exception
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2000, 70000) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=8,
+)
+_spec = st.dictionaries(
+    st.sampled_from(["name", "source", "runtime", "port", "replicas", "args", "env",
+                     "schedule", "namespace", "type", "bogus"]),
+    _json | st.sampled_from(["a", "x", "@daily", "* * * * *", "job", "service", "cronjob",
+                             2000, 3, ["a"], {"A": "b"}]),
+    max_size=6,
+)
+_good_spec = st.fixed_dictionaries(
+    {"source": st.sampled_from(["x", "y"])},
+    optional={"port": st.sampled_from([0, 2000, None]),
+              "replicas": st.integers(0, 3),
+              "schedule": st.sampled_from(["@daily", "*/5 * * * *", None]),
+              "env": st.sampled_from([{}, {"A": "1"}]),
+              "type": st.sampled_from(["job", "service", "cronjob", None])},
+)
+_good_command = st.fixed_dictionaries({
+    "v": st.just(1),
+    "op": st.sampled_from(["create", "create", "replace", "patch", "scale", "delete"]),
+    "key": st.sampled_from(["k1", "k2", "k3", "k4", "k5", "k6", "k7"]),
+    "ts": st.sampled_from(["t1", "t2"]),
+    "ns": st.sampled_from(["default", "other"]),
+    "name": st.sampled_from(["a", "b"]),
+    "id": st.sampled_from(["i1", "i2", "i3"]),
+    "spec": _good_spec,
+    "replicas": st.integers(0, 3),
+})
+_bad_command = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": st.sampled_from([1, 1, 1, 2, "1"]),
+        "op": st.sampled_from(["create", "replace", "patch", "scale", "delete", "x"]),
+        "key": st.sampled_from(["k1", "k2", "", 5]) | st.text(max_size=4),
+        "ts": st.sampled_from(["t1", "t2", "", None]),
+        "ns": st.sampled_from(["default", "other", "bad ns", None]),
+        "name": st.sampled_from(["a", "b", "-x", None]),
+        "id": st.sampled_from(["i1", "i2", "", None]),
+        "spec": _spec | _json,
+        "replicas": _json,
+    },
+)
+_command = _good_command | _bad_command
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_command, min_size=1, max_size=12))
+def test_arbitrary_commands_never_raise(commands: list[dict]) -> None:
+    a, b = DeploymentStore(dedup_capacity=4), DeploymentStore(dedup_capacity=4)
+    for i, cmd in enumerate(commands, start=1):
+        data = encode_entry("n", i, cmd)
+        result = a.apply(i, EntryKind.COMMAND, data)
+        assert result is not None
+        status, body = result
+        assert status in (200, 201, 204, 400, 404, 409, 422), (status, body)
+        if status >= 400:
+            assert set(body) == {"error", "message"}
+        assert b.apply(i, EntryKind.COMMAND, data) == result
+    assert a.state_hash() == b.state_hash()
+    restored = DeploymentStore(dedup_capacity=4)
+    restored.restore(a.snapshot())
+    assert restored.state_hash() == a.state_hash()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_never_raise(data: bytes) -> None:
+    status, body = DeploymentStore().apply(1, EntryKind.COMMAND, data) or (0, {})
+    assert status == 400 and body["error"] == "Bad Request"

@@ -24,7 +24,7 @@ import zmq
 
 from actors.base import Actor
 from actors.replicator import ReplicatorActor, replicator_name
-from prisn.messages import PEER_TYPES, Msg, Role, StoreAppend
+from prisn.messages import PEER_TYPES, Msg, Propose, ProposeBatch, Role, StoreAppend
 from prisn.raft.core import RaftCore
 from transport.codec import encode
 from transport.mailbox import bind_peer_inbox
@@ -77,7 +77,17 @@ class RaftActor(Actor):
         self._publish()
 
     def on_messages(self, msgs: list[Msg]) -> None:
-        self._batch.extend(msgs)
+        batch = self._batch
+        for m in msgs:
+            if type(m) is ProposeBatch:
+                for item in m.items:
+                    if (isinstance(item, list) and len(item) == 2 and type(item[0]) is int
+                            and type(item[1]) is bytes):
+                        batch.append(Propose(src=m.src, dst="raft", rid=item[0], data=item[1]))
+                    else:
+                        self.decoder.dropped += 1
+            else:
+                batch.append(m)
 
     def _peer_frames(self, frames: list[bytes]) -> None:
         for m in self.decode_all(frames):

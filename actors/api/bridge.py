@@ -30,7 +30,7 @@ from prisn.fsm.deployments import DeploymentStore, Result
 from prisn.messages import (
     Applied,
     Msg,
-    Propose,
+    ProposeBatch,
     ReadIndex,
     RemoveNode,
     Reply,
@@ -66,6 +66,7 @@ class RaftNodeClient:
         self._wseq = itertools.count()
         self._decoder = Decoder("api")
         self._inbox: zmq.Socket | None = None
+        self._proposals: list[list] = []  # [rid, data] waiting for the end of this loop turn
         self._to_raft: zmq.Socket | None = None
         self._reader: asyncio.Task | None = None
         self.applied_index = store.applied_index
@@ -155,22 +156,31 @@ class RaftNodeClient:
         return rid, fut
 
     async def _await(self, rid: int, fut: asyncio.Future, timeout: float, message: str) -> Any:
+        """Wait for `fut` at most `timeout` seconds (a timer handle, cheaper than wait_for)."""
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(timeout, self._expire, rid, fut, message)
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self._waiters.pop(rid, None)
-            raise Unavailable(message) from None
+            return await fut
+        finally:
+            handle.cancel()
+
+    def _expire(self, rid: int, fut: asyncio.Future, message: str) -> None:
+        self._waiters.pop(rid, None)
+        if not fut.done():
+            fut.set_exception(Unavailable(message))
 
     def current_leader(self) -> str | None:
         return self._raft_status().leader_id or None
 
     async def propose(self, command: dict[str, Any], timeout: float) -> Result:
-        node = self.node_id
-
-        def make(rid: int) -> Msg:
-            return Propose(src="api", dst="raft", rid=rid, data=encode_entry(node, rid, command))
-
-        rid, fut = self._request(make)
+        if len(self._waiters) >= self._max_inflight:
+            raise Unavailable(f"too many requests in flight on this node ({self._max_inflight})")
+        rid = next(self._rids)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        if not self._proposals:
+            asyncio.get_running_loop().call_soon(self._flush_proposals)
+        self._proposals.append([rid, encode_entry(self.node_id, rid, command)])
         try:
             result = await self._await(rid, fut, timeout, TIMEOUT_MESSAGE.format(t=timeout))
         except Exception:
@@ -180,6 +190,20 @@ class RaftNodeClient:
         if self._metrics is not None:
             self._metrics.proposals_committed()
         return result
+
+    def _flush_proposals(self) -> None:
+        """Send every proposal of this loop turn to raft in one message."""
+        items, self._proposals = self._proposals, []
+        if not items or self._to_raft is None:
+            return
+        try:
+            self._to_raft.send(encode(ProposeBatch(src="api", dst="raft", items=items)),
+                               zmq.NOBLOCK)
+        except zmq.Again:
+            for rid, _ in items:
+                fut = self._waiters.pop(rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(Unavailable("the raft actor's queue is full; retry"))
 
     async def read_barrier(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

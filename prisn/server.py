@@ -169,16 +169,24 @@ class Node:
         st = raft.status
         if st.role != Role.LEADER or len(st.voters) < 2:
             return
+        peers = [(p.match, pid) for pid, p in st.progress.items()
+                 if pid in st.voters and pid != self.cfg.node_id and p.recent_active]
+        if not peers:
+            log.warning("no reachable voter to hand leadership to before stopping")
+            return
+        target = max(peers)[1]
         push = self.ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
         try:
             push.connect(f"inproc://{self.cfg.node_id}/raft")
-            push.send(encode(TransferLeadership(src="server", dst="raft", rid=0, target="")))
+            push.send(encode(TransferLeadership(src="server", dst="raft", rid=0, target=target)))
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and raft.status.role == Role.LEADER:
                 time.sleep(0.005)  # polling a published status with a deadline
-            log.info("leadership %s before stop",
-                     "handed over" if raft.status.role != Role.LEADER else "NOT handed over")
+            if raft.status.role == Role.LEADER:
+                log.warning("leadership NOT handed over to %s before stop", target)
+            else:
+                log.info("leadership handed over to %s before stop", target)
         finally:
             push.close(0)
 

@@ -46,6 +46,7 @@ class Actor(threading.Thread):
         self.failure: BaseException | None = None
         self._on_failure = on_failure
         self._stopping = threading.Event()
+        self.closing = threading.Event()  # node-wide; the supervisor replaces it before start
         self._sockets: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
         self._poller = zmq.Poller()
 
@@ -101,7 +102,7 @@ class Actor(threading.Thread):
         inbox = None
         try:
             inbox = bind_inbox(self.ctx, self.node_id, self.actor_name)
-            self.outbox = Outbox(self.ctx, self.node_id)
+            self.outbox = Outbox(self.ctx, self.node_id, closing=self.closing)
             self.add_socket(inbox, self._inbox_batch)
             self.on_start()
             self.started.set()

@@ -147,6 +147,7 @@ class RaftActor(Actor):
 
     def _start_replicator(self, peer: str, addr: str) -> None:
         r = ReplicatorActor(self.ctx, self.node_id, peer, addr, **self._kw)
+        r.closing = self.closing
         r.start()
         r.started.wait(5)
         self._replicators[peer] = r

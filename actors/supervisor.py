@@ -19,6 +19,7 @@ class Supervisor:
         self.actors: list[Actor] = []
         self.failed = threading.Event()
         self.stop_requested = threading.Event()
+        self.closing = threading.Event()  # shared by every actor's outbox
         self.failure: tuple[str, BaseException] | None = None
 
     def on_failure(self, actor: Actor, exc: BaseException) -> None:
@@ -31,6 +32,7 @@ class Supervisor:
     def start(self, actor: Actor, timeout: float = 10.0) -> None:
         """Start `actor` and wait until its `on_start` ran (or it failed)."""
         self.actors.append(actor)
+        actor.closing = self.closing
         actor.start()
         if not actor.started.wait(timeout):
             raise RuntimeError(f"actor {actor.actor_name} did not start within {timeout}s")
@@ -42,6 +44,7 @@ class Supervisor:
         return self.stop_requested.wait(timeout)
 
     def stop_all(self, timeout: float = 5.0) -> None:
+        self.closing.set()
         for actor in reversed(self.actors):
             actor.stop()
             actor.join(timeout)

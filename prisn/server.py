@@ -192,6 +192,9 @@ class Node:
 
     def stop(self) -> None:
         self.sup.stop_all()
+        if any(a.is_alive() for a in self.sup.actors):
+            log.error("some actors did not stop; leaving the ZeroMQ context for process exit")
+            return
         if self.storage is not None:
             self.storage.close()
             self.storage = None

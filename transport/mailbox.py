@@ -5,11 +5,17 @@ Invariants:
   (an `Outbox` must be created inside its actor's thread, see `actors.base.Actor.run`).
 - Local queues are bounded by the high-water mark; a full local queue blocks the sender for
   at most `send_timeout_ms`, then raises `MailboxFull` (the actor fails, the node stops): a
-  local message is never silently lost. Peer sends never block: a full queue drops and counts.
+  local message is never silently lost while the node runs. Once the node is closing (the
+  supervisor set `closing`), a send that cannot go through at once is dropped instead, so no
+  actor hangs on a peer actor that already stopped. Peer sends never block: a full queue
+  drops and counts.
 - LINGER is 0 everywhere: stopping never waits on unsent messages.
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 import zmq
 
@@ -41,10 +47,12 @@ def bind_inbox(ctx: zmq.Context, node_id: str, actor: str) -> zmq.Socket:
 class Outbox:
     """Lazily connected PUSH sockets, one per local destination actor (owner thread only)."""
 
-    def __init__(self, ctx: zmq.Context, node_id: str, send_timeout_ms: int = 10_000) -> None:
+    def __init__(self, ctx: zmq.Context, node_id: str, send_timeout_ms: int = 10_000,
+                 closing: threading.Event | None = None) -> None:
         self.ctx = ctx
         self.node_id = node_id
         self.send_timeout_ms = send_timeout_ms
+        self.closing = closing if closing is not None else threading.Event()
         self._socks: dict[str, zmq.Socket] = {}
 
     def _sock(self, to: str) -> zmq.Socket:
@@ -53,7 +61,6 @@ class Outbox:
             s = self.ctx.socket(zmq.PUSH)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDHWM, LOCAL_HWM)
-            s.setsockopt(zmq.SNDTIMEO, self.send_timeout_ms)
             s.connect(inproc_address(self.node_id, to))
             self._socks[to] = s
         return s
@@ -62,10 +69,23 @@ class Outbox:
         self.send_bytes(to, encode(msg))
 
     def send_bytes(self, to: str, data: bytes) -> None:
+        sock = self._sock(to)
+        copy = len(data) > 65536
         try:
-            self._sock(to).send(data, copy=len(data) > 65536)
+            sock.send(data, zmq.NOBLOCK, copy=copy)
+            return
         except zmq.Again:
-            raise MailboxFull(f"local mailbox {to!r} full for {self.send_timeout_ms} ms") from None
+            pass
+        deadline = time.monotonic() + self.send_timeout_ms / 1000
+        while not self.closing.is_set():
+            if sock.poll(50, zmq.POLLOUT):
+                try:
+                    sock.send(data, zmq.NOBLOCK, copy=copy)
+                    return
+                except zmq.Again:
+                    continue
+            if time.monotonic() > deadline:
+                raise MailboxFull(f"local mailbox {to!r} full for {self.send_timeout_ms} ms")
 
     def close(self) -> None:
         for s in self._socks.values():

@@ -1,0 +1,1272 @@
+"""The pure Raft core: no I/O, no clock, no threads; driven by `RaftCore.step(messages)`.
+
+One `step()` handles a batch of inputs and returns every output, coalesced: at most one
+StoreAppend, as few AppendEntries per peer as the caps allow, then Apply and replies.
+
+Safety rules this module keeps (Raft paper = §, Ongaro thesis = T):
+- Persist before speak (§5.1 Figure 2, T 3.8): vote grants, a candidate's VoteRequests and
+  successful AppendResponses are held until the StoreSynced covering the write they depend on.
+  A leader sends entries before its own write is done (T 10.2.1) but counts itself in the
+  commit quorum only up to its synced (`stable`) index.
+- A leader commits only entries of its current term by counting replicas (§5.4.2); each term
+  opens with a NOOP entry (T 6.4).
+- Apply only entries that are committed and locally durable, in order, exactly once.
+- Membership in force is the latest CONFIG entry in the log, committed or not (T 4.1); at most
+  one uncommitted change at a time, and only after the leader committed an entry of its term.
+- Removing the leader: the leader appends the config without itself, keeps leading (not
+  counting itself) until that entry commits, then sends TimeoutNow to the most up-to-date voter
+  and steps down (T 4.2.2).
+- On restart the state machine is rebuilt from the snapshot: entries from
+  ``snapshot_index + 1`` up to the recovered commit index are applied again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import deque
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import cbor2
+
+from prisn.messages import (
+    AddNode,
+    AppendEntries,
+    AppendResponse,
+    Apply,
+    EntryKind,
+    ForwardPropose,
+    ForwardReadIndex,
+    ForwardRequest,
+    ForwardResponse,
+    JoinRequest,
+    JoinResponse,
+    Msg,
+    Propose,
+    ReadIndex,
+    RemoveNode,
+    Reply,
+    Role,
+    StoreAppend,
+    StoreFailed,
+    StoreSynced,
+    Tick,
+    TimeoutNow,
+    TransferLeadership,
+    VoteRequest,
+    VoteResponse,
+)
+from prisn.raft.boot import BootState, Membership
+from prisn.raft.log import RaftLog
+from prisn.raft.progress import Progress, ProgressState, quorum_index, quorum_size
+from prisn.raft.status import PeerStatus, RaftStatus
+
+NOT_LEADER = "not leader"  # ForwardResponse reason that makes the origin retry elsewhere
+NO_LEADER = "no leader or quorum"
+SEEN_FORWARDS = 65536  # forwarded proposals remembered to drop network duplicates
+
+
+@dataclass(frozen=True)
+class RaftOptions:
+    """Tunables, in ticks (one tick = 10 ms by default)."""
+
+    heartbeat_ticks: int = 5
+    election_ticks: int = 15  # randomized timeout drawn from [election_ticks, 2*election_ticks)
+    max_append_entries: int = 1024  # per AppendEntries message
+    max_append_bytes: int = 1 << 20
+    max_inflight: int = 64  # AppendEntries messages in flight per peer
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_pending: int = 10000  # proposals/reads buffered while no leader is known
+    pending_ticks: int = 500  # how long a buffered proposal/read waits before failing 503
+    promote_lag: int = 0  # learner promoted when match >= leader commit - promote_lag
+
+
+class _State(IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+_ROLE = {_State.FOLLOWER: Role.FOLLOWER, _State.PRE_CANDIDATE: Role.CANDIDATE,
+         _State.CANDIDATE: Role.CANDIDATE, _State.LEADER: Role.LEADER}
+
+
+@dataclass(slots=True)
+class _Req:
+    """A local API request waiting for a leader (kind: propose|read|transfer|remove|add)."""
+
+    kind: str
+    rid: int
+    since: int
+    data: bytes = b""
+    node_id: str = ""
+    addr: str = ""
+
+
+@dataclass(slots=True)
+class _Read:
+    """A ReadIndex in flight on the leader: answer `index` once a quorum acked `seq`."""
+
+    index: int
+    seq: int
+    origin: str
+    rid: int
+
+
+def encode_config(m: Membership) -> bytes:
+    """Deterministic CBOR of a membership (the data of a CONFIG entry)."""
+    return cbor2.dumps(m.to_wire(), canonical=True)
+
+
+def decode_config(data: bytes) -> Membership:
+    return Membership.from_wire(cbor2.loads(data))
+
+
+def static_cluster_id(members: dict[str, str]) -> str:
+    """Cluster id of a static member list: first 16 hex chars of sha256 over the canonical
+    CBOR of the sorted ``[id, addr]`` pairs (identical on every node given the same list)."""
+    blob = cbor2.dumps([[k, v] for k, v in sorted(members.items())], canonical=True)
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_TERM_TYPES = (VoteRequest, VoteResponse, AppendEntries, AppendResponse, TimeoutNow)
+
+
+class RaftCore:
+    """One Raft node's decisions. Not thread-safe; call from the owning actor only."""
+
+    def __init__(self, node_id: str, addr: str, opts: RaftOptions, rng: random.Random,
+                 boot: BootState, *, bootstrap: bool = False,
+                 initial_members: dict[str, str] | None = None,
+                 join: list[str] | None = None, force_new_cluster: str | None = None) -> None:
+        self.id = node_id
+        self.addr = addr
+        self.opts = opts
+        self.rng = rng
+        self._bootstrap = bootstrap
+        self._initial_members = dict(initial_members) if initial_members else None
+        self._force_new_cluster = force_new_cluster
+        self._join_addrs = [a for a in (join or []) if a and a != addr]
+        self._started = False
+
+        # durable state (as recovered) and the log view
+        self._log = RaftLog(boot.snapshot_index, boot.snapshot_term, boot.entries)
+        self._term = boot.term
+        self._vote = boot.vote
+        self._commit = max(boot.commit, boot.snapshot_index)
+        self._applied = boot.snapshot_index
+        self._stable = self._log.last_index  # highest index known durable (prefix-wise)
+
+        # membership: (index, Membership) for the snapshot and every CONFIG entry in the log
+        self._configs: list[tuple[int, Membership]] = []
+        if boot.snapshot_membership is not None:
+            self._configs.append((boot.snapshot_index, boot.snapshot_membership))
+        for e in boot.entries:
+            if e[2] == EntryKind.CONFIG:
+                self._configs.append((e[0], decode_config(e[3])))
+        self._membership: Membership | None = None
+        self._cluster = ""
+        self._voters: dict[str, str] = {}  # ordered: iteration must be deterministic
+        self._known_addrs: dict[str, str] = {}
+
+        # volatile role state
+        self._state = _State.FOLLOWER
+        self._leader_id = ""
+        self._now = 0
+        self._election_elapsed = 0
+        self._election_timeout = opts.election_ticks
+        self._leader_contact = 1 << 30  # ticks since we heard from a leader of our term
+        self._votes: dict[str, bool] = {}
+        self._progress: dict[str, Progress] = {}
+        self._hb_elapsed = 0
+        self._check_elapsed = 0
+        self._term_start = 0  # index of this leader's NOOP
+        self._hb_seq = 0
+        self._reads_wait: list[tuple[str, int]] = []
+        self._reads: deque[_Read] = deque()
+        self._read_round = False
+        self._conf_waiters: dict[int, tuple[str, int]] = {}
+        self._transferee = ""
+        self._transfer_elapsed = 0
+        self._timeout_now_sent = False
+        self._pending: deque[_Req] = deque()
+        self._fwd: dict[int, _Req] = {}  # forward id -> request, in forwarding order
+        # forward ids are unique per attempt (and across restarts, with a random epoch), so a
+        # leader can tell a network duplicate from a retry
+        self._fwd_epoch = rng.getrandbits(31) << 32
+        self._fwd_next = 0
+        self._seen_fwd: dict[tuple[str, int], None] = {}  # recent forwarded (src, rid), FIFO
+        self._join_elapsed = 0
+        self._drops: dict[str, int] = {}
+        self._fatal = ""
+
+        # persistence pipeline
+        self._seq = 0  # last StoreAppend seq issued
+        self._synced = 0  # highest StoreSynced seq
+        self._writes: deque[tuple[int, int]] = deque()  # (seq, last index it makes durable)
+        self._unsaved_from = 0  # lowest index changed in memory and not yet sent to the store
+        self._trunc_from = 0
+        self._hard_dirty = False
+        self._hard_seq = 0  # seq of the last write carrying a term/vote change
+        self._held: deque[tuple[int, Msg]] = deque()  # (seq that must be synced, message)
+        self._held_now: list[Msg] = []
+
+        # per-step output buffers
+        self._out_peer: list[Msg] = []
+        self._out_local: list[Msg] = []
+
+        self._on_config_change()
+        self._reset_election_timeout()
+        self._handlers: dict[type, Any] = {
+            Tick: self._on_tick,
+            StoreSynced: self._on_synced,
+            StoreFailed: self._on_store_failed,
+            Propose: self._on_propose,
+            ReadIndex: self._on_read_index,
+            TransferLeadership: self._on_transfer,
+            RemoveNode: self._on_remove,
+            AddNode: self._on_add,
+            VoteRequest: self._on_vote_request,
+            VoteResponse: self._on_vote_response,
+            AppendEntries: self._on_append,
+            AppendResponse: self._on_append_response,
+            TimeoutNow: self._on_timeout_now,
+            ForwardPropose: self._on_forward_propose,
+            ForwardReadIndex: self._on_forward_read,
+            ForwardRequest: self._on_forward_request,
+            ForwardResponse: self._on_forward_response,
+            JoinRequest: self._on_join_request,
+            JoinResponse: self._on_join_response,
+        }
+
+    # ================================================================== public API
+    def startup(self) -> list[Msg]:
+        """Outputs due at start: bootstrap/static/force-new-cluster entries, replay Apply,
+        first JoinRequests. Idempotent (a second call only flushes)."""
+        if not self._started:
+            self._started = True
+            self._do_startup()
+        return self._flush()
+
+    def step(self, msgs: list[Msg]) -> list[Msg]:
+        """Handle a batch of inputs; return all outputs (StoreAppend first)."""
+        if not self._started:
+            self._started = True
+            self._do_startup()
+        handlers = self._handlers
+        for m in msgs:
+            h = handlers.get(type(m))
+            if h is None:
+                self._drop("unknown_type")
+                continue
+            if self._fatal and not isinstance(m, (Propose, ReadIndex, TransferLeadership,
+                                                  RemoveNode, AddNode)):
+                continue
+            if hasattr(m, "cluster"):
+                self._on_peer(m, h)
+            else:
+                h(m)
+        return self._flush()
+
+    def handle(self, msg: Msg) -> list[Msg]:
+        return self.step([msg])
+
+    def address_of(self, node_id: str) -> str | None:
+        """Advertised raft address of `node_id` (membership first, then join redirects)."""
+        if node_id == self.id:
+            return self.addr
+        m = self._membership
+        if m is not None:
+            a = m.address_of(node_id)
+            if a:
+                return a
+        return self._known_addrs.get(node_id)
+
+    def status(self) -> RaftStatus:
+        """Immutable snapshot; cheap enough to call after every step."""
+        st = self._state
+        m = self._membership
+        progress: dict[str, PeerStatus] = {}
+        et = self.opts.election_ticks
+        if st is _State.LEADER:
+            learners = m.learners if m else {}
+            for pid, pr in self._progress.items():
+                progress[pid] = PeerStatus(
+                    match=pr.match, next=pr.next, inflight=len(pr.inflight),
+                    state=pr.state.value, last_contact_ticks=pr.last_contact,
+                    recent_active=pr.last_contact < et, is_learner=pid in learners)
+            active = sum(1 for v in self._voters
+                         if v == self.id or (v in progress and progress[v].recent_active))
+            quorum_ok = active >= quorum_size(len(self._voters))
+        else:
+            quorum_ok = bool(self._leader_id) and self._leader_contact < et
+        return RaftStatus(
+            node_id=self.id, addr=self.addr, role=_ROLE[st],
+            is_learner=bool(m and self.id in m.learners), term=self._term, vote=self._vote,
+            leader_id=self._leader_id, leader_addr=self.address_of(self._leader_id) or ""
+            if self._leader_id else "",
+            commit_index=self._commit, applied_index=self._applied, stable_index=self._stable,
+            last_index=self._log.last_index, last_term=self._log.last_term,
+            cluster_id=self._cluster, membership=m, progress=progress, quorum_ok=quorum_ok,
+            transferee=self._transferee, drops=dict(self._drops),
+            ticks_since_leader_contact=0 if st is _State.LEADER else self._leader_contact,
+            pending=len(self._pending), pre_candidate=st is _State.PRE_CANDIDATE,
+            fatal=self._fatal)
+
+    # read-only views for tests and the simulator
+    @property
+    def log(self) -> RaftLog:
+        return self._log
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def commit_index(self) -> int:
+        return self._commit
+
+    @property
+    def is_leader(self) -> bool:
+        return self._state is _State.LEADER
+
+    # ================================================================== startup
+    def _do_startup(self) -> None:
+        empty = self._log.last_index == 0 and self._log.snap_index == 0
+        if empty and (self._bootstrap or self._initial_members):
+            if self._bootstrap:
+                cid = f"{self.rng.getrandbits(64):016x}"
+                m = Membership(cluster=cid, voters={self.id: self.addr})
+            else:
+                members = self._initial_members or {}
+                m = Membership(cluster=static_cluster_id(members), voters=dict(members))
+            if self._term < 1:
+                self._term = 1
+                self._hard_dirty = True
+            self._append_local([[1, 1, int(EntryKind.CONFIG), encode_config(m)]])
+            if self._bootstrap:
+                self._campaign(pre=self.opts.pre_vote)
+        elif self._force_new_cluster:
+            cur = self._membership
+            fid = self._force_new_cluster
+            if not (cur and cur.cluster == fid and set(cur.voters) == {self.id}
+                    and not cur.learners):
+                # a fresh term that only we can lead: we vote for ourselves in the same write
+                self._term += 1
+                self._vote = self.id
+                self._hard_dirty = True
+                m = Membership(cluster=fid, voters={self.id: self.addr})
+                idx = self._log.last_index + 1
+                self._append_local([[idx, self._term, int(EntryKind.CONFIG), encode_config(m)]])
+                self._state = _State.CANDIDATE
+                self._votes = {self.id: True}  # leader once this write is synced
+        if self._need_join():
+            self._send_joins()
+
+    # ================================================================== flush
+    def _flush(self) -> list[Msg]:
+        """End of step: commit, one StoreAppend, held releases, appends, Apply, replies."""
+        out: list[Msg] = []
+        if self._fatal:
+            out.extend(self._out_local)
+            self._out_local = []
+            self._out_peer = []
+            self._held_now = []
+            return out
+        leader = self._state is _State.LEADER
+        if leader:
+            self._leader_commit()
+            leader = self._state is _State.LEADER  # self-removal may have stepped us down
+        if self._unsaved_from or self._trunc_from or self._hard_dirty:
+            self._seq += 1
+            last = self._log.last_index
+            lo = self._unsaved_from
+            ents = self._log.slice(lo, last) if lo and lo <= last else []
+            out.append(StoreAppend(src="raft", dst="logstore", seq=self._seq, term=self._term,
+                                   vote=self._vote, commit=self._commit, entries=ents,
+                                   truncate_from=self._trunc_from))
+            self._writes.append((self._seq, last))
+            if self._hard_dirty:
+                self._hard_seq = self._seq
+            self._unsaved_from = 0
+            self._trunc_from = 0
+            self._hard_dirty = False
+        peer = self._out_peer
+        if self._held_now:
+            need = self._seq
+            if need <= self._synced:
+                peer.extend(self._held_now)
+            else:
+                self._held.extend((need, m) for m in self._held_now)
+            self._held_now = []
+        held = self._held
+        while held and held[0][0] <= self._synced:
+            peer.append(held.popleft()[1])
+        if leader:
+            self._leader_flush()
+        out.extend(peer)
+        self._out_peer = []
+        hi = min(self._commit, self._stable)
+        if hi > self._applied:
+            out.append(Apply(src="raft", dst="fsm",
+                             entries=self._log.slice(self._applied + 1, hi)))
+            self._applied = hi
+        out.extend(self._out_local)
+        self._out_local = []
+        return out
+
+    def _leader_flush(self) -> None:
+        """Leader part of a flush: reads, heartbeat round, AppendEntries per peer."""
+        if self._reads_wait and self._commit >= self._term_start:
+            waiting = self._reads_wait
+            self._reads_wait = []
+            for origin, rid in waiting:
+                self._leader_read(origin, rid)
+        if self._read_round:
+            self._read_round = False
+            self._broadcast_heartbeat()
+        for pid, pr in self._progress.items():
+            self._send_to(pid, pr)
+        if self._reads:
+            self._check_reads()
+
+    # ================================================================== helpers: output
+    def _drop(self, reason: str) -> None:
+        self._drops[reason] = self._drops.get(reason, 0) + 1
+
+    def _reply(self, rid: int, ok: bool, code: int = 200, reason: str = "",
+               index: int = 0) -> None:
+        self._out_local.append(Reply(src="raft", dst="api", rid=rid, ok=ok, code=code,
+                                     reason=reason, index=index))
+
+    def _respond(self, origin: str, rid: int, ok: bool, code: int = 200, reason: str = "",
+                 index: int = 0) -> None:
+        """Answer a request from the local API (`origin` == self) or a forwarding peer."""
+        if origin == self.id:
+            self._reply(rid, ok, code, reason, index)
+        else:
+            self._out_peer.append(ForwardResponse(
+                src=self.id, dst=origin, cluster=self._cluster, term=self._term, rid=rid,
+                ok=ok, code=code, reason=reason, index=index))
+
+    def _send_durable(self, msg: Msg, index: int) -> None:
+        """Emit `msg` once entries up to `index` and the current term/vote are synced."""
+        if (index <= self._stable and not self._hard_dirty
+                and self._hard_seq <= self._synced):
+            self._out_peer.append(msg)
+        else:
+            self._held_now.append(msg)
+
+    # ================================================================== helpers: log
+    def _append_local(self, entries: list[list]) -> None:
+        """Append to the in-memory log; membership takes effect at once (T 4.1)."""
+        first = entries[0][0]
+        self._log.append(entries)
+        if not self._unsaved_from:
+            self._unsaved_from = first
+        changed = False
+        for e in entries:
+            if e[2] == EntryKind.CONFIG:
+                self._configs.append((e[0], decode_config(e[3])))
+                changed = True
+        if changed:
+            self._on_config_change()
+
+    def _truncate(self, index: int) -> None:
+        """Drop uncommitted entries >= index; revert membership; clamp durability marks."""
+        if index <= self._commit:
+            raise RuntimeError(f"raft: refusing to truncate committed entry {index} "
+                               f"(commit {self._commit})")
+        self._log.truncate_from(index)
+        self._trunc_from = index if not self._trunc_from else min(self._trunc_from, index)
+        self._unsaved_from = index if not self._unsaved_from else min(self._unsaved_from, index)
+        if self._stable >= index:
+            self._stable = index - 1
+        self._writes = deque((s, min(last, index - 1)) for s, last in self._writes)
+        if self._configs and self._configs[-1][0] >= index:
+            while self._configs and self._configs[-1][0] >= index:
+                self._configs.pop()
+            self._on_config_change()
+
+    def _on_config_change(self) -> None:
+        m = self._configs[-1][1] if self._configs else None
+        self._membership = m
+        if m is not None:
+            self._cluster = m.cluster
+            self._voters = m.voters
+        else:
+            self._voters = {}
+        if self._state is _State.LEADER:
+            self._sync_progress()
+            if self._transferee and self._transferee not in self._voters:
+                self._abort_transfer()
+
+    def _conf_index(self) -> int:
+        return self._configs[-1][0] if self._configs else 0
+
+    def _promotable(self) -> bool:
+        """May we campaign? Voters may; so may a server removed by a config entry that is not
+        committed yet (T 4.2.2): it may hold the only up-to-date log the new config needs."""
+        if self._fatal or not self._cluster:
+            return False
+        if self.id in self._voters:
+            return True
+        cfgs = self._configs
+        return (len(cfgs) >= 2 and cfgs[-1][0] > self._commit
+                and self.id in cfgs[-2][1].voters)
+
+    def _need_join(self) -> bool:
+        m = self._membership
+        return bool(self._join_addrs) and (m is None or self.id not in m.members())
+
+    # ================================================================== roles
+    def _reset_election_timeout(self) -> None:
+        et = self.opts.election_ticks
+        self._election_timeout = et + self.rng.randrange(et)
+
+    def _set_leader(self, lid: str) -> None:
+        old = self._leader_id
+        self._leader_id = lid
+        if lid and lid != old and lid != self.id and self._pending:
+            self._forward_pending()
+
+    def _become_follower(self, term: int, leader: str) -> None:
+        was_leader = self._state is _State.LEADER
+        if term != self._term:
+            self._term = term
+            self._vote = ""
+            self._hard_dirty = True
+        self._state = _State.FOLLOWER
+        self._votes = {}
+        if was_leader:
+            self._lose_leadership()
+        self._election_elapsed = 0
+        self._reset_election_timeout()
+        self._set_leader(leader)
+
+    def _lose_leadership(self) -> None:
+        for _origin, rid in self._reads_wait:
+            self._respond(_origin, rid, False, 503, "leadership lost")
+        for r in self._reads:
+            self._respond(r.origin, r.rid, False, 503, "leadership lost")
+        self._reads_wait = []
+        self._reads.clear()
+        self._read_round = False
+        for _idx, (origin, rid) in self._conf_waiters.items():
+            self._respond(origin, rid, False, 503, "leadership lost; outcome unknown")
+        self._conf_waiters = {}
+        self._progress = {}
+        self._transferee = ""
+        self._leader_id = ""
+
+    def _campaign(self, pre: bool, transfer: bool = False) -> None:
+        """Start a (pre-)election (§5.2, T 9.6). A pre-vote changes nothing durable."""
+        if not self._promotable():
+            return
+        self._election_elapsed = 0
+        self._reset_election_timeout()
+        if self._state is _State.LEADER:
+            self._lose_leadership()
+        self._leader_id = ""
+        self._votes = {self.id: True} if self.id in self._voters else {}
+        won = len(self._votes) >= quorum_size(len(self._voters))
+        if pre:
+            self._state = _State.PRE_CANDIDATE
+            if won:
+                self._campaign(pre=False)
+                return
+            term = self._term + 1
+        else:
+            self._state = _State.CANDIDATE
+            self._term += 1
+            self._vote = self.id
+            self._hard_dirty = True
+            if won:
+                return  # a single voter wins once its term and vote are synced (_on_synced)
+            term = self._term
+        li, lt = self._log.last_index, self._log.last_term
+        for v in self._voters:
+            if v == self.id:
+                continue
+            req = VoteRequest(src=self.id, dst=v, cluster=self._cluster, term=term,
+                              last_index=li, last_term=lt, pre=pre, transfer=transfer)
+            if pre:
+                self._out_peer.append(req)
+            else:
+                self._send_durable(req, 0)
+
+    def _become_leader(self) -> None:
+        self._state = _State.LEADER
+        self._leader_id = self.id
+        self._leader_contact = 0
+        self._votes = {}
+        self._progress = {}
+        self._sync_progress()
+        self._hb_elapsed = 0
+        self._check_elapsed = 0
+        self._transferee = ""
+        self._reads_wait = []
+        self._reads.clear()
+        self._read_round = False
+        self._term_start = self._log.last_index + 1
+        self._append_local([[self._term_start, self._term, int(EntryKind.NOOP), b""]])
+        self._drain_pending_local()
+
+    def _sync_progress(self) -> None:
+        m = self._membership
+        members = m.members() if m else {}
+        for pid in list(self._progress):
+            if pid not in members:
+                del self._progress[pid]
+        nxt = self._log.last_index + 1
+        for pid in members:
+            if pid != self.id and pid not in self._progress:
+                self._progress[pid] = Progress(nxt, self._now)
+
+    # ================================================================== tick
+    def _on_tick(self, _m: Msg) -> None:
+        self._now += 1
+        if self._leader_contact < (1 << 30):
+            self._leader_contact += 1
+        opts = self.opts
+        if self._state is _State.LEADER:
+            self._leader_contact = 0
+            for pr in self._progress.values():
+                pr.last_contact += 1
+            self._check_elapsed += 1
+            if self._check_elapsed >= opts.election_ticks:
+                self._check_elapsed = 0
+                if opts.check_quorum and not self._quorum_active():
+                    self._become_follower(self._term, "")
+                    self._expire()
+                    return
+                for pr in self._progress.values():
+                    pr.recent_active = False
+            if self._transferee:
+                self._transfer_elapsed += 1
+                if self._transfer_elapsed >= opts.election_ticks:
+                    self._abort_transfer()
+            self._hb_elapsed += 1
+            if self._hb_elapsed >= opts.heartbeat_ticks:
+                self._broadcast_heartbeat()
+            self._maybe_promote()
+        else:
+            self._election_elapsed += 1
+            if self._election_elapsed >= self._election_timeout:
+                self._election_elapsed = 0
+                if self._promotable():
+                    self._campaign(pre=opts.pre_vote)
+                else:
+                    self._reset_election_timeout()
+            if self._join_addrs:
+                self._join_elapsed += 1
+                if self._join_elapsed >= opts.election_ticks and self._need_join():
+                    self._send_joins()
+        self._expire()
+
+    def _quorum_active(self) -> bool:
+        n = 0
+        for v in self._voters:
+            if v == self.id:
+                n += 1
+            else:
+                pr = self._progress.get(v)
+                if pr is not None and pr.recent_active:
+                    n += 1
+        return n >= quorum_size(len(self._voters))
+
+    def _expire(self) -> None:
+        """Fail buffered requests older than pending_ticks (503); forget forwarded ones."""
+        limit = self._now - self.opts.pending_ticks
+        pending = self._pending
+        while pending and pending[0].since <= limit:
+            r = pending.popleft()
+            self._reply(r.rid, False, 503, f"{NO_LEADER}: timed out waiting for a leader")
+        if self._fwd:
+            expired = []
+            for fid, r in self._fwd.items():
+                if r.since > limit:
+                    break
+                expired.append(fid)
+            for fid in expired:
+                r = self._fwd.pop(fid)
+                if r.kind != "propose":  # a forwarded proposal may have committed: no answer
+                    self._reply(r.rid, False, 503, "timed out waiting for the leader")
+
+    def _send_joins(self) -> None:
+        self._join_elapsed = 0
+        for a in self._join_addrs:
+            self._out_peer.append(JoinRequest(src=self.id, dst="@" + a, cluster=self._cluster,
+                                              term=self._term, node_id=self.id,
+                                              addr=self.addr))
+
+    # ================================================================== persistence inputs
+    def _on_synced(self, m: StoreSynced) -> None:
+        if m.seq <= self._synced:
+            return
+        self._synced = m.seq
+        writes = self._writes
+        stable = self._stable
+        while writes and writes[0][0] <= m.seq:
+            last = writes.popleft()[1]
+            if last > stable:
+                stable = last
+        self._stable = stable
+        if (self._state is _State.CANDIDATE and not self._hard_dirty and self._hard_seq <= m.seq
+                and sum(1 for g in self._votes.values() if g)
+                >= quorum_size(len(self._voters))):
+            self._become_leader()  # self-vote alone is a quorum, and it is durable now
+
+    def _on_store_failed(self, m: StoreFailed) -> None:
+        """A failed write leaves the disk state unknown: stop acting; the node must exit."""
+        self._fatal = f"store failed at seq {m.seq}: {m.reason}"
+        if self._state is _State.LEADER:
+            self._lose_leadership()
+        self._state = _State.FOLLOWER
+        self._leader_id = ""
+        self._held.clear()
+        self._held_now = []
+        for r in self._pending:
+            self._reply(r.rid, False, 503, "storage failed")
+        self._pending.clear()
+        for r in self._fwd.values():
+            if r.kind != "propose":
+                self._reply(r.rid, False, 503, "storage failed")
+        self._fwd.clear()
+
+    # ================================================================== local requests
+    def _on_propose(self, m: Propose) -> None:
+        self._submit(_Req("propose", m.rid, self._now, data=m.data))
+
+    def _on_read_index(self, m: ReadIndex) -> None:
+        self._submit(_Req("read", m.rid, self._now))
+
+    def _on_transfer(self, m: TransferLeadership) -> None:
+        target = m.target or self.id
+        mem = self._membership
+        if target == self.id and mem is not None and self.id in mem.learners:
+            self._reply(m.rid, False, 409, "a learner cannot lead")
+            return
+        if (target == self.id and self._state is not _State.LEADER and not self._leader_id
+                and self._promotable()):
+            self._campaign(pre=self.opts.pre_vote)  # no leader known: just start an election
+            self._reply(m.rid, True, 200, "election started")
+            return
+        self._submit(_Req("transfer", m.rid, self._now, node_id=target))
+
+    def _on_remove(self, m: RemoveNode) -> None:
+        self._submit(_Req("remove", m.rid, self._now, node_id=m.node_id))
+
+    def _on_add(self, m: AddNode) -> None:
+        self._submit(_Req("add", m.rid, self._now, node_id=m.node_id, addr=m.addr))
+
+    def _submit(self, r: _Req) -> None:
+        if self._fatal:
+            self._reply(r.rid, False, 503, f"node stopped: {self._fatal}")
+            return
+        if self._state is _State.LEADER and not (self._transferee and r.kind == "propose"):
+            self._serve_local(r)
+            return
+        lid = self._leader_id
+        if lid and lid != self.id:
+            self._forward(r)
+            return
+        if len(self._pending) >= self.opts.max_pending:
+            self._reply(r.rid, False, 503, f"{NO_LEADER}: too many pending requests")
+            return
+        self._pending.append(r)
+
+    def _serve_local(self, r: _Req) -> None:
+        """Leader: handle a local request now."""
+        k = r.kind
+        if k == "propose":
+            self._append_command(r.data)
+        elif k == "read":
+            self._leader_read(self.id, r.rid)
+        elif k == "transfer":
+            self._leader_transfer(self.id, r.rid, r.node_id)
+        else:
+            self._leader_change_req(self.id, r.rid, k, r.node_id, r.addr)
+
+    def _forward(self, r: _Req) -> None:
+        lid = self._leader_id
+        self._fwd_next += 1
+        fid = self._fwd_epoch | self._fwd_next
+        base = {"src": self.id, "dst": lid, "cluster": self._cluster, "term": self._term,
+                "rid": fid}
+        k = r.kind
+        msg: Msg
+        if k == "propose":
+            msg = ForwardPropose(data=r.data, **base)
+        elif k == "read":
+            msg = ForwardReadIndex(**base)
+        else:
+            msg = ForwardRequest(op=k, node_id=r.node_id, addr=r.addr, **base)
+        self._out_peer.append(msg)
+        self._fwd[fid] = r
+
+    def _forward_pending(self) -> None:
+        pending = self._pending
+        self._pending = deque()
+        for r in pending:
+            self._forward(r)
+
+    def _drain_pending_local(self) -> None:
+        pending = self._pending
+        self._pending = deque()
+        for r in pending:
+            self._submit(r)
+
+    # ================================================================== leader operations
+    def _append_command(self, data: bytes) -> int:
+        idx = self._log.last_index + 1
+        self._append_local([[idx, self._term, int(EntryKind.COMMAND), data]])
+        return idx
+
+    def _leader_read(self, origin: str, rid: int) -> None:
+        """ReadIndex (T 6.4): record (commit, next heartbeat seq) once the term committed."""
+        if self._commit < self._term_start:
+            self._reads_wait.append((origin, rid))
+            return
+        if len(self._voters) == 1 and self.id in self._voters:
+            self._respond(origin, rid, True, index=self._commit)
+            return
+        self._reads.append(_Read(self._commit, self._hb_seq + 1, origin, rid))
+        self._read_round = True
+
+    def _check_reads(self) -> None:
+        acked = [self._hb_seq if v == self.id else
+                 (self._progress[v].acked_seq if v in self._progress else 0)
+                 for v in self._voters]
+        ok_seq = quorum_index(acked, len(self._voters))
+        reads = self._reads
+        while reads and reads[0].seq <= ok_seq:
+            r = reads.popleft()
+            self._respond(r.origin, r.rid, True, index=r.index)
+
+    def _leader_transfer(self, origin: str, rid: int, target: str) -> None:
+        """Leadership transfer (T 3.10): catch the target up, then TimeoutNow."""
+        if not target or target == self.id:
+            self._respond(origin, rid, True, 200, "already leader")
+            return
+        m = self._membership
+        if m is None or target not in m.members():
+            self._respond(origin, rid, False, 404, f"unknown node {target}")
+            return
+        if target not in m.voters:
+            self._respond(origin, rid, False, 409, f"{target} is a learner")
+            return
+        self._transferee = target
+        self._transfer_elapsed = 0
+        self._timeout_now_sent = False
+        self._maybe_timeout_now()
+        self._respond(origin, rid, True, 200, f"transferring leadership to {target}")
+
+    def _maybe_timeout_now(self) -> None:
+        t = self._transferee
+        pr = self._progress.get(t)
+        if pr is not None and not self._timeout_now_sent and pr.match == self._log.last_index:
+            self._timeout_now_sent = True
+            self._transfer_elapsed = 0  # give the target a full election timeout to win
+            self._out_peer.append(TimeoutNow(src=self.id, dst=t, cluster=self._cluster,
+                                             term=self._term))
+
+    def _abort_transfer(self) -> None:
+        self._transferee = ""
+        self._timeout_now_sent = False
+        if self._state is _State.LEADER:
+            self._drain_pending_local()
+
+    def _leader_change_req(self, origin: str, rid: int, kind: str, node_id: str,
+                           addr: str) -> None:
+        ok, code, reason, idx = self._leader_change(kind, node_id, addr)
+        if ok and idx:
+            self._conf_waiters[idx] = (origin, rid)
+        else:
+            self._respond(origin, rid, ok, code, reason)
+
+    def _leader_change(self, kind: str, node_id: str, addr: str) -> tuple[bool, int, str, int]:
+        """Single-server membership change (T 4.1). Returns (ok, code, reason, entry index)."""
+        m = self._membership
+        if m is None:
+            return False, 503, "no configuration", 0
+        if kind == "add":
+            if not node_id or not addr:
+                return False, 400, "node id and address are required", 0
+            if m.voters.get(node_id) == addr or m.learners.get(node_id) == addr:
+                return True, 200, "already a member", 0
+        elif kind == "remove":
+            if node_id not in m.members():
+                return False, 404, f"unknown node {node_id}", 0
+            if node_id in m.voters and len(m.voters) == 1:
+                return False, 409, "would leave no voter", 0
+        elif kind != "promote":
+            return False, 400, f"unknown operation {kind}", 0
+        if self._conf_index() > self._commit:
+            return False, 409, "configuration change in progress", 0
+        if self._commit < self._term_start:
+            return False, 503, "leader not ready: no entry of its term committed yet", 0
+        voters = dict(m.voters)
+        learners = dict(m.learners)
+        if kind == "add":
+            if node_id in voters:
+                voters[node_id] = addr
+            else:
+                learners[node_id] = addr
+        elif kind == "remove":
+            voters.pop(node_id, None)
+            learners.pop(node_id, None)
+        else:
+            voters[node_id] = learners.pop(node_id)
+        new = Membership(cluster=m.cluster, voters=voters, learners=learners)
+        idx = self._log.last_index + 1
+        self._append_local([[idx, self._term, int(EntryKind.CONFIG), encode_config(new)]])
+        return True, 200, "", idx
+
+    def _maybe_promote(self) -> None:
+        m = self._membership
+        if (m is None or not m.learners or self._conf_index() > self._commit
+                or self._commit < self._term_start):
+            return
+        floor = self._commit - self.opts.promote_lag
+        et = self.opts.election_ticks
+        for lid in m.learners:
+            pr = self._progress.get(lid)
+            if pr is not None and pr.last_contact < et and pr.match >= floor:
+                self._leader_change("promote", lid, "")
+                return
+
+    def _leader_commit(self) -> None:
+        """Advance commit to the quorum match if that entry is of our term (§5.4.2)."""
+        voters = self._voters
+        matches = [self._stable if v == self.id else
+                   (self._progress[v].match if v in self._progress else 0) for v in voters]
+        idx = quorum_index(matches, len(voters))
+        if idx > self._commit and self._log.term_at(idx) == self._term:
+            self._commit = idx
+            if self._conf_waiters:
+                for ci in sorted(i for i in self._conf_waiters if i <= idx):
+                    origin, rid = self._conf_waiters.pop(ci)
+                    self._respond(origin, rid, True, 200, "", ci)
+            if self.id not in voters and self._conf_index() <= idx:
+                self._step_down_removed()
+
+    def _step_down_removed(self) -> None:
+        """Our own removal committed: hand over to the most up-to-date voter and step down."""
+        best, best_match = "", -1
+        for v in sorted(self._voters):
+            pr = self._progress.get(v)
+            if pr is not None and pr.match > best_match:
+                best, best_match = v, pr.match
+        # flush pending appends first so the successor can be complete
+        for pid, pr in self._progress.items():
+            self._send_to(pid, pr)
+        if best and best_match == self._log.last_index:
+            self._out_peer.append(TimeoutNow(src=self.id, dst=best, cluster=self._cluster,
+                                             term=self._term))
+        self._become_follower(self._term, "")
+
+    def _broadcast_heartbeat(self) -> None:
+        """One heartbeat round with a new seq (also the ReadIndex confirmation round)."""
+        self._hb_seq += 1
+        self._hb_elapsed = 0
+        commit = self._commit
+        term_at = self._log.term_at
+        for pid, pr in self._progress.items():
+            c = min(commit, pr.match)
+            self._out_peer.append(AppendEntries(
+                src=self.id, dst=pid, cluster=self._cluster, term=self._term,
+                prev_index=pr.match, prev_term=term_at(pr.match) or 0, entries=[], commit=c,
+                seq=self._hb_seq))
+            if c > pr.commit_sent:
+                pr.commit_sent = c
+
+    def _send_to(self, pid: str, pr: Progress) -> None:
+        """Send what the caps allow to one peer; else a commit update if it is behind."""
+        log = self._log
+        last = log.last_index
+        opts = self.opts
+        sent = False
+        while pr.next <= last and not pr.paused(opts.max_inflight):
+            prev = pr.next - 1
+            pt = log.term_at(prev)
+            if pt is None:
+                self._drop("needs_snapshot")
+                break
+            ents = log.slice(pr.next, last, opts.max_append_entries, opts.max_append_bytes)
+            hi = ents[-1][0]
+            self._out_peer.append(AppendEntries(
+                src=self.id, dst=pid, cluster=self._cluster, term=self._term, prev_index=prev,
+                prev_term=pt, entries=ents, commit=self._commit, seq=self._hb_seq))
+            sent = True
+            c = min(self._commit, hi)
+            if c > pr.commit_sent:
+                pr.commit_sent = c
+            if pr.state is ProgressState.PROBE:
+                pr.probe_sent = True
+                break
+            if not pr.inflight:
+                pr.last_progress = self._now
+            pr.inflight.append(hi)
+            pr.next = hi + 1
+        if (not sent and pr.state is ProgressState.PROBE and not pr.probe_sent
+                and pr.match < last and pr.next > last):
+            # nothing new to send, but the peer lacks entries: an empty probe at next - 1
+            # draws a reject with a hint to backtrack from
+            prev = pr.next - 1
+            pt = log.term_at(prev)
+            if pt is not None:
+                pr.probe_sent = True
+                sent = True
+                self._out_peer.append(AppendEntries(
+                    src=self.id, dst=pid, cluster=self._cluster, term=self._term,
+                    prev_index=prev, prev_term=pt, entries=[], commit=min(self._commit, prev),
+                    seq=self._hb_seq))
+        if not sent:
+            c = min(self._commit, pr.match)
+            if c > pr.commit_sent:
+                pr.commit_sent = c
+                self._out_peer.append(AppendEntries(
+                    src=self.id, dst=pid, cluster=self._cluster, term=self._term,
+                    prev_index=pr.match, prev_term=log.term_at(pr.match) or 0, entries=[],
+                    commit=c, seq=self._hb_seq))
+
+    # ================================================================== peer messages
+    def _on_peer(self, m: Any, handler: Any) -> None:
+        if self._cluster and m.cluster != self._cluster:
+            if not (m.cluster == "" and type(m) is JoinRequest):
+                self._drop("cluster_mismatch")
+                return
+        if isinstance(m, _TERM_TYPES) and not self._check_term(m):
+            return
+        handler(m)
+
+    def _in_lease(self) -> bool:
+        """Leader stickiness (T 4.2.3): we heard from a live leader within election_ticks."""
+        if not self.opts.check_quorum or not self._leader_id:
+            return False
+        return self._state is _State.LEADER or self._leader_contact < self.opts.election_ticks
+
+    def _check_term(self, m: Any) -> bool:
+        """§5.1 term rules plus pre-vote/lease exceptions; False means stop processing."""
+        t = m.term
+        if t > self._term:
+            tp = type(m)
+            if tp is VoteRequest:
+                if self._in_lease() and not m.transfer:
+                    self._drop("vote_in_lease")
+                    return False
+                if m.pre:
+                    return True
+                self._become_follower(t, "")
+                return True
+            if tp is VoteResponse and m.pre and m.granted:
+                return True
+            self._become_follower(t, m.src if tp in (AppendEntries, TimeoutNow) else "")
+            return True
+        if t < self._term:
+            tp = type(m)
+            if tp is AppendEntries:
+                # a deposed leader: tell it our term so it steps down (T 9.6 with pre-vote)
+                self._out_peer.append(AppendResponse(
+                    src=self.id, dst=m.src, cluster=m.cluster, term=self._term,
+                    success=False, index=0, seq=m.seq))
+            elif tp is VoteRequest and m.pre:
+                self._out_peer.append(VoteResponse(src=self.id, dst=m.src, cluster=m.cluster,
+                                                   term=self._term, granted=False, pre=True))
+            self._drop("stale_term")
+            return False
+        return True
+
+    def _on_vote_request(self, m: VoteRequest) -> None:
+        """§5.2/§5.4.1 vote rules; pre-votes (T 9.6) grant without changing term or vote."""
+        can_vote = (self._vote == m.src or (not self._vote and not self._leader_id)
+                    or (m.pre and m.term > self._term))
+        if can_vote and self._log.is_up_to_date(m.last_index, m.last_term):
+            if m.pre:
+                self._out_peer.append(VoteResponse(src=self.id, dst=m.src, cluster=m.cluster,
+                                                   term=m.term, granted=True, pre=True))
+            else:
+                if self._vote != m.src:
+                    self._vote = m.src
+                    self._hard_dirty = True
+                self._election_elapsed = 0
+                self._send_durable(VoteResponse(src=self.id, dst=m.src, cluster=m.cluster,
+                                                term=self._term, granted=True), 0)
+        else:
+            self._out_peer.append(VoteResponse(src=self.id, dst=m.src, cluster=m.cluster,
+                                               term=self._term, granted=False, pre=m.pre))
+
+    def _on_vote_response(self, m: VoteResponse) -> None:
+        if m.pre:
+            if self._state is not _State.PRE_CANDIDATE or (m.granted and m.term != self._term + 1):
+                return
+        elif self._state is not _State.CANDIDATE or m.term != self._term:
+            return
+        if m.src not in self._voters:
+            return
+        self._votes[m.src] = m.granted
+        granted = sum(1 for g in self._votes.values() if g)
+        rejected = len(self._votes) - granted
+        n = len(self._voters)
+        q = quorum_size(n)
+        if granted >= q:
+            if m.pre:
+                self._campaign(pre=False)
+            else:
+                self._become_leader()
+        elif rejected > n - q:
+            self._become_follower(self._term, "")
+
+    def _on_append(self, m: AppendEntries) -> None:
+        """§5.3 consistency check, conflict truncation, commit; ack after sync."""
+        if self._state is _State.LEADER:
+            self._drop("append_to_leader")  # impossible under election safety
+            return
+        if self._state is not _State.FOLLOWER:
+            self._become_follower(self._term, m.src)
+        elif self._leader_id != m.src:
+            self._set_leader(m.src)
+        self._election_elapsed = 0
+        self._leader_contact = 0
+        log = self._log
+        prev, prev_term, ents = m.prev_index, m.prev_term, m.entries
+        last_new = prev + len(ents)
+        if prev < self._commit:
+            # the committed prefix matches the leader's by Log Matching: skip it
+            skip = self._commit - prev
+            if skip >= len(ents):
+                self._send_durable(AppendResponse(
+                    src=self.id, dst=m.src, cluster=m.cluster, term=self._term,
+                    success=True, index=self._commit, seq=m.seq), self._commit)
+                return
+            ents = ents[skip:]
+            prev = self._commit
+            prev_term = log.term_at(prev) or 0
+        t = log.term_at(prev)
+        if t is None or t != prev_term:
+            hi, ht = log.reject_hint(prev, prev_term)
+            self._out_peer.append(AppendResponse(
+                src=self.id, dst=m.src, cluster=m.cluster, term=self._term, success=False,
+                index=hi, hint_term=ht, seq=m.seq))
+            return
+        if ents:
+            c = log.find_conflict(ents)
+            if c:
+                if c <= log.last_index:
+                    self._truncate(c)
+                self._append_local(ents[c - ents[0][0]:])
+        nc = min(m.commit, last_new)
+        if nc > self._commit:
+            self._commit = nc
+        self._send_durable(AppendResponse(
+            src=self.id, dst=m.src, cluster=m.cluster, term=self._term, success=True,
+            index=last_new, seq=m.seq), last_new)
+
+    def _on_append_response(self, m: AppendResponse) -> None:
+        if self._state is not _State.LEADER:
+            return
+        pr = self._progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pr.last_contact = 0
+        if m.seq > pr.acked_seq:
+            pr.acked_seq = m.seq
+        last = self._log.last_index
+        if m.success:
+            if pr.on_ack(m.index, self._now):
+                if pr.state is ProgressState.PROBE:
+                    pr.become_replicate()
+                if self._transferee == m.src:
+                    self._maybe_timeout_now()
+            elif pr.match < last:
+                if pr.state is ProgressState.PROBE:
+                    pr.probe_sent = False  # the probe may have been lost: resend
+                elif pr.inflight and self._now - pr.last_progress >= self.opts.election_ticks:
+                    pr.become_probe(pr.match + 1)  # stalled pipeline: messages were lost
+        else:
+            k = self._log.find_le_term(m.index, m.hint_term)
+            pr.become_probe(min(k + 1, pr.next))
+
+    def _on_timeout_now(self, m: TimeoutNow) -> None:
+        """T 3.10: campaign at once, skipping pre-vote, with transfer=True."""
+        if self._state is _State.LEADER or not self._promotable():
+            return
+        self._campaign(pre=False, transfer=True)
+
+    def _on_forward_propose(self, m: ForwardPropose) -> None:
+        """Append a follower's proposal. `rid` is the origin's per-attempt forward id: one seen
+        before (appended or rejected) is a network duplicate and is dropped, so a retry after
+        a reject can never be appended twice."""
+        key = (m.src, m.rid)
+        seen = self._seen_fwd
+        if key in seen:
+            self._drop("duplicate_forward")
+            return
+        seen[key] = None
+        if len(seen) > SEEN_FORWARDS:
+            del seen[next(iter(seen))]
+        if self._state is not _State.LEADER or self._transferee:
+            self._respond(m.src, m.rid, False, 503, NOT_LEADER)
+            return
+        self._append_command(m.data)
+
+    def _on_forward_read(self, m: ForwardReadIndex) -> None:
+        if self._state is not _State.LEADER:
+            self._respond(m.src, m.rid, False, 503, NOT_LEADER)
+            return
+        self._leader_read(m.src, m.rid)
+
+    def _on_forward_request(self, m: ForwardRequest) -> None:
+        if self._state is not _State.LEADER:
+            self._respond(m.src, m.rid, False, 503, NOT_LEADER)
+            return
+        if m.op == "transfer":
+            self._leader_transfer(m.src, m.rid, m.node_id or m.src)
+        else:
+            self._leader_change_req(m.src, m.rid, m.op, m.node_id, m.addr)
+
+    def _on_forward_response(self, m: ForwardResponse) -> None:
+        r = self._fwd.pop(m.rid, None)
+        if r is None:
+            return
+        if not m.ok and m.reason == NOT_LEADER:
+            # the node we forwarded to does not lead: retry with the next leader we learn
+            lid = self._leader_id
+            if lid and lid != m.src and lid != self.id:
+                self._forward(r)
+            elif self._state is _State.LEADER:
+                self._submit(r)
+            else:
+                self._pending.append(r)
+            return
+        if r.kind != "propose":
+            self._reply(r.rid, m.ok, m.code, m.reason, m.index)
+
+    def _on_join_request(self, m: JoinRequest) -> None:
+        dst = "@" + m.addr
+        if self._state is _State.LEADER:
+            ok, code, reason, _idx = self._leader_change("add", m.node_id, m.addr)
+            self._out_peer.append(JoinResponse(
+                src=self.id, dst=dst, cluster=self._cluster, term=self._term, ok=ok,
+                leader=self.id, leader_addr=self.addr, reason=reason))
+            return
+        lid = self._leader_id
+        self._out_peer.append(JoinResponse(
+            src=self.id, dst=dst, cluster=self._cluster, term=self._term, ok=False, leader=lid,
+            leader_addr=(self.address_of(lid) or "") if lid else "", reason=NOT_LEADER))
+
+    def _on_join_response(self, m: JoinResponse) -> None:
+        if m.leader and m.leader_addr:
+            self._known_addrs[m.leader] = m.leader_addr
+        if m.ok or not self._need_join():
+            return
+        if m.leader and m.leader != m.src and m.leader_addr and m.leader_addr != self.addr:
+            self._out_peer.append(JoinRequest(src=self.id, dst="@" + m.leader_addr,
+                                              cluster=self._cluster, term=self._term,
+                                              node_id=self.id, addr=self.addr))

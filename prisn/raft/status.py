@@ -1,0 +1,62 @@
+"""The immutable status snapshot a RaftCore publishes for other threads. Pure data.
+
+Everything here is a copy or an immutable object shared with the core (`membership` is the
+very Membership object in force, so `is` tells whether it changed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prisn.messages import Role
+from prisn.raft.boot import Membership
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """Leader's view of one peer."""
+
+    match: int
+    next: int
+    inflight: int
+    state: str  # "probe" | "replicate"
+    last_contact_ticks: int
+    recent_active: bool
+    is_learner: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RaftStatus:
+    """One consistent snapshot of a core, taken at the end of a step."""
+
+    node_id: str
+    addr: str
+    role: Role
+    is_learner: bool
+    term: int
+    vote: str
+    leader_id: str
+    leader_addr: str
+    commit_index: int
+    applied_index: int
+    stable_index: int
+    last_index: int
+    last_term: int
+    cluster_id: str
+    membership: Membership | None
+    progress: dict[str, PeerStatus] = field(default_factory=dict)
+    quorum_ok: bool = False
+    transferee: str = ""
+    drops: dict[str, int] = field(default_factory=dict)
+    ticks_since_leader_contact: int = 0
+    pending: int = 0  # requests buffered while no leader is known
+    pre_candidate: bool = False
+    fatal: str = ""  # non-empty after StoreFailed: the node must stop
+
+    @property
+    def voters(self) -> dict[str, str]:
+        return dict(self.membership.voters) if self.membership else {}
+
+    @property
+    def learners(self) -> dict[str, str]:
+        return dict(self.membership.learners) if self.membership else {}

@@ -1,0 +1,642 @@
+"""A seeded, deterministic simulator of N RaftCores with invariant checks after every step.
+
+Everything random comes from one `random.Random(seed)`; time is an integer (10 units per
+tick). The simulated network drops, delays, duplicates, reorders and partitions peer
+messages; the simulated logstore syncs StoreAppends after a random delay, in order, and a
+crash loses every unsynced write (restart builds BootState from what was synced). Clients
+propose commands and ask for read indexes.
+
+Checked after every step (a violation raises `SimFailure` with the seed and a trace tail):
+- election safety: at most one leader per term (§5.2);
+- log matching (§5.3): each (index, term) has one content and one predecessor term, checked
+  on every entry as it enters a log (all entries enter through StoreAppend or boot);
+- leader completeness (§5.4): a new leader's log holds every entry committed so far;
+- commit: monotonic per node incarnation; no two nodes commit different terms at an index;
+- state-machine safety: Apply in order, contiguous, identical entry at each index everywhere;
+- no command applied twice; acknowledged (applied on its origin) commands are never lost;
+- ReadIndex: a read index covers every command acknowledged before the read was issued.
+Liveness after healing: a leader known to every live voter within a bound, and a new
+command commits and applies everywhere.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from prisn.messages import (
+    AddNode,
+    AppendEntries,
+    Apply,
+    EntryKind,
+    Msg,
+    Propose,
+    ReadIndex,
+    RemoveNode,
+    Reply,
+    StoreAppend,
+    StoreSynced,
+    Tick,
+    TransferLeadership,
+)
+from prisn.raft.boot import BootState
+from prisn.raft.core import RaftCore, RaftOptions
+
+UNITS_PER_TICK = 10
+
+
+class SimFailure(AssertionError):
+    """An invariant violation (or liveness failure) in a simulation run."""
+
+
+@dataclass
+class SimConfig:
+    nodes: int = 3
+    formation: str = "static"  # "static": initial_members; "join": n1 bootstraps, others join
+    ticks: int = 600  # chaos phase length
+    heal_ticks: int = 400  # liveness bound after healing
+    drop: float = 0.05
+    dup: float = 0.03
+    max_delay: int = 25  # units (a tick is 10)
+    sync_delay: int = 15  # units
+    crash_rate: float = 0.01  # per tick
+    restart_after: tuple[int, int] = (20, 150)  # ticks
+    partition_rate: float = 0.01  # per tick
+    heal_rate: float = 0.015  # per tick while partitioned
+    propose_rate: float = 0.5  # per tick
+    read_rate: float = 0.15  # per tick
+    membership_rate: float = 0.0  # per tick: remove or re-add a node
+    max_down: int = -1  # max nodes down at once (-1: minority)
+    opts: RaftOptions = field(default_factory=lambda: RaftOptions(
+        heartbeat_ticks=3, election_ticks=10, max_append_entries=16, max_inflight=8,
+        pending_ticks=200))
+
+
+class Disk:
+    """The durable state of one node: what StoreAppends reached before a crash."""
+
+    def __init__(self) -> None:
+        self.term = 0
+        self.vote = ""
+        self.commit = 0
+        self.entries: list[list] = []
+
+    def write(self, sa: StoreAppend) -> None:
+        if sa.truncate_from:
+            del self.entries[sa.truncate_from - 1:]
+        for e in sa.entries:
+            i = e[0]
+            if i <= len(self.entries):
+                del self.entries[i - 1:]
+            if i != len(self.entries) + 1:
+                raise SimFailure(f"disk: non-contiguous write at {i}, have {len(self.entries)}")
+            self.entries.append(e)
+        self.term, self.vote, self.commit = sa.term, sa.vote, sa.commit
+
+    def boot(self) -> BootState:
+        return BootState(term=self.term, vote=self.vote, commit=self.commit,
+                         entries=list(self.entries))
+
+
+class SimNode:
+    def __init__(self, nid: str, addr: str) -> None:
+        self.id = nid
+        self.addr = addr
+        self.disk = Disk()
+        self.core: RaftCore | None = None
+        self.unsynced: list[StoreAppend] = []
+        self.next_sync_time = 0
+        self.incarnation = 0
+        self.next_apply = 1
+        self.commit = 0
+        self.leader_term = 0  # last term in which we checked this node as leader
+        self.kwargs: dict[str, Any] = {}
+
+
+class Sim:
+    """Runs one seeded scenario. `run()` raises SimFailure on any violation."""
+
+    def __init__(self, seed: int, cfg: SimConfig | None = None,
+                 core_factory: Any = RaftCore) -> None:
+        self.seed = seed
+        self.cfg = cfg or SimConfig()
+        self.rng = random.Random(seed)
+        self.core_factory = core_factory
+        self.now = 0
+        self.events: list[tuple[int, int, str, Any]] = []
+        self.evseq = 0
+        self.trace: deque[str] = deque(maxlen=300)
+        self.nodes: dict[str, SimNode] = {}
+        self.by_addr: dict[str, str] = {}
+        for k in range(1, self.cfg.nodes + 1):
+            n = SimNode(f"n{k}", f"10.0.0.{k}:7332")
+            self.nodes[n.id] = n
+            self.by_addr[n.addr] = n.id
+        self.groups: dict[str, int] | None = None  # partition: node -> group
+        self.faults = True
+        # invariant state
+        self.leaders: dict[int, str] = {}
+        self.entry_reg: dict[tuple[int, int], tuple[int, int, bytes]] = {}
+        self.pending_reg: dict[tuple[str, int, int], list] = {}
+        self.committed: dict[int, int] = {}
+        self.applied: dict[int, tuple[int, int, bytes]] = {}
+        self.applied_cmds: dict[tuple[str, int], int] = {}
+        self.acked: dict[tuple[str, int], int] = {}
+        self.max_acked_index = 0
+        self.rid = 0
+        self.reads: dict[tuple[str, int], int] = {}  # (node, rid) -> max acked index at issue
+        self.read_ok = 0
+        self.steps = 0
+        self.removed: set[str] = set()
+        self.stats = {"crashes": 0, "partitions": 0, "truncations": 0, "leaders": 0}
+
+    # ------------------------------------------------------------------ plumbing
+    def fail(self, why: str) -> None:
+        tail = "\n".join(list(self.trace)[-60:])
+        raise SimFailure(f"seed={self.seed} t={self.now} ({self.now // UNITS_PER_TICK} ticks):"
+                         f" {why}\n--- trace tail ---\n{tail}")
+
+    def at(self, t: int, kind: str, payload: Any) -> None:
+        self.evseq += 1
+        heapq.heappush(self.events, (t, self.evseq, kind, payload))
+
+    def start_node(self, n: SimNode) -> None:
+        n.incarnation += 1
+        n.next_apply = 1
+        n.unsynced = []
+        n.commit = n.disk.commit
+        n.leader_term = 0
+        boot = n.disk.boot()
+        rng = random.Random(self.rng.getrandbits(32))
+        n.core = self.core_factory(n.id, n.addr, self.cfg.opts, rng, boot, **n.kwargs)
+        self.trace.append(f"{self.now} START {n.id}#{n.incarnation} term={boot.term} "
+                          f"last={len(boot.entries)} commit={boot.commit}")
+        # entries recovered from disk were registered when they were written
+        self.route(n, n.core.startup())
+
+    def crash(self, n: SimNode) -> None:
+        self.check_log_against_registry(n)
+        self.trace.append(f"{self.now} CRASH {n.id} (lost {len(n.unsynced)} unsynced writes)")
+        self.stats["crashes"] += 1
+        n.core = None
+        n.unsynced = []
+
+    def step(self, n: SimNode, msgs: list[Msg]) -> None:
+        core = n.core
+        if core is None:
+            return
+        self.steps += 1
+        for m in msgs:
+            if type(m) is not Tick:
+                self.trace.append(f"{self.now} {n.id} <- {_fmt(m)}")
+        try:
+            out = core.step(msgs)
+        except SimFailure:
+            raise
+        except Exception as e:  # a core exception is a bug
+            self.fail(f"{n.id} raised {type(e).__name__}: {e}")
+        self.route(n, out)
+
+    def route(self, n: SimNode, out: list[Msg]) -> None:
+        core = n.core
+        assert core is not None
+        cfg = self.cfg
+        for m in out:
+            t = type(m)
+            if t is StoreAppend:
+                self.trace.append(f"{self.now} {n.id} store {_fmt(m)}")
+                self.check_store_append(n, m)
+                if m.truncate_from:
+                    self.stats["truncations"] += 1
+                n.unsynced.append(m)
+                when = max(n.next_sync_time, self.now + 1 + self.rng.randrange(cfg.sync_delay))
+                n.next_sync_time = when
+                self.at(when, "sync", (n.id, n.incarnation, m.seq))
+            elif t is Apply:
+                self.check_apply(n, m)
+            elif t is Reply:
+                self.on_reply(n, m)
+            else:
+                if t is AppendEntries and m.entries:
+                    self.register_sent(n, m)  # type: ignore[arg-type]
+                self.send(n, m)
+        self.check_node(n)
+
+    def send(self, n: SimNode, m: Msg) -> None:
+        dst = m.dst
+        if dst.startswith("@"):
+            dst = self.by_addr.get(dst[1:], "")
+        if dst not in self.nodes:
+            return
+        self.trace.append(f"{self.now} {n.id} -> {dst} {_fmt(m)}")
+        if self.faults:
+            if self.groups is not None and self.groups[n.id] != self.groups[dst]:
+                return
+            if self.rng.random() < self.cfg.drop:
+                return
+        self.at(self.now + 1 + self.rng.randrange(self.cfg.max_delay), "msg", (dst, m))
+        if self.faults and self.rng.random() < self.cfg.dup:
+            self.at(self.now + 1 + self.rng.randrange(self.cfg.max_delay), "msg", (dst, m))
+
+    # ------------------------------------------------------------------ invariants
+    def check_store_append(self, n: SimNode, m: StoreAppend) -> None:
+        """Remember each entry with its predecessor term; registered once it is durable."""
+        core = n.core
+        assert core is not None
+        vals = []
+        if m.entries:
+            prev_t = core.log.term_at(m.entries[0][0] - 1)
+            for e in m.entries:
+                vals.append(((e[0], e[1]), (prev_t if prev_t is not None else -1, e[2],
+                                            bytes(e[3]))))
+                prev_t = e[1]
+        self.pending_reg[(n.id, n.incarnation, m.seq)] = vals
+        if m.term < n.disk.term and not n.unsynced:
+            self.fail(f"{n.id} term went backwards on disk: {n.disk.term} -> {m.term}")
+
+    def register(self, who: str, vals: list) -> None:
+        """Log matching, incrementally: (index, term) -> (predecessor term, kind, data).
+
+        Entries are registered when they leave a node (AppendEntries) or become durable: an
+        entry that only ever lived in the memory of a node that crashed is no entry at all
+        (a bootstrap that crashed before its first sync may found a different cluster)."""
+        reg = self.entry_reg
+        for key, val in vals:
+            old = reg.get(key)
+            if old is None:
+                reg[key] = val
+            elif old != val:
+                self.fail(f"log matching: {who} has entry {key} = {val}, elsewhere {old}")
+
+    def register_sent(self, n: SimNode, m: AppendEntries) -> None:
+        prev_t = m.prev_term
+        vals = []
+        for e in m.entries:
+            vals.append(((e[0], e[1]), (prev_t, e[2], bytes(e[3]))))
+            prev_t = e[1]
+        self.register(n.id, vals)
+
+    def check_node(self, n: SimNode) -> None:
+        core = n.core
+        assert core is not None
+        term = core.term
+        if core.is_leader:
+            who = self.leaders.get(term)
+            if who is None:
+                self.leaders[term] = n.id
+                self.stats["leaders"] += 1
+            elif who != n.id:
+                self.fail(f"election safety: {who} and {n.id} both lead term {term}")
+            if n.leader_term != term:
+                n.leader_term = term
+                log = core.log
+                for i, t in self.committed.items():
+                    if log.term_at(i) != t:
+                        self.fail(f"leader completeness: {n.id} leads term {term} without "
+                                  f"committed entry {i} (term {t}, has {log.term_at(i)})")
+        c = core.commit_index
+        if c < n.commit:
+            self.fail(f"{n.id} commit went backwards {n.commit} -> {c}")
+        if c > n.commit:
+            log = core.log
+            if c > log.last_index:
+                self.fail(f"{n.id} commit {c} beyond last index {log.last_index}")
+            for i in range(n.commit + 1, c + 1):
+                t = log.term_at(i)
+                assert t is not None
+                old = self.committed.get(i)
+                if old is None:
+                    self.committed[i] = t
+                elif old != t:
+                    self.fail(f"{n.id} committed ({i},{t}) but ({i},{old}) was committed")
+            n.commit = c
+
+    def check_apply(self, n: SimNode, m: Apply) -> None:
+        for e in m.entries:
+            i = e[0]
+            if i != n.next_apply:
+                self.fail(f"{n.id} applied {i}, expected {n.next_apply}")
+            n.next_apply += 1
+            if n.core is not None and i > n.core.commit_index:
+                self.fail(f"{n.id} applied uncommitted {i}")
+            val = (e[1], e[2], bytes(e[3]))
+            old = self.applied.get(i)
+            if old is None:
+                self.applied[i] = val
+                if e[2] == EntryKind.COMMAND:
+                    cmd = cbor2.loads(e[3])
+                    key = (cmd["o"], cmd["r"])
+                    if key in self.applied_cmds:
+                        self.fail(f"command {key} applied twice: {self.applied_cmds[key]} and {i}")
+                    self.applied_cmds[key] = i
+            elif old != val:
+                self.fail(f"state machine safety: {n.id} applied {val} at {i}, others {old}")
+            if e[2] == EntryKind.COMMAND:
+                cmd = cbor2.loads(e[3])
+                if cmd["o"] == n.id:
+                    key = (cmd["o"], cmd["r"])
+                    if key not in self.acked:
+                        self.acked[key] = i
+                        self.max_acked_index = max(self.max_acked_index, i)
+
+    def on_reply(self, n: SimNode, m: Reply) -> None:
+        key = (n.id, m.rid)
+        if key in self.reads:
+            need = self.reads.pop(key)
+            if m.ok:
+                self.read_ok += 1
+                if m.index < need:
+                    self.fail(f"stale read on {n.id}: index {m.index} < acked {need}")
+
+    def check_log_against_registry(self, n: SimNode) -> None:
+        """The node's durable log agrees with the registry, and its in-memory log agrees
+        with its disk plus the writes it announced (every change goes through StoreAppend)."""
+        prev = 0
+        for e in n.disk.entries:
+            val = self.entry_reg.get((e[0], e[1]))
+            if val is None or val != (prev, e[2], bytes(e[3])):
+                self.fail(f"{n.id} durable entry {e[:2]} disagrees with the registry")
+            prev = e[1]
+        core = n.core
+        if core is None:
+            return
+        mirror = Disk()
+        mirror.entries = list(n.disk.entries)
+        for sa in n.unsynced:
+            mirror.write(sa)
+        if [e[:2] for e in mirror.entries] != [e[:2] for e in core.log.entries()]:
+            self.fail(f"{n.id} in-memory log differs from disk + announced writes")
+
+    # ------------------------------------------------------------------ scenario
+    def setup(self) -> None:
+        cfg = self.cfg
+        ids = list(self.nodes)
+        if cfg.formation == "static":
+            members = {i: self.nodes[i].addr for i in ids}
+            for n in self.nodes.values():
+                n.kwargs = {"initial_members": members}
+        else:
+            first = self.nodes[ids[0]]
+            first.kwargs = {"bootstrap": True}
+            for n in list(self.nodes.values())[1:]:
+                n.kwargs = {"join": [first.addr]}
+        for n in self.nodes.values():
+            self.start_node(n)
+        self.at(UNITS_PER_TICK, "tick", None)
+
+    def live(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if n.core is not None]
+
+    def chaos(self) -> None:
+        cfg = self.cfg
+        rng = self.rng
+        if not self.faults:
+            return
+        down = [n for n in self.nodes.values() if n.core is None]
+        max_down = cfg.max_down if cfg.max_down >= 0 else (cfg.nodes - 1) // 2
+        if rng.random() < cfg.crash_rate and len(down) < max_down:
+            n = rng.choice(self.live())
+            self.crash(n)
+            lo, hi = cfg.restart_after
+            self.at(self.now + UNITS_PER_TICK * rng.randint(lo, hi), "restart", n.id)
+        if self.groups is None and rng.random() < cfg.partition_rate:
+            ids = list(self.nodes)
+            rng.shuffle(ids)
+            cut = rng.randint(1, len(ids) - 1)
+            self.groups = {i: (0 if k < cut else 1) for k, i in enumerate(ids)}
+            self.stats["partitions"] += 1
+            self.trace.append(f"{self.now} PARTITION {sorted(ids[:cut])} | {sorted(ids[cut:])}")
+        elif self.groups is not None and rng.random() < cfg.heal_rate:
+            self.groups = None
+            self.trace.append(f"{self.now} HEAL")
+        if cfg.membership_rate and rng.random() < cfg.membership_rate:
+            self.membership_op()
+
+    def current_config(self) -> Any:
+        """Membership held by the live node with the highest term (None before any)."""
+        best = None
+        for n in self.live():
+            assert n.core is not None
+            st = n.core.status()
+            if st.membership is not None and (best is None or st.term > best[0]):
+                best = (st.term, st.membership)
+        return best[1] if best else None
+
+    def membership_op(self) -> None:
+        """Ask a random live node to remove a member, re-add a removed node or transfer."""
+        rng = self.rng
+        live = self.live()
+        mem = self.current_config()
+        if not live or mem is None:
+            return
+        n = rng.choice(live)
+        self.rid += 1
+        members = mem.members()
+        outside = sorted(set(self.nodes) - set(members))
+        r = rng.random()
+        msg: Msg
+        if r < 0.3:
+            msg = TransferLeadership(rid=self.rid, target=rng.choice(sorted(mem.voters)))
+        elif outside and r < 0.7:
+            t = self.nodes[rng.choice(outside)]
+            msg = AddNode(rid=self.rid, node_id=t.id, addr=t.addr)
+        elif len(mem.voters) > 2:
+            msg = RemoveNode(rid=self.rid, node_id=rng.choice(sorted(members)))
+        else:
+            return
+        self.trace.append(f"{self.now} CLIENT {n.id} {_fmt(msg)}")
+        self.step(n, [msg])
+
+    def client(self) -> None:
+        cfg = self.cfg
+        rng = self.rng
+        live = self.live()
+        if not live:
+            return
+        if rng.random() < cfg.propose_rate:
+            n = rng.choice(live)
+            self.rid += 1
+            data = cbor2.dumps({"o": n.id, "r": self.rid, "c": {"n": self.rid}}, canonical=True)
+            self.step(n, [Propose(rid=self.rid, data=data)])
+        if rng.random() < cfg.read_rate:
+            n = rng.choice(live)
+            self.rid += 1
+            self.reads[(n.id, self.rid)] = self.max_acked_index
+            self.step(n, [ReadIndex(rid=self.rid)])
+
+    def run_until(self, end: int, stop: Any = None) -> bool:
+        while self.events and self.events[0][0] <= end:
+            t = self.events[0][0]
+            self.now = t
+            batch: dict[str, list[Msg]] = {}
+            order: list[str] = []
+            ticks = False
+            while self.events and self.events[0][0] == t:
+                _, _, kind, payload = heapq.heappop(self.events)
+                if kind == "msg":
+                    dst, m = payload
+                    if dst not in batch:
+                        batch[dst] = []
+                        order.append(dst)
+                    batch[dst].append(m)
+                elif kind == "sync":
+                    nid, inc, seq = payload
+                    n = self.nodes[nid]
+                    if n.core is None or n.incarnation != inc:
+                        continue
+                    while n.unsynced and n.unsynced[0].seq <= seq:
+                        sa = n.unsynced.pop(0)
+                        n.disk.write(sa)
+                        self.register(nid, self.pending_reg.pop((nid, inc, sa.seq), []))
+                    if nid not in batch:
+                        batch[nid] = []
+                        order.append(nid)
+                    batch[nid].append(StoreSynced(seq=seq))
+                elif kind == "tick":
+                    ticks = True
+                elif kind == "restart":
+                    n = self.nodes[payload]
+                    if n.core is None:
+                        self.start_node(n)
+            for nid in order:
+                self.step(self.nodes[nid], batch[nid])
+            if ticks:
+                self.chaos()
+                for n in self.live():
+                    self.step(n, [Tick()])
+                self.client()
+                self.at(t + UNITS_PER_TICK, "tick", None)
+            if stop is not None and stop():
+                return True
+        return False
+
+    def heal(self) -> None:
+        self.faults = False
+        self.groups = None
+        self.trace.append(f"{self.now} HEAL ALL")
+        for n in self.nodes.values():
+            if n.core is None:
+                self.start_node(n)
+
+    def readd_all(self, deadline: int) -> None:
+        """Liveness of add + promote: every node ends up a voter of the leader's config."""
+        def all_voters() -> bool:
+            lid = self.stable_leader()
+            if lid is None:
+                return False
+            core = self.nodes[lid].core
+            assert core is not None
+            mem = core.status().membership
+            assert mem is not None
+            missing = [i for i in self.nodes if i not in mem.voters]
+            if not missing:
+                return True
+            if self.now % (5 * UNITS_PER_TICK) == 0:
+                for i in missing:
+                    if i not in mem.learners:
+                        self.rid += 1
+                        self.step(self.nodes[lid], [AddNode(rid=self.rid, node_id=i,
+                                                            addr=self.nodes[i].addr)])
+            return False
+        if not self.run_until(deadline, all_voters):
+            self.fail("liveness: removed nodes not re-added as voters after healing")
+
+    def members_voting(self) -> list[SimNode]:
+        """Live voters of the stable leader's configuration (a removed node may never learn
+        it was removed, so its own view does not count)."""
+        lid = self.stable_leader()
+        if lid is None:
+            return self.live()
+        core = self.nodes[lid].core
+        assert core is not None
+        mem = core.status().membership
+        assert mem is not None
+        return [self.nodes[v] for v in mem.voters if self.nodes[v].core is not None]
+
+    def stable_leader(self) -> str | None:
+        """A leader that every live voter of its config follows, in its term."""
+        for n in self.live():
+            core = n.core
+            assert core is not None
+            if core.is_leader:
+                st = core.status()
+                mem = st.membership
+                assert mem is not None
+                for v in mem.voters:
+                    vn = self.nodes[v]
+                    if vn.core is None:
+                        return None
+                    vs = vn.core.status()
+                    if vs.leader_id != n.id or vs.term != st.term:
+                        return None
+                return n.id
+        return None
+
+    def run(self) -> Sim:
+        cfg = self.cfg
+        self.setup()
+        self.run_until(cfg.ticks * UNITS_PER_TICK)
+        self.heal()
+        deadline = self.now + cfg.heal_ticks * UNITS_PER_TICK
+        if not self.run_until(deadline, lambda: self.stable_leader() is not None):
+            self.fail("liveness: no stable leader after healing")
+        if cfg.membership_rate:
+            self.readd_all(deadline + cfg.heal_ticks * UNITS_PER_TICK)
+        # a fresh command must commit and apply on every member (a client retries a
+        # proposal lost to a leadership change, as a real client would)
+        saved = (cfg.propose_rate, cfg.read_rate)
+        cfg.propose_rate = cfg.read_rate = 0.0
+        finals: list[tuple[str, int]] = []
+
+        def done() -> bool:
+            got = [k for k in finals if k in self.acked]
+            if got:
+                idx = self.acked[got[0]]
+                return all(n.next_apply > idx for n in self.members_voting())
+            if not finals or self.now % (20 * UNITS_PER_TICK) == 0:
+                lid = self.stable_leader()
+                if lid is not None:
+                    self.rid += 1
+                    finals.append((lid, self.rid))
+                    data = cbor2.dumps({"o": lid, "r": self.rid, "c": {"final": True}},
+                                       canonical=True)
+                    self.step(self.nodes[lid], [Propose(rid=self.rid, data=data)])
+            return False
+
+        ok = self.run_until(self.now + cfg.heal_ticks * UNITS_PER_TICK, done)
+        cfg.propose_rate, cfg.read_rate = saved
+        if not ok:
+            self.fail("liveness: final command not applied everywhere after healing")
+        leader = self.nodes[self.stable_leader() or finals[-1][0]]
+        self.final_checks(leader)
+        return self
+
+    def final_checks(self, leader: SimNode) -> None:
+        core = leader.core
+        assert core is not None
+        for key, i in self.acked.items():
+            e = core.log.entry(i)
+            if e[2] != EntryKind.COMMAND or tuple(
+                    (lambda c: (c["o"], c["r"]))(cbor2.loads(e[3]))) != key:
+                self.fail(f"acknowledged command {key} at {i} lost from leader log")
+        for n in self.live():
+            self.check_log_against_registry(n)
+
+
+def _fmt(m: Msg) -> str:
+    d = []
+    for k in m.__dataclass_fields__:  # type: ignore[attr-defined]
+        if k in ("src", "dst", "cluster"):
+            continue
+        v = getattr(m, k)
+        if k == "entries":
+            v = [e[:2] for e in v][:6]
+        elif isinstance(v, bytes):
+            v = len(v)
+        d.append(f"{k}={v}")
+    return f"{type(m).__name__}({', '.join(d)})"

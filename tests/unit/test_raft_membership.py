@@ -1,0 +1,275 @@
+"""ReadIndex (T 6.4), membership changes (T 4.1-4.3), join, leadership transfer (T 3.10)."""
+
+from __future__ import annotations
+
+import pytest
+
+from prisn.messages import (
+    AddNode,
+    AppendEntries,
+    ForwardReadIndex,
+    ForwardRequest,
+    JoinRequest,
+    JoinResponse,
+    Propose,
+    ReadIndex,
+    RemoveNode,
+    Role,
+    TimeoutNow,
+    TransferLeadership,
+)
+from tests.sim.manual import OPTS, Cluster
+
+
+def three() -> Cluster:
+    c = Cluster(["a", "b", "c"])
+    c.settle()
+    c.elect("a")
+    c.tick("a", OPTS.heartbeat_ticks)
+    c.settle()
+    return c
+
+
+def heartbeat_rounds(c: Cluster, leader: str = "a", n: int = 3) -> None:
+    for _ in range(n):
+        c.tick(leader, OPTS.heartbeat_ticks)
+        c.settle()
+
+
+# ------------------------------------------------------------------ ReadIndex
+def test_read_index_on_leader_needs_quorum_round():
+    """T 6.4: the leader answers with its commit index only after a quorum acked a heartbeat
+    sent after the read arrived; all reads waiting share one round."""
+    c = three()
+    c.queue.clear()
+    c.step("a", [ReadIndex(rid=1), ReadIndex(rid=2)])
+    hbs = [m for m in c.queue if isinstance(m, AppendEntries)]
+    assert {m.dst for m in hbs} == {"b", "c"} and len({m.seq for m in hbs}) == 1
+    assert not c.nodes["a"].replies
+    c.deliver(lambda m: m.dst == "b")
+    c.deliver(lambda m: m.dst == "a")
+    lead = c.nodes["a"].core
+    assert [(r.rid, r.ok, r.index) for r in c.nodes["a"].replies] == [
+        (1, True, lead.commit_index), (2, True, lead.commit_index)]
+
+
+def test_read_index_on_follower_is_forwarded():
+    """T 6.4: a follower asks the leader for the read index and turns the answer into a
+    Reply for its API."""
+    c = three()
+    c.queue.clear()
+    c.step("b", [ReadIndex(rid=7)])
+    assert any(isinstance(m, ForwardReadIndex) and m.dst == "a" for m in c.queue)
+    c.settle()
+    (r,) = c.nodes["b"].replies
+    assert r.rid == 7 and r.ok and r.index == c.nodes["a"].core.commit_index
+
+
+def test_read_index_fails_when_leadership_lost():
+    """A read pending when the leader loses its quorum fails with 503."""
+    c = three()
+    c.queue.clear()
+    c.step("a", [ReadIndex(rid=3)])
+    for _ in range(2 * OPTS.election_ticks):
+        c.tick("a")
+        c.queue.clear()
+    (r,) = c.nodes["a"].replies
+    assert not r.ok and r.code == 503
+
+
+def test_read_index_waits_for_term_commit():
+    """T 6.4: a new leader answers reads only after an entry of its term committed."""
+    c = Cluster(["a", "b", "c"])
+    c.settle()
+    core = c.nodes["a"].core
+    for _ in range(40):
+        c.tick("a")
+        c.settle(pred=lambda m: not (isinstance(m, AppendEntries) and m.dst == "b")
+                 and not (isinstance(m, AppendEntries) and m.dst == "c"))
+        if core.is_leader:
+            break
+    assert core.is_leader and core.commit_index < core.log.last_index
+    c.step("a", [ReadIndex(rid=5)])
+    assert not c.nodes["a"].replies
+    c.settle()
+    c.settle()
+    assert [r.rid for r in c.nodes["a"].replies] == [5]
+
+
+def test_read_index_single_voter_immediate():
+    """One voter: the read index is the commit index at once (after the term's NOOP)."""
+    c = Cluster(["a"], mode="boot", bootstrap=True)
+    c.settle()
+    c.step("a", [ReadIndex(rid=1)])
+    (r,) = c.nodes["a"].replies
+    assert r.ok and r.index == c.nodes["a"].core.commit_index
+
+
+# ------------------------------------------------------------------ membership
+def test_add_learner_then_promote():
+    """T 4.2.1: a new server joins as a learner, catches up, then is promoted to voter."""
+    c = three()
+    c.add("d", mode="empty")
+    c.step("a", [AddNode(rid=1, node_id="d", addr="addr-d")])
+    mem = c.nodes["a"].core.status().membership
+    assert mem.learners == {"d": "addr-d"}
+    heartbeat_rounds(c, n=4)
+    assert c.nodes["a"].replies[0].ok
+    st = c.nodes["a"].core.status()
+    assert "d" in st.membership.voters and not st.membership.learners
+    d = c.nodes["d"].core.status()
+    assert d.cluster_id == st.cluster_id and d.commit_index == st.commit_index
+
+
+def test_add_is_idempotent():
+    c = three()
+    c.step("a", [AddNode(rid=1, node_id="b", addr="addr-b")])
+    (r,) = c.nodes["a"].replies
+    assert r.ok and "already" in r.reason
+
+
+@pytest.mark.parametrize("target,code", [("zz", 404)])
+def test_remove_unknown(target, code):
+    c = three()
+    c.step("a", [RemoveNode(rid=1, node_id=target)])
+    assert c.nodes["a"].replies[0].code == code
+
+
+def test_remove_last_voter_refused():
+    c = Cluster(["a"], mode="boot", bootstrap=True)
+    c.settle()
+    c.step("a", [RemoveNode(rid=1, node_id="a")])
+    r = c.nodes["a"].replies[0]
+    assert not r.ok and r.code == 409
+
+
+def test_one_change_at_a_time():
+    """T 4.1: a second change while one is uncommitted is refused (409)."""
+    c = three()
+    c.step("a", [RemoveNode(rid=1, node_id="c"), RemoveNode(rid=2, node_id="b")])
+    r = c.nodes["a"].replies
+    assert [(x.rid, x.code) for x in r] == [(2, 409)]
+    c.settle()
+    assert (1, True) in [(x.rid, x.ok) for x in c.nodes["a"].replies]
+
+
+def test_remove_follower_forwarded_from_follower():
+    """RemoveNode on a follower is forwarded to the leader; the reply comes after commit."""
+    c = three()
+    c.step("b", [RemoveNode(rid=4, node_id="c")])
+    assert any(isinstance(m, ForwardRequest) and m.op == "remove" for m in c.queue)
+    c.settle()
+    heartbeat_rounds(c)
+    (r,) = c.nodes["b"].replies
+    assert r.ok and r.index > 0
+    assert set(c.nodes["a"].core.status().membership.voters) == {"a", "b"}
+
+
+def test_remove_leader_commits_then_hands_over():
+    """Removing the leader: it commits the new config without counting itself, then sends
+    TimeoutNow to the most up-to-date voter and steps down (T 4.2.2)."""
+    c = three()
+    c.step("a", [RemoveNode(rid=1, node_id="a")])
+    c.settle()
+    assert any(isinstance(m, TimeoutNow) for m in c.nodes["a"].sent)
+    a = c.nodes["a"].core.status()
+    assert a.role == Role.FOLLOWER and "a" not in a.membership.voters
+    c.settle()
+    leaders = [n for n in c.nodes.values() if n.core.is_leader]
+    assert [n.id for n in leaders] in (["b"], ["c"])
+    for _ in range(5 * OPTS.election_ticks):  # the removed node never campaigns again
+        c.tick("a")
+    assert c.nodes["a"].core.status().role == Role.FOLLOWER
+
+
+def test_join_via_bootstrap_node():
+    """Join: an empty node asks a listed address; the leader adds it as a learner and
+    promotes it; it adopts the cluster id from the config it receives."""
+    c = Cluster(["a"], mode="boot", bootstrap=True)
+    c.settle()
+    c.add("b", mode="join", join=["addr-a"])
+    c.add("c", mode="join", join=["addr-a"])
+    assert any(isinstance(m, JoinRequest) and m.dst == "@addr-a" and m.cluster == ""
+               for m in c.queue)
+    c.settle()
+    for _ in range(3 * OPTS.election_ticks):  # c's first join hits a change in progress
+        for nid in "abc":
+            c.tick(nid)
+        c.settle()
+    st = c.nodes["a"].core.status()
+    assert set(st.membership.voters) == {"a", "b", "c"}
+    for nid in "bc":
+        s = c.nodes[nid].core.status()
+        assert s.cluster_id == st.cluster_id and s.leader_id == "a"
+
+
+def test_join_to_follower_redirects():
+    """A non-leader answers JoinRequest with the leader's id and address (to @addr)."""
+    c = three()
+    c.queue.clear()
+    c.step("b", [JoinRequest(src="d", dst="b", cluster="", term=0, node_id="d",
+                             addr="addr-d")])
+    (r,) = [m for m in c.queue if isinstance(m, JoinResponse)]
+    assert r.dst == "@addr-d" and not r.ok and r.leader == "a" and r.leader_addr == "addr-a"
+
+
+def test_joining_node_never_campaigns_without_config():
+    c = Cluster([], mode="x")
+    c.add("z", mode="join", join=["addr-nowhere"])
+    for _ in range(10 * OPTS.election_ticks):
+        c.tick("z")
+    st = c.nodes["z"].core.status()
+    assert st.role == Role.FOLLOWER and st.term == 0
+    assert len([m for m in c.queue if isinstance(m, JoinRequest)]) >= 5
+
+
+# ------------------------------------------------------------------ transfer
+def test_transfer_to_follower():
+    """T 3.10: the leader catches the target up, sends TimeoutNow; the target campaigns at
+    once (transfer=True, no pre-vote) and wins. The API gets ok at once."""
+    c = three()
+    c.step("a", [TransferLeadership(rid=1, target="c")])
+    assert c.nodes["a"].replies[0].ok
+    c.settle()
+    assert c.leader() == "c"
+
+
+def test_transfer_buffers_proposals_and_forwards_them():
+    """A leader in transfer buffers new proposals and forwards them to the new leader."""
+    c = three()
+    c.step("a", [TransferLeadership(rid=1, target="b"), Propose(rid=2, data=b"late")])
+    c.settle()
+    heartbeat_rounds(c, leader="b")
+    assert c.leader() == "b"
+    assert any(e[3] == b"late" for e in c.nodes["a"].applied)
+
+
+@pytest.mark.parametrize("target,code", [("zz", 404), ("d", 409)])
+def test_transfer_refused(target, code):
+    c = three()
+    c.add("d", mode="empty")
+    c.step("a", [AddNode(rid=9, node_id="d", addr="addr-d")])
+    c.step("a", [TransferLeadership(rid=1, target=target)])
+    r = [x for x in c.nodes["a"].replies if x.rid == 1][0]
+    assert not r.ok and r.code == code
+
+
+def test_follower_asks_for_leadership():
+    """TransferLeadership(target="") on a follower is forwarded as op="transfer"."""
+    c = three()
+    c.step("b", [TransferLeadership(rid=3)])
+    assert any(isinstance(m, ForwardRequest) and m.op == "transfer" and m.node_id == "b"
+               for m in c.queue)
+    c.settle()
+    assert c.leader() == "b"
+    assert c.nodes["b"].replies[0].ok
+
+
+def test_learner_cannot_ask_for_leadership():
+    c = three()
+    c.add("d", mode="empty")
+    c.step("a", [AddNode(rid=9, node_id="d", addr="addr-d")])
+    c.settle()
+    c.step("d", [TransferLeadership(rid=3)])
+    if c.nodes["d"].core.status().is_learner:
+        assert c.nodes["d"].replies[0].code == 409

@@ -105,6 +105,7 @@ class _Req:
     data: bytes = b""
     node_id: str = ""
     addr: str = ""
+    to: str = ""  # the leader it was last forwarded to
 
 
 @dataclass(slots=True)
@@ -531,8 +532,27 @@ class RaftCore:
     def _set_leader(self, lid: str) -> None:
         old = self._leader_id
         self._leader_id = lid
-        if lid and lid != old and lid != self.id and self._pending:
-            self._forward_pending()
+        if lid and lid != old and lid != self.id:
+            self._reforward()
+            if self._pending:
+                self._forward_pending()
+
+    def _reforward(self) -> None:
+        """A new leader is known: send it every outstanding forward that went to another node.
+
+        The old leader may have died with them (no answer would ever come). A proposal that
+        did reach the log under the old leader may now be appended twice; the state machine
+        applies a command once per idempotency key, so the copy changes nothing and returns
+        the first answer. Each resend keeps the request's original age (`since`).
+        """
+        lid = self._leader_id
+        stale = [fid for fid, r in self._fwd.items() if r.to != lid]
+        for fid in stale:
+            r = self._fwd.pop(fid)
+            if lid == self.id:
+                self._serve_local(r)
+            else:
+                self._forward(r)
 
     def _become_follower(self, term: int, leader: str) -> None:
         was_leader = self._state is _State.LEADER
@@ -614,6 +634,7 @@ class RaftCore:
         self._read_round = False
         self._term_start = self._log.last_index + 1
         self._append_local([[self._term_start, self._term, int(EntryKind.NOOP), b""]])
+        self._reforward()
         self._drain_pending_local()
 
     def _sync_progress(self) -> None:
@@ -807,6 +828,7 @@ class RaftCore:
         else:
             msg = ForwardRequest(op=k, node_id=r.node_id, addr=r.addr, **base)
         self._out_peer.append(msg)
+        r.to = lid
         self._fwd[fid] = r
 
     def _forward_pending(self) -> None:

@@ -273,3 +273,25 @@ def test_learner_cannot_ask_for_leadership():
     c.step("d", [TransferLeadership(rid=3)])
     if c.nodes["d"].core.status().is_learner:
         assert c.nodes["d"].replies[0].code == 409
+
+
+def test_forward_lost_with_its_leader_is_resent_to_the_next_leader():
+    """A proposal forwarded to a leader that then loses leadership without appending it is
+    re-sent to the new leader once known (the state machine's idempotency key makes a
+    duplicate harmless), so the client does not wait out its timeout."""
+    from prisn.messages import ForwardPropose
+
+    c = three()
+    c.queue.clear()
+    c.step("b", [Propose(rid=9, data=b"cmd-9")])
+    first = [m for m in c.queue if isinstance(m, ForwardPropose)]
+    assert [m.dst for m in first] == ["a"]
+    c.drop(lambda m: isinstance(m, ForwardPropose))  # the old leader never sees it
+    c.step("a", [TransferLeadership(rid=1, target="c")])
+    c.settle(pred=lambda m: not isinstance(m, ForwardPropose) or m.dst == "c")
+    assert c.leader() == "c"
+    c.tick("c", OPTS.heartbeat_ticks)
+    c.settle()
+    logs = {nid: [e[3] for e in n.core._log.entries()] for nid, n in c.nodes.items()}
+    for nid, datas in logs.items():
+        assert datas.count(b"cmd-9") == 1, (nid, datas)

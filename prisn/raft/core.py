@@ -196,6 +196,8 @@ class RaftCore:
         self._timeout_now_sent = False
         self._pending: deque[_Req] = deque()
         self._fwd: dict[int, _Req] = {}  # forward id -> request, in forwarding order
+        self._fwd_data: dict[bytes, int] = {}  # forwarded proposal payload -> forward id
+        self._own: dict[int, _Req] = {}  # leader: index -> own proposal not yet committed
         # forward ids are unique per attempt (and across restarts, with a random epoch), so a
         # leader can tell a network duplicate from a retry
         self._fwd_epoch = rng.getrandbits(31) << 32
@@ -413,12 +415,31 @@ class RaftCore:
         self._out_peer = []
         hi = min(self._commit, self._stable)
         if hi > self._applied:
-            out.append(Apply(src="raft", dst="fsm",
-                             entries=self._log.slice(self._applied + 1, hi)))
+            entries = self._log.slice(self._applied + 1, hi)
+            out.append(Apply(src="raft", dst="fsm", entries=entries))
             self._applied = hi
+            self._settle_own(entries, hi)
         out.extend(self._out_local)
         self._out_local = []
         return out
+
+    def _settle_own(self, entries: list, hi: int) -> None:
+        """Forget our proposals that are now committed: forwarded ones (matched by payload)
+        and the ones we appended as leader (by index). Whatever is left when leadership
+        changes is proposed again (`_reforward`, `_lose_leadership`)."""
+        if self._fwd_data:
+            fwd, by_data, cmd = self._fwd, self._fwd_data, int(EntryKind.COMMAND)
+            for e in entries:
+                if e[2] == cmd:
+                    fid = by_data.pop(e[3], None)
+                    if fid is not None:
+                        fwd.pop(fid, None)
+        own = self._own
+        while own:
+            idx = next(iter(own))
+            if idx > hi:
+                break
+            del own[idx]
 
     def _leader_flush(self) -> None:
         """Leader part of a flush: reads, heartbeat round, AppendEntries per peer."""
@@ -549,6 +570,8 @@ class RaftCore:
         stale = [fid for fid, r in self._fwd.items() if r.to != lid]
         for fid in stale:
             r = self._fwd.pop(fid)
+            if self._fwd_data.get(r.data) == fid:
+                del self._fwd_data[r.data]
             if lid == self.id:
                 self._serve_local(r)
             else:
@@ -582,6 +605,11 @@ class RaftCore:
         self._progress = {}
         self._transferee = ""
         self._leader_id = ""
+        if self._own:
+            # Our proposals not known committed may be lost with our term: propose them again
+            # through the next leader (a copy that does commit is a no-op by idempotency key).
+            self._pending.extendleft(reversed(list(self._own.values())))
+            self._own = {}
 
     def _campaign(self, pre: bool, transfer: bool = False) -> None:
         """Start a (pre-)election (§5.2, T 9.6). A pre-vote changes nothing durable."""
@@ -715,6 +743,8 @@ class RaftCore:
                 expired.append(fid)
             for fid in expired:
                 r = self._fwd.pop(fid)
+                if self._fwd_data.get(r.data) == fid:
+                    del self._fwd_data[r.data]
                 if r.kind != "propose":  # a forwarded proposal may have committed: no answer
                     self._reply(r.rid, False, 503, "timed out waiting for the leader")
 
@@ -758,6 +788,8 @@ class RaftCore:
             if r.kind != "propose":
                 self._reply(r.rid, False, 503, "storage failed")
         self._fwd.clear()
+        self._fwd_data.clear()
+        self._own = {}
 
     # ================================================================== local requests
     def _on_propose(self, m: Propose) -> None:
@@ -805,7 +837,7 @@ class RaftCore:
         """Leader: handle a local request now."""
         k = r.kind
         if k == "propose":
-            self._append_command(r.data)
+            self._own[self._append_command(r.data)] = r
         elif k == "read":
             self._leader_read(self.id, r.rid)
         elif k == "transfer":
@@ -823,6 +855,7 @@ class RaftCore:
         msg: Msg
         if k == "propose":
             msg = ForwardPropose(data=r.data, **base)
+            self._fwd_data[r.data] = fid
         elif k == "read":
             msg = ForwardReadIndex(**base)
         else:
@@ -1257,6 +1290,8 @@ class RaftCore:
         r = self._fwd.pop(m.rid, None)
         if r is None:
             return
+        if self._fwd_data.get(r.data) == m.rid:
+            del self._fwd_data[r.data]
         if not m.ok and m.reason == NOT_LEADER:
             # the node we forwarded to does not lead: retry with the next leader we learn
             lid = self._leader_id

@@ -149,6 +149,7 @@ class Sim:
         self.applied_cmds: dict[tuple[str, int], int] = {}
         self.forwarded: set[tuple[str, int]] = set()  # commands sent as ForwardPropose
         self.duplicate_entries = 0
+        self.ever_led: set[str] = set()
         self.acked: dict[tuple[str, int], int] = {}
         self.max_acked_index = 0
         self.rid = 0
@@ -292,6 +293,7 @@ class Sim:
         assert core is not None
         term = core.term
         if core.is_leader:
+            self.ever_led.add(n.id)
             who = self.leaders.get(term)
             if who is None:
                 self.leaders[term] = n.id
@@ -338,13 +340,14 @@ class Sim:
                     cmd = cbor2.loads(e[3])
                     key = (cmd["o"], cmd["r"])
                     if key in self.applied_cmds:
-                        # A forward re-sent to a new leader may put a command in the log
-                        # twice; the state machine applies a command once per idempotency key
-                        # (DeploymentStore's dedup), so the copy is a no-op, as modelled here.
-                        # Only a re-forward may cause it: the origin must have re-sent it.
-                        if key not in self.forwarded:
+                        # A request proposed again after a leadership change (a forward re-sent
+                        # to the new leader, or a deposed leader's own uncommitted proposal) may
+                        # sit in the log twice. The state machine applies a command once per
+                        # idempotency key (DeploymentStore's dedup), so the copy is a no-op, as
+                        # modelled here; identical apply order and no lost ack still hold.
+                        if key not in self.forwarded and key[0] not in self.ever_led:
                             self.fail(f"command {key} applied twice ({self.applied_cmds[key]} "
-                                      f"and {i}) but never forwarded")
+                                      f"and {i}) but its origin neither forwarded it nor led")
                         self.duplicate_entries += 1
                     else:
                         self.applied_cmds[key] = i

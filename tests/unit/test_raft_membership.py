@@ -295,3 +295,32 @@ def test_forward_lost_with_its_leader_is_resent_to_the_next_leader():
     logs = {nid: [e[3] for e in n.core._log.entries()] for nid, n in c.nodes.items()}
     for nid, datas in logs.items():
         assert datas.count(b"cmd-9") == 1, (nid, datas)
+
+
+def test_deposed_leader_proposes_its_uncommitted_commands_again():
+    """A leader cut off with an uncommitted proposal of its own loses it when the new
+    leader's log overwrites it; it proposes it again through the new leader instead of
+    letting the client wait out its timeout."""
+    from prisn.messages import ForwardPropose
+
+    c = three()
+    c.queue.clear()
+    c.step("a", [Propose(rid=5, data=b"cmd-5")])
+    c.drop(lambda m: m.src == "a")  # partition a: its append never arrives
+    for _ in range(4 * OPTS.election_ticks):
+        for nid in ("b", "c"):
+            c.tick(nid)
+        c.drop(lambda m: m.src == "a" or m.dst == "a")
+        c.settle(pred=lambda m: m.src != "a" and m.dst != "a")
+        if any(c.nodes[n].core.is_leader for n in ("b", "c")):
+            break
+    new = next(n for n in ("b", "c") if c.nodes[n].core.is_leader)
+    c.tick(new, OPTS.heartbeat_ticks)  # heal: the new leader's heartbeat deposes a
+    c.settle()
+    assert not c.nodes["a"].core.is_leader
+    assert any(isinstance(m, ForwardPropose) and m.data == b"cmd-5" for m in c.nodes["a"].sent)
+    c.tick(new, OPTS.heartbeat_ticks)
+    c.settle()
+    for nid, n in c.nodes.items():
+        datas = [e[3] for e in n.core._log.entries()]
+        assert datas.count(b"cmd-5") == 1, (nid, datas)

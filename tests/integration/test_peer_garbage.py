@@ -1,0 +1,71 @@
+"""Bad bytes on the Raft port of a live cluster: dropped and counted, nothing changes."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import cbor2
+import pytest
+import zmq
+
+from prisn.messages import AppendEntries, Propose, VoteRequest
+from tests.integration.test_cluster import _leader_of, _quick_start
+from tests.procs import wait_for
+from transport.codec import encode
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nodes = _quick_start(tmp_path_factory.mktemp("garbage"))
+    try:
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def _blast(addr: str, frames: list[bytes]) -> None:
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.LINGER, 2000)
+        s.connect(f"tcp://{addr}")
+        for f in frames:
+            s.send(f)
+        s.close()  # linger: flush before the context goes
+    finally:
+        ctx.term()
+
+
+def test_garbage_and_forged_messages_change_nothing(cluster):
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    leader = _leader_of(cluster)
+    before = {n.node_id: n.status() for n in cluster}
+    term = before[leader.node_id]["term"]
+    cid = before[leader.node_id]["cluster_id"]
+    frames = [rng.randbytes(rng.randrange(0, 300)) for _ in range(200)]
+    frames += [b"", b"\xff" * 64, cbor2.dumps({"v": 1, "t": "raft.append"}),
+               cbor2.dumps([1, 2, 3]), cbor2.dumps({"v": 99, "t": "raft.vote"})]
+    # a well-formed local message type arriving from outside: never reaches the core
+    frames.append(encode(Propose(src="x", dst="raft", rid=1, data=b"evil")))
+    # peer messages of another cluster, with a huge term: refused by the cluster-id check
+    frames.append(encode(AppendEntries(src="intruder", dst="", cluster="not-" + cid,
+                                       term=term + 1000, prev_index=0, prev_term=0,
+                                       entries=[[1, term + 1000, 0, b"evil"]], commit=1)))
+    frames.append(encode(VoteRequest(src="intruder", dst="", cluster="not-" + cid,
+                                     term=term + 1000, last_index=10**9, last_term=10**9)))
+    for n in cluster:
+        _blast(n.raft_addr, frames)
+    # the cluster still commits and nothing moved the term or leader
+    r = leader.req("POST", "/api/v1/deployments", {"name": "after-garbage", "source": "x"})
+    assert r.status == 201, f"seed {seed}: {r.body}"
+    target = leader.status()["commit_index"]
+    for n in cluster:
+        assert n.alive(), f"seed {seed}: {n.node_id} died: {n.tail()}"
+        wait_for(lambda n=n: n.status()["applied_index"] >= target, 10, f"{n.node_id} applied")
+        st = n.status()
+        assert st["term"] == term and st["leader"] == leader.node_id, f"seed {seed}: {st}"
+        assert st["cluster_id"] == cid
+        assert n.req("GET", "/api/v1/deployments/after-garbage").status == 200

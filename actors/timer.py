@@ -17,6 +17,8 @@ from transport.codec import encode
 
 
 class TimerActor(Actor):
+    """Sends ticks; its inbox exists only so that the actor base can own one (kept empty)."""
+
     def __init__(self, ctx: zmq.Context, node_id: str, interval: float, **kw) -> None:
         super().__init__("timer", ctx, node_id, **kw)
         self.interval = interval
@@ -29,7 +31,8 @@ class TimerActor(Actor):
         while not self.stopping:
             delay = next_at - time.monotonic()
             if delay > 0:
-                self._poller.poll(max(1, int(delay * 1000)))  # inbox only: stop or nothing
+                if self._poller.poll(max(1, int(delay * 1000))):
+                    self._discard_inbox()  # nobody should write here: drop, never spin
                 if time.monotonic() < next_at:
                     continue
             self.outbox.send_bytes("raft", frame)
@@ -38,3 +41,12 @@ class TimerActor(Actor):
             next_at += self.interval
             if next_at < now:  # stalled: re-anchor instead of bursting
                 next_at = now + self.interval
+
+    def _discard_inbox(self) -> None:
+        for sock, _handler in self._sockets:
+            while True:
+                try:
+                    sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.decoder.dropped += 1

@@ -11,6 +11,7 @@ Runs on whichever thread calls it; `Decoder` counters are per instance (one per 
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import MISSING
@@ -78,16 +79,20 @@ def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Msg:
     """Decode one frame into its message dataclass, or raise `DecodeError`."""
     if len(data) > max_bytes:
         raise DecodeError(f"frame of {len(data)} bytes exceeds {max_bytes}")
+    fp = io.BytesIO(data)
     try:
-        d = cbor2.loads(data, tag_hook=_no_tags)
+        d = cbor2.CBORDecoder(fp, tag_hook=_no_tags).decode()
     except DecodeError:
         raise
     except Exception as e:  # cbor2 raises several types on garbage
         raise DecodeError(f"bad CBOR: {e}") from None
+    if fp.tell() != len(data):
+        raise DecodeError(f"{len(data) - fp.tell()} bytes after the message")
     if not isinstance(d, dict):
         raise DecodeError("envelope is not a map")
-    if d.get("v") != WIRE_VERSION:
-        raise DecodeError(f"unsupported wire version {d.get('v')!r}")
+    v = d.get("v")
+    if type(v) is not int or v != WIRE_VERSION:
+        raise DecodeError(f"unsupported wire version {v!r}")
     t = d.get("t")
     cls = REGISTRY.get(t) if isinstance(t, str) else None
     if cls is None:
@@ -99,6 +104,8 @@ def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Msg:
             # bool is an int subclass: keep the two apart in both directions.
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 raise DecodeError(f"{t}.{name}: expected {kinds[0].__name__}")
+            if type(value) is list or type(value) is dict:
+                _check_plain(value, 0, f"{t}.{name}")
             kwargs[name] = value
         elif required:
             raise DecodeError(f"{t}: missing field {name}")
@@ -106,6 +113,37 @@ def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Msg:
     if extra:
         raise DecodeError(f"{t}: unknown fields {sorted(map(str, extra))}")
     return cls(**kwargs)
+
+
+_SCALARS = (int, str, bytes, bool, float, type(None))
+MAX_DEPTH = 16
+
+
+def _check_plain(value: Any, depth: int, where: str) -> None:
+    """Only plain CBOR data inside list/dict fields: no tag-built objects (datetime, set,
+    Decimal, ...), no shared references (a list containing itself hits the depth cap)."""
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"{where}: nested deeper than {MAX_DEPTH}")
+    if type(value) is list:
+        for item in value:
+            tv = type(item)
+            if tv is list or tv is dict:
+                _check_plain(item, depth + 1, where)
+            elif tv not in _SCALAR_TYPES:
+                raise DecodeError(f"{where}: {tv.__name__} is not plain data")
+    else:
+        for k, item in value.items():
+            if type(k) not in _KEY_TYPES:
+                raise DecodeError(f"{where}: map key of type {type(k).__name__}")
+            tv = type(item)
+            if tv is list or tv is dict:
+                _check_plain(item, depth + 1, where)
+            elif tv not in _SCALAR_TYPES:
+                raise DecodeError(f"{where}: {tv.__name__} is not plain data")
+
+
+_SCALAR_TYPES = frozenset(_SCALARS)
+_KEY_TYPES = frozenset((str, int, bytes))
 
 
 class Decoder:

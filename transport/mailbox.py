@@ -94,12 +94,23 @@ class Outbox:
 
 
 def tcp_endpoint(addr: str, *, bind: bool) -> str:
-    """`host:port` (host may be empty) -> a ZeroMQ tcp endpoint; empty host binds all."""
+    """`host:port` (host may be empty, IPv6 in brackets) -> a ZeroMQ tcp endpoint.
+
+    Raises ValueError for anything else: a port outside 1-65535 or not plain ASCII digits,
+    a bare IPv6 literal, white space. Addresses also arrive from peers, so this is input
+    validation, not a formality."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
+    lowest = 0 if bind else 1  # port 0 binds an ephemeral port; it cannot be connected to
+    if not sep or not (port.isascii() and port.isdigit()) or not lowest <= int(port) < 65536:
         raise ValueError(f"address {addr!r} is not host:port")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        if not host or ":" not in host:
+            raise ValueError(f"address {addr!r} has a bad IPv6 host")
+    elif ":" in host:
+        raise ValueError(f"address {addr!r}: put an IPv6 host in brackets")
+    if any(c.isspace() for c in host) or not host.isascii():
+        raise ValueError(f"address {addr!r} has a bad host")
     if not host:
         host = "0.0.0.0" if bind else "127.0.0.1"
     if ":" in host:
@@ -109,19 +120,25 @@ def tcp_endpoint(addr: str, *, bind: bool) -> str:
 
 def bind_peer_inbox(ctx: zmq.Context, addr: str) -> zmq.Socket:
     """The PULL socket on --raft-addr that every peer's replicator pushes to."""
+    endpoint = tcp_endpoint(addr, bind=True)  # raises before any socket exists
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 10_000)
     sock.setsockopt(zmq.MAXMSGSIZE, PEER_MAX_MSG_BYTES)
-    if ":" in addr.rpartition(":")[0]:
+    if endpoint.startswith("tcp://["):
         sock.setsockopt(zmq.IPV6, 1)
-    sock.bind(tcp_endpoint(addr, bind=True))
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
     return sock
 
 
 def connect_peer(ctx: zmq.Context, addr: str) -> zmq.Socket:
     """A PUSH socket to a peer's raft address: queues only on a live connection (IMMEDIATE),
     never blocks the sender, reconnects with backoff up to 1 s."""
+    endpoint = tcp_endpoint(addr, bind=False)  # raises before any socket exists
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -129,5 +146,11 @@ def connect_peer(ctx: zmq.Context, addr: str) -> zmq.Socket:
     sock.setsockopt(zmq.RECONNECT_IVL, 50)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.connect(tcp_endpoint(addr, bind=False))
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
     return sock

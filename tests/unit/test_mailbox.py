@@ -75,10 +75,6 @@ def test_tcp_endpoint_bad_values_raise_value_error(addr: str, bind: bool) -> Non
         tcp_endpoint(addr, bind=bind)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tcp_endpoint only checks str.isdigit(): a port "
-                   "above 65535 is passed on to libzmq (whose connect accepts it without "
-                   "error), non-ASCII digits fail later as ZMQError, and a bare '::1' becomes "
-                   "the nonsense endpoint 'tcp://[:]:1'; none raises ValueError")
 @pytest.mark.parametrize("addr", ["host:70000", "host:99999", "127.0.0.1:\u0663\u0663", "::1"])
 def test_tcp_endpoint_rejects_ports_that_are_not_ports(addr: str) -> None:
     with pytest.raises(ValueError):
@@ -171,10 +167,6 @@ def open_sockets(ctx: zmq.Context) -> list[zmq.Socket]:
     return [s for s in list(ctx._sockets) if not s.closed]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: connect_peer creates the PUSH socket before "
-                   "parsing the address and never closes it when tcp_endpoint raises; the "
-                   "exception's traceback (kept as Actor.failure / Supervisor.failure) holds "
-                   "it open, so ctx.term() at node shutdown blocks forever")
 def test_connect_peer_leaks_no_socket_on_a_bad_address(ctx: zmq.Context) -> None:
     try:
         with pytest.raises(ValueError) as info:
@@ -218,8 +210,5 @@ def test_peer_link_round_trip_on_ipv4_loopback(ctx: zmq.Context) -> None:
     round_trip(ctx, "127.0.0.1")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: connect_peer never sets ZMQ_IPV6 (bind_peer_inbox "
-                   "does), so a peer advertised at an IPv6 address such as [::1]:7332 is never "
-                   "connected: every frame to it is dropped")
 def test_peer_link_round_trip_on_ipv6_loopback(ctx: zmq.Context) -> None:
     round_trip(ctx, "[::1]")

@@ -10,6 +10,9 @@ Invariants:
   failed seqs, so every later StoreAppend is answered `StoreFailed` without touching the disk.
   The raft core decides what to do (stopping the node and reloading from disk is the only
   clean recovery; see `LogStorage` on broken stores).
+- `StoreCompact` / `StoreReset` (snapshots) keep their place in the message order: the appends
+  before one are written (and answered) first, then the compaction/reset runs as its own
+  synced batch. They are not answered; a failure is a `StoreFailed` like a failed append.
 - The actor does not own the `LogStorage`: whoever opened it closes it after the actor ended.
 All hooks run in this actor's own thread.
 """
@@ -23,7 +26,15 @@ from collections.abc import Callable
 import zmq
 
 from actors.base import Actor, FailureHook
-from prisn.messages import Msg, Stop, StoreAppend, StoreFailed, StoreSynced
+from prisn.messages import (
+    Msg,
+    Stop,
+    StoreAppend,
+    StoreCompact,
+    StoreFailed,
+    StoreReset,
+    StoreSynced,
+)
 from prisn.storage import LogStorage
 
 log = logging.getLogger("prisn.logstore")
@@ -47,6 +58,9 @@ class LogStoreActor(Actor):
         self.entries = 0  # entries made durable
         self.write_failures = 0  # batches answered StoreFailed
         self.ignored = 0  # messages of a type this actor does not handle
+        self.compactions = 0  # StoreCompact/StoreReset done
+        self.compacted_to = storage.first_index() - 1  # the log's compaction point
+        self._last_seq = 0  # highest StoreAppend seq seen (what a StoreFailed must cover)
         self._last_warn = 0.0
 
     def on_messages(self, msgs: list[Msg]) -> None:
@@ -56,6 +70,12 @@ class LogStoreActor(Actor):
         for m in msgs:
             if isinstance(m, StoreAppend):
                 appends.append(m)
+                self._last_seq = max(self._last_seq, m.seq)
+            elif isinstance(m, StoreCompact | StoreReset):
+                if appends:
+                    self._persist(appends)
+                    appends = []
+                self._compact(m)
             elif isinstance(m, Stop):
                 stop = True
             else:
@@ -94,6 +114,26 @@ class LogStoreActor(Actor):
                 self.observe_fsync(elapsed, n_entries)
             except Exception:  # a metrics bug must not stop the node's log
                 log.exception("logstore: observe_fsync failed")
+
+    def _compact(self, m: StoreCompact | StoreReset) -> None:
+        if self.failed is not None:
+            return  # already answered StoreFailed; the node is stopping
+        t0 = time.perf_counter()
+        try:
+            if isinstance(m, StoreCompact):
+                self.storage.compact_prefix(m.upto)
+            else:
+                self.storage.reset_to(m.index, m.term)
+        except Exception as e:
+            self.failed = f"{type(e).__name__}: {e}"
+            self.write_failures += 1
+            log.error("logstore: %s failed: %s", m.T, self.failed)
+            self.send("raft", StoreFailed(seq=self._last_seq, reason=self.failed))
+            return
+        self.compactions += 1
+        self.compacted_to = self.storage.first_index() - 1
+        log.info("logstore: %s done in %.1f ms; log now starts at %d", m.T,
+                 (time.perf_counter() - t0) * 1000, self.compacted_to + 1)
 
     def _warn(self, fmt: str, *args: object) -> None:
         now = time.monotonic()

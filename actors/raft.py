@@ -11,6 +11,8 @@ Invariants:
   the codec refuses, is dropped and counted, never raised.
 - `status` is an immutable snapshot replaced (never mutated) after every step; other threads
   read it without a lock.
+- `SnapSend` (snapshot chunk requests) go to the peer's replicator control inbox; the raft
+  thread never reads snapshot files.
 """
 
 from __future__ import annotations
@@ -23,11 +25,20 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors.base import Actor
-from actors.replicator import ReplicatorActor, replicator_name
-from prisn.messages import PEER_TYPES, Msg, Propose, ProposeBatch, Role, StoreAppend
+from actors.replicator import ReplicatorActor, ctl_name, replicator_name
+from prisn.messages import (
+    PEER_TYPES,
+    JoinRequest,
+    Msg,
+    Propose,
+    ProposeBatch,
+    Role,
+    SnapSend,
+    StoreAppend,
+)
 from prisn.raft.core import RaftCore
 from transport.codec import encode
-from transport.mailbox import bind_peer_inbox
+from transport.mailbox import bind_peer_inbox, tcp_endpoint
 
 log = logging.getLogger("prisn.raft")
 
@@ -91,11 +102,15 @@ class RaftActor(Actor):
 
     def _peer_frames(self, frames: list[bytes]) -> None:
         for m in self.decode_all(frames):
-            if m.T in PEER_TYPES:
-                self._batch.append(m)
-            else:
+            if m.T not in PEER_TYPES:
                 self._peer_dropped += 1
                 log.warning("dropped %s from the peer socket: not a peer message", m.T)
+            elif type(m) is JoinRequest and not _valid_join(m):
+                self._peer_dropped += 1
+                log.warning("dropped a join request with a bad node id or address: %r at %r",
+                            m.node_id[:80], m.addr[:80])
+            else:
+                self._batch.append(m)
 
     def on_batch_end(self) -> None:
         if not self._batch:
@@ -128,6 +143,9 @@ class RaftActor(Actor):
             if repl is None:
                 self._unroutable += 1
                 continue
+            if type(m) is SnapSend:
+                send_bytes(ctl_name(dst), encode(m))  # the replicator reads the file
+                continue
             send_bytes(repl, encode(m))
 
     def _replicator_for(self, dst: str) -> str | None:
@@ -137,21 +155,37 @@ class RaftActor(Actor):
             addr = dst[1:]
             while len(self._addr_repls) >= MAX_ADDR_REPLICATORS:
                 self._stop_replicator(self._addr_repls.popleft())
-            self._addr_repls.append(dst)
         else:
             addr = self.core.address_of(dst)
             if not addr:
                 return None
-        self._start_replicator(dst, addr)
+        if not self._start_replicator(dst, addr):
+            return None
+        if dst.startswith("@"):
+            self._addr_repls.append(dst)
         return replicator_name(dst)
 
-    def _start_replicator(self, peer: str, addr: str) -> None:
-        r = ReplicatorActor(self.ctx, self.node_id, peer, addr, **self._kw)
+    def _start_replicator(self, peer: str, addr: str) -> bool:
+        """Start a replicator; False (and nothing started) for an address we cannot use.
+
+        A replicator's own failure stops only that replicator, never the node: its address
+        may have come from a peer."""
+        try:
+            tcp_endpoint(addr, bind=False)
+        except ValueError as e:
+            log.warning("no replicator for %s: %s", peer, e)
+            return False
+        r = ReplicatorActor(self.ctx, self.node_id, peer, addr, max_frame=self.decoder.max_bytes)
         r.closing = self.closing
         r.start()
         r.started.wait(5)
+        if r.failure is not None:
+            log.warning("replicator for %s at %s failed to start: %s", peer, addr, r.failure)
+            r.join(1)
+            return False
         self._replicators[peer] = r
         log.info("replicator for %s at %s started", peer, addr)
+        return True
 
     def _stop_replicator(self, peer: str) -> None:
         r = self._replicators.pop(peer, None)
@@ -171,6 +205,11 @@ class RaftActor(Actor):
     # ------------------------------------------------------------------ status
     def _publish(self) -> None:
         st = self.core.status()
+        if st.fatal:
+            # The log could not be written (disk full, I/O error): this node can no longer
+            # keep its promises. Fail the actor so the node exits non-zero and systemd
+            # restarts it, instead of running on while claiming to be healthy.
+            raise RuntimeError(f"raft stopped: {st.fatal}")
         if st.leader_id != self._last_leader:
             if st.leader_id:
                 self._leader_changes += 1
@@ -209,3 +248,15 @@ class RaftActor(Actor):
                     break
             lags[peer] = lag
         return lags
+
+
+def _valid_join(m: JoinRequest) -> bool:
+    """A joiner's id and address are about to enter the replicated membership: check them."""
+    nid = m.node_id
+    if not nid or len(nid) > 128 or any(c.isspace() or c in "/@" for c in nid) or not nid.isprintable():
+        return False
+    try:
+        tcp_endpoint(m.addr, bind=False)
+    except ValueError:
+        return False
+    return bool(m.addr.rpartition(":")[0])

@@ -6,6 +6,12 @@ them); a send never blocks — when the peer is down or its queue is full the fr
 and counted (Raft retransmits); libzmq reconnects with backoff (50 ms doubling to 1 s). Only
 the most recent heartbeat-sized frames matter after a stall, so a backlog past `max_queue`
 frames is cut from the oldest end.
+
+Snapshots: a second inbox (``repl:<peer>/ctl``) takes `SnapSend` requests from the raft actor;
+for each one the replicator reads that byte range of the snapshot file (in this thread, so the
+raft thread never touches the disk) and sends it as one `InstallSnapshot` frame. The core
+decides which chunk and when (one in flight per peer); a file that cannot be read is reported
+to raft as `SnapSendFailed` (e.g. pruned by a newer snapshot: the core restarts from 0).
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import logging
 import zmq
 
 from actors.base import Actor
-from transport.mailbox import connect_peer
+from prisn.messages import InstallSnapshot, SnapSend, SnapSendFailed
+from transport import faults
+from transport.codec import encode
+from transport.mailbox import bind_inbox, connect_peer
 
 log = logging.getLogger("prisn.replicator")
 
@@ -31,10 +40,46 @@ class ReplicatorActor(Actor):
         self.max_queue = max_queue
         self.sent = 0
         self.dropped = 0
+        self.snap_chunks_sent = 0
+        self.snap_bytes_sent = 0
+        self.snap_read_failures = 0
         self._sock: zmq.Socket | None = None
 
     def on_start(self) -> None:
         self._sock = connect_peer(self.ctx, self.addr)
+        # TEST-ONLY: the same socket unless PRISN_TEST_FAULTS is set (see transport/faults.py)
+        self._sock = faults.maybe_wrap(self, self._sock)
+        self.add_socket(bind_inbox(self.ctx, self.node_id, ctl_name(self.peer)), self._ctl)
+
+    def _ctl(self, frames: list[bytes]) -> None:
+        for m in self.decode_all(frames):
+            if isinstance(m, SnapSend):
+                self._send_chunk(m)
+
+    def _send_chunk(self, m: SnapSend) -> None:
+        assert self._sock is not None
+        try:
+            with open(m.path, "rb") as f:
+                f.seek(m.offset)
+                data = f.read(m.length)
+            if len(data) != m.length:
+                raise OSError(f"short read: {len(data)} of {m.length} bytes at {m.offset}")
+        except OSError as e:
+            self.snap_read_failures += 1
+            log.warning("replicator %s: snapshot %s unreadable: %s", self.peer, m.snap_id[:12], e)
+            self.send("raft", SnapSendFailed(src=self.actor_name, dst="raft", peer=self.peer,
+                                             snap_id=m.snap_id, reason=str(e)))
+            return
+        frame = encode(InstallSnapshot(
+            src=self.node_id, dst=self.peer, cluster=m.cid, term=m.term, index=m.index,
+            snap_term=m.snap_term, snap_id=m.snap_id, size=m.size, offset=m.offset, data=data))
+        try:
+            self._sock.send(frame, zmq.NOBLOCK, copy=False)
+            self.sent += 1
+            self.snap_chunks_sent += 1
+            self.snap_bytes_sent += len(data)
+        except zmq.Again:
+            self.dropped += 1  # the core resends after its retry timeout
 
     def _inbox_batch(self, frames: list[bytes]) -> None:
         assert self._sock is not None
@@ -59,3 +104,8 @@ class ReplicatorActor(Actor):
 def replicator_name(peer: str) -> str:
     """Actor (inproc) name of the replicator for `peer` (a node id or `@host:port`)."""
     return f"repl:{peer}"
+
+
+def ctl_name(peer: str) -> str:
+    """Inproc name of the replicator's control inbox (SnapSend requests)."""
+    return f"repl:{peer}/ctl"

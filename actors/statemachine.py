@@ -1,29 +1,101 @@
-"""The state-machine actor: applies committed entries to the deployments store, in order.
+"""The state-machine actor: applies committed entries to the deployments store, in order,
+takes snapshots, and receives InstallSnapshot chunks.
 
 Runs on its own thread; it is the only writer of the `DeploymentStore` (the API thread only
 reads it). Invariants: entries arrive from raft in log order, each exactly once; an entry at or
-below the applied index (a replay) is skipped; after every batch one `fsm.applied` goes to the
-API carrying the new applied index and the results of the commands this node proposed.
+below the applied index (a replay, or one covered by an installed snapshot) is skipped; after
+every batch that applied something (or installed a snapshot) one `fsm.applied` goes to the API
+carrying the new applied index and the results of the commands this node proposed.
+
+Snapshots (when a `SnapshotStore` is given):
+- Every `threshold` applied entries, at the end of a batch, the actor takes a consistent copy
+  of the store under its lock (references only: cheap) and hands it to its writer thread,
+  which encodes it, writes the file atomically and sends `SnapshotTaken` to raft. Apply never
+  waits for the encoding or the fsync; at most one snapshot is being written at a time (a
+  threshold crossed meanwhile waits for the next batch after it finished).
+- The snapshot's membership is the latest CONFIG entry applied (or the restored snapshot's),
+  which is the configuration in force at that index; its term is the applied entry's term.
+- `SnapChunk`s are written to the partial file in this thread; the last one is verified,
+  renamed into place (durable), then the store restores from it, and only then does raft hear
+  `installed` (a crash before leaves the previous snapshot and log, a crash after leaves the
+  new snapshot, which boot prefers). A snapshot at or below the applied index is installed as a
+  file but not restored (the state never goes backwards).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import zmq
 
 from actors.base import Actor
 from prisn.fsm.commands import CommandError, decode_entry
 from prisn.fsm.deployments import DeploymentStore
-from prisn.messages import Applied, Apply, Msg
+from prisn.messages import (
+    Applied,
+    Apply,
+    EntryKind,
+    Msg,
+    SnapChunk,
+    SnapChunkAck,
+    SnapshotRequest,
+    SnapshotTaken,
+)
+from prisn.raft.boot import Membership
+from prisn.raft.core import decode_config
+from prisn.snapshots import SnapshotError, SnapshotStore, read_snapshot
+from transport.mailbox import Outbox
 
 log = logging.getLogger("prisn.fsm")
 
 
+@dataclass(frozen=True)
+class _Job:
+    index: int
+    term: int
+    membership: Membership | None
+    encode: Callable[[], bytes]
+    started: float
+
+
 class StateMachineActor(Actor):
-    def __init__(self, ctx: zmq.Context, node_id: str, store: DeploymentStore, **kw) -> None:
+    def __init__(self, ctx: zmq.Context, node_id: str, store: DeploymentStore, *,
+                 snapshots: SnapshotStore | None = None, threshold: int = 8192,
+                 snapshot_index: int = 0, snapshot_term: int = 0,
+                 membership: Membership | None = None, **kw) -> None:
         super().__init__("fsm", ctx, node_id, **kw)
         self.store = store
+        self.snapshots = snapshots
+        self.threshold = max(1, threshold)
+        self._term = snapshot_term  # term of the last applied entry
+        self._membership = membership  # configuration in force at the applied index
+        self._force_at = 0
+        self._writer: _SnapshotWriter | None = None
+        # metrics (written by this thread or the writer thread; read from any thread)
+        self.snapshot_index = snapshot_index  # newest durable snapshot
+        self.snapshot_term = snapshot_term
+        self.snapshot_size = 0
+        self.snapshot_duration = 0.0  # seconds for the last local snapshot (copy to durable)
+        self.snapshots_taken = 0
+        self.snapshot_failures = 0
+        self.installs_received = 0
+        self.install_duration = 0.0  # seconds from the last chunk to restored
+        self.chunks_received = 0
+
+    def on_start(self) -> None:
+        if self.snapshots is not None:
+            self._writer = _SnapshotWriter(self)
+            self._writer.start()
+
+    def on_stop(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def on_messages(self, msgs: list[Msg]) -> None:
         results: list = []
@@ -31,21 +103,164 @@ class StateMachineActor(Actor):
         store = self.store
         me = self.node_id
         for m in msgs:
-            if not isinstance(m, Apply):
-                continue
-            for entry in m.entries:
-                index, _term, kind, data = entry
-                if index <= store.applied_index:
-                    continue
-                out = store.apply(index, kind, data)
-                applied_any = True
-                if out is not None:
-                    origin, rid = entry_origin(data)
-                    if origin == me:
-                        results.append([rid, out[0], out[1]])
+            if isinstance(m, Apply):
+                for entry in m.entries:
+                    index, term, kind, data = entry
+                    if index <= store.applied_index:
+                        continue
+                    out = store.apply(index, kind, data)
+                    self._term = term
+                    applied_any = True
+                    if kind == EntryKind.CONFIG:
+                        try:
+                            self._membership = decode_config(data)
+                        except Exception:  # noqa: BLE001 - raft validated it; keep the old
+                            log.exception("fsm: undecodable configuration at %d", index)
+                    if out is not None:
+                        origin, rid = entry_origin(data)
+                        if origin == me:
+                            results.append([rid, out[0], out[1]])
+            elif isinstance(m, SnapChunk):
+                if self._on_chunk(m):
+                    applied_any = True
+            elif isinstance(m, SnapshotRequest):
+                self._force_at = max(self._force_at, m.index)
         if applied_any:
             self.send("api", Applied(src="fsm", dst="api", index=store.applied_index,
                                      results=results))
+        self._maybe_snapshot()
+
+    # ------------------------------------------------------------------ local snapshots
+    def _maybe_snapshot(self) -> None:
+        w = self._writer
+        if w is None or w.busy:
+            return
+        applied = self.store.applied_index
+        due = applied - self.snapshot_index >= self.threshold
+        forced = self._force_at and applied >= self._force_at and applied > self.snapshot_index
+        if not (due or forced):
+            return
+        t0 = time.perf_counter()
+        index, encode = self.store.snapshot_capture()
+        self._force_at = 0 if forced else self._force_at
+        w.submit(_Job(index, self._term, self._membership, encode, t0))
+
+    def snapshot_written(self, job: _Job, size: int, seconds: float) -> None:
+        """Writer thread: record metrics (plain attribute writes)."""
+        if job.index > self.snapshot_index:
+            self.snapshot_index = job.index
+            self.snapshot_term = job.term
+            self.snapshot_size = size
+        self.snapshot_duration = seconds
+        self.snapshots_taken += 1
+
+    # ------------------------------------------------------------------ InstallSnapshot
+    def _on_chunk(self, m: SnapChunk) -> bool:
+        """Write one chunk; on the last, install and restore. True if the store changed."""
+        snaps = self.snapshots
+        if snaps is None:
+            self.send("raft", SnapChunkAck(src="fsm", dst="raft", snap_id=m.snap_id,
+                                           offset=m.offset, next_offset=0,
+                                           error="snapshots disabled"))
+            return False
+        self.chunks_received += 1
+        try:
+            nxt = snaps.receive_chunk(m.snap_id, m.offset, m.data)
+        except (OSError, SnapshotError) as e:
+            log.error("fsm: cannot write snapshot chunk at %d: %s", m.offset, e)
+            self.send("raft", SnapChunkAck(src="fsm", dst="raft", snap_id=m.snap_id,
+                                           offset=m.offset, next_offset=0, error=str(e)))
+            return False
+        if nxt < m.size:
+            self.send("raft", SnapChunkAck(src="fsm", dst="raft", snap_id=m.snap_id,
+                                           offset=m.offset, next_offset=nxt))
+            return False
+        t0 = time.perf_counter()
+        try:
+            meta = snaps.finish_receive(m.snap_id)
+            restored = False
+            if meta.index > self.store.applied_index:
+                _meta, data = read_snapshot(meta.path)
+                try:
+                    self.store.restore(data)
+                except ValueError as e:
+                    raise SnapshotError(f"state machine refused the snapshot: {e}") from None
+                restored = True
+        except (OSError, SnapshotError) as e:
+            log.error("fsm: received snapshot refused (the leader starts over): %s", e)
+            self.send("raft", SnapChunkAck(src="fsm", dst="raft", snap_id=m.snap_id,
+                                           offset=m.offset, next_offset=0, error=str(e)))
+            return False
+        if restored:
+            self._term = meta.term
+            self._membership = meta.membership
+            self.installs_received += 1
+            self.install_duration = time.perf_counter() - t0
+            log.info("fsm: installed snapshot %d (term %d, %d bytes) in %.3f s", meta.index,
+                     meta.term, meta.size, self.install_duration)
+        if meta.index > self.snapshot_index:
+            self.snapshot_index, self.snapshot_term = meta.index, meta.term
+            self.snapshot_size = meta.size
+        self.send("raft", SnapChunkAck(
+            src="fsm", dst="raft", snap_id=m.snap_id, offset=m.offset, next_offset=meta.size,
+            installed=True, index=meta.index, term=meta.term,
+            membership=meta.membership.to_wire() if meta.membership else {},
+            path=meta.path, size=meta.size))
+        return restored
+
+
+class _SnapshotWriter(threading.Thread):
+    """The fsm actor's helper thread: encodes and writes one snapshot at a time, then tells
+    raft through its own outbox (its own sockets, created and closed in this thread)."""
+
+    def __init__(self, owner: StateMachineActor) -> None:
+        super().__init__(name=f"prisn-snapwriter-{owner.node_id}", daemon=True)
+        self.owner = owner
+        self._q: queue.Queue[_Job | None] = queue.Queue()
+        self._busy = threading.Event()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy.is_set()
+
+    def submit(self, job: _Job) -> None:
+        self._busy.set()
+        self._q.put(job)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self.join(timeout=60)
+
+    def run(self) -> None:
+        owner = self.owner
+        outbox = Outbox(owner.ctx, owner.node_id, closing=owner.closing)
+        try:
+            while True:
+                job = self._q.get()
+                if job is None:
+                    return
+                try:
+                    self._write(job, outbox)
+                except Exception:  # noqa: BLE001 - a failed snapshot only delays compaction
+                    owner.snapshot_failures += 1
+                    log.exception("fsm: snapshot at %d failed", job.index)
+                finally:
+                    self._busy.clear()
+        finally:
+            outbox.close()
+
+    def _write(self, job: _Job, outbox: Outbox) -> None:
+        owner = self.owner
+        assert owner.snapshots is not None
+        data = job.encode()
+        meta = owner.snapshots.write(job.index, job.term, job.membership, data)
+        seconds = time.perf_counter() - job.started
+        owner.snapshot_written(job, meta.size, seconds)
+        log.info("fsm: snapshot %d (term %d, %d bytes) written in %.3f s", meta.index,
+                 meta.term, meta.size, seconds)
+        outbox.send("raft", SnapshotTaken(src="fsm", dst="raft", index=meta.index,
+                                          term=meta.term, snap_id=meta.checksum,
+                                          path=meta.path, size=meta.size))
 
 
 def entry_origin(data: bytes) -> tuple[str, int]:

@@ -58,6 +58,10 @@ def cli() -> None:
       help="Minimum election timeout (randomized up to twice this).")
 @_opt("write-timeout", default="5s", show_default=True,
       help="How long a write waits for a quorum before 503.")
+@_opt("snapshot-threshold", default=8192, show_default=True, type=click.IntRange(min=1),
+      help="Snapshot the state machine every this many applied entries.")
+@_opt("trailing-logs", default=10240, show_default=True, type=click.IntRange(min=0),
+      help="Log entries kept before a snapshot for slow followers.")
 def server(**kw: object) -> None:
     """Run a prisn server node."""
     try:
@@ -104,7 +108,14 @@ def build_config(kw: dict) -> ServerConfig:
         election_timeout=et,
         write_timeout=wt,
         log_level=str(kw["log_level"]).lower(),
+        snapshot_threshold=int(kw.get("snapshot_threshold", 8192)),  # type: ignore[call-overload]
+        trailing_logs=int(kw.get("trailing_logs", 10240)),  # type: ignore[call-overload]
     )
+
+
+from prisn.cli_ops import register as _register_ops  # noqa: E402 - after `cli` is defined
+
+_register_ops(cli)  # operator commands: cluster, deploy, status, scale, delete
 
 
 def main(argv: list[str] | None = None) -> None:

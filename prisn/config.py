@@ -38,6 +38,8 @@ class ServerConfig:
     log_level: str = "info"
     tick_interval: float = 0.01
     max_body_bytes: int = 10 << 20
+    snapshot_threshold: int = 8192  # applied entries between state-machine snapshots
+    trailing_logs: int = 10240  # log entries kept before a snapshot for slow followers
     extra: dict = field(default_factory=dict)
 
     @property

@@ -322,6 +322,134 @@ class JoinResponse(Msg):
     reason: str = ""
 
 
+# --------------------------------------------------------------------------- snapshots
+@message("store.compact")
+class StoreCompact(Msg):
+    """Raft -> logstore: delete log entries <= `upto` (a durable snapshot covers them).
+
+    Ordered with StoreAppend in the same inbox; no answer (a failure is a StoreFailed)."""
+
+    upto: int
+
+
+@message("store.reset")
+class StoreReset(Msg):
+    """Raft -> logstore: an installed snapshot (`index`, `term`) replaces the log. Keep the
+    entries after `index` if the stored log holds `index` with `term`, else drop them all; the
+    log then starts at `index + 1`. No answer (a failure is a StoreFailed)."""
+
+    index: int
+    term: int
+
+
+@message("snap.taken")
+class SnapshotTaken(Msg):
+    """State machine -> raft: a snapshot through `index` (of `term`) is durable at `path`."""
+
+    index: int
+    term: int
+    snap_id: str
+    path: str
+    size: int
+
+
+@message("snap.request")
+class SnapshotRequest(Msg):
+    """Raft -> state machine: take a snapshot as soon as `index` is applied (even below the
+    threshold); used after --force-new-cluster so that joiners get a snapshot, not old
+    configuration entries."""
+
+    index: int
+
+
+@message("snap.send")
+class SnapSend(Msg):
+    """Raft -> the replicator of peer `dst` (its control inbox): read `length` bytes at
+    `offset` of the snapshot file `path` and send them to the peer as one InstallSnapshot.
+    `cid` is the cluster id; `term` the leader's term."""
+
+    cid: str
+    term: int
+    path: str
+    snap_id: str
+    index: int
+    snap_term: int
+    size: int
+    offset: int
+    length: int
+
+
+@message("snap.send_failed")
+class SnapSendFailed(Msg):
+    """Replicator -> raft: the snapshot file could not be read (pruned, I/O error)."""
+
+    peer: str
+    snap_id: str
+    reason: str = ""
+
+
+@message("snap.chunk")
+class SnapChunk(Msg):
+    """Raft (follower) -> state machine: write this InstallSnapshot chunk; answer
+    SnapChunkAck. When the file is complete the state machine verifies, installs and
+    restores it before answering."""
+
+    snap_id: str
+    index: int
+    term: int
+    size: int
+    offset: int
+    data: bytes
+
+
+@message("snap.chunk_ack")
+class SnapChunkAck(Msg):
+    """State machine -> raft: the next offset it needs of `snap_id`; `installed` once the
+    snapshot file is in place and the state machine holds its state (then `index`, `term`,
+    `membership`, `path`, `size` describe it). `error` non-empty: the transfer must restart
+    from `next_offset` (0 after a checksum failure)."""
+
+    snap_id: str
+    offset: int
+    next_offset: int
+    installed: bool = False
+    index: int = 0
+    term: int = 0
+    membership: dict = field(default_factory=dict)
+    path: str = ""
+    size: int = 0
+    error: str = ""
+
+
+@message("raft.snap")
+class InstallSnapshot(Msg):
+    """Leader -> follower: bytes `offset`.. of snapshot file `snap_id` (`size` bytes in all)
+    covering the log through `index` (of term `snap_term`)."""
+
+    cluster: str
+    term: int
+    index: int
+    snap_term: int
+    snap_id: str
+    size: int
+    offset: int
+    data: bytes
+
+
+@message("raft.snap_resp")
+class InstallSnapshotResponse(Msg):
+    """Follower -> leader: the next offset of `snap_id` it needs; `done` once installed (or
+    not needed): the follower then holds the log through `index`."""
+
+    cluster: str
+    term: int
+    snap_id: str
+    offset: int  # the chunk this answers (lets the leader ignore stale answers)
+    next_offset: int
+    done: bool = False
+    index: int = 0
+
+
 PEER_TYPES = frozenset(
     t for t, c in REGISTRY.items() if any(f.name == "cluster" for f in fields(c))
 )

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import cbor2
 import zmq
 
 from actors.api.actor import ApiActor
@@ -31,8 +32,9 @@ from actors.timer import TimerActor
 from prisn import __version__
 from prisn.config import ServerConfig
 from prisn.fsm.deployments import DeploymentStore
-from prisn.messages import Role, TransferLeadership
+from prisn.messages import EntryKind, Role, TransferLeadership
 from prisn.raft.core import RaftCore, RaftOptions
+from prisn.snapshots import BootError, SnapshotStore, assemble_boot
 from prisn.storage import LogStorage, StorageError
 from transport.codec import encode
 
@@ -73,6 +75,7 @@ class Node:
         self.storage: LogStorage | None = None
         self.raft: RaftActor | None = None
         self.api: ApiActor | None = None
+        self.fsm: StateMachineActor | None = None
         self.seed = seed if seed is not None else secrets.randbits(64)
 
     # ------------------------------------------------------------------ start
@@ -81,19 +84,43 @@ class Node:
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.storage = LogStorage(str(data / "raft"))
-        boot = self.storage.load()
+        t_boot = time.perf_counter()
+        stored = self.storage.load()
+        snaps = SnapshotStore(data / "snapshots")
+        latest = snaps.latest()
+        try:
+            boot, reset = assemble_boot(stored, latest[0] if latest else None)
+        except BootError as e:
+            raise RuntimeError(str(e)) from None
+        if reset:
+            # an installed snapshot the log had not caught up with (crash mid-install)
+            self.storage.reset_to(boot.snapshot_index, boot.snapshot_term)
+        store = DeploymentStore()
+        if latest is not None:
+            store.restore(latest[1])
+            log.info("restored snapshot %d (term %d, %d bytes) + %d log entries in %.3f s",
+                     boot.snapshot_index, boot.snapshot_term, latest[0].size,
+                     len(boot.entries), time.perf_counter() - t_boot)
         fresh = not boot.entries and boot.snapshot_index == 0
         addr = cfg.advertised_raft_addr
-        opts = RaftOptions(heartbeat_ticks=cfg.heartbeat_ticks, election_ticks=cfg.election_ticks)
+        opts = RaftOptions(heartbeat_ticks=cfg.heartbeat_ticks, election_ticks=cfg.election_ticks,
+                           trailing_logs=cfg.trailing_logs)
         rng = random.Random(self.seed)
         kwargs: dict = {}
-        if cfg.force_new_cluster:
+        marker = data / "force-new-cluster"
+        forced_before = marker.exists() and marker.read_text().strip() == _boot_cluster(boot)
+        if cfg.force_new_cluster and forced_before:
+            log.warning("--force-new-cluster already took effect on this data dir (cluster %s); "
+                        "ignoring it. Remove the flag from the node's configuration.",
+                        _boot_cluster(boot))
+        if cfg.force_new_cluster and not forced_before:
             new_id = secrets.token_hex(8)
+            _write_durably(marker, new_id)
             log.warning("!!! --force-new-cluster: starting a NEW cluster %s with this node as its "
                         "only voter, from local state (last index %d). Other nodes must be "
                         "re-added. !!!", new_id, boot.entries[-1][0] if boot.entries else 0)
             kwargs["force_new_cluster"] = new_id
-        elif not cfg.cluster:
+        elif not cfg.cluster or cfg.force_new_cluster:
             kwargs["bootstrap"] = True
         elif cfg.bootstrap:
             kwargs["bootstrap"] = True
@@ -108,7 +135,6 @@ class Node:
         elif fresh:
             raise SystemExit("prisn: error: --cluster needs --bootstrap (first node) or --peers")
         core = RaftCore(cfg.node_id, addr, opts, rng, boot, **kwargs)
-        store = DeploymentStore()
         self.store = store
         started_at = time.monotonic()
         sup = self.sup
@@ -130,7 +156,14 @@ class Node:
                                                              metrics.observe_batch(n)),
                                  on_failure=fail)
         sup.start(logstore)
-        sup.start(StateMachineActor(self.ctx, cfg.node_id, store, on_failure=fail))
+        self.fsm = StateMachineActor(self.ctx, cfg.node_id, store, snapshots=snaps,
+                                     threshold=cfg.snapshot_threshold,
+                                     snapshot_index=boot.snapshot_index,
+                                     snapshot_term=boot.snapshot_term,
+                                     membership=boot.snapshot_membership, on_failure=fail)
+        if latest is not None:
+            self.fsm.snapshot_size = latest[0].size
+        sup.start(self.fsm)
         listen = cfg.raft_addr if cfg.cluster else None
         self.raft = RaftActor(self.ctx, cfg.node_id, core, listen_addr=listen, on_failure=fail,
                               on_leader_change=metrics.leader_changed)
@@ -196,9 +229,35 @@ class Node:
             log.error("some actors did not stop; leaving the ZeroMQ context for process exit")
             return
         if self.storage is not None:
-            self.storage.close()
+            try:
+                self.storage.close()
+            except Exception as e:  # noqa: BLE001 - e.g. RocksDB after a failed write
+                log.error("closing the log store: %s", e)
             self.storage = None
         self.ctx.term()
+
+
+def _boot_cluster(boot) -> str:
+    """The cluster id of the newest configuration in the recovered state ("" if none)."""
+    for e in reversed(boot.entries):
+        if e[2] == EntryKind.CONFIG:
+            return str(cbor2.loads(e[3]).get("cluster", ""))
+    m = boot.snapshot_membership
+    return m.cluster if m is not None else ""
+
+
+def _write_durably(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _same_addr(peer: str, advertised: str, raft_addr: str) -> bool:

@@ -10,7 +10,8 @@ On-disk format (FORMAT = 1), raw bytes keys, deterministic CBOR values:
 - ``b"m:compact"`` -> CBOR ``[index, term]``: the last entry removed by `compact_prefix`
   (absent: nothing compacted). The log starts right after it.
 - ``b"m:snap"``    -> reserved for snapshot metadata ``{"index", "term", "membership"}``
-  (written by the snapshot work; read here only for its membership).
+  (read here only for its membership; snapshots live in files, see `prisn.snapshots`, and
+  this key is not written).
 - ``b"l" + index as 8 bytes big-endian`` -> CBOR ``[term, kind, data]``.
 Every entry key sorts before every ``m:`` key, so the log is one ordered range.
 
@@ -283,7 +284,7 @@ class LogStorage:
     def compact_prefix(self, upto_index: int) -> None:
         """Delete entries <= `upto_index` in one synced batch, remembering its (index, term).
 
-        Only for use after a snapshot covers `upto_index` (a later issue). No-op when
+        Only for use after a durable snapshot covers `upto_index`. No-op when
         `upto_index` is at or below the current compaction point; ValueError beyond the log.
         """
         if self._broken is not None:
@@ -303,6 +304,34 @@ class LogStorage:
         wb.put(K_COMPACT, _dumps([upto_index, v[0]]))
         self._commit(wb)
         self._compact_index, self._compact_term = upto_index, v[0]
+
+    def reset_to(self, index: int, term: int) -> bool:
+        """An installed snapshot (`index`, `term`) becomes the start of the log, in one synced
+        batch. If the stored log holds `index` with `term`, entries after it are kept (a
+        plain `compact_prefix`); otherwise every entry is deleted and the log starts empty at
+        `index + 1`. Returns True when the tail was kept. No-op at or below the current
+        compaction point.
+        """
+        if self._broken is not None:
+            raise StorageBroken(f"log store broken by an earlier failed write: {self._broken}")
+        if index < 1:
+            raise ValueError(f"cannot reset the log to {index}")
+        if index <= self._compact_index:
+            return True  # already covered (the core never installs below what it applied)
+        if self._compact_index < index <= self._last:
+            raw = self._db.get(entry_key(index))
+            v = _loads(raw, f"entry {index}") if raw is not None else None
+            if isinstance(v, list) and len(v) == 3 and v[0] == term:
+                self.compact_prefix(index)
+                return True
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        if self._last > self._compact_index:
+            wb.delete_range(entry_key(self._compact_index + 1), entry_key(self._last + 1))
+        wb.put(K_COMPACT, _dumps([index, term]))
+        self._commit(wb)
+        self._compact_index, self._compact_term = index, term
+        self._last = index
+        return False
 
     def _commit(self, wb: rocksdict.WriteBatch) -> None:
         try:

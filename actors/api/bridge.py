@@ -17,6 +17,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -60,7 +61,11 @@ class RaftNodeClient:
         self._boot_commit = boot_commit
         self._started_at = started_at
         self._max_inflight = max_inflight
-        self._rids = itertools.count(1)
+        # Request ids must not repeat across restarts of this node: entries of an earlier
+        # incarnation are replayed after a restart and carry (origin, rid); a repeated rid
+        # would hand an old entry's result to a new request. A random 40-bit base per
+        # process makes a collision negligible.
+        self._rids = itertools.count((int.from_bytes(os.urandom(5), "big") << 20) + 1)
         self._waiters: dict[int, asyncio.Future] = {}
         self._applied_waiters: list[tuple[int, int, asyncio.Future]] = []  # heap by index
         self._wseq = itertools.count()
@@ -239,10 +244,20 @@ class RaftNodeClient:
                             tick_seconds=self._tick_seconds)
 
     def _ready(self) -> bool:
-        """Latched true once a leader is known and we applied what was committed at start."""
+        """Latched true once a leader is known and we applied what was committed at start.
+
+        The persisted commit index may lag (it is written along with other writes), so a
+        leader also waits until the no-op opening its term committed: everything before it
+        is then committed and, once applied here, visible to local reads."""
         if not self._ready_latched:
             st = self._raft_status()
-            if st.leader_id and self.store.applied_index >= self._boot_commit:
+            target = self._boot_commit
+            if st.role == Role.LEADER:
+                term_start = getattr(st, "term_start", 0)
+                if st.commit_index < term_start:
+                    return False
+                target = max(target, term_start)
+            if st.leader_id and self.store.applied_index >= target:
                 self._ready_latched = True
         return self._ready_latched and bool(self._raft_status().leader_id)
 

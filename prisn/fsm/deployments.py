@@ -22,6 +22,7 @@ import hashlib
 import threading
 from bisect import bisect_left, insort
 from collections import OrderedDict
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -321,6 +322,19 @@ class DeploymentStore:
              "dedup": dedup},
             canonical=True,
         )
+
+    def snapshot_capture(self) -> tuple[int, Callable[[], bytes]]:
+        """(applied index, encoder): a consistent copy taken under the lock, cheap because it
+        only copies references (applying replaces deployment rows and dedup results, never
+        mutates them), and a function that encodes it exactly like `snapshot()` from any
+        thread, so the state machine can write snapshots without stalling apply."""
+        applied, deps, dedup = self._state()
+
+        def encode() -> bytes:
+            return cbor2.dumps({"format": SNAPSHOT_FORMAT, "applied": applied,
+                                "deployments": deps, "dedup": dedup}, canonical=True)
+
+        return applied, encode
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state by a `snapshot()`; ValueError (state untouched) if invalid."""

@@ -39,7 +39,14 @@ class Membership:
 @dataclass(frozen=True)
 class BootState:
     """Durable state recovered at start. `entries` are contiguous and ascending, each
-    ``[index, term, kind, data]``, starting at `snapshot_index + 1`."""
+    ``[index, term, kind, data]``, starting at `log_index + 1`.
+
+    `snapshot_*` describe the state machine's starting point (the newest valid snapshot, or
+    the log's compaction point when built by `LogStorage.load` alone); the core applies only
+    entries after `snapshot_index`. `log_index`/`log_term` are the log's own boundary (its
+    compaction point), which may lie before the snapshot (trailing entries kept for slow
+    followers); -1 means "same as the snapshot". Invariant: log_index <= snapshot_index.
+    """
 
     term: int = 0
     vote: str = ""
@@ -48,3 +55,15 @@ class BootState:
     snapshot_index: int = 0
     snapshot_term: int = 0
     snapshot_membership: Membership | None = None
+    log_index: int = -1
+    log_term: int = 0
+    snapshot_file: str = ""  # path of the snapshot file (empty: none to send to peers)
+    snapshot_id: str = ""  # its checksum (hex), the id InstallSnapshot uses
+    snapshot_size: int = 0
+
+    @property
+    def log_start(self) -> tuple[int, int]:
+        """(index, term) of the log's boundary: entries start right after it."""
+        if self.log_index < 0:
+            return self.snapshot_index, self.snapshot_term
+        return self.log_index, self.log_term

@@ -17,7 +17,15 @@ Safety rules this module keeps (Raft paper = §, Ongaro thesis = T):
   counting itself) until that entry commits, then sends TimeoutNow to the most up-to-date voter
   and steps down (T 4.2.2).
 - On restart the state machine is rebuilt from the snapshot: entries from
-  ``snapshot_index + 1`` up to the recovered commit index are applied again.
+  ``snapshot_index + 1`` up to the recovered commit index are applied again; never an entry
+  at or below the snapshot index.
+- Snapshots (§7): the log is compacted only after the state machine reported a durable
+  snapshot (`SnapshotTaken`), never past that snapshot's index, never past the previous
+  snapshot's index (so a corrupt newest file can fall back to the previous one plus the log),
+  and keeping `trailing_logs` entries before it. A follower that needs compacted entries gets
+  the snapshot file in chunks (InstallSnapshot, one chunk in flight, resumable by offset);
+  it answers only what its state machine reported written/installed, and resets its log to
+  the snapshot point only after the snapshot file is durably in place.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from prisn.messages import (
     ForwardReadIndex,
     ForwardRequest,
     ForwardResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     JoinRequest,
     JoinResponse,
     Msg,
@@ -49,8 +59,16 @@ from prisn.messages import (
     RemoveNode,
     Reply,
     Role,
+    SnapChunk,
+    SnapChunkAck,
+    SnapSend,
+    SnapSendFailed,
+    SnapshotRequest,
+    SnapshotTaken,
     StoreAppend,
+    StoreCompact,
     StoreFailed,
+    StoreReset,
     StoreSynced,
     Tick,
     TimeoutNow,
@@ -82,6 +100,22 @@ class RaftOptions:
     max_pending: int = 10000  # proposals/reads buffered while no leader is known
     pending_ticks: int = 500  # how long a buffered proposal/read waits before failing 503
     promote_lag: int = 0  # learner promoted when match >= leader commit - promote_lag
+    max_apply_entries: int = 4096  # per Apply message (replay after a restart is split)
+    trailing_logs: int = 10240  # entries kept before a snapshot for slow followers
+    snapshot_chunk_bytes: int = 1 << 20  # InstallSnapshot chunk size
+    snapshot_retry_ticks: int = 100  # resend an unanswered chunk (the transfer timeout)
+    snapshot_apply_ticks: int = 3000  # wait for the last chunk's answer (verify + restore)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapRef:
+    """A durable snapshot file this node can send: what it covers and where it is."""
+
+    index: int
+    term: int
+    snap_id: str
+    path: str
+    size: int
 
 
 class _State(IntEnum):
@@ -134,7 +168,8 @@ def static_cluster_id(members: dict[str, str]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-_TERM_TYPES = (VoteRequest, VoteResponse, AppendEntries, AppendResponse, TimeoutNow)
+_TERM_TYPES = (VoteRequest, VoteResponse, AppendEntries, AppendResponse, TimeoutNow,
+               InstallSnapshot, InstallSnapshotResponse)
 
 
 class RaftCore:
@@ -155,7 +190,8 @@ class RaftCore:
         self._started = False
 
         # durable state (as recovered) and the log view
-        self._log = RaftLog(boot.snapshot_index, boot.snapshot_term, boot.entries)
+        li, lt = boot.log_start
+        self._log = RaftLog(li, lt, boot.entries)
         self._term = boot.term
         self._vote = boot.vote
         self._commit = max(boot.commit, boot.snapshot_index)
@@ -167,8 +203,22 @@ class RaftCore:
         if boot.snapshot_membership is not None:
             self._configs.append((boot.snapshot_index, boot.snapshot_membership))
         for e in boot.entries:
-            if e[2] == EntryKind.CONFIG:
+            if e[2] == EntryKind.CONFIG and (e[0] > boot.snapshot_index
+                                             or boot.snapshot_membership is None):
                 self._configs.append((e[0], decode_config(e[3])))
+        self._configs.sort(key=lambda c: c[0])
+        # snapshots: the newest durable one we can send, the one before it (compaction
+        # floor), and a follower's install in progress
+        self._snap: SnapRef | None = None
+        if boot.snapshot_id:
+            self._snap = SnapRef(boot.snapshot_index, boot.snapshot_term, boot.snapshot_id,
+                                 boot.snapshot_file, boot.snapshot_size)
+        self._install_from = ""  # leader that sent the chunk being written
+        self._install_cluster = ""
+        self._force_compact = 0  # compact through this index at the next snapshot
+        self._store_ops: list[Msg] = []  # StoreReset/StoreCompact, emitted before StoreAppend
+        self.installs_sent = 0
+        self.installs_received = 0
         self._membership: Membership | None = None
         self._cluster = ""
         self._voters: dict[str, str] = {}  # ordered: iteration must be deterministic
@@ -244,6 +294,11 @@ class RaftCore:
             ForwardResponse: self._on_forward_response,
             JoinRequest: self._on_join_request,
             JoinResponse: self._on_join_response,
+            SnapshotTaken: self._on_snapshot_taken,
+            SnapSendFailed: self._on_snap_send_failed,
+            SnapChunkAck: self._on_snap_chunk_ack,
+            InstallSnapshot: self._on_install_snapshot,
+            InstallSnapshotResponse: self._on_install_snapshot_response,
         }
 
     # ================================================================== public API
@@ -318,7 +373,14 @@ class RaftCore:
             transferee=self._transferee, drops=dict(self._drops),
             ticks_since_leader_contact=0 if st is _State.LEADER else self._leader_contact,
             pending=len(self._pending), pre_candidate=st is _State.PRE_CANDIDATE,
-            fatal=self._fatal)
+            fatal=self._fatal, snapshot_index=self._snap.index if self._snap else 0,
+            snapshot_size=self._snap.size if self._snap else 0,
+            log_start=self._log.snap_index + 1, snapshot_installs_sent=self.installs_sent,
+            snapshot_installs_received=self.installs_received,
+            snapshots_sending=sum(1 for pr in self._progress.values()
+                                  if pr.state is ProgressState.SNAPSHOT)
+            if st is _State.LEADER else 0,
+            term_start=self._term_start if st is _State.LEADER else 0)
 
     # read-only views for tests and the simulator
     @property
@@ -365,6 +427,11 @@ class RaftCore:
                 m = Membership(cluster=fid, voters={self.id: self.addr})
                 idx = self._log.last_index + 1
                 self._append_local([[idx, self._term, int(EntryKind.CONFIG), encode_config(m)]])
+                if idx > 1:
+                    # joiners must get a snapshot of this point, not the old cluster's
+                    # configuration entries: snapshot as soon as it applies, compact through it
+                    self._force_compact = idx
+                    self._out_local.append(SnapshotRequest(src="raft", dst="fsm", index=idx))
                 self._state = _State.CANDIDATE
                 self._votes = {self.id: True}  # leader once this write is synced
         if self._need_join():
@@ -384,6 +451,9 @@ class RaftCore:
         if leader:
             self._leader_commit()
             leader = self._state is _State.LEADER  # self-removal may have stepped us down
+        if self._store_ops:
+            out.extend(self._store_ops)
+            self._store_ops = []
         if self._unsaved_from or self._trunc_from or self._hard_dirty:
             self._seq += 1
             last = self._log.last_index
@@ -414,11 +484,14 @@ class RaftCore:
         out.extend(peer)
         self._out_peer = []
         hi = min(self._commit, self._stable)
-        if hi > self._applied:
-            entries = self._log.slice(self._applied + 1, hi)
+        while hi > self._applied:
+            # capped per message: a restart may replay a million entries (frame size cap)
+            entries = self._log.slice(self._applied + 1, hi, self.opts.max_apply_entries,
+                                      self.opts.max_append_bytes)
+            last = entries[-1][0]
             out.append(Apply(src="raft", dst="fsm", entries=entries))
-            self._applied = hi
-            self._settle_own(entries, hi)
+            self._applied = last
+            self._settle_own(entries, last)
         out.extend(self._out_local)
         self._out_local = []
         return out
@@ -703,6 +776,7 @@ class RaftCore:
             if self._hb_elapsed >= opts.heartbeat_ticks:
                 self._broadcast_heartbeat()
             self._maybe_promote()
+            self._snapshot_timers()
         else:
             self._election_elapsed += 1
             if self._election_elapsed >= self._election_timeout:
@@ -790,6 +864,191 @@ class RaftCore:
         self._fwd.clear()
         self._fwd_data.clear()
         self._own = {}
+
+    # ================================================================== snapshots
+    def _on_snapshot_taken(self, m: SnapshotTaken) -> None:
+        """A local snapshot is durable: remember it, compact the log behind it (see module doc:
+        not past it, not past the previous snapshot, keeping `trailing_logs`)."""
+        prev = self._snap
+        if prev is not None and m.index <= prev.index:
+            return
+        t = self._log.term_at(m.index)
+        if m.index > self._applied or (t is not None and t != m.term):
+            self._drop("bad_snapshot_report")  # a wiring bug; never compact on it
+            return
+        self._snap = SnapRef(m.index, m.term, m.snap_id, m.path, m.size)
+        upto = min(m.index - self.opts.trailing_logs, prev.index if prev else 0)
+        if self._force_compact and m.index >= self._force_compact:
+            upto = max(upto, self._force_compact)
+            self._force_compact = 0
+        self._compact(min(upto, m.index))
+
+    def _compact(self, upto: int) -> None:
+        log = self._log
+        if upto <= log.snap_index or upto > min(log.last_index, self._applied):
+            return
+        log.compact(upto)
+        cfgs = self._configs  # keep the configuration in force at the boundary and later
+        k = 0
+        while k + 1 < len(cfgs) and cfgs[k + 1][0] <= upto:
+            k += 1
+        if k:
+            del cfgs[:k]
+        self._store_ops.append(StoreCompact(src="raft", dst="logstore", upto=upto))
+
+    def _start_snapshot(self, pid: str, pr: Progress) -> None:
+        s = self._snap
+        if s is None or s.index < self._log.snap_index:
+            self._drop("needs_snapshot")  # cannot happen: compaction follows a snapshot
+            return
+        pr.become_snapshot(s)
+        self._send_chunk(pid, pr)
+
+    def _send_chunk(self, pid: str, pr: Progress, reset_wait: bool = True) -> None:
+        s = pr.snap
+        assert isinstance(s, SnapRef)
+        off = pr.snap_offset
+        if reset_wait:
+            pr.snap_wait = 0
+        self._out_peer.append(SnapSend(
+            src=self.id, dst=pid, cid=self._cluster, term=self._term, path=s.path,
+            snap_id=s.snap_id, index=s.index, snap_term=s.term, size=s.size, offset=off,
+            length=max(0, min(self.opts.snapshot_chunk_bytes, s.size - off))))
+
+    def _snapshot_timers(self) -> None:
+        """Leader, every tick: resend an unanswered chunk after `snapshot_retry_ticks`
+        (resuming at its offset); give up on the last chunk after `snapshot_apply_ticks`
+        (the follower verifies and restores before it answers) and start over."""
+        opts = self.opts
+        for pid, pr in self._progress.items():
+            if pr.state is not ProgressState.SNAPSHOT:
+                continue
+            s = pr.snap
+            assert isinstance(s, SnapRef)
+            pr.snap_wait += 1
+            last_chunk = pr.snap_offset + opts.snapshot_chunk_bytes >= s.size
+            if last_chunk and pr.snap_wait >= opts.snapshot_apply_ticks:
+                self._drop("snapshot_apply_timeout")
+                pr.become_probe(pr.match + 1)  # the next send starts over, newest snapshot
+            elif pr.snap_wait % opts.snapshot_retry_ticks == 0:
+                pr.snap_retries += 1
+                self._drop("snapshot_chunk_retry")
+                self._send_chunk(pid, pr, reset_wait=not last_chunk)
+
+    def _on_snap_send_failed(self, m: SnapSendFailed) -> None:
+        pr = self._progress.get(m.peer) if self._state is _State.LEADER else None
+        if pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        s = pr.snap
+        if not isinstance(s, SnapRef) or s.snap_id != m.snap_id:
+            return
+        self._drop("snapshot_unreadable")
+        latest = self._snap
+        if latest is not None and latest.snap_id != s.snap_id:
+            pr.become_snapshot(latest)  # a newer snapshot replaced it: restart from 0
+            self._send_chunk(m.peer, pr)
+        else:
+            pr.become_probe(pr.match + 1)
+
+    def _on_install_snapshot_response(self, m: InstallSnapshotResponse) -> None:
+        if self._state is not _State.LEADER:
+            return
+        pr = self._progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pr.last_contact = 0
+        snap = pr.snap if pr.state is ProgressState.SNAPSHOT else None
+        assert snap is None or isinstance(snap, SnapRef)
+        if m.done:
+            if snap is not None and snap.snap_id == m.snap_id:
+                self.installs_sent += 1
+            if m.index > pr.match and m.index <= self._log.last_index:
+                pr.match = m.index
+                pr.last_progress = self._now
+            if pr.state is ProgressState.SNAPSHOT:
+                pr.become_probe(pr.match + 1)
+            elif pr.next <= pr.match:
+                pr.next = pr.match + 1
+            if self._transferee == m.src:
+                self._maybe_timeout_now()
+            return
+        if snap is None or snap.snap_id != m.snap_id or m.offset != pr.snap_offset:
+            self._drop("stale_snapshot_answer")
+            return
+        nxt = m.next_offset
+        if not 0 <= nxt < snap.size:
+            nxt = 0  # complete but not installed: start over
+        pr.snap_offset = nxt
+        self._send_chunk(m.src, pr)
+
+    def _on_install_snapshot(self, m: InstallSnapshot) -> None:
+        """Follower: hand the chunk to the state machine (it writes the file); answer when it
+        reports back. A snapshot we already have (committed and durable) is acked at once."""
+        if self._state is _State.LEADER:
+            self._drop("snapshot_to_leader")  # impossible under election safety
+            return
+        if self._state is not _State.FOLLOWER:
+            self._become_follower(self._term, m.src)
+        elif self._leader_id != m.src:
+            self._set_leader(m.src)
+        self._election_elapsed = 0
+        self._leader_contact = 0
+        have = min(self._commit, self._stable)
+        if m.index <= have:
+            self._out_peer.append(InstallSnapshotResponse(
+                src=self.id, dst=m.src, cluster=m.cluster, term=self._term, snap_id=m.snap_id,
+                offset=m.offset, next_offset=m.size, done=True, index=have))
+            return
+        self._install_from = m.src
+        self._install_cluster = m.cluster
+        self._out_local.append(SnapChunk(src="raft", dst="fsm", snap_id=m.snap_id,
+                                         index=m.index, term=m.snap_term, size=m.size,
+                                         offset=m.offset, data=m.data))
+
+    def _on_snap_chunk_ack(self, m: SnapChunkAck) -> None:
+        dst = self._install_from
+        if m.installed:
+            mem = Membership.from_wire(m.membership) if m.membership else None
+            self._install_point(m.index, m.term, mem,
+                                SnapRef(m.index, m.term, m.snap_id, m.path, m.size))
+        if not dst:
+            return
+        cluster = self._cluster or self._install_cluster
+        self._out_peer.append(InstallSnapshotResponse(
+            src=self.id, dst=dst, cluster=cluster, term=self._term, snap_id=m.snap_id,
+            offset=m.offset, next_offset=m.next_offset, done=m.installed,
+            index=max(m.index, min(self._commit, self._stable)) if m.installed else 0))
+
+    def _install_point(self, index: int, term: int, mem: Membership | None,
+                       ref: SnapRef) -> None:
+        """The state machine now holds the snapshot (`index`, `term`): reset the log to it
+        (keeping the entries after it when ours holds `index` with `term`, Raft §7)."""
+        if self._snap is None or ref.index > self._snap.index:
+            self._snap = ref
+        if index <= self._applied:
+            return  # the state machine already had it (it did not restore)
+        self.installs_received += 1
+        log = self._log
+        if index <= log.last_index and log.term_at(index) == term:
+            log.compact(index)
+            cfgs = [c for c in self._configs if c[0] > index]
+            if self._unsaved_from and self._unsaved_from <= index:
+                self._unsaved_from = index + 1 if index < log.last_index else 0
+        else:
+            self._log = RaftLog(index, term)
+            self._unsaved_from = 0
+            self._trunc_from = 0  # the reset drops every stored entry anyway
+            cfgs = []
+        if mem is None and self._configs:
+            mem = self._configs[-1][1]  # a snapshot without membership: keep ours
+        self._configs = ([(index, mem)] if mem is not None else []) + cfgs
+        self._commit = max(self._commit, index)
+        self._applied = index
+        self._stable = max(self._stable, index)
+        self._hard_dirty = True
+        self._store_ops.append(StoreReset(src="raft", dst="logstore", index=index, term=term))
+        self._on_config_change()
 
     # ================================================================== local requests
     def _on_propose(self, m: Propose) -> None:
@@ -1046,6 +1305,11 @@ class RaftCore:
         last = log.last_index
         opts = self.opts
         sent = False
+        if pr.state is ProgressState.SNAPSHOT:
+            return
+        if pr.next <= log.snap_index and pr.next <= last:
+            self._start_snapshot(pid, pr)  # it needs entries we compacted away
+            return
         while pr.next <= last and not pr.paused(opts.max_inflight):
             prev = pr.next - 1
             pt = log.term_at(prev)
@@ -1121,7 +1385,8 @@ class RaftCore:
                 return True
             if tp is VoteResponse and m.pre and m.granted:
                 return True
-            self._become_follower(t, m.src if tp in (AppendEntries, TimeoutNow) else "")
+            self._become_follower(t, m.src if tp in (AppendEntries, TimeoutNow, InstallSnapshot)
+                                  else "")
             return True
         if t < self._term:
             tp = type(m)
@@ -1235,16 +1500,20 @@ class RaftCore:
         last = self._log.last_index
         if m.success:
             if pr.on_ack(m.index, self._now):
-                if pr.state is ProgressState.PROBE:
+                if pr.state is ProgressState.SNAPSHOT:
+                    snap = pr.snap
+                    if isinstance(snap, SnapRef) and pr.match >= snap.index:
+                        pr.become_probe(pr.match + 1)  # caught up without the snapshot
+                elif pr.state is ProgressState.PROBE:
                     pr.become_replicate()
                 if self._transferee == m.src:
                     self._maybe_timeout_now()
-            elif pr.match < last:
+            elif pr.match < last and pr.state is not ProgressState.SNAPSHOT:
                 if pr.state is ProgressState.PROBE:
                     pr.probe_sent = False  # the probe may have been lost: resend
                 elif pr.inflight and self._now - pr.last_progress >= self.opts.election_ticks:
                     pr.become_probe(pr.match + 1)  # stalled pipeline: messages were lost
-        else:
+        elif pr.state is not ProgressState.SNAPSHOT:
             k = self._log.find_le_term(m.index, m.hint_term)
             pr.become_probe(min(k + 1, pr.next))
 

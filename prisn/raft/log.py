@@ -129,6 +129,18 @@ class RaftLog:
             raise ValueError(f"cannot truncate at {index} <= snapshot {self.snap_index}")
         del self._entries[index - self.snap_index - 1:]
 
+    def compact(self, upto: int) -> None:
+        """Forget entries <= `upto` (covered by a snapshot); `upto` must be in the view."""
+        if upto <= self.snap_index:
+            return
+        if upto > self.last_index:
+            raise ValueError(f"cannot compact to {upto}: last index is {self.last_index}")
+        term = self.term_at(upto)
+        assert term is not None
+        del self._entries[:upto - self.snap_index]
+        self.snap_index = upto
+        self.snap_term = term
+
     def entries(self) -> list[list]:
         """A copy of the entries in the view (tests and simulator)."""
         return list(self._entries)

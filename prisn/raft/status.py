@@ -19,7 +19,7 @@ class PeerStatus:
     match: int
     next: int
     inflight: int
-    state: str  # "probe" | "replicate"
+    state: str  # "probe" | "replicate" | "snapshot"
     last_contact_ticks: int
     recent_active: bool
     is_learner: bool = False
@@ -52,6 +52,13 @@ class RaftStatus:
     pending: int = 0  # requests buffered while no leader is known
     pre_candidate: bool = False
     fatal: str = ""  # non-empty after StoreFailed: the node must stop
+    snapshot_index: int = 0  # newest durable snapshot (0: none)
+    snapshot_size: int = 0  # its file size in bytes
+    log_start: int = 1  # first index still in the log (compaction point + 1)
+    snapshot_installs_sent: int = 0  # leader: snapshots followers reported installed
+    snapshot_installs_received: int = 0  # snapshots this node installed from a leader
+    snapshots_sending: int = 0  # leader: peers currently receiving a snapshot
+    term_start: int = 0  # leader: index of the no-op that opened its term (0 otherwise)
 
     @property
     def voters(self) -> dict[str, str]:

@@ -52,6 +52,7 @@ class FakeStatus:
     leader_id: str = ""
     membership: Any = None
     progress: dict = field(default_factory=dict)
+    fatal: str = ""
 
 
 class FakeCore:
@@ -101,11 +102,12 @@ class Shell:
     def _hook(self) -> None:
         self.leader_hook_calls += 1
 
-    def _fake_start(self, peer: str, addr: str) -> None:
+    def _fake_start(self, peer: str, addr: str) -> bool:
         self.started.append((peer, addr))
         self.actor._replicators[peer] = SimpleNamespace(  # type: ignore[assignment]
             addr=addr, sent=len(self.started), dropped=0,
             stop=lambda: self.stopped.append(peer), join=lambda timeout=None: None)
+        return True
 
     def run(self, local: list[Msg] = (), peer: list[bytes] = ()) -> None:  # type: ignore[assignment]
         """One poll batch: local messages, then peer frames, then the batch end."""
@@ -346,11 +348,6 @@ def test_leader_lag_and_replicator_stats(shell: Shell) -> None:
 
 
 # --------------------------------------------------------------------------- bugs
-@pytest.mark.xfail(strict=True, reason="BUG: the raft shell starts a replicator for any "
-                   "address a peer message names (JoinRequest.addr from an unauthenticated "
-                   "joiner, then membership) and hands it the node's on_failure hook; an "
-                   "unparsable address makes ReplicatorActor.on_start raise, which stops the "
-                   "whole node instead of counting the message unroutable")
 @pytest.mark.parametrize("dst,addr", [("@not-an-address", None), ("evil", "bogus")])
 def test_an_unparsable_peer_address_does_not_stop_the_node(dst: str, addr: str | None) -> None:
     ctx = zmq.Context()
@@ -374,3 +371,27 @@ def test_an_unparsable_peer_address_does_not_stop_the_node(dst: str, addr: str |
                 sock.close(0)
         ctx.term()
     assert failed == []
+
+
+@pytest.mark.parametrize("node_id,addr", [
+    ("evil", "bogus"), ("evil", ":7332"), ("evil", "h:70000"), ("", "h:7332"),
+    ("a/b", "h:7332"), ("x" * 129, "h:7332"), ("evil", "::1:7332"),
+])
+def test_join_requests_with_a_bad_id_or_address_never_reach_the_core(
+        shell: Shell, node_id: str, addr: str) -> None:
+    """The joiner's id and address would enter the replicated membership: refuse them at
+    the shell, before the core persists them in a CONFIG entry."""
+    from prisn.messages import JoinRequest
+
+    good = JoinRequest(src="j", dst="n1", cluster="", term=0, node_id="j", addr="h:7332")
+    bad = JoinRequest(src="j", dst="n1", cluster="", term=0, node_id=node_id, addr=addr)
+    shell.run(peer=[encode(bad), encode(good)])
+    assert shell.core.steps == [[good]]
+    assert shell.actor._peer_dropped == 1
+
+
+def test_a_fatal_core_fails_the_actor(shell: Shell) -> None:
+    """After a failed log write the core is fatal: the shell raises so the node exits 1."""
+    shell.core.next_status = [FakeStatus(fatal="store failed: No space left on device")]
+    with pytest.raises(RuntimeError, match="No space left"):
+        shell.run([Tick()])

@@ -246,6 +246,14 @@ def test_force_new_cluster_after_total_failure(tmp_path):
         wait_for(lambda: n2.req("GET", "/api/v1/deployments/new-era").status == 200, 15,
                  "n2 caught up")
         assert n2.status()["cluster_id"] == n1.status()["cluster_id"]
+        # the flag left in place: a restart resumes the new cluster, it does not found another
+        new_cluster = n1.status()["cluster_id"]
+        assert n1.stop() == 0
+        n1.restart().wait_ready(30)
+        assert n1.status()["cluster_id"] == new_cluster
+        wait_for(lambda: len([x for x in n1.status()["nodes"]
+                              if x["state"] in ("leader", "follower")]) == 2, 20, "two voters")
+        assert _create(n1, "after-restart") == 201
     finally:
         for n in nodes:
             n.stop()

@@ -1,0 +1,461 @@
+"""Operator commands of the `prisn` CLI: they talk to a running server over its HTTP API.
+
+`register(cli)` adds them to the root group defined in `prisn.cli`:
+
+    prisn cluster status | health | remove <id> | election <node>
+    prisn deploy <source> ... | status [name] | scale <name> <n> | delete <name>
+
+Common options, accepted on the root group (``prisn --server X status``), on the `cluster`
+group and on every command (``prisn status --server X``); the innermost one given wins:
+
+- ``--server``: ``host:port``, ``:port``, ``host`` or an ``http(s)://`` URL; else the
+  ``PRISN_SERVER`` variable; else ``localhost:7331``.
+- ``-o/--output table|json``: readable text (default) or the server's JSON for scripts.
+- ``--timeout``: seconds to wait for the server (default 30).
+
+Exit status: 0 success; 1 the server refused the request (its ``message`` is printed), no
+server answered, or `cluster health` found the cluster unhealthy; 2 bad usage.
+Nothing heavy is imported here: the commands start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import PurePath
+from typing import Any
+
+import click
+
+from prisn.client import (
+    DEFAULT_SERVER,
+    DEFAULT_TIMEOUT,
+    BadServer,
+    Client,
+    ClientError,
+    Response,
+)
+
+SERVER_ENV = "PRISN_SERVER"
+_META = "prisn.ops."
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}")
+PAGE = 1000
+
+
+# ---------------------------------------------------------------------- common options
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Store an explicitly given common option in the context chain's shared `meta`.
+
+    Parents are parsed before children, so the innermost value given wins."""
+    if value is not None:
+        ctx.meta[_META + str(param.name)] = value
+    return value
+
+
+def _common_specs() -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    base = {"default": None, "expose_value": False, "callback": _remember}
+    return [
+        (("--server",), {**base, "metavar": "HOST:PORT|URL",
+                         "help": f"prisn server to talk to [env: {SERVER_ENV}; default: "
+                                 f"{DEFAULT_SERVER}]."}),
+        (("-o", "--output"), {**base, "type": click.Choice(["table", "json"]),
+                              "help": "Output format [default: table]."}),
+        (("--timeout",), {**base, "type": click.FloatRange(min=0.1, max=3600),
+                          "metavar": "SECONDS",
+                          "help": f"How long to wait for the server [default: "
+                                  f"{DEFAULT_TIMEOUT:g}]."}),
+    ]
+
+
+def common_options(f: Callable) -> Callable:
+    """Decorator: the common options on one command or group."""
+    for decls, kw in reversed(_common_specs()):
+        f = click.option(*decls, **kw)(f)
+    return f
+
+
+def _setting(ctx: click.Context, name: str) -> Any:
+    return ctx.meta.get(_META + name)
+
+
+def _client(ctx: click.Context) -> Client:
+    server = _setting(ctx, "server") or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+    timeout = _setting(ctx, "timeout") or DEFAULT_TIMEOUT
+    try:
+        return Client(server, timeout=timeout)
+    except BadServer as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _json_out(ctx: click.Context) -> bool:
+    return _setting(ctx, "output") == "json"
+
+
+def _call(fn: Callable[[], Response]) -> Response:
+    """Run one request; any failure becomes a one-line click error (exit 1). An answer that
+    is not a JSON object (other than 204 No Content) is not from a prisn server."""
+    try:
+        r = fn()
+    except ClientError as e:
+        raise click.ClickException(str(e)) from None
+    if r.status != 204 and not isinstance(r.body, dict):
+        raise click.ClickException(f"unexpected answer (HTTP {r.status}, not a JSON object): "
+                                   "is --server a prisn server's HTTP API?")
+    return r
+
+
+def _print_json(body: Any) -> None:
+    click.echo(json.dumps(body, indent=2, sort_keys=False))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; None shows as '-'."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r]
+                                           for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
+
+
+# ---------------------------------------------------------------------- cluster
+@click.group()
+@common_options
+def cluster() -> None:
+    """Inspect and change the cluster's membership and leadership."""
+
+
+def _lag(node: dict[str, Any] | None) -> str | None:
+    if not node or node.get("lag_entries") is None:
+        return None
+    text = str(node["lag_entries"])
+    if node.get("lag_seconds"):
+        text += f" ({node['lag_seconds']:.3f}s)"
+    return text
+
+
+def _contact(node: dict[str, Any]) -> str | None:
+    v = node.get("last_contact_seconds")
+    return None if v is None else f"{v:.3f}s"
+
+
+def _node_rows(nodes: list[dict[str, Any]], leader: str | None, health: dict[str, dict],
+               with_contact: bool = False) -> list[list[Any]]:
+    rows = []
+    for n in nodes:
+        name = n["id"] + (" *" if n["id"] == leader else "")
+        row = [name, n.get("address"), n.get("state")]
+        if with_contact:
+            row.append(_contact(n))
+        row.append(_lag(health.get(n["id"])))
+        rows.append(row)
+    return rows
+
+
+@cluster.command("status")
+@common_options
+@click.pass_context
+def cluster_status(ctx: click.Context) -> None:
+    """Members, their state and replication lag, as the server sees them.
+
+    Lag (entries behind, and seconds) is known on the leader only: point --server at
+    the leader to see it. `*` marks the leader."""
+    c = _client(ctx)
+    r = _call(c.cluster_status)
+    st = r.body
+    if _json_out(ctx):
+        _print_json(st)
+        return
+    health: dict[str, dict] = {}
+    try:
+        h = c.cluster_health().body
+        if isinstance(h, dict):
+            health = {n["id"]: n for n in h.get("nodes", []) if isinstance(n, dict)}
+    except ClientError:
+        pass  # lag stays unknown; the status itself was answered
+    leader = st.get("leader")
+    click.echo(table(["NODE", "ADDRESS", "STATE", "LAG"],
+                     _node_rows(st.get("nodes", []), leader, health)))
+    click.echo()
+    click.echo(f"leader: {leader or 'none known'}  term: {st.get('term')}  "
+               f"commit: {st.get('commit_index')}  applied: {st.get('applied_index')}  "
+               f"{'healthy' if st.get('healthy') else 'UNHEALTHY'}  "
+               f"(answered by {st.get('node_id') or r.node})")
+
+
+@cluster.command("health")
+@common_options
+@click.pass_context
+def cluster_health(ctx: click.Context) -> None:
+    """Whether the cluster has a leader in contact with a quorum (exit 0) or not (exit 1)."""
+    c = _client(ctx)
+    r = _call(c.cluster_health)
+    h = r.body
+    if not isinstance(h, dict) or "healthy" not in h:
+        raise click.ClickException(f"unexpected answer from {c.url} (HTTP {r.status})")
+    healthy = bool(h["healthy"]) and r.status == 200
+    if _json_out(ctx):
+        _print_json(h)
+    else:
+        voters, quorum = h.get("voters"), h.get("quorum")
+        if healthy:
+            click.echo(f"cluster healthy: leader {h.get('leader')}, "
+                       f"{_plural(voters, 'voter')}, quorum {quorum} (answered by {r.node})")
+        else:
+            why = h.get("message") or "unhealthy"
+            click.echo(f"{why}; leader {h.get('leader') or 'none known'}, "
+                       f"{_plural(voters, 'voter')}, quorum {quorum} (answered by {r.node})")
+        nodes = [n for n in h.get("nodes", []) if isinstance(n, dict)]
+        if nodes:
+            click.echo()
+            by_id = {n["id"]: n for n in nodes}
+            click.echo(table(["NODE", "ADDRESS", "STATE", "LAST CONTACT", "LAG"],
+                             _node_rows(nodes, h.get("leader"), by_id, with_contact=True)))
+    if not healthy:
+        sys.exit(1)
+
+
+@cluster.command("remove")
+@click.argument("node_id", metavar="ID")
+@common_options
+@click.pass_context
+def cluster_remove(ctx: click.Context, node_id: str) -> None:
+    """Remove member ID from the cluster (it stops being replicated to and voting)."""
+    c = _client(ctx)
+    _call(lambda: c.remove_node(node_id))
+    if _json_out(ctx):
+        _print_json({"removed": node_id})
+    else:
+        click.echo(f"removed {node_id} from the cluster")
+
+
+@cluster.command("election")
+@click.argument("node_id", metavar="NODE")
+@click.option("--wait/--no-wait", default=False,
+              help="Wait (up to --timeout) until NODE is the leader the server reports.")
+@common_options
+@click.pass_context
+def cluster_election(ctx: click.Context, node_id: str, wait: bool) -> None:
+    """Make NODE (a voter's id) the leader by a leadership transfer.
+
+    Any member can be asked: the request is handed to the current leader, which catches
+    NODE up and tells it to start an election at once."""
+    c = _client(ctx)
+    r = _call(lambda: c.election(node_id))
+    body = r.body if isinstance(r.body, dict) else {}
+    if wait:
+        deadline = time.monotonic() + c.timeout
+        leader = ""
+        while True:
+            try:
+                st = c.cluster_status().body
+                leader = (st.get("leader") if isinstance(st, dict) else "") or ""
+            except ClientError:
+                leader = ""
+            if leader == node_id or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)  # polling the server's view with a deadline
+        if leader != node_id:
+            raise click.ClickException(
+                f"{node_id} did not become leader within {c.timeout:g}s "
+                f"(leader: {leader or 'none known'})")
+        body = {**body, "leader": node_id}
+    if _json_out(ctx):
+        _print_json(body)
+    elif wait:
+        click.echo(f"{node_id} is now the leader")
+    else:
+        click.echo(body.get("message") or f"leadership transfer to {node_id} started")
+
+
+# ---------------------------------------------------------------------- deployments
+def _env_pairs(values: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in values:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="'--env'")
+        env[key] = val
+    return env
+
+
+def _default_name(source: str) -> str | None:
+    """`app.py` or `/srv/jobs/report.sh` -> `app` / `report`, when that is a valid name."""
+    if not source or any(c.isspace() for c in source):
+        return None
+    stem = PurePath(source).stem
+    return stem if _NAME_RE.fullmatch(stem) else None
+
+
+def _plural(n: Any, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _summary(d: dict[str, Any]) -> str:
+    parts = [f"{d.get('type')}", _plural(d.get("replicas"), "replica")]
+    if d.get("port"):
+        parts.append(f"port {d['port']}")
+    if d.get("schedule"):
+        parts.append(f"schedule {d['schedule']!r}")
+    return f"{d.get('namespace')}/{d.get('name')} ({', '.join(parts)}, generation " \
+           f"{d.get('generation')})"
+
+
+_DETAIL = ("id", "name", "namespace", "type", "runtime", "source", "args", "env", "port",
+           "replicas", "schedule", "generation", "created_at", "updated_at")
+
+
+def _detail(d: dict[str, Any]) -> str:
+    keys = [k for k in _DETAIL if k in d] + [k for k in d if k not in _DETAIL]
+    width = max(len(k) for k in keys) + 1
+    lines = []
+    for k in keys:
+        v = d[k]
+        if isinstance(v, dict):
+            v = " ".join(f"{a}={b}" for a, b in v.items()) or "-"
+        elif isinstance(v, list):
+            v = " ".join(json.dumps(a) if (not a or " " in a) else a for a in v) or "-"
+        elif v is None or v == "":
+            v = "-"
+        lines.append(f"{(k + ':').ljust(width)} {v}")
+    return "\n".join(lines)
+
+
+@click.command("deploy")
+@click.argument("source")
+@click.option("--name", help="Deployment name [default: SOURCE's file name without its "
+              "extension, e.g. app.py -> app].")
+@click.option("--namespace", help="Namespace [default: default].")
+@click.option("--runtime", help="Runtime, e.g. python3 or node.")
+@click.option("--port", type=int, help="Port (0 or 1024-65535); > 0 makes it a service.")
+@click.option("--replicas", type=int, help="Number of replicas (0-1000) [default: 1].")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
+              help="Environment variable (repeatable).")
+@click.option("--arg", "args", multiple=True, metavar="ARG",
+              help="Argument passed to the script (repeatable, in order).")
+@click.option("--schedule", help="Cron schedule (five fields or @hourly, @daily, ...): "
+              "makes it a cronjob.")
+@click.option("--type", "type_", type=click.Choice(["job", "service", "cronjob"]),
+              help="Deployment type [default: cronjob with --schedule, service with "
+                   "--port, else job].")
+@common_options
+@click.pass_context
+def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | None,
+           runtime: str | None, port: int | None, replicas: int | None, env: tuple[str, ...],
+           args: tuple[str, ...], schedule: str | None, type_: str | None) -> None:
+    """Create a deployment of SOURCE (a script path or text, stored as given)."""
+    if name is None:
+        name = _default_name(source)
+        if name is None:
+            raise click.UsageError("--name is required: no name can be derived from SOURCE")
+    spec: dict[str, Any] = {"name": name, "source": source}
+    for key, value in (("runtime", runtime), ("port", port), ("replicas", replicas),
+                       ("schedule", schedule), ("type", type_)):
+        if value is not None:
+            spec[key] = value
+    if env:
+        spec["env"] = _env_pairs(env)
+    if args:
+        spec["args"] = list(args)
+    c = _client(ctx)
+    r = _call(lambda: c.create(spec, namespace=namespace))
+    if _json_out(ctx):
+        _print_json(r.body)
+    else:
+        click.echo(f"created {_summary(r.body)}")
+
+
+def _all_deployments(c: Client, namespace: str | None, strong: bool) -> dict[str, Any]:
+    items: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = _call(lambda off=offset: c.deployments(namespace=namespace, limit=PAGE,
+                                                      offset=off, strong=strong)).body
+        batch = page.get("items", [])
+        items.extend(batch)
+        total = int(page.get("total", len(items)))
+        offset += len(batch)
+        if not batch or offset >= total:
+            break
+    return {"items": items, "count": len(items), "total": total, "limit": PAGE, "offset": 0}
+
+
+@click.command("status")
+@click.argument("name", required=False)
+@click.option("--namespace", help="Only this namespace (with NAME: the deployment's namespace "
+              "[default: default]).")
+@click.option("--strong", is_flag=True,
+              help="Linearizable read (X-Prisn-Consistency: strong): never stale.")
+@common_options
+@click.pass_context
+def status(ctx: click.Context, name: str | None, namespace: str | None, strong: bool) -> None:
+    """List deployments, or show deployment NAME."""
+    c = _client(ctx)
+    if name is not None:
+        d = _call(lambda: c.deployment(name, namespace=namespace, strong=strong)).body
+        if _json_out(ctx):
+            _print_json(d)
+        else:
+            click.echo(_detail(d))
+        return
+    listing = _all_deployments(c, namespace, strong)
+    if _json_out(ctx):
+        _print_json(listing)
+        return
+    items = listing["items"]
+    if not items:
+        click.echo("no deployments")
+        return
+    rows = [[d.get("namespace"), d.get("name"), d.get("type"), d.get("replicas"),
+             d.get("port") or None, d.get("runtime"), d.get("schedule"), d.get("generation"),
+             d.get("updated_at")] for d in items]
+    click.echo(table(["NAMESPACE", "NAME", "TYPE", "REPLICAS", "PORT", "RUNTIME", "SCHEDULE",
+                      "GEN", "UPDATED"], rows))
+
+
+@click.command("scale")
+@click.argument("name")
+@click.argument("replicas", type=int)
+@click.option("--namespace", help="The deployment's namespace [default: default].")
+@common_options
+@click.pass_context
+def scale(ctx: click.Context, name: str, replicas: int, namespace: str | None) -> None:
+    """Set the number of replicas of deployment NAME."""
+    c = _client(ctx)
+    d = _call(lambda: c.scale(name, replicas, namespace=namespace)).body
+    if _json_out(ctx):
+        _print_json(d)
+    else:
+        click.echo(f"scaled {_summary(d)}")
+
+
+@click.command("delete")
+@click.argument("name")
+@click.option("--namespace", help="The deployment's namespace [default: default].")
+@common_options
+@click.pass_context
+def delete(ctx: click.Context, name: str, namespace: str | None) -> None:
+    """Delete deployment NAME."""
+    c = _client(ctx)
+    _call(lambda: c.delete(name, namespace=namespace))
+    ns = namespace or "default"
+    if _json_out(ctx):
+        _print_json({"deleted": name, "namespace": ns})
+    else:
+        click.echo(f"deleted {ns}/{name}")
+
+
+# ---------------------------------------------------------------------- registration
+def register(root: click.Group) -> None:
+    """Add the operator commands, and the common options, to the root `prisn` group."""
+    names = {p.name for p in root.params}
+    for decls, kw in _common_specs():
+        opt = click.Option(list(decls), **kw)
+        if opt.name not in names:
+            root.params.append(opt)
+    for cmd in (cluster, deploy, status, scale, delete):
+        root.add_command(cmd)
+

@@ -19,7 +19,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -150,3 +155,41 @@ class NodeMetrics:
     def counter(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()) -> Counter:
         """Register an extra counter in this registry (once, at start) and return it."""
         return Counter(name, documentation, list(labelnames), registry=self.registry)
+
+
+class SnapshotCollector(Collector):
+    """Scrape-time snapshot series from the raft status and the state-machine actor.
+
+    `raft_status()` returns the core's RaftStatus (or None before start); `fsm()` returns the
+    StateMachineActor (or None). Both are read without locks: plain attribute reads of values
+    their owning threads replace."""
+
+    def __init__(self, raft_status: Callable[[], Any], fsm: Callable[[], Any]) -> None:
+        self._raft_status = raft_status
+        self._fsm = fsm
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            st, fsm = self._raft_status(), self._fsm()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        if st is None or fsm is None:
+            return
+        yield GaugeMetricFamily("prisn_snapshot_index", "Log index of the newest durable "
+                                "snapshot (0: none).", value=st.snapshot_index)
+        yield GaugeMetricFamily("prisn_snapshot_size_bytes", "Size of the newest snapshot file.",
+                                value=fsm.snapshot_size)
+        yield GaugeMetricFamily("prisn_snapshot_duration_seconds", "Seconds the last local "
+                                "snapshot took, from copy to durable file.",
+                                value=fsm.snapshot_duration)
+        yield GaugeMetricFamily("prisn_raft_log_start_index", "First index still in the log "
+                                "(compaction point + 1).", value=st.log_start)
+        yield CounterMetricFamily("prisn_snapshots_taken", "Local snapshots written.",
+                                  value=fsm.snapshots_taken)
+        yield CounterMetricFamily("prisn_snapshot_failures", "Local snapshots that failed.",
+                                  value=fsm.snapshot_failures)
+        yield CounterMetricFamily("prisn_snapshot_installs_sent", "Snapshots followers "
+                                  "reported installed from this leader.",
+                                  value=st.snapshot_installs_sent)
+        yield CounterMetricFamily("prisn_snapshot_installs_received", "Snapshots this node "
+                                  "installed from a leader.", value=st.snapshot_installs_received)

@@ -24,7 +24,7 @@ import zmq
 from actors.api.actor import ApiActor
 from actors.api.bridge import RaftNodeClient, build_status
 from actors.logstore import LogStoreActor
-from actors.metrics import NodeMetrics
+from actors.metrics import NodeMetrics, SnapshotCollector
 from actors.raft import RaftActor
 from actors.statemachine import StateMachineActor
 from actors.supervisor import Supervisor
@@ -149,6 +149,8 @@ class Node:
             return raft_holder["raft"].stats
 
         metrics = NodeMetrics(status=self.node_status, deployments=store.count)
+        metrics.registry.register(SnapshotCollector(
+            lambda: self.raft.status if self.raft is not None else None, lambda: self.fsm))
         self.metrics = metrics
 
         logstore = LogStoreActor(self.storage, self.ctx, cfg.node_id,

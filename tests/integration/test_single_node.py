@@ -58,7 +58,9 @@ def test_health_ready_metrics(node):
     text = node.req("GET", "/metrics").body.decode()
     for name in ("raft_state 2.0", "raft_term", "raft_commit_index", "raft_applied_index",
                  "raft_peers 0.0", "prisn_deployments_total 1.0", "prisn_api_requests_total",
-                 "prisn_api_request_duration_seconds_bucket", "prisn_log_fsync_seconds_bucket"):
+                 "prisn_api_request_duration_seconds_bucket", "prisn_log_fsync_seconds_bucket",
+                 "prisn_snapshot_index", "prisn_raft_log_start_index 1.0",
+                 "prisn_snapshot_installs_received_total 0.0"):
         assert name in text, name
     st = node.status()
     assert st["leader"] == "n1" and st["healthy"] is True

@@ -167,3 +167,40 @@ def cluster_node(tmp: Path, node_id: str, *, bootstrap: bool = False, peers: lis
         args += ["--peers", ",".join(peers)]
     args += extra or []
     return ServerProc(node_id, tmp / node_id / "data", hp, rp, args)
+
+
+def start_cluster(tmp: Path, extra: list[str] | None = None) -> list[ServerProc]:
+    """The seed's Quick Start on loopback: n1 bootstraps, n2 and n3 join with --peers.
+
+    Returns once every node is ready and sees three voters. On failure the started nodes are
+    stopped before the error propagates."""
+    extra = extra or []
+    n1 = cluster_node(tmp, "n1", bootstrap=True, extra=extra).start()
+    nodes = [n1]
+    try:
+        n1.wait_ready()
+        nodes.append(cluster_node(tmp, "n2", peers=[n1.raft_addr], extra=extra).start())
+        nodes.append(cluster_node(tmp, "n3", peers=[n1.raft_addr, nodes[1].raft_addr],
+                                  extra=extra).start())
+        for n in nodes:
+            n.wait_ready(30)
+        wait_for(lambda: all(sum(x["state"] in ("leader", "follower") for x in
+                                 n.status()["nodes"]) == 3 for n in nodes), 30, "three voters")
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+    return nodes
+
+
+def leader_of(nodes: list[ServerProc], timeout: float = 15.0) -> ServerProc:
+    """The live node that every live member agrees leads (polled with a deadline)."""
+    live = [n for n in nodes if n.alive()]
+
+    def agreed() -> ServerProc | None:
+        ids = {n.status().get("leader") for n in live}
+        if len(ids) == 1 and None not in ids and "" not in ids:
+            return next((n for n in live if n.node_id in ids), None)
+        return None
+
+    return wait_for(agreed, timeout, "one agreed leader")

@@ -8,29 +8,19 @@ import time
 
 import pytest
 
-from tests.procs import ServerProc, cluster_node, free_port, wait_for
+from tests.procs import (
+    ServerProc,
+    cluster_node,
+    free_port,
+    leader_of,
+    start_cluster,
+    wait_for,
+)
 
 FAST = ["--write-timeout", "2s"]
 
 
-def _leader_of(nodes: list[ServerProc]) -> ServerProc:
-    """The node every live member agrees leads (polled with a deadline)."""
-
-    def agreed():
-        leaders = set()
-        for n in nodes:
-            if not n.alive():
-                continue
-            st = n.status()
-            if not st.get("leader"):
-                return None
-            leaders.add(st["leader"])
-        if len(leaders) == 1:
-            lid = leaders.pop()
-            return next((n for n in nodes if n.node_id == lid and n.alive()), None)
-        return None
-
-    return wait_for(agreed, 15, "one agreed leader")
+_leader_of = leader_of
 
 
 def _applied_everywhere(nodes: list[ServerProc], index: int) -> None:
@@ -40,17 +30,7 @@ def _applied_everywhere(nodes: list[ServerProc], index: int) -> None:
 
 
 def _quick_start(tmp_path, extra: list[str] | None = None) -> list[ServerProc]:
-    n1 = cluster_node(tmp_path, "n1", bootstrap=True, extra=FAST + (extra or [])).start()
-    n1.wait_ready()
-    n2 = cluster_node(tmp_path, "n2", peers=[n1.raft_addr], extra=FAST + (extra or [])).start()
-    n3 = cluster_node(tmp_path, "n3", peers=[n1.raft_addr, n2.raft_addr],
-                      extra=FAST + (extra or [])).start()
-    nodes = [n1, n2, n3]
-    for n in nodes:
-        n.wait_ready(30)
-    wait_for(lambda: all(sum(1 for x in n.status()["nodes"] if x["state"] in
-                             ("leader", "follower")) == 3 for n in nodes), 30, "three voters")
-    return nodes
+    return start_cluster(tmp_path, FAST + (extra or []))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ServerProc, cluster_node, free_port, wait_for
+from tests.procs import ServerProc, free_port, leader_of, start_cluster, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -36,34 +36,12 @@ LEADER_UP = 'raft_state{job="prisn"} == 2 and on(instance) up{job="prisn"} == 1'
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("prom-cluster")
-    n1 = cluster_node(tmp, "n1", bootstrap=True, extra=FAST).start()
-    nodes = [n1]
+    nodes = start_cluster(tmp_path_factory.mktemp("prom-cluster"), FAST)
     try:
-        n1.wait_ready()
-        nodes.append(cluster_node(tmp, "n2", peers=[n1.raft_addr], extra=FAST).start())
-        nodes.append(cluster_node(tmp, "n3", peers=[n1.raft_addr, nodes[1].raft_addr],
-                                  extra=FAST).start())
-        for n in nodes:
-            n.wait_ready(30)
-        wait_for(lambda: all(sum(x["state"] in ("leader", "follower") for x in
-                                 n.status()["nodes"]) == 3 for n in nodes), 30, "three voters")
         yield nodes
     finally:
         for n in nodes:
             n.stop()
-
-
-def leader_of(nodes: list[ServerProc]) -> ServerProc:
-    live = [n for n in nodes if n.alive()]
-
-    def agreed():
-        ids = {n.status().get("leader") for n in live}
-        if len(ids) == 1 and None not in ids:
-            return next((n for n in live if n.node_id in ids), None)
-        return None
-
-    return wait_for(agreed, 15, "one agreed leader")
 
 
 def instance(n: ServerProc) -> str:

@@ -183,3 +183,26 @@ def test_sigterm_exits_zero_and_unwritable_data_dir_fails(tmp_path):
     blocker.write_text("x")
     r = _cli("server", "--bind", f"127.0.0.1:{free_port()}", "--data-dir", str(blocker / "sub"))
     assert r.returncode == 1 and "cannot start" in r.stderr
+
+
+def test_systemd_notify_ready_once_serving_and_stopping(tmp_path):
+    """Type=notify: READY=1 arrives on $NOTIFY_SOCKET once the API answers; STOPPING=1 on
+    SIGTERM."""
+    import socket as socketlib
+
+    path = str(tmp_path / "notify.sock")
+    sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    n = single_node(tmp_path)
+    n.env = {"NOTIFY_SOCKET": path}
+    n.start()
+    try:
+        assert sock.recv(256) == b"READY=1"
+        assert n.req("GET", "/health", timeout=5).status == 200  # serving when it said so
+        n.kill(signal.SIGTERM)
+        assert sock.recv(256) == b"STOPPING=1"
+        assert n.wait_exit() == 0
+    finally:
+        n.stop()
+        sock.close()

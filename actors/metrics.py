@@ -193,3 +193,6 @@ class SnapshotCollector(Collector):
                                   value=st.snapshot_installs_sent)
         yield CounterMetricFamily("prisn_snapshot_installs_received", "Snapshots this node "
                                   "installed from a leader.", value=st.snapshot_installs_received)
+        yield GaugeMetricFamily("prisn_disk_error", "1 while the log cannot be written (writes "
+                                "get 507; the node retries by itself), else 0.",
+                                value=1 if getattr(st, "disk_error", "") else 0)

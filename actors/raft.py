@@ -206,10 +206,16 @@ class RaftActor(Actor):
     def _publish(self) -> None:
         st = self.core.status()
         if st.fatal:
-            # The log could not be written (disk full, I/O error): this node can no longer
-            # keep its promises. Fail the actor so the node exits non-zero and systemd
-            # restarts it, instead of running on while claiming to be healthy.
+            # The log store cannot be trusted any more (corruption found on reopen): fail the
+            # actor so the node exits 1 for an operator. A disk that is merely full or failing
+            # is not fatal: the core refuses writes (507) until the logstore recovers.
             raise RuntimeError(f"raft stopped: {st.fatal}")
+        if st.disk_error != self.status.disk_error:
+            if st.disk_error:
+                log.error("the log cannot be written (%s): stepped down if leading; writes on "
+                          "this node answer 507 until the disk recovers", st.disk_error)
+            else:
+                log.warning("the log can be written again; this node rejoins fully")
         if st.leader_id != self._last_leader:
             if st.leader_id:
                 self._leader_changes += 1

@@ -179,6 +179,32 @@ class StoreFailed(Msg):
     reason: str
 
 
+@message("store.recovered")
+class StoreRecovered(Msg):
+    """Logstore -> raft: after a `StoreFailed`, the store was reopened and a probe write
+    succeeded. Nothing is written until the core answers `StoreResume` (requests that arrive
+    before it are void: the core re-sends what it still needs persisted)."""
+
+    reason: str = ""  # the failure it recovered from
+
+
+@message("store.resume")
+class StoreResume(Msg):
+    """Raft -> logstore: the core learned of the failure and of the recovery; every request
+    from here on is new. Deferred StoreCompact/StoreReset run first, then `seq` (the first
+    request of the new epoch: the unsynced suffix and the current hard state) follows."""
+
+    seq: int
+
+
+@message("store.fatal")
+class StoreFatal(Msg):
+    """Logstore -> raft: the store cannot be trusted any more (corruption or lost synced data
+    found on reopen). The node must stop (exit 1) and be repaired by an operator."""
+
+    reason: str
+
+
 # --------------------------------------------------------------------------- raft <-> fsm
 @message("fsm.apply")
 class Apply(Msg):

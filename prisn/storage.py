@@ -23,6 +23,12 @@ Invariants:
   that would break this; `load` re-checks it and raises `StorageCorrupt` on a gap.
 - After a failed RocksDB write the on-disk state is unknown; every later mutation raises
   `StorageBroken` until the store is closed and reopened (`load` then tells the truth).
+  `reopen` does that in place (same object, same path, the owning thread): it accepts the
+  reopened store only if it is exactly what this handle last made durable, or that plus the
+  failed batch (a batch is atomic: it landed entirely or not at all); anything else is
+  `StorageCorrupt`. An I/O error while reopening (a disk still full: RocksDB writes a
+  table file while replaying its WAL) is `StorageOpenError` and leaves the store broken
+  and closed; `reopen` may be called again.
 """
 
 from __future__ import annotations
@@ -116,7 +122,7 @@ class LogStorage:
     def __init__(self, path: str) -> None:
         """Open (creating if missing) the store at `path`; refuse an unknown format."""
         self.path = path
-        opts = rocksdict.Options(raw_mode=True)
+        self._opts = opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.set_paranoid_checks(True)
         # Recover a prefix of the batches: a torn (never acknowledged) WAL tail is dropped, and
@@ -130,6 +136,9 @@ class LogStorage:
         except Exception as e:  # rocksdict raises a bare Exception (lock held, I/O error)
             raise StorageOpenError(f"cannot open log store {path!r}: {e}") from e
         self._broken: str | None = None
+        # (compact index, compact term, last index) the store may hold after the failed batch:
+        # what was durable before it, and what it would have made durable
+        self._outcomes: list[tuple[int, int, int]] = []
         self._closed = False
         try:
             self._check_format()
@@ -278,7 +287,7 @@ class LogStorage:
                 last = max(last, index)
         final = requests[-1]
         wb.put(K_HARD, _dumps({"term": final.term, "vote": final.vote, "commit": final.commit}))
-        self._commit(wb)
+        self._commit(wb, (self._compact_index, self._compact_term, last))
         self._last = last
 
     def compact_prefix(self, upto_index: int) -> None:
@@ -302,7 +311,7 @@ class LogStorage:
         wb = rocksdict.WriteBatch(raw_mode=True)
         wb.delete_range(entry_key(self._compact_index + 1), entry_key(upto_index + 1))
         wb.put(K_COMPACT, _dumps([upto_index, v[0]]))
-        self._commit(wb)
+        self._commit(wb, (upto_index, v[0], self._last))
         self._compact_index, self._compact_term = upto_index, v[0]
 
     def reset_to(self, index: int, term: int) -> bool:
@@ -328,20 +337,83 @@ class LogStorage:
         if self._last > self._compact_index:
             wb.delete_range(entry_key(self._compact_index + 1), entry_key(self._last + 1))
         wb.put(K_COMPACT, _dumps([index, term]))
-        self._commit(wb)
+        self._commit(wb, (index, term, index))
         self._compact_index, self._compact_term = index, term
         self._last = index
         return False
 
-    def _commit(self, wb: rocksdict.WriteBatch) -> None:
+    def _commit(self, wb: rocksdict.WriteBatch, landed: tuple[int, int, int]) -> None:
+        """Write `wb` synced; on failure the store is broken and `landed` (compact index,
+        compact term, last index) is the state it would have left, for `reopen` to accept."""
         try:
             self._db.write(wb, self._sync)
         except Exception as e:
             self._broken = f"{type(e).__name__}: {e}"
+            self._outcomes = [(self._compact_index, self._compact_term, self._last), landed]
             raise
 
+    @property
+    def broken(self) -> str | None:
+        """Why the store refuses mutations (None while it is usable)."""
+        return self._broken
+
+    def probe(self) -> None:
+        """A tiny synced write that changes nothing (the format key, same value): proves the
+        WAL can be appended and synced again. Raises like `write` (and breaks the store)."""
+        if self._broken is not None:
+            raise StorageBroken(f"log store broken by an earlier failed write: {self._broken}")
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb.put(K_FORMAT, _dumps(FORMAT))
+        self._commit(wb, (self._compact_index, self._compact_term, self._last))
+
+    def reopen(self) -> None:
+        """Close the handle and open the same path again (after a failed write: RocksDB
+        refuses every write after a background error), then check the store (see module
+        doc). On success the store is usable again and `broken` is None.
+
+        Raises `StorageOpenError` (still broken; try again later) when the database cannot
+        be opened or read, `StorageCorrupt` / `StorageFormatError` (do not retry: the store
+        is not what this handle made durable) otherwise. Call from the owning thread only.
+        """
+        outcomes = self._outcomes or [(self._compact_index, self._compact_term, self._last)]
+        if self._broken is None:
+            self._broken = "reopening"  # refuse mutations until the checks passed
+        self.close()
+        try:
+            self._db = rocksdict.Rdict(self.path, self._opts)
+        except Exception as e:  # I/O error (no space for the table file of the WAL replay)
+            raise StorageOpenError(f"cannot reopen log store {self.path!r}: {e}") from e
+        self._closed = False
+        try:
+            self._check_format()
+            ci, ct = self._read_compact()
+            self._compact_index, self._compact_term = ci, ct
+            self.load()  # contiguity and every value; sets self._last
+        except StorageError:
+            self.close()
+            raise
+        except Exception as e:  # a read I/O error: not known corrupt, retry later
+            self.close()
+            raise StorageOpenError(f"cannot read reopened log store {self.path!r}: {e}") from e
+        found = (self._compact_index, self._compact_term, self._last)
+        if found not in outcomes:
+            self.close()
+            raise StorageCorrupt(
+                f"log store {self.path!r} after reopening holds compaction point "
+                f"{found[0]} (term {found[1]}) and last index {found[2]}; expected one of "
+                f"{outcomes} (synced data lost?)")
+        self._broken = None
+        self._outcomes = []
+
     def close(self) -> None:
-        """Close the handle (idempotent); the path can then be opened again in this process."""
+        """Close the handle (idempotent); the path can then be opened again in this process.
+
+        After a failed write RocksDB's close reports the earlier error (it cannot flush) but
+        still releases the database; that error is swallowed here."""
         if not self._closed:
             self._closed = True
-            self._db.close()
+            try:
+                self._db.close()
+            except Exception:  # noqa: BLE001 - "Writer has previous error": nothing to save
+                if self._broken is None:
+                    raise

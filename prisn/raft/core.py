@@ -26,6 +26,17 @@ Safety rules this module keeps (Raft paper = §, Ongaro thesis = T):
   the snapshot file in chunks (InstallSnapshot, one chunk in flight, resumable by offset);
   it answers only what its state machine reported written/installed, and resets its log to
   the snapshot point only after the snapshot file is durably in place.
+- Disk faults (`StoreFailed`): the outcome of every write not yet answered `StoreSynced` is
+  unknown, so none of it is ever counted or acknowledged: `stable` stays at what was synced,
+  held grants/acks are dropped, no StoreAppend is emitted. A leader steps down at once (a
+  single voter first drops its unsynced suffix: no other node can have it, so those writes
+  fail for sure and are answered 507). While the disk is broken the node never grants a
+  vote, acknowledges an append, campaigns or accepts a proposal (507, `DISK_ERROR`); it
+  keeps its place in the cluster, follows the leader in memory and forwards reads. On
+  `StoreRecovered` it sends `StoreResume` and then one StoreAppend that truncates after the
+  durable prefix and rewrites the rest of its log with the current hard state; nothing of
+  the void epoch is ever counted as synced. `StoreFatal` (the store cannot be trusted) stops
+  the node for good (`status().fatal`).
 """
 
 from __future__ import annotations
@@ -68,7 +79,10 @@ from prisn.messages import (
     StoreAppend,
     StoreCompact,
     StoreFailed,
+    StoreFatal,
+    StoreRecovered,
     StoreReset,
+    StoreResume,
     StoreSynced,
     Tick,
     TimeoutNow,
@@ -82,6 +96,7 @@ from prisn.raft.progress import Progress, ProgressState, quorum_index, quorum_si
 from prisn.raft.status import PeerStatus, RaftStatus
 
 NOT_LEADER = "not leader"  # ForwardResponse reason that makes the origin retry elsewhere
+DISK_ERROR = "the log cannot be written"  # 507 reason prefix while the disk is broken
 NO_LEADER = "no leader or quorum"
 SEEN_FORWARDS = 65536  # forwarded proposals remembered to drop network duplicates
 
@@ -256,6 +271,8 @@ class RaftCore:
         self._join_elapsed = 0
         self._drops: dict[str, int] = {}
         self._fatal = ""
+        self._disk_error = ""  # non-empty from StoreFailed until StoreRecovered
+        self.disk_failures = 0
 
         # persistence pipeline
         self._seq = 0  # last StoreAppend seq issued
@@ -278,6 +295,8 @@ class RaftCore:
             Tick: self._on_tick,
             StoreSynced: self._on_synced,
             StoreFailed: self._on_store_failed,
+            StoreRecovered: self._on_store_recovered,
+            StoreFatal: self._on_store_fatal,
             Propose: self._on_propose,
             ReadIndex: self._on_read_index,
             TransferLeadership: self._on_transfer,
@@ -373,7 +392,7 @@ class RaftCore:
             transferee=self._transferee, drops=dict(self._drops),
             ticks_since_leader_contact=0 if st is _State.LEADER else self._leader_contact,
             pending=len(self._pending), pre_candidate=st is _State.PRE_CANDIDATE,
-            fatal=self._fatal, snapshot_index=self._snap.index if self._snap else 0,
+            fatal=self._fatal, disk_error=self._disk_error, snapshot_index=self._snap.index if self._snap else 0,
             snapshot_size=self._snap.size if self._snap else 0,
             log_start=self._log.snap_index + 1, snapshot_installs_sent=self.installs_sent,
             snapshot_installs_received=self.installs_received,
@@ -398,6 +417,11 @@ class RaftCore:
     @property
     def is_leader(self) -> bool:
         return self._state is _State.LEADER
+
+    @property
+    def disk_error(self) -> str:
+        """Why the log cannot be written ("" while it can)."""
+        return self._disk_error
 
     # ================================================================== startup
     def _do_startup(self) -> None:
@@ -454,7 +478,13 @@ class RaftCore:
         if self._store_ops:
             out.extend(self._store_ops)
             self._store_ops = []
-        if self._unsaved_from or self._trunc_from or self._hard_dirty:
+        if self._disk_error:
+            # nothing can be persisted: changes stay pending for the StoreAppend after the
+            # recovery, and whatever waits for a write is never sent (see _on_store_failed)
+            if self._held_now:
+                self._drop("unpersisted_reply")
+                self._held_now = []
+        elif self._unsaved_from or self._trunc_from or self._hard_dirty:
             self._seq += 1
             last = self._log.last_index
             lo = self._unsaved_from
@@ -549,7 +579,13 @@ class RaftCore:
                 ok=ok, code=code, reason=reason, index=index))
 
     def _send_durable(self, msg: Msg, index: int) -> None:
-        """Emit `msg` once entries up to `index` and the current term/vote are synced."""
+        """Emit `msg` once entries up to `index` and the current term/vote are synced.
+
+        Never while the disk is broken: a node that cannot persist does not grant votes or
+        acknowledge appends (not even durable ones: the leader would resend them forever)."""
+        if self._disk_error:
+            self._drop("unpersisted_reply")
+            return
         if (index <= self._stable and not self._hard_dirty
                 and self._hard_seq <= self._synced):
             self._out_peer.append(msg)
@@ -606,7 +642,7 @@ class RaftCore:
     def _promotable(self) -> bool:
         """May we campaign? Voters may; so may a server removed by a config entry that is not
         committed yet (T 4.2.2): it may hold the only up-to-date log the new config needs."""
-        if self._fatal or not self._cluster:
+        if self._fatal or self._disk_error or not self._cluster:
             return False
         if self.id in self._voters:
             return True
@@ -846,9 +882,71 @@ class RaftCore:
                 >= quorum_size(len(self._voters))):
             self._become_leader()  # self-vote alone is a quorum, and it is durable now
 
+    def _disk_message(self) -> str:
+        """The 507 reason while the disk is broken (the API passes it to the client)."""
+        return (f"{DISK_ERROR}: {self._disk_error}; this node refuses writes until it can "
+                f"write its log again (it retries by itself); other nodes may accept them")
+
     def _on_store_failed(self, m: StoreFailed) -> None:
-        """A failed write leaves the disk state unknown: stop acting; the node must exit."""
-        self._fatal = f"store failed at seq {m.seq}: {m.reason}"
+        """A write failed (disk full, I/O error): its outcome, and that of every write not
+        synced yet, is unknown. Keep the node in the cluster but make it promise nothing
+        until `StoreRecovered` (see the module doc)."""
+        if self._fatal or self._disk_error:
+            return  # already broken: the logstore voids everything until StoreResume
+        self._disk_error = m.reason or f"store failed at seq {m.seq}"
+        self.disk_failures += 1
+        self._writes.clear()  # void: never counted as synced
+        self._held.clear()
+        self._held_now = []
+        waiting = [r for r in self._pending if r.kind == "propose"]
+        self._pending = deque(r for r in self._pending if r.kind != "propose")
+        for r in waiting:  # in no log yet: refused for sure
+            self._reply(r.rid, False, 507, self._disk_message())
+        if self._state is _State.LEADER:
+            self._disk_step_down()
+        elif self._state is not _State.FOLLOWER:
+            self._become_follower(self._term, self._leader_id)
+
+    def _disk_step_down(self) -> None:
+        """Leader with a broken disk: stop counting itself, hand over, become a follower."""
+        log = self._log
+        base = min(self._stable, log.last_index)
+        if (set(self._voters) == {self.id} and base < log.last_index
+                and base >= self._commit):
+            # A single voter: the unsynced suffix exists nowhere else (learners do not count
+            # and will be overwritten), so drop it now and refuse its proposals for sure.
+            for idx in [i for i in self._own if i > base]:
+                r = self._own.pop(idx)
+                self._reply(r.rid, False, 507, self._disk_message())
+            self._truncate(base + 1)
+        best, best_match = "", -1
+        for v in sorted(self._voters):
+            pr = self._progress.get(v)
+            if v != self.id and pr is not None and pr.match > best_match:
+                best, best_match = v, pr.match
+        if best and best_match == log.last_index:
+            # an up-to-date voter can take over now instead of after an election timeout
+            self._out_peer.append(TimeoutNow(src=self.id, dst=best, cluster=self._cluster,
+                                             term=self._term))
+        self._become_follower(self._term, "")
+
+    def _on_store_recovered(self, m: StoreRecovered) -> None:
+        """The logstore can write again: start a new write epoch with everything after the
+        durable prefix (whatever the void writes left on disk after it is truncated)."""
+        if self._fatal or not self._disk_error:
+            return
+        self._disk_error = ""
+        base = min(self._stable, self._log.last_index)
+        self._trunc_from = base + 1
+        self._unsaved_from = base + 1 if base < self._log.last_index else 0
+        self._hard_dirty = True
+        self._store_ops.insert(0, StoreResume(src="raft", dst="logstore", seq=self._seq + 1))
+        self._election_elapsed = 0
+        self._reset_election_timeout()
+
+    def _on_store_fatal(self, m: StoreFatal) -> None:
+        """The store cannot be trusted (corrupt on reopen): stop acting; the node must exit."""
+        self._fatal = f"log store unusable: {m.reason}"
         if self._state is _State.LEADER:
             self._lose_leadership()
         self._state = _State.FOLLOWER
@@ -885,7 +983,7 @@ class RaftCore:
 
     def _compact(self, upto: int) -> None:
         log = self._log
-        if upto <= log.snap_index or upto > min(log.last_index, self._applied):
+        if upto <= log.snap_index or upto > min(log.last_index, self._applied, self._stable):
             return
         log.compact(upto)
         cfgs = self._configs  # keep the configuration in force at the boundary and later
@@ -988,6 +1086,9 @@ class RaftCore:
         if self._state is _State.LEADER:
             self._drop("snapshot_to_leader")  # impossible under election safety
             return
+        if self._disk_error:
+            self._drop("snapshot_disk_error")  # the leader retries after snapshot_retry_ticks
+            return
         if self._state is not _State.FOLLOWER:
             self._become_follower(self._term, m.src)
         elif self._leader_id != m.src:
@@ -1063,6 +1164,9 @@ class RaftCore:
         if target == self.id and mem is not None and self.id in mem.learners:
             self._reply(m.rid, False, 409, "a learner cannot lead")
             return
+        if target == self.id and self._disk_error:
+            self._reply(m.rid, False, 507, self._disk_message())
+            return
         if (target == self.id and self._state is not _State.LEADER and not self._leader_id
                 and self._promotable()):
             self._campaign(pre=self.opts.pre_vote)  # no leader known: just start an election
@@ -1079,6 +1183,9 @@ class RaftCore:
     def _submit(self, r: _Req) -> None:
         if self._fatal:
             self._reply(r.rid, False, 503, f"node stopped: {self._fatal}")
+            return
+        if self._disk_error and r.kind == "propose":
+            self._reply(r.rid, False, 507, self._disk_message())
             return
         if self._state is _State.LEADER and not (self._transferee and r.kind == "propose"):
             self._serve_local(r)
@@ -1405,7 +1512,7 @@ class RaftCore:
     def _on_vote_request(self, m: VoteRequest) -> None:
         """§5.2/§5.4.1 vote rules; pre-votes (T 9.6) grant without changing term or vote."""
         can_vote = (self._vote == m.src or (not self._vote and not self._leader_id)
-                    or (m.pre and m.term > self._term))
+                    or (m.pre and m.term > self._term)) and not self._disk_error
         if can_vote and self._log.is_up_to_date(m.last_index, m.last_term):
             if m.pre:
                 self._out_peer.append(VoteResponse(src=self.id, dst=m.src, cluster=m.cluster,

@@ -51,7 +51,8 @@ class RaftStatus:
     ticks_since_leader_contact: int = 0
     pending: int = 0  # requests buffered while no leader is known
     pre_candidate: bool = False
-    fatal: str = ""  # non-empty after StoreFailed: the node must stop
+    fatal: str = ""  # non-empty after StoreFatal (store unusable): the node must stop
+    disk_error: str = ""  # non-empty while the log cannot be written (writes answer 507)
     snapshot_index: int = 0  # newest durable snapshot (0: none)
     snapshot_size: int = 0  # its file size in bytes
     log_start: int = 1  # first index still in the log (compaction point + 1)

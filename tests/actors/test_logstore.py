@@ -110,22 +110,23 @@ def test_write_failure_answers_store_failed_and_never_synced(tmp_path, ctx):
         assert [d for d, _ in sent] == ["raft"]
         failed = sent[0][1]
         assert isinstance(failed, StoreFailed) and failed.seq == 2
-        assert "No space left on device" in failed.reason
+        assert failed.reason == "no space left on device"
         assert seen == [] and actor.writes == 0 and actor.write_failures == 1
     finally:
         storage.close()
 
 
 def test_failure_is_sticky_so_a_cumulative_ack_never_covers_it(tmp_path, ctx):
-    """After seq 1 failed, a later success would claim seq 1 too: answer StoreFailed instead."""
+    """After seq 1 failed, a later success would claim seq 1 too: later requests are void
+    (neither written nor answered) until raft resumes (see test_logstore_diskfault)."""
     storage = CountingStorage(str(tmp_path / "log"))
     try:
         actor, out = make(storage, ctx)
         actor.on_messages([req(1, 5, 1)])  # a gap: the storage refuses, nothing written
         actor.on_messages([StoreAppend(seq=2, term=1, vote="n1", commit=0)])  # would succeed
         answers = [m for m in out.to("raft") if isinstance(m, StoreFailed)]
-        assert len(answers) == len(out.sent) == 2
-        assert [m.seq for m in answers] == [1, 2]
+        assert len(answers) == len(out.sent) == 1
+        assert [m.seq for m in answers] == [1] and actor.voided == 1
         assert "gap" in answers[0].reason
         assert len(storage.calls) == 1  # the second batch never reached the disk
         assert storage.load().entries == []

@@ -53,6 +53,7 @@ class FakeStatus:
     membership: Any = None
     progress: dict = field(default_factory=dict)
     fatal: str = ""
+    disk_error: str = ""
 
 
 class FakeCore:
@@ -391,7 +392,16 @@ def test_join_requests_with_a_bad_id_or_address_never_reach_the_core(
 
 
 def test_a_fatal_core_fails_the_actor(shell: Shell) -> None:
-    """After a failed log write the core is fatal: the shell raises so the node exits 1."""
-    shell.core.next_status = [FakeStatus(fatal="store failed: No space left on device")]
-    with pytest.raises(RuntimeError, match="No space left"):
+    """An unusable log store makes the core fatal: the shell raises so the node exits 1."""
+    shell.core.next_status = [FakeStatus(fatal="log store unusable: StorageCorrupt: gap")]
+    with pytest.raises(RuntimeError, match="StorageCorrupt"):
         shell.run([Tick()])
+
+
+def test_a_broken_disk_does_not_stop_the_actor(shell: Shell) -> None:
+    """A full disk is not fatal: the status says so and the actor keeps running."""
+    shell.core.next_status = [FakeStatus(disk_error="no space left on device"), FakeStatus()]
+    shell.run([Tick()])
+    assert shell.actor.status.disk_error == "no space left on device"
+    shell.run([Tick()])
+    assert shell.actor.status.disk_error == "" and shell.actor.failure is None

@@ -18,6 +18,15 @@ Checked after every step (a violation raises `SimFailure` with the seed and a tr
 Liveness after healing: a leader known to every live voter within a bound, and a new
 command commits and applies everywhere.
 
+Disk faults (`SimConfig.disk_fail_rate`): a node's disk starts failing for a random while;
+the next sync of its logstore fails instead: a random prefix of the unsynced writes lands
+(a failed write's outcome is unknown), the rest is void, StoreFailed goes to the core.
+Modelled like `actors/logstore.py`: until the core's StoreResume every later StoreAppend is
+void and StoreCompact/StoreReset are deferred; once the disk works again StoreRecovered goes
+to the core. Extra checks: a core with a broken disk never leads and never emits a
+StoreAppend; StoreResume only after StoreRecovered; and the core's re-sent suffix must fit
+the disk as it really is (the model refuses a write that would leave a gap).
+
 Snapshots (`SimConfig.snapshots`): each node's modelled state machine is a hash chain over the
 entries it applied; it snapshots itself every random threshold of applied entries (a real
 snapshot file image, written after a random delay, latest 2 kept), the core compacts its log
@@ -59,7 +68,10 @@ from prisn.messages import (
     SnapshotTaken,
     StoreAppend,
     StoreCompact,
+    StoreFailed,
+    StoreRecovered,
     StoreReset,
+    StoreResume,
     StoreSynced,
     Tick,
     TransferLeadership,
@@ -93,6 +105,8 @@ class SimConfig:
     read_rate: float = 0.15  # per tick
     membership_rate: float = 0.0  # per tick: remove or re-add a node
     max_down: int = -1  # max nodes down at once (-1: minority)
+    disk_fail_rate: float = 0.0  # per tick: a node's disk starts failing
+    disk_fail_for: tuple[int, int] = (5, 80)  # ticks until it can be written again
     snapshots: tuple[int, int] | None = None  # per-node snapshot threshold range (None: off)
     fsm_delay: int = 30  # units: snapshot writes and chunk answers take up to this long
     opts: RaftOptions = field(default_factory=lambda: RaftOptions(
@@ -229,6 +243,12 @@ class SimNode:
         self.threshold = 0
         self.snap_busy = False
         self.snap_index = 0  # newest local snapshot the fsm knows of
+        # disk faults: "ok" | "failing" (the next sync fails) | "failed" | "recovered"
+        self.store_state = "ok"
+        self.fail_until = 0
+        self.deferred: list[Msg] = []  # StoreCompact/StoreReset held by the failed logstore
+        self.max_seq = 0  # highest StoreAppend seq of this incarnation
+        self.void_upto = 0  # sync events at or below this seq belong to a failed epoch
 
 
 class Sim:
@@ -270,6 +290,8 @@ class Sim:
         self.steps = 0
         self.removed: set[str] = set()
         self.stats = {"crashes": 0, "partitions": 0, "truncations": 0, "leaders": 0}
+        self.disk_stats = {"failures": 0, "landed": 0, "voided": 0, "recoveries": 0,
+                           "resumes": 0, "deferred": 0, "leader_stepdowns": 0}
         self.hash_at: dict[int, bytes] = {0: b""}
         self.snap_stats = {"taken": 0, "installed": 0, "compactions": 0, "chunks": 0,
                            "restarts_from_snapshot": 0, "partial_damaged": 0}
@@ -299,6 +321,7 @@ class Sim:
         n.commit = n.disk.commit
         n.leader_term = 0
         n.snap_busy = False
+        n.store_state, n.deferred, n.max_seq, n.void_upto = "ok", [], 0, 0
         boot = n.disk.boot()
         snap = n.snaps[-1] if n.snaps else None
         try:
@@ -349,12 +372,15 @@ class Sim:
         for m in msgs:
             if type(m) is not Tick:
                 self.trace.append(f"{self.now} {n.id} <- {_fmt(m)}")
+        was_leader, was_broken = core.is_leader, bool(core.disk_error)
         try:
             out = core.step(msgs)
         except SimFailure:
             raise
         except Exception as e:  # a core exception is a bug
             self.fail(f"{n.id} raised {type(e).__name__}: {e}")
+        if core.disk_error and not was_broken and was_leader:
+            self.disk_stats["leader_stepdowns"] += 1
         self.route(n, out)
 
     def route(self, n: SimNode, out: list[Msg]) -> None:
@@ -369,16 +395,34 @@ class Sim:
                     self.snap_stats["compactions"] += 1
                     if not n.snaps or m.upto > n.snaps[-1].index:  # type: ignore[attr-defined]
                         self.fail(f"{n.id} compacts to {m.upto} past its snapshot")  # type: ignore[attr-defined]
-                if n.unsynced:
+                if n.store_state in ("failed", "recovered"):
+                    n.deferred.append(m)
+                    self.disk_stats["deferred"] += 1
+                elif n.unsynced:
                     n.unsynced.append(m)  # type: ignore[arg-type]
                 else:
                     n.disk.apply_op(m)
+            elif t is StoreResume:
+                self.trace.append(f"{self.now} {n.id} store {_fmt(m)}")
+                if n.store_state != "recovered":
+                    self.fail(f"{n.id} sent StoreResume while its store is {n.store_state}")
+                n.store_state = "ok"
+                self.disk_stats["resumes"] += 1
+                for op in n.deferred:
+                    n.disk.apply_op(op)
+                n.deferred = []
             elif t is SnapChunk:
                 self.on_chunk(n, m)  # type: ignore[arg-type]
             elif t is SnapSend:
                 self.on_snap_send(n, m)  # type: ignore[arg-type]
             elif t is StoreAppend:
                 self.trace.append(f"{self.now} {n.id} store {_fmt(m)}")
+                if core.disk_error:
+                    self.fail(f"{n.id} emitted a StoreAppend while its disk is broken")
+                n.max_seq = max(n.max_seq, m.seq)  # type: ignore[attr-defined]
+                if n.store_state in ("failed", "recovered"):
+                    self.disk_stats["voided"] += 1  # sent before the core knew: void
+                    continue
                 self.check_store_append(n, m)
                 if m.truncate_from:
                     self.stats["truncations"] += 1
@@ -399,6 +443,30 @@ class Sim:
                     self.forwarded.add((cmd["o"], cmd["r"]))
                 self.send(n, m)
         self.check_node(n)
+
+    def disk_fails(self, n: SimNode, seq: int) -> None:
+        """The sync of `seq` fails: a random prefix of the unsynced operations lands (each
+        write is atomic), the rest of the writes are void and the store operations wait."""
+        self.disk_stats["failures"] += 1
+        items = n.unsynced
+        k = self.rng.randint(0, len(items))
+        for op in items[:k]:
+            n.disk.apply_op(op)
+            if type(op) is StoreAppend:
+                self.disk_stats["landed"] += 1
+                self.register(n.id, self.pending_reg.pop((n.id, n.incarnation, op.seq), []))
+        for op in items[k:]:
+            if type(op) is StoreAppend:
+                self.pending_reg.pop((n.id, n.incarnation, op.seq), None)
+                self.disk_stats["voided"] += 1
+            else:
+                n.deferred.append(op)
+        n.unsynced = []
+        n.store_state = "failed"
+        n.void_upto = n.max_seq
+        self.trace.append(f"{self.now} DISK FAILED {n.id} at seq {seq} ({k}/{len(items)} "
+                          f"operations landed)")
+        self.at(max(n.fail_until, self.now + 1), "disk_ok", (n.id, n.incarnation))
 
     def send(self, n: SimNode, m: Msg) -> None:
         dst = m.dst
@@ -458,6 +526,8 @@ class Sim:
         core = n.core
         assert core is not None
         term = core.term
+        if core.is_leader and core.disk_error:
+            self.fail(f"{n.id} leads term {term} with a broken disk")
         if core.is_leader:
             self.ever_led.add(n.id)
             who = self.leaders.get(term)
@@ -551,8 +621,8 @@ class Sim:
                 self.fail(f"{n.id} durable entry {e[:2]} disagrees with the registry")
             prev = e[1]
         core = n.core
-        if core is None:
-            return
+        if core is None or core.disk_error or n.store_state in ("failed", "recovered"):
+            return  # what the core holds in memory waits for the write after the recovery
         mirror = Disk()
         mirror.entries = list(n.disk.entries)
         mirror.start, mirror.start_term = n.disk.start, n.disk.start_term
@@ -604,6 +674,14 @@ class Sim:
         elif self.groups is not None and rng.random() < cfg.heal_rate:
             self.groups = None
             self.trace.append(f"{self.now} HEAL")
+        if cfg.disk_fail_rate and rng.random() < cfg.disk_fail_rate:
+            ok = [n for n in self.live() if n.store_state == "ok"]
+            if ok:
+                n = rng.choice(ok)
+                n.store_state = "failing"
+                lo, hi = cfg.disk_fail_for
+                n.fail_until = self.now + UNITS_PER_TICK * rng.randint(lo, hi)
+                self.trace.append(f"{self.now} DISK FAILING {n.id}")
         if cfg.membership_rate and rng.random() < cfg.membership_rate:
             self.membership_op()
 
@@ -679,6 +757,15 @@ class Sim:
                     n = self.nodes[nid]
                     if n.core is None or n.incarnation != inc:
                         continue
+                    if n.store_state in ("failed", "recovered") or seq <= n.void_upto:
+                        continue  # void: the logstore never answers these
+                    if n.store_state == "failing":
+                        self.disk_fails(n, seq)
+                        if nid not in batch:
+                            batch[nid] = []
+                            order.append(nid)
+                        batch[nid].append(StoreFailed(seq=seq, reason="no space left on device"))
+                        continue
                     while n.unsynced and (type(n.unsynced[0]) is not StoreAppend
                                           or n.unsynced[0].seq <= seq):
                         sa = n.unsynced.pop(0)
@@ -702,6 +789,18 @@ class Sim:
                     batch[nid].append(lm)
                 elif kind == "snap_write":
                     self.snap_written(*payload)
+                elif kind == "disk_ok":
+                    nid, inc = payload
+                    n = self.nodes[nid]
+                    if n.core is None or n.incarnation != inc or n.store_state != "failed":
+                        continue
+                    n.store_state = "recovered"
+                    self.disk_stats["recoveries"] += 1
+                    self.trace.append(f"{self.now} DISK OK {nid}")
+                    if nid not in batch:
+                        batch[nid] = []
+                        order.append(nid)
+                    batch[nid].append(StoreRecovered(reason="no space left on device"))
                 elif kind == "restart":
                     n = self.nodes[payload]
                     if n.core is None:
@@ -723,6 +822,10 @@ class Sim:
         self.groups = None
         self.trace.append(f"{self.now} HEAL ALL")
         for n in self.nodes.values():
+            if n.store_state == "failing":
+                n.store_state = "ok"
+            elif n.store_state == "failed":
+                self.at(self.now + 1, "disk_ok", (n.id, n.incarnation))
             if n.core is None:
                 self.start_node(n)
 

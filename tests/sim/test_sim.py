@@ -22,10 +22,18 @@ SCENARIOS = {
     "3-join-snap": dict(nodes=3, formation="join", snapshots=(5, 40)),
     "3-membership-snap": dict(nodes=3, membership_rate=0.05, snapshots=(5, 40)),
     "5-snap": dict(nodes=5, snapshots=(5, 60)),
+    # disk faults: a node's log write fails (unknown outcome), it recovers later
+    "1-disk": dict(nodes=1, disk_fail_rate=0.03, partition_rate=0.0, crash_rate=0.01,
+                   max_down=1),
+    "3-disk": dict(nodes=3, disk_fail_rate=0.02),
+    "5-disk": dict(nodes=5, disk_fail_rate=0.03),
+    "3-snap-disk": dict(nodes=3, snapshots=(5, 40), disk_fail_rate=0.02),
+    "3-membership-disk": dict(nodes=3, membership_rate=0.05, disk_fail_rate=0.02),
 }
 CI_SEEDS = {"3-static": 250, "5-static": 80, "3-join": 150, "3-membership": 250,
             "5-membership": 60, "3-snap": 80, "3-join-snap": 60, "3-membership-snap": 80,
-            "5-snap": 30}
+            "5-snap": 30, "1-disk": 100, "3-disk": 120, "5-disk": 50, "3-snap-disk": 80,
+            "3-membership-disk": 80}
 
 
 def run_seeds(name: str, seeds: range) -> None:
@@ -72,6 +80,18 @@ def test_sim_exercises_snapshots() -> None:
     # every mechanism actually ran: local snapshots, compaction, chunked installs, restarts
     assert all(total[k] > 10 for k in ("taken", "installed", "compactions", "chunks",
                                        "restarts_from_snapshot")), total
+
+
+def test_sim_exercises_disk_faults() -> None:
+    total: dict[str, int] = {}
+    for seed in range(10):
+        s = Sim(seed, SimConfig(**SCENARIOS["3-snap-disk"])).run()  # type: ignore[arg-type]
+        for k, v in s.disk_stats.items():
+            total[k] = total.get(k, 0) + v
+    # failures with landed and void writes, leaders stepping down, recoveries and resumes
+    assert all(total[k] > 10 for k in ("failures", "landed", "voided", "recoveries",
+                                       "resumes", "leader_stepdowns")), total
+    assert total["deferred"] > 0, total
 
 
 def test_sim_snapshots_deterministic() -> None:
@@ -143,3 +163,53 @@ def test_checker_catches_broken_core(broken, expect, snap) -> None:
     assert caught is not None, f"{broken.__name__} not caught in 60 seeds"
     assert caught.startswith("seed=") and "trace tail" in caught
     assert not expect or any(e in caught for e in expect.split("|")), caught[:300]
+
+
+# ------------------------------------------------------------------ disk faults: the checker can fail
+class FailedCountsAsSynced(RaftCore):
+    """Broken: a failed write is taken as done (StoreFailed handled like StoreSynced)."""
+
+    def _on_store_failed(self, m):  # type: ignore[no-untyped-def]
+        from prisn.messages import StoreSynced
+        self._on_synced(StoreSynced(seq=m.seq))
+
+
+class ResumeWithoutRewrite(RaftCore):
+    """Broken: after a recovery only what was never sent is written (the void writes are
+    taken as written)."""
+
+    def _on_store_recovered(self, m):  # type: ignore[no-untyped-def]
+        trunc, unsaved = self._trunc_from, self._unsaved_from
+        super()._on_store_recovered(m)
+        self._trunc_from, self._unsaved_from = trunc, unsaved
+
+
+class AckWhileBroken(RaftCore):
+    """Broken: a node with a broken disk still grants votes and acknowledges appends."""
+
+    def _send_durable(self, msg, index):  # type: ignore[no-untyped-def]
+        if self._disk_error:
+            self._out_peer.append(msg)
+            return
+        super()._send_durable(msg, index)
+
+
+class KeepLeading(RaftCore):
+    """Broken: a leader whose disk fails carries on."""
+
+    def _disk_step_down(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("broken,nodes", [
+    (FailedCountsAsSynced, 1), (FailedCountsAsSynced, 3), (ResumeWithoutRewrite, 1),
+    (ResumeWithoutRewrite, 3), (AckWhileBroken, 3), (KeepLeading, 3),
+])
+def test_checker_catches_broken_disk_handling(broken, nodes) -> None:
+    cfg = dict(SCENARIOS["1-disk"] if nodes == 1 else SCENARIOS["3-disk"], disk_fail_rate=0.05)
+    for seed in range(60):
+        try:
+            Sim(seed, SimConfig(**cfg), core_factory=broken).run()  # type: ignore[arg-type]
+        except SimFailure:
+            return
+    raise AssertionError(f"{broken.__name__} not caught in 60 seeds")

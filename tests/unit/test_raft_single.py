@@ -14,7 +14,7 @@ from prisn.messages import (
     Reply,
     Role,
     StoreAppend,
-    StoreFailed,
+    StoreFatal,
     StoreSynced,
     Tick,
 )
@@ -138,11 +138,12 @@ def test_force_new_cluster_keeps_log():
     assert core.status().membership.voters == {"n1": "a"}
 
 
-def test_store_failed_is_fatal():
-    """StoreFailed: the node stops acting (no outputs but 503 replies) and says so."""
+def test_store_fatal_is_fatal():
+    """StoreFatal (an untrustworthy store; a full disk is StoreFailed, see
+    test_raft_diskfault): the node stops acting (no outputs but 503 replies) and says so."""
     core = RaftCore("n1", "a1", OPTS, random.Random(1), BootState(), bootstrap=True)
     core.startup()
-    core.step([StoreFailed(seq=1, reason="disk full")])
+    core.step([StoreFatal(reason="StorageCorrupt: gap")])
     st = core.status()
     assert st.fatal and st.role == Role.FOLLOWER
     out = core.step([Propose(rid=9, data=b"x"), ReadIndex(rid=10), Tick()])

@@ -1089,12 +1089,7 @@ class RaftCore:
         if self._disk_error:
             self._drop("snapshot_disk_error")  # the leader retries after snapshot_retry_ticks
             return
-        if self._state is not _State.FOLLOWER:
-            self._become_follower(self._term, m.src)
-        elif self._leader_id != m.src:
-            self._set_leader(m.src)
-        self._election_elapsed = 0
-        self._leader_contact = 0
+        self._heard_from_leader(m.src)
         have = min(self._commit, self._stable)
         if m.index <= have:
             self._out_peer.append(InstallSnapshotResponse(
@@ -1549,17 +1544,22 @@ class RaftCore:
         elif rejected > n - q:
             self._become_follower(self._term, "")
 
+    def _heard_from_leader(self, leader: str) -> None:
+        """A message of the current term's leader (§5.2): follow it and reset the timers.
+        Callers have already refused it on a leader (impossible under election safety)."""
+        if self._state is not _State.FOLLOWER:
+            self._become_follower(self._term, leader)
+        elif self._leader_id != leader:
+            self._set_leader(leader)
+        self._election_elapsed = 0
+        self._leader_contact = 0
+
     def _on_append(self, m: AppendEntries) -> None:
         """§5.3 consistency check, conflict truncation, commit; ack after sync."""
         if self._state is _State.LEADER:
             self._drop("append_to_leader")  # impossible under election safety
             return
-        if self._state is not _State.FOLLOWER:
-            self._become_follower(self._term, m.src)
-        elif self._leader_id != m.src:
-            self._set_leader(m.src)
-        self._election_elapsed = 0
-        self._leader_contact = 0
+        self._heard_from_leader(m.src)
         log = self._log
         prev, prev_term, ents = m.prev_index, m.prev_term, m.entries
         last_new = prev + len(ents)

@@ -130,7 +130,7 @@ class FaultySocket(zmq.Socket):
     _rule: LinkRule | None
     _seed: Any
     _rng: random.Random
-    _mtime: int | None
+    _mtime: Any
     _next_check: float
     _heap: list[tuple[float, int, bytes]]
     _seq: int
@@ -187,7 +187,8 @@ class FaultySocket(zmq.Socket):
             return
         self._next_check = now + RELOAD_S
         try:
-            mtime = os.stat(self._path).st_mtime_ns
+            st = os.stat(self._path)
+            mtime: Any = (st.st_mtime_ns, st.st_ino, st.st_size)  # a rename changes the inode
         except OSError:
             mtime = None
         if mtime == self._mtime:

@@ -25,12 +25,15 @@ Snapshots (when a `SnapshotStore` is given):
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import cbor2
 import zmq
 
 from actors.base import Actor
@@ -252,8 +255,10 @@ class _SnapshotWriter(threading.Thread):
     def _write(self, job: _Job, outbox: Outbox) -> None:
         owner = self.owner
         assert owner.snapshots is not None
-        data = job.encode()
-        meta = owner.snapshots.write(job.index, job.term, job.membership, data)
+        tmp, size, digest = _in_child(
+            lambda: owner.snapshots.write_tmp(job.index, job.term, job.membership, job.encode()))
+        meta = owner.snapshots.publish_tmp(tmp, job.index, job.term, job.membership, size,
+                                           digest)
         seconds = time.perf_counter() - job.started
         owner.snapshot_written(job, meta.size, seconds)
         log.info("fsm: snapshot %d (term %d, %d bytes) written in %.3f s", meta.index,
@@ -261,6 +266,37 @@ class _SnapshotWriter(threading.Thread):
         outbox.send("raft", SnapshotTaken(src="fsm", dst="raft", index=meta.index,
                                           term=meta.term, snap_id=meta.checksum,
                                           path=meta.path, size=meta.size))
+
+
+def _in_child(work: Callable[[], tuple[Path, int, str]]) -> tuple[Path, int, str]:
+    """Run `work` (encode + write a snapshot file) in a forked child and return its result.
+
+    Encoding a whole state takes seconds at 100k deployments and holds the GIL; in a child
+    it runs on the other core while this process keeps serving. The child sees the state
+    copied on write at the fork, touches only Python objects and its own file (no lock, no
+    ZeroMQ, no RocksDB) and leaves with os._exit. This thread waits for it in a blocking
+    read, which releases the GIL. Where fork is unavailable, `work` runs here."""
+    if not hasattr(os, "fork"):
+        return work()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(r)
+            tmp, size, digest = work()
+            os.write(w, cbor2.dumps([str(tmp), size, digest]))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        payload = f.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not payload:
+        raise RuntimeError(f"snapshot child exited with status {status}")
+    tmp, size, digest = cbor2.loads(payload)
+    return Path(tmp), int(size), str(digest)
 
 
 def entry_origin(data: bytes) -> tuple[str, int]:

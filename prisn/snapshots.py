@@ -181,8 +181,15 @@ class SnapshotStore:
     def write(self, index: int, term: int, membership: Membership | None,
               data: bytes) -> SnapshotMeta:
         """Write atomically (tmp + fsync + rename + dir fsync), prune to `keep`; the meta."""
+        tmp, size, digest = self.write_tmp(index, term, membership, data)
+        return self.publish_tmp(tmp, index, term, membership, size, digest)
+
+    def write_tmp(self, index: int, term: int, membership: Membership | None,
+                  data: bytes) -> tuple[Path, int, str]:
+        """Write and fsync the complete file under a temporary name: (path, size, checksum).
+
+        Touches no lock and no shared state, so a forked child may run it."""
         name = snapshot_name(index, term)
-        final = self.dir / name
         tmp = self.dir / f".tmp-{name}-{os.getpid()}-{threading.get_ident()}"
         head = encode_header(index, term, membership, len(data))
         h = hashlib.sha256(head)
@@ -194,12 +201,18 @@ class SnapshotStore:
             f.write(digest)
             f.flush()
             os.fsync(f.fileno())
+        return tmp, len(head) + len(data) + CHECKSUM_LEN, digest.hex()
+
+    def publish_tmp(self, tmp: Path, index: int, term: int, membership: Membership | None,
+                    size: int, checksum: str) -> SnapshotMeta:
+        """Rename a `write_tmp` file into place (atomic, directory fsynced) and prune."""
+        final = self.dir / snapshot_name(index, term)
         with self._lock:
             os.replace(tmp, final)
             fsync_dir(self.dir)
             self._prune_locked()
         return SnapshotMeta(index=index, term=term, membership=membership, path=str(final),
-                            size=len(head) + len(data) + CHECKSUM_LEN, checksum=digest.hex())
+                            size=size, checksum=checksum)
 
     def names(self) -> list[tuple[int, int, Path]]:
         """(index, term, path) of every complete-looking file, newest (highest index) first."""

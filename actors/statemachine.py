@@ -69,12 +69,18 @@ class _Job:
 class StateMachineActor(Actor):
     def __init__(self, ctx: zmq.Context, node_id: str, store: DeploymentStore, *,
                  snapshots: SnapshotStore | None = None, threshold: int = 8192,
+                 min_interval: float = 0.0,
                  snapshot_index: int = 0, snapshot_term: int = 0,
                  membership: Membership | None = None, **kw) -> None:
         super().__init__("fsm", ctx, node_id, **kw)
         self.store = store
         self.snapshots = snapshots
         self.threshold = max(1, threshold)
+        # Like hashicorp/raft's SnapshotInterval: a full snapshot costs CPU in proportion to
+        # the whole state, so under sustained writes take one at most every `min_interval`
+        # seconds (the log grows by threshold-or-more entries in between).
+        self.min_interval = max(0.0, min_interval)
+        self._last_snapshot_at = time.monotonic()
         self._term = snapshot_term  # term of the last applied entry
         self._membership = membership  # configuration in force at the applied index
         self._force_at = 0
@@ -139,10 +145,12 @@ class StateMachineActor(Actor):
         if w is None or w.busy:
             return
         applied = self.store.applied_index
-        due = applied - self.snapshot_index >= self.threshold
+        due = (applied - self.snapshot_index >= self.threshold
+               and time.monotonic() - self._last_snapshot_at >= self.min_interval)
         forced = self._force_at and applied >= self._force_at and applied > self.snapshot_index
         if not (due or forced):
             return
+        self._last_snapshot_at = time.monotonic()
         t0 = time.perf_counter()
         index, encode = self.store.snapshot_capture()
         self._force_at = 0 if forced else self._force_at

@@ -110,7 +110,7 @@ def _seed_node(root: Path, extra: list[str]) -> Proc:
 
 
 def bench_install(n: int, root: Path) -> dict:
-    extra = ["--log-level", "info", "--snapshot-threshold", "8192"]
+    extra = ["--log-level", "info", "--snapshot-threshold", "8192", "--snapshot-interval", "0"]
     n1 = _seed_node(root, extra)
     st = LogStorage(str(n1.data / "raft"))
     boot = st.load()

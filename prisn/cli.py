@@ -60,6 +60,8 @@ def cli() -> None:
       help="How long a write waits for a quorum before 503.")
 @_opt("snapshot-threshold", default=8192, show_default=True, type=click.IntRange(min=1),
       help="Snapshot the state machine every this many applied entries.")
+@_opt("snapshot-interval", default="30s", show_default=True,
+      help="Minimum time between two snapshots (0 = only the threshold counts).")
 @_opt("trailing-logs", default=10240, show_default=True, type=click.IntRange(min=0),
       help="Log entries kept before a snapshot for slow followers.")
 def server(**kw: object) -> None:
@@ -110,12 +112,19 @@ def build_config(kw: dict) -> ServerConfig:
         log_level=str(kw["log_level"]).lower(),
         snapshot_threshold=int(kw.get("snapshot_threshold", 8192)),  # type: ignore[call-overload]
         trailing_logs=int(kw.get("trailing_logs", 10240)),  # type: ignore[call-overload]
+        snapshot_interval=_interval(str(kw.get("snapshot_interval", "30s"))),
     )
 
 
 from prisn.cli_ops import register as _register_ops  # noqa: E402 - after `cli` is defined
 
 _register_ops(cli)  # operator commands: cluster, deploy, status, scale, delete
+
+
+def _interval(value: str) -> float:
+    """`--snapshot-interval`: a duration, or 0 for none."""
+    return 0.0 if value.strip() in ("0", "0s", "0ms") else parse_duration(value,
+                                                                           "--snapshot-interval")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,6 +40,7 @@ class ServerConfig:
     max_body_bytes: int = 10 << 20
     snapshot_threshold: int = 8192  # applied entries between state-machine snapshots
     trailing_logs: int = 10240  # log entries kept before a snapshot for slow followers
+    snapshot_interval: float = 30.0  # minimum seconds between snapshots (0: threshold only)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -160,6 +160,7 @@ class Node:
         sup.start(logstore)
         self.fsm = StateMachineActor(self.ctx, cfg.node_id, store, snapshots=snaps,
                                      threshold=cfg.snapshot_threshold,
+                                     min_interval=cfg.snapshot_interval,
                                      snapshot_index=boot.snapshot_index,
                                      snapshot_term=boot.snapshot_term,
                                      membership=boot.snapshot_membership, on_failure=fail)

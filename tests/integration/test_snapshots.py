@@ -11,7 +11,8 @@ import pytest
 
 from tests.procs import ServerProc, cluster_node, wait_for
 
-SNAP = ["--write-timeout", "2s", "--snapshot-threshold", "50", "--trailing-logs", "20"]
+SNAP = ["--write-timeout", "2s", "--snapshot-threshold", "50", "--snapshot-interval", "0",
+        "--trailing-logs", "20"]
 
 
 def _snap_files(n: ServerProc) -> list[Path]:

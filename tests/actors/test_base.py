@@ -5,26 +5,22 @@ are counted and dropped, a failing hook marks the actor failed and calls `on_fai
 
 from __future__ import annotations
 
-import itertools
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import zmq
 
 from actors.base import Actor
 from prisn.messages import Msg, Propose, StoreSynced, Tick
+from tests.conftest import unique_id
 from transport.codec import decode, encode
 from transport.mailbox import bind_inbox, inproc_address
 
-_ids = itertools.count()
-
 
 def node_id(tag: str) -> str:
-    return f"base-{tag}-{os.getpid()}-{next(_ids)}"
+    return unique_id("base", tag)
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
@@ -32,15 +28,6 @@ def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "cond
     while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.001)
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    c = zmq.Context()
-    try:
-        yield c
-    finally:
-        c.term()
 
 
 class Recorder(Actor):

@@ -4,8 +4,6 @@ socket's type filter and drop counters, status republishing and leader-change co
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -36,14 +34,13 @@ from prisn.messages import (
     VoteRequest,
     VoteResponse,
 )
+from tests.conftest import unique_id
 from transport.codec import encode
 from transport.fake import FakeOutbox
 
-_ids = itertools.count()
-
 
 def node_id(tag: str) -> str:
-    return f"raft-{tag}-{os.getpid()}-{next(_ids)}"
+    return unique_id("raft", tag)
 
 
 @dataclass(frozen=True)
@@ -120,15 +117,6 @@ class Shell:
 
     def force_stats(self) -> None:
         self.actor._last_stats = float("-inf")  # next publish refreshes the throttled stats
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    c = zmq.Context()
-    try:
-        yield c
-    finally:
-        c.term()
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ NOOP/CONFIG entries advance the index without a result."""
 from __future__ import annotations
 
 import itertools
-import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import cbor2
@@ -20,6 +18,7 @@ from actors.statemachine import StateMachineActor, entry_origin
 from prisn.fsm.commands import CommandFactory, encode_entry
 from prisn.fsm.deployments import DeploymentStore
 from prisn.messages import Applied, Apply, EntryKind, Msg, Tick
+from tests.conftest import unique_id
 from transport.codec import decode, encode
 from transport.fake import FakeOutbox
 from transport.mailbox import inproc_address
@@ -29,16 +28,7 @@ ME = "n1"
 
 
 def node_id(tag: str) -> str:
-    return f"fsm-{tag}-{os.getpid()}-{next(_ids)}"
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    c = zmq.Context()
-    try:
-        yield c
-    finally:
-        c.term()
+    return unique_id("fsm", tag)
 
 
 @pytest.fixture

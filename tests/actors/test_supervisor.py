@@ -4,10 +4,7 @@ or fails raises."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,23 +13,13 @@ import zmq
 from actors.base import Actor
 from actors.supervisor import Supervisor
 from prisn.messages import Msg, Tick
+from tests.conftest import unique_id
 from transport.codec import encode
 from transport.mailbox import inproc_address
 
-_ids = itertools.count()
-
 
 def node_id(tag: str) -> str:
-    return f"sup-{tag}-{os.getpid()}-{next(_ids)}"
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    c = zmq.Context()
-    try:
-        yield c
-    finally:
-        c.term()
+    return unique_id("sup", tag)
 
 
 class Member(Actor):

@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import itertools
-import os
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 import zmq
 
 import transport.mailbox as mailbox
 from prisn.messages import StoreSynced, Tick
+from tests.conftest import unique_id
 from transport.codec import decode
 from transport.mailbox import (
     PEER_HWM,
@@ -26,20 +24,9 @@ from transport.mailbox import (
     tcp_endpoint,
 )
 
-_ids = itertools.count()
-
 
 def node_id(tag: str) -> str:
-    return f"mb-{tag}-{os.getpid()}-{next(_ids)}"
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    c = zmq.Context()
-    try:
-        yield c
-    finally:
-        c.term()
+    return unique_id("mb", tag)
 
 
 def free_port() -> int:

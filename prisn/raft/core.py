@@ -1049,13 +1049,9 @@ class RaftCore:
             pr.become_probe(pr.match + 1)
 
     def _on_install_snapshot_response(self, m: InstallSnapshotResponse) -> None:
-        if self._state is not _State.LEADER:
-            return
-        pr = self._progress.get(m.src)
+        pr = self._peer_answered(m.src)
         if pr is None:
             return
-        pr.recent_active = True
-        pr.last_contact = 0
         snap = pr.snap if pr.state is ProgressState.SNAPSHOT else None
         assert snap is None or isinstance(snap, SnapRef)
         if m.done:
@@ -1594,14 +1590,21 @@ class RaftCore:
             src=self.id, dst=m.src, cluster=m.cluster, term=self._term, success=True,
             index=last_new, seq=m.seq), last_new)
 
-    def _on_append_response(self, m: AppendResponse) -> None:
+    def _peer_answered(self, peer: str) -> Progress | None:
+        """Leader: the progress of a peer that answered us, marked alive for check-quorum;
+        None when we do not lead or the peer is not in the configuration."""
         if self._state is not _State.LEADER:
-            return
-        pr = self._progress.get(m.src)
+            return None
+        pr = self._progress.get(peer)
+        if pr is not None:
+            pr.recent_active = True
+            pr.last_contact = 0
+        return pr
+
+    def _on_append_response(self, m: AppendResponse) -> None:
+        pr = self._peer_answered(m.src)
         if pr is None:
             return
-        pr.recent_active = True
-        pr.last_contact = 0
         if m.seq > pr.acked_seq:
             pr.acked_seq = m.seq
         last = self._log.last_index

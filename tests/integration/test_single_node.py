@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -176,9 +175,7 @@ def test_environment_configures_and_flags_win(tmp_path):
 
 def test_sigterm_exits_zero_and_unwritable_data_dir_fails(tmp_path):
     n = single_node(tmp_path).start().wait_ready()
-    t0 = time.monotonic()
-    assert n.stop() == 0
-    assert time.monotonic() - t0 < 15
+    assert n.stop() == 0  # stop() kills after its own deadline, so a hang fails here
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = _cli("server", "--bind", f"127.0.0.1:{free_port()}", "--data-dir", str(blocker / "sub"))

@@ -6,6 +6,7 @@ on the command line beats the environment. Any bad value ends with a one-line er
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -64,6 +65,20 @@ def cli() -> None:
       help="Minimum time between two snapshots (0 = only the threshold counts).")
 @_opt("trailing-logs", default=10240, show_default=True, type=click.IntRange(min=0),
       help="Log entries kept before a snapshot for slow followers.")
+@_opt("cluster-key-file", default="", help="CurveZMQ cluster key made by `prisn keygen`: "
+      "peers are encrypted and only key holders may join [default: none, plaintext].")
+@_opt("api-key", default="", help="Bootstrap admin key, sent as `Authorization: Bearer <key>` "
+      "[default: none, the API is open].")
+@_opt("tls-cert", default="", help="PEM certificate (chain) for HTTPS on --bind.")
+@_opt("tls-key", default="", help="PEM private key for --tls-cert.")
+@_opt("metrics-auth", is_flag=True, default=False,
+      help="Require a token on /metrics too (/health and /ready stay open).")
+@_opt("rate-limit", default=1000.0, show_default=True, type=click.FloatRange(min=0),
+      help="Requests per second per client address (token bucket; 0 = unlimited).")
+@_opt("rate-burst", default=2000, show_default=True, type=click.IntRange(min=1),
+      help="Burst size of the per-address token bucket.")
+@_opt("max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
+      help="Open HTTP connections per node; more are refused.")
 def server(**kw: object) -> None:
     """Run a prisn server node."""
     try:
@@ -113,7 +128,34 @@ def build_config(kw: dict) -> ServerConfig:
         snapshot_threshold=int(kw.get("snapshot_threshold", 8192)),  # type: ignore[call-overload]
         trailing_logs=int(kw.get("trailing_logs", 10240)),  # type: ignore[call-overload]
         snapshot_interval=_interval(str(kw.get("snapshot_interval", "30s"))),
+        **_security(kw),
     )
+
+
+def _security(kw: dict) -> dict:
+    """The issue-7 flags, checked: files must be readable, TLS cert and key come together."""
+    out: dict = {}
+    key_file = str(kw.get("cluster_key_file") or "")
+    if key_file and not os.access(key_file, os.R_OK):
+        raise ConfigError(f"--cluster-key-file {key_file!r} is not a readable file")
+    out["cluster_key_file"] = key_file
+    api_key = str(kw.get("api_key") or "")
+    if api_key and (len(api_key) < 16 or not api_key.isascii() or not api_key.isprintable()
+                    or " " in api_key):
+        raise ConfigError("--api-key must be at least 16 printable ASCII characters, no spaces")
+    out["api_key"] = api_key
+    cert, key = str(kw.get("tls_cert") or ""), str(kw.get("tls_key") or "")
+    if bool(cert) != bool(key):
+        raise ConfigError("--tls-cert and --tls-key must be given together")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"{flag} {path!r} is not a readable file")
+    out["tls_cert"], out["tls_key"] = cert, key
+    out["metrics_auth"] = bool(kw.get("metrics_auth", False))
+    out["rate_limit"] = float(kw.get("rate_limit", 1000.0))  # type: ignore[arg-type]
+    out["rate_burst"] = int(kw.get("rate_burst", 2000))  # type: ignore[call-overload]
+    out["max_connections"] = int(kw.get("max_connections", 1024))  # type: ignore[call-overload]
+    return out
 
 
 from prisn.cli_ops import register as _register_ops  # noqa: E402 - after `cli` is defined

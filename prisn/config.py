@@ -41,6 +41,18 @@ class ServerConfig:
     snapshot_threshold: int = 8192  # applied entries between state-machine snapshots
     trailing_logs: int = 10240  # log entries kept before a snapshot for slow followers
     snapshot_interval: float = 30.0  # minimum seconds between snapshots (0: threshold only)
+    # Security (issue 7): peer keys, API authentication, TLS and limits on outside input.
+    cluster_key_file: str = ""  # CurveZMQ cluster key (`prisn keygen`); "" = plaintext peers
+    api_key: str = ""  # bootstrap admin bearer key; "" = the API is open (warned at start)
+    tls_cert: str = ""  # PEM certificate chain for the HTTP API; both or neither with tls_key
+    tls_key: str = ""
+    metrics_auth: bool = False  # require a token on /metrics too (/health and /ready stay open)
+    rate_limit: float = 1000.0  # requests/s per client address (token bucket); 0 = unlimited
+    rate_burst: int = 2000  # bucket size per client address
+    max_connections: int = 1024  # open HTTP connections per node; more are closed at accept
+    max_header_bytes: int = 16384  # request line + headers
+    idle_timeout: float = 60.0  # an idle keep-alive connection is closed after this
+    body_timeout: float = 10.0  # a request body must arrive within this (slow clients)
     extra: dict = field(default_factory=dict)
 
     @property

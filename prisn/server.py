@@ -182,7 +182,7 @@ class Node:
 
         self.api = ApiActor(self.ctx, cfg.node_id, bind=cfg.bind, client_factory=client_factory,
                             metrics=metrics, write_timeout=cfg.write_timeout,
-                            max_body=cfg.max_body_bytes, on_failure=fail)
+                            max_body=cfg.max_body_bytes, config=cfg, on_failure=fail)
         sup.start(self.api)
 
     def node_status(self):

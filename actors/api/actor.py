@@ -20,6 +20,7 @@ from actors.api.app import make_app
 from actors.api.bridge import RaftNodeClient
 from actors.base import Actor
 from actors.metrics import NodeMetrics
+from prisn.config import ServerConfig
 
 log = logging.getLogger("prisn.api")
 
@@ -27,8 +28,11 @@ log = logging.getLogger("prisn.api")
 class ApiActor(Actor):
     def __init__(self, ctx: zmq.Context, node_id: str, *, bind: str,
                  client_factory: Callable[[], RaftNodeClient], metrics: NodeMetrics,
-                 write_timeout: float, max_body: int, **kw) -> None:
+                 write_timeout: float, max_body: int, config: ServerConfig | None = None,
+                 **kw) -> None:
         super().__init__("api", ctx, node_id, **kw)
+        # The node's configuration (security and limit settings); None in unit tests.
+        self.config = config
         self.bind = bind
         self.client_factory = client_factory
         self.metrics = metrics

@@ -13,6 +13,10 @@ Invariants:
   read it without a lock.
 - `SnapSend` (snapshot chunk requests) go to the peer's replicator control inbox; the raft
   thread never reads snapshot files.
+- With the cluster's `CurveKeys` the peer inbox is a CURVE server and every replicator a
+  CURVE client: a peer without the key never gets a frame to `_peer_frames`. Handshakes that
+  fail on the peer inbox are counted in `peer_auth` (reason ``handshake``) through a socket
+  monitor polled by this thread; the ZAP handler counts the key refusals.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from prisn.messages import (
 )
 from prisn.raft.core import RaftCore
 from transport.codec import encode
+from transport.curve import SERVER_FAILURE_EVENTS, CurveKeys, HandshakeWatcher, PeerAuthStats
 from transport.mailbox import bind_peer_inbox, tcp_endpoint
 
 log = logging.getLogger("prisn.raft")
@@ -61,11 +66,15 @@ class RaftActor(Actor):
     """Shell: decode, step the core, route outputs, publish status."""
 
     def __init__(self, ctx: zmq.Context, node_id: str, core: RaftCore, *,
-                 listen_addr: str | None, on_leader_change=None, **kw) -> None:
+                 listen_addr: str | None, on_leader_change=None, curve: CurveKeys | None = None,
+                 peer_auth: PeerAuthStats | None = None, **kw) -> None:
         super().__init__("raft", ctx, node_id, **kw)
         self._on_leader_change = on_leader_change
         self.core = core
         self.listen_addr = listen_addr
+        self.curve = curve
+        self.peer_auth = peer_auth if peer_auth is not None else PeerAuthStats()
+        self._peer_sock: zmq.Socket | None = None
         self.status = core.status()
         self.stats = ShellStats()
         self._batch: list[Msg] = []
@@ -82,8 +91,16 @@ class RaftActor(Actor):
     # ------------------------------------------------------------------ hooks
     def on_start(self) -> None:
         if self.listen_addr:
-            self.add_socket(bind_peer_inbox(self.ctx, self.listen_addr), self._peer_frames)
-            log.info("raft listening on %s", self.listen_addr)
+            sock = bind_peer_inbox(self.ctx, self.listen_addr, self.curve)
+            self.add_socket(sock, self._peer_frames)
+            if self.curve is not None:
+                self._peer_sock = sock
+                watcher = HandshakeWatcher(f"the raft port {self.listen_addr}",
+                                           SERVER_FAILURE_EVENTS, self.peer_auth)
+                self.add_socket(watcher.attach(sock), watcher)
+            log.info("raft listening on %s (%s)", self.listen_addr,
+                     "CurveZMQ, cluster key holders only" if self.curve is not None
+                     else "plaintext")
         self._dispatch(self.core.startup())
         self._publish()
 
@@ -120,6 +137,9 @@ class RaftActor(Actor):
         self._publish()
 
     def on_stop(self) -> None:
+        if self._peer_sock is not None:
+            self._peer_sock.disable_monitor()  # the base closes both sockets after this
+            self._peer_sock = None
         for r in self._replicators.values():
             r.stop()
         for r in self._replicators.values():
@@ -175,7 +195,8 @@ class RaftActor(Actor):
         except ValueError as e:
             log.warning("no replicator for %s: %s", peer, e)
             return False
-        r = ReplicatorActor(self.ctx, self.node_id, peer, addr, max_frame=self.decoder.max_bytes)
+        r = ReplicatorActor(self.ctx, self.node_id, peer, addr, max_frame=self.decoder.max_bytes,
+                            curve=self.curve)
         r.closing = self.closing
         r.start()
         r.started.wait(5)

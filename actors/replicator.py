@@ -12,6 +12,9 @@ for each one the replicator reads that byte range of the snapshot file (in this 
 raft thread never touches the disk) and sends it as one `InstallSnapshot` frame. The core
 decides which chunk and when (one in flight per peer); a file that cannot be read is reported
 to raft as `SnapSendFailed` (e.g. pruned by a newer snapshot: the core restarts from 0).
+
+Peer security: with the cluster's `CurveKeys` the PUSH is a CURVE client; a monitor on it logs
+(rate-limited) handshakes the peer refuses, the usual sign of a node with another key or none.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from actors.base import Actor
 from prisn.messages import InstallSnapshot, SnapSend, SnapSendFailed
 from transport import faults
 from transport.codec import encode
+from transport.curve import CLIENT_FAILURE_EVENTS, CurveKeys, HandshakeWatcher
 from transport.mailbox import bind_inbox, connect_peer
 
 log = logging.getLogger("prisn.replicator")
@@ -33,10 +37,12 @@ class ReplicatorActor(Actor):
     poll_ms = 200
 
     def __init__(self, ctx: zmq.Context, node_id: str, peer: str, addr: str,
-                 max_queue: int = 1024, **kw) -> None:
+                 max_queue: int = 1024, curve: CurveKeys | None = None, **kw) -> None:
         super().__init__(replicator_name(peer), ctx, node_id, **kw)
         self.peer = peer
         self.addr = addr
+        self.curve = curve
+        self.handshakes: HandshakeWatcher | None = None
         self.max_queue = max_queue
         self.sent = 0
         self.dropped = 0
@@ -46,7 +52,11 @@ class ReplicatorActor(Actor):
         self._sock: zmq.Socket | None = None
 
     def on_start(self) -> None:
-        self._sock = connect_peer(self.ctx, self.addr)
+        self._sock = connect_peer(self.ctx, self.addr, self.curve)  # curve None: plaintext
+        if self.curve is not None:
+            self.handshakes = HandshakeWatcher(f"peer {self.peer} at {self.addr}",
+                                               CLIENT_FAILURE_EVENTS)
+            self.add_socket(self.handshakes.attach(self._sock), self.handshakes)
         # TEST-ONLY: the same socket unless PRISN_TEST_FAULTS is set (see transport/faults.py)
         self._sock = faults.maybe_wrap(self, self._sock)
         self.add_socket(bind_inbox(self.ctx, self.node_id, ctl_name(self.peer)), self._ctl)
@@ -97,6 +107,8 @@ class ReplicatorActor(Actor):
 
     def on_stop(self) -> None:
         if self._sock is not None:
+            if self.handshakes is not None:
+                self._sock.disable_monitor()
             self._sock.close(0)
             self._sock = None
 

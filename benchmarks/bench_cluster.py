@@ -3,6 +3,7 @@
     python -m benchmarks.bench_cluster [--nodes 3|5] [--spec-size 1024|65536] [--duration 10]
                                        [--levels 1,8,32,64] [--read-concurrency 64]
                                        [--skip-prisn | --skip-etcd] [--json PATH]
+                                       [--cluster-key]
 
 prisn (``--nodes`` servers, n1 bootstraps, the others join with --peers):
   * creates (``POST /api/v1/deployments``, `source` padded to --spec-size) at each level,
@@ -95,7 +96,10 @@ def run_prisn(
     args: argparse.Namespace, all_cases: Sequence[Case], base: Config
 ) -> dict[Case, Result]:
     with PrisnCluster(
-        args.nodes, keep_dir=args.keep_dir, extra_args=prisn_extra_args(args)
+        args.nodes,
+        keep_dir=args.keep_dir,
+        extra_args=prisn_extra_args(args),
+        cluster_key=args.cluster_key,
     ) as cluster:
         cluster.wait_healthy()
         print(f"prisn cluster up in {cluster.base_dir}", file=sys.stderr)
@@ -178,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-etcd", action="store_true", help="prisn only")
     p.add_argument("--keep-dir", action="store_true", help="keep data dirs and logs")
     p.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
+    p.add_argument("--cluster-key", action="store_true",
+                   help="prisn: CurveZMQ peers (a `prisn keygen` key on every node)")
     add_prisn_args_option(p)
     args = p.parse_args(argv)
 

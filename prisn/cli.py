@@ -158,6 +158,31 @@ def _security(kw: dict) -> dict:
     return out
 
 
+@cli.command()
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the key to this file (mode 0600) instead of printing it.")
+@click.option("--force", is_flag=True, default=False, help="Replace an existing --out file.")
+def keygen(out: str | None, force: bool) -> None:
+    """Make a new random cluster key for --cluster-key-file (copy it to every node)."""
+    from transport.curve import derive_keys, format_key_file, generate_secret, write_key_file
+
+    secret = generate_secret()
+    if out is None:
+        if force:
+            raise click.UsageError("--force needs --out")
+        click.echo(format_key_file(secret), nl=False)
+        return
+    try:
+        write_key_file(out, secret, force=force)
+    except FileExistsError:
+        raise click.UsageError(f"--out {out!r} already exists (--force replaces it; every node "
+                               "then needs the new key)") from None
+    except OSError as e:
+        raise click.UsageError(f"--out {out!r}: cannot write: {e.strerror or e}") from None
+    click.echo(f"prisn: wrote a new cluster key to {out} (fingerprint "
+               f"{derive_keys(secret).fingerprint}); copy it to every node", err=True)
+
+
 from prisn.cli_ops import register as _register_ops  # noqa: E402 - after `cli` is defined
 
 _register_ops(cli)  # operator commands: cluster, deploy, status, scale, delete

@@ -10,6 +10,8 @@ Invariants:
   actor hangs on a peer actor that already stopped. Peer sends never block: a full queue
   drops and counts.
 - LINGER is 0 everywhere: stopping never waits on unsent messages.
+- Peer sockets are CurveZMQ (encrypted, authenticated through the node's ZAP handler) when
+  given the cluster's `CurveKeys`, and plaintext exactly as before when not.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import zmq
 
 from prisn.messages import Msg
 from transport.codec import encode
+from transport.curve import CurveKeys
 
 LOCAL_HWM = 100_000
 PEER_HWM = 1_000
@@ -118,13 +121,18 @@ def tcp_endpoint(addr: str, *, bind: bool) -> str:
     return f"tcp://{host}:{port}"
 
 
-def bind_peer_inbox(ctx: zmq.Context, addr: str) -> zmq.Socket:
-    """The PULL socket on --raft-addr that every peer's replicator pushes to."""
+def bind_peer_inbox(ctx: zmq.Context, addr: str, curve: CurveKeys | None = None) -> zmq.Socket:
+    """The PULL socket on --raft-addr that every peer's replicator pushes to.
+
+    With `curve` it is a CURVE server: only peers holding the cluster key get through the
+    handshake (the context's ZAP handler must already run, see `transport.curve`)."""
     endpoint = tcp_endpoint(addr, bind=True)  # raises before any socket exists
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 10_000)
     sock.setsockopt(zmq.MAXMSGSIZE, PEER_MAX_MSG_BYTES)
+    if curve is not None:
+        curve.apply_server(sock)
     if endpoint.startswith("tcp://["):
         sock.setsockopt(zmq.IPV6, 1)
     try:
@@ -135,12 +143,16 @@ def bind_peer_inbox(ctx: zmq.Context, addr: str) -> zmq.Socket:
     return sock
 
 
-def connect_peer(ctx: zmq.Context, addr: str) -> zmq.Socket:
+def connect_peer(ctx: zmq.Context, addr: str, curve: CurveKeys | None = None) -> zmq.Socket:
     """A PUSH socket to a peer's raft address: queues only on a live connection (IMMEDIATE),
-    never blocks the sender, reconnects with backoff up to 1 s."""
+    never blocks the sender, reconnects with backoff up to 1 s. With `curve` it is a CURVE
+    client of the cluster's server key (a connection counts as live once the handshake
+    succeeded, so nothing is queued for a peer that refuses us)."""
     endpoint = tcp_endpoint(addr, bind=False)  # raises before any socket exists
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply_client(sock)
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.SNDHWM, PEER_HWM)
     sock.setsockopt(zmq.RECONNECT_IVL, 50)

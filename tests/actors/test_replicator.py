@@ -156,8 +156,8 @@ def test_companion_a_blocking_peer_socket_would_be_caught(
     IMMEDIATE), frames are accepted instead of dropped and the drop count stays below n."""
     real = replicator_mod.connect_peer
 
-    def queuing(ctx: zmq.Context, addr: str) -> zmq.Socket:
-        s = real(ctx, addr)
+    def queuing(ctx: zmq.Context, addr: str, *curve: object) -> zmq.Socket:
+        s = real(ctx, addr, *curve)
         s.setsockopt(zmq.IMMEDIATE, 0)  # only affects later connections, so reconnect
         s.disconnect(s.getsockopt_string(zmq.LAST_ENDPOINT))
         s.connect(f"tcp://{addr}")

@@ -112,6 +112,10 @@ class NodeMetrics:
         self._batch = Histogram("prisn_log_batch_entries", "Entries per synced log write.",
                                 buckets=BATCH_BUCKETS, registry=r)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._auth_failures = Counter("prisn_http_auth_failures",
+                                      "API requests refused by authentication (401) or "
+                                      "authorization (403), by reason.", ["reason"], registry=r)
+        self._auth_children: dict[str, Any] = {}
         if status is not None:
             r.register(_RaftCollector(status))
         if deployments is not None:
@@ -128,6 +132,14 @@ class NodeMetrics:
             self._children[key] = pair
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def auth_failed(self, reason: str) -> None:
+        """Count one refused request; `reason` is one of a small fixed set (missing,
+        malformed, unknown, invalid, revoked, expired, forbidden)."""
+        child = self._auth_children.get(reason)
+        if child is None:
+            child = self._auth_children[reason] = self._auth_failures.labels(reason)
+        child.inc()
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """(body, content type) for a scrape, negotiated from the Accept header."""
@@ -196,3 +208,63 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily("prisn_disk_error", "1 while the log cannot be written (writes "
                                 "get 507; the node retries by itself), else 0.",
                                 value=1 if getattr(st, "disk_error", "") else 0)
+
+
+class PeerAuthCollector(Collector):
+    """Scrape-time `prisn_peer_auth_failures_total{reason}` from the node's peer-auth counts.
+
+    `counts()` returns {reason: refusals since start} (`transport.curve.PeerAuthStats.counts`:
+    ``key`` refused by the ZAP handler, ``handshake`` failed before it). Without a cluster key
+    nothing is refused and the series stay at 0."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            counts = self._counts()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        fam = CounterMetricFamily("prisn_peer_auth_failures", "Peer connections refused on the "
+                                  "Raft port: reason key (the ZAP handler refused the client "
+                                  "key or mechanism), handshake (failed before it: no key, "
+                                  "another key, garbage).", labels=["reason"])
+        for reason, n in sorted(counts.items()):
+            fam.add_metric([reason], n)
+        yield fam
+
+
+class HttpLimitsCollector(Collector):
+    """Scrape-time series of the HTTP limits (`actors.api.limits`), read on the API thread.
+
+    `stats()` returns the server's `LimitStats` (or None before it listens); `rate_limited()`
+    the limiter's refusal count (0 without a limiter). Plain ints kept by the API thread: no
+    lock or metric call on the request path."""
+
+    def __init__(self, stats: Callable[[], Any], rate_limited: Callable[[], int]) -> None:
+        self._stats = stats
+        self._rate_limited = rate_limited
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            s, limited = self._stats(), self._rate_limited()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        yield CounterMetricFamily("prisn_http_rate_limited", "Requests refused with 429: the "
+                                  "client address was over --rate-limit.", value=limited)
+        if s is None:
+            return
+        yield GaugeMetricFamily("prisn_http_connections_open", "Open HTTP API connections.",
+                                value=s.connections_open)
+        yield CounterMetricFamily("prisn_http_connections_refused", "HTTP connections refused "
+                                  "at accept: --max-connections were open.",
+                                  value=s.connections_refused)
+        slow = CounterMetricFamily("prisn_http_slow_clients_closed", "HTTP connections closed "
+                                   "because a request's header or body did not arrive in time, "
+                                   "or its response was not taken in time, by phase.",
+                                   labels=["phase"])
+        for phase, n in sorted(s.slow_clients_closed.items()):
+            slow.add_metric([phase], n)
+        yield slow
+        yield CounterMetricFamily("prisn_http_idle_closed", "Keep-alive HTTP connections closed "
+                                  "after sitting idle for the idle timeout.", value=s.idle_closed)

@@ -308,7 +308,10 @@ def _status_leader(st: dict[str, Any] | None) -> str | None:
 class PrisnCluster:
     """N prisn servers on loopback: n1 bootstraps, n2..nN join with --peers (one at a time).
 
-    ``clustered=False`` (with size 1) runs a plain ``prisn server`` without --cluster."""
+    ``clustered=False`` (with size 1) runs a plain ``prisn server`` without --cluster.
+    ``cluster_key=True`` makes a cluster key with ``prisn keygen`` in the base directory and
+    starts every node with ``--cluster-key-file`` (CurveZMQ peers; the same command line is
+    used by `restart`)."""
 
     def __init__(
         self,
@@ -320,6 +323,7 @@ class PrisnCluster:
         command: Sequence[str] | None = None,
         extra_args: Sequence[str] = (),
         ready_timeout: float = 60.0,
+        cluster_key: bool = False,
     ) -> None:
         if size < 1 or (not clustered and size != 1):
             raise ValueError("size must be >= 1, and 1 when not clustered")
@@ -334,6 +338,13 @@ class PrisnCluster:
         env.setdefault("PYTHONUNBUFFERED", "1")
         ports = free_ports(2 * size)
         self.nodes: list[PrisnNode] = []
+        extra = list(extra_args)
+        if cluster_key and clustered:
+            key_file = self.base_dir / "cluster.key"
+            if not key_file.exists():
+                subprocess.run(base_cmd + ["keygen", "--out", str(key_file)], cwd=REPO_ROOT,
+                               env=env, check=True, capture_output=True, timeout=60)
+            extra += ["--cluster-key-file", str(key_file)]
         for i in range(size):
             node_id = f"n{i + 1}"
             http_port = ports[2 * i]
@@ -347,6 +358,8 @@ class PrisnCluster:
                 str(data_dir),
                 "--node-id",
                 node_id,
+                "--rate-limit",  # load generators drive one node from one address
+                "0",
             ]
             if clustered:
                 cmd += ["--cluster", "--raft-addr", f"{LOCALHOST}:{raft_port}"]
@@ -355,7 +368,7 @@ class PrisnCluster:
                 else:
                     peers = ",".join(f"{LOCALHOST}:{ports[2 * j + 1]}" for j in range(i))
                     cmd += ["--peers", peers]
-            cmd += list(extra_args)
+            cmd += extra
             self.nodes.append(
                 PrisnNode(
                     name=f"prisn-{node_id}",

@@ -12,6 +12,9 @@ group and on every command (``prisn status --server X``); the innermost one give
   ``PRISN_SERVER`` variable; else ``localhost:7331``.
 - ``-o/--output table|json``: readable text (default) or the server's JSON for scripts.
 - ``--timeout``: seconds to wait for the server (default 30).
+- ``--ca-file``: PEM CA certificate(s) to verify an HTTPS server with (``PRISN_CA_FILE``);
+  with it a bare ``host:port`` server is reached over HTTPS.
+- ``--token``: bearer token sent as ``Authorization: Bearer <token>`` (``PRISN_TOKEN``).
 
 Exit status: 0 success; 1 the server refused the request (its ``message`` is printed), no
 server answered, or `cluster health` found the cluster unhealthy; 2 bad usage.
@@ -35,12 +38,15 @@ from prisn.client import (
     DEFAULT_SERVER,
     DEFAULT_TIMEOUT,
     BadServer,
+    BadSetting,
     Client,
     ClientError,
     Response,
 )
 
 SERVER_ENV = "PRISN_SERVER"
+CA_FILE_ENV = "PRISN_CA_FILE"
+TOKEN_ENV = "PRISN_TOKEN"
 _META = "prisn.ops."
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}")
 PAGE = 1000
@@ -68,6 +74,13 @@ def _common_specs() -> list[tuple[tuple[str, ...], dict[str, Any]]]:
                           "metavar": "SECONDS",
                           "help": f"How long to wait for the server [default: "
                                   f"{DEFAULT_TIMEOUT:g}]."}),
+        (("--ca-file",), {**base, "metavar": "FILE",
+                          "help": f"PEM CA certificate(s) that signed the server's HTTPS "
+                                  f"certificate; a bare HOST:PORT then means https "
+                                  f"[env: {CA_FILE_ENV}; default: the system's CAs]."}),
+        (("--token",), {**base, "metavar": "TOKEN",
+                        "help": f"API token, sent as 'Authorization: Bearer TOKEN' "
+                                f"[env: {TOKEN_ENV}]."}),
     ]
 
 
@@ -85,9 +98,11 @@ def _setting(ctx: click.Context, name: str) -> Any:
 def _client(ctx: click.Context) -> Client:
     server = _setting(ctx, "server") or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
     timeout = _setting(ctx, "timeout") or DEFAULT_TIMEOUT
+    ca_file = _setting(ctx, "ca_file") or os.environ.get(CA_FILE_ENV) or None
+    token = _setting(ctx, "token") or os.environ.get(TOKEN_ENV) or None
     try:
-        return Client(server, timeout=timeout)
-    except BadServer as e:
+        return Client(server, timeout=timeout, ca_file=ca_file, token=token)
+    except (BadServer, BadSetting) as e:
         raise click.UsageError(str(e)) from None
 
 

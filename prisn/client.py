@@ -7,6 +7,12 @@ Errors:
 - `Unreachable`: no server answered (refused, unknown host, timeout, connection reset).
 - `ApiError`: the server answered with a status outside 2xx; it carries the status and the
   server's ``message`` (every prisn error body is ``{"error": ..., "message": ...}``).
+- `BadServer`, `BadSetting`: a `--server`, `--ca-file` or `--token` value that cannot be used
+  (raised by the constructor, before any request).
+
+TLS: an ``https://`` server, or a bare ``host:port`` together with a `ca_file`, is reached over
+HTTPS with certificate and host name verification, against `ca_file` when given, else the
+system's trusted CAs. A `token` is sent as ``Authorization: Bearer <token>`` on every request.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ class ClientError(Exception):
 
 class BadServer(ClientError):
     """The `--server` value cannot be understood."""
+
+
+class BadSetting(ClientError):
+    """A `--ca-file` or `--token` value that cannot be used."""
 
 
 class Unreachable(ClientError):
@@ -81,11 +91,11 @@ class Endpoint:
         return f"{self.scheme}://{host}:{self.port}{self.prefix}"
 
 
-def parse_server(value: str) -> Endpoint:
+def parse_server(value: str, *, default_scheme: str = "http") -> Endpoint:
     """`host:port`, `:port`, `host`, `[v6]:port` or an `http(s)://` URL -> an Endpoint.
 
-    A bare host or ``:port`` fills in ``localhost`` / port 7331; a URL without a port uses
-    the scheme's port (80 or 443).
+    A bare host or ``:port`` fills in ``localhost`` / port 7331 and uses `default_scheme`; a
+    URL without a port uses the scheme's port (80 or 443).
     """
     text = value.strip()
     if not text:
@@ -123,15 +133,19 @@ def parse_server(value: str) -> Endpoint:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise BadServer(f"--server has a bad port in {value!r}")
         port = int(port_text)
-    return Endpoint("http", host or "localhost", port, "")
+    return Endpoint(default_scheme, host or "localhost", port, "")
 
 
 class Client:
     """Requests to one prisn server. `timeout` bounds connecting and each read."""
 
-    def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.endpoint = parse_server(server)
+    def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = DEFAULT_TIMEOUT,
+                 ca_file: str | None = None, token: str | None = None) -> None:
+        self.endpoint = parse_server(server, default_scheme="https" if ca_file else "http")
         self.timeout = timeout
+        self.ca_file = ca_file
+        self._auth = {"Authorization": f"Bearer {_check_token(token)}"} if token else {}
+        self._tls = _tls_context(ca_file) if self.endpoint.scheme == "https" else None
 
     @property
     def url(self) -> str:
@@ -148,13 +162,13 @@ class Client:
         if q:
             target += "?" + urlencode(q)
         data = None if body is None else json.dumps(body).encode()
-        h = {"Accept": "application/json", "User-Agent": "prisn-cli"}
+        h = {"Accept": "application/json", "User-Agent": "prisn-cli", **self._auth}
         if data is not None:
             h["Content-Type"] = "application/json"
         h.update(headers or {})
-        if ep.scheme == "https":
+        if self._tls is not None:
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                ep.host, ep.port, timeout=self.timeout, context=ssl.create_default_context())
+                ep.host, ep.port, timeout=self.timeout, context=self._tls)
         else:
             conn = http.client.HTTPConnection(ep.host, ep.port, timeout=self.timeout)
         connected = False
@@ -175,8 +189,20 @@ class Client:
             raise Unreachable(self.url, why) from None
         except socket.gaierror as e:
             raise Unreachable(self.url, f"cannot resolve host {ep.host!r} ({e.strerror})") from None
+        except ssl.SSLCertVerificationError as e:
+            where = f"the CA in --ca-file {self.ca_file}" if self.ca_file else (
+                "the system's trusted CAs; pass the CA that signed it with --ca-file or "
+                "PRISN_CA_FILE")
+            raise Unreachable(self.url, f"TLS certificate verification failed "
+                              f"({e.verify_message or e.reason}): the server's certificate "
+                              f"is not trusted by {where}") from None
         except ssl.SSLError as e:
-            raise Unreachable(self.url, f"TLS error: {e}") from None
+            raise Unreachable(self.url, f"TLS error: {e.reason or e}") from None
+        except ConnectionResetError:  # includes http.client.RemoteDisconnected
+            why = "the server closed the connection without answering"
+            if ep.scheme == "http":
+                why += " (if it serves HTTPS, use an https:// URL or --ca-file)"
+            raise Unreachable(self.url, why) from None
         except ConnectionRefusedError:
             raise Unreachable(self.url, "connection refused") from None
         except (OSError, http.client.HTTPException) as e:
@@ -228,6 +254,24 @@ class Client:
     def delete(self, name: str, *, namespace: str | None = None) -> Response:
         return self.request("DELETE", f"/api/v1/deployments/{_seg(name)}",
                             query={"namespace": namespace})
+
+
+def _check_token(token: str | None) -> str | None:
+    """A bearer token: 1-4096 printable ASCII characters without spaces (never echoed)."""
+    if token is not None and not (0 < len(token) <= 4096 and token.isascii()
+                                  and token.isprintable() and " " not in token):
+        raise BadSetting("--token must be 1-4096 printable ASCII characters without spaces")
+    return token
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A client context that verifies the server (certificate chain and host name)."""
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+        raise BadSetting(f"--ca-file {ca_file!r}: cannot load CA certificates: {reason}") \
+            from None
 
 
 def _seg(value: str) -> str:

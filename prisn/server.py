@@ -21,22 +21,30 @@ from pathlib import Path
 import cbor2
 import zmq
 
-from actors.api.actor import ApiActor
+from actors.api.actor import ApiActor, tls_context
 from actors.api.bridge import RaftNodeClient, build_status
 from actors.logstore import LogStoreActor
-from actors.metrics import NodeMetrics, SnapshotCollector
+from actors.metrics import NodeMetrics, PeerAuthCollector, SnapshotCollector
 from actors.raft import RaftActor
 from actors.statemachine import StateMachineActor
 from actors.supervisor import Supervisor
 from actors.timer import TimerActor
 from prisn import __version__
-from prisn.config import ServerConfig
+from prisn.config import ConfigError, ServerConfig
 from prisn.fsm.deployments import DeploymentStore
 from prisn.messages import EntryKind, Role, TransferLeadership
 from prisn.raft.core import RaftCore, RaftOptions
 from prisn.snapshots import BootError, SnapshotStore, assemble_boot
 from prisn.storage import LogStorage, StorageError
 from transport.codec import encode
+from transport.curve import (
+    CurveKeys,
+    KeyFileError,
+    PeerAuthStats,
+    ZapHandler,
+    load_keys,
+    loosely_permitted,
+)
 
 log = logging.getLogger("prisn.server")
 
@@ -67,7 +75,8 @@ def sd_notify(state: str) -> None:
 class Node:
     """One running node: owns the ZeroMQ context, the storage and the supervisor."""
 
-    def __init__(self, cfg: ServerConfig, *, seed: int | None = None) -> None:
+    def __init__(self, cfg: ServerConfig, *, seed: int | None = None,
+                 curve: CurveKeys | None = None) -> None:
         self.cfg = cfg
         self.sup = Supervisor()
         self.ctx = zmq.Context()
@@ -77,6 +86,9 @@ class Node:
         self.api: ApiActor | None = None
         self.fsm: StateMachineActor | None = None
         self.seed = seed if seed is not None else secrets.randbits(64)
+        self.curve = curve  # peer keys from --cluster-key-file (None: plaintext peers)
+        self.peer_auth = PeerAuthStats()
+        self.zap: ZapHandler | None = None  # started before raft, stopped after every actor
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -168,8 +180,23 @@ class Node:
             self.fsm.snapshot_size = latest[0].size
         sup.start(self.fsm)
         listen = cfg.raft_addr if cfg.cluster else None
+        curve = self.curve if cfg.cluster else None
+        metrics.registry.register(PeerAuthCollector(self.peer_auth.counts))
+        if curve is not None:
+            zap = ZapHandler(self.ctx, curve, self.peer_auth,
+                             on_failure=lambda exc: fail(zap, exc))  # type: ignore[arg-type]
+            zap.start()  # before any CURVE socket binds; raises if it cannot bind
+            self.zap = zap
+            log.info("peers: CurveZMQ encryption and authentication on, cluster key "
+                     "fingerprint %s", curve.fingerprint)
+        elif cfg.cluster:
+            log.warning("no --cluster-key-file: peer traffic is unauthenticated and "
+                        "unencrypted; anyone who can reach %s can join, vote and append. Make "
+                        "a key with `prisn keygen --out FILE` and give it to every node "
+                        "(see docs/security.md)", cfg.raft_addr)
         self.raft = RaftActor(self.ctx, cfg.node_id, core, listen_addr=listen, on_failure=fail,
-                              on_leader_change=metrics.leader_changed)
+                              on_leader_change=metrics.leader_changed, curve=curve,
+                              peer_auth=self.peer_auth)
         raft_holder["raft"] = self.raft
         sup.start(self.raft)
         sup.start(TimerActor(self.ctx, cfg.node_id, cfg.tick_interval, on_failure=fail))
@@ -231,6 +258,10 @@ class Node:
         if any(a.is_alive() for a in self.sup.actors):
             log.error("some actors did not stop; leaving the ZeroMQ context for process exit")
             return
+        if self.zap is not None:  # after raft closed its CURVE socket, before ctx.term()
+            self.zap.stop()
+            self.zap.join(5)
+            self.zap = None
         if self.storage is not None:
             try:
                 self.storage.close()
@@ -277,12 +308,34 @@ def _same_addr(peer: str, advertised: str, raft_addr: str) -> bool:
 def run(cfg: ServerConfig) -> int:
     """Run a node until SIGTERM/SIGINT (exit 0) or an actor failure (exit 1)."""
     setup_logging(cfg.log_level)
+    if cfg.tls_cert:  # a bad certificate/key pair is bad configuration: exit 2 before starting
+        try:
+            tls_context(cfg.tls_cert, cfg.tls_key)
+        except ConfigError as e:
+            print(f"prisn: error: {e}", file=sys.stderr, flush=True)
+            return 2
+    elif cfg.bind.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]"):
+        log.warning("no --tls-cert: the HTTP API on %s is plain HTTP (tokens and data travel "
+                    "unencrypted); see docs/security.md", cfg.bind)
+    sys.setswitchinterval(float(os.environ.get("PRISN_XSWITCH", "0.005")))
     log.info("prisn %s starting: node %s, data dir %s, API %s%s", __version__, cfg.node_id,
              cfg.data_dir, cfg.bind,
              f", raft {cfg.raft_addr} (advertised {cfg.advertised_raft_addr})"
              if cfg.cluster else " (single node)")
     print(f"prisn: data dir {cfg.data_dir}", file=sys.stderr, flush=True)
-    node = Node(cfg)
+    curve = None
+    if cfg.cluster_key_file:
+        try:
+            curve = load_keys(cfg.cluster_key_file)
+        except KeyFileError as e:
+            print(f"prisn: error: --cluster-key-file {e}", file=sys.stderr, flush=True)
+            return 2
+        if loosely_permitted(cfg.cluster_key_file):
+            log.warning("--cluster-key-file %s may be read by other users: chmod 600 it",
+                        cfg.cluster_key_file)
+        if not cfg.cluster:
+            log.info("--cluster-key-file is unused: this node is not clustered")
+    node = Node(cfg, curve=curve)
 
     def on_signal(signum, _frame) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)

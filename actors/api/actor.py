@@ -9,20 +9,55 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
+import ssl
 from collections.abc import Callable
 
 import zmq
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
 from actors.api.app import make_app
+from actors.api.auth import Authenticator
 from actors.api.bridge import RaftNodeClient
+from actors.api.limits import HandshakeLogFilter, LimitedHTTPServer, RateLimiter
 from actors.base import Actor
-from actors.metrics import NodeMetrics
-from prisn.config import ServerConfig
+from actors.metrics import HttpLimitsCollector, NodeMetrics
+from prisn.config import ConfigError, ServerConfig
 
 log = logging.getLogger("prisn.api")
+
+READ_TIMEOUT = 5.0  # make_app's default: strong reads wait at most twice this
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 or newer) from PEM files; `ConfigError` with one
+    line saying what is wrong (unreadable file, not PEM, key does not match, encrypted key).
+    Any thread; `prisn.server.run` calls it before starting anything, the API actor again."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def no_password() -> bytes:
+        raise ConfigError(f"--tls-key {key!r} is encrypted; give an unencrypted key")
+
+    try:
+        ctx.load_cert_chain(cert, key, password=no_password)
+    except ConfigError:
+        raise
+    except ssl.SSLError as e:
+        reason = str(e.reason or e)
+        if "MISMATCH" in reason.upper():
+            why = f"the key {key!r} does not belong to the certificate {cert!r}"
+        elif "PEM" in reason.upper():
+            why = (f"{cert!r} must hold a PEM certificate (chain) and {key!r} its PEM private "
+                   f"key ({reason})")
+        else:
+            why = f"cannot use {cert!r} with {key!r}: {reason}"
+        raise ConfigError(f"--tls-cert/--tls-key: {why}") from None
+    except OSError as e:
+        raise ConfigError(f"--tls-cert {cert!r} / --tls-key {key!r}: cannot read: "
+                          f"{e.strerror or e}") from None
+    return ctx
 
 
 class ApiActor(Actor):
@@ -42,7 +77,7 @@ class ApiActor(Actor):
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ioloop: IOLoop | None = None
-        self._server: HTTPServer | None = None
+        self._server: LimitedHTTPServer | None = None
 
     def run(self) -> None:
         try:
@@ -66,18 +101,45 @@ class ApiActor(Actor):
     async def _start(self) -> None:
         self.client = self.client_factory()
         self.client.open()
+        auth = None
+        if self.config is not None:
+            auth = Authenticator(self.config.api_key, metrics_auth=self.config.metrics_auth)
+            if not auth.enabled:
+                log.warning("no --api-key: the HTTP API is open to anyone who can reach it "
+                            "(set --api-key / PRISN_API_KEY, the same on every node)")
         app = make_app(self.client, metrics=self.metrics, write_timeout=self.write_timeout,
-                       max_body=self.max_body)
-        # No body_timeout: Tornado wraps every body read in gen.with_timeout for it, which
-        # measured 24% of this thread's CPU under load. Idle connections still time out.
-        self._server = HTTPServer(app, max_body_size=self.max_body, xheaders=False,
-                                  idle_connection_timeout=300)
+                       max_body=self.max_body, auth=auth)
+        cfg = self.config if self.config is not None else ServerConfig(node_id="", data_dir="")
+        if 0 < cfg.rate_limit < math.inf:  # 0 (and inf) = unlimited: no limiter at all
+            app.ctx.limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst)
+        tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+        if tls is not None and not any(isinstance(f, HandshakeLogFilter)
+                                       for f in logging.getLogger("tornado.general").filters):
+            logging.getLogger("tornado.general").addFilter(HandshakeLogFilter())
+        # No Tornado header/body timeouts: they wrap every read in gen.with_timeout (the body
+        # one measured 24% of this thread's CPU under load). LimitedHTTPServer's one periodic
+        # sweep enforces the idle, header, body and response time limits instead.
+        server = LimitedHTTPServer(
+            app, max_body_size=self.max_body, xheaders=False, ssl_options=tls,
+            max_header_size=cfg.max_header_bytes, max_connections=cfg.max_connections,
+            idle_timeout=cfg.idle_timeout, body_timeout=cfg.body_timeout,
+            response_timeout=2 * max(self.write_timeout, READ_TIMEOUT) + cfg.body_timeout)
+        self._server = server
+        limiter = app.ctx.limiter
+        self.metrics.registry.register(HttpLimitsCollector(
+            lambda: server.stats, lambda: limiter.refused if limiter is not None else 0))
         host, _, port = self.bind.rpartition(":")
         host = host.strip("[]") or None
         sock = _listen(host, int(port))
         self.port = sock.getsockname()[1]
         self._server.add_sockets([sock])
-        log.info("HTTP API listening on %s:%d", host or "0.0.0.0", self.port)
+        log.info("HTTP API listening on %s://%s:%d", "https" if tls else "http",
+                 host or "0.0.0.0", self.port)
+        log.info("HTTP limits: %s per client address, %d connections, headers %d bytes, body "
+                 "%d bytes, %gs to send a request, %gs idle", f"{cfg.rate_limit:g} requests/s "
+                 f"(burst {cfg.rate_burst})" if app.ctx.limiter else "no request rate limit",
+                 cfg.max_connections, cfg.max_header_bytes, self.max_body, cfg.body_timeout,
+                 cfg.idle_timeout)
 
     def stop(self) -> None:
         super().stop()

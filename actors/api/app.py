@@ -16,6 +16,11 @@ Invariants:
 - A refused request (400/404/405/409/413/503 before proposing) proposes nothing.
 - At most `max_inflight` proposals wait at once; one more gets 503 immediately.
 - No per-request logging at INFO (`_log_request`); metric label children are cached.
+- Authentication (`actors.api.auth`) happens in `prepare`, before the body is read: each
+  handler's `AUTH` maps a method to the permission it needs (a method it lacks needs
+  `AUTHENTICATED`, then gets 405; unknown paths likewise, then 404). 401/403 are counted by
+  reason; a write is also checked against the namespace of the built command before it is
+  proposed. A refused request proposes nothing.
 """
 
 from __future__ import annotations
@@ -27,16 +32,34 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
+from actors.api.auth import (
+    ADMIN,
+    ANONYMOUS,
+    AUTHENTICATED,
+    METRICS,
+    OPEN,
+    OPEN_PRINCIPAL,
+    READ,
+    WRITE,
+    Authenticator,
+    Forbidden,
+    Principal,
+    Unauthorized,
+    check_namespace,
+    check_permission,
+)
 from actors.api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
+from actors.api.limits import RateLimiter
 from actors.api.node import NodeClient, NodeStatus
 from actors.metrics import NodeMetrics
-from prisn.fsm.commands import CommandFactory
-from prisn.fsm.deployments import error_body
+from prisn.fsm.commands import OPS, CommandFactory
+from prisn.fsm.deployments import Result, error_body
+from prisn.fsm.tokens import TokenFactory
 from prisn.fsm.validation import TYPES, ValidationError, validate_name
 
 log = logging.getLogger("prisn.api")
@@ -65,7 +88,10 @@ class ApiContext:
     max_body: int
     max_inflight: int
     inflight: int = 0
+    limiter: RateLimiter | None = None  # per-address request rate (None: unlimited)
     request_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    auth: Authenticator = field(default_factory=Authenticator)  # off unless an API key is set
+    tokens: TokenFactory = field(default_factory=TokenFactory)
 
 
 class PrisnApplication(Application):
@@ -84,6 +110,14 @@ def _log_request(handler: RequestHandler) -> None:
                 1000.0 * req.request_time())
 
 
+def _valid_name(value: str) -> bool:
+    try:
+        validate_name(value, "namespace")
+    except ValidationError:
+        return False
+    return True
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -93,7 +127,10 @@ class BaseHandler(RequestHandler):
     """Shared plumbing: headers, body streaming and limits, JSON in/out, errors, metrics."""
 
     ROUTE = "unmatched"
+    # method -> permission (`actors.api.auth`); a method not listed needs AUTHENTICATED.
+    AUTH: ClassVar[dict[str, str]] = {}
     ctx: ApiContext
+    principal: Principal
 
     def initialize(self) -> None:
         self.ctx = cast(PrisnApplication, self.application).ctx
@@ -101,6 +138,7 @@ class BaseHandler(RequestHandler):
         self._size = 0
         self._refused = False
         self._request_id = ""
+        self.principal = OPEN_PRINCIPAL if not self.ctx.auth.enabled else ANONYMOUS
 
     def set_default_headers(self) -> None:
         # Called from RequestHandler.__init__ before initialize(), and again by clear().
@@ -111,12 +149,17 @@ class BaseHandler(RequestHandler):
 
     # ------------------------------------------------------------------ body
     def prepare(self) -> None:
+        if self.ctx.limiter is not None:  # first: a refused request costs as little as possible
+            self._refused = True
+            self.ctx.limiter.check(self.request.remote_ip or "", self.ROUTE)  # 429
+            self._refused = False
         rid = self.request.headers.get("X-Request-Id", "")
         if not (0 < len(rid) <= 128 and rid.isascii() and rid.isprintable()):
             rid = f"{self.ctx.node.node_id}-{next(self.ctx.request_ids)}"
         self._request_id = rid
         self.set_header("X-Request-Id", rid)
         self.request.connection.set_max_body_size(_STREAM_LIMIT)  # type: ignore[union-attr]
+        self.authenticate()  # 401/403 before the body is read
         length = self.request.headers.get("Content-Length")
         if length is not None:
             try:
@@ -180,8 +223,15 @@ class BaseHandler(RequestHandler):
             message = "internal server error"
         else:
             message = HTTPStatus(status_code).phrase
-        if status_code == 503:
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:  # 429 from the rate limiter
+            self.set_header("Retry-After", str(retry_after))
+        elif status_code == 503:
             self.set_header("Retry-After", "1")
+        if isinstance(exc, Unauthorized | Forbidden):
+            self.ctx.metrics.auth_failed(exc.auth_reason)
+            if isinstance(exc, Unauthorized):
+                self.set_header("WWW-Authenticate", exc.challenge)
         if self._request_id:  # send_error() cleared the headers set in prepare()
             self.set_header("X-Request-Id", self._request_id)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -200,6 +250,32 @@ class BaseHandler(RequestHandler):
         if isinstance(value, HTTPError):
             return  # expected answers; the access log (DEBUG) has them
         super().log_exception(typ, value, tb)
+
+    # ------------------------------------------------------------------ auth
+    def authenticate(self) -> None:
+        """Resolve the caller and check this route's permission (called in `prepare`).
+
+        401 without a valid credential, 403 for a role that may not use the route or a
+        ``?namespace=`` outside the caller's namespaces. Sets `self.principal`."""
+        method = self.request.method or ""
+        permission = self.AUTH.get(method, AUTHENTICATED)
+        auth = self.ctx.auth
+        if not auth.required(permission):
+            return
+        self._refused = True  # until accepted: ignore body chunks of a refused request
+        principal = auth.authenticate(self.request.headers.get("Authorization"),
+                                      self.ctx.node.store.token)
+        check_permission(principal, permission, f"{method} {self.ROUTE}")
+        if permission in (READ, WRITE):
+            ns = self.get_query_argument("namespace", None)
+            if ns and _valid_name(ns):  # a malformed one is the handler's 400
+                check_namespace(principal, ns, write=permission == WRITE)
+        self.principal = principal
+        self._refused = False
+
+    def require_namespace(self, namespace: str, *, write: bool) -> None:
+        """403 unless the caller may read (or change) deployments in `namespace`."""
+        check_namespace(self.principal, namespace, write=write)
 
     # ------------------------------------------------------------------ shared request bits
     def namespace_arg(self) -> str | None:
@@ -230,12 +306,22 @@ class BaseHandler(RequestHandler):
 
     async def propose(self, build: Callable[[], dict[str, Any]]) -> None:
         """Build a command (ValidationError -> 400), propose it, answer with its result."""
+        result = await self.commit(build)
+        if result is not None:
+            self.send_json(*result)
+
+    async def commit(self, build: Callable[[], dict[str, Any]]) -> Result | None:
+        """Build a command (ValidationError -> 400), check that the caller may write its
+        deployment namespace (403), propose it and return its (status, body); None if the
+        request was already refused."""
         if self._refused:
-            return
+            return None
         try:
             command = build()
         except ValidationError as exc:
             raise BadRequest(exc.message) from None
+        if command.get("op") in OPS and isinstance(command.get("ns"), str):
+            self.require_namespace(command["ns"], write=True)
         ctx = self.ctx
         if ctx.inflight >= ctx.max_inflight:
             raise Unavailable(f"too many writes in flight ({ctx.max_inflight}); retry shortly")
@@ -250,7 +336,7 @@ class BaseHandler(RequestHandler):
             raise Unavailable(NO_QUORUM.format(reason="timed out")) from None
         finally:
             ctx.inflight -= 1
-        self.send_json(status, body)
+        return status, body
 
 
 class NotFoundHandler(BaseHandler):
@@ -265,6 +351,7 @@ class NotFoundHandler(BaseHandler):
 
 class DeploymentsHandler(BaseHandler):
     ROUTE = "/api/v1/deployments"
+    AUTH = {"GET": READ, "POST": WRITE}
 
     async def get(self) -> None:
         await self.consistency()
@@ -274,8 +361,10 @@ class DeploymentsHandler(BaseHandler):
         typ = self.get_query_argument("type", None) or None
         if typ is not None and typ not in TYPES:
             raise BadRequest(f"type: must be one of {', '.join(TYPES)}")
+        # without ?namespace= a namespace-bound caller sees only its own namespaces
         items, total = self.ctx.node.store.list(namespace=namespace, type=typ, limit=limit,
-                                                offset=offset)
+                                                offset=offset,
+                                                namespaces=self.principal.namespaces)
         self.send_json(200, {"items": items, "count": len(items), "total": total,
                              "limit": limit, "offset": offset})
 
@@ -303,10 +392,15 @@ class DeploymentsHandler(BaseHandler):
 
 class DeploymentHandler(BaseHandler):
     ROUTE = "/api/v1/deployments/{name}"
+    AUTH = {"GET": READ, "PUT": WRITE, "PATCH": WRITE, "DELETE": WRITE}
 
     async def get(self, name: str) -> None:
         await self.consistency()
         dep = self.ctx.node.store.get(self.namespace_arg(), name)
+        if dep is not None and not self.principal.sees(dep["namespace"]):
+            if dep["name"] == name:  # found by name: its namespace was named (or "default")
+                self.require_namespace(dep["namespace"], write=False)
+            dep = None  # found by id elsewhere: ids do not leak across namespaces
         if dep is None:
             raise NotFound(f"deployment {name} not found")
         self.send_json(200, dep)
@@ -337,6 +431,7 @@ class DeploymentHandler(BaseHandler):
 
 class ScaleHandler(BaseHandler):
     ROUTE = "/api/v1/deployments/{name}/scale"
+    AUTH = {"POST": WRITE}
 
     async def post(self, name: str) -> None:
         if self._refused:
@@ -351,6 +446,7 @@ class HealthHandler(BaseHandler):
     """Liveness: 200 whenever the process answers."""
 
     ROUTE = "/health"
+    AUTH = {"GET": OPEN}
 
     def get(self) -> None:
         st = self.ctx.node.status()
@@ -362,6 +458,7 @@ class ReadyHandler(BaseHandler):
     """Readiness: 200 when the node can serve, else 503 (with the error shape)."""
 
     ROUTE = "/ready"
+    AUTH = {"GET": OPEN}
 
     def get(self) -> None:
         st = self.ctx.node.status()
@@ -382,6 +479,7 @@ def _voters(st: NodeStatus) -> int:
 
 class ClusterStatusHandler(BaseHandler):
     ROUTE = "/api/v1/cluster/status"
+    AUTH = {"GET": AUTHENTICATED}
 
     def get(self) -> None:
         st = self.ctx.node.status()
@@ -399,6 +497,7 @@ class ClusterHealthHandler(BaseHandler):
     of voters a commit needs; `voters` how many there are."""
 
     ROUTE = "/api/v1/cluster/health"
+    AUTH = {"GET": AUTHENTICATED}
 
     def get(self) -> None:
         st = self.ctx.node.status()
@@ -425,6 +524,7 @@ def _finite(x: float | None) -> float | None:
 
 class ClusterNodeHandler(BaseHandler):
     ROUTE = "/api/v1/cluster/nodes/{id}"
+    AUTH = {"DELETE": ADMIN}
 
     async def delete(self, node_id: str) -> None:
         if self._refused:
@@ -441,6 +541,7 @@ class ElectionHandler(BaseHandler):
     """Leadership transfer: to ``{"target": id}`` if given, else to this node (campaign)."""
 
     ROUTE = "/api/v1/cluster/election"
+    AUTH = {"POST": ADMIN}
 
     async def post(self) -> None:
         if self._refused:
@@ -466,6 +567,7 @@ class ElectionHandler(BaseHandler):
 
 class MetricsHandler(BaseHandler):
     ROUTE = "/metrics"
+    AUTH = {"GET": METRICS}
 
     def get(self) -> None:
         payload, content_type = self.ctx.metrics.render(self.request.headers.get("Accept"))
@@ -490,19 +592,24 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
 def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: float = 5.0,
              max_body: int = 10 * MiB, max_inflight: int = 10000,
              metrics: NodeMetrics | None = None,
-             commands: CommandFactory | None = None) -> PrisnApplication:
+             commands: CommandFactory | None = None, auth: Authenticator | None = None,
+             tokens: TokenFactory | None = None) -> PrisnApplication:
     """The API application for `node`. Without `metrics`, a `NodeMetrics` is made from
-    `node.status` and `node.store.count` (reach it as ``app.ctx.metrics``)."""
+    `node.status` and `node.store.count` (reach it as ``app.ctx.metrics``). Without `auth`
+    (or with an `Authenticator` that has no API key) the API is open."""
+    from actors.api.tokens import TOKEN_ROUTES  # tokens imports BaseHandler from here
+
     if metrics is None:
         metrics = NodeMetrics(status=node.status, deployments=node.store.count)
     app = PrisnApplication(
-        ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
+        ROUTES + TOKEN_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
         serve_traceback=False, compress_response=False,
     )
     app.ctx = ApiContext(
         node=node, metrics=metrics, commands=commands or CommandFactory(),
         write_timeout=write_timeout, read_timeout=read_timeout, max_body=max_body,
-        max_inflight=max_inflight,
+        max_inflight=max_inflight, auth=auth or Authenticator(),
+        tokens=tokens or TokenFactory(),
     )
     return app
 

@@ -13,6 +13,10 @@ Command format (a CBOR/JSON-able map; `v` is `COMMAND_VERSION`):
     {"v": 1, "op": "scale",   "key": K, "ts": T, "ns": NS, "name": N, "replicas": R}
     {"v": 1, "op": "delete",  "key": K, "ts": T, "ns": NS, "name": N}
 
+API token commands (``token.create``, ``token.revoke``, ``token.delete``) share the envelope
+(`v`, `op`, `key`, `ts`) and are built by `prisn.fsm.tokens.TokenFactory` (which also picks the
+token id and secret on the proposer; only the secret's SHA-256 enters the log).
+
 `S` is a normalized full spec and `P` a normalized partial one (`validation.normalize_spec`),
 both without `name`/`namespace` (the target is `ns`/`name`). `T` is an RFC 3339 UTC string with
 milliseconds. The log entry payload (EntryKind.COMMAND) wraps a command as
@@ -40,7 +44,8 @@ from prisn.fsm.validation import (
 )
 
 COMMAND_VERSION = 1
-OPS: tuple[str, ...] = ("create", "replace", "patch", "scale", "delete")
+OPS: tuple[str, ...] = ("create", "replace", "patch", "scale", "delete")  # deployments
+# Token ops ("token.create", "token.revoke", "token.delete") are `prisn.fsm.tokens.TOKEN_OPS`.
 MAX_KEY = 255
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
 

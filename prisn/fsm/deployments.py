@@ -14,21 +14,29 @@ indexes and the apply-ordered dedup table, so two stores fed the same entries ha
 Exactly-once: every command carries an idempotency `key`. The last `dedup_capacity` keys are
 remembered with their result (FIFO by first apply, deterministic); a repeated key with the same
 request returns the remembered result and changes nothing, with a different request it is a 422.
+
+Tokens: the store also holds the API token table (`prisn.fsm.tokens.TokenTable`): commands
+with an ``op`` of `TOKEN_OPS` go to it, under the same lock, dedup table and snapshot. A
+snapshot without tokens is written exactly as before (format 1); with tokens it is format 2
+(format 1 plus a ``tokens`` list). Both are read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import threading
 from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from http import HTTPStatus
 from typing import Any
 
 import cbor2
 
 from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
+from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
 from prisn.fsm.validation import (
     DEFAULT_REPLICAS,
     TYPES,
@@ -41,7 +49,8 @@ from prisn.fsm.validation import (
 )
 from prisn.messages import EntryKind
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 1  # deployments and dedup table
+SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (written only when there are tokens)
 DEFAULT_DEDUP_CAPACITY = 100_000
 MAX_ID = 64
 MAX_TS = 64
@@ -50,6 +59,7 @@ Result = tuple[int, dict[str, Any]]
 Deployment = dict[str, Any]
 DeploymentList = list[Deployment]  # module-level: `DeploymentStore.list` shadows `list` in the class
 DedupRows = list[list[Any]]
+TokenRows = list[dict[str, Any]]
 
 FIELDS: tuple[str, ...] = (
     "id", "name", "namespace", "type", "runtime", "source", "args", "env", "port", "replicas",
@@ -78,8 +88,9 @@ def _default(field: str) -> Any:
 
 def _fingerprint(cmd: dict[str, Any]) -> bytes:
     """What makes two commands "the same request" for deduplication: everything but the
-    proposer-chosen `key`, `ts` and `id` (a client retry gets fresh ones)."""
-    core = {k: v for k, v in cmd.items() if k not in ("key", "ts", "id")}
+    proposer-chosen `key`, `ts`, `id` and (token create) secret `hash`: a client retry gets
+    fresh ones."""
+    core = {k: v for k, v in cmd.items() if k not in ("key", "ts", "id", "hash")}
     try:
         return hashlib.sha256(cbor2.dumps(core, canonical=True)).digest()[:16]
     except Exception:  # undumpable garbage; apply refuses it anyway
@@ -153,6 +164,7 @@ class DeploymentStore:
         self._index = _Index()
         # key -> (fingerprint, status, body); insertion order is apply order.
         self._dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
+        self._tokens = TokenTable()
         self._applied = 0
 
     # ------------------------------------------------------------------ apply (SM thread)
@@ -197,7 +209,7 @@ class DeploymentStore:
             result = self._execute(cmd)
         except ValidationError as exc:
             result = _err(400, exc.message)
-        except CommandError as exc:
+        except (CommandError, TokenCommandError) as exc:
             result = _err(400, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = _err(500, f"internal error applying command: {type(exc).__name__}")
@@ -211,6 +223,8 @@ class DeploymentStore:
         if cmd.get("v") != COMMAND_VERSION:
             raise CommandError(f"unsupported command version {cmd.get('v')!r}")
         op = cmd.get("op")
+        if op in TOKEN_OPS:
+            return self._tokens.apply(cmd)
         spec: dict[str, Any] = {}
         replicas = 0
         ts = _text(cmd, "ts", MAX_TS)
@@ -293,46 +307,75 @@ class DeploymentStore:
         return dict(dep) if dep is not None else None
 
     def list(self, namespace: str | None = None, type: str | None = None,
-             limit: int = 100, offset: int = 0) -> tuple[DeploymentList, int]:
-        """A page ordered by name, then namespace, and the total matching. O(limit + log n)."""
+             limit: int = 100, offset: int = 0, *,
+             namespaces: Collection[str] | None = None) -> tuple[DeploymentList, int]:
+        """A page ordered by name, then namespace, and the total matching. O(limit + log n).
+
+        `namespaces` (used when `namespace` is None) restricts the listing to those
+        namespaces: the page is a merge of their sorted indexes, O((offset + limit) log k)."""
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         with self._lock:
-            keys = self._index.select(namespace, type)
-            total = len(keys)
-            page = [self._deps[(ns, name)] for name, ns in keys[offset:offset + limit]]
+            if namespace is None and namespaces is not None:
+                lists = [self._index.select(ns, type) for ns in sorted(set(namespaces))]
+                lists = [lst for lst in lists if lst]
+                total = sum(len(lst) for lst in lists)
+                merged = heapq.merge(*lists)
+                keys = list(itertools.islice(merged, offset, offset + limit))
+            else:
+                selected = self._index.select(namespace, type)
+                total = len(selected)
+                keys = selected[offset:offset + limit]
+            page = [self._deps[(ns, name)] for name, ns in keys]
         return [dict(d) for d in page], total
 
     def count(self) -> int:
         """Number of deployments."""
         return len(self._deps)
 
+    def token(self, token_id: str) -> Token | None:
+        """The token record with this id, or None (immutable; one dict lookup)."""
+        with self._lock:
+            return self._tokens.get(token_id)
+
+    def tokens(self) -> list[Token]:
+        """Every token record, ordered by name."""
+        with self._lock:
+            return self._tokens.tokens()
+
+    def token_count(self) -> int:
+        return len(self._tokens)
+
     # ------------------------------------------------------------------ snapshots
-    def _state(self) -> tuple[int, DeploymentList, DedupRows]:
+    def _state(self) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
         with self._lock:
             deps = [self._deps[(ns, name)] for name, ns in self._index.all]
             dedup = [[k, fp, st, body] for k, (fp, st, body) in self._dedup.items()]
-            return self._applied, deps, dedup
+            return self._applied, deps, dedup, self._tokens.rows()
+
+    @staticmethod
+    def _encode(applied: int, deps: DeploymentList, dedup: DedupRows,
+                tokens: TokenRows) -> bytes:
+        snap: dict[str, Any] = {"format": SNAPSHOT_FORMAT, "applied": applied,
+                                "deployments": deps, "dedup": dedup}
+        if tokens:
+            snap["format"] = SNAPSHOT_FORMAT_TOKENS
+            snap["tokens"] = tokens
+        return cbor2.dumps(snap, canonical=True)
 
     def snapshot(self) -> bytes:
         """Deterministic CBOR of the whole state, with format number and applied index."""
-        applied, deps, dedup = self._state()
-        return cbor2.dumps(
-            {"format": SNAPSHOT_FORMAT, "applied": applied, "deployments": deps,
-             "dedup": dedup},
-            canonical=True,
-        )
+        return self._encode(*self._state())
 
     def snapshot_capture(self) -> tuple[int, Callable[[], bytes]]:
         """(applied index, encoder): a consistent copy taken under the lock, cheap because it
         only copies references (applying replaces deployment rows and dedup results, never
         mutates them), and a function that encodes it exactly like `snapshot()` from any
         thread, so the state machine can write snapshots without stalling apply."""
-        applied, deps, dedup = self._state()
+        applied, deps, dedup, tokens = self._state()
 
         def encode() -> bytes:
-            return cbor2.dumps({"format": SNAPSHOT_FORMAT, "applied": applied,
-                                "deployments": deps, "dedup": dedup}, canonical=True)
+            return self._encode(applied, deps, dedup, tokens)
 
         return applied, encode
 
@@ -342,7 +385,8 @@ class DeploymentStore:
             snap = cbor2.loads(data)
         except Exception as exc:
             raise ValueError(f"snapshot is not CBOR: {exc}") from None
-        if not isinstance(snap, dict) or snap.get("format") != SNAPSHOT_FORMAT:
+        if not isinstance(snap, dict) or snap.get("format") not in (SNAPSHOT_FORMAT,
+                                                                    SNAPSHOT_FORMAT_TOKENS):
             raise ValueError("unsupported snapshot format")
         deps: dict[tuple[str, str], dict[str, Any]] = {}
         ids: dict[str, tuple[str, str]] = {}
@@ -360,19 +404,24 @@ class DeploymentStore:
             dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
             for k, fp, st, body in snap["dedup"]:
                 dedup[str(k)] = (bytes(fp), int(st), dict(body))
+            tokens = (TokenTable.from_rows(snap["tokens"])
+                      if snap["format"] == SNAPSHOT_FORMAT_TOKENS else TokenTable())
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid snapshot: {exc}") from None
         while len(dedup) > self._capacity:
             dedup.popitem(last=False)
         with self._lock:
             self._deps, self._ids, self._index = deps, ids, index
-            self._dedup, self._applied = dedup, applied
+            self._dedup, self._applied, self._tokens = dedup, applied, tokens
 
     def state_hash(self) -> str:
-        """SHA-256 hex of the deployments and dedup table (not the applied index), for
-        comparing nodes that have applied the same entries."""
-        _applied, deps, dedup = self._state()
-        blob = cbor2.dumps({"deployments": deps, "dedup": dedup}, canonical=True)
+        """SHA-256 hex of the deployments, dedup table and tokens (not the applied index),
+        for comparing nodes that have applied the same entries."""
+        _applied, deps, dedup, tokens = self._state()
+        state: dict[str, Any] = {"deployments": deps, "dedup": dedup}
+        if tokens:
+            state["tokens"] = tokens
+        blob = cbor2.dumps(state, canonical=True)
         return hashlib.sha256(blob).hexdigest()
 
 

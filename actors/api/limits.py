@@ -1,0 +1,314 @@
+"""Hard limits on what comes from outside the node over HTTP (issue 7, item 4).
+
+- `RateLimiter`: one token bucket per client address (``request.remote_ip``; no
+  X-Forwarded-For trust), `rate` tokens/s up to `burst`, in a bounded LRU table (at most
+  `max_clients` addresses; the least recently seen is forgotten first). A request without a
+  token is refused 429 with ``Retry-After`` (`TooManyRequests`); a refused request takes no
+  token. `/health` and `/ready` are exempt (`EXEMPT_ROUTES`): liveness and readiness probes
+  must never be throttled.
+- `LimitedHTTPServer`: Tornado's HTTPServer plus a cap on open connections (one more is
+  answered 503 and closed at accept, or just closed for TLS) and slow-client protection
+  without a per-request timer: every request moves its connection through phases
+  (``header``, ``body``, ``busy``, ``idle``) with the time the phase began, and ONE periodic
+  sweep (every `sweep_interval`) closes a connection whose request has not fully arrived
+  within `body_timeout` (headers and body together, TLS handshake included for a new
+  connection), whose response is not done within `response_timeout`, or that sat idle between
+  requests for `idle_timeout`. Tornado's own header/body timeouts are switched off: they wrap
+  every read in `gen.with_timeout`, a timer per request on the hot path.
+
+Threads: everything here runs on the API IOLoop thread (no locks). The counters are plain
+ints read by the metrics collector at scrape time, which also runs on that thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado import httputil
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
+from tornado.iostream import IOStream, SSLIOStream
+
+from actors.api.errors import ApiError, error_body
+
+EXEMPT_ROUTES = frozenset({"/health", "/ready"})
+DEFAULT_MAX_CLIENTS = 65536
+
+# Connection phases (ints: compared on every request).
+HEADER, BODY, BUSY, IDLE = 0, 1, 2, 3
+PHASE_NAMES = {HEADER: "header", BODY: "body", BUSY: "response", IDLE: "idle"}
+
+
+class TooManyRequests(ApiError):
+    """429: the client address is over its request rate; `retry_after` whole seconds (>= 1)."""
+
+    status = 429
+
+    def __init__(self, retry_after: int, rate: float) -> None:
+        super().__init__(f"rate limit of {rate:g} requests/s per client address exceeded; "
+                         f"retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    """Token buckets per client address; see the module doc. IOLoop thread only.
+
+    Invariants: at most `max_clients` buckets; a bucket never holds more than `burst` tokens;
+    `retry_after` takes exactly one token when it answers 0 and none otherwise.
+    """
+
+    __slots__ = ("rate", "burst", "max_clients", "refused", "_clock", "_buckets")
+
+    def __init__(self, rate: float, burst: int, *, max_clients: int = DEFAULT_MAX_CLIENTS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0 or not math.isfinite(rate):
+            raise ValueError("rate must be a positive number (use no limiter for unlimited)")
+        if burst < 1 or max_clients < 1:
+            raise ValueError("burst and max_clients must be at least 1")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self.refused = 0  # requests answered 429 (prisn_http_rate_limited_total)
+        self._clock = clock
+        # address -> [tokens, time of the last update]; order = least recently seen first
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def retry_after(self, address: str, route: str = "") -> int:
+        """0 when a request from `address` may go ahead now (it takes a token), else the whole
+        seconds (>= 1) until the bucket holds a token again. Exempt routes always get 0."""
+        if route in EXEMPT_ROUTES:
+            return 0
+        now = self._clock()
+        buckets = self._buckets
+        b = buckets.get(address)
+        if b is None:
+            if len(buckets) >= self.max_clients:
+                buckets.popitem(last=False)
+            buckets[address] = [self.burst - 1.0, now]
+            return 0
+        buckets.move_to_end(address)
+        tokens = b[0] + (now - b[1]) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        b[1] = now
+        if tokens >= 1.0:
+            b[0] = tokens - 1.0
+            return 0
+        b[0] = tokens
+        self.refused += 1
+        return max(1, math.ceil((1.0 - tokens) / self.rate))
+
+    def check(self, address: str, route: str = "") -> None:
+        """Raise `TooManyRequests` when `address` is over its rate (see `retry_after`)."""
+        wait = self.retry_after(address, route)
+        if wait:
+            raise TooManyRequests(wait, self.rate)
+
+
+# ---------------------------------------------------------------------- connections
+class _Conn:
+    """What the sweep knows of one open connection: its stream, phase and phase start."""
+
+    __slots__ = ("stream", "phase", "since")
+
+    def __init__(self, stream: IOStream, phase: int, since: float) -> None:
+        self.stream = stream
+        self.phase = phase
+        self.since = since
+
+
+class _Tracked(httputil.HTTPMessageDelegate):
+    """Wraps the application's delegate for one request to move its connection's phase:
+    headers in -> body; body complete -> busy (the handler runs and answers)."""
+
+    __slots__ = ("_delegate", "_conn", "_clock")
+
+    def __init__(self, delegate: httputil.HTTPMessageDelegate, conn: _Conn,
+                 clock: Callable[[], float]) -> None:
+        self._delegate = delegate
+        self._conn = conn
+        self._clock = clock
+
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
+        c = self._conn
+        if c.phase == IDLE:  # the whole header arrived between two sweeps
+            c.since = self._clock()
+        c.phase = BODY
+        return self._delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        c = self._conn
+        c.phase = BUSY
+        c.since = self._clock()
+        self._delegate.finish()
+
+    def on_connection_close(self) -> None:
+        c = self._conn
+        c.phase = BUSY
+        c.since = self._clock()
+        self._delegate.on_connection_close()
+
+
+@dataclass
+class LimitStats:
+    """Counters of one LimitedHTTPServer (IOLoop thread; read at scrape time)."""
+
+    connections_open: int = 0
+    connections_refused: int = 0
+    slow_clients_closed: dict[str, int] = field(
+        default_factory=lambda: {"header": 0, "body": 0, "response": 0})
+    idle_closed: int = 0
+
+
+class LimitedHTTPServer(HTTPServer):
+    """HTTPServer with a connection cap and the slow-client sweep (see the module doc).
+
+    Extra keyword arguments: `max_connections`, `idle_timeout`, `body_timeout`,
+    `response_timeout` (None: unbounded), `sweep_interval` (seconds; 0 = no automatic sweep,
+    call `sweep()` yourself), `clock`. Construct, listen and stop it on the IOLoop thread.
+    """
+
+    def initialize(self, request_callback: Any, *, max_connections: int = 1024,
+                   idle_timeout: float = 60.0, body_timeout: float = 10.0,
+                   response_timeout: float | None = None, sweep_interval: float = 1.0,
+                   clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
+        kwargs.pop("idle_connection_timeout", None)
+        kwargs.pop("body_timeout", None)
+        super().initialize(request_callback, **kwargs)
+        # The sweep enforces the idle and header timeouts: no gen.with_timeout per request.
+        self.conn_params.header_timeout = None
+        self.conn_params.body_timeout = None
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
+        self.response_timeout = response_timeout
+        self.stats = LimitStats()
+        self._clock = clock
+        self._conns: dict[object, _Conn] = {}
+        self._sweeper: PeriodicCallback | None = None
+        if sweep_interval > 0:
+            self._sweeper = PeriodicCallback(self.sweep, sweep_interval * 1000.0)
+            self._sweeper.start()
+
+    # ------------------------------------------------------------------ Tornado hooks
+    def handle_stream(self, stream: IOStream, address: tuple) -> None:
+        stats = self.stats
+        if stats.connections_open >= self.max_connections:
+            stats.connections_refused += 1
+            _refuse(stream, self.max_connections)
+            return
+        stats.connections_open += 1
+        super().handle_stream(stream, address)
+
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        delegate = super().start_request(server_conn, request_conn)
+        c = self._conns.get(server_conn)
+        if c is None:  # first request: its clock runs from the accept (TLS handshake included)
+            c = self._conns[server_conn] = _Conn(server_conn.stream,  # type: ignore[attr-defined]
+                                                 HEADER, self._clock())
+        else:
+            c.phase = IDLE
+            c.since = self._clock()
+        return _Tracked(delegate, c, self._clock)
+
+    def on_close(self, server_conn: object) -> None:
+        self._conns.pop(server_conn, None)
+        self.stats.connections_open -= 1
+        super().on_close(server_conn)
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
+        super().stop()
+
+    def phases(self) -> list[str]:
+        """The phase of every tracked connection (tests, debugging)."""
+        return [PHASE_NAMES[c.phase] for c in self._conns.values()]
+
+    # ------------------------------------------------------------------ the sweep
+    def sweep(self) -> None:
+        """Close every connection over its phase's time limit (see the module doc)."""
+        now = self._clock()
+        stats = self.stats
+        for c in list(self._conns.values()):
+            stream = c.stream
+            if stream.closed():
+                continue
+            phase, age = c.phase, now - c.since
+            if phase == IDLE:
+                if getattr(stream, "_read_buffer_size", 0):  # part of the next request is in
+                    c.phase, c.since = HEADER, now
+                elif age > self.idle_timeout:
+                    stats.idle_closed += 1
+                    stream.close()
+            elif phase == BUSY:
+                if self.response_timeout is not None and age > self.response_timeout:
+                    stats.slow_clients_closed["response"] += 1
+                    stream.close()
+            elif age > self.body_timeout:
+                stats.slow_clients_closed[PHASE_NAMES[phase]] += 1
+                stream.close()
+
+
+def _refuse(stream: IOStream, limit: int) -> None:
+    """Answer 503 on a plain connection (best effort, one non-blocking write) and close it.
+    A TLS connection is closed at once: answering would need a handshake first."""
+    if not isinstance(stream, SSLIOStream):
+        body = json.dumps(error_body(503, f"too many open connections (limit {limit}); retry "
+                                     "shortly")).encode()
+        head = (b"HTTP/1.1 503 Service Unavailable\r\n"
+                b"Content-Type: application/json; charset=UTF-8\r\nRetry-After: 1\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        try:
+            stream.socket.send(head + body)
+        except OSError:
+            pass
+    stream.close()
+
+
+class HandshakeLogFilter(logging.Filter):
+    """Rate-limits Tornado's per-connection "SSL Error on ..." warnings (a failed TLS
+    handshake is outside input: a scanner must not be able to fill the log). At most one such
+    record per `interval` seconds passes, carrying the number suppressed since the last one.
+    Attach to the ``tornado.general`` logger; logging may call it from any thread (a lock)."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.suppressed = 0
+        self._clock = clock
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("SSL Error"):
+            return True
+        with self._lock:
+            now = self._clock()
+            if now - self._last < self.interval:
+                self.suppressed += 1
+                return False
+            self._last = now
+            if self.suppressed:
+                record.msg = f"{record.msg} (and {self.suppressed} more TLS handshake failures " \
+                             f"in the last {self.interval:g}s, not logged)"
+                self.suppressed = 0
+        return True

@@ -277,6 +277,7 @@ def _same_addr(peer: str, advertised: str, raft_addr: str) -> bool:
 def run(cfg: ServerConfig) -> int:
     """Run a node until SIGTERM/SIGINT (exit 0) or an actor failure (exit 1)."""
     setup_logging(cfg.log_level)
+    sys.setswitchinterval(float(os.environ.get("PRISN_XSWITCH", "0.005")))
     log.info("prisn %s starting: node %s, data dir %s, API %s%s", __version__, cfg.node_id,
              cfg.data_dir, cfg.bind,
              f", raft {cfg.raft_addr} (advertised {cfg.advertised_raft_addr})"

@@ -32,6 +32,8 @@ from actors.base import Actor
 from actors.replicator import ReplicatorActor, ctl_name, replicator_name
 from prisn.messages import (
     PEER_TYPES,
+    ForwardPropose,
+    ForwardProposeBatch,
     JoinRequest,
     Msg,
     Propose,
@@ -49,6 +51,15 @@ log = logging.getLogger("prisn.raft")
 
 LOCAL_DESTS = frozenset({"logstore", "fsm", "api"})
 MAX_ADDR_REPLICATORS = 16
+FORWARD_BATCH_BYTES = 4 << 20  # data per ForwardProposeBatch frame (the peer cap is 16 MiB)
+
+
+def _pack_forwards(dst: str, fwds: list[ForwardPropose]) -> Msg:
+    first = fwds[0]
+    if len(fwds) == 1:
+        return first
+    return ForwardProposeBatch(src=first.src, dst=dst, cluster=first.cluster, term=first.term,
+                               items=[[f.rid, f.data] for f in fwds])
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,9 @@ class RaftActor(Actor):
 
     def _peer_frames(self, frames: list[bytes]) -> None:
         for m in self.decode_all(frames):
-            if m.T not in PEER_TYPES:
+            if type(m) is ForwardProposeBatch:
+                self._unpack_forwards(m)
+            elif m.T not in PEER_TYPES:
                 self._peer_dropped += 1
                 log.warning("dropped %s from the peer socket: not a peer message", m.T)
             elif type(m) is JoinRequest and not _valid_join(m):
@@ -128,6 +141,17 @@ class RaftActor(Actor):
                             m.node_id[:80], m.addr[:80])
             else:
                 self._batch.append(m)
+
+    def _unpack_forwards(self, m: ForwardProposeBatch) -> None:
+        """A follower's batch of forwarded writes -> the ForwardPropose messages it packs;
+        a malformed item is dropped and counted, the others go on."""
+        for item in m.items:
+            if (isinstance(item, list) and len(item) == 2 and type(item[0]) is int
+                    and type(item[1]) is bytes):
+                self._batch.append(ForwardPropose(src=m.src, dst=m.dst, cluster=m.cluster,
+                                                  term=m.term, rid=item[0], data=item[1]))
+            else:
+                self._peer_dropped += 1
 
     def on_batch_end(self) -> None:
         if not self._batch:
@@ -152,8 +176,12 @@ class RaftActor(Actor):
             return
         send_bytes = self.outbox.send_bytes  # type: ignore[union-attr]
         leader = self.status.role == Role.LEADER
+        forwards: dict[str, list[ForwardPropose]] = {}
         for m in out:
             dst = m.dst
+            if type(m) is ForwardPropose:
+                forwards.setdefault(dst, []).append(m)
+                continue
             if dst in LOCAL_DESTS:
                 if leader and isinstance(m, StoreAppend) and m.entries:
                     self._appended.append((m.entries[-1][0], time.monotonic()))
@@ -167,6 +195,26 @@ class RaftActor(Actor):
                 send_bytes(ctl_name(dst), encode(m))  # the replicator reads the file
                 continue
             send_bytes(repl, encode(m))
+        for dst, fwds in forwards.items():
+            self._send_forwards(dst, fwds)
+
+    def _send_forwards(self, dst: str, fwds: list[ForwardPropose]) -> None:
+        """One step's forwarded writes to `dst` as ForwardProposeBatch frames of at most
+        FORWARD_BATCH_BYTES of data each (a lone write goes as a plain ForwardPropose)."""
+        repl = self._replicator_for(dst)
+        if repl is None:
+            self._unroutable += len(fwds)
+            return
+        send_bytes = self.outbox.send_bytes  # type: ignore[union-attr]
+        chunk: list[ForwardPropose] = []
+        size = 0
+        for f in fwds:
+            if chunk and size + len(f.data) > FORWARD_BATCH_BYTES:
+                send_bytes(repl, encode(_pack_forwards(dst, chunk)))
+                chunk, size = [], 0
+            chunk.append(f)
+            size += len(f.data)
+        send_bytes(repl, encode(_pack_forwards(dst, chunk)))
 
     def _replicator_for(self, dst: str) -> str | None:
         if dst in self._replicators:

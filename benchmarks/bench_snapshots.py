@@ -130,12 +130,15 @@ def bench_install(n: int, root: Path) -> dict:
     n1.wait(n1.ready, 120, "n1 ready after restore")
     restart_snap = time.perf_counter() - t_start
     n1.wait(lambda: n1.get("/api/v1/deployments?limit=1")["total"] == n, 30, "n1 holds all")
+    pages = _page_times(n1, n)
+    rss_ready = _rss_mb(n1)
     n2 = Proc(root, "n2", ["--peers", f"127.0.0.1:{n1.raft}", *extra])
     t_join = n2.start()
     try:
         n2.wait(lambda: n2.get("/api/v1/deployments?limit=1")["total"] == n, 600,
                 "n2 caught up")
         join = time.perf_counter() - t_join
+        rss_after_join = _rss_mb(n1)
         m = re.search(r"installed snapshot \d+ \(term \d+, (\d+) bytes\) in ([\d.]+) s",
                       n2.log.read_text())
     finally:
@@ -144,7 +147,33 @@ def bench_install(n: int, root: Path) -> dict:
     return {"deployments": n, "snapshot_bytes": meta.size, "seed_build_s": round(build, 2),
             "restart_from_snapshot_to_ready_s": round(restart_snap, 2),
             "join_to_all_deployments_s": round(join, 2),
-            "joiner_verify_restore_s": float(m.group(2)) if m else None}
+            "joiner_verify_restore_s": float(m.group(2)) if m else None,
+            "rss_mb_ready": rss_ready, "rss_mb_after_sending_snapshot": rss_after_join,
+            "paged_list_ms": pages}
+
+
+def _rss_mb(p: Proc) -> float:
+    """Resident set size of a node's process (VmRSS), in MB."""
+    assert p.p is not None
+    for line in Path(f"/proc/{p.p.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return -1.0
+
+
+def _page_times(p: Proc, n: int, pages: int = 50) -> dict:
+    """Wall time of `GET /api/v1/deployments?limit=100&offset=K` (local reads, a fresh
+    connection each) at offsets spread over the whole list: p50 and max in ms."""
+    rng = random.Random(7)
+    took = []
+    for _ in range(pages):
+        off = rng.randrange(0, max(1, n - 100))
+        t0 = time.perf_counter()
+        body = p.get(f"/api/v1/deployments?limit=100&offset={off}")
+        took.append(1000 * (time.perf_counter() - t0))
+        assert body["count"] == 100, body["count"]
+    took.sort()
+    return {"pages": pages, "p50": round(took[len(took) // 2], 2), "max": round(took[-1], 2)}
 
 
 def bench_restart(n: int, root: Path) -> dict:

@@ -292,6 +292,18 @@ class ForwardPropose(Msg):
     data: bytes
 
 
+@message("raft.forward_batch")
+class ForwardProposeBatch(Msg):
+    """Follower -> leader: the ForwardPropose messages of one raft step to one leader, as
+    ``[[rid, data], ...]``. Only the raft shell (`actors/raft.py`) packs and unpacks it: the
+    core sees single ForwardPropose messages. One frame and one decode per step instead of
+    one per forwarded write."""
+
+    cluster: str
+    term: int
+    items: list
+
+
 @message("raft.forward_read")
 class ForwardReadIndex(Msg):
     """Follower -> leader: ask for a read index for request `rid` of node `src`."""

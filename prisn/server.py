@@ -96,6 +96,7 @@ class Node:
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.storage = LogStorage(str(data / "raft"))
+        log.info("log store %s: writes made durable by %s", data / "raft", self.storage.sync_mode)
         t_boot = time.perf_counter()
         stored = self.storage.load()
         snaps = SnapshotStore(data / "snapshots")

@@ -16,8 +16,16 @@ On-disk format (FORMAT = 1), raw bytes keys, deterministic CBOR values:
 Every entry key sorts before every ``m:`` key, so the log is one ordered range.
 
 Invariants:
-- Every mutation is ONE WriteBatch written with ``sync = True`` (WAL on): a batch is on disk
-  entirely or not at all, and `write` returns only after the sync.
+- Every mutation is ONE WriteBatch with the WAL on: a batch is on disk entirely or not at
+  all, and `write` returns only after it is synced. How it is synced (`sync_mode`):
+  ``"syncfs"`` (default on Linux): RocksDB writes the WAL record to the OS with its own sync
+  off, then syncfs(2) on the data dir's filesystem makes it durable, together with the
+  directory entry of a WAL file RocksDB just created. rocksdict holds the GIL for the whole
+  of a synced write; syncfs through ctypes releases it, so the node's other threads run
+  while the disk flushes. This relies on RocksDB handing every WAL record to the OS at write
+  time (its default, ``manual_wal_flush = false``); `_choose_sync_mode` checks that on the
+  real files at open and falls back to ``"rocksdb"`` (RocksDB's synced write) otherwise, as
+  it does without syncfs or with ``PRISN_LOG_SYNC=rocksdb``.
 - The stored log is contiguous: indexes ``first_index() .. last_index()`` with no gap, where
   ``first_index() == compact index + 1``. `write` refuses (before touching the disk) any request
   that would break this; `load` re-checks it and raises `StorageCorrupt` on a gap.
@@ -33,7 +41,10 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+import logging
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cbor2
@@ -84,6 +95,33 @@ def _index_of(key: bytes) -> int:
     return int.from_bytes(key[1:], "big")
 
 
+log = logging.getLogger("prisn.storage")
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), or None where there is none (not Linux)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _wal_bytes(path: str) -> int:
+    """Total size of the RocksDB WAL files (``*.log``) in `path`."""
+    total = 0
+    with os.scandir(path) as it:
+        for e in it:
+            if e.name.endswith(".log") and e.is_file(follow_symlinks=False):
+                total += e.stat(follow_symlinks=False).st_size
+    return total
+
+
 def _dumps(value: Any) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
@@ -129,8 +167,9 @@ class LogStorage:
         # nothing after a damaged record is replayed, so no batch is ever half-applied.
         opts.set_wal_recovery_mode(rocksdict.DBRecoveryMode.point_in_time())
         opts.set_keep_log_file_num(4)  # RocksDB's info LOG files, not the WAL
-        self._sync = rocksdict.WriteOptions()
+        self._sync = rocksdict.WriteOptions()  # the options of every mutation
         self._sync.sync = True
+        self._dir_fd: int | None = None  # set in "syncfs" mode: the data dir, for syncfs(2)
         try:
             self._db = rocksdict.Rdict(path, opts)
         except Exception as e:  # rocksdict raises a bare Exception (lock held, I/O error)
@@ -144,9 +183,50 @@ class LogStorage:
             self._check_format()
             self._compact_index, self._compact_term = self._read_compact()
             self._last = self._scan_last()
+            self._choose_sync_mode()
         except BaseException:
             self._db.close()
             raise
+
+    @property
+    def sync_mode(self) -> str:
+        """``"syncfs"`` or ``"rocksdb"``: how mutations are made durable (module doc)."""
+        return "syncfs" if self._dir_fd is not None else "rocksdb"
+
+    def _choose_sync_mode(self) -> None:
+        """Use syncfs unless it is missing, refused by PRISN_LOG_SYNC=rocksdb, or RocksDB is
+        seen to keep an unsynced WAL record in memory (the WAL files do not grow)."""
+        if _SYNCFS is None or os.environ.get("PRISN_LOG_SYNC", "syncfs") == "rocksdb":
+            return
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            before = _wal_bytes(self.path)
+            nosync = rocksdict.WriteOptions()
+            nosync.sync = False
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            wb.put(K_FORMAT, _dumps(FORMAT))  # the value it already has: changes nothing
+            self._db.write(wb, nosync)
+            if _wal_bytes(self.path) <= before:
+                log.warning("log store: RocksDB did not hand a WAL record to the OS at write "
+                            "time; using its own synced writes")
+                os.close(fd)
+                return
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._dir_fd = fd
+        self._sync = nosync
+
+    def _write_durable(self, wb: rocksdict.WriteBatch) -> None:
+        """Write `wb` and return once it is on disk (either sync mode); raises on failure."""
+        self._db.write(wb, self._sync)
+        fd = self._dir_fd
+        if fd is not None and _SYNCFS is not None and _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of the log store failed: {os.strerror(err)}")
 
     # ------------------------------------------------------------------ opening
     def _check_format(self) -> None:
@@ -157,7 +237,7 @@ class LogStorage:
                     f"{self.path!r} holds data but no format key: not a prisn log store")
             wb = rocksdict.WriteBatch(raw_mode=True)
             wb.put(K_FORMAT, _dumps(FORMAT))
-            self._db.write(wb, self._sync)
+            self._write_durable(wb)
             return
         fmt = _loads(raw, "format key")
         if fmt != FORMAT:
@@ -346,7 +426,7 @@ class LogStorage:
         """Write `wb` synced; on failure the store is broken and `landed` (compact index,
         compact term, last index) is the state it would have left, for `reopen` to accept."""
         try:
-            self._db.write(wb, self._sync)
+            self._write_durable(wb)
         except Exception as e:
             self._broken = f"{type(e).__name__}: {e}"
             self._outcomes = [(self._compact_index, self._compact_term, self._last), landed]
@@ -402,6 +482,11 @@ class LogStorage:
                 f"log store {self.path!r} after reopening holds compaction point "
                 f"{found[0]} (term {found[1]}) and last index {found[2]}; expected one of "
                 f"{outcomes} (synced data lost?)")
+        try:
+            self._choose_sync_mode()
+        except Exception as e:  # noqa: BLE001 - the disk still refuses writes: retry later
+            self.close()
+            raise StorageOpenError(f"cannot write to reopened log store {self.path!r}: {e}") from e
         self._broken = None
         self._outcomes = []
 
@@ -410,6 +495,11 @@ class LogStorage:
 
         After a failed write RocksDB's close reports the earlier error (it cannot flush) but
         still releases the database; that error is swallowed here."""
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+            self._sync = rocksdict.WriteOptions()
+            self._sync.sync = True
         if not self._closed:
             self._closed = True
             try:

@@ -122,6 +122,10 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every request: `json.loads` with a keyword builds a new JSONDecoder per call.
+_JSON = json.JSONDecoder(parse_constant=_no_constants)
+
+
 @stream_request_body
 class BaseHandler(RequestHandler):
     """Shared plumbing: headers, body streaming and limits, JSON in/out, errors, metrics."""
@@ -192,7 +196,7 @@ class BaseHandler(RequestHandler):
         if not raw.strip():
             raise BadRequest("request body must be a JSON object")
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+            return _JSON.decode(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise BadRequest(f"malformed JSON: {exc}") from None
 
@@ -236,6 +240,10 @@ class BaseHandler(RequestHandler):
             self.set_header("X-Request-Id", self._request_id)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(error_body(status_code, message)))
+
+    def compute_etag(self) -> str | None:
+        """No ETag: Tornado would hash every 200 GET body for it, and no client revalidates."""
+        return None
 
     def allowed_methods(self) -> list[str]:
         cls = type(self)

@@ -180,8 +180,12 @@ class CommandFactory:
 
 
 def encode_entry(origin: str, rid: int, command: dict[str, Any]) -> bytes:
-    """The data of an EntryKind.COMMAND log entry (deterministic CBOR)."""
-    return cbor2.dumps({"o": origin, "r": rid, "c": command}, canonical=True)
+    """The data of an EntryKind.COMMAND log entry (CBOR).
+
+    Not canonical: the bytes are made once, on the proposer, and replicated as they are, so no
+    node ever re-encodes them; canonical key sorting cost 5 us per write on the API thread.
+    Deduplication compares `_fingerprint`s, which are canonical."""
+    return cbor2.dumps({"o": origin, "r": rid, "c": command})
 
 
 def decode_entry(data: bytes) -> tuple[str, int, dict[str, Any]]:

@@ -21,6 +21,8 @@ from prisn.messages import (
     AppendResponse,
     Applied,
     Apply,
+    ForwardPropose,
+    ForwardProposeBatch,
     JoinResponse,
     Msg,
     Propose,
@@ -216,6 +218,43 @@ def test_propose_batch_is_expanded_in_order_and_bad_items_dropped(shell: Shell) 
         ReadIndex(src="api", dst="raft", rid=9),
     ]]
     assert shell.actor.decoder.dropped == 5
+
+
+def fwd(dst: str, rid: int, data: bytes = b"cmd") -> ForwardPropose:
+    return ForwardPropose(src="n1", dst=dst, cluster="c", term=2, rid=rid, data=data)
+
+
+def test_forwarded_writes_of_one_step_go_as_one_batch_per_leader(shell: Shell) -> None:
+    shell.core.replies = [[fwd("n2", 1), ae("n3"), fwd("n2", 2, b"b"), fwd("n3", 7),
+                           fwd("n2", 3, b"c")]]
+    shell.run([Tick()])
+    sent = [(d, m) for d, m in shell.out.sent]
+    assert sent == [
+        ("repl:n3", ae("n3")),
+        ("repl:n2", ForwardProposeBatch(src="n1", dst="n2", cluster="c", term=2,
+                                        items=[[1, b"cmd"], [2, b"b"], [3, b"c"]])),
+        ("repl:n3", fwd("n3", 7)),  # a lone forward stays a plain ForwardPropose
+    ]
+
+
+def test_forward_batches_are_split_by_bytes(shell: Shell, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(raft_mod, "FORWARD_BATCH_BYTES", 10)
+    shell.core.replies = [[fwd("n2", i, b"x" * 4) for i in range(1, 6)]]
+    shell.run([Tick()])
+    sizes = [len(m.items) if isinstance(m, ForwardProposeBatch) else 1
+             for _, m in shell.out.sent]
+    assert sizes == [2, 2, 1]
+    assert shell.out.sent[-1][1] == fwd("n2", 5, b"x" * 4)
+
+
+def test_a_forward_batch_reaches_the_core_as_single_forwards(shell: Shell) -> None:
+    batch = ForwardProposeBatch(src="n2", dst="n1", cluster="c", term=2,
+                                items=[[5, b"a"], ["bad", b"b"], [6], [7, b"c"]])
+    shell.run(peer=[encode(batch)])
+    assert shell.core.steps == [[
+        ForwardPropose(src="n2", dst="n1", cluster="c", term=2, rid=5, data=b"a"),
+        ForwardPropose(src="n2", dst="n1", cluster="c", term=2, rid=7, data=b"c")]]
+    assert shell.actor._peer_dropped == 2
 
 
 def test_local_and_peer_messages_share_one_step(shell: Shell) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import tempfile
 from typing import Any
 
@@ -11,6 +13,7 @@ import rocksdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import prisn.storage as storage_mod
 from prisn.messages import EntryKind, StoreAppend
 from prisn.raft.boot import BootState
 from prisn.storage import (
@@ -41,33 +44,125 @@ def reopen(store: LogStorage) -> LogStorage:
     return LogStorage(store.path)
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(params=["syncfs", "rocksdb"])
+def store(request, tmp_path, monkeypatch):
+    """A store in each sync mode (module doc of prisn.storage)."""
+    monkeypatch.setenv("PRISN_LOG_SYNC", request.param)
     s = LogStorage(str(tmp_path / "log"))
+    if request.param == "syncfs" and storage_mod._SYNCFS is None:
+        s.close()
+        pytest.skip("no syncfs(2) here")
+    assert s.sync_mode == request.param
     yield s
     s.close()
+
+
 
 
 class SpyDB:
     """Wraps the Rdict handle to count (or break) `write` calls; delegates everything else.
 
-    Every write must carry WriteOptions with sync on: that is the durability promise.
+    Every write must carry WriteOptions with sync on, or (syncfs mode) be followed by a
+    syncfs before the store returns: that is the durability promise. `test_syncfs_*` check
+    the second half.
     """
 
-    def __init__(self, db: Any, fail: Exception | None = None) -> None:
+    def __init__(self, db: Any, fail: Exception | None = None, syncfs: bool = False) -> None:
         self.db = db
         self.fail = fail
+        self.syncfs = syncfs
         self.writes = 0
 
     def write(self, *args: Any) -> None:
         self.writes += 1
-        assert len(args) == 2 and args[1].sync is True, "unsynced write"
+        assert len(args) == 2 and (args[1].sync is True or self.syncfs), "unsynced write"
         if self.fail is not None:
             raise self.fail
         self.db.write(*args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.db, name)
+
+
+class SyncfsLog:
+    """Stands in for libc's syncfs: records each call in `events` and really syncs."""
+
+    def __init__(self, real: Any, events: list[str]) -> None:
+        self.real = real
+        self.events = events
+        self.fail = 0  # an errno to fail the next call with
+
+    def __call__(self, fd: int) -> int:
+        self.events.append("syncfs")
+        if self.fail:
+            ctypes.set_errno(self.fail)
+            self.fail = 0
+            return -1
+        return self.real(fd)
+
+
+class OrderDB(SpyDB):
+    def __init__(self, db: Any, events: list[str]) -> None:
+        super().__init__(db, syncfs=True)
+        self.events = events
+
+    def write(self, *args: Any) -> None:
+        self.events.append("write")
+        super().write(*args)
+
+
+@pytest.fixture
+def syncfs_store(tmp_path, monkeypatch):
+    if storage_mod._SYNCFS is None:
+        pytest.skip("no syncfs(2) here")
+    monkeypatch.setenv("PRISN_LOG_SYNC", "syncfs")
+    events: list[str] = []
+    recorder = SyncfsLog(storage_mod._SYNCFS, events)
+    monkeypatch.setattr(storage_mod, "_SYNCFS", recorder)
+    s = LogStorage(str(tmp_path / "log"))
+    assert s.sync_mode == "syncfs"
+    s._db = OrderDB(s._db, events)
+    events.clear()
+    yield s, events, recorder
+    if isinstance(s._db, OrderDB):
+        s._db = s._db.db
+    s.close()
+
+
+def test_syncfs_follows_every_mutation_before_it_returns(syncfs_store):
+    store, events, _ = syncfs_store
+    store.write([req(1, term=1, vote="a", commit=0, entries=ents(1, 3, 1))])
+    assert events == ["write", "syncfs"]
+    store.compact_prefix(2)
+    store.probe()
+    assert events == ["write", "syncfs"] * 3
+
+
+def test_a_failed_syncfs_breaks_the_store_like_a_failed_write(syncfs_store):
+    store, events, recorder = syncfs_store
+    recorder.fail = errno.EIO
+    with pytest.raises(OSError, match="syncfs"):
+        store.write([req(1, term=1, vote="a", commit=0, entries=ents(1, 2, 1))])
+    assert store.broken is not None
+    with pytest.raises(StorageBroken):
+        store.write([req(2, term=1, vote="a", commit=0)])
+    store._db = store._db.db
+    store.reopen()  # the batch landed: reopening accepts it
+    assert store.broken is None and store.sync_mode == "syncfs"
+    assert [e[0] for e in store.load().entries] == [1, 2]
+
+
+def test_rocksdb_mode_when_asked_and_when_rocksdb_keeps_the_wal_in_memory(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("PRISN_LOG_SYNC", "rocksdb")
+    s = LogStorage(str(tmp_path / "a"))
+    assert s.sync_mode == "rocksdb" and s._sync.sync is True
+    s.close()
+    monkeypatch.setenv("PRISN_LOG_SYNC", "syncfs")
+    monkeypatch.setattr(storage_mod, "_wal_bytes", lambda path: 0)  # the WAL never grows
+    s = LogStorage(str(tmp_path / "b"))
+    assert s.sync_mode == "rocksdb" and s._sync.sync is True
+    s.close()
 
 
 # --------------------------------------------------------------------------- basics
@@ -140,7 +235,7 @@ def test_truncate_only(store):
 
 
 def test_merge_order_across_requests_in_one_write(store):
-    spy = SpyDB(store._db)
+    spy = SpyDB(store._db, syncfs=store.sync_mode == "syncfs")
     store._db = spy
     store.write([
         req(1, term=1, vote="a", commit=0, entries=ents(1, 5, 1)),
@@ -164,7 +259,7 @@ def test_overwrite_inside_log_without_truncate_keeps_tail(store):
 
 
 def test_empty_write_is_a_no_op(store):
-    spy = SpyDB(store._db)
+    spy = SpyDB(store._db, syncfs=store.sync_mode == "syncfs")
     store._db = spy
     store.write([])
     assert spy.writes == 0
@@ -261,7 +356,8 @@ def test_load_detects_gap(tmp_path):
 def test_failed_write_breaks_store_until_reopen(store):
     store.write([req(1, entries=ents(1, 2, 1))])
     real = store._db
-    store._db = SpyDB(real, fail=OSError("No space left on device"))
+    store._db = SpyDB(real, fail=OSError("No space left on device"),
+                      syncfs=store.sync_mode == "syncfs")
     with pytest.raises(OSError, match="No space"):
         store.write([req(2, entries=ents(3, 3, 1))])
     store._db = real

@@ -318,7 +318,6 @@ def run(cfg: ServerConfig) -> int:
     elif cfg.bind.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]"):
         log.warning("no --tls-cert: the HTTP API on %s is plain HTTP (tokens and data travel "
                     "unencrypted); see docs/security.md", cfg.bind)
-    sys.setswitchinterval(float(os.environ.get("PRISN_XSWITCH", "0.005")))
     log.info("prisn %s starting: node %s, data dir %s, API %s%s", __version__, cfg.node_id,
              cfg.data_dir, cfg.bind,
              f", raft {cfg.raft_addr} (advertised {cfg.advertised_raft_addr})"

@@ -35,6 +35,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar, cast
 
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
 from actors.api.auth import (
@@ -54,6 +55,7 @@ from actors.api.auth import (
     check_permission,
 )
 from actors.api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
+from actors.api.fastpath import Dispatch
 from actors.api.limits import RateLimiter
 from actors.api.node import NodeClient, NodeStatus
 from actors.metrics import NodeMetrics
@@ -95,9 +97,19 @@ class ApiContext:
 
 
 class PrisnApplication(Application):
-    """A Tornado Application that carries the `ApiContext`."""
+    """A Tornado Application that carries the `ApiContext`; a plain create takes the fast
+    path (`actors.api.fastpath`), every other request Tornado's routing."""
 
     ctx: ApiContext
+
+    def start_request(self, server_conn: object,
+                      request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        return Dispatch(self, server_conn, request_conn)
+
+    def slow_request(self, server_conn: object,
+                     request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        """The Application's own delegate (routing to a RequestHandler)."""
+        return super().start_request(server_conn, request_conn)
 
 
 def _log_request(handler: RequestHandler) -> None:
@@ -192,13 +204,7 @@ class BaseHandler(RequestHandler):
 
     def json_body(self) -> Any:
         """The parsed JSON body; BadRequest if empty or malformed."""
-        raw = b"".join(self._chunks)
-        if not raw.strip():
-            raise BadRequest("request body must be a JSON object")
-        try:
-            return _JSON.decode(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise BadRequest(f"malformed JSON: {exc}") from None
+        return parse_json(b"".join(self._chunks))
 
     def optional_json_body(self) -> Any:
         return self.json_body() if b"".join(self._chunks).strip() else None
@@ -330,21 +336,38 @@ class BaseHandler(RequestHandler):
             raise BadRequest(exc.message) from None
         if command.get("op") in OPS and isinstance(command.get("ns"), str):
             self.require_namespace(command["ns"], write=True)
-        ctx = self.ctx
-        if ctx.inflight >= ctx.max_inflight:
-            raise Unavailable(f"too many writes in flight ({ctx.max_inflight}); retry shortly")
-        ctx.inflight += 1
-        try:
-            status, body = await ctx.node.propose(command, ctx.write_timeout)
-        except Unavailable as exc:
-            if exc.status != 503:  # e.g. 507 from a full disk: not a quorum problem
-                raise
-            raise Unavailable(NO_QUORUM.format(reason=exc.message or "unavailable")) from None
-        except TimeoutError:
-            raise Unavailable(NO_QUORUM.format(reason="timed out")) from None
-        finally:
-            ctx.inflight -= 1
-        return status, body
+        return await propose_command(self.ctx, command)
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON; BadRequest if empty or malformed (any thread)."""
+    if not raw.strip():
+        raise BadRequest("request body must be a JSON object")
+    try:
+        return _JSON.decode(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+async def propose_command(ctx: ApiContext, command: dict[str, Any]) -> Result:
+    """Propose a built command and return its (status, body) once committed and applied.
+
+    503 at once when `max_inflight` writes wait already; a proposal that finds no quorum or
+    times out is a 503 that says it may still commit. Used by the handlers and the fast
+    path (`actors.api.fastpath`)."""
+    if ctx.inflight >= ctx.max_inflight:
+        raise Unavailable(f"too many writes in flight ({ctx.max_inflight}); retry shortly")
+    ctx.inflight += 1
+    try:
+        return await ctx.node.propose(command, ctx.write_timeout)
+    except Unavailable as exc:
+        if exc.status != 503:  # e.g. 507 from a full disk: not a quorum problem
+            raise
+        raise Unavailable(NO_QUORUM.format(reason=exc.message or "unavailable")) from None
+    except TimeoutError:
+        raise Unavailable(NO_QUORUM.format(reason="timed out")) from None
+    finally:
+        ctx.inflight -= 1
 
 
 class NotFoundHandler(BaseHandler):

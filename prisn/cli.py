@@ -6,6 +6,7 @@ on the command line beats the environment. Any bad value ends with a one-line er
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -152,7 +153,10 @@ def _security(kw: dict) -> dict:
             raise ConfigError(f"{flag} {path!r} is not a readable file")
     out["tls_cert"], out["tls_key"] = cert, key
     out["metrics_auth"] = bool(kw.get("metrics_auth", False))
-    out["rate_limit"] = float(kw.get("rate_limit", 1000.0))  # type: ignore[arg-type]
+    rate = float(kw.get("rate_limit", 1000.0))  # type: ignore[arg-type]
+    if not math.isfinite(rate):
+        raise ConfigError("--rate-limit must be a finite number of requests/s (0 = unlimited)")
+    out["rate_limit"] = rate
     out["rate_burst"] = int(kw.get("rate_burst", 2000))  # type: ignore[call-overload]
     out["max_connections"] = int(kw.get("max_connections", 1024))  # type: ignore[call-overload]
     return out

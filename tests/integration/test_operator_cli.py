@@ -376,10 +376,11 @@ def test_docs_list_every_flag_and_command():
         assert f"`{p.envvar}`" in row, f"{flag} / {p.envvar} missing in configuration.md"
         if p.default not in (None, "", False):
             assert f"`{p.default}`" in row, f"default of {flag} ({p.default}) not documented"
-    for opt in ("`--server`", "`PRISN_SERVER`", "`localhost:7331`", "`--output`", "`--timeout`"):
+    for opt in ("`--server`", "`PRISN_SERVER`", "`localhost:7331`", "`--output`", "`--timeout`",
+                "`--ca-file`", "`PRISN_CA_FILE`", "`--token`", "`PRISN_TOKEN`"):
         assert opt in conf
     ops = (docs / "operations.md").read_text()
     for cmd in ("prisn cluster status", "prisn cluster health", "prisn cluster remove",
                 "prisn cluster election", "prisn deploy", "prisn status", "prisn scale",
-                "prisn delete"):
+                "prisn delete", "prisn keygen"):
         assert cmd in ops, cmd

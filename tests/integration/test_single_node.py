@@ -143,7 +143,11 @@ def test_cli_version_and_bad_flags(tmp_path):
     r = _cli("--version")
     assert r.returncode == 0 and "prisn" in r.stdout
     for bad in (["--bind", "nonsense"], ["--peers", "a:b"], ["--election-timeout", "x"],
-                ["--no-such-flag"], ["--heartbeat-interval", "100ms", "--election-timeout", "150ms"]):
+                ["--no-such-flag"], ["--heartbeat-interval", "100ms", "--election-timeout", "150ms"],
+                ["--rate-limit", "nan"], ["--rate-limit", "inf"], ["--rate-limit", "-1"],
+                ["--api-key", "short"], ["--tls-cert", str(tmp_path / "missing.pem"),
+                                         "--tls-key", str(tmp_path / "missing.key")],
+                ["--tls-cert", str(tmp_path)]):
         r = _cli("server", "--data-dir", str(tmp_path), *bad)
         assert r.returncode == 2, (bad, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr

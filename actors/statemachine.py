@@ -15,11 +15,13 @@ Snapshots (when a `SnapshotStore` is given):
   threshold crossed meanwhile waits for the next batch after it finished).
 - The snapshot's membership is the latest CONFIG entry applied (or the restored snapshot's),
   which is the configuration in force at that index; its term is the applied entry's term.
-- `SnapChunk`s are written to the partial file in this thread; the last one is verified,
-  renamed into place (durable), then the store restores from it, and only then does raft hear
-  `installed` (a crash before leaves the previous snapshot and log, a crash after leaves the
-  new snapshot, which boot prefers). A snapshot at or below the applied index is installed as a
-  file but not restored (the state never goes backwards).
+- `SnapChunk`s are written to the partial file in this thread; the last one is verified and
+  its state parsed and checked (`DeploymentStore.prepare_restore`: a snapshot the store
+  refuses is deleted and never becomes a snapshot file, the state is untouched and the leader
+  starts over), renamed into place (durable), then the store installs the parsed state, and
+  only then does raft hear `installed` (a crash before leaves the previous snapshot and log, a
+  crash after leaves the new snapshot, which boot prefers). A snapshot at or below the applied
+  index is installed as a file but not restored (the state never goes backwards).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from prisn.messages import (
 )
 from prisn.raft.boot import Membership
 from prisn.raft.core import decode_config
-from prisn.snapshots import SnapshotError, SnapshotStore, read_snapshot
+from prisn.snapshots import SnapshotError, SnapshotMeta, SnapshotStore
 from transport.mailbox import Outbox
 
 log = logging.getLogger("prisn.fsm")
@@ -123,8 +125,8 @@ class StateMachineActor(Actor):
                     if kind == EntryKind.CONFIG:
                         try:
                             self._membership = decode_config(data)
-                        except Exception:  # noqa: BLE001 - raft validated it; keep the old
-                            log.exception("fsm: undecodable configuration at %d", index)
+                        except ValueError as e:  # raft refuses such entries; keep the old
+                            log.error("fsm: undecodable configuration at %d: %s", index, e)
                     if out is not None:
                         origin, rid = entry_origin(data)
                         if origin == me:
@@ -187,22 +189,26 @@ class StateMachineActor(Actor):
                                            offset=m.offset, next_offset=nxt))
             return False
         t0 = time.perf_counter()
-        try:
-            meta = snaps.finish_receive(m.snap_id)
-            restored = False
+        installs: list[Callable[[], None]] = []
+
+        def check(meta: SnapshotMeta, data: bytes) -> None:
+            # before the rename: a state the store refuses never becomes a snapshot file
             if meta.index > self.store.applied_index:
-                _meta, data = read_snapshot(meta.path)
                 try:
-                    self.store.restore(data)
+                    installs.append(self.store.prepare_restore(data))
                 except ValueError as e:
                     raise SnapshotError(f"state machine refused the snapshot: {e}") from None
-                restored = True
+
+        try:
+            meta = snaps.finish_receive(m.snap_id, check=check)
         except (OSError, SnapshotError) as e:
             log.error("fsm: received snapshot refused (the leader starts over): %s", e)
             self.send("raft", SnapChunkAck(src="fsm", dst="raft", snap_id=m.snap_id,
                                            offset=m.offset, next_offset=0, error=str(e)))
             return False
+        restored = bool(installs)
         if restored:
+            installs[0]()  # the file is durably in place: now the state (cannot fail)
             self._term = meta.term
             self._membership = meta.membership
             self.installs_received += 1

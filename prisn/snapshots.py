@@ -21,8 +21,13 @@ Directory `<data-dir>/snapshots/`:
 Invariants:
 - A ``snapshot-*.snap`` name only ever appears by `os.replace` of a fully written, fsynced file,
   followed by an fsync of the directory: a crash leaves either the old set or the new one.
-- A file whose magic, format, lengths or checksum do not verify is ignored (logged) and never
-  deleted by reading code: the previous snapshot is used instead.
+- A file whose magic, format, lengths or checksum do not verify, or whose header values are
+  not of their exact types, is ignored (logged) and never deleted by reading code: the
+  previous snapshot is used instead (at boot also one whose state the state machine refuses:
+  `latest(accept=...)`).
+- A received snapshot becomes a ``snapshot-*.snap`` file only after it verified and, with
+  `finish_receive(check=...)`, after the state machine accepted its state; received chunks
+  are bounded (offset and end within `MAX_SNAPSHOT_SIZE`), anything else is a SnapshotError.
 
 Threading: `SnapshotStore` methods may be called from the fsm actor's thread and its snapshot
 writer thread (an internal lock serialises directory changes); replicators only open finished
@@ -37,6 +42,7 @@ import os
 import re
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,6 +50,7 @@ from typing import Any, BinaryIO
 import cbor2
 
 from prisn.raft.boot import BootState, Membership
+from prisn.raft.core import MAX_SNAPSHOT_SIZE, membership_from_wire
 
 log = logging.getLogger("prisn.snapshots")
 
@@ -56,6 +63,7 @@ PREFIX_LEN = len(MAGIC) + _FIXED.size
 MAX_HEADER = 1 << 20
 _NAME = re.compile(r"^snapshot-(\d{20})-(\d{20})\.snap$")
 _PART = re.compile(r"^recv-([0-9a-f]{64})\.part$")
+_HEADER_KEYS = frozenset({"index", "term", "membership", "data_len"})
 
 
 class SnapshotError(Exception):
@@ -109,15 +117,23 @@ def _parse_prefix(f: BinaryIO, size: int) -> tuple[int, int, Membership | None, 
         raise SnapshotError("truncated snapshot header")
     try:
         h = cbor2.loads(raw, tag_hook=_no_tags)
-        index, term, data_len = int(h["index"]), int(h["term"]), int(h["data_len"])
-        mw = h["membership"]
-        membership = Membership.from_wire(mw) if mw is not None else None
     except SnapshotError:
         raise
-    except Exception as e:  # cbor2 and a bad map raise several types
+    except Exception as e:  # cbor2 raises several types on garbage
         raise SnapshotError(f"bad snapshot header: {e!r}") from None
+    if type(h) is not dict or set(h) != _HEADER_KEYS:
+        raise SnapshotError("bad snapshot header: not a map of index, term, membership, "
+                            "data_len")
+    index, term, data_len = h["index"], h["term"], h["data_len"]
+    if not all(type(v) is int for v in (index, term, data_len)):
+        raise SnapshotError("bad snapshot header: index, term and data_len must be integers")
     if index < 0 or term < 0 or data_len < 0:
         raise SnapshotError("negative number in the snapshot header")
+    mw = h["membership"]
+    try:
+        membership = membership_from_wire(mw) if mw is not None else None
+    except ValueError as e:
+        raise SnapshotError(f"bad snapshot header: membership: {e}") from None
     if PREFIX_LEN + hlen + data_len + CHECKSUM_LEN != size:
         raise SnapshotError(f"snapshot size {size} does not match its header "
                             f"(data {data_len} bytes): truncated or padded")
@@ -228,19 +244,33 @@ class SnapshotStore:
         for _i, _t, p in self.names()[self.keep:]:
             p.unlink(missing_ok=True)
 
-    def latest(self, *, want_data: bool = True) -> tuple[SnapshotMeta, bytes] | None:
+    def latest(self, *, want_data: bool = True,
+               accept: Callable[[SnapshotMeta, bytes], None] | None = None,
+               ) -> tuple[SnapshotMeta, bytes] | None:
         """The newest snapshot that verifies, with its data; corrupt files are logged and
-        skipped (the previous one is used). None when there is none."""
+        skipped (the previous one is used). None when there is none.
+
+        `accept(meta, data)`, when given, is the state machine's restore: a file it refuses
+        (ValueError or SnapshotError) is logged with its name and skipped like a corrupt one,
+        so a snapshot that verifies but cannot be restored never stops a boot by itself (if
+        the log does not reach back to the previous one, `assemble_boot` says so)."""
         for index, _term, p in self.names():
             try:
-                meta, data = read_snapshot(p, want_data=want_data)
+                meta, data = read_snapshot(p, want_data=want_data or accept is not None)
             except SnapshotError as e:
                 log.error("ignoring snapshot %s: %s", p.name, e)
                 continue
             if meta.index != index:
                 log.error("ignoring snapshot %s: header says index %d", p.name, meta.index)
                 continue
-            return meta, data
+            if accept is not None:
+                try:
+                    accept(meta, data)
+                except (ValueError, SnapshotError) as e:
+                    log.error("ignoring snapshot %s: the state machine refused it: %s",
+                              p.name, e)
+                    continue
+            return meta, data if want_data else b""
         return None
 
     # ------------------------------------------------------------------ receiving
@@ -253,8 +283,12 @@ class SnapshotStore:
         A new id drops every other partial file. A chunk beyond the end is not written (the
         answer is the current size, where the sender resumes); a chunk at or before the end
         overwrites from there (same id, same bytes, so a duplicate is harmless)."""
-        if not re.fullmatch(r"[0-9a-f]{64}", snap_id):
-            raise SnapshotError(f"bad snapshot id {snap_id!r}")
+        if type(snap_id) is not str or not re.fullmatch(r"[0-9a-f]{64}", snap_id):
+            raise SnapshotError(f"bad snapshot id {snap_id!r:.80}")
+        if type(offset) is not int or not 0 <= offset <= MAX_SNAPSHOT_SIZE:
+            raise SnapshotError(f"bad chunk offset {offset!r:.40} (0..{MAX_SNAPSHOT_SIZE})")
+        if type(data) is not bytes or offset + len(data) > MAX_SNAPSHOT_SIZE:
+            raise SnapshotError(f"bad chunk: not bytes, or past {MAX_SNAPSHOT_SIZE} bytes")
         part = self.part_path(snap_id)
         for p in self.dir.glob("recv-*.part"):
             if p != part:
@@ -268,19 +302,30 @@ class SnapshotStore:
             f.truncate()
             return f.tell()
 
-    def finish_receive(self, snap_id: str) -> SnapshotMeta:
+    def finish_receive(self, snap_id: str,
+                       check: Callable[[SnapshotMeta, bytes], None] | None = None,
+                       ) -> SnapshotMeta:
         """Verify the complete partial file for `snap_id` and install it atomically.
 
-        On a checksum or format failure the partial file is deleted and `SnapshotError`
-        raised (the sender must start again from 0)."""
+        `check(meta, data)`, when given, runs after the verification and before the rename
+        (meta.path is still the partial file): the state machine parses the state there, so
+        that a snapshot it would refuse never becomes a ``snapshot-*.snap`` file.
+        On a checksum, format or check failure (SnapshotError, or ValueError from `check`)
+        the partial file is deleted and `SnapshotError` raised (the sender must start again
+        from 0); nothing else changed."""
+        if type(snap_id) is not str or not re.fullmatch(r"[0-9a-f]{64}", snap_id):
+            raise SnapshotError(f"bad snapshot id {snap_id!r:.80}")
         part = self.part_path(snap_id)
         try:
             with open(part, "r+b") as f:
                 os.fsync(f.fileno())
-            meta, _ = read_snapshot(part, want_data=False)
+            meta, data = read_snapshot(part, want_data=check is not None)
             if meta.checksum != snap_id:
                 raise SnapshotError("received snapshot does not match its id")
-        except (SnapshotError, OSError) as e:
+            if check is not None:
+                check(meta, data)
+                del data
+        except (SnapshotError, OSError, ValueError) as e:
             part.unlink(missing_ok=True)
             raise SnapshotError(f"received snapshot {snap_id[:12]} refused: {e}") from None
         final = self.dir / snapshot_name(meta.index, meta.term)

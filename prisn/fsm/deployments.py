@@ -39,13 +39,20 @@ from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_
 from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
 from prisn.fsm.validation import (
     DEFAULT_REPLICAS,
-    TYPES,
     ValidationError,
     check_consistent,
     infer_type,
+    is_int,
     normalize_spec,
+    validate_args,
+    validate_env,
     validate_name,
+    validate_port,
     validate_replicas,
+    validate_runtime,
+    validate_schedule,
+    validate_source,
+    validate_type,
 )
 from prisn.messages import EntryKind
 
@@ -54,6 +61,9 @@ SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (written only when there ar
 DEFAULT_DEDUP_CAPACITY = 100_000
 MAX_ID = 64
 MAX_TS = 64
+FINGERPRINT_LEN = 16  # bytes of a dedup fingerprint (`_fingerprint`; b"" for garbage)
+MAX_INDEX = (1 << 63) - 1  # log indexes and generations in a snapshot are below this
+MAX_BODY_DEPTH = 16  # nesting of a remembered result body in a snapshot
 
 Result = tuple[int, dict[str, Any]]
 Deployment = dict[str, Any]
@@ -92,7 +102,7 @@ def _fingerprint(cmd: dict[str, Any]) -> bytes:
     fresh ones."""
     core = {k: v for k, v in cmd.items() if k not in ("key", "ts", "id", "hash")}
     try:
-        return hashlib.sha256(cbor2.dumps(core, canonical=True)).digest()[:16]
+        return hashlib.sha256(cbor2.dumps(core, canonical=True)).digest()[:FINGERPRINT_LEN]
     except Exception:  # undumpable garbage; apply refuses it anyway
         return b""
 
@@ -381,38 +391,33 @@ class DeploymentStore:
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state by a `snapshot()`; ValueError (state untouched) if invalid."""
+        self.prepare_restore(data)()
+
+    def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        """Parse and check a `snapshot()` completely without touching the state; return the
+        function that installs it (it cannot fail). ValueError, and only that, for anything
+        a `snapshot()` of this store could not hold: every value is checked for its exact
+        type (ints are ints, not floats or bools; strings are strings; a fingerprint is
+        bytes of the fingerprint length) and range, as `apply` would have stored it.
+
+        State-machine thread (the parse reads no state; the install takes the lock)."""
         try:
             snap = cbor2.loads(data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on garbage
             raise ValueError(f"snapshot is not CBOR: {exc}") from None
-        if not isinstance(snap, dict) or snap.get("format") not in (SNAPSHOT_FORMAT,
-                                                                    SNAPSHOT_FORMAT_TOKENS):
-            raise ValueError("unsupported snapshot format")
-        deps: dict[tuple[str, str], dict[str, Any]] = {}
-        ids: dict[str, tuple[str, str]] = {}
-        index = _Index()
         try:
-            applied = int(snap["applied"])
-            for raw in snap["deployments"]:
-                dep = {f: raw[f] for f in FIELDS}
-                key = (dep["namespace"], dep["name"])
-                if key in deps or dep["id"] in ids or dep["type"] not in TYPES:
-                    raise ValueError(f"snapshot has a bad or duplicate deployment {key}")
-                deps[key] = dep
-                ids[dep["id"]] = key
-                index.add(key[0], key[1], dep["type"])
-            dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
-            for k, fp, st, body in snap["dedup"]:
-                dedup[str(k)] = (bytes(fp), int(st), dict(body))
-            tokens = (TokenTable.from_rows(snap["tokens"])
-                      if snap["format"] == SNAPSHOT_FORMAT_TOKENS else TokenTable())
-        except (KeyError, TypeError, ValueError) as exc:
+            state = _parse_snapshot(snap, self._capacity)
+        except ValidationError as exc:
+            raise ValueError(f"invalid snapshot: {exc.message}") from None
+        except ValueError as exc:
             raise ValueError(f"invalid snapshot: {exc}") from None
-        while len(dedup) > self._capacity:
-            dedup.popitem(last=False)
-        with self._lock:
-            self._deps, self._ids, self._index = deps, ids, index
-            self._dedup, self._applied, self._tokens = dedup, applied, tokens
+
+        def install() -> None:
+            with self._lock:
+                (self._deps, self._ids, self._index, self._dedup, self._applied,
+                 self._tokens) = state
+
+        return install
 
     def state_hash(self) -> str:
         """SHA-256 hex of the deployments, dedup table and tokens (not the applied index),
@@ -423,6 +428,108 @@ class DeploymentStore:
             state["tokens"] = tokens
         blob = cbor2.dumps(state, canonical=True)
         return hashlib.sha256(blob).hexdigest()
+
+
+_ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
+                     OrderedDict[str, tuple[bytes, int, dict[str, Any]]], int, TokenTable]
+_TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
+             SNAPSHOT_FORMAT_TOKENS: frozenset({"format", "applied", "deployments", "dedup",
+                                                "tokens"})}
+_ROW_KEYS = frozenset(FIELDS)
+
+
+def _parse_snapshot(snap: Any, capacity: int) -> _ParsedState:
+    """The state a snapshot map holds, checked (see `DeploymentStore.prepare_restore`);
+    ValueError (ValidationError is one) for anything else. Pure."""
+    if type(snap) is not dict:
+        raise ValueError("not a map")
+    fmt = snap.get("format")
+    if type(fmt) is not int or fmt not in _TOP_KEYS:
+        raise ValueError(f"unsupported snapshot format {fmt!r:.40}")
+    if set(snap) != _TOP_KEYS[fmt]:
+        raise ValueError(f"format {fmt} keys must be {', '.join(sorted(_TOP_KEYS[fmt]))}")
+    applied = snap["applied"]
+    if not is_int(applied) or not 0 <= applied <= MAX_INDEX:
+        raise ValueError(f"applied must be an integer 0..{MAX_INDEX}")
+    rows, dedup_rows = snap["deployments"], snap["dedup"]
+    if type(rows) is not list or type(dedup_rows) is not list:
+        raise ValueError("deployments and dedup must be lists")
+    deps: dict[tuple[str, str], Deployment] = {}
+    ids: dict[str, tuple[str, str]] = {}
+    index = _Index()
+    for raw in rows:
+        dep = _parse_deployment(raw)
+        key = (dep["namespace"], dep["name"])
+        if key in deps or dep["id"] in ids:
+            raise ValueError(f"deployment {key[0]}/{key[1]} (id {dep['id']}) is a duplicate")
+        deps[key] = dep
+        ids[dep["id"]] = key
+        index.add(key[0], key[1], dep["type"])
+    dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
+    for row in dedup_rows:
+        if type(row) is not list or len(row) != 4:
+            raise ValueError("a dedup row is not [key, fingerprint, status, body]")
+        k, fp, status, body = row
+        key_ = check_key(k)
+        if type(fp) is not bytes or len(fp) not in (0, FINGERPRINT_LEN):
+            raise ValueError(f"dedup fingerprint must be {FINGERPRINT_LEN} bytes")
+        if not is_int(status) or not 100 <= status <= 599:
+            raise ValueError("dedup status must be an HTTP status code")
+        if type(body) is not dict:
+            raise ValueError("dedup result body must be a map")
+        _check_body(body, 0)
+        if key_ in dedup:
+            raise ValueError(f"duplicate dedup key {key_!r:.80}")
+        dedup[key_] = (fp, status, body)
+    while len(dedup) > capacity:
+        dedup.popitem(last=False)
+    tokens = TokenTable.from_rows(snap["tokens"]) if "tokens" in snap else TokenTable()
+    return deps, ids, index, dedup, applied, tokens
+
+
+def _parse_deployment(raw: Any) -> Deployment:
+    """One snapshot row: exactly `FIELDS`, each as `apply` stores it. Pure."""
+    if type(raw) is not dict or set(raw) != _ROW_KEYS:
+        raise ValueError(f"a deployment row must be a map of {', '.join(FIELDS)}")
+    dep = {f: raw[f] for f in FIELDS}
+    validate_name(dep["name"])
+    validate_name(dep["namespace"], "namespace")
+    validate_type(dep["type"])
+    validate_source(dep["source"])
+    validate_args(dep["args"])
+    validate_env(dep["env"])
+    validate_port(dep["port"])
+    validate_replicas(dep["replicas"])
+    if dep["runtime"] is not None:
+        validate_runtime(dep["runtime"])
+    if dep["schedule"] is not None:
+        validate_schedule(dep["schedule"])
+    check_consistent(dep)
+    for field, limit in (("id", MAX_ID), ("created_at", MAX_TS), ("updated_at", MAX_TS)):
+        value = dep[field]
+        if type(value) is not str or not 0 < len(value) <= limit:
+            raise ValueError(f"deployment {field} must be a string of 1 to {limit} characters")
+    if not is_int(dep["generation"]) or not 1 <= dep["generation"] <= MAX_INDEX:
+        raise ValueError(f"deployment generation must be an integer 1..{MAX_INDEX}")
+    return dep
+
+
+def _check_body(value: Any, depth: int) -> None:
+    """A remembered result body holds only what results hold: maps with string keys,
+    lists, strings, integers, booleans and null, nested at most MAX_BODY_DEPTH deep."""
+    if depth > MAX_BODY_DEPTH:
+        raise ValueError("dedup result body is nested too deeply")
+    t = type(value)
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise ValueError("dedup result body has a non-string key")
+            _check_body(v, depth + 1)
+    elif t is list:
+        for v in value:
+            _check_body(v, depth + 1)
+    elif t not in (str, int, bool, type(None)):
+        raise ValueError(f"dedup result body holds a {t.__name__}")
 
 
 def _spec_of(cmd: dict[str, Any]) -> dict[str, Any]:

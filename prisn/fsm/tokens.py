@@ -190,12 +190,20 @@ class Token:
 
     @classmethod
     def from_row(cls, row: Any) -> Token:
-        """A record from a snapshot row; ValueError if anything is off."""
-        if not isinstance(row, dict):
+        """A record from a snapshot row (exactly the keys of `row()`, each of its exact
+        type: what `apply` could have stored); ValueError if anything is off."""
+        if type(row) is not dict:
             raise ValueError("token row is not a map")
+        if set(row) != _ROW_KEYS:
+            raise ValueError(f"token row keys must be {', '.join(sorted(_ROW_KEYS))}")
         try:
             role = validate_role(row["role"])
-            namespaces = validate_namespaces(role, list(row["namespaces"]))
+            raw_ns = row["namespaces"]
+            if type(raw_ns) is not list:
+                raise ValidationError("namespaces", "must be a list")
+            namespaces = validate_namespaces(role, raw_ns)
+            if namespaces != raw_ns:
+                raise ValidationError("namespaces", "must be sorted and unique")
             name = validate_name(row["name"])
         except ValidationError as exc:
             raise ValueError(f"token row: {exc.message}") from None
@@ -203,14 +211,14 @@ class Token:
                   namespaces=tuple(namespaces), hash=row["hash"], created_at=row["created_at"],
                   expires_at=row["expires_at"], expires_ms=row["expires_ms"],
                   revoked_at=row["revoked_at"])
-        if not isinstance(tok.hash, str) or not _HASH_RE.fullmatch(tok.hash):
+        if type(tok.hash) is not str or not _HASH_RE.fullmatch(tok.hash):
             raise ValueError("token row: bad hash")
         ts_millis(tok.created_at)
-        if tok.expires_at is not None:
-            ts_millis(tok.expires_at)
-        if (tok.expires_ms is None) != (tok.expires_at is None) or not (
-                tok.expires_ms is None or is_int(tok.expires_ms)):
-            raise ValueError("token row: bad expiry")
+        if tok.expires_at is None:
+            if tok.expires_ms is not None:
+                raise ValueError("token row: expires_ms without expires_at")
+        elif type(tok.expires_ms) is not int or tok.expires_ms != ts_millis(tok.expires_at):
+            raise ValueError("token row: expires_ms does not match expires_at")
         if tok.revoked_at is not None:
             ts_millis(tok.revoked_at)
         return tok
@@ -291,9 +299,12 @@ class TokenTable:
 
     @classmethod
     def from_rows(cls, rows: Any) -> TokenTable:
-        """A table from `rows()`; ValueError for anything malformed or duplicated."""
-        if not isinstance(rows, list):
+        """A table from `rows()`; ValueError for anything malformed or duplicated, or more
+        than MAX_TOKENS rows (apply never stores more)."""
+        if type(rows) is not list:
             raise ValueError("tokens must be a list")
+        if len(rows) > MAX_TOKENS:
+            raise ValueError(f"more than {MAX_TOKENS} tokens")
         table = cls()
         for raw in rows:
             try:
@@ -305,6 +316,10 @@ class TokenTable:
             table._by_id[tok.id] = tok
             table._by_name[tok.name] = tok.id
         return table
+
+
+_ROW_KEYS = frozenset({"id", "name", "role", "namespaces", "hash", "created_at", "expires_at",
+                       "expires_ms", "revoked_at"})
 
 
 def _fields(tok: Token) -> dict[str, Any]:

@@ -37,12 +37,21 @@ Safety rules this module keeps (Raft paper = §, Ongaro thesis = T):
   durable prefix and rewrites the rest of its log with the current hard state; nothing of
   the void epoch is ever counted as synced. `StoreFatal` (the store cannot be trusted) stops
   the node for good (`status().fatal`).
+- Malformed peer input changes nothing: an AppendEntries whose entries are not contiguous
+  ``[index, term, kind, data]`` lists with sane terms, or that carries a CONFIG entry
+  `decode_config` refuses, and an InstallSnapshot chunk outside its snapshot are dropped
+  whole before the term rules (no append, no ack, no term change), counted in
+  `status().drops` (``bad_append``, ``bad_snapshot_chunk``) and logged (rate-limited in
+  ticks). So an invalid configuration never enters the log.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import random
+import re
 from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
@@ -95,10 +104,20 @@ from prisn.raft.log import RaftLog
 from prisn.raft.progress import Progress, ProgressState, quorum_index, quorum_size
 from prisn.raft.status import PeerStatus, RaftStatus
 
+log = logging.getLogger("prisn.raft")
+
 NOT_LEADER = "not leader"  # ForwardResponse reason that makes the origin retry elsewhere
 DISK_ERROR = "the log cannot be written"  # 507 reason prefix while the disk is broken
 NO_LEADER = "no leader or quorum"
 SEEN_FORWARDS = 65536  # forwarded proposals remembered to drop network duplicates
+# Bounds on what a peer may send (a message beyond them is malformed: dropped and counted)
+MAX_CONFIG_BYTES = 1 << 20  # data of one CONFIG entry
+MAX_MEMBERS = 1024  # voters + learners of one configuration
+MAX_MEMBER_FIELD = 1024  # characters of a node id, an address or a cluster id
+MAX_SNAPSHOT_SIZE = 1 << 40  # bytes of one snapshot file (InstallSnapshot `size`)
+REFUSED_LOG_TICKS = 100  # log a malformed peer message at most once per reason this often
+_SNAP_ID = re.compile(r"[0-9a-f]{64}")
+_ENTRY_KINDS = frozenset(int(k) for k in EntryKind)
 
 
 @dataclass(frozen=True)
@@ -172,8 +191,69 @@ def encode_config(m: Membership) -> bytes:
     return cbor2.dumps(m.to_wire(), canonical=True)
 
 
+def _refuse_tag(_decoder: Any, tag: Any) -> Any:
+    raise ValueError(f"CBOR tag {tag.tag} in a configuration")
+
+
+def _members(value: Any, what: str) -> dict[str, str]:
+    """A voters/learners map: node id -> address, both non-empty bounded strings."""
+    if type(value) is not dict:
+        raise ValueError(f"configuration {what} must be a map, not {type(value).__name__}")
+    if len(value) > MAX_MEMBERS:
+        raise ValueError(f"configuration has more than {MAX_MEMBERS} {what}")
+    for k, v in value.items():
+        if type(k) is not str or not 0 < len(k) <= MAX_MEMBER_FIELD:
+            raise ValueError(f"configuration {what}: node id {k!r:.80} is not a string of 1 "
+                             f"to {MAX_MEMBER_FIELD} characters")
+        if type(v) is not str or not 0 < len(v) <= MAX_MEMBER_FIELD:
+            raise ValueError(f"configuration {what}: address of {k!r:.80} is not a string of "
+                             f"1 to {MAX_MEMBER_FIELD} characters")
+    return dict(value)
+
+
+def membership_from_wire(wire: Any) -> Membership:
+    """A `Membership` from its wire map (`Membership.to_wire()`), checked strictly: exactly
+    the keys cluster (non-empty string), voters (at least one) and learners (maps of node
+    id -> address strings), no node in both, bounded sizes. ValueError for anything else.
+
+    Pure; any thread. Used for CONFIG entries (`decode_config`) and snapshot headers."""
+    if type(wire) is not dict:
+        raise ValueError(f"configuration is not a map but {type(wire).__name__}")
+    if set(wire) != {"cluster", "voters", "learners"}:
+        raise ValueError(f"configuration keys must be cluster, voters, learners; got "
+                         f"{sorted(map(repr, wire))!s:.200}")
+    cluster = wire["cluster"]
+    if type(cluster) is not str or not 0 < len(cluster) <= MAX_MEMBER_FIELD:
+        raise ValueError(f"configuration cluster id must be a string of 1 to "
+                         f"{MAX_MEMBER_FIELD} characters")
+    voters = _members(wire["voters"], "voters")
+    learners = _members(wire["learners"], "learners")
+    if not voters:
+        raise ValueError("configuration has no voter")
+    if len(voters) + len(learners) > MAX_MEMBERS:
+        raise ValueError(f"configuration has more than {MAX_MEMBERS} members")
+    both = voters.keys() & learners.keys()
+    if both:
+        raise ValueError(f"configuration lists {sorted(both)[0]!r:.80} as voter and learner")
+    return Membership(cluster=cluster, voters=voters, learners=learners)
+
+
 def decode_config(data: bytes) -> Membership:
-    return Membership.from_wire(cbor2.loads(data))
+    """The membership in the data of a CONFIG entry; ValueError (and only that) for
+    anything malformed: not bytes, too large, not CBOR, CBOR tags, trailing bytes, or a map
+    `membership_from_wire` refuses. Pure; any thread."""
+    if type(data) is not bytes:
+        raise ValueError(f"configuration data is {type(data).__name__}, not bytes")
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"configuration data of {len(data)} bytes is too large")
+    buf = io.BytesIO(data)
+    try:
+        wire = cbor2.CBORDecoder(buf, tag_hook=_refuse_tag).decode()
+    except Exception as e:  # noqa: BLE001 - cbor2 raises several types on garbage
+        raise ValueError(f"configuration data is not CBOR: {e}") from None
+    if buf.tell() != len(data):
+        raise ValueError("configuration data has trailing bytes after its map")
+    return membership_from_wire(wire)
 
 
 def static_cluster_id(members: dict[str, str]) -> str:
@@ -185,6 +265,64 @@ def static_cluster_id(members: dict[str, str]) -> str:
 
 _TERM_TYPES = (VoteRequest, VoteResponse, AppendEntries, AppendResponse, TimeoutNow,
                InstallSnapshot, InstallSnapshotResponse)
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def append_problem(m: AppendEntries) -> str:
+    """Why an AppendEntries is malformed ("" when it is well-formed). The codec checked
+    the field types; here every entry is checked: ``[index, term, kind, data]`` with
+    contiguous indexes from ``prev_index + 1``, terms never decreasing, from ``prev_term`` up
+    to the message's term, a known kind, bytes data, and a CONFIG entry's data must decode
+    (`decode_config`): an invalid configuration must never enter the log. Pure."""
+    term = m.term
+    if m.prev_index < 0 or not 0 <= m.prev_term <= term or m.commit < 0 or term < 0:
+        return "negative index or term, or prev_term above the message's term"
+    last_term = m.prev_term
+    index = m.prev_index
+    for e in m.entries:
+        index += 1
+        if type(e) is not list or len(e) != 4:
+            return f"entry {index} is not [index, term, kind, data]"
+        ei, et, kind, data = e
+        if not _is_int(ei) or ei != index:
+            return f"entry {index} has index {ei!r:.40} (entries must be contiguous)"
+        if not _is_int(et) or not last_term <= et <= term:
+            return (f"entry {index} has term {et!r:.40} (terms never decrease and never "
+                    f"exceed the message's term {term})")
+        if not _is_int(kind) or kind not in _ENTRY_KINDS:
+            return f"entry {index} has an unknown kind {kind!r:.40}"
+        if type(data) is not bytes:
+            return f"entry {index} data is {type(data).__name__}, not bytes"
+        if kind == EntryKind.CONFIG:
+            try:
+                decode_config(data)
+            except ValueError as exc:
+                return f"entry {index} is an invalid configuration: {exc}"
+        last_term = et
+    return ""
+
+
+def install_problem(m: InstallSnapshot) -> str:
+    """Why an InstallSnapshot chunk is malformed ("" when it is well-formed): a snapshot
+    id of 64 lowercase hex digits, index >= 1, 0 <= snap_term <= term, 0 < size <=
+    MAX_SNAPSHOT_SIZE and the chunk inside it (0 <= offset, offset + len(data) <= size). Pure."""
+    if not _SNAP_ID.fullmatch(m.snap_id):
+        return f"bad snapshot id {m.snap_id!r:.80}"
+    if m.index < 1 or not 0 <= m.snap_term <= m.term:
+        return f"bad snapshot index {m.index} or term {m.snap_term}"
+    if not 0 < m.size <= MAX_SNAPSHOT_SIZE:
+        return f"snapshot size {m.size} outside 1..{MAX_SNAPSHOT_SIZE}"
+    if m.offset < 0 or m.offset + len(m.data) > m.size:
+        return f"chunk at {m.offset} of {len(m.data)} bytes is outside the snapshot's {m.size}"
+    return ""
+
+
+_PEER_CHECKS: dict[type, Any] = {AppendEntries: append_problem, InstallSnapshot: install_problem}
+_PEER_CHECK_DROPS: dict[type, str] = {AppendEntries: "bad_append",
+                                      InstallSnapshot: "bad_snapshot_chunk"}
 
 
 class RaftCore:
@@ -220,7 +358,12 @@ class RaftCore:
         for e in boot.entries:
             if e[2] == EntryKind.CONFIG and (e[0] > boot.snapshot_index
                                              or boot.snapshot_membership is None):
-                self._configs.append((e[0], decode_config(e[3])))
+                try:
+                    self._configs.append((e[0], decode_config(e[3])))
+                except ValueError as exc:  # written before peers' entries were checked
+                    raise RuntimeError(f"the stored log holds an invalid configuration entry "
+                                       f"at index {e[0]} ({exc}): wipe this node's data "
+                                       f"directory and let it rejoin") from None
         self._configs.sort(key=lambda c: c[0])
         # snapshots: the newest durable one we can send, the one before it (compaction
         # floor), and a follower's install in progress
@@ -270,6 +413,7 @@ class RaftCore:
         self._seen_fwd: dict[tuple[str, int], None] = {}  # recent forwarded (src, rid), FIFO
         self._join_elapsed = 0
         self._drops: dict[str, int] = {}
+        self._refused_logged: dict[str, int] = {}  # reason -> tick of its last log line
         self._fatal = ""
         self._disk_error = ""  # non-empty from StoreFailed until StoreRecovered
         self.disk_failures = 0
@@ -562,6 +706,17 @@ class RaftCore:
     # ================================================================== helpers: output
     def _drop(self, reason: str) -> None:
         self._drops[reason] = self._drops.get(reason, 0) + 1
+
+    def _refuse(self, reason: str, m: Msg, why: str) -> None:
+        """Drop a malformed peer message before it changes anything: counted under
+        `reason` in `status().drops`, logged at most once per REFUSED_LOG_TICKS per reason
+        (ticks, not a clock: the core stays deterministic)."""
+        self._drop(reason)
+        last = self._refused_logged.get(reason)
+        if last is None or self._now - last >= REFUSED_LOG_TICKS:
+            self._refused_logged[reason] = self._now
+            log.warning("raft: dropped a malformed %s from %.64r: %.300s (%d dropped so far)",
+                        m.T, m.src, why, self._drops[reason])
 
     def _reply(self, rid: int, ok: bool, code: int = 200, reason: str = "",
                index: int = 0) -> None:
@@ -1457,6 +1612,12 @@ class RaftCore:
         if self._cluster and m.cluster != self._cluster:
             if not (m.cluster == "" and type(m) is JoinRequest):
                 self._drop("cluster_mismatch")
+                return
+        check = _PEER_CHECKS.get(type(m))
+        if check is not None:  # before the term rules: a malformed message changes nothing
+            why = check(m)
+            if why:
+                self._refuse(_PEER_CHECK_DROPS[type(m)], m, why)
                 return
         if isinstance(m, _TERM_TYPES) and not self._check_term(m):
             return

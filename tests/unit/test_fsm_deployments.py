@@ -508,3 +508,105 @@ def test_arbitrary_commands_never_raise(commands: list[dict]) -> None:
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     status, body = DeploymentStore().apply(1, EntryKind.COMMAND, data) or (0, {})
     assert status == 400 and body["error"] == "Bad Request"
+
+
+def _bad_variant(snap: dict, case: str) -> dict:
+    """`snap` (one deployment, one dedup row) with one value of the wrong type or range."""
+    snap = cbor2.loads(cbor2.dumps(snap))
+    dep, row = snap["deployments"][0], snap["dedup"][0]
+    top = {"format-bool": ("format", True), "format-float": ("format", 1.0),
+           "applied-inf": ("applied", float("inf")), "applied-float": ("applied", 2.0),
+           "applied-bool": ("applied", True), "applied-negative": ("applied", -1),
+           "applied-huge": ("applied", 2**64), "deployments-map": ("deployments", {}),
+           "dedup-str": ("dedup", "abc"), "extra-key": ("surprise", 1)}
+    if case in top:
+        key, value = top[case]
+        snap[key] = value
+        return snap
+    fields = {"replicas-str": ("replicas", "2"), "replicas-float": ("replicas", 2.0),
+              "port-bool": ("port", True), "name-int": ("name", 5), "name-bad": ("name", "a b"),
+              "namespace-bytes": ("namespace", b"default"), "type-unknown": ("type", "vm"),
+              "env-int-value": ("env", {"A": 1}), "args-nested": ("args", [["x"]]),
+              "generation-zero": ("generation", 0), "generation-float": ("generation", 1.5),
+              "id-int": ("id", 7), "created-empty": ("created_at", ""),
+              "schedule-on-job": ("schedule", "@daily"), "source-empty": ("source", " ")}
+    if case in fields:
+        key, value = fields[case]
+        dep[key] = value
+        return snap
+    if case == "row-extra-field":
+        dep["extra"] = 1
+    elif case == "row-missing-field":
+        del dep["env"]
+    elif case == "duplicate-id":
+        snap["deployments"].append({**dep, "name": "other"})
+    dedup = {"fp-int": (1, 1 << 34), "fp-short": (1, b"abc"), "fp-str": (1, "x" * 16),
+             "status-inf": (2, float("inf")), "status-bool": (2, True), "status-float": (2, 201.0),
+             "status-range": (2, 99), "key-int": (0, 5), "key-empty": (0, ""),
+             "body-list": (3, []), "body-float": (3, {"x": 1.5}), "body-bytes": (3, {"x": b"y"}),
+             "body-int-key": (3, {1: "x"})}
+    if case in dedup:
+        j, value = dedup[case]
+        row[j] = value
+    elif case == "row-short":
+        snap["dedup"][0] = row[:3]
+    elif case == "row-duplicate-key":
+        snap["dedup"].append(list(row))
+    elif case == "body-deep":
+        body: dict = {}
+        for _ in range(40):
+            body = {"x": body}
+        row[3] = body
+    return snap
+
+
+_BAD_RESTORE_CASES = [
+    "format-bool", "format-float", "applied-inf", "applied-float", "applied-bool",
+    "applied-negative", "applied-huge", "deployments-map", "dedup-str", "extra-key",
+    "replicas-str", "replicas-float", "port-bool", "name-int", "name-bad", "namespace-bytes",
+    "type-unknown", "env-int-value", "args-nested", "generation-zero", "generation-float",
+    "id-int", "created-empty", "schedule-on-job", "source-empty", "row-extra-field",
+    "row-missing-field", "duplicate-id", "fp-int", "fp-short", "fp-str", "status-inf",
+    "status-bool", "status-float", "status-range", "key-int", "key-empty", "body-list",
+    "body-float", "body-bytes", "body-int-key", "row-short", "row-duplicate-key", "body-deep",
+]
+
+
+@pytest.mark.parametrize("case", _BAD_RESTORE_CASES)
+def test_restore_checks_every_type_strictly(case: str) -> None:
+    """Fuzzing found `applied: inf` (OverflowError) and an int fingerprint n (bytes(n): n
+    zero bytes). Every value of a wrong type or range is a ValueError, the state unchanged."""
+    src = Feeder()
+    src.create(name="web", key="k1")
+    snap = cbor2.loads(src.store.snapshot())
+    assert len(snap["deployments"]) == 1 and len(snap["dedup"]) == 1
+    DeploymentStore().restore(cbor2.dumps(snap))  # the unchanged snapshot restores
+    f = Feeder()
+    f.create(name="keep")
+    h = f.store.state_hash()
+    with pytest.raises(ValueError):
+        f.store.restore(cbor2.dumps(_bad_variant(snap, case)))
+    assert f.store.state_hash() == h and f.store.applied_index == 1
+
+
+def test_restore_accepts_an_empty_fingerprint() -> None:
+    """`_fingerprint` gives b"" for a command it cannot encode; such a row must restore."""
+    f = Feeder()
+    f.create(name="web", key="k1")
+    snap = cbor2.loads(f.store.snapshot())
+    snap["dedup"][0][1] = b""
+    other = DeploymentStore()
+    other.restore(cbor2.dumps(snap, canonical=True))
+    assert other.count() == 1
+
+
+def test_prepare_restore_changes_nothing_until_installed() -> None:
+    src = Feeder()
+    src.create(name="web")
+    f = Feeder()
+    f.create(name="keep")
+    h = f.store.state_hash()
+    install = f.store.prepare_restore(src.store.snapshot())
+    assert f.store.state_hash() == h
+    install()
+    assert f.store.state_hash() == src.store.state_hash()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from prisn.messages import (
     AddNode,
     AppendEntries,
+    EntryKind,
     ForwardReadIndex,
     ForwardRequest,
     JoinRequest,
@@ -15,9 +18,12 @@ from prisn.messages import (
     ReadIndex,
     RemoveNode,
     Role,
+    StoreAppend,
     TimeoutNow,
     TransferLeadership,
 )
+from prisn.raft.boot import BootState, Membership
+from prisn.raft.core import RaftCore, encode_config
 from tests.sim.manual import OPTS, Cluster
 
 
@@ -324,3 +330,34 @@ def test_deposed_leader_proposes_its_uncommitted_commands_again():
     for nid, n in c.nodes.items():
         datas = [e[3] for e in n.core._log.entries()]
         assert datas.count(b"cmd-5") == 1, (nid, datas)
+
+
+# ------------------------------------------------------------------ invalid configurations
+def test_joiner_refuses_an_invalid_configuration_entry():
+    """A fresh joining node given a CONFIG entry whose data does not decode (found by
+    fuzzing: it crashed in _on_append -> _append_local -> decode_config) drops the whole
+    message, counts it, does not ack and keeps term 0; a valid one is then accepted."""
+    core = RaftCore("z", "addr-z", OPTS, random.Random(9), BootState(), join=["addr-a"])
+    core.startup()
+    for data in [b"", b"\x82\x01\x02", encode_config(Membership(cluster="c1"))[:-1]]:
+        out = core.step([AppendEntries(src="a", dst="z", cluster="c1", term=5, prev_index=0,
+                                       prev_term=0, entries=[[1, 5, EntryKind.CONFIG, data]],
+                                       commit=1)])
+        assert not out
+    st = core.status()
+    assert st.term == 0 and st.last_index == 0 and st.membership is None
+    assert st.drops == {"bad_append": 3} and st.cluster_id == ""
+    mem = Membership(cluster="c1", voters={"a": "addr-a"}, learners={"z": "addr-z"})
+    out = core.step([AppendEntries(src="a", dst="z", cluster="c1", term=5, prev_index=0,
+                                   prev_term=0, entries=[[1, 5, EntryKind.CONFIG,
+                                                          encode_config(mem)]], commit=1)])
+    assert any(isinstance(m, StoreAppend) for m in out)
+    assert core.status().membership == mem and core.term == 5
+
+
+def test_invalid_configuration_in_the_stored_log_is_a_clear_boot_error():
+    """An entry stored before peers' entries were checked: a one-line RuntimeError (the
+    server prints it and exits 1), not a traceback from the decoder."""
+    boot = BootState(term=2, commit=1, entries=[[1, 2, int(EntryKind.CONFIG), b"\xa0"]])
+    with pytest.raises(RuntimeError, match="invalid configuration entry at index 1"):
+        RaftCore("z", "addr-z", OPTS, random.Random(9), boot)

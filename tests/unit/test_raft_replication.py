@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from prisn.messages import (
     AppendEntries,
     AppendResponse,
@@ -192,3 +194,72 @@ def test_restart_loses_unsynced_and_rejoins():
         c.tick("a", OPTS.heartbeat_ticks)
         c.settle()
     assert c.nodes["b"].core.log.entries() == c.nodes["a"].core.log.entries()
+
+
+# ------------------------------------------------------------------ malformed AppendEntries
+def _follower_s3(commit: int = 1) -> RaftCore:
+    """s3 following in term 2 with the configuration entry committed."""
+    core = RaftCore("s3", "S3", OPTS, random.Random(5),
+                    BootState(term=2, commit=commit, entries=[CONF5]))
+    core.startup()
+    return core
+
+
+_GOOD = [2, 2, int(EntryKind.NOOP), b""]
+_BAD_APPENDS = {
+    "empty config data": [_GOOD, [3, 2, int(EntryKind.CONFIG), b""]],
+    "config is a list": [_GOOD, [3, 2, int(EntryKind.CONFIG), b"\x82\x01\x02"]],
+    "config without voters": [[2, 2, int(EntryKind.CONFIG),
+                               encode_config(Membership(cluster="c1"))]],
+    "short entry": [[2, 2, int(EntryKind.NOOP)]],
+    "entry not a list": [{"i": 2}],
+    "gap in indexes": [_GOOD, [4, 2, int(EntryKind.NOOP), b""]],
+    "index repeated": [_GOOD, _GOOD],
+    "term above the message": [[2, 9, int(EntryKind.NOOP), b""]],
+    "term decreasing": [[2, 2, 0, b"x"], [3, 1, 0, b"y"]],
+    "term below prev_term": [[2, 0, 0, b"x"]],
+    "unknown kind": [[2, 2, 7, b""]],
+    "bool kind": [[2, 2, True, b""]],
+    "float index": [[2.0, 2, 0, b""]],
+    "data not bytes": [[2, 2, 0, "text"]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_APPENDS))
+def test_malformed_append_is_dropped_whole_counted_and_not_acked(case: str) -> None:
+    """A malformed AppendEntries (any entry) changes nothing: no entry appended (not even the
+    well-formed ones before the bad one), no ack, no term change; counted as bad_append."""
+    core = _follower_s3()
+    before = (core.log.entries(), core.commit_index, core.status().membership)
+    out = core.step([AppendEntries(src="s1", dst="s3", cluster="c1", term=3, prev_index=1,
+                                   prev_term=1, entries=_BAD_APPENDS[case], commit=3)])
+    assert not out, out
+    st = core.status()
+    assert (core.log.entries(), core.commit_index, st.membership) == before
+    assert st.term == 2 and st.leader_id == "" and st.drops == {"bad_append": 1}
+    # the next well-formed message from that leader is accepted as usual
+    out = core.step([AppendEntries(src="s1", dst="s3", cluster="c1", term=3, prev_index=1,
+                                   prev_term=1, entries=[[2, 3, 0, b"ok"]], commit=1)])
+    assert [m.entries for m in out if isinstance(m, StoreAppend)] == [[[2, 3, 0, b"ok"]]]
+
+
+def test_malformed_append_header_is_dropped() -> None:
+    core = _follower_s3()
+    for prev_index, prev_term, commit in [(-1, 0, 0), (1, 4, 0), (1, 1, -5)]:
+        out = core.step([AppendEntries(src="s1", dst="s3", cluster="c1", term=3,
+                                       prev_index=prev_index, prev_term=prev_term,
+                                       entries=[], commit=commit)])
+        assert not out
+    assert core.status().drops == {"bad_append": 3} and core.term == 2
+
+
+def test_malformed_append_is_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    core = _follower_s3()
+    bad = AppendEntries(src="s1", dst="s3", cluster="c1", term=3, prev_index=1, prev_term=1,
+                        entries=[[2, 3, int(EntryKind.CONFIG), b""]], commit=0)
+    with caplog.at_level("WARNING", logger="prisn.raft"):
+        for _ in range(5):
+            core.step([bad])
+    lines = [r for r in caplog.records if "malformed raft.append" in r.getMessage()]
+    assert len(lines) == 1 and "invalid configuration" in lines[0].getMessage()
+    assert core.status().drops["bad_append"] == 5

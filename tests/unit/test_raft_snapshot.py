@@ -246,3 +246,22 @@ def test_progress_snapshot_state_pauses_appends() -> None:
     core.step([AppendResponse(src="n3", dst="n1", cluster="c1", term=core.term,
                               success=False, index=0)])
     assert core._progress["n3"].state is ProgressState.SNAPSHOT
+
+
+def test_follower_drops_malformed_snapshot_chunks() -> None:
+    """A chunk whose offset, size or id is impossible never reaches the state machine (the
+    fsm's receive_chunk raised ValueError from seek() for offset -2**70): dropped, counted,
+    no answer, no term change."""
+    core = follower(10)
+    bad = [dict(offset=-2**70), dict(offset=-1), dict(offset=200, data=b"x" * 100),
+           dict(size=0, data=b""), dict(size=2**41), dict(snap_id="../../etc/passwd"),
+           dict(snap_id=SID.upper()), dict(index=0), dict(snap_term=3)]
+    for fields in bad:
+        m = dict(src="n1", dst="n3", cluster="c1", term=2, index=80, snap_term=2,
+                 snap_id=SID, size=250, offset=0, data=b"x" * 100)
+        m.update(fields)
+        out = core.step([InstallSnapshot(**m)])  # type: ignore[arg-type]
+        assert not out, (fields, out)
+    st = core.status()
+    assert st.drops == {"bad_snapshot_chunk": len(bad)} and st.term == 2
+    assert of(_chunk(core, 0), SnapChunk)  # a well-formed chunk still goes through

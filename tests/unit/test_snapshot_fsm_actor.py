@@ -8,6 +8,7 @@ import itertools
 import os
 from pathlib import Path
 
+import cbor2
 import zmq
 
 from actors.statemachine import StateMachineActor
@@ -115,3 +116,33 @@ def test_corrupt_install_is_refused_and_state_kept(tmp_path: Path) -> None:
     assert isinstance(ack, SnapChunkAck) and not ack.installed and ack.next_offset == 0
     assert ack.error and store.applied_index == 0
     assert not list(tmp_path.glob("snapshot-*"))
+
+
+def test_install_of_a_state_the_store_refuses_changes_nothing(tmp_path: Path) -> None:
+    """Found by fuzzing: a received snapshot with `applied: inf` made restore raise
+    OverflowError (the actor failed, the node exited) after the file had been renamed into
+    snapshots/ (so the next boot failed too). Now the state is checked before the rename: the
+    leader hears an error (start over from 0), the store and the snapshot files are as they
+    were, and the actor keeps applying."""
+    snaps = SnapshotStore(tmp_path)
+    snaps.write(3, 1, MEM, DeploymentStore().snapshot())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    bad_state = cbor2.loads(DeploymentStore().snapshot())
+    bad_state["applied"] = float("inf")
+    blob = encode_snapshot(40, 2, MEM, cbor2.dumps(bad_state))
+    store = DeploymentStore()
+    actor = StateMachineActor(zmq.Context.instance(), "fsm-rx3", store, snapshots=snaps)
+    out = FakeOutbox()
+    actor.outbox = out  # type: ignore[assignment]
+    actor.on_messages([Apply(entries=_entries(1, 5))])
+    h = store.state_hash()
+    actor.on_messages([SnapChunk(snap_id=blob[-32:].hex(), index=40, term=2, size=len(blob),
+                                 offset=0, data=blob)])
+    ack = out.to("raft")[-1]
+    assert isinstance(ack, SnapChunkAck) and not ack.installed and ack.next_offset == 0
+    assert "refused" in ack.error and "applied" in ack.error
+    assert store.state_hash() == h and store.applied_index == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no new file, no pruning
+    assert actor.installs_received == 0
+    actor.on_messages([Apply(entries=_entries(1, 7)[-2:])])
+    assert store.applied_index == 7

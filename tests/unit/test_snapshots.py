@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from prisn.raft.boot import BootState, Membership
@@ -130,6 +132,95 @@ def test_new_snapshot_id_drops_old_partial(tmp_path: Path) -> None:
     rx.receive_chunk(a[-32:].hex(), 0, a[:20])
     assert rx.receive_chunk(b[-32:].hex(), 20, b[20:]) == 0  # unknown id: from 0
     assert rx.partial_size(a[-32:].hex()) == 0
+
+
+
+def _sealed(header: object, data: bytes = b"") -> bytes:
+    """A file with this header object and a valid checksum (parsing reaches the header)."""
+    hdr = cbor2.dumps(header)
+    head = MAGIC + struct.pack(">II", FORMAT, len(hdr)) + hdr
+    return head + data + hashlib.sha256(head + data).digest()
+
+
+@pytest.mark.parametrize("header", [
+    {"index": 1.0, "term": 1, "membership": None, "data_len": 0},
+    {"index": True, "term": 1, "membership": None, "data_len": 0},
+    {"index": 1, "term": "1", "membership": None, "data_len": 0},
+    {"index": 1, "term": 1, "membership": None, "data_len": 0, "extra": 1},
+    {"index": 1, "term": 1, "membership": {"cluster": "c", "voters": 5, "learners": {}},
+     "data_len": 0},
+    {"index": 1, "term": 1, "membership": {"cluster": "c", "voters": {"n1": 7},
+                                           "learners": {}}, "data_len": 0},
+    [1, 1, None, 0],
+], ids=["float", "bool", "str", "extra-key", "voters-int", "address-int", "list"])
+def test_header_types_checked_strictly(tmp_path: Path, header: object) -> None:
+    """Header values of the wrong type (a float index was silently int()ed, a bad
+    membership map was accepted) are a SnapshotError, like any other damage."""
+    p = tmp_path / "snapshot-x.snap"
+    p.write_bytes(_sealed(header))
+    with pytest.raises(SnapshotError, match="header"):
+        read_snapshot(p)
+
+
+@pytest.mark.parametrize("offset,data", [(-2**70, b"x"), (-1, b"x"), (2**41, b"x"),
+                                         (True, b"x"), (1.0, b"x"), (0, "text")])
+def test_receive_chunk_refuses_bad_offsets_and_changes_nothing(tmp_path: Path, offset: object,
+                                                               data: object) -> None:
+    """Found by fuzzing: offset -2**70 raised ValueError from seek(), which the fsm actor does
+    not catch. Every impossible offset or chunk is a SnapshotError, and no file is touched
+    (not even another id's partial file)."""
+    rx = SnapshotStore(tmp_path)
+    other = "ab" * 32
+    rx.receive_chunk(other, 0, b"partial")
+    with pytest.raises(SnapshotError):
+        rx.receive_chunk("cd" * 32, offset, data)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"recv-{other}.part"]
+    with pytest.raises(SnapshotError):
+        rx.finish_receive("../" + other)
+
+
+def test_finish_receive_check_refusal_leaves_no_snapshot(tmp_path: Path) -> None:
+    """A received file the state machine refuses (`check` raises) is deleted before it
+    becomes a snapshot file: the older snapshots are all kept (no pruning happened)."""
+    st = SnapshotStore(tmp_path)
+    st.write(10, 1, MEM, b"a")
+    st.write(20, 1, MEM, b"b")
+    blob = encode_snapshot(30, 2, MEM, b"bad state")
+    sid = blob[-32:].hex()
+    st.receive_chunk(sid, 0, blob)
+    seen: list[tuple[int, bytes]] = []
+
+    def refuse(meta, data: bytes) -> None:  # type: ignore[no-untyped-def]
+        seen.append((meta.index, data))
+        raise ValueError("invalid snapshot: applied must be an integer")
+
+    with pytest.raises(SnapshotError, match="applied must be an integer"):
+        st.finish_receive(sid, check=refuse)
+    assert seen == [(30, b"bad state")]
+    assert [i for i, _t, _p in st.names()] == [20, 10] and st.partial_size(sid) == 0
+    st.receive_chunk(sid, 0, blob)
+    assert st.finish_receive(sid, check=lambda meta, data: None).index == 30
+
+
+def test_latest_with_accept_falls_back_past_a_refused_state(tmp_path: Path, caplog) -> None:
+    """Boot: a newest file that verifies but whose state the store refuses is logged by name
+    and skipped; the previous snapshot is used (no traceback, no crash loop)."""
+    st = SnapshotStore(tmp_path)
+    m20 = st.write(20, 1, MEM, b"good")
+    m30 = st.write(30, 2, MEM, b"bad")
+
+    def accept(meta, data: bytes) -> None:  # type: ignore[no-untyped-def]
+        if data == b"bad":
+            raise ValueError("invalid snapshot: applied must be an integer")
+
+    got = st.latest(accept=accept)
+    assert got is not None and got[0] == m20 and got[1] == b"good"
+    assert Path(m30.path).name in caplog.text and "refused" in caplog.text
+
+    def refuse_all(meta, data: bytes) -> None:  # type: ignore[no-untyped-def]
+        raise ValueError("no")
+
+    assert st.latest(accept=refuse_all) is None
 
 
 # ---------------------------------------------------------------------- boot assembly

@@ -361,6 +361,48 @@ def test_restore_refuses_bad_token_rows_and_keeps_state(mutate: Any) -> None:
     assert target.store.state_hash() == h
 
 
+
+@pytest.mark.parametrize("case,mutate", [
+    ("namespaces-string", lambda row: row.update(namespaces="team")),  # was list("team")
+    ("namespaces-unsorted", lambda row: row.update(namespaces=["team", "a"])),
+    ("namespaces-duplicate", lambda row: row.update(namespaces=["team", "team"])),
+    ("expires-ms-float", lambda row: row.update(expires_ms=float(row["expires_ms"]))),
+    ("expires-ms-bool", lambda row: row.update(expires_ms=True)),
+    ("expires-ms-mismatch", lambda row: row.update(expires_ms=row["expires_ms"] + 1)),
+    ("expires-ms-without-at", lambda row: row.update(expires_at=None)),
+    ("hash-bytes", lambda row: row.update(hash=b"0" * 64)),
+    ("revoked-at-int", lambda row: row.update(revoked_at=5)),
+    ("extra-key", lambda row: row.update(secret="prisn_x")),
+    ("row-list", None),
+])
+def test_restore_checks_token_row_types_strictly(case: str, mutate: Any) -> None:
+    """Token rows are checked like the rest of a snapshot: each value of its exact type and
+    consistent (a string of namespaces was split into letters, a float expiry accepted)."""
+    f = Feeder()
+    f.create(name="ci", expires_in="1h", namespaces=["a", "team"])
+    snap = cbor2.loads(f.store.snapshot())
+    if mutate is None:
+        snap["tokens"][0] = list(snap["tokens"][0].items())
+    else:
+        mutate(snap["tokens"][0])
+    target = Feeder(seed=9)
+    target.create(name="keep")
+    h = target.store.state_hash()
+    with pytest.raises(ValueError):
+        target.store.restore(cbor2.dumps(snap, canonical=True))
+    assert target.store.state_hash() == h, case
+
+
+def test_restore_refuses_more_tokens_than_apply_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    f = Feeder()
+    f.create(name="a1")
+    f.create(name="a2")
+    snap = f.store.snapshot()
+    monkeypatch.setattr(tokmod, "MAX_TOKENS", 1)
+    with pytest.raises(ValueError, match="more than 1 tokens"):
+        DeploymentStore().restore(snap)
+
+
 def test_token_row_round_trip() -> None:
     tok = Token(id="0011223344556677", name="n", role="viewer", namespaces=("a", "b"),
                 hash="a" * 64, created_at=format_ts(T0), expires_at=None, expires_ms=None,

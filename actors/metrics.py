@@ -210,6 +210,31 @@ class SnapshotCollector(Collector):
                                 value=1 if getattr(st, "disk_error", "") else 0)
 
 
+class PeerDropsCollector(Collector):
+    """Scrape-time `prisn_peer_messages_dropped_total{reason}`: peer messages refused and
+    counted instead of handled. `shell()` returns the raft actor's ShellStats
+    (``peer_dropped``: undecodable frames and non-peer types on the Raft port) and `core()`
+    the RaftStatus (``drops``: the core's reasons, e.g. ``bad_append``,
+    ``bad_snapshot_chunk``, ``duplicate_forward``); either may return None before start."""
+
+    def __init__(self, shell: Callable[[], Any], core: Callable[[], Any]) -> None:
+        self._shell = shell
+        self._core = core
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            shell, core = self._shell(), self._core()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        fam = CounterMetricFamily("prisn_peer_messages_dropped", "Peer messages dropped and "
+                                  "counted: reason malformed (undecodable or not a peer "
+                                  "message type), or the Raft core's reason.", labels=["reason"])
+        fam.add_metric(["malformed"], getattr(shell, "peer_dropped", 0) if shell else 0)
+        for reason, n in sorted((getattr(core, "drops", None) or {}).items()):
+            fam.add_metric([str(reason)], n)
+        yield fam
+
+
 class PeerAuthCollector(Collector):
     """Scrape-time `prisn_peer_auth_failures_total{reason}` from the node's peer-auth counts.
 

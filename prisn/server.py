@@ -24,7 +24,7 @@ import zmq
 from actors.api.actor import ApiActor, tls_context
 from actors.api.bridge import RaftNodeClient, build_status
 from actors.logstore import LogStoreActor
-from actors.metrics import NodeMetrics, PeerAuthCollector, SnapshotCollector
+from actors.metrics import NodeMetrics, PeerAuthCollector, PeerDropsCollector, SnapshotCollector
 from actors.raft import RaftActor
 from actors.statemachine import StateMachineActor
 from actors.supervisor import Supervisor
@@ -100,7 +100,10 @@ class Node:
         t_boot = time.perf_counter()
         stored = self.storage.load()
         snaps = SnapshotStore(data / "snapshots")
-        latest = snaps.latest()
+        store = DeploymentStore()
+        # restored while choosing: a newest file that verifies but whose state the store
+        # refuses is logged by name and the previous snapshot is used
+        latest = snaps.latest(accept=lambda _meta, state: store.restore(state))
         try:
             boot, reset = assemble_boot(stored, latest[0] if latest else None)
         except BootError as e:
@@ -108,9 +111,7 @@ class Node:
         if reset:
             # an installed snapshot the log had not caught up with (crash mid-install)
             self.storage.reset_to(boot.snapshot_index, boot.snapshot_term)
-        store = DeploymentStore()
         if latest is not None:
-            store.restore(latest[1])
             log.info("restored snapshot %d (term %d, %d bytes) + %d log entries in %.3f s",
                      boot.snapshot_index, boot.snapshot_term, latest[0].size,
                      len(boot.entries), time.perf_counter() - t_boot)
@@ -164,6 +165,9 @@ class Node:
         metrics = NodeMetrics(status=self.node_status, deployments=store.count)
         metrics.registry.register(SnapshotCollector(
             lambda: self.raft.status if self.raft is not None else None, lambda: self.fsm))
+        metrics.registry.register(PeerDropsCollector(
+            lambda: self.raft.stats if self.raft is not None else None,
+            lambda: self.raft.status if self.raft is not None else None))
         self.metrics = metrics
 
         logstore = LogStoreActor(self.storage, self.ctx, cfg.node_id,

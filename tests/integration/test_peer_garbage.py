@@ -69,3 +69,14 @@ def test_garbage_and_forged_messages_change_nothing(cluster):
         assert st["term"] == term and st["leader"] == leader.node_id, f"seed {seed}: {st}"
         assert st["cluster_id"] == cid
         assert n.req("GET", "/api/v1/deployments/after-garbage").status == 200
+        # the refusals were counted where an operator can see them
+        metrics = n.req("GET", "/metrics").body.decode()
+        wait_for(lambda n=n: _dropped(n.req("GET", "/metrics").body.decode()) > 0, 10,
+                 f"{n.node_id} counts dropped peer messages")
+        assert "prisn_peer_messages_dropped_total" in metrics
+
+
+def _dropped(metrics: str) -> float:
+    """Sum of prisn_peer_messages_dropped_total over its reasons."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("prisn_peer_messages_dropped_total{"))

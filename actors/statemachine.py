@@ -39,7 +39,6 @@ import cbor2
 import zmq
 
 from actors.base import Actor
-from prisn.fsm.commands import CommandError, decode_entry
 from prisn.fsm.deployments import DeploymentStore
 from prisn.messages import (
     Applied,
@@ -128,7 +127,7 @@ class StateMachineActor(Actor):
                         except ValueError as e:  # raft refuses such entries; keep the old
                             log.error("fsm: undecodable configuration at %d: %s", index, e)
                     if out is not None:
-                        origin, rid = entry_origin(data)
+                        origin, rid = store.last_origin
                         if origin == me:
                             results.append([rid, out[0], out[1]])
             elif isinstance(m, SnapChunk):
@@ -311,12 +310,3 @@ def _in_child(work: Callable[[], tuple[Path, int, str]]) -> tuple[Path, int, str
         raise RuntimeError(f"snapshot child exited with status {status}")
     tmp, size, digest = cbor2.loads(payload)
     return Path(tmp), int(size), str(digest)
-
-
-def entry_origin(data: bytes) -> tuple[str, int]:
-    """(origin node, rid) of a COMMAND entry; ("", 0) when the data is not a command."""
-    try:
-        origin, rid, _cmd = decode_entry(data)
-    except CommandError:
-        return "", 0
-    return origin, rid

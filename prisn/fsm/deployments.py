@@ -176,6 +176,7 @@ class DeploymentStore:
         self._dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
         self._tokens = TokenTable()
         self._applied = 0
+        self.last_origin: tuple[str, int] = ("", 0)  # of the last COMMAND applied (see apply)
 
     # ------------------------------------------------------------------ apply (SM thread)
     @property
@@ -185,6 +186,10 @@ class DeploymentStore:
 
     def apply(self, index: int, kind: int, data: bytes) -> Result | None:
         """Apply the committed entry `index`; the result for a COMMAND, else None.
+
+        After a COMMAND, `last_origin` is its (origin node, request id), ("", 0) if the
+        entry does not decode: the fsm actor answers its own proposals with it without
+        decoding the entry a second time.
 
         Entries at or below `applied_index` are skipped (None): replay after a restart is
         harmless. A gap (index > applied + 1) is a wiring bug and raises ValueError. Bad
@@ -199,9 +204,11 @@ class DeploymentStore:
             if kind != EntryKind.COMMAND:
                 return None
             try:
-                _origin, _rid, cmd = decode_entry(data)
+                origin, rid, cmd = decode_entry(data)
             except CommandError as exc:
+                self.last_origin = ("", 0)
                 return _err(400, str(exc))
+            self.last_origin = (origin, rid)
             return self._apply_command(cmd)
 
     def _apply_command(self, cmd: dict[str, Any]) -> Result:

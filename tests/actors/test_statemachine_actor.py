@@ -13,8 +13,7 @@ import cbor2
 import pytest
 import zmq
 
-import actors.statemachine as sm_mod
-from actors.statemachine import StateMachineActor, entry_origin
+from actors.statemachine import StateMachineActor
 from prisn.fsm.commands import CommandFactory, encode_entry
 from prisn.fsm.deployments import DeploymentStore
 from prisn.messages import Applied, Apply, EntryKind, Msg, Tick
@@ -99,7 +98,14 @@ def test_entries_apply_in_order_results_only_for_own_origin(rig: Rig, cf: Comman
 
 def test_companion_the_origin_check_can_fail(rig: Rig, cf: CommandFactory,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sm_mod, "entry_origin", lambda data: (ME, entry_origin(data)[1]))
+    real = rig.store.apply
+
+    def claims_every_entry(index: int, kind: int, data: bytes) -> object:
+        out = real(index, kind, data)
+        rig.store.last_origin = (ME, rig.store.last_origin[1])
+        return out
+
+    monkeypatch.setattr(rig.store, "apply", claims_every_entry)
     with pytest.raises(AssertionError):
         check_results_only_for_own_origin(rig, cf)
 
@@ -166,10 +172,14 @@ def test_a_gap_is_a_wiring_bug_that_fails_the_actor(rig: Rig) -> None:
         rig.actor.on_messages([apply(noop(1), noop(3))])
 
 
-def test_entry_origin() -> None:
-    assert entry_origin(encode_entry("n7", 42, {"op": "x"})) == ("n7", 42)
-    assert entry_origin(b"") == ("", 0)
-    assert entry_origin(cbor2.dumps({"o": "n7", "r": True, "c": {}})) == ("", 0)
+def test_the_store_tells_the_origin_of_the_last_command() -> None:
+    store = DeploymentStore()
+    store.apply(1, EntryKind.COMMAND, encode_entry("n7", 42, {"op": "x"}))
+    assert store.last_origin == ("n7", 42)
+    store.apply(2, EntryKind.COMMAND, b"")
+    assert store.last_origin == ("", 0)
+    store.apply(3, EntryKind.COMMAND, cbor2.dumps({"o": "n7", "r": True, "c": {}}))
+    assert store.last_origin == ("", 0)
 
 
 def test_real_thread_round_trip(cf: CommandFactory) -> None:

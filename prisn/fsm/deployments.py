@@ -57,7 +57,11 @@ from prisn.fsm.validation import (
 from prisn.messages import EntryKind
 
 SNAPSHOT_FORMAT = 1  # deployments and dedup table
-SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (written only when there are tokens)
+SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer written)
+# Format 3 (written now): format 2 with "tokens" always present, and a dedup result that is
+# the deployment still stored under its name written as ``[namespace, name]`` instead of a
+# second copy of the deployment (half the snapshot, half the restore, shared in memory).
+SNAPSHOT_FORMAT_REFS = 3
 DEFAULT_DEDUP_CAPACITY = 100_000
 MAX_ID = 64
 MAX_TS = 64
@@ -131,9 +135,10 @@ class _Index:
 
     def add(self, ns: str, name: str, typ: str) -> None:
         key = (name, ns)
-        insort(self.all, key)
-        for table, k in self._lists(ns, typ):
-            insort(table.setdefault(k, []), key)
+        _insert(self.all, key)
+        _insert(self.by_ns.setdefault(ns, []), key)
+        _insert(self.by_type.setdefault(typ, []), key)
+        _insert(self.by_ns_type.setdefault((ns, typ), []), key)
 
     def remove(self, ns: str, name: str, typ: str) -> None:
         key = (name, ns)
@@ -152,6 +157,15 @@ class _Index:
         if ns is None:
             return self.by_type.get(typ, [])
         return self.by_ns_type.get((ns, typ), [])
+
+
+def _insert(lst: list[tuple[str, str]], key: tuple[str, str]) -> None:
+    """Insert `key` in sorted `lst`: an append when it sorts last (snapshot rows arrive in
+    order, and generated names often grow), else a bisect."""
+    if not lst or lst[-1] < key:
+        lst.append(key)
+    else:
+        insort(lst, key)
 
 
 def _remove_sorted(lst: list[tuple[str, str]], key: tuple[str, str]) -> None:
@@ -364,20 +378,24 @@ class DeploymentStore:
         return len(self._tokens)
 
     # ------------------------------------------------------------------ snapshots
-    def _state(self) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
+    def _state(self, refs: bool = True) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
+        """A consistent copy: `refs` writes unchanged dedup answers as references (snapshot
+        format 3), else every answer in full (the state hash must not depend on that)."""
         with self._lock:
             deps = [self._deps[(ns, name)] for name, ns in self._index.all]
-            dedup = [[k, fp, st, body] for k, (fp, st, body) in self._dedup.items()]
+            current = self._deps
+            if refs:
+                dedup = [[k, fp, st, _body_ref(body, current)]
+                         for k, (fp, st, body) in self._dedup.items()]
+            else:
+                dedup = [[k, fp, st, body] for k, (fp, st, body) in self._dedup.items()]
             return self._applied, deps, dedup, self._tokens.rows()
 
     @staticmethod
     def _encode(applied: int, deps: DeploymentList, dedup: DedupRows,
                 tokens: TokenRows) -> bytes:
-        snap: dict[str, Any] = {"format": SNAPSHOT_FORMAT, "applied": applied,
-                                "deployments": deps, "dedup": dedup}
-        if tokens:
-            snap["format"] = SNAPSHOT_FORMAT_TOKENS
-            snap["tokens"] = tokens
+        snap: dict[str, Any] = {"format": SNAPSHOT_FORMAT_REFS, "applied": applied,
+                                "deployments": deps, "dedup": dedup, "tokens": tokens}
         return cbor2.dumps(snap, canonical=True)
 
     def snapshot(self) -> bytes:
@@ -429,7 +447,7 @@ class DeploymentStore:
     def state_hash(self) -> str:
         """SHA-256 hex of the deployments, dedup table and tokens (not the applied index),
         for comparing nodes that have applied the same entries."""
-        _applied, deps, dedup, tokens = self._state()
+        _applied, deps, dedup, tokens = self._state(refs=False)
         state: dict[str, Any] = {"deployments": deps, "dedup": dedup}
         if tokens:
             state["tokens"] = tokens
@@ -440,9 +458,31 @@ class DeploymentStore:
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
                      OrderedDict[str, tuple[bytes, int, dict[str, Any]]], int, TokenTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
+             SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
+                                              "tokens"}),
              SNAPSHOT_FORMAT_TOKENS: frozenset({"format", "applied", "deployments", "dedup",
                                                 "tokens"})}
 _ROW_KEYS = frozenset(FIELDS)
+
+
+def _body_ref(body: dict[str, Any], current: dict[tuple[str, str], Deployment]) -> Any:
+    """A dedup result as written to a snapshot: ``[namespace, name]`` when it is the very
+    deployment object stored under that name now (a create's or update's answer that nothing
+    changed since), else the body itself."""
+    ns, name = body.get("namespace"), body.get("name")
+    if type(ns) is str and type(name) is str and current.get((ns, name)) is body:
+        return [ns, name]
+    return body
+
+
+def _resolve_ref(ref: list, deps: dict[tuple[str, str], Deployment]) -> Deployment:
+    """The deployment a format-3 dedup reference names; ValueError if it names none."""
+    if len(ref) != 2 or type(ref[0]) is not str or type(ref[1]) is not str:
+        raise ValueError("a dedup reference must be [namespace, name]")
+    dep = deps.get((ref[0], ref[1]))
+    if dep is None:
+        raise ValueError(f"dedup reference to a missing deployment {ref[0]:.63}/{ref[1]:.63}")
+    return dep
 
 
 def _parse_snapshot(snap: Any, capacity: int) -> _ParsedState:
@@ -482,9 +522,12 @@ def _parse_snapshot(snap: Any, capacity: int) -> _ParsedState:
             raise ValueError(f"dedup fingerprint must be {FINGERPRINT_LEN} bytes")
         if not is_int(status) or not 100 <= status <= 599:
             raise ValueError("dedup status must be an HTTP status code")
-        if type(body) is not dict:
+        if fmt == SNAPSHOT_FORMAT_REFS and type(body) is list:
+            body = _resolve_ref(body, deps)
+        elif type(body) is not dict:
             raise ValueError("dedup result body must be a map")
-        _check_body(body, 0)
+        else:
+            _check_body(body, 0)
         if key_ in dedup:
             raise ValueError(f"duplicate dedup key {key_!r:.80}")
         dedup[key_] = (fp, status, body)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prisn.fsm.commands import CommandFactory, decode_entry, encode_entry, format_ts
-from prisn.fsm.deployments import SNAPSHOT_FORMAT, DeploymentStore
+from prisn.fsm.deployments import SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_REFS, DeploymentStore
 from prisn.messages import EntryKind
 
 
@@ -321,7 +321,7 @@ def test_snapshot_restore_round_trip() -> None:
     f = Feeder(DeploymentStore(dedup_capacity=40))
     _workload(f, random.Random(3), 300)
     snap = f.store.snapshot()
-    assert cbor2.loads(snap)["format"] == SNAPSHOT_FORMAT
+    assert cbor2.loads(snap)["format"] == SNAPSHOT_FORMAT_REFS
     other = DeploymentStore(dedup_capacity=40)
     other.restore(snap)
     assert other.snapshot() == snap
@@ -353,6 +353,40 @@ def test_restore_refuses_bad_snapshot_and_keeps_state(blob: bytes) -> None:
     assert f.store.state_hash() == h and f.store.applied_index == 1
 
 
+def test_dedup_results_are_references_while_the_deployment_is_unchanged() -> None:
+    cf = CommandFactory(clock=lambda: 1_700_000_000.5)
+    store = DeploymentStore()
+    store.apply(1, EntryKind.COMMAND, encode_entry("n1", 1, cf.create(
+        {"name": "web", "source": "x"}, key="k-create")))
+    store.apply(2, EntryKind.COMMAND, encode_entry("n1", 2, cf.create(
+        {"name": "db", "source": "x"}, key="k-db")))
+    store.apply(3, EntryKind.COMMAND, encode_entry("n1", 3, cf.scale(
+        "web", {"replicas": 3}, key="k-scale")))
+    rows = {r[0]: r[3] for r in cbor2.loads(store.snapshot())["dedup"]}
+    # web changed since its create: that answer is written in full; the others are references
+    assert rows["k-create"]["generation"] == 1 and rows["k-create"]["replicas"] == 1
+    assert rows["k-scale"] == ["default", "web"] and rows["k-db"] == ["default", "db"]
+    again = DeploymentStore()
+    again.restore(store.snapshot())
+    assert again.state_hash() == store.state_hash()
+    # a retried create still gets its original answer after the restore
+    retry = again.apply(4, EntryKind.COMMAND, encode_entry("n1", 4, cf.create(
+        {"name": "web", "source": "x"}, key="k-create")))
+    assert retry is not None and retry[0] == 201 and retry[1]["generation"] == 1
+
+
+@pytest.mark.parametrize("ref", [["default", "nope"], ["default"], ["default", 5], []])
+def test_a_dedup_reference_to_no_deployment_is_refused(ref: list) -> None:
+    cf = CommandFactory()
+    store = DeploymentStore()
+    store.apply(1, EntryKind.COMMAND, encode_entry("n1", 1, cf.create(
+        {"name": "web", "source": "x"}, key="k")))
+    snap = cbor2.loads(store.snapshot())
+    snap["dedup"][0][3] = ref
+    with pytest.raises(ValueError):
+        DeploymentStore().restore(cbor2.dumps(snap))
+
+
 def test_golden_formats() -> None:
     """Persisted bytes (log entry payloads, snapshots) must not change by accident. If this
     fails on purpose, bump COMMAND_VERSION / SNAPSHOT_FORMAT, keep reading the old format,
@@ -371,8 +405,9 @@ def test_golden_formats() -> None:
     # reader is unchanged, so entries written canonically before still decode the same.
     assert digests == ["a7f34552a68154e1b4a6c2b7cc43912b296255d862942121472320206e32b808",
                        "c7091e6bb83cdc18ace8b80e6ff9daebe33a7b6fed413e930e39da2b4cbaeb8e"]
+    # snapshot format 3 (dedup answers as references) since the restore-time work of issue 5
     assert hashlib.sha256(store.snapshot()).hexdigest() == (
-        "84f1aa46e00b8a9cebff91ecfb43adc493c53bfc951b553241436e24fd4a4c53")
+        "77b44233553b78e8badc888ac5c87aa20f96c6a510010be204ac40471bc613ba")
 
 
 def test_entry_codec_round_trip() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from prisn.fsm import tokens as tokmod
 from prisn.fsm.commands import CommandFactory, encode_entry, format_ts
-from prisn.fsm.deployments import SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_TOKENS, DeploymentStore
+from prisn.fsm.deployments import SNAPSHOT_FORMAT_REFS, DeploymentStore
 from prisn.fsm.tokens import (
     MAX_TTL,
     Token,
@@ -294,7 +294,7 @@ def test_snapshot_restore_round_trip_with_tokens(seed: int) -> None:
     _mixed_workload(f, random.Random(seed), 300)
     snap = f.store.snapshot()
     decoded = cbor2.loads(snap)
-    assert decoded["format"] == SNAPSHOT_FORMAT_TOKENS and decoded["tokens"], f"seed {seed}"
+    assert decoded["format"] == SNAPSHOT_FORMAT_REFS and decoded["tokens"], f"seed {seed}"
     assert all("secret" not in row for row in decoded["tokens"])
     other = DeploymentStore(dedup_capacity=40)
     other.restore(snap)
@@ -311,16 +311,15 @@ def test_snapshot_restore_round_trip_with_tokens(seed: int) -> None:
     assert other.state_hash() == f.store.state_hash(), f"seed {seed}"
 
 
-def test_snapshot_without_tokens_keeps_format_1() -> None:
+def test_snapshots_are_format_3_with_or_without_tokens() -> None:
     f = Feeder()
     f.run(f.cf.create({"name": "web", "source": "x"}))
     snap = cbor2.loads(f.store.snapshot())
-    assert snap["format"] == SNAPSHOT_FORMAT and "tokens" not in snap
-    # a create then delete leaves no tokens: format 1 again
+    assert snap["format"] == SNAPSHOT_FORMAT_REFS and snap["tokens"] == []
     _, out, _ = f.create(name="t")
-    assert cbor2.loads(f.store.snapshot())["format"] == SNAPSHOT_FORMAT_TOKENS
+    assert len(cbor2.loads(f.store.snapshot())["tokens"]) == 1
     f.run(f.tf.delete(out["id"]))
-    assert cbor2.loads(f.store.snapshot())["format"] == SNAPSHOT_FORMAT
+    assert cbor2.loads(f.store.snapshot())["tokens"] == []
 
 
 def test_old_format_1_snapshot_restores_with_no_tokens() -> None:
@@ -334,7 +333,23 @@ def test_old_format_1_snapshot_restores_with_no_tokens() -> None:
     f.create(name="gone")
     f.store.restore(old)
     assert f.store.applied_index == 7 and f.store.token_count() == 0
-    assert f.store.get(None, "web") == dep and f.store.snapshot() == old
+    assert f.store.get(None, "web") == dep
+    again = DeploymentStore()
+    again.restore(f.store.snapshot())  # rewritten as format 3: the same state
+    assert again.state_hash() == f.store.state_hash() and again.applied_index == 7
+
+
+def test_old_format_2_snapshot_with_tokens_restores() -> None:
+    f = Feeder()
+    f.run(f.cf.create({"name": "web", "source": "x"}))
+    f.create(name="t")
+    snap = cbor2.loads(f.store.snapshot())
+    snap["format"] = 2  # format 2: bodies in full, tokens present
+    snap["dedup"] = [[k, fp, st, f.store.get(*body) if type(body) is list else body]
+                     for k, fp, st, body in snap["dedup"]]
+    old = DeploymentStore()
+    old.restore(cbor2.dumps(snap, canonical=True))
+    assert old.state_hash() == f.store.state_hash() and old.token_count() == 1
 
 
 @pytest.mark.parametrize("mutate", [

@@ -27,13 +27,13 @@ import hashlib
 import heapq
 import itertools
 import threading
-from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Sequence
 from http import HTTPStatus
 from typing import Any
 
 import cbor2
+from sortedcontainers import SortedList
 
 from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
 from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
@@ -121,24 +121,46 @@ def _text(cmd: dict[str, Any], field: str, limit: int) -> str:
 class _Index:
     """Sorted (name, namespace) keys: overall, per namespace, per type, per (namespace, type).
 
-    Listing is a slice of one sorted list; insert/remove are a bisect plus a list memmove.
+    Each is a `sortedcontainers.SortedList`: insert and remove are O(log n) at any position
+    (a plain list paid a memmove of the tail, which grew with the state), and a page is a
+    slice, O(log n + page).
     """
 
     def __init__(self) -> None:
-        self.all: list[tuple[str, str]] = []
-        self.by_ns: dict[str, list[tuple[str, str]]] = {}
-        self.by_type: dict[str, list[tuple[str, str]]] = {}
-        self.by_ns_type: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self.all: SortedList = SortedList()
+        self.by_ns: dict[str, SortedList] = {}
+        self.by_type: dict[str, SortedList] = {}
+        self.by_ns_type: dict[tuple[str, str], SortedList] = {}
 
-    def _lists(self, ns: str, typ: str) -> list[tuple[dict[Any, list[tuple[str, str]]], Any]]:
+    def _lists(self, ns: str, typ: str) -> list[tuple[dict[Any, SortedList], Any]]:
         return [(self.by_ns, ns), (self.by_type, typ), (self.by_ns_type, (ns, typ))]
+
+    @classmethod
+    def build(cls, rows: Iterable[tuple[str, str, str]]) -> _Index:
+        """An index of (namespace, name, type) rows, built in bulk (snapshot restore)."""
+        groups: dict[tuple[int, Any], list[tuple[str, str]]] = {}
+        every: list[tuple[str, str]] = []
+        for ns, name, typ in rows:
+            key = (name, ns)
+            every.append(key)
+            groups.setdefault((0, ns), []).append(key)
+            groups.setdefault((1, typ), []).append(key)
+            groups.setdefault((2, (ns, typ)), []).append(key)
+        index = cls()
+        index.all = SortedList(every)
+        tables = (index.by_ns, index.by_type, index.by_ns_type)
+        for (which, k), keys in groups.items():
+            tables[which][k] = SortedList(keys)
+        return index
 
     def add(self, ns: str, name: str, typ: str) -> None:
         key = (name, ns)
-        _insert(self.all, key)
-        _insert(self.by_ns.setdefault(ns, []), key)
-        _insert(self.by_type.setdefault(typ, []), key)
-        _insert(self.by_ns_type.setdefault((ns, typ), []), key)
+        self.all.add(key)
+        for table, k in self._lists(ns, typ):
+            lst = table.get(k)
+            if lst is None:
+                lst = table[k] = SortedList()
+            lst.add(key)
 
     def remove(self, ns: str, name: str, typ: str) -> None:
         key = (name, ns)
@@ -149,30 +171,24 @@ class _Index:
             if not lst:
                 del table[k]
 
-    def select(self, ns: str | None, typ: str | None) -> list[tuple[str, str]]:
+    def select(self, ns: str | None, typ: str | None) -> Sequence[tuple[str, str]]:
         if ns is None and typ is None:
             return self.all
         if typ is None:
-            return self.by_ns.get(ns, [])  # type: ignore[arg-type]
+            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type]
         if ns is None:
-            return self.by_type.get(typ, [])
-        return self.by_ns_type.get((ns, typ), [])
+            return self.by_type.get(typ, _EMPTY)
+        return self.by_ns_type.get((ns, typ), _EMPTY)
 
 
-def _insert(lst: list[tuple[str, str]], key: tuple[str, str]) -> None:
-    """Insert `key` in sorted `lst`: an append when it sorts last (snapshot rows arrive in
-    order, and generated names often grow), else a bisect."""
-    if not lst or lst[-1] < key:
-        lst.append(key)
-    else:
-        insort(lst, key)
+_EMPTY: SortedList = SortedList()
 
 
-def _remove_sorted(lst: list[tuple[str, str]], key: tuple[str, str]) -> None:
-    i = bisect_left(lst, key)
-    if i == len(lst) or lst[i] != key:
-        raise AssertionError(f"index lost {key}")
-    del lst[i]
+def _remove_sorted(lst: SortedList, key: tuple[str, str]) -> None:
+    try:
+        lst.remove(key)
+    except ValueError:
+        raise AssertionError(f"index lost {key}") from None
 
 
 class DeploymentStore:
@@ -503,7 +519,6 @@ def _parse_snapshot(snap: Any, capacity: int) -> _ParsedState:
         raise ValueError("deployments and dedup must be lists")
     deps: dict[tuple[str, str], Deployment] = {}
     ids: dict[str, tuple[str, str]] = {}
-    index = _Index()
     for raw in rows:
         dep = _parse_deployment(raw)
         key = (dep["namespace"], dep["name"])
@@ -511,7 +526,7 @@ def _parse_snapshot(snap: Any, capacity: int) -> _ParsedState:
             raise ValueError(f"deployment {key[0]}/{key[1]} (id {dep['id']}) is a duplicate")
         deps[key] = dep
         ids[dep["id"]] = key
-        index.add(key[0], key[1], dep["type"])
+    index = _Index.build((ns, name, dep["type"]) for (ns, name), dep in deps.items())
     dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
     for row in dedup_rows:
         if type(row) is not list or len(row) != 4:

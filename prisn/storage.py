@@ -18,14 +18,16 @@ Every entry key sorts before every ``m:`` key, so the log is one ordered range.
 Invariants:
 - Every mutation is ONE WriteBatch with the WAL on: a batch is on disk entirely or not at
   all, and `write` returns only after it is synced. How it is synced (`sync_mode`):
-  ``"syncfs"`` (default on Linux): RocksDB writes the WAL record to the OS with its own sync
-  off, then syncfs(2) on the data dir's filesystem makes it durable, together with the
-  directory entry of a WAL file RocksDB just created. rocksdict holds the GIL for the whole
-  of a synced write; syncfs through ctypes releases it, so the node's other threads run
-  while the disk flushes. This relies on RocksDB handing every WAL record to the OS at write
-  time (its default, ``manual_wal_flush = false``); `_choose_sync_mode` checks that on the
-  real files at open and falls back to ``"rocksdb"`` (RocksDB's synced write) otherwise, as
-  it does without syncfs or with ``PRISN_LOG_SYNC=rocksdb``.
+  ``"walsync"`` (default): RocksDB appends the batch to its WAL file with its own sync off,
+  then fdatasync(2) of that very file makes it durable. rocksdict holds the GIL for the whole
+  of a synced write; `os.fdatasync` releases it, so the node's other threads run while the
+  disk flushes, and only the WAL is flushed (not a snapshot being written beside it). Which
+  file took the batch is known exactly: the current WAL grew, or RocksDB switched to a newer
+  WAL, which is then synced (with everything newer than the last synced one, and the
+  directory for its new entry). This relies on RocksDB handing every WAL record to the OS at
+  write time (its default, ``manual_wal_flush = false``): checked at open on the real files,
+  and at every write (the batch must land in a WAL we can see); otherwise, or with
+  ``PRISN_LOG_SYNC=rocksdb``, RocksDB's own synced writes are used (``"rocksdb"``).
 - The stored log is contiguous: indexes ``first_index() .. last_index()`` with no gap, where
   ``first_index() == compact index + 1``. `write` refuses (before touching the disk) any request
   that would break this; `load` re-checks it and raises `StorageCorrupt` on a gap.
@@ -41,10 +43,9 @@ Invariants:
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import cbor2
@@ -98,28 +99,84 @@ def _index_of(key: bytes) -> int:
 log = logging.getLogger("prisn.storage")
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    """libc's syncfs(2), or None where there is none (not Linux)."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNCFS = _load_syncfs()
-
-
-def _wal_bytes(path: str) -> int:
-    """Total size of the RocksDB WAL files (``*.log``) in `path`."""
-    total = 0
+def _wal_files(path: str) -> list[tuple[int, str]]:
+    """(number, path) of the RocksDB WAL files (``NNNNNN.log``) in `path`, oldest first."""
+    out = []
     with os.scandir(path) as it:
         for e in it:
-            if e.name.endswith(".log") and e.is_file(follow_symlinks=False):
-                total += e.stat(follow_symlinks=False).st_size
-    return total
+            stem = e.name[:-4]
+            if e.name.endswith(".log") and stem.isdigit():
+                out.append((int(stem), e.path))
+    out.sort()
+    return out
+
+
+class WalLost(RuntimeError):
+    """A write did not land in any WAL file the log store can see (walsync mode)."""
+
+
+class _WalSync:
+    """The "walsync" mode: after a write with RocksDB's sync off, fdatasync the WAL file the
+    write went to. Owner thread only (the log store's).
+
+    Invariant: every WAL file numbered below `number` was synced after the last write that
+    reached it, and RocksDB never appends to a WAL older than its current one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        self.number = -1
+        self.fd = -1
+        try:
+            if not self._advance():
+                raise OSError(f"no WAL file in {path!r}")
+        except BaseException:
+            self.close()
+            raise
+
+    def size(self) -> int:
+        """The current WAL's size: call before a write."""
+        return os.fstat(self.fd).st_size
+
+    def synced_after(self, size_before: int) -> None:
+        """Make the write just done durable (raises OSError on a failed sync)."""
+        if os.fstat(self.fd).st_size > size_before:
+            os.fdatasync(self.fd)  # releases the GIL
+            return
+        if not self._advance():
+            raise WalLost("the batch reached no WAL file this store can see")
+
+    def _advance(self) -> bool:
+        """Sync every WAL from the current one on (a write may sit in any of them), fsync
+        the directory for new entries, and make the newest current. False if there is no
+        newer WAL than the current one (then the write went nowhere we can see)."""
+        files = [(n, p) for n, p in _wal_files(self.path) if n >= self.number]
+        if not files or files[-1][0] == self.number:
+            return False
+        for n, p in files:
+            if n == self.number:
+                os.fdatasync(self.fd)
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if n == files[-1][0]:
+                if self.fd >= 0:
+                    os.close(self.fd)
+                self.number, self.fd = n, fd
+            else:
+                os.close(fd)
+        os.fsync(self.dir_fd)
+        return True
+
+    def close(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.dir_fd = -1
 
 
 def _dumps(value: Any) -> bytes:
@@ -169,7 +226,7 @@ class LogStorage:
         opts.set_keep_log_file_num(4)  # RocksDB's info LOG files, not the WAL
         self._sync = rocksdict.WriteOptions()  # the options of every mutation
         self._sync.sync = True
-        self._dir_fd: int | None = None  # set in "syncfs" mode: the data dir, for syncfs(2)
+        self._wal: _WalSync | None = None  # set in "walsync" mode (module doc)
         try:
             self._db = rocksdict.Rdict(path, opts)
         except Exception as e:  # rocksdict raises a bare Exception (lock held, I/O error)
@@ -190,43 +247,48 @@ class LogStorage:
 
     @property
     def sync_mode(self) -> str:
-        """``"syncfs"`` or ``"rocksdb"``: how mutations are made durable (module doc)."""
-        return "syncfs" if self._dir_fd is not None else "rocksdb"
+        """``"walsync"`` or ``"rocksdb"``: how mutations are made durable (module doc)."""
+        return "walsync" if self._wal is not None else "rocksdb"
 
     def _choose_sync_mode(self) -> None:
-        """Use syncfs unless it is missing, refused by PRISN_LOG_SYNC=rocksdb, or RocksDB is
-        seen to keep an unsynced WAL record in memory (the WAL files do not grow)."""
-        if _SYNCFS is None or os.environ.get("PRISN_LOG_SYNC", "syncfs") == "rocksdb":
+        """Use walsync unless refused by PRISN_LOG_SYNC=rocksdb, or RocksDB is seen to keep
+        an unsynced WAL record in memory (the current WAL does not grow on a write)."""
+        if os.environ.get("PRISN_LOG_SYNC", "walsync") == "rocksdb":
             return
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            before = _wal_bytes(self.path)
-            nosync = rocksdict.WriteOptions()
-            nosync.sync = False
+            wal = _WalSync(self.path)
+        except OSError as e:
+            log.warning("log store: cannot follow the WAL files (%s); using RocksDB's own "
+                        "synced writes", e)
+            return
+        nosync = rocksdict.WriteOptions()
+        nosync.sync = False
+        try:
+            before = wal.size()
             wb = rocksdict.WriteBatch(raw_mode=True)
             wb.put(K_FORMAT, _dumps(FORMAT))  # the value it already has: changes nothing
             self._db.write(wb, nosync)
-            if _wal_bytes(self.path) <= before:
-                log.warning("log store: RocksDB did not hand a WAL record to the OS at write "
-                            "time; using its own synced writes")
-                os.close(fd)
-                return
-            if _SYNCFS(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"syncfs: {os.strerror(err)}")
+            wal.synced_after(before)
+        except WalLost:
+            log.warning("log store: RocksDB did not hand a WAL record to the OS at write "
+                        "time; using its own synced writes")
+            wal.close()
+            return
         except BaseException:
-            os.close(fd)
+            wal.close()
             raise
-        self._dir_fd = fd
+        self._wal = wal
         self._sync = nosync
 
     def _write_durable(self, wb: rocksdict.WriteBatch) -> None:
         """Write `wb` and return once it is on disk (either sync mode); raises on failure."""
+        wal = self._wal
+        if wal is None:
+            self._db.write(wb, self._sync)
+            return
+        before = wal.size()
         self._db.write(wb, self._sync)
-        fd = self._dir_fd
-        if fd is not None and _SYNCFS is not None and _SYNCFS(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs of the log store failed: {os.strerror(err)}")
+        wal.synced_after(before)
 
     # ------------------------------------------------------------------ opening
     def _check_format(self) -> None:
@@ -495,9 +557,9 @@ class LogStorage:
 
         After a failed write RocksDB's close reports the earlier error (it cannot flush) but
         still releases the database; that error is swallowed here."""
-        if self._dir_fd is not None:
-            os.close(self._dir_fd)
-            self._dir_fd = None
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
             self._sync = rocksdict.WriteOptions()
             self._sync.sync = True
         if not self._closed:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import os
 import tempfile
 from typing import Any
 
@@ -44,38 +44,33 @@ def reopen(store: LogStorage) -> LogStorage:
     return LogStorage(store.path)
 
 
-@pytest.fixture(params=["syncfs", "rocksdb"])
+@pytest.fixture(params=["walsync", "rocksdb"])
 def store(request, tmp_path, monkeypatch):
     """A store in each sync mode (module doc of prisn.storage)."""
     monkeypatch.setenv("PRISN_LOG_SYNC", request.param)
     s = LogStorage(str(tmp_path / "log"))
-    if request.param == "syncfs" and storage_mod._SYNCFS is None:
-        s.close()
-        pytest.skip("no syncfs(2) here")
     assert s.sync_mode == request.param
     yield s
     s.close()
 
 
-
-
 class SpyDB:
     """Wraps the Rdict handle to count (or break) `write` calls; delegates everything else.
 
-    Every write must carry WriteOptions with sync on, or (syncfs mode) be followed by a
-    syncfs before the store returns: that is the durability promise. `test_syncfs_*` check
-    the second half.
+    Every write must carry WriteOptions with sync on, or (walsync mode) be followed by an
+    fdatasync of the WAL it went to before the store returns: that is the durability promise.
+    `test_walsync_*` check the second half.
     """
 
-    def __init__(self, db: Any, fail: Exception | None = None, syncfs: bool = False) -> None:
+    def __init__(self, db: Any, fail: Exception | None = None, walsync: bool = False) -> None:
         self.db = db
         self.fail = fail
-        self.syncfs = syncfs
+        self.walsync = walsync
         self.writes = 0
 
     def write(self, *args: Any) -> None:
         self.writes += 1
-        assert len(args) == 2 and (args[1].sync is True or self.syncfs), "unsynced write"
+        assert len(args) == 2 and (args[1].sync is True or self.walsync), "unsynced write"
         if self.fail is not None:
             raise self.fail
         self.db.write(*args)
@@ -84,43 +79,41 @@ class SpyDB:
         return getattr(self.db, name)
 
 
-class SyncfsLog:
-    """Stands in for libc's syncfs: records each call in `events` and really syncs."""
+class SyncLog:
+    """Stands in for os.fdatasync: records ("fdatasync", file) in `events`, really syncs,
+    and can fail the next call with an errno."""
 
-    def __init__(self, real: Any, events: list[str]) -> None:
+    def __init__(self, real: Any, events: list) -> None:
         self.real = real
         self.events = events
-        self.fail = 0  # an errno to fail the next call with
+        self.fail = 0
 
-    def __call__(self, fd: int) -> int:
-        self.events.append("syncfs")
+    def __call__(self, fd: int) -> None:
+        self.events.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
         if self.fail:
-            ctypes.set_errno(self.fail)
-            self.fail = 0
-            return -1
-        return self.real(fd)
+            err, self.fail = self.fail, 0
+            raise OSError(err, os.strerror(err))
+        self.real(fd)
 
 
 class OrderDB(SpyDB):
-    def __init__(self, db: Any, events: list[str]) -> None:
-        super().__init__(db, syncfs=True)
+    def __init__(self, db: Any, events: list) -> None:
+        super().__init__(db, walsync=True)
         self.events = events
 
     def write(self, *args: Any) -> None:
-        self.events.append("write")
+        self.events.append(("write", ""))
         super().write(*args)
 
 
 @pytest.fixture
-def syncfs_store(tmp_path, monkeypatch):
-    if storage_mod._SYNCFS is None:
-        pytest.skip("no syncfs(2) here")
-    monkeypatch.setenv("PRISN_LOG_SYNC", "syncfs")
-    events: list[str] = []
-    recorder = SyncfsLog(storage_mod._SYNCFS, events)
-    monkeypatch.setattr(storage_mod, "_SYNCFS", recorder)
+def walsync_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRISN_LOG_SYNC", "walsync")
+    events: list = []
+    recorder = SyncLog(os.fdatasync, events)
+    monkeypatch.setattr(storage_mod.os, "fdatasync", recorder)
     s = LogStorage(str(tmp_path / "log"))
-    assert s.sync_mode == "syncfs"
+    assert s.sync_mode == "walsync"
     s._db = OrderDB(s._db, events)
     events.clear()
     yield s, events, recorder
@@ -129,26 +122,58 @@ def syncfs_store(tmp_path, monkeypatch):
     s.close()
 
 
-def test_syncfs_follows_every_mutation_before_it_returns(syncfs_store):
-    store, events, _ = syncfs_store
+def _current_wal(store: LogStorage) -> str:
+    return storage_mod._wal_files(store.path)[-1][1]
+
+
+def test_walsync_syncs_the_wal_after_every_mutation_before_it_returns(walsync_store):
+    store, events, _ = walsync_store
+    wal = _current_wal(store)
     store.write([req(1, term=1, vote="a", commit=0, entries=ents(1, 3, 1))])
-    assert events == ["write", "syncfs"]
+    assert events == [("write", ""), ("fdatasync", wal)]
     store.compact_prefix(2)
     store.probe()
-    assert events == ["write", "syncfs"] * 3
+    assert events == [("write", ""), ("fdatasync", wal)] * 3
 
 
-def test_a_failed_syncfs_breaks_the_store_like_a_failed_write(syncfs_store):
-    store, events, recorder = syncfs_store
+def test_walsync_follows_rocksdb_to_a_new_wal(walsync_store):
+    store, events, _ = walsync_store
+    store.write([req(1, term=1, vote="a", commit=0, entries=ents(1, 3, 1))])
+    old = _current_wal(store)
+    store._db.flush()  # a memtable flush: RocksDB switches to a new WAL file
+    new = _current_wal(store)
+    assert new != old
+    events.clear()
+    store.write([req(2, term=1, vote="a", commit=0, entries=ents(4, 5, 1))])
+    # the old WAL did not grow: the new one is synced (and made current), then the directory
+    assert events[0] == ("write", "") and ("fdatasync", new) in events
+    assert store._wal is not None and store._wal.number == storage_mod._wal_files(store.path)[-1][0]
+    events.clear()
+    store.write([req(3, term=1, vote="a", commit=0, entries=ents(6, 6, 1))])
+    assert events == [("write", ""), ("fdatasync", new)]
+    store._db = store._db.db
+    assert [e[0] for e in reopen(store).load().entries] == list(range(1, 7))
+
+
+def test_a_write_that_reaches_no_visible_wal_breaks_the_store(walsync_store, monkeypatch):
+    store, events, _ = walsync_store
+    monkeypatch.setattr(storage_mod._WalSync, "size", lambda self: 1 << 60)  # never grows
+    with pytest.raises(storage_mod.WalLost):
+        store.write([req(1, term=1, vote="a", commit=0, entries=ents(1, 1, 1))])
+    assert store.broken is not None
+
+
+def test_a_failed_fdatasync_breaks_the_store_like_a_failed_write(walsync_store):
+    store, events, recorder = walsync_store
     recorder.fail = errno.EIO
-    with pytest.raises(OSError, match="syncfs"):
+    with pytest.raises(OSError):
         store.write([req(1, term=1, vote="a", commit=0, entries=ents(1, 2, 1))])
     assert store.broken is not None
     with pytest.raises(StorageBroken):
         store.write([req(2, term=1, vote="a", commit=0)])
     store._db = store._db.db
     store.reopen()  # the batch landed: reopening accepts it
-    assert store.broken is None and store.sync_mode == "syncfs"
+    assert store.broken is None and store.sync_mode == "walsync"
     assert [e[0] for e in store.load().entries] == [1, 2]
 
 
@@ -158,8 +183,8 @@ def test_rocksdb_mode_when_asked_and_when_rocksdb_keeps_the_wal_in_memory(
     s = LogStorage(str(tmp_path / "a"))
     assert s.sync_mode == "rocksdb" and s._sync.sync is True
     s.close()
-    monkeypatch.setenv("PRISN_LOG_SYNC", "syncfs")
-    monkeypatch.setattr(storage_mod, "_wal_bytes", lambda path: 0)  # the WAL never grows
+    monkeypatch.setenv("PRISN_LOG_SYNC", "walsync")
+    monkeypatch.setattr(storage_mod._WalSync, "size", lambda self: 1 << 60)  # never grows
     s = LogStorage(str(tmp_path / "b"))
     assert s.sync_mode == "rocksdb" and s._sync.sync is True
     s.close()
@@ -235,7 +260,7 @@ def test_truncate_only(store):
 
 
 def test_merge_order_across_requests_in_one_write(store):
-    spy = SpyDB(store._db, syncfs=store.sync_mode == "syncfs")
+    spy = SpyDB(store._db, walsync=store.sync_mode == "walsync")
     store._db = spy
     store.write([
         req(1, term=1, vote="a", commit=0, entries=ents(1, 5, 1)),
@@ -259,7 +284,7 @@ def test_overwrite_inside_log_without_truncate_keeps_tail(store):
 
 
 def test_empty_write_is_a_no_op(store):
-    spy = SpyDB(store._db, syncfs=store.sync_mode == "syncfs")
+    spy = SpyDB(store._db, walsync=store.sync_mode == "walsync")
     store._db = spy
     store.write([])
     assert spy.writes == 0
@@ -357,7 +382,7 @@ def test_failed_write_breaks_store_until_reopen(store):
     store.write([req(1, entries=ents(1, 2, 1))])
     real = store._db
     store._db = SpyDB(real, fail=OSError("No space left on device"),
-                      syncfs=store.sync_mode == "syncfs")
+                      walsync=store.sync_mode == "walsync")
     with pytest.raises(OSError, match="No space"):
         store.write([req(2, entries=ents(3, 3, 1))])
     store._db = real

@@ -71,7 +71,9 @@ def _fast_create_ok(ctx: ApiContext, start_line: httputil.RequestStartLine,
     if "Transfer-Encoding" in headers:
         return False
     length = headers.get("Content-Length")
-    if length is None or not length.isdigit() or int(length) > ctx.max_body:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses; the
+    # Application answers anything unusual with its 400
+    if length is None or not (length.isascii() and length.isdigit()) or int(length) > ctx.max_body:
         return False
     limiter = ctx.limiter
     # over the rate: the Application answers the 429 (a refused check takes no token)

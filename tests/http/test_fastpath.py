@@ -101,12 +101,9 @@ class TestFastPath(ApiCase):
         code, body, _ = self.post("/api/v1/deployments", SPEC)
         assert code == 413 and Counting.taken == 0
 
-    def test_chunked_bodies_go_to_the_application(self) -> None:
+    def raw(self, req: bytes) -> bytes:
+        """Send `req` on a fresh connection; everything the server answers until it closes."""
         port = self.get_http_port()
-        body = b'{"name": "chunky", "source": "x"}'
-        req = (b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-               b"Connection: close\r\n\r\n" + hex(len(body))[2:].encode() + b"\r\n" + body
-               + b"\r\n0\r\n\r\n")
 
         async def send() -> bytes:
             loop = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
@@ -119,8 +116,22 @@ class TestFastPath(ApiCase):
             s.close()
             return out
 
-        out = self.io_loop.run_sync(send)
+        return self.io_loop.run_sync(send)
+
+    def test_chunked_bodies_go_to_the_application(self) -> None:
+        body = b'{"name": "chunky", "source": "x"}'
+        out = self.raw(b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\n"
+                       b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                       + hex(len(body))[2:].encode() + b"\r\n" + body + b"\r\n0\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 201"), out[:200]
+        assert Counting.taken == 0
+
+    def test_a_non_ascii_digit_content_length_gets_a_400(self) -> None:
+        # "\xb2" decodes to "²", which str.isdigit() accepts and int() refuses
+        for length in (b"\xb2", b"-1", b"1e3", b" "):
+            out = self.raw(b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                           + length + b"\r\nConnection: close\r\n\r\n{}")
+            assert out.startswith(b"HTTP/1.1 400"), (length, out[:200])
         assert Counting.taken == 0
 
     def test_authentication_on_means_the_application_answers(self) -> None:

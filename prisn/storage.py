@@ -157,7 +157,12 @@ class _WalSync:
             if n == self.number:
                 os.fdatasync(self.fd)
                 continue
-            fd = os.open(p, os.O_RDONLY)
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except FileNotFoundError:
+                if n == files[-1][0]:
+                    raise
+                continue  # RocksDB removes a WAL only once its data is in a synced table
             try:
                 os.fdatasync(fd)
             except BaseException:

@@ -155,6 +155,29 @@ def test_walsync_follows_rocksdb_to_a_new_wal(walsync_store):
     assert [e[0] for e in reopen(store).load().entries] == list(range(1, 7))
 
 
+def test_a_wal_removed_while_following_a_switch_is_skipped(walsync_store, monkeypatch):
+    store, events, _ = walsync_store
+    store._db.flush()  # switch to a new WAL
+    real = storage_mod._wal_files
+    assert store._wal is not None
+    newest = real(store.path)[-1][0]
+    # RocksDB numbers the flushed table between the two WALs: a WAL in that gap that is
+    # listed, then removed before it can be opened, must not break the store
+    assert newest - store._wal.number >= 2
+    gone = newest - 1
+
+    def with_a_removed_one(path: str) -> list[tuple[int, str]]:
+        files = real(path)
+        return sorted(files + [(gone, os.path.join(path, "removed.log"))])
+
+    monkeypatch.setattr(storage_mod, "_wal_files", with_a_removed_one)
+    store.write([req(1, term=1, vote="a", commit=0, entries=ents(1, 2, 1))])
+    assert store.broken is None and ("fdatasync", real(store.path)[-1][1]) in events
+    monkeypatch.setattr(storage_mod, "_wal_files", real)
+    store._db = store._db.db
+    assert [e[0] for e in reopen(store).load().entries] == [1, 2]
+
+
 def test_a_write_that_reaches_no_visible_wal_breaks_the_store(walsync_store, monkeypatch):
     store, events, _ = walsync_store
     monkeypatch.setattr(storage_mod._WalSync, "size", lambda self: 1 << 60)  # never grows

@@ -3,6 +3,7 @@ exactly as the RequestHandler path does (status, body, headers)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -133,6 +134,30 @@ class TestFastPath(ApiCase):
                            + length + b"\r\nConnection: close\r\n\r\n{}")
             assert out.startswith(b"HTTP/1.1 400"), (length, out[:200])
         assert Counting.taken == 0
+
+    def test_a_client_gone_mid_write_costs_nothing_but_its_answer(self) -> None:
+        """The client hangs up while its create waits for the quorum: the write still
+        commits, nothing is written to the dead connection, and the node serves on."""
+        self.node.hold_writes = True
+        port = self.get_http_port()
+        body = b'{"name": "gone", "source": "x"}'
+
+        async def hang_up() -> None:
+            loop = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
+            s = socket.create_connection(("127.0.0.1", port))
+            s.setblocking(False)
+            await loop.sock_sendall(s, b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\n"
+                                       b"Content-Length: " + str(len(body)).encode()
+                                       + b"\r\n\r\n" + body)
+            await asyncio.wait_for(self.node.wait_held(1), 5)
+            s.close()
+            self.node.release_writes()
+
+        self.io_loop.run_sync(hang_up)
+        assert Counting.taken == 1
+        code, dep, _ = self.call("GET", "/api/v1/deployments/gone")
+        assert code == 200 and dep["name"] == "gone"
+        assert self.post("/api/v1/deployments", {**SPEC, "name": "after"})[0] == 201
 
     def test_authentication_on_means_the_application_answers(self) -> None:
         self.app.ctx.auth = Authenticator("k" * 32)

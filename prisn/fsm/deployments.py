@@ -19,15 +19,22 @@ Tokens: the store also holds the API token table (`prisn.fsm.tokens.TokenTable`)
 with an ``op`` of `TOKEN_OPS` go to it, under the same lock, dedup table and snapshot. A
 snapshot without tokens is written exactly as before (format 1); with tokens it is format 2
 (format 1 plus a ``tokens`` list). Both are read.
+
+Memory (100k deployments held in ~150 MB, not ~350): one (name, namespace) tuple per
+deployment keys `_deps` and is shared by `_ids` and every index list; a restore turns each
+deployment map into its stored dict while decoding (`_RowDecoder`), so decoding leaves no
+holes behind, and holds repeated strings (namespace, type, timestamps) once.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import itertools
+import sys
 import threading
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -72,6 +79,7 @@ MAX_BODY_DEPTH = 16  # nesting of a remembered result body in a snapshot
 Result = tuple[int, dict[str, Any]]
 Deployment = dict[str, Any]
 DeploymentList = list[Deployment]  # module-level: `DeploymentStore.list` shadows `list` in the class
+DedupEntry = tuple[bytes, int, dict[str, Any]]  # (fingerprint, status, body) of one key
 DedupRows = list[list[Any]]
 TokenRows = list[dict[str, Any]]
 
@@ -82,6 +90,12 @@ FIELDS: tuple[str, ...] = (
 # Spec fields a change compares (everything but identity, generation and timestamps).
 _SPEC_KEYS: tuple[str, ...] = ("type", "runtime", "source", "args", "env", "port", "replicas",
                                "schedule")
+# The order cbor2's canonical encoding writes a deployment's keys in (snapshots): a dedup
+# answer read back from a snapshot keeps it, as it always has.
+_CANON_FIELDS: tuple[str, ...] = tuple(sorted(FIELDS, key=lambda f: (len(f), f)))
+# String fields many deployments hold equal values of: one object each (see `_RowDecoder`).
+_SHARED_FIELDS: tuple[str, ...] = ("namespace", "type", "runtime", "schedule", "created_at",
+                                   "updated_at")
 _DEFAULTS: dict[str, Any] = {"runtime": None, "args": [], "env": {}, "port": 0,
                              "replicas": DEFAULT_REPLICAS, "schedule": None}
 
@@ -111,6 +125,11 @@ def _fingerprint(cmd: dict[str, Any]) -> bytes:
         return b""
 
 
+def _intern(value: str) -> str:
+    """`sys.intern` for an exact str (a subclass is returned as is)."""
+    return sys.intern(value) if type(value) is str else value
+
+
 def _text(cmd: dict[str, Any], field: str, limit: int) -> str:
     value = cmd.get(field)
     if not isinstance(value, str) or not 0 < len(value) <= limit:
@@ -123,7 +142,8 @@ class _Index:
 
     Each is a `sortedcontainers.SortedList`: insert and remove are O(log n) at any position
     (a plain list paid a memmove of the tail, which grew with the state), and a page is a
-    slice, O(log n + page).
+    slice, O(log n + page). The key tuples are the store's own `_deps` keys (one object per
+    deployment, shared by every list that holds it).
     """
 
     def __init__(self) -> None:
@@ -136,12 +156,12 @@ class _Index:
         return [(self.by_ns, ns), (self.by_type, typ), (self.by_ns_type, (ns, typ))]
 
     @classmethod
-    def build(cls, rows: Iterable[tuple[str, str, str]]) -> _Index:
-        """An index of (namespace, name, type) rows, built in bulk (snapshot restore)."""
+    def build(cls, rows: Iterable[tuple[tuple[str, str], str]]) -> _Index:
+        """An index of ((name, namespace), type) rows, built in bulk (snapshot restore)."""
         groups: dict[tuple[int, Any], list[tuple[str, str]]] = {}
         every: list[tuple[str, str]] = []
-        for ns, name, typ in rows:
-            key = (name, ns)
+        for key, typ in rows:
+            ns = key[1]
             every.append(key)
             groups.setdefault((0, ns), []).append(key)
             groups.setdefault((1, typ), []).append(key)
@@ -153,19 +173,17 @@ class _Index:
             tables[which][k] = SortedList(keys)
         return index
 
-    def add(self, ns: str, name: str, typ: str) -> None:
-        key = (name, ns)
+    def add(self, key: tuple[str, str], typ: str) -> None:
         self.all.add(key)
-        for table, k in self._lists(ns, typ):
+        for table, k in self._lists(key[1], typ):
             lst = table.get(k)
             if lst is None:
                 lst = table[k] = SortedList()
             lst.add(key)
 
-    def remove(self, ns: str, name: str, typ: str) -> None:
-        key = (name, ns)
+    def remove(self, key: tuple[str, str], typ: str) -> None:
         _remove_sorted(self.all, key)
-        for table, k in self._lists(ns, typ):
+        for table, k in self._lists(key[1], typ):
             lst = table[k]
             _remove_sorted(lst, key)
             if not lst:
@@ -199,11 +217,14 @@ class DeploymentStore:
             raise ValueError("dedup_capacity must be positive")
         self._lock = threading.Lock()
         self._capacity = dedup_capacity
-        self._deps: dict[tuple[str, str], dict[str, Any]] = {}
+        # (name, namespace) -> deployment; the key tuple is shared with `_ids` and `_index`
+        self._deps: dict[tuple[str, str], Deployment] = {}
         self._ids: dict[str, tuple[str, str]] = {}
         self._index = _Index()
-        # key -> (fingerprint, status, body); insertion order is apply order.
-        self._dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
+        # key -> (fingerprint, status, body); insertion order is apply order, and
+        # `_dedup_order` holds the same keys in the same order (O(1) eviction of the oldest).
+        self._dedup: dict[str, DedupEntry] = {}
+        self._dedup_order: deque[str] = deque()
         self._tokens = TokenTable()
         self._applied = 0
         self.last_origin: tuple[str, int] = ("", 0)  # of the last COMMAND applied (see apply)
@@ -261,8 +282,9 @@ class DeploymentStore:
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = _err(500, f"internal error applying command: {type(exc).__name__}")
         self._dedup[key] = (fp, result[0], result[1])
-        while len(self._dedup) > self._capacity:
-            self._dedup.popitem(last=False)
+        self._dedup_order.append(key)
+        while len(self._dedup_order) > self._capacity:
+            del self._dedup[self._dedup_order.popleft()]
         return result
 
     def _execute(self, cmd: dict[str, Any]) -> Result:
@@ -275,9 +297,9 @@ class DeploymentStore:
         spec: dict[str, Any] = {}
         replicas = 0
         ts = _text(cmd, "ts", MAX_TS)
-        ns = validate_name(cmd.get("ns"), "namespace")
+        ns = _intern(validate_name(cmd.get("ns"), "namespace"))  # few distinct: one object
         name = validate_name(cmd.get("name"))
-        current = self._deps.get((ns, name))
+        current = self._deps.get((name, ns))
         if op == "create":
             dep_id = _text(cmd, "id", MAX_ID)
             spec = normalize_spec({**_spec_of(cmd), "name": name}, partial=False)
@@ -324,32 +346,31 @@ class DeploymentStore:
         return 200, dep
 
     def _insert(self, dep: dict[str, Any]) -> None:
-        key = (dep["namespace"], dep["name"])
+        key = (dep["name"], dep["namespace"])
         self._deps[key] = dep
         self._ids[dep["id"]] = key
-        self._index.add(key[0], key[1], dep["type"])
+        self._index.add(key, dep["type"])
 
     def _remove(self, dep: dict[str, Any]) -> None:
-        key = (dep["namespace"], dep["name"])
+        key = self._ids.pop(dep["id"])
         del self._deps[key]
-        del self._ids[dep["id"]]
-        self._index.remove(key[0], key[1], dep["type"])
+        self._index.remove(key, dep["type"])
 
     def _replace(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        key = (new["namespace"], new["name"])
+        key = self._ids[new["id"]]
         self._deps[key] = new
         if old["type"] != new["type"]:
-            self._index.remove(key[0], key[1], old["type"])
-            self._index.add(key[0], key[1], new["type"])
+            self._index.remove(key, old["type"])
+            self._index.add(key, new["type"])
 
     # ------------------------------------------------------------------ queries (any thread)
     def get(self, namespace: str | None, name_or_id: str) -> dict[str, Any] | None:
         """By name in `namespace` (``default`` when None), else by id (in `namespace` if given)."""
         with self._lock:
-            dep = self._deps.get((namespace or "default", name_or_id))
+            dep = self._deps.get((name_or_id, namespace or "default"))
             if dep is None:
                 key = self._ids.get(name_or_id)
-                if key is not None and (namespace is None or key[0] == namespace):
+                if key is not None and (namespace is None or key[1] == namespace):
                     dep = self._deps[key]
         return dict(dep) if dep is not None else None
 
@@ -373,7 +394,8 @@ class DeploymentStore:
                 selected = self._index.select(namespace, type)
                 total = len(selected)
                 keys = selected[offset:offset + limit]
-            page = [self._deps[(ns, name)] for name, ns in keys]
+            deps = self._deps
+            page = [deps[key] for key in keys]
         return [dict(d) for d in page], total
 
     def count(self) -> int:
@@ -398,7 +420,7 @@ class DeploymentStore:
         """A consistent copy: `refs` writes unchanged dedup answers as references (snapshot
         format 3), else every answer in full (the state hash must not depend on that)."""
         with self._lock:
-            deps = [self._deps[(ns, name)] for name, ns in self._index.all]
+            deps = [self._deps[key] for key in self._index.all]
             current = self._deps
             if refs:
                 dedup = [[k, fp, st, _body_ref(body, current)]
@@ -441,22 +463,35 @@ class DeploymentStore:
         type (ints are ints, not floats or bools; strings are strings; a fingerprint is
         bytes of the fingerprint length) and range, as `apply` would have stored it.
 
-        State-machine thread (the parse reads no state; the install takes the lock)."""
+        The cyclic collector is paused while parsing (the state has no cycles; `gc` is left
+        as it was found). State-machine thread, or the main thread before the actors start
+        (the parse reads no state; the install takes the lock)."""
+        rows = _RowDecoder()
+        # Neither the decoded tree nor the state has cycles: the collector would only walk
+        # the growing tree again and again (it more than doubled the time of a large restore).
+        collect = gc.isenabled()
+        gc.disable()
         try:
-            snap = cbor2.loads(data)
-        except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on garbage
-            raise ValueError(f"snapshot is not CBOR: {exc}") from None
-        try:
-            state = _parse_snapshot(snap, self._capacity)
-        except ValidationError as exc:
-            raise ValueError(f"invalid snapshot: {exc.message}") from None
-        except ValueError as exc:
-            raise ValueError(f"invalid snapshot: {exc}") from None
+            try:
+                snap = cbor2.loads(data, object_hook=rows)
+            except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on garbage
+                raise ValueError(f"snapshot is not CBOR: {exc}") from None
+            try:
+                state = _parse_snapshot(snap, self._capacity, rows)
+            except ValidationError as exc:
+                raise ValueError(f"invalid snapshot: {exc.message}") from None
+            except ValueError as exc:
+                raise ValueError(f"invalid snapshot: {exc}") from None
+            finally:
+                del snap, rows
+        finally:
+            if collect:
+                gc.enable()
 
         def install() -> None:
             with self._lock:
-                (self._deps, self._ids, self._index, self._dedup, self._applied,
-                 self._tokens) = state
+                (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
+                 self._applied, self._tokens) = state
 
         return install
 
@@ -472,7 +507,7 @@ class DeploymentStore:
 
 
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
-                     OrderedDict[str, tuple[bytes, int, dict[str, Any]]], int, TokenTable]
+                     dict[str, DedupEntry], deque[str], int, TokenTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
              SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
                                               "tokens"}),
@@ -486,7 +521,7 @@ def _body_ref(body: dict[str, Any], current: dict[tuple[str, str], Deployment]) 
     deployment object stored under that name now (a create's or update's answer that nothing
     changed since), else the body itself."""
     ns, name = body.get("namespace"), body.get("name")
-    if type(ns) is str and type(name) is str and current.get((ns, name)) is body:
+    if type(ns) is str and type(name) is str and current.get((name, ns)) is body:
         return [ns, name]
     return body
 
@@ -495,15 +530,58 @@ def _resolve_ref(ref: list, deps: dict[tuple[str, str], Deployment]) -> Deployme
     """The deployment a format-3 dedup reference names; ValueError if it names none."""
     if len(ref) != 2 or type(ref[0]) is not str or type(ref[1]) is not str:
         raise ValueError("a dedup reference must be [namespace, name]")
-    dep = deps.get((ref[0], ref[1]))
+    dep = deps.get((ref[1], ref[0]))
     if dep is None:
         raise ValueError(f"dedup reference to a missing deployment {ref[0]:.63}/{ref[1]:.63}")
     return dep
 
 
-def _parse_snapshot(snap: Any, capacity: int) -> _ParsedState:
+class _RowDecoder:
+    """The cbor2 ``object_hook`` of one restore (state-machine thread; one object per call).
+
+    Every map with exactly the deployment keys becomes, as soon as it is decoded, a new dict
+    in `FIELDS` order whose `_SHARED_FIELDS` strings are one object per distinct value. The
+    decoded map and its 14 fresh key strings are then freed at once and their memory reused
+    by the next row (kept until the end of the parse, they left ~170 MB of pymalloc holes
+    behind a 100k-deployment restore). `odd` keeps the wire key order of such a map when it
+    was not the canonical one (never, for a snapshot this store wrote), so that a dedup answer
+    reads back exactly as before (`_read_body`). Pure apart from its own tables.
+    """
+
+    __slots__ = ("odd", "shared")
+
+    def __init__(self) -> None:
+        self.shared: dict[str, str] = {}
+        self.odd: dict[int, tuple[Deployment, tuple[Any, ...]]] = {}
+
+    def __call__(self, first: Any, second: Any) -> Any:
+        # cbor2 < 6 passes (decoder, dict); cbor2 >= 6 passes (mapping, immutable)
+        raw = first if type(second) is bool else second
+        if type(raw) is not dict or len(raw) != len(FIELDS) or raw.keys() != _ROW_KEYS:
+            return raw
+        dep = {f: raw[f] for f in FIELDS}
+        shared = self.shared
+        for f in _SHARED_FIELDS:
+            value = dep[f]
+            if type(value) is str:
+                dep[f] = shared.setdefault(value, value)
+        order = tuple(raw)
+        if order != _CANON_FIELDS:
+            self.odd[id(dep)] = (dep, order)  # holds `dep`: its id stays unique
+        return dep
+
+    def wire_order(self, dep: Deployment) -> tuple[Any, ...]:
+        """The key order the map `dep` was decoded from had."""
+        entry = self.odd.get(id(dep))
+        return entry[1] if entry is not None and entry[0] is dep else _CANON_FIELDS
+
+
+def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = None
+                    ) -> _ParsedState:
     """The state a snapshot map holds, checked (see `DeploymentStore.prepare_restore`);
-    ValueError (ValidationError is one) for anything else. Pure."""
+    ValueError (ValidationError is one) for anything else. `rows_hook` is the `_RowDecoder`
+    `snap` was decoded with, if any. Pure."""
+    hook = rows_hook if rows_hook is not None else _RowDecoder()
     if type(snap) is not dict:
         raise ValueError("not a map")
     fmt = snap.get("format")
@@ -521,13 +599,13 @@ def _parse_snapshot(snap: Any, capacity: int) -> _ParsedState:
     ids: dict[str, tuple[str, str]] = {}
     for raw in rows:
         dep = _parse_deployment(raw)
-        key = (dep["namespace"], dep["name"])
+        key = (dep["name"], dep["namespace"])
         if key in deps or dep["id"] in ids:
-            raise ValueError(f"deployment {key[0]}/{key[1]} (id {dep['id']}) is a duplicate")
+            raise ValueError(f"deployment {key[1]}/{key[0]} (id {dep['id']}) is a duplicate")
         deps[key] = dep
         ids[dep["id"]] = key
-    index = _Index.build((ns, name, dep["type"]) for (ns, name), dep in deps.items())
-    dedup: OrderedDict[str, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
+    index = _Index.build((key, dep["type"]) for key, dep in deps.items())
+    dedup: dict[str, DedupEntry] = {}
     for row in dedup_rows:
         if type(row) is not list or len(row) != 4:
             raise ValueError("a dedup row is not [key, fingerprint, status, body]")
@@ -542,21 +620,23 @@ def _parse_snapshot(snap: Any, capacity: int) -> _ParsedState:
         elif type(body) is not dict:
             raise ValueError("dedup result body must be a map")
         else:
-            _check_body(body, 0)
+            body = _read_body(body, 0, hook)
         if key_ in dedup:
             raise ValueError(f"duplicate dedup key {key_!r:.80}")
         dedup[key_] = (fp, status, body)
-    while len(dedup) > capacity:
-        dedup.popitem(last=False)
+    order = deque(dedup)
+    while len(order) > capacity:
+        del dedup[order.popleft()]
     tokens = TokenTable.from_rows(snap["tokens"]) if "tokens" in snap else TokenTable()
-    return deps, ids, index, dedup, applied, tokens
+    return deps, ids, index, dedup, order, applied, tokens
 
 
 def _parse_deployment(raw: Any) -> Deployment:
     """One snapshot row: exactly `FIELDS`, each as `apply` stores it. Pure."""
-    if type(raw) is not dict or set(raw) != _ROW_KEYS:
+    if type(raw) is not dict or raw.keys() != _ROW_KEYS:
         raise ValueError(f"a deployment row must be a map of {', '.join(FIELDS)}")
-    dep = {f: raw[f] for f in FIELDS}
+    # a `_RowDecoder` row is already a new dict in FIELDS order (and nothing else holds it)
+    dep = raw if tuple(raw) == FIELDS else {f: raw[f] for f in FIELDS}
     validate_name(dep["name"])
     validate_name(dep["namespace"], "namespace")
     validate_type(dep["type"])
@@ -579,22 +659,31 @@ def _parse_deployment(raw: Any) -> Deployment:
     return dep
 
 
-def _check_body(value: Any, depth: int) -> None:
-    """A remembered result body holds only what results hold: maps with string keys,
-    lists, strings, integers, booleans and null, nested at most MAX_BODY_DEPTH deep."""
+def _read_body(value: Any, depth: int, hook: _RowDecoder) -> Any:
+    """A remembered result body as decoded, checked: it holds only what results hold (maps
+    with string keys, lists, strings, integers, booleans and null, nested at most
+    MAX_BODY_DEPTH deep). A deployment-shaped map, which `hook` reordered, is given back a
+    new dict in its wire key order (the order a restored answer has always had)."""
     if depth > MAX_BODY_DEPTH:
         raise ValueError("dedup result body is nested too deeply")
     t = type(value)
     if t is dict:
+        if len(value) == len(FIELDS) and value.keys() == _ROW_KEYS:
+            value = {k: value[k] for k in hook.wire_order(value)}
         for k, v in value.items():
             if type(k) is not str:
                 raise ValueError("dedup result body has a non-string key")
-            _check_body(v, depth + 1)
+            new = _read_body(v, depth + 1, hook)
+            if new is not v:
+                value[k] = new  # same key: the size does not change while iterating
     elif t is list:
-        for v in value:
-            _check_body(v, depth + 1)
+        for i, v in enumerate(value):
+            new = _read_body(v, depth + 1, hook)
+            if new is not v:
+                value[i] = new
     elif t not in (str, int, bool, type(None)):
         raise ValueError(f"dedup result body holds a {t.__name__}")
+    return value
 
 
 def _spec_of(cmd: dict[str, Any]) -> dict[str, Any]:

@@ -645,3 +645,125 @@ def test_prepare_restore_changes_nothing_until_installed() -> None:
     assert f.store.state_hash() == h
     install()
     assert f.store.state_hash() == src.store.state_hash()
+
+
+# ---------------------------------------------------------------------- memory-lean restore
+def test_state_hash_and_snapshot_bytes_are_pinned() -> None:
+    """Computed before the memory work of the 100k-deployments RSS issue (shared index keys,
+    plain dedup dict, rows converted while decoding): the same entries must keep giving the
+    same hash and the same snapshot bytes, directly and after a restore."""
+    f = Feeder(DeploymentStore(dedup_capacity=40))
+    _workload(f, random.Random(3), 300)
+    expected = "a7d336eeb6b64d135ea5c6db4868bfcf93506d144b2e0b41d913380b6d47787a"
+    assert f.store.state_hash() == expected
+    snap = f.store.snapshot()
+    assert hashlib.sha256(snap).hexdigest() == (
+        "bc89265d4eb63d8b47fbcb3dd0a40ba1b400152359ba1322348bf326c4aa4e34")
+    other = DeploymentStore(dedup_capacity=40)
+    other.restore(snap)
+    assert other.state_hash() == expected and other.snapshot() == snap
+    g = Feeder(DeploymentStore(dedup_capacity=1000))
+    _workload(g, random.Random(5), 800)
+    assert g.store.state_hash() == (
+        "30fe2b59bd827667357080048004f77b935c1b40cadc062b7ff02a9fa59ba3d8")
+
+
+def _format1(store: DeploymentStore, *, canonical: bool = True) -> bytes:
+    """`store` as a format-1 snapshot: every dedup answer in full."""
+    applied, deps, dedup, _tokens = store._state(refs=False)
+    return cbor2.dumps({"format": SNAPSHOT_FORMAT, "applied": applied, "deployments": deps,
+                        "dedup": dedup}, canonical=canonical)
+
+
+def _replay(store: DeploymentStore, cmd: dict) -> tuple[int, dict]:
+    """Apply a retry of `cmd` (same request, same key): the remembered answer."""
+    result = store.apply(store.applied_index + 1, EntryKind.COMMAND, encode_entry("n1", 1, cmd))
+    assert result is not None
+    return result
+
+
+@pytest.mark.parametrize("canonical", [True, False])
+def test_restored_answers_keep_their_wire_key_order(canonical: bool) -> None:
+    """A remembered answer read from a snapshot is served with the key order it was written
+    in (canonical CBOR order for every snapshot a store writes), exactly as before the rows
+    were converted while decoding; stored deployments are always in FIELDS order."""
+    f = Feeder()
+    create = f.cf.create({"name": "web", "source": "x"}, key="k-web")
+    scale = f.cf.scale("web", {"replicas": 2}, key="k-scale")
+    f.run(create)
+    f.run(scale)
+    restored = DeploymentStore()
+    restored.restore(_format1(f.store, canonical=canonical))
+    assert restored.state_hash() == f.store.state_hash()
+    fields = list(f.store.get(None, "web") or {})
+    wire = sorted(fields, key=lambda k: (len(k), k)) if canonical else fields
+    for cmd, status, generation in ((create, 201, 1), (scale, 200, 2)):
+        assert _replay(f.store, cmd)[1] == _replay(restored, cmd)[1]
+        got, body = _replay(restored, cmd)
+        assert got == status and list(body) == wire and body["generation"] == generation
+    assert list(restored.get(None, "web") or {}) == fields
+    assert list(restored.list()[0][0]) == fields
+
+
+def test_restore_shares_repeated_strings_and_index_keys() -> None:
+    f = Feeder()
+    for i in range(3):
+        f.create(name=f"d{i}", port=8080)
+    store = DeploymentStore()
+    store.restore(f.store.snapshot())
+    deps = [store._deps[key] for key in store._index.all]
+    assert len({id(d["namespace"]) for d in deps}) == 1
+    assert len({id(d["type"]) for d in deps}) == 1
+    assert all(d["created_at"] is d["updated_at"] for d in deps)
+    for key in store._index.all:
+        assert store._ids[store._deps[key]["id"]] is key
+        assert store._index.by_ns["default"][store._index.by_ns["default"].index(key)] is key
+    # the dedup answers of the creates are the stored deployments themselves
+    assert [body for _fp, _st, body in store._dedup.values()] == deps
+    assert all(a is b for a, b in zip((b for _f, _s, b in store._dedup.values()), deps,
+                                      strict=True))
+
+
+def test_restore_trims_dedup_to_capacity_and_keeps_evicting_in_order() -> None:
+    f = Feeder(DeploymentStore(dedup_capacity=5))
+    for i in range(5):
+        f.create(name=f"d{i}", key=f"k{i}")
+    small = DeploymentStore(dedup_capacity=3)
+    small.restore(f.store.snapshot())
+    assert list(small._dedup) == list(small._dedup_order) == ["k2", "k3", "k4"]
+    small.apply(small.applied_index + 1, EntryKind.COMMAND,
+                encode_entry("n1", 1, f.cf.create({"name": "x", "source": "y"}, key="k5")))
+    assert list(small._dedup) == list(small._dedup_order) == ["k3", "k4", "k5"]
+    assert [row[0] for row in cbor2.loads(small.snapshot())["dedup"]] == ["k3", "k4", "k5"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_restore_leaves_the_collector_as_it_found_it(enabled: bool) -> None:
+    import gc
+    f = Feeder()
+    f.create(name="web")
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        DeploymentStore().restore(f.store.snapshot())
+        assert gc.isenabled() is enabled
+        with pytest.raises(ValueError):
+            DeploymentStore().restore(b"junk")
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_row_decoder_takes_both_cbor2_hook_signatures() -> None:
+    """cbor2 < 6 calls ``object_hook(decoder, dict)``, cbor2 >= 6 ``object_hook(dict, immutable)``."""
+    from prisn.fsm.deployments import FIELDS, _RowDecoder
+    f = Feeder()
+    f.create(name="web")
+    dep = f.store.get(None, "web")
+    assert dep is not None
+    raw = cbor2.loads(cbor2.dumps(dep, canonical=True))
+    for args in ((object(), dict(raw)), (dict(raw), False)):
+        out = _RowDecoder()(*args)
+        assert out == dep and list(out) == list(FIELDS)
+    other = {"name": "x"}
+    assert _RowDecoder()(other, False) is other

@@ -5,14 +5,17 @@ Thread: the API IOLoop thread only (like everything in `actors.api`).
 `PrisnApplication.start_request` hands every request to a `Dispatch` delegate. When the
 headers are in, it chooses: a plain create (exact path, no query string, a valid
 Content-Length within the body limit, no Transfer-Encoding, authentication off, the rate
-limiter allowing it) is served by `FastCreate`; everything else, including every request
-that would be refused before its body is read (400/401/403/413/429), goes to the
-Application's own routing delegate, exactly as if this module did not exist.
+limiter allowing it) is served by `FastCreate`, a plain `GET /api/v1/deployments/{name}` by
+`actors.api.fastread.FastRead`; everything else, including every request that would be
+refused before its body is read (400/401/403/413/429), goes to the Application's own
+routing delegate, exactly as if this module did not exist.
 
 `FastCreate` answers with the same contract as `DeploymentsHandler.post`: the same command
 (`CommandFactory.create`), the same proposal path (`app.propose_command`), the same status
-codes, error shape `{"error", "message"}` and headers (`X-Prisn-Node`, `X-Prisn-Leader`,
-`X-Request-Id`, `Content-Type`, `Retry-After` on 503), the same request metric. The HTTP
+codes, body bytes (the store's answer compact as `send_json`, a raised error as
+`write_error`), error shape `{"error", "message"}` and headers in the handler's order
+(`fastread.write_response`: Server, Content-Type, Date, `X-Prisn-Node`, `X-Prisn-Leader`,
+`Retry-After` on 503, `X-Request-Id`, Content-Length), the same request metric. The HTTP
 tests run every create through it. What it saves: building a RequestHandler, Tornado's
 routing and coroutine plumbing and its header objects, about 30 us of this thread per
 write (measured: benchmarks/README.md).
@@ -24,14 +27,13 @@ import asyncio
 import json
 import logging
 import time
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from tornado import httputil, iostream
+from tornado import httputil
 
 from actors.api.errors import ApiError
-from prisn.fsm.deployments import error_body
+from actors.api.fastread import error_bytes, fast_read, limiter_allows, request_id, write_response
 from prisn.fsm.validation import ValidationError
 
 if TYPE_CHECKING:
@@ -40,26 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("prisn.api")
 
 ROUTE = "/api/v1/deployments"
-_JSON_TYPE = "application/json; charset=UTF-8"
-_SERVER = "prisn"
-
-
-class _DateCache:
-    """The HTTP Date header, formatted once per second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = ""
-
-    def get(self) -> str:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = formatdate(now, usegmt=True)
-        return self._value
-
-
-_DATE = _DateCache()
 
 
 def _fast_create_ok(ctx: ApiContext, start_line: httputil.RequestStartLine,
@@ -75,9 +57,8 @@ def _fast_create_ok(ctx: ApiContext, start_line: httputil.RequestStartLine,
     # Application answers anything unusual with its 400
     if length is None or not (length.isascii() and length.isdigit()) or int(length) > ctx.max_body:
         return False
-    limiter = ctx.limiter
-    # over the rate: the Application answers the 429 (a refused check takes no token)
-    return limiter is None or not limiter.retry_after(remote_ip, ROUTE)
+    # over the rate: the Application answers (and counts) the 429
+    return limiter_allows(ctx, remote_ip, ROUTE)
 
 
 class Dispatch(httputil.HTTPMessageDelegate):
@@ -98,10 +79,15 @@ class Dispatch(httputil.HTTPMessageDelegate):
         app, conn = self._app, self._request_conn
         assert isinstance(start_line, httputil.RequestStartLine)
         ip = getattr(getattr(conn, "context", None), "remote_ip", "") or ""
-        if _fast_create_ok(app.ctx, start_line, headers, ip):
-            self._target = FastCreate(app.ctx, conn, headers)
+        ctx = app.ctx
+        target: httputil.HTTPMessageDelegate | None
+        if _fast_create_ok(ctx, start_line, headers, ip):
+            target = FastCreate(ctx, conn, headers)
         else:
-            self._target = app.slow_request(self._server_conn, conn)
+            target = fast_read(ctx, conn, start_line, headers, ip)
+            if target is None:
+                target = app.slow_request(self._server_conn, conn)
+        self._target = target
         return self._target.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Any:
@@ -130,10 +116,7 @@ class FastCreate(httputil.HTTPMessageDelegate):
         self._chunks: list[bytes] = []
         self._start = time.perf_counter()
         self._closed = False
-        rid = headers.get("X-Request-Id", "")
-        if not (0 < len(rid) <= 128 and rid.isascii() and rid.isprintable()):
-            rid = f"{ctx.node.node_id}-{next(ctx.request_ids)}"
-        self._rid = rid
+        self._rid = request_id(ctx, headers)
 
     def headers_received(self, start_line: Any, headers: Any) -> None:
         return None
@@ -159,35 +142,20 @@ class FastCreate(httputil.HTTPMessageDelegate):
             except ValidationError as exc:
                 raise ApiError(exc.message, status=400) from None
             status, answer = await propose_command(ctx, command)
-        except ApiError as exc:
+            # the store's answer (2xx, or e.g. its 409/422) as `BaseHandler.send_json`
+            data = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
+        except ApiError as exc:  # raised: as `BaseHandler.write_error` renders it
             status = exc.status
-            answer = error_body(status, exc.message or HTTPStatus(status).phrase)
+            data = error_bytes(status, exc.message or HTTPStatus(status).phrase)
         except Exception:  # noqa: BLE001 - a bug answers 500, as Tornado's handler would
             log.exception("POST %s failed", ROUTE)
-            status, answer = 500, error_body(500, "internal server error")
-        self._respond(status, answer)
+            status, data = 500, error_bytes(500, "internal server error")
+        self._respond(status, data)
 
-    def _respond(self, status: int, answer: Any) -> None:
+    def _respond(self, status: int, data: bytes) -> None:
         ctx = self._ctx
-        data = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
-        headers = httputil.HTTPHeaders()
-        headers["Content-Type"] = _JSON_TYPE
-        headers["Content-Length"] = str(len(data))
-        headers["Date"] = _DATE.get()
-        headers["Server"] = _SERVER
-        headers["X-Prisn-Node"] = ctx.node.node_id
-        headers["X-Prisn-Leader"] = ctx.node.current_leader() or ""
-        headers["X-Request-Id"] = self._rid
-        if status == 503:
-            headers["Retry-After"] = "1"
         if not self._closed:
-            try:
-                self._conn.write_headers(
-                    httputil.ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase),
-                    headers, data)
-                self._conn.finish()
-            except iostream.StreamClosedError:
-                pass
+            write_response(self._conn, ctx, status, data, self._rid)
         ctx.metrics.observe_request("POST", ROUTE, status, time.perf_counter() - self._start)
         if status >= 500 and status != 503:
             log.warning("%d POST %s", status, ROUTE)

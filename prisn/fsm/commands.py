@@ -27,8 +27,9 @@ Pure apart from the injected clock and id source; safe on any thread.
 
 from __future__ import annotations
 
+import math
+import os
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -54,10 +55,44 @@ class CommandError(ValueError):
     """A log entry payload or command that cannot be decoded (400 Bad Request)."""
 
 
+_MAX_FAST_TS = 253402300800  # 10000-01-01: later (or negative) times take datetime's path
+_ts_second: tuple[int, str] = (-1, "")  # (second, "YYYY-MM-DDTHH:MM:SS.") of the last call
+
+
 def format_ts(seconds: float) -> str:
-    """RFC 3339 UTC with milliseconds, e.g. ``2025-01-02T03:04:05.678Z``."""
-    dt = datetime.fromtimestamp(seconds, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds, e.g. ``2025-01-02T03:04:05.678Z``.
+
+    Exactly `datetime.fromtimestamp(seconds, UTC)` truncated to milliseconds (the same
+    half-even rounding of the fraction to microseconds), with the date part formatted once per
+    second: strftime was 2 % of the API thread per create. Any thread: the cache is one tuple,
+    swapped whole."""
+    global _ts_second
+    frac, whole = math.modf(seconds)
+    us = round(frac * 1e6)
+    sec = int(whole)
+    if us >= 1_000_000:
+        us -= 1_000_000
+        sec += 1
+    elif us < 0:
+        us += 1_000_000
+        sec -= 1
+    if not 0 <= sec < _MAX_FAST_TS:
+        dt = datetime.fromtimestamp(seconds, tz=UTC)
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    cached = _ts_second
+    if cached[0] != sec:
+        cached = (sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)))
+        _ts_second = cached
+    return f"{cached[1]}{us // 1000:03d}Z"
+
+
+def new_id() -> str:
+    """A random version-4 UUID as 32 hex digits, the `uuid.uuid4().hex` format, at a third of
+    its cost (no UUID object). Any thread."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return b.hex()
 
 
 def check_key(key: Any) -> str:
@@ -112,7 +147,7 @@ class CommandFactory:
     def __init__(
         self,
         clock: Callable[[], float] = time.time,
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_id: Callable[[], str] = new_id,
     ) -> None:
         self._clock = clock
         self._new_id = new_id

@@ -172,20 +172,24 @@ class RaftActor(Actor):
 
     # ------------------------------------------------------------------ routing
     def _dispatch(self, out: list[Msg]) -> None:
+        """Send a step's output: messages for peers first, then the local ones (each group in
+        the core's order). Peer messages never depend on a local message of the same step
+        (the core holds back what needs a sync until the StoreSynced), and a follower's work is
+        the longer half of a replicated write: waking the replicators before the log store
+        (whose RocksDB write holds the GIL) starts it one GIL hand-over sooner."""
         if not out:
             return
         send_bytes = self.outbox.send_bytes  # type: ignore[union-attr]
         leader = self.status.role == Role.LEADER
         forwards: dict[str, list[ForwardPropose]] = {}
+        local: list[Msg] = []
         for m in out:
             dst = m.dst
             if type(m) is ForwardPropose:
                 forwards.setdefault(dst, []).append(m)
                 continue
             if dst in LOCAL_DESTS:
-                if leader and isinstance(m, StoreAppend) and m.entries:
-                    self._appended.append((m.entries[-1][0], time.monotonic()))
-                send_bytes(dst, encode(m))
+                local.append(m)
                 continue
             repl = self._replicator_for(dst)
             if repl is None:
@@ -197,6 +201,10 @@ class RaftActor(Actor):
             send_bytes(repl, encode(m))
         for dst, fwds in forwards.items():
             self._send_forwards(dst, fwds)
+        for m in local:
+            if leader and isinstance(m, StoreAppend) and m.entries:
+                self._appended.append((m.entries[-1][0], time.monotonic()))
+            send_bytes(m.dst, encode(m))
 
     def _send_forwards(self, dst: str, fwds: list[ForwardPropose]) -> None:
         """One step's forwarded writes to `dst` as ForwardProposeBatch frames of at most

@@ -348,8 +348,22 @@ def test_on_start_without_listen_addr_dispatches_startup_outputs(shell: Shell) -
     shell.core.st = FakeStatus(role=Role.CANDIDATE)
     shell.actor.on_start()
     assert shell.core.startups == 1 and shell.actor._sockets == []  # no peer socket
-    assert shell.out.sent == [("logstore", sa), ("repl:n2", ae("n2"))]
+    # peer messages go out before the local ones (each group in the core's order)
+    assert shell.out.sent == [("repl:n2", ae("n2")), ("logstore", sa)]
     assert shell.actor.status.role == Role.CANDIDATE
+
+
+def test_dispatch_sends_peer_messages_before_local_ones_keeping_each_order(shell: Shell) -> None:
+    sa1 = StoreAppend(src="raft", dst="logstore", seq=1, term=1, vote="", commit=0,
+                      entries=[[1, 1, 2, b"a"]])
+    sa2 = StoreAppend(src="raft", dst="logstore", seq=2, term=1, vote="", commit=0,
+                      entries=[[2, 1, 2, b"b"]])
+    shell.core.st = FakeStatus(role=Role.LEADER, leader_id="n1")
+    shell.actor.on_start()
+    shell.out.sent.clear()
+    shell.actor._dispatch([sa1, ae("n2"), sa2, ae("n3")])
+    assert shell.out.sent == [("repl:n2", ae("n2")), ("repl:n3", ae("n3")),
+                              ("logstore", sa1), ("logstore", sa2)]
 
 
 def test_leader_lag_and_replicator_stats(shell: Shell) -> None:

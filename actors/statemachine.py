@@ -5,7 +5,17 @@ Runs on its own thread; it is the only writer of the `DeploymentStore` (the API 
 reads it). Invariants: entries arrive from raft in log order, each exactly once; an entry at or
 below the applied index (a replay, or one covered by an installed snapshot) is skipped; after
 every batch that applied something (or installed a snapshot) one `fsm.applied` goes to the API
-carrying the new applied index and the results of the commands this node proposed.
+(more when its results pass `APPLIED_BYTES`: each frame stays far under the frame cap)
+carrying the new applied index and the results of the commands this node proposed in this
+process: an entry at or below `boot_commit` (committed before the process started, replayed
+from the log at boot) was proposed by an earlier incarnation whose request ids no waiter holds
+(the API draws them from a random base per process), so its result is not sent.
+
+Memory (a restart replays every entry since the snapshot, 100k+ at once): the frames of a
+drained batch are decoded and applied ONE AT A TIME, each released before the next is decoded,
+so the decoded entries of a batch never coexist (they would interleave with the rows the
+replay builds and leave the heap fragmented), and replayed results (a deployment body each) are
+neither collected nor encoded into an `Applied` frame the API would refuse as too large.
 
 Snapshots (when a `SnapshotStore` is given):
 - Every `threshold` applied entries, at the end of a batch, the actor takes a consistent copy
@@ -57,6 +67,13 @@ from transport.mailbox import Outbox
 
 log = logging.getLogger("prisn.fsm")
 
+# An `Applied` frame carries at most about this many bytes of results (a result is the stored
+# deployment, about the size of its command): a batch that drained many Apply frames of this
+# node's writes (64 KiB specs, an fsm that fell behind during a snapshot) sends several frames,
+# each well under the 16 MiB frame cap the API's decoder enforces.
+APPLIED_BYTES = 4 << 20
+RESULT_OVERHEAD = 256  # per result: id, timestamps and the other small fields
+
 
 @dataclass(frozen=True)
 class _Job:
@@ -72,9 +89,11 @@ class StateMachineActor(Actor):
                  snapshots: SnapshotStore | None = None, threshold: int = 8192,
                  min_interval: float = 0.0,
                  snapshot_index: int = 0, snapshot_term: int = 0,
-                 membership: Membership | None = None, **kw) -> None:
+                 membership: Membership | None = None, boot_commit: int = 0, **kw) -> None:
         super().__init__("fsm", ctx, node_id, **kw)
         self.store = store
+        # entries <= boot_commit were committed before this process started: no result
+        self.boot_commit = boot_commit
         self.snapshots = snapshots
         self.threshold = max(1, threshold)
         # Like hashicorp/raft's SnapshotInterval: a full snapshot costs CPU in proportion to
@@ -108,37 +127,68 @@ class StateMachineActor(Actor):
             self._writer = None
 
     def on_messages(self, msgs: list[Msg]) -> None:
-        results: list = []
-        applied_any = False
-        store = self.store
-        me = self.node_id
+        batch = _Batch()
         for m in msgs:
-            if isinstance(m, Apply):
-                for entry in m.entries:
-                    index, term, kind, data = entry
-                    if index <= store.applied_index:
-                        continue
-                    out = store.apply(index, kind, data)
-                    self._term = term
-                    applied_any = True
-                    if kind == EntryKind.CONFIG:
-                        try:
-                            self._membership = decode_config(data)
-                        except ValueError as e:  # raft refuses such entries; keep the old
-                            log.error("fsm: undecodable configuration at %d: %s", index, e)
-                    if out is not None:
-                        origin, rid = store.last_origin
-                        if origin == me:
-                            results.append([rid, out[0], out[1]])
-            elif isinstance(m, SnapChunk):
-                if self._on_chunk(m):
-                    applied_any = True
-            elif isinstance(m, SnapshotRequest):
-                self._force_at = max(self._force_at, m.index)
-        if applied_any:
-            self.send("api", Applied(src="fsm", dst="api", index=store.applied_index,
-                                     results=results))
+            self._handle(m, batch)
+        self._end_batch(batch)
+
+    def _inbox_batch(self, frames: list[bytes]) -> None:
+        """A drained batch, decoded and handled frame by frame (module doc: Memory); each
+        frame and its message are released before the next frame is decoded."""
+        batch = _Batch()
+        decode = self.decoder.try_decode
+        for k in range(len(frames)):
+            m = decode(frames[k])
+            frames[k] = b""
+            if m is not None:
+                self._handle(m, batch)
+                m = None
+        self._end_batch(batch)
+
+    def _handle(self, m: Msg, batch: _Batch) -> None:
+        if isinstance(m, Apply):
+            store = self.store
+            me = self.node_id
+            quiet = self.boot_commit
+            results = batch.results
+            for entry in m.entries:
+                index, term, kind, data = entry
+                if index <= store.applied_index:
+                    continue
+                out = store.apply(index, kind, data)
+                self._term = term
+                batch.applied = True
+                if kind == EntryKind.CONFIG:
+                    try:
+                        self._membership = decode_config(data)
+                    except ValueError as e:  # raft refuses such entries; keep the old
+                        log.error("fsm: undecodable configuration at %d: %s", index, e)
+                if out is not None and index > quiet:
+                    origin, rid = store.last_origin
+                    if origin == me:
+                        results.append([rid, out[0], out[1]])
+                        batch.size += len(data) + RESULT_OVERHEAD
+                        if batch.size >= APPLIED_BYTES:
+                            self._send_applied(batch)
+                            results = batch.results
+        elif isinstance(m, SnapChunk):
+            if self._on_chunk(m):
+                batch.applied = True
+        elif isinstance(m, SnapshotRequest):
+            self._force_at = max(self._force_at, m.index)
+
+    def _end_batch(self, batch: _Batch) -> None:
+        if batch.applied:
+            self._send_applied(batch)
         self._maybe_snapshot()
+
+    def _send_applied(self, batch: _Batch) -> None:
+        """Tell the API the applied index and the results gathered so far; start afresh."""
+        self.send("api", Applied(src="fsm", dst="api", index=self.store.applied_index,
+                                 results=batch.results))
+        batch.results = []
+        batch.size = 0
+        batch.applied = False
 
     # ------------------------------------------------------------------ local snapshots
     def _maybe_snapshot(self) -> None:
@@ -223,6 +273,18 @@ class StateMachineActor(Actor):
             membership=meta.membership.to_wire() if meta.membership else {},
             path=meta.path, size=meta.size))
         return restored
+
+
+class _Batch:
+    """What one drained batch produced since its last `Applied`: results to send, about how
+    many bytes they encode to, and whether anything applied."""
+
+    __slots__ = ("results", "size", "applied")
+
+    def __init__(self) -> None:
+        self.results: list = []
+        self.size = 0
+        self.applied = False
 
 
 class _SnapshotWriter(threading.Thread):

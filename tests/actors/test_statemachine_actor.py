@@ -124,6 +124,31 @@ def test_one_applied_per_batch_carrying_the_applied_index(rig: Rig, cf: CommandF
     assert second == Applied(src="fsm", dst="api", index=5, results=[])
 
 
+def test_a_batch_of_large_results_is_split_into_frames_under_the_cap(
+        rig: Rig, cf: CommandFactory) -> None:
+    """64 KiB specs, 300 of this node's creates drained in one batch (~19 MiB of results):
+    one Applied frame would pass the 16 MiB cap the API's decoder enforces and every waiter
+    would time out on writes that committed. Several frames, each under APPLIED_BYTES plus one
+    result, carry every result in order and the index applied up to them."""
+    from actors.statemachine import APPLIED_BYTES
+    from transport.codec import DEFAULT_MAX_BYTES
+
+    source = "x" * 65_000
+    frames = [apply(*(command(i, ME, i, cf.create({"name": f"d{i}", "source": source}))
+                      for i in range(k, k + 15)))
+              for k in range(1, 301, 15)]
+    applied = rig.feed(*frames)
+    assert len(applied) >= 5
+    sizes = [len(encode(m)) for m in applied]
+    assert max(sizes) < APPLIED_BYTES + 70_000 < DEFAULT_MAX_BYTES, sizes
+    assert [r[0] for m in applied for r in m.results] == list(range(1, 301))
+    assert all(r[1] == 201 for m in applied for r in m.results)
+    indexes = [m.index for m in applied]
+    assert indexes == sorted(indexes) and indexes[-1] == 300 == rig.store.applied_index
+    for m in applied:  # each frame's index covers its own results
+        assert m.results[-1][0] <= m.index
+
+
 def test_replayed_entries_are_skipped(rig: Rig, cf: CommandFactory) -> None:
     rig.feed(apply(
         command(1, ME, 1, cf.create({"name": "a", "source": "x"})),
@@ -218,3 +243,51 @@ def test_real_thread_round_trip(cf: CommandFactory) -> None:
         api.close(0)
         ctx.term()
     assert not actor.is_alive() and actor.failure is None
+
+
+# --------------------------------------------------------------------------- restart replay
+def test_entries_committed_before_boot_apply_without_results(ctx: zmq.Context,
+                                                             cf: CommandFactory) -> None:
+    """A restart replays entries an earlier incarnation proposed (same origin): they apply, the
+    index advances, but no result is collected for them (no waiter of this process holds
+    their request ids); entries after `boot_commit` are answered as usual."""
+    rig = Rig(ctx)
+    rig.actor.boot_commit = 2
+    (applied,) = rig.feed(apply(
+        command(1, ME, 1, cf.create({"name": "a", "source": "x"})),
+        command(2, ME, 2, cf.create({"name": "b", "source": "x"})),
+        command(3, ME, 3, cf.create({"name": "c", "source": "x"})),
+    ))
+    assert applied.index == 3 and rig.store.count() == 3
+    assert [r[:2] for r in applied.results] == [[3, 201]]
+    # a batch that is only replay still reports the applied index
+    rig2 = Rig(ctx)
+    rig2.actor.boot_commit = 5
+    assert rig2.feed(apply(command(1, ME, 1, cf.create({"name": "z", "source": "x"})))) == [
+        Applied(src="fsm", dst="api", index=1, results=[])]
+
+
+def test_a_drained_batch_is_decoded_one_frame_at_a_time(ctx: zmq.Context,
+                                                        cf: CommandFactory) -> None:
+    """Frames of one batch are decoded lazily: frame k+1 is decoded only after frame k's
+    entries were applied and frame k released (a restart's replay arrives as one batch of
+    many large frames); still one `Applied` for the whole batch, in order."""
+    rig = Rig(ctx)
+    frames = [encode(apply(*(command(i, ME, i, cf.create({"name": f"d{i}", "source": "x"}))
+                             for i in range(k, k + 3))))
+              for k in (1, 4, 7)]
+    frames.insert(1, b"\xff malformed")  # dropped and counted, the rest goes on
+    seen: list[tuple[int, int]] = []  # (applied index, frames still held) at each decode
+    real = rig.actor.decoder.try_decode
+
+    def spy(frame: bytes) -> Msg | None:
+        seen.append((rig.store.applied_index, sum(1 for f in frames if f)))
+        return real(frame)
+
+    rig.actor.decoder.try_decode = spy  # type: ignore[method-assign]
+    rig.actor._inbox_batch(frames)
+    assert seen == [(0, 4), (3, 3), (3, 2), (6, 1)]
+    (applied,) = [m for _, m in rig.out.take()]
+    assert isinstance(applied, Applied) and applied.index == 9
+    assert [r[:2] for r in applied.results] == [[i, 201] for i in range(1, 10)]
+    assert rig.actor.decoder.dropped == 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -86,10 +87,23 @@ def format_ts(seconds: float) -> str:
     return f"{cached[1]}{us // 1000:03d}Z"
 
 
+_ID_POOL = 256  # ids drawn from one os.urandom call
+_id_lock = threading.Lock()
+_id_bytes = b""
+_id_pos = 0
+
+
 def new_id() -> str:
-    """A random version-4 UUID as 32 hex digits, the `uuid.uuid4().hex` format, at a third of
-    its cost (no UUID object). Any thread."""
-    b = bytearray(os.urandom(16))
+    """A random version-4 UUID as 32 hex digits, the `uuid.uuid4().hex` format, without a UUID
+    object and with one getrandom(2) per `_ID_POOL` ids (the syscall per id was 4% of the API
+    thread per create). Any thread: the lock hands every 16 bytes out once."""
+    global _id_bytes, _id_pos
+    with _id_lock:
+        if _id_pos >= len(_id_bytes):
+            _id_bytes = os.urandom(16 * _ID_POOL)
+            _id_pos = 0
+        b = bytearray(_id_bytes[_id_pos:_id_pos + 16])
+        _id_pos += 16
     b[6] = (b[6] & 0x0F) | 0x40
     b[8] = (b[8] & 0x3F) | 0x80
     return b.hex()

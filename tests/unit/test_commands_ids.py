@@ -57,3 +57,21 @@ def test_command_factory_uses_fresh_ids() -> None:
     assert cmd["id"] != cmd["key"]
     assert uuid.UUID(hex=cmd["id"]).version == 4
     assert uuid.UUID(hex=cmd["key"]).version == 4
+
+
+def test_new_id_is_unique_across_threads() -> None:
+    """Eight threads drawing from the shared pool never get the same bytes."""
+    import threading
+
+    out: list[list[str]] = [[] for _ in range(8)]
+
+    def draw(k: int) -> None:
+        out[k].extend(new_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=draw, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [x for part in out for x in part]
+    assert len(set(every)) == len(every) == 40_000

@@ -8,7 +8,6 @@ failure stops the node and exits 1 so that systemd restarts it.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -331,32 +330,6 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-MMAP_THRESHOLD = 128 << 10  # glibc's own initial value, made fixed
-_M_MMAP_THRESHOLD = -3  # mallopt(3) parameter number (malloc.h)
-
-
-def tune_malloc() -> bool:
-    """Serve every allocation of 128 KiB or more by mmap(2), returned to the OS on free.
-
-    glibc starts with that threshold but raises it to the size of each mmapped chunk freed
-    (up to 32 MiB), so after the first large message buffer is freed the following ones
-    (AppendEntries and Apply frames of up to 1 MiB, snapshot chunks, request bodies) come
-    from the heap, and the heap keeps them when they are freed between long-lived objects. A
-    restart replays its log through ~1 MiB Apply frames (100k entries: ~20 MiB in flight at
-    once): with the moving threshold the node kept ~20 MiB more RSS after boot. A fixed
-    threshold turns that adjustment off (mallopt(3)). Not glibc, or the operator already
-    chose (MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES): nothing is changed, False."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None or \
-            "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return False
-        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (AttributeError, OSError, ValueError):  # no confstr name, no mallopt symbol
-        return False
-
-
 def run(cfg: ServerConfig) -> int:
     """Run a node until SIGTERM/SIGINT (exit 0) or an actor failure (exit 1)."""
     setup_logging(cfg.log_level)
@@ -395,7 +368,6 @@ def run(cfg: ServerConfig) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     tune_gc()
-    tune_malloc()
     try:
         node.start()
     except (StorageError, OSError, zmq.ZMQError, RuntimeError) as e:

@@ -160,11 +160,15 @@ def fast_read(ctx: ApiContext, conn: httputil.HTTPConnection,
 
 # id(ctx) -> the strong reads waiting for a barrier call that has not started yet
 _PENDING: dict[int, list[FastRead]] = {}
+# id(ctx) of the nodes with a barrier call under way (at most one per node)
+_IN_FLIGHT: set[int] = set()
 
 
 def _join_barrier(read: FastRead) -> None:
     """Make `read` wait for the next read barrier call of its node. The strong reads that
-    arrive before that call starts (one IOLoop iteration) share it.
+    arrive before that call starts share it: those of one IOLoop iteration when no call is
+    under way, else all those that arrive until the call under way ends (one call at a
+    time per node, as etcd's read loop: under load the batches grow instead of the calls).
 
     Invariant: a read joins only a batch whose call has not started, so the call, and with it
     the ReadIndex (commit index captured, leadership confirmed), comes after the read
@@ -174,19 +178,35 @@ def _join_barrier(read: FastRead) -> None:
     batch = _PENDING.get(key)
     if batch is None:
         batch = _PENDING[key] = []
-        asyncio.get_running_loop().call_soon(_start_barrier, ctx, key, batch)
+        if key not in _IN_FLIGHT:
+            asyncio.get_running_loop().call_soon(_start_barrier, ctx, key)
     batch.append(read)
 
 
-def _start_barrier(ctx: ApiContext, key: int, batch: list[FastRead]) -> None:
+def _start_barrier(ctx: ApiContext, key: int) -> None:
     """Close the batch (a later read waits for the next call) and call the barrier once."""
-    del _PENDING[key]
+    batch = _PENDING.pop(key, None)
+    if not batch:
+        return
+    _IN_FLIGHT.add(key)
     task = asyncio.ensure_future(ctx.node.read_barrier(ctx.read_timeout))
-    task.add_done_callback(lambda t: _barrier_done(batch, t))
+    task.add_done_callback(lambda t: _barrier_done(ctx, key, batch, t))
 
 
-def _barrier_done(batch: list[FastRead], task: asyncio.Future[None]) -> None:
-    for read in batch:
+def _barrier_done(ctx: ApiContext, key: int, batch: list[FastRead],
+                  task: asyncio.Future[None]) -> None:
+    """Answer the batch; the reads that queued meanwhile get the next call, or, when this
+    one failed (no leader, no quorum, timed out), the same answer at once: a later call
+    would most likely fail the same way, and each read must be answered within about
+    `read_timeout` of its arrival, not after two of them."""
+    _IN_FLIGHT.discard(key)
+    queued = None
+    if _PENDING.get(key):
+        if task.cancelled() or task.exception() is not None:
+            queued = _PENDING.pop(key)
+        else:
+            _start_barrier(ctx, key)
+    for read in batch + (queued or []):
         try:
             read.barrier_done(task)
         except Exception:  # noqa: BLE001 - one bad answer must not strand the rest

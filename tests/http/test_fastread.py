@@ -280,15 +280,14 @@ class _Read:
 
 
 def test_a_barrier_is_shared_only_by_reads_that_arrived_before_it_started() -> None:
+    """One call at a time per node: reads that arrive while a call is under way wait for
+    the next one, which starts when it ends (never joining the call under way)."""
     calls: list[asyncio.Event] = []
 
     async def read_barrier(timeout: float) -> None:
         gate = asyncio.Event()
         calls.append(gate)
-        second = len(calls) == 2
         await gate.wait()
-        if second:
-            raise TimeoutError
 
     ctx = SimpleNamespace(node=SimpleNamespace(read_barrier=read_barrier), read_timeout=1.0)
 
@@ -297,18 +296,53 @@ def test_a_barrier_is_shared_only_by_reads_that_arrived_before_it_started() -> N
         fastread._join_barrier(a)  # type: ignore[arg-type]
         fastread._join_barrier(b)  # type: ignore[arg-type]
         await asyncio.sleep(0)  # the batch closes and its one call starts
-        c = _Read(ctx)
+        c, d = _Read(ctx), _Read(ctx)
         fastread._join_barrier(c)  # type: ignore[arg-type]  # too late: the next call
         for _ in range(3):
             await asyncio.sleep(0)
-        assert len(calls) == 2 and not fastread._PENDING
+        fastread._join_barrier(d)  # type: ignore[arg-type]  # still the next call
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(calls) == 1 and a.outcome == "waiting" and c.outcome == "waiting"
         calls[0].set()
         for _ in range(3):
             await asyncio.sleep(0)
-        assert a.outcome == b.outcome == "None" and c.outcome == "waiting"
+        assert a.outcome == b.outcome == "None" and c.outcome == d.outcome == "waiting"
+        assert len(calls) == 2 and not fastread._PENDING  # c and d share the second call
         calls[1].set()
         for _ in range(3):
             await asyncio.sleep(0)
-        assert c.outcome == "TimeoutError()"
+        assert c.outcome == d.outcome == "None"
+        assert not fastread._PENDING and not fastread._IN_FLIGHT
+
+    asyncio.run(main())
+
+
+def test_reads_queued_behind_a_failed_barrier_get_its_answer_at_once() -> None:
+    """Each read is answered within about read_timeout of its arrival: the reads queued
+    behind a call that failed share its failure rather than waiting for another call."""
+    calls: list[asyncio.Event] = []
+
+    async def read_barrier(timeout: float) -> None:
+        gate = asyncio.Event()
+        calls.append(gate)
+        await gate.wait()
+        raise TimeoutError
+
+    ctx = SimpleNamespace(node=SimpleNamespace(read_barrier=read_barrier), read_timeout=1.0)
+
+    async def main() -> None:
+        a = _Read(ctx)
+        fastread._join_barrier(a)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        b = _Read(ctx)
+        fastread._join_barrier(b)  # type: ignore[arg-type]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        calls[0].set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert a.outcome == b.outcome == "TimeoutError()"
+        assert len(calls) == 1 and not fastread._PENDING and not fastread._IN_FLIGHT
 
     asyncio.run(main())

@@ -102,23 +102,6 @@ class TestFastPath(ApiCase):
         code, body, _ = self.post("/api/v1/deployments", SPEC)
         assert code == 413 and Counting.taken == 0
 
-    def raw(self, req: bytes) -> bytes:
-        """Send `req` on a fresh connection; everything the server answers until it closes."""
-        port = self.get_http_port()
-
-        async def send() -> bytes:
-            loop = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
-            s = socket.create_connection(("127.0.0.1", port))
-            s.setblocking(False)
-            await loop.sock_sendall(s, req)
-            out = b""
-            while chunk := await loop.sock_recv(s, 65536):
-                out += chunk
-            s.close()
-            return out
-
-        return self.io_loop.run_sync(send)
-
     def test_chunked_bodies_go_to_the_application(self) -> None:
         body = b'{"name": "chunky", "source": "x"}'
         out = self.raw(b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\n"

@@ -43,23 +43,6 @@ class TestFastRead(ApiCase):
         for spec in (SPEC, {**SPEC, "name": "api", "namespace": "team-a"}):
             assert self.call("POST", "/api/v1/deployments", spec)[0] == 201
 
-    def raw(self, req: bytes) -> bytes:
-        """Send `req` on a fresh connection; everything the server answers until it closes."""
-        port = self.get_http_port()
-
-        async def send() -> bytes:
-            loop = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
-            s = socket.create_connection(("127.0.0.1", port))
-            s.setblocking(False)
-            await loop.sock_sendall(s, req)
-            out = b""
-            while chunk := await loop.sock_recv(s, 65536):
-                out += chunk
-            s.close()
-            return out
-
-        return self.io_loop.run_sync(send)
-
     def get(self, path: str, headers: dict[str, str] | None = None, *,
             version: str = "HTTP/1.1") -> bytes:
         lines = [f"GET {path} {version}", "Host: x", "X-Request-Id: rid-1"]

@@ -95,6 +95,24 @@ class ApiCase(AsyncHTTPTestCase):
                 chunks.append(data)
         return b"".join(chunks)
 
+    def raw(self, req: bytes) -> bytes:
+        """Send `req` on a fresh connection from inside the IOLoop (the server answers while it
+        runs); everything the server answers until it closes."""
+        port = self.get_http_port()
+
+        async def send() -> bytes:
+            loop = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
+            s = socket.create_connection(("127.0.0.1", port))
+            s.setblocking(False)
+            await loop.sock_sendall(s, req)
+            out = b""
+            while chunk := await loop.sock_recv(s, 65536):
+                out += chunk
+            s.close()
+            return out
+
+        return self.io_loop.run_sync(send)
+
     def create(self, **over: Any) -> dict[str, Any]:
         code, body, _ = self.call("POST", "/api/v1/deployments", {**SPEC, **over})
         assert code == 201, body

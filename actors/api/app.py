@@ -56,6 +56,7 @@ from actors.api.auth import (
 )
 from actors.api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
 from actors.api.fastpath import Dispatch
+from actors.api.fastread import ReadBarriers
 from actors.api.limits import RateLimiter
 from actors.api.node import NodeClient, NodeStatus
 from actors.metrics import NodeMetrics
@@ -94,6 +95,7 @@ class ApiContext:
     request_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     auth: Authenticator = field(default_factory=Authenticator)  # off unless an API key is set
     tokens: TokenFactory = field(default_factory=TokenFactory)
+    barriers: ReadBarriers = field(default_factory=ReadBarriers)  # shared strong reads
 
 
 class PrisnApplication(Application):

@@ -76,12 +76,9 @@ DATE = DateCache()
 
 def limiter_allows(ctx: ApiContext, remote_ip: str, route: str) -> bool:
     """True (one token taken, as `BaseHandler.prepare` would) unless the rate limiter refuses;
-    a refusal is left to the Application, which counts the 429, so it is not counted here."""
+    a refusal is left to the Application, whose `check` answers and counts the 429."""
     limiter = ctx.limiter
-    if limiter is None or not limiter.retry_after(remote_ip, route):
-        return True
-    limiter.refused -= 1  # the Application's own check counts this request again
-    return False
+    return limiter is None or not limiter.retry_after(remote_ip, route, count=False)
 
 
 def request_id(ctx: ApiContext, headers: httputil.HTTPHeaders) -> str:
@@ -158,10 +155,16 @@ def fast_read(ctx: ApiContext, conn: httputil.HTTPConnection,
     return FastRead(ctx, conn, headers, uri, namespace, name)
 
 
-# id(ctx) -> the strong reads waiting for a barrier call that has not started yet
-_PENDING: dict[int, list[FastRead]] = {}
-# id(ctx) of the nodes with a barrier call under way (at most one per node)
-_IN_FLIGHT: set[int] = set()
+class ReadBarriers:
+    """One node's shared read barriers (`ApiContext.barriers`; IOLoop thread only): the
+    strong reads waiting for a call that has not started, and whether a call is under way
+    (at most one at a time)."""
+
+    __slots__ = ("pending", "in_flight")
+
+    def __init__(self) -> None:
+        self.pending: list[FastRead] | None = None
+        self.in_flight = False
 
 
 def _join_barrier(read: FastRead) -> None:
@@ -174,39 +177,39 @@ def _join_barrier(read: FastRead) -> None:
     the ReadIndex (commit index captured, leadership confirmed), comes after the read
     arrived: exactly the guarantee of one call per read, for one ReadIndex per batch."""
     ctx = read.ctx
-    key = id(ctx)
-    batch = _PENDING.get(key)
-    if batch is None:
-        batch = _PENDING[key] = []
-        if key not in _IN_FLIGHT:
-            asyncio.get_running_loop().call_soon(_start_barrier, ctx, key)
-    batch.append(read)
+    barriers = ctx.barriers
+    if barriers.pending is None:
+        barriers.pending = []
+        if not barriers.in_flight:
+            asyncio.get_running_loop().call_soon(_start_barrier, ctx)
+    barriers.pending.append(read)
 
 
-def _start_barrier(ctx: ApiContext, key: int) -> None:
+def _start_barrier(ctx: ApiContext) -> None:
     """Close the batch (a later read waits for the next call) and call the barrier once."""
-    batch = _PENDING.pop(key, None)
+    barriers = ctx.barriers
+    batch, barriers.pending = barriers.pending, None
     if not batch:
         return
-    _IN_FLIGHT.add(key)
+    barriers.in_flight = True
     task = asyncio.ensure_future(ctx.node.read_barrier(ctx.read_timeout))
-    task.add_done_callback(lambda t: _barrier_done(ctx, key, batch, t))
+    task.add_done_callback(lambda t: _barrier_done(ctx, batch, t))
 
 
-def _barrier_done(ctx: ApiContext, key: int, batch: list[FastRead],
-                  task: asyncio.Future[None]) -> None:
+def _barrier_done(ctx: ApiContext, batch: list[FastRead], task: asyncio.Future[None]) -> None:
     """Answer the batch; the reads that queued meanwhile get the next call, or, when this
     one failed (no leader, no quorum, timed out), the same answer at once: a later call
     would most likely fail the same way, and each read must be answered within about
     `read_timeout` of its arrival, not after two of them."""
-    _IN_FLIGHT.discard(key)
-    queued = None
-    if _PENDING.get(key):
+    barriers = ctx.barriers
+    barriers.in_flight = False
+    if barriers.pending:
         if task.cancelled() or task.exception() is not None:
-            queued = _PENDING.pop(key)
+            batch = batch + barriers.pending
+            barriers.pending = None
         else:
-            _start_barrier(ctx, key)
-    for read in batch + (queued or []):
+            _start_barrier(ctx)
+    for read in batch:
         try:
             read.barrier_done(task)
         except Exception:  # noqa: BLE001 - one bad answer must not strand the rest

@@ -84,9 +84,11 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def retry_after(self, address: str, route: str = "") -> int:
+    def retry_after(self, address: str, route: str = "", *, count: bool = True) -> int:
         """0 when a request from `address` may go ahead now (it takes a token), else the whole
-        seconds (>= 1) until the bucket holds a token again. Exempt routes always get 0."""
+        seconds (>= 1) until the bucket holds a token again, and the refusal is counted unless
+        `count` is False (a caller that leaves the 429 to `check` elsewhere). Exempt routes
+        always get 0."""
         if route in EXEMPT_ROUTES:
             return 0
         now = self._clock()
@@ -106,7 +108,8 @@ class RateLimiter:
             b[0] = tokens - 1.0
             return 0
         b[0] = tokens
-        self.refused += 1
+        if count:
+            self.refused += 1
         return max(1, math.ceil((1.0 - tokens) / self.rate))
 
     def check(self, address: str, route: str = "") -> None:

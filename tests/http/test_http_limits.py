@@ -76,6 +76,18 @@ def test_refused_requests_take_no_token_and_retry_after_is_whole_seconds() -> No
     assert rl.refused == 51
 
 
+def test_a_refusal_asked_without_counting_is_not_counted() -> None:
+    """`count=False` (the fast paths, which leave the 429 to the Application's `check`)
+    refuses the same way and takes no token, but leaves `refused` alone."""
+    clock = Clock()
+    rl = RateLimiter(rate=0.1, burst=1, clock=clock)
+    assert rl.retry_after("a", count=False) == 0
+    assert rl.retry_after("a", count=False) == 10
+    assert rl.refused == 0
+    assert rl.retry_after("a") == 10
+    assert rl.refused == 1
+
+
 def test_addresses_are_independent_and_exempt_routes_free() -> None:
     clock = Clock()
     rl = RateLimiter(rate=1.0, burst=1, clock=clock)

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import secrets
+import select
 import signal
 import socket
 import sys
@@ -71,6 +72,45 @@ def sd_notify(state: str) -> None:
             s.sendall(state.encode())
     except OSError as e:
         log.warning("sd_notify failed: %s", e)
+
+
+class StopSignals:
+    """SIGTERM and SIGINT for `run`'s main thread.
+
+    A Python signal handler runs in the main thread between two bytecodes, possibly while that
+    thread holds a lock: waiting in `Event.wait`, it holds the Event's condition lock for a
+    few bytecodes each turn, and a handler calling `Event.set()` there blocks on that lock
+    forever (the node then never stopped on SIGTERM; seen once in CI as a missing
+    STOPPING=1). So the handler only records the signal, and the byte that
+    `signal.set_wakeup_fd` writes wakes `wait`, which runs in normal context."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def install(self) -> None:
+        """Main thread only (as `signal.signal`)."""
+        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        """The handler: takes no lock (a list append is one C call under the GIL)."""
+        self.received.append(signum)
+
+    def wait(self, sup: Supervisor, timeout: float) -> bool:
+        """True once a signal came or the supervisor is stopping (an actor failed); else
+        after at most `timeout` seconds (or a signal's wake-up byte), False."""
+        if not self.received and not sup.stop_requested.is_set():
+            select.select([self._r], [], [], timeout)
+            try:
+                while os.read(self._r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        return bool(self.received) or sup.stop_requested.is_set()
 
 
 class Node:
@@ -361,12 +401,8 @@ def run(cfg: ServerConfig) -> int:
             log.info("--cluster-key-file is unused: this node is not clustered")
     node = Node(cfg, curve=curve)
 
-    def on_signal(signum, _frame) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        node.sup.stop_requested.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopSignals()
+    signals.install()
     tune_gc()
     try:
         node.start()
@@ -377,8 +413,11 @@ def run(cfg: ServerConfig) -> int:
         return 1
     gc.freeze()  # the state restored at boot is long-lived: never traverse it again
     sd_notify("READY=1")
-    while not node.sup.wait(0.5):
+    while not signals.wait(node.sup, 0.25):
         pass
+    if signals.received:
+        log.info("received %s, stopping", signal.Signals(signals.received[0]).name)
+        node.sup.stop_requested.set()
     sd_notify("STOPPING=1")
     if not node.sup.failed.is_set():
         node.hand_over(timeout=2 * cfg.election_timeout * 4)

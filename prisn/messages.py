@@ -264,7 +264,8 @@ class AppendEntries(Msg):
 @message("raft.append_resp")
 class AppendResponse(Msg):
     """Follower -> leader. On success `index` is the follower's match index; on reject it is
-    the hint where the leader should retry (`hint_term` the follower's term at that index)."""
+    the hint where the leader should retry (`hint_term` the follower's term at that index) and
+    `rejected` the prev_index it answers, so the leader can ignore stale rejects."""
 
     cluster: str
     term: int
@@ -272,6 +273,7 @@ class AppendResponse(Msg):
     index: int
     hint_term: int = 0
     seq: int = 0
+    rejected: int = 0  # on reject: prev_index of the AppendEntries answered (0: unknown)
 
 
 @message("raft.timeout_now")

@@ -1282,17 +1282,27 @@ class RaftCore:
             cfgs = [c for c in self._configs if c[0] > index]
             if self._unsaved_from and self._unsaved_from <= index:
                 self._unsaved_from = index + 1 if index < log.last_index else 0
+            if self._trunc_from and self._trunc_from <= index:
+                # a truncation in this step at or below the snapshot point: the StoreReset
+                # (sent first) drops those entries; truncating them again after it would be
+                # refused by the store as compacted (a self-inflicted disk error)
+                self._trunc_from = index + 1
         else:
             self._log = RaftLog(index, term)
             self._unsaved_from = 0
             self._trunc_from = 0  # the reset drops every stored entry anyway
+            # like _truncate: nothing after the snapshot point is durable any more, and a
+            # write still in flight can make durable at most what survives the reset (its
+            # entries after `index` are dropped by the StoreReset queued behind it)
+            self._stable = index
+            self._writes = deque((s, min(last, index)) for s, last in self._writes)
             cfgs = []
         if mem is None and self._configs:
             mem = self._configs[-1][1]  # a snapshot without membership: keep ours
         self._configs = ([(index, mem)] if mem is not None else []) + cfgs
         self._commit = max(self._commit, index)
         self._applied = index
-        self._stable = max(self._stable, index)
+        self._stable = max(self._stable, index)  # the snapshot file is durable
         self._hard_dirty = True
         self._store_ops.append(StoreReset(src="raft", dst="logstore", index=index, term=term))
         self._on_config_change()
@@ -1736,7 +1746,7 @@ class RaftCore:
             hi, ht = log.reject_hint(prev, prev_term)
             self._out_peer.append(AppendResponse(
                 src=self.id, dst=m.src, cluster=m.cluster, term=self._term, success=False,
-                index=hi, hint_term=ht, seq=m.seq))
+                index=hi, hint_term=ht, seq=m.seq, rejected=m.prev_index))
             return
         if ents:
             c = log.find_conflict(ents)
@@ -1785,6 +1795,16 @@ class RaftCore:
                 elif pr.inflight and self._now - pr.last_progress >= self.opts.election_ticks:
                     pr.become_probe(pr.match + 1)  # stalled pipeline: messages were lost
         elif pr.state is not ProgressState.SNAPSHOT:
+            rej = m.rejected  # 0: a peer that does not say which append it rejects
+            if rej and (rej <= pr.match if pr.state is ProgressState.REPLICATE
+                        else rej != pr.next - 1):
+                # stale (etcd's MaybeDecrTo): it answers an append sent before the match or
+                # probe point moved; a reordered or duplicated reject must not throw a
+                # pipelining follower back to probe. A probe may have been lost: resend.
+                self._drop("stale_reject")
+                if pr.state is ProgressState.PROBE:
+                    pr.probe_sent = False
+                return
             k = self._log.find_le_term(m.index, m.hint_term)
             pr.become_probe(min(k + 1, pr.next))
 

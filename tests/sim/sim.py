@@ -52,10 +52,12 @@ import cbor2
 from prisn.messages import (
     AddNode,
     AppendEntries,
+    AppendResponse,
     Apply,
     EntryKind,
     ForwardPropose,
     InstallSnapshot,
+    InstallSnapshotResponse,
     Msg,
     Propose,
     ReadIndex,
@@ -75,6 +77,8 @@ from prisn.messages import (
     StoreSynced,
     Tick,
     TransferLeadership,
+    VoteRequest,
+    VoteResponse,
 )
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.core import RaftCore, RaftOptions, decode_config
@@ -102,6 +106,7 @@ class SimConfig:
     partition_rate: float = 0.01  # per tick
     heal_rate: float = 0.015  # per tick while partitioned
     propose_rate: float = 0.5  # per tick
+    burst: int = 1  # commands per proposal (one client sending several at once)
     read_rate: float = 0.15  # per tick
     membership_rate: float = 0.0  # per tick: remove or re-add a node
     max_down: int = -1  # max nodes down at once (-1: minority)
@@ -109,6 +114,7 @@ class SimConfig:
     disk_fail_for: tuple[int, int] = (5, 80)  # ticks until it can be written again
     snapshots: tuple[int, int] | None = None  # per-node snapshot threshold range (None: off)
     fsm_delay: int = 30  # units: snapshot writes and chunk answers take up to this long
+    trailing_logs: int = -1  # with snapshots: entries kept behind a snapshot (-1: random)
     opts: RaftOptions = field(default_factory=lambda: RaftOptions(
         heartbeat_ticks=3, election_ticks=10, max_append_entries=16, max_inflight=8,
         pending_ticks=200))
@@ -294,13 +300,16 @@ class Sim:
                            "resumes": 0, "deferred": 0, "leader_stepdowns": 0}
         self.hash_at: dict[int, bytes] = {0: b""}
         self.snap_stats = {"taken": 0, "installed": 0, "compactions": 0, "chunks": 0,
-                           "restarts_from_snapshot": 0, "partial_damaged": 0}
+                           "restarts_from_snapshot": 0, "partial_damaged": 0,
+                           "installed_over_tail": 0}
         if self.cfg.snapshots is not None:
             lo, hi = self.cfg.snapshots
             for n in self.nodes.values():
                 n.threshold = self.rng.randint(lo, hi)
             self.cfg = replace(self.cfg, opts=replace(
-                self.cfg.opts, trailing_logs=self.rng.randint(0, 30),
+                self.cfg.opts, trailing_logs=(self.cfg.trailing_logs
+                                              if self.cfg.trailing_logs >= 0
+                                              else self.rng.randint(0, 30)),
                 snapshot_chunk_bytes=self.rng.choice([48, 100, 400]),
                 snapshot_retry_ticks=8, snapshot_apply_ticks=40))
 
@@ -391,6 +400,8 @@ class Sim:
             t = type(m)
             if t is StoreCompact or t is StoreReset:
                 self.trace.append(f"{self.now} {n.id} store {_fmt(m)}")
+                if t is StoreReset and n.store_state == "ok":
+                    self.count_reset_over_tail(n, m)  # type: ignore[arg-type]
                 if t is StoreCompact:
                     self.snap_stats["compactions"] += 1
                     if not n.snaps or m.upto > n.snaps[-1].index:  # type: ignore[attr-defined]
@@ -441,6 +452,7 @@ class Sim:
                 elif t is ForwardPropose:
                     cmd = cbor2.loads(m.data)  # type: ignore[attr-defined]
                     self.forwarded.add((cmd["o"], cmd["r"]))
+                self.check_speak(n, m)
                 self.send(n, m)
         self.check_node(n)
 
@@ -499,6 +511,64 @@ class Sim:
         self.pending_reg[(n.id, n.incarnation, m.seq)] = vals
         if m.term < n.disk.term and not any(type(u) is StoreAppend for u in n.unsynced):
             self.fail(f"{n.id} term went backwards on disk: {n.disk.term} -> {m.term}")
+
+    def check_speak(self, n: SimNode, m: Msg) -> None:
+        """Persist before speak, at the message level: a vote grant, a candidate's
+        VoteRequest, a successful AppendResponse or a finished InstallSnapshotResponse leaves
+        `n` only for state its disk (log, hard state, snapshot files) already holds."""
+        t = type(m)
+        d = n.disk
+        if t is VoteResponse:
+            if m.granted and not m.pre and not (  # type: ignore[attr-defined]
+                    d.term > m.term or (d.term == m.term  # type: ignore[attr-defined]
+                                        and d.vote == m.dst)):
+                self.fail(f"persist before speak: {n.id} grants term {m.term} to "  # type: ignore[attr-defined]
+                          f"{m.dst}, disk has term {d.term} vote {d.vote!r}")
+        elif t is VoteRequest:
+            if not m.pre and not (d.term > m.term or (  # type: ignore[attr-defined]
+                    d.term == m.term and d.vote == n.id)):  # type: ignore[attr-defined]
+                self.fail(f"persist before speak: {n.id} campaigns in term {m.term}, "  # type: ignore[attr-defined]
+                          f"disk has term {d.term} vote {d.vote!r}")
+        elif t is AppendResponse:
+            if m.success:  # type: ignore[attr-defined]
+                if d.term < m.term:  # type: ignore[attr-defined]
+                    self.fail(f"persist before speak: {n.id} acks in term {m.term}, "  # type: ignore[attr-defined]
+                              f"disk has term {d.term}")
+                self.check_disk_holds(n, m.index, "AppendResponse")  # type: ignore[attr-defined]
+        elif t is InstallSnapshotResponse:
+            if m.done:  # type: ignore[attr-defined]
+                self.check_disk_holds(n, m.index, "InstallSnapshotResponse")  # type: ignore[attr-defined]
+
+    def count_reset_over_tail(self, n: SimNode, m: StoreReset) -> None:
+        """A snapshot install that replaces a longer log disagreeing at its index."""
+        mirror = Disk()
+        mirror.entries = list(n.disk.entries)
+        mirror.start, mirror.start_term = n.disk.start, n.disk.start_term
+        for op in n.unsynced:
+            mirror.apply_op(op)
+        if mirror.last > m.index and m.index > mirror.start and (
+                mirror.entries[m.index - mirror.start - 1][1] != m.term):
+            self.snap_stats["installed_over_tail"] += 1
+
+    def check_disk_holds(self, n: SimNode, idx: int, what: str) -> None:
+        """`n`'s disk holds its in-memory log up to `idx`: the entries (same terms), or a
+        snapshot file at or past `idx` (boot restores it and drops a shorter log)."""
+        core = n.core
+        assert core is not None
+        d = n.disk
+        snap = n.snaps[-1].index if n.snaps else 0
+        if idx > max(d.last, snap):
+            self.fail(f"persist before speak: {n.id} sends {what} for {idx}, disk holds "
+                      f"{d.start}..{d.last} (snapshot {snap})")
+        log = core.log
+        for i in range(max(d.start, log.snap_index), min(idx, d.last) + 1):
+            dt = d.start_term if i == d.start else d.entries[i - d.start - 1][1]
+            if i == 0 or dt == log.term_at(i):
+                continue
+            if snap >= idx:
+                break  # the snapshot file covers it (boot resets a log that disagrees)
+            self.fail(f"persist before speak: {n.id} sends {what} for {idx}, but its disk "
+                      f"has term {dt} at {i}, its log term {log.term_at(i)}")
 
     def register(self, who: str, vals: list) -> None:
         """Log matching, incrementally: (index, term) -> (predecessor term, kind, data).
@@ -728,9 +798,13 @@ class Sim:
             return
         if rng.random() < cfg.propose_rate:
             n = rng.choice(live)
-            self.rid += 1
-            data = cbor2.dumps({"o": n.id, "r": self.rid, "c": {"n": self.rid}}, canonical=True)
-            self.step(n, [Propose(rid=self.rid, data=data)])
+            props: list[Msg] = []
+            for _ in range(cfg.burst):
+                self.rid += 1
+                data = cbor2.dumps({"o": n.id, "r": self.rid, "c": {"n": self.rid}},
+                                   canonical=True)
+                props.append(Propose(rid=self.rid, data=data))
+            self.step(n, props)
         if rng.random() < cfg.read_rate:
             n = rng.choice(live)
             self.rid += 1

@@ -21,6 +21,13 @@ SCENARIOS = {
     "3-snap": dict(nodes=3, snapshots=(5, 40)),
     "3-join-snap": dict(nodes=3, formation="join", snapshots=(5, 40)),
     "3-membership-snap": dict(nodes=3, membership_rate=0.05, snapshots=(5, 40)),
+    # snapshot installs over divergent tails: nothing kept behind a snapshot, tiny
+    # thresholds, frequent partitions and crashes (deposed leaders keep long uncommitted
+    # tails that a snapshot from the next leader must replace)
+    "3-snap-diverge": dict(nodes=3, snapshots=(2, 8), trailing_logs=0, partition_rate=0.04,
+                           heal_rate=0.03, crash_rate=0.02, propose_rate=1.0),
+    "5-snap-diverge": dict(nodes=5, snapshots=(2, 8), trailing_logs=0, partition_rate=0.04,
+                           heal_rate=0.03, crash_rate=0.02, propose_rate=1.0),
     "5-snap": dict(nodes=5, snapshots=(5, 60)),
     # disk faults: a node's log write fails (unknown outcome), it recovers later
     "1-disk": dict(nodes=1, disk_fail_rate=0.03, partition_rate=0.0, crash_rate=0.01,
@@ -32,6 +39,7 @@ SCENARIOS = {
 }
 CI_SEEDS = {"3-static": 250, "5-static": 80, "3-join": 150, "3-membership": 250,
             "5-membership": 60, "3-snap": 80, "3-join-snap": 60, "3-membership-snap": 80,
+            "3-snap-diverge": 60, "5-snap-diverge": 30,
             "5-snap": 30, "1-disk": 100, "3-disk": 120, "5-disk": 50, "3-snap-disk": 80,
             "3-membership-disk": 80}
 
@@ -213,3 +221,39 @@ def test_checker_catches_broken_disk_handling(broken, nodes) -> None:
         except SimFailure:
             return
     raise AssertionError(f"{broken.__name__} not caught in 60 seeds")
+
+
+# ------------------------------------------------------------------ persist before speak, per message
+class KeepStableOnInstall(RaftCore):
+    """Broken (issue 12 item 7, the old core): a snapshot install over a longer conflicting
+    log keeps the old durable mark and in-flight write bookkeeping, so appends after it are
+    acknowledged (and applied) before they are synced."""
+
+    def _install_point(self, index, term, mem, ref):  # type: ignore[no-untyped-def]
+        stable, writes = self._stable, list(self._writes)
+        super()._install_point(index, term, mem, ref)
+        self._stable = max(stable, self._stable)
+        self._writes.clear()
+        self._writes.extend(writes)
+
+
+@pytest.mark.parametrize("broken,scenario", [
+    (KeepStableOnInstall, "3-snap-diverge"),
+    (SpeakBeforePersist, "3-static"),
+])
+def test_checker_catches_speaking_before_persisting(broken, scenario) -> None:
+    """The message-level check names the message that left too early."""
+    for seed in range(60):
+        try:
+            Sim(seed, SimConfig(**SCENARIOS[scenario]), core_factory=broken).run()
+        except SimFailure as e:
+            assert "persist before speak" in str(e), str(e)[:300]
+            return
+    raise AssertionError(f"{broken.__name__} not caught in 60 seeds")
+
+
+def test_sim_diverge_installs_over_divergent_tails() -> None:
+    """The diverge scenario reaches a snapshot install over a longer conflicting log (the
+    case of issue 12 item 7); seed 19 is one such run among the CI seeds."""
+    s = Sim(19, SimConfig(**SCENARIOS["3-snap-diverge"])).run()
+    assert s.snap_stats["installed_over_tail"] > 0, s.snap_stats

@@ -263,3 +263,68 @@ def test_malformed_append_is_logged_rate_limited(caplog: pytest.LogCaptureFixtur
     lines = [r for r in caplog.records if "malformed raft.append" in r.getMessage()]
     assert len(lines) == 1 and "invalid configuration" in lines[0].getMessage()
     assert core.status().drops["bad_append"] == 5
+
+
+MEM3 = Membership(cluster="c1", voters={"a": "A", "b": "B", "c": "C"})
+
+
+def _replicating_leader() -> RaftCore:
+    """`a` leads; `b` matched the NOOP (21) and has two pipelined appends in flight."""
+    conf = [1, 1, int(EntryKind.CONFIG), encode_config(MEM3)]
+    core = RaftCore("a", "A", OPTS, random.Random(1),
+                    BootState(term=1, commit=20, entries=[conf] + [
+                        [i, 1, int(EntryKind.NOOP), b""] for i in range(2, 21)]))
+    core.startup()
+    win(core, ["b", "c"])
+    ack(core, "b", 21)
+    for rid in (1, 2):
+        core.step([Propose(rid=rid, data=b"p%d" % rid)])
+    pr = core._progress["b"]
+    assert (pr.state.value, pr.match, pr.next) == ("replicate", 21, 24)
+    return core
+
+
+def _reject(core: RaftCore, rejected: int, index: int = 21, hint_term: int = 2) -> list:
+    return core.step([AppendResponse(src="b", dst="a", cluster="c1", term=core.term,
+                                     success=False, index=index, hint_term=hint_term,
+                                     rejected=rejected)])
+
+
+@pytest.mark.parametrize("rejected,state,stale", [
+    (10, "replicate", True),  # answers an append from before the match point: stale
+    (21, "replicate", True),  # a reordered answer to the probe at 21 that later matched
+    (22, "probe", False),  # a pipelined append really rejected: back to probe
+    (0, "probe", False),  # a peer that does not say (older version): as before
+])
+def test_stale_reject_does_not_throw_a_pipelining_follower_back(
+        rejected: int, state: str, stale: bool) -> None:
+    """Issue 12 item 9 (etcd's MaybeDecrTo): rejects are filtered by the index they answer."""
+    core = _replicating_leader()
+    _reject(core, rejected)
+    pr = core._progress["b"]
+    assert pr.state.value == state
+    assert core.status().drops.get("stale_reject", 0) == (1 if stale else 0)
+    if not stale:
+        assert pr.next == 22 and pr.match == 21
+
+
+@pytest.mark.parametrize("rejected,next_index,stale", [
+    (20, 11, True),  # a late answer to the first probe (prev 20): ignored, probe resent
+    (10, 4, False),  # the answer to the probe in flight (prev 10): backtrack to the hint
+])
+def test_probe_moves_only_on_the_answer_to_its_probe(
+        rejected: int, next_index: int, stale: bool) -> None:
+    """In probe only a reject of the probe in flight (prev = next - 1) moves `next`."""
+    conf = [1, 1, int(EntryKind.CONFIG), encode_config(MEM3)]
+    core = RaftCore("a", "A", OPTS, random.Random(1),
+                    BootState(term=1, commit=20, entries=[conf] + [
+                        [i, 1, int(EntryKind.NOOP), b""] for i in range(2, 21)]))
+    core.startup()
+    win(core, ["b", "c"])
+    pr = core._progress["b"]
+    _reject(core, 20, index=10, hint_term=1)  # the first probe (prev 20): b has 10
+    assert (pr.state.value, pr.next, pr.probe_sent) == ("probe", 11, True)
+    _reject(core, rejected, index=3, hint_term=1)
+    assert pr.state.value == "probe" and pr.next == next_index
+    assert core.status().drops.get("stale_reject", 0) == (1 if stale else 0)
+    assert pr.probe_sent  # resent at once (stale) or the new probe sent

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from prisn.messages import (
     AppendEntries,
     AppendResponse,
@@ -265,3 +267,61 @@ def test_follower_drops_malformed_snapshot_chunks() -> None:
     st = core.status()
     assert st.drops == {"bad_snapshot_chunk": len(bad)} and st.term == 2
     assert of(_chunk(core, 0), SnapChunk)  # a well-formed chunk still goes through
+
+
+@pytest.mark.parametrize("inflight", [False, True])
+def test_install_over_longer_conflicting_log_resets_the_durable_mark(inflight: bool) -> None:
+    """Issue 12 item 7: a follower whose log runs past the snapshot point with other terms
+    resets to the snapshot; entries appended after it are acked and applied only once
+    synced (the old durable mark, or a write in flight for the old tail, does not count)."""
+    core = RaftCore("n3", "A3", OPTS, random.Random(3),
+                    BootState(term=2, commit=5, entries=_log(30)))  # 6..30: term 1, uncommitted
+    core.startup()
+    if inflight:  # one more old-term entry still being written when the snapshot lands
+        out = core.step([AppendEntries(src="n1", dst="n3", cluster="c1", term=2,
+                                       prev_index=30, prev_term=1,
+                                       entries=[[31, 1, int(EntryKind.NOOP), b""]], commit=5)])
+        assert of(out, StoreAppend)
+    _chunk(core, 0, index=20)
+    out = core.step([SnapChunkAck(src="fsm", dst="raft", snap_id=SID, offset=0,
+                                  next_offset=250, installed=True, index=20, term=2,
+                                  membership=MEM.to_wire(), path="/s", size=250)])
+    assert [(m.index, m.term) for m in of(out, StoreReset)] == [(20, 2)]
+    assert core.status().stable_index == 20
+    out = core.step([StoreSynced(seq=s.seq) for s in of(out, StoreAppend)]
+                    + ([StoreSynced(seq=1)] if inflight else []))
+    assert core.status().stable_index == 20  # the old tail's write makes nothing durable
+    out = core.step([AppendEntries(src="n1", dst="n3", cluster="c1", term=2, prev_index=20,
+                                   prev_term=2, entries=[[i, 2, int(EntryKind.NOOP), b""]
+                                                         for i in range(21, 26)],
+                                   commit=25)])
+    sa = of(out, StoreAppend)
+    assert sa and not [r for r in of(out, AppendResponse) if r.success]
+    assert not of(out, Apply)  # committed, not durable: not applied yet
+    out = core.step([StoreSynced(seq=sa[-1].seq)])
+    assert [(r.success, r.index) for r in of(out, AppendResponse)] == [(True, 25)]
+    assert [e[0] for a in of(out, Apply) for e in a.entries] == list(range(21, 26))
+
+
+def test_truncating_append_and_install_in_one_step_write_what_the_store_accepts() -> None:
+    """Issue 12 item 9: an AppendEntries that truncates at 6 and a snapshot install at 20 in
+    the same step: the StoreReset goes first, so the StoreAppend after it must not truncate
+    at or below 20 (the store refuses truncating compacted entries: a disk-error cycle)."""
+    core = RaftCore("n3", "A3", OPTS, random.Random(3),
+                    BootState(term=2, commit=5, entries=_log(30)))
+    core.startup()
+    _chunk(core, 0, index=20)
+    out = core.step([
+        AppendEntries(src="n1", dst="n3", cluster="c1", term=2, prev_index=5, prev_term=1,
+                      entries=[[i, 2, int(EntryKind.NOOP), b""] for i in range(6, 26)],
+                      commit=5),
+        SnapChunkAck(src="fsm", dst="raft", snap_id=SID, offset=0, next_offset=250,
+                     installed=True, index=20, term=2, membership=MEM.to_wire(), path="/s",
+                     size=250)])
+    reset, sa = of(out, StoreReset), of(out, StoreAppend)
+    assert [(m.index, m.term) for m in reset] == [(20, 2)] and len(sa) == 1
+    assert out.index(reset[0]) < out.index(sa[0])
+    assert sa[0].truncate_from == 0 or sa[0].truncate_from > 20, sa[0].truncate_from
+    assert [e[0] for e in sa[0].entries] == list(range(21, 26))
+    out = core.step([StoreSynced(seq=sa[0].seq)])
+    assert [(r.success, r.index) for r in of(out, AppendResponse)] == [(True, 25)]

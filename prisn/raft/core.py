@@ -29,8 +29,11 @@ Safety rules this module keeps (Raft paper = §, Ongaro thesis = T):
 - Disk faults (`StoreFailed`): the outcome of every write not yet answered `StoreSynced` is
   unknown, so none of it is ever counted or acknowledged: `stable` stays at what was synced,
   held grants/acks are dropped, no StoreAppend is emitted. A leader steps down at once (a
-  single voter first drops its unsynced suffix: no other node can have it, so those writes
-  fail for sure and are answered 507). While the disk is broken the node never grants a
+  single voter first drops its unsynced suffix: no other node can have it; proposals only
+  in void writes fail for sure (507), those in the failed batch may be on disk after a
+  reopen and are answered 503 "may have committed"). 507 means never applied, ever: a
+  proposal that was in our log as leader (re-queued after losing leadership) gets 503.
+  While the disk is broken the node never grants a
   vote, acknowledges an append, campaigns or accepts a proposal (507, `DISK_ERROR`); it
   keeps its place in the cluster, follows the leader in memory and forwards reads. On
   `StoreRecovered` it sends `StoreResume` and then one StoreAppend that truncates after the
@@ -174,6 +177,7 @@ class _Req:
     node_id: str = ""
     addr: str = ""
     to: str = ""  # the leader it was last forwarded to
+    logged: bool = False  # was in our log as leader: may commit, never answered 507
 
 
 @dataclass(slots=True)
@@ -416,6 +420,7 @@ class RaftCore:
         self._refused_logged: dict[str, int] = {}  # reason -> tick of its last log line
         self._fatal = ""
         self._disk_error = ""  # non-empty from StoreFailed until StoreRecovered
+        self._maybe_landed = 0  # highest index a failed write may have left on disk
         self.disk_failures = 0
 
         # persistence pipeline
@@ -872,6 +877,8 @@ class RaftCore:
         if self._own:
             # Our proposals not known committed may be lost with our term: propose them again
             # through the next leader (a copy that does commit is a no-op by idempotency key).
+            for r in self._own.values():
+                r.logged = True  # it may have been replicated: 507 is no longer true
             self._pending.extendleft(reversed(list(self._own.values())))
             self._own = {}
 
@@ -1042,6 +1049,18 @@ class RaftCore:
         return (f"{DISK_ERROR}: {self._disk_error}; this node refuses writes until it can "
                 f"write its log again (it retries by itself); other nodes may accept them")
 
+    def _maybe_committed(self) -> str:
+        return (f"{self._disk_message()}; this write was already in the log and may have "
+                f"committed: check before retrying")
+
+    def _refuse_write(self, r: _Req) -> None:
+        """Refuse a proposal while the disk is broken: 507 only if it was never in a log
+        (507 means never applied, ever), 503 "may have committed" otherwise."""
+        if r.logged:
+            self._reply(r.rid, False, 503, self._maybe_committed())
+        else:
+            self._reply(r.rid, False, 507, self._disk_message())
+
     def _on_store_failed(self, m: StoreFailed) -> None:
         """A write failed (disk full, I/O error): its outcome, and that of every write not
         synced yet, is unknown. Keep the node in the cluster but make it promise nothing
@@ -1050,13 +1069,17 @@ class RaftCore:
             return  # already broken: the logstore voids everything until StoreResume
         self._disk_error = m.reason or f"store failed at seq {m.seq}"
         self.disk_failures += 1
+        # the failed batch (writes up to m.seq) may be on disk after a reopen; later writes
+        # are void for sure (the logstore drops them unanswered)
+        self._maybe_landed = max([last for s, last in self._writes if s <= m.seq],
+                                 default=self._stable)
         self._writes.clear()  # void: never counted as synced
         self._held.clear()
         self._held_now = []
         waiting = [r for r in self._pending if r.kind == "propose"]
         self._pending = deque(r for r in self._pending if r.kind != "propose")
-        for r in waiting:  # in no log yet: refused for sure
-            self._reply(r.rid, False, 507, self._disk_message())
+        for r in waiting:  # in no log yet (unless re-queued by a deposed leader)
+            self._refuse_write(r)
         if self._state is _State.LEADER:
             self._disk_step_down()
         elif self._state is not _State.FOLLOWER:
@@ -1072,7 +1095,11 @@ class RaftCore:
             # and will be overwritten), so drop it now and refuse its proposals for sure.
             for idx in [i for i in self._own if i > base]:
                 r = self._own.pop(idx)
-                self._reply(r.rid, False, 507, self._disk_message())
+                if idx <= self._maybe_landed:
+                    # in the failed batch: a reopened store may hold it (and commit it)
+                    self._reply(r.rid, False, 503, self._maybe_committed())
+                else:
+                    self._reply(r.rid, False, 507, self._disk_message())
             self._truncate(base + 1)
         best, best_match = "", -1
         for v in sorted(self._voters):
@@ -1341,7 +1368,7 @@ class RaftCore:
             self._reply(r.rid, False, 503, f"node stopped: {self._fatal}")
             return
         if self._disk_error and r.kind == "propose":
-            self._reply(r.rid, False, 507, self._disk_message())
+            self._refuse_write(r)
             return
         if self._state is _State.LEADER and not (self._transferee and r.kind == "propose"):
             self._serve_local(r)
@@ -1796,11 +1823,13 @@ class RaftCore:
                     pr.become_probe(pr.match + 1)  # stalled pipeline: messages were lost
         elif pr.state is not ProgressState.SNAPSHOT:
             rej = m.rejected  # 0: a peer that does not say which append it rejects
-            if rej and (rej <= pr.match if pr.state is ProgressState.REPLICATE
+            if rej and (rej < pr.match if pr.state is ProgressState.REPLICATE
                         else rej != pr.next - 1):
                 # stale (etcd's MaybeDecrTo): it answers an append sent before the match or
                 # probe point moved; a reordered or duplicated reject must not throw a
                 # pipelining follower back to probe. A probe may have been lost: resend.
+                # (Unlike etcd's, our heartbeats carry prev = match: a reject AT match is
+                # news, e.g. the entry there was compacted away here and it needs a snapshot.)
                 self._drop("stale_reject")
                 if pr.state is ProgressState.PROBE:
                     pr.probe_sent = False

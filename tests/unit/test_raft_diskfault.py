@@ -247,9 +247,14 @@ def test_single_voter_drops_its_unsynced_suffix_and_recovers():
     assert core.commit_index == durable == core.log.last_index
     out = core.step([Propose(rid=1, data=b"a"), Propose(rid=2, data=b"b")])
     (sa,) = of(out, StoreAppend)
+    (sa2,) = of(core.step([Propose(rid=4, data=b"d")]), StoreAppend)
     disk.write(sa)  # the failed write landed after all: the resume must remove it
     out = core.step([StoreFailed(seq=sa.seq, reason=NO_SPACE)])
-    assert sorted((r.rid, r.code) for r in of(out, Reply)) == [(1, 507), (2, 507)]
+    # 1 and 2 were in the failed batch: a reopened store may hold and commit them (503);
+    # 4 is only in a later write, void for sure: never applied (507)
+    replies = sorted((r.rid, r.code) for r in of(out, Reply))
+    assert replies == [(1, 503), (2, 503), (4, 507)], replies
+    assert "may have committed" in [r for r in of(out, Reply) if r.rid == 1][0].reason
     assert core.log.last_index == durable and not core.is_leader
     for _ in range(5 * OPTS.election_ticks):
         assert not of(core.step([Tick()]), StoreAppend)
@@ -267,3 +272,25 @@ def test_single_voter_drops_its_unsynced_suffix_and_recovers():
     synced(core, disk, core.step([Propose(rid=3, data=b"c")]))
     assert core.commit_index == core.log.last_index == core.status().applied_index
     assert [e[:2] for e in disk.entries] == [e[:2] for e in core.log.entries()]
+
+
+def test_deposed_leader_answers_503_for_its_replicated_proposals():
+    """Issue 12 item 8: a deposed leader re-queues its own proposals; one already replicated
+    (the next leader commits it) is answered 503 "may have committed" when its disk then
+    fails, not 507; a proposal that never reached a log still gets 507."""
+    c = three()
+    n1 = c.nodes["n1"].core
+    c.step("n1", [Propose(rid=1, data=b"w1")])
+    c.deliver(lambda m: m.dst == "n2")  # n2 holds w1; not committed yet
+    c.queue.clear()
+    st = n1.status()
+    c.step("n1", [VoteRequest(src="n2", dst="n1", cluster=st.cluster_id, term=st.term + 1,
+                              last_index=n1.log.last_index, last_term=n1.log.last_term,
+                              transfer=True)])
+    assert not n1.is_leader and not n1.status().leader_id  # w1 waits in pending
+    c.step("n1", [Propose(rid=2, data=b"w2")])  # waits too, in no log
+    c.queue.clear()
+    fail(c, "n1")
+    replies = {r.rid: (r.code, r.reason) for r in c.nodes["n1"].replies}
+    assert replies[1][0] == 503 and "may have committed" in replies[1][1], replies
+    assert replies[2][0] == 507, replies

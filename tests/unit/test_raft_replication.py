@@ -292,7 +292,8 @@ def _reject(core: RaftCore, rejected: int, index: int = 21, hint_term: int = 2) 
 
 @pytest.mark.parametrize("rejected,state,stale", [
     (10, "replicate", True),  # answers an append from before the match point: stale
-    (21, "replicate", True),  # a reordered answer to the probe at 21 that later matched
+    (20, "replicate", True),  # a reordered answer to the first probe (prev 20)
+    (21, "probe", False),  # a heartbeat at match refused: news (it may need a snapshot)
     (22, "probe", False),  # a pipelined append really rejected: back to probe
     (0, "probe", False),  # a peer that does not say (older version): as before
 ])

@@ -177,18 +177,12 @@ class Node:
             kwargs["force_new_cluster"] = new_id
         elif not cfg.cluster or cfg.force_new_cluster:
             kwargs["bootstrap"] = True
+        elif cfg.peers:
+            kwargs.update(_founding(cfg, addr, fresh))
         elif cfg.bootstrap:
             kwargs["bootstrap"] = True
-        elif cfg.peers:
-            kwargs["join"] = [p for p in cfg.peers if not _same_addr(p, addr, cfg.raft_addr)]
-            if fresh and len(kwargs["join"]) < len(cfg.peers):
-                # Static form (every node lists all members, itself included): the node with
-                # the lowest address founds the cluster, the others join it.
-                first = sorted(cfg.peers)[0]
-                if _same_addr(first, addr, cfg.raft_addr):
-                    kwargs = {"bootstrap": True}
         elif fresh:
-            raise SystemExit("prisn: error: --cluster needs --bootstrap (first node) or --peers")
+            raise ConfigError("--cluster needs --bootstrap (first node) or --peers")
         core = RaftCore(cfg.node_id, addr, opts, rng, boot, **kwargs)
         # Committed before this process started: /ready waits for it, the fsm sends no results
         # up to it. Only these scalars outlive start(): a closure holding `boot` would pin
@@ -320,6 +314,42 @@ class Node:
                 log.error("closing the log store: %s", e)
             self.storage = None
         self.ctx.term()
+
+
+def _founding(cfg: ServerConfig, addr: str, fresh: bool) -> dict:
+    """RaftCore arguments for a node started with --peers (main thread, at start).
+
+    No two nodes may ever found a cluster from one member list, and an existing cluster
+    always wins over founding (issue 12):
+    - static form (the list names this node too): only the node with the lowest address
+      founds, and only once a majority of the list (itself included) has answered that it
+      holds no cluster; any peer answering with a cluster id makes it join that cluster (a
+      wiped founder is then refused as a wiped voter, never founds a second cluster).
+      --bootstrap is ignored in this form: the lowest address decides, without a race;
+    - --bootstrap with a list of other nodes: founds once every listed peer answered that it
+      holds no cluster, or after 10 election timeouts with no cluster answering; joins the
+      cluster of any peer that answers with one;
+    - otherwise a joiner."""
+    others = [p for p in cfg.peers if not _same_addr(p, addr, cfg.raft_addr)]
+    out: dict = {"join": others}
+    if not fresh:
+        return out
+    if len(others) < len(cfg.peers):
+        first = sorted(cfg.peers)[0]
+        lowest = _same_addr(first, addr, cfg.raft_addr)
+        if cfg.bootstrap:
+            log.warning("--bootstrap ignored: --peers lists this node (static form), so the "
+                        "node with the lowest address (%s) founds the cluster%s", first,
+                        " (this node)" if lowest else "")
+        if lowest:
+            out.update(bootstrap=True, found_quorum=len(cfg.peers) // 2)
+            log.info("static --peers form: this node has the lowest address and founds the "
+                     "cluster once %d other listed node(s) answer that they hold none",
+                     len(cfg.peers) // 2)
+    elif cfg.bootstrap:
+        out.update(bootstrap=True, found_quorum=len(others),
+                   found_wait_ticks=10 * cfg.election_ticks)
+    return out
 
 
 def _boot_cluster(boot) -> str:

@@ -1,0 +1,78 @@
+"""Cluster formation cannot split, and joins that would lose durability are refused (issue 12
+items 2-4), with real processes.
+
+- the systemd env-file procedure (same --peers everywhere, --bootstrap on a node that is not
+  the lowest address) forms ONE cluster;
+- the lowest-address node of the static form, wiped while the others run, does not found a
+  second cluster: it is refused as a wiped voter, and rejoins once removed;
+- a joiner whose node id a member holds at another address is refused on both sides.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from tests.procs import ServerProc, cluster_node, free_port, wait_for
+
+FAST = ["--heartbeat-interval", "20ms", "--election-timeout", "100ms"]
+
+
+def _voters(n: ServerProc) -> int:
+    return sum(x["state"] in ("leader", "follower") for x in n.status()["nodes"])
+
+
+def test_env_file_procedure_forms_one_cluster_and_a_wiped_founder_never_splits(tmp_path):
+    ports = [free_port() for _ in range(3)]
+    peers = [f"127.0.0.1:{p}" for p in sorted(ports)]
+    nodes = [cluster_node(tmp_path, f"e{i}", peers=peers, raft_port=sorted(ports)[i],
+                          extra=FAST + (["--bootstrap"] if i == 1 else []))
+             for i in range(3)]
+    try:
+        for n in reversed(nodes):  # the bootstrap node and the last one come up first
+            n.start()
+        for n in nodes:
+            n.wait_ready(40)
+        wait_for(lambda: all(_voters(n) == 3 for n in nodes), 40, "three voters")
+        assert len({n.status()["cluster_id"] for n in nodes}) == 1
+        assert "--bootstrap ignored" in nodes[1].log_path.read_text()
+        cid = nodes[0].status()["cluster_id"]
+
+        # wipe the lowest-address node (the static founder) while the others run
+        low = nodes[0]
+        low.stop()
+        shutil.rmtree(low.data_dir)
+        low.restart()
+        wait_for(lambda: "is a voter of cluster" in low.log_path.read_text(), 30,
+                 "the wiped founder refused")
+        assert low.alive() and not low.ready()
+        assert all(n.status()["cluster_id"] == cid for n in nodes[1:])
+        assert any("refused the join of 'e0'" in n.log_path.read_text() for n in nodes[1:])
+        # the documented replacement: remove it, it then rejoins the same cluster
+        live = nodes[1]
+        wait_for(lambda: live.req("DELETE", "/api/v1/cluster/nodes/e0").status in (204, 404),
+                 30, "e0 removed")
+        low.wait_ready(40)
+        assert low.status()["cluster_id"] == cid
+        wait_for(lambda: _voters(live) == 3, 40, "e0 a voter again")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_duplicate_node_id_is_refused_on_both_sides(tmp_path):
+    a = cluster_node(tmp_path, "d1", bootstrap=True, extra=FAST).start()
+    dup = cluster_node(tmp_path / "other", "d1", peers=[a.raft_addr], extra=FAST)
+    try:
+        a.wait_ready(30)
+        dup.start()
+        wait_for(lambda: "is taken by the member at" in dup.log_path.read_text(), 30,
+                 "the joiner's refusal")
+        wait_for(lambda: "refused the join of 'd1'" in a.log_path.read_text(), 10,
+                 "the leader's refusal")
+        st = a.status()
+        assert [(x["id"], x["address"]) for x in st["nodes"]] == [("d1", a.raft_addr)]
+        assert len([ln for ln in dup.log_path.read_text().splitlines()
+                    if "join refused" in ln]) == 1  # logged once
+    finally:
+        dup.stop()
+        a.stop()

@@ -175,6 +175,8 @@ def keygen(out: str | None, force: bool) -> None:
         if force:
             raise click.UsageError("--force needs --out")
         click.echo(format_key_file(secret), nl=False)
+        click.echo(f"prisn: cluster key fingerprint {derive_keys(secret).fingerprint}",
+                   err=True)
         return
     try:
         write_key_file(out, secret, force=force)

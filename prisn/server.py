@@ -86,6 +86,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: list[int] = []
+        self.hangups: list[int] = []  # SIGHUP: logged by the main loop, the node keeps running
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
@@ -95,6 +96,17 @@ class StopSignals:
         signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGHUP, self.on_hangup)
+
+    def on_hangup(self, signum: int, _frame: object) -> None:
+        """SIGHUP (a closed terminal, `systemctl reload`): recorded only, as `on_signal`."""
+        self.hangups.append(signum)
+
+    def take_hangups(self) -> int:
+        """Main thread: how many SIGHUPs came since the last call."""
+        n = len(self.hangups)
+        del self.hangups[:n]
+        return n
 
     def on_signal(self, signum: int, _frame: object) -> None:
         """The handler: takes no lock (a list append is one C call under the GIL)."""
@@ -429,6 +441,13 @@ def run(cfg: ServerConfig) -> int:
                         cfg.cluster_key_file)
         if not cfg.cluster:
             log.info("--cluster-key-file is unused: this node is not clustered")
+    if (cfg.cluster and not (cfg.bootstrap or cfg.peers or cfg.force_new_cluster)
+            and not (Path(cfg.data_dir) / "raft").exists()):
+        # bad configuration: refuse before creating anything
+        print("prisn: error: --cluster needs --bootstrap (first node) or --peers",
+              file=sys.stderr, flush=True)
+        return 2
+    os.umask(0o077)  # data dir 0700, data files 0600, whatever the caller's umask
     node = Node(cfg, curve=curve)
 
     signals = StopSignals()
@@ -436,6 +455,10 @@ def run(cfg: ServerConfig) -> int:
     tune_gc()
     try:
         node.start()
+    except ConfigError as e:
+        print(f"prisn: error: {e}", file=sys.stderr, flush=True)
+        node.stop()
+        return 2
     except (StorageError, OSError, zmq.ZMQError, RuntimeError) as e:
         log.error("cannot start: %s", e)
         print(f"prisn: error: cannot start: {e}", file=sys.stderr, flush=True)
@@ -444,7 +467,9 @@ def run(cfg: ServerConfig) -> int:
     gc.freeze()  # the state restored at boot is long-lived: never traverse it again
     sd_notify("READY=1")
     while not signals.wait(node.sup, 0.25):
-        pass
+        if signals.take_hangups():
+            log.info("received SIGHUP: nothing to reload (restart the node to apply changed "
+                     "flags, TLS files or log level); still running")
     if signals.received:
         log.info("received %s, stopping", signal.Signals(signals.received[0]).name)
         node.sup.stop_requested.set()

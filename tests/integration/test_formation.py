@@ -76,3 +76,51 @@ def test_duplicate_node_id_is_refused_on_both_sides(tmp_path):
     finally:
         dup.stop()
         a.stop()
+
+
+def test_startup_failures_sighup_and_file_modes(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.procs import single_node
+
+    # --cluster alone: bad configuration, exit 2, nothing created
+    r = subprocess.run([sys.executable, "-m", "prisn.cli", "server", "--cluster", "--node-id",
+                        "x", "--data-dir", str(tmp_path / "nope"), "--bind", "127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and not (tmp_path / "nope").exists(), r.stderr
+    # a port in use: one line naming the address, exit 1, no traceback
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "prisn.cli", "server", "--node-id", "x",
+                            "--data-dir", str(tmp_path / "busy"), "--bind",
+                            f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr.splitlines()[-1]
+    # a malformed --server URL: one usage line, exit 2
+    r = subprocess.run([sys.executable, "-m", "prisn.cli", "--server", "http://[::1", "status"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    # SIGHUP is logged and the node keeps serving; data dir 0700, files 0600 whatever the umask
+    old = os.umask(0o022)
+    try:
+        n = single_node(tmp_path).start()
+    finally:
+        os.umask(old)
+    try:
+        n.wait_ready(30)
+        n.kill(signal.SIGHUP)
+        wait_for(lambda: "received SIGHUP" in n.log_path.read_text(), 20, "SIGHUP logged")
+        assert n.alive() and n.req("POST", "/api/v1/deployments",
+                                   {"name": "h", "source": "x"}).status in (200, 201)
+        assert "no request rate limit" not in n.log_path.read_text()
+        assert (n.data_dir.stat().st_mode & 0o777) == 0o700
+        for p in n.data_dir.rglob("*"):
+            assert (p.stat().st_mode & 0o077) == 0, p
+    finally:
+        assert n.stop() == 0

@@ -1488,15 +1488,15 @@ class RaftCore:
     def _leader_transfer(self, origin: str, rid: int, target: str) -> None:
         """Leadership transfer (T 3.10): catch the target up, then TimeoutNow."""
         m = self._membership
+        if target and target != self.id and (m is None or target not in m.members()):
+            self._respond(origin, rid, False, 404, f"unknown node {target}")
+            return
         if m is not None and len(m.voters) < 2:
             self._respond(origin, rid, False, 409, f"no other voter to transfer to: {self.id} "
                           f"is the only voter of cluster {m.cluster}")
             return
         if not target or target == self.id:
             self._respond(origin, rid, True, 200, "already leader")
-            return
-        if m is None or target not in m.members():
-            self._respond(origin, rid, False, 404, f"unknown node {target}")
             return
         if target not in m.voters:
             self._respond(origin, rid, False, 409, f"{target} is a learner")

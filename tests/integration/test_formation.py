@@ -124,3 +124,28 @@ def test_startup_failures_sighup_and_file_modes(tmp_path):
             assert (p.stat().st_mode & 0o077) == 0, p
     finally:
         assert n.stop() == 0
+
+
+def test_api_key_file_keygen_fingerprint_and_solo_election(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.procs import single_node
+
+    r = subprocess.run([sys.executable, "-m", "prisn.cli", "keygen"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "fingerprint" in r.stderr and "fingerprint" not in r.stdout
+    key = tmp_path / "api.key"
+    key.write_text("k" * 24 + "\n")
+    key.chmod(0o600)
+    n = single_node(tmp_path, "solo", extra=["--api-key-file", str(key)]).start()
+    try:
+        n.wait_ready(30)
+        assert n.req("GET", "/api/v1/deployments").status == 401
+        auth = {"Authorization": "Bearer " + "k" * 24}
+        assert n.req("GET", "/api/v1/deployments", headers=auth).status == 200
+        r2 = n.req("POST", "/api/v1/cluster/election", headers=auth)
+        assert r2.status == 409 and "no other voter" in r2.json()["message"], r2.body
+        assert "raft: leader is solo" in n.log_path.read_text()
+    finally:
+        assert n.stop() == 0

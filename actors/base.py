@@ -109,7 +109,10 @@ class Actor(threading.Thread):
             self._loop()
         except BaseException as e:  # noqa: BLE001 - any failure stops the node
             self.failure = e
-            log.exception("actor %s failed", self.actor_name)
+            if isinstance(e, OSError | zmq.ZMQError) and not self.started.is_set():
+                log.error("actor %s failed to start: %s", self.actor_name, e)  # one line
+            else:
+                log.exception("actor %s failed", self.actor_name)
             self.started.set()
             if self._on_failure is not None:
                 self._on_failure(self, e)

@@ -42,6 +42,7 @@ from prisn.messages import (
     SnapSend,
     StoreAppend,
 )
+from prisn.raft.boot import Membership
 from prisn.raft.core import RaftCore
 from transport.codec import encode
 from transport.curve import SERVER_FAILURE_EVENTS, CurveKeys, HandshakeWatcher, PeerAuthStats
@@ -293,6 +294,10 @@ class RaftActor(Actor):
                           "this node answer 507 until the disk recovers", st.disk_error)
             else:
                 log.warning("the log can be written again; this node rejoins fully")
+        take = getattr(self.core, "take_events", None)  # test doubles may lack it
+        for level, text in (take() if take is not None else ()):
+            log.log(level, "raft: %s", text)
+        _log_changes(self.node_id, self.status, st)
         if st.leader_id != self._last_leader:
             if st.leader_id:
                 self._leader_changes += 1
@@ -331,6 +336,34 @@ class RaftActor(Actor):
                     break
             lags[peer] = lag
         return lags
+
+
+def _log_changes(me: str, old, new) -> None:
+    """Log, once, a new leader and every membership change between two published statuses
+    (raft thread). Membership changes are logged when the entry reaches this node's log."""
+    term = getattr(new, "term", 0)
+    if new.leader_id and (new.leader_id != old.leader_id or term != getattr(old, "term", 0)):
+        log.info("raft: leader is %s (term %d)%s", new.leader_id, term,
+                 " (this node)" if new.leader_id == me else "")
+    om, nm = old.membership, new.membership
+    if nm is om or not isinstance(nm, Membership) or om == nm:
+        return
+    if not isinstance(om, Membership):  # boot, or a joiner's first configuration
+        log.info("raft: cluster %s: voters %s, learners %s", nm.cluster,
+                 ", ".join(sorted(nm.voters)) or "-", ", ".join(sorted(nm.learners)) or "-")
+        return
+    for nid in sorted(nm.learners.keys() - om.members().keys()):
+        log.info("raft: member %s added as a learner at %s", nid, nm.learners[nid])
+    for nid in sorted(nm.voters.keys() - om.voters.keys()):
+        if nid in om.learners:
+            log.info("raft: member %s promoted to voter", nid)
+        else:
+            log.info("raft: member %s added as a voter at %s", nid, nm.voters[nid])
+    for nid in sorted(om.members().keys() - nm.members().keys()):
+        if nid == me:
+            log.warning("raft: this node (%s) was removed from cluster %s", me, nm.cluster)
+        else:
+            log.info("raft: member %s removed", nid)
 
 
 def _valid_join(m: JoinRequest) -> bool:

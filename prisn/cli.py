@@ -69,7 +69,10 @@ def cli() -> None:
 @_opt("cluster-key-file", default="", help="CurveZMQ cluster key made by `prisn keygen`: "
       "peers are encrypted and only key holders may join [default: none, plaintext].")
 @_opt("api-key", default="", help="Bootstrap admin key, sent as `Authorization: Bearer <key>` "
-      "[default: none, the API is open].")
+      "[default: none, the API is open]. On the command line it is visible to every local "
+      "user in `ps`: prefer PRISN_API_KEY or --api-key-file.")
+@_opt("api-key-file", default="", help="Read the bootstrap admin key from this file (first "
+      "line; keep it 0600) instead of --api-key.")
 @_opt("tls-cert", default="", help="PEM certificate (chain) for HTTPS on --bind.")
 @_opt("tls-key", default="", help="PEM private key for --tls-cert.")
 @_opt("metrics-auth", is_flag=True, default=False,
@@ -141,6 +144,17 @@ def _security(kw: dict) -> dict:
         raise ConfigError(f"--cluster-key-file {key_file!r} is not a readable file")
     out["cluster_key_file"] = key_file
     api_key = str(kw.get("api_key") or "")
+    api_key_file = str(kw.get("api_key_file") or "")
+    if api_key_file:
+        if api_key:
+            raise ConfigError("--api-key and --api-key-file are mutually exclusive")
+        try:
+            with open(api_key_file, encoding="utf-8") as f:
+                api_key = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--api-key-file {api_key_file!r}: cannot read it: {e}") from None
+        if not api_key:
+            raise ConfigError(f"--api-key-file {api_key_file!r} is empty")
     if api_key and (len(api_key) < 16 or not api_key.isascii() or not api_key.isprintable()
                     or " " in api_key):
         raise ConfigError("--api-key must be at least 16 printable ASCII characters, no spaces")
@@ -175,6 +189,8 @@ def keygen(out: str | None, force: bool) -> None:
         if force:
             raise click.UsageError("--force needs --out")
         click.echo(format_key_file(secret), nl=False)
+        click.echo(f"prisn: cluster key fingerprint {derive_keys(secret).fingerprint}",
+                   err=True)
         return
     try:
         write_key_file(out, secret, force=force)

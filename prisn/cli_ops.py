@@ -104,6 +104,8 @@ def _client(ctx: click.Context) -> Client:
         return Client(server, timeout=timeout, ca_file=ca_file, token=token)
     except (BadServer, BadSetting) as e:
         raise click.UsageError(str(e)) from None
+    except ValueError as e:  # urllib on a malformed URL, e.g. 'http://[::1'
+        raise click.UsageError(f"--server {server!r}: {e}") from None
 
 
 def _json_out(ctx: click.Context) -> bool:

@@ -342,12 +342,14 @@ class ForwardResponse(Msg):
 
 @message("raft.join")
 class JoinRequest(Msg):
-    """New node -> any listed peer address: please add me. `cluster` is empty for a new node."""
+    """New node -> any listed peer address: please add me. `cluster` is empty for a new node;
+    `fresh`: the sender's log and snapshot are empty (a wiped voter is refused)."""
 
     cluster: str
     term: int
     node_id: str
     addr: str
+    fresh: bool = False
 
 
 @message("raft.join_resp")

@@ -86,6 +86,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: list[int] = []
+        self.hangups: list[int] = []  # SIGHUP: logged by the main loop, the node keeps running
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
@@ -95,6 +96,17 @@ class StopSignals:
         signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGHUP, self.on_hangup)
+
+    def on_hangup(self, signum: int, _frame: object) -> None:
+        """SIGHUP (a closed terminal, `systemctl reload`): recorded only, as `on_signal`."""
+        self.hangups.append(signum)
+
+    def take_hangups(self) -> int:
+        """Main thread: how many SIGHUPs came since the last call."""
+        n = len(self.hangups)
+        del self.hangups[:n]
+        return n
 
     def on_signal(self, signum: int, _frame: object) -> None:
         """The handler: takes no lock (a list append is one C call under the GIL)."""
@@ -177,18 +189,12 @@ class Node:
             kwargs["force_new_cluster"] = new_id
         elif not cfg.cluster or cfg.force_new_cluster:
             kwargs["bootstrap"] = True
+        elif cfg.peers:
+            kwargs.update(_founding(cfg, addr, fresh))
         elif cfg.bootstrap:
             kwargs["bootstrap"] = True
-        elif cfg.peers:
-            kwargs["join"] = [p for p in cfg.peers if not _same_addr(p, addr, cfg.raft_addr)]
-            if fresh and len(kwargs["join"]) < len(cfg.peers):
-                # Static form (every node lists all members, itself included): the node with
-                # the lowest address founds the cluster, the others join it.
-                first = sorted(cfg.peers)[0]
-                if _same_addr(first, addr, cfg.raft_addr):
-                    kwargs = {"bootstrap": True}
         elif fresh:
-            raise SystemExit("prisn: error: --cluster needs --bootstrap (first node) or --peers")
+            raise ConfigError("--cluster needs --bootstrap (first node) or --peers")
         core = RaftCore(cfg.node_id, addr, opts, rng, boot, **kwargs)
         # Committed before this process started: /ready waits for it, the fsm sends no results
         # up to it. Only these scalars outlive start(): a closure holding `boot` would pin
@@ -322,6 +328,42 @@ class Node:
         self.ctx.term()
 
 
+def _founding(cfg: ServerConfig, addr: str, fresh: bool) -> dict:
+    """RaftCore arguments for a node started with --peers (main thread, at start).
+
+    No two nodes may ever found a cluster from one member list, and an existing cluster
+    always wins over founding (issue 12):
+    - static form (the list names this node too): only the node with the lowest address
+      founds, and only once a majority of the list (itself included) has answered that it
+      holds no cluster; any peer answering with a cluster id makes it join that cluster (a
+      wiped founder is then refused as a wiped voter, never founds a second cluster).
+      --bootstrap is ignored in this form: the lowest address decides, without a race;
+    - --bootstrap with a list of other nodes: founds once every listed peer answered that it
+      holds no cluster, or after 10 election timeouts with no cluster answering; joins the
+      cluster of any peer that answers with one;
+    - otherwise a joiner."""
+    others = [p for p in cfg.peers if not _same_addr(p, addr, cfg.raft_addr)]
+    out: dict = {"join": others}
+    if not fresh:
+        return out
+    if len(others) < len(cfg.peers):
+        first = sorted(cfg.peers)[0]
+        lowest = _same_addr(first, addr, cfg.raft_addr)
+        if cfg.bootstrap:
+            log.warning("--bootstrap ignored: --peers lists this node (static form), so the "
+                        "node with the lowest address (%s) founds the cluster%s", first,
+                        " (this node)" if lowest else "")
+        if lowest:
+            out.update(bootstrap=True, found_quorum=len(cfg.peers) // 2)
+            log.info("static --peers form: this node has the lowest address and founds the "
+                     "cluster once %d other listed node(s) answer that they hold none",
+                     len(cfg.peers) // 2)
+    elif cfg.bootstrap:
+        out.update(bootstrap=True, found_quorum=len(others),
+                   found_wait_ticks=10 * cfg.election_ticks)
+    return out
+
+
 def _boot_cluster(boot) -> str:
     """The cluster id of the newest configuration in the recovered state ("" if none)."""
     for e in reversed(boot.entries):
@@ -399,6 +441,13 @@ def run(cfg: ServerConfig) -> int:
                         cfg.cluster_key_file)
         if not cfg.cluster:
             log.info("--cluster-key-file is unused: this node is not clustered")
+    if (cfg.cluster and not (cfg.bootstrap or cfg.peers or cfg.force_new_cluster)
+            and not (Path(cfg.data_dir) / "raft").exists()):
+        # bad configuration: refuse before creating anything
+        print("prisn: error: --cluster needs --bootstrap (first node) or --peers",
+              file=sys.stderr, flush=True)
+        return 2
+    os.umask(0o077)  # data dir 0700, data files 0600, whatever the caller's umask
     node = Node(cfg, curve=curve)
 
     signals = StopSignals()
@@ -406,6 +455,10 @@ def run(cfg: ServerConfig) -> int:
     tune_gc()
     try:
         node.start()
+    except ConfigError as e:
+        print(f"prisn: error: {e}", file=sys.stderr, flush=True)
+        node.stop()
+        return 2
     except (StorageError, OSError, zmq.ZMQError, RuntimeError) as e:
         log.error("cannot start: %s", e)
         print(f"prisn: error: cannot start: {e}", file=sys.stderr, flush=True)
@@ -414,7 +467,9 @@ def run(cfg: ServerConfig) -> int:
     gc.freeze()  # the state restored at boot is long-lived: never traverse it again
     sd_notify("READY=1")
     while not signals.wait(node.sup, 0.25):
-        pass
+        if signals.take_hangups():
+            log.info("received SIGHUP: nothing to reload (restart the node to apply changed "
+                     "flags, TLS files or log level); still running")
     if signals.received:
         log.info("received %s, stopping", signal.Signals(signals.received[0]).name)
         node.sup.stop_requested.set()

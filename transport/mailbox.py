@@ -137,9 +137,10 @@ def bind_peer_inbox(ctx: zmq.Context, addr: str, curve: CurveKeys | None = None)
         sock.setsockopt(zmq.IPV6, 1)
     try:
         sock.bind(endpoint)
-    except zmq.ZMQError:
+    except zmq.ZMQError as e:
         sock.close(0)
-        raise
+        raise zmq.ZMQError(e.errno, f"cannot listen on {addr} for Raft (--raft-addr): "
+                           f"{e.strerror}") from None
     return sock
 
 

@@ -106,7 +106,10 @@ class ApiActor(Actor):
             self._loop.run_forever()
         except BaseException as e:  # noqa: BLE001 - any failure stops the node
             self.failure = e
-            log.exception("api actor failed")
+            if isinstance(e, OSError) and not self.started.is_set():
+                log.error("api actor failed to start: %s", e)  # one line: a bad --bind
+            else:
+                log.exception("api actor failed")
             self.started.set()
             if self._on_failure is not None:
                 self._on_failure(self, e)
@@ -152,7 +155,8 @@ class ApiActor(Actor):
                  host or "0.0.0.0", self.port)
         log.info("HTTP limits: %s per client address, %d connections, headers %d bytes, body "
                  "%d bytes, %gs to send a request, %gs idle", f"{cfg.rate_limit:g} requests/s "
-                 f"(burst {cfg.rate_burst})" if app.ctx.limiter else "no request rate limit",
+                 f"(burst {cfg.rate_burst})" if app.ctx.limiter is not None  # an empty one is falsy
+                 else "no request rate limit",
                  cfg.max_connections, cfg.max_header_bytes, self.max_body, cfg.body_timeout,
                  cfg.idle_timeout)
 
@@ -186,7 +190,12 @@ def _listen(host: str | None, port: int) -> socket.socket:
     family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+    try:
+        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {host or ''}:{port} for the HTTP API "
+                      f"(--bind): {e.strerror}") from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock

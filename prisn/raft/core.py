@@ -119,6 +119,7 @@ MAX_MEMBERS = 1024  # voters + learners of one configuration
 MAX_MEMBER_FIELD = 1024  # characters of a node id, an address or a cluster id
 MAX_SNAPSHOT_SIZE = 1 << 40  # bytes of one snapshot file (InstallSnapshot `size`)
 REFUSED_LOG_TICKS = 100  # log a malformed peer message at most once per reason this often
+MAX_EVENTS = 256  # cluster events buffered for the shell between two steps (oldest dropped)
 _SNAP_ID = re.compile(r"[0-9a-f]{64}")
 _ENTRY_KINDS = frozenset(int(k) for k in EntryKind)
 
@@ -267,6 +268,7 @@ def static_cluster_id(members: dict[str, str]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+_JOIN_TYPES = (JoinRequest, JoinResponse)
 _TERM_TYPES = (VoteRequest, VoteResponse, AppendEntries, AppendResponse, TimeoutNow,
                InstallSnapshot, InstallSnapshotResponse)
 
@@ -335,7 +337,13 @@ class RaftCore:
     def __init__(self, node_id: str, addr: str, opts: RaftOptions, rng: random.Random,
                  boot: BootState, *, bootstrap: bool = False,
                  initial_members: dict[str, str] | None = None,
-                 join: list[str] | None = None, force_new_cluster: str | None = None) -> None:
+                 join: list[str] | None = None, force_new_cluster: str | None = None,
+                 found_quorum: int = 0, found_wait_ticks: int = 0) -> None:
+        """`bootstrap` with `join` addresses and `found_quorum`/`found_wait_ticks` set: on an
+        empty log, ask those peers first (JoinRequests) and found a new cluster only once
+        `found_quorum` distinct peers answered that they hold no cluster (or, with
+        `found_wait_ticks`, that many ticks passed without a cluster answering); a peer that
+        answers with a cluster id vetoes founding for good and this node joins that cluster."""
         self.id = node_id
         self.addr = addr
         self.opts = opts
@@ -416,6 +424,17 @@ class RaftCore:
         self._fwd_next = 0
         self._seen_fwd: dict[tuple[str, int], None] = {}  # recent forwarded (src, rid), FIFO
         self._join_elapsed = 0
+        # founding and joining (join/bootstrap paths only)
+        self._found_quorum = found_quorum
+        self._found_wait = found_wait_ticks
+        self._discovering = False  # bootstrap deferred until peers answered (see __init__)
+        self._found_elapsed = 0
+        self._fresh_peers: set[str] = set()  # ids of peers that answered: no cluster
+        self._admitted = ""  # cluster whose leader accepted our JoinRequest
+        self._join_refused = ""  # last refusal reason logged by this joiner
+        self._join_refusals_logged: dict[tuple[str, str], int] = {}  # leader side, bounded
+        self._transfer_watch = ""  # stepped down while transferring to this node
+        self._events: list[tuple[int, str]] = []  # (logging level, text) for the shell
         self._drops: dict[str, int] = {}
         self._refused_logged: dict[str, int] = {}  # reason -> tick of its last log line
         self._fatal = ""
@@ -574,20 +593,18 @@ class RaftCore:
 
     # ================================================================== startup
     def _do_startup(self) -> None:
-        empty = self._log.last_index == 0 and self._log.snap_index == 0
-        if empty and (self._bootstrap or self._initial_members):
-            if self._bootstrap:
-                cid = f"{self.rng.getrandbits(64):016x}"
-                m = Membership(cluster=cid, voters={self.id: self.addr})
-            else:
-                members = self._initial_members or {}
-                m = Membership(cluster=static_cluster_id(members), voters=dict(members))
-            if self._term < 1:
-                self._term = 1
-                self._hard_dirty = True
-            self._append_local([[1, 1, int(EntryKind.CONFIG), encode_config(m)]])
-            if self._bootstrap:
-                self._campaign(pre=self.opts.pre_vote)
+        empty = self._empty_log()
+        if (empty and self._bootstrap and self._join_addrs
+                and (self._found_quorum > 0 or self._found_wait > 0)):
+            self._discovering = True
+            when = (f"{self._found_quorum} of them answer that they hold none"
+                    if self._found_quorum else
+                    f"{self._found_wait} ticks pass with no cluster answering")
+            self._event(logging.INFO, f"empty data dir: asking {len(self._join_addrs)} listed "
+                        f"peer(s) whether a cluster exists before founding one (founds once "
+                        f"{when})")
+        elif empty and (self._bootstrap or self._initial_members):
+            self._found()
         elif self._force_new_cluster:
             cur = self._membership
             fid = self._force_new_cluster
@@ -609,6 +626,46 @@ class RaftCore:
                 self._votes = {self.id: True}  # leader once this write is synced
         if self._need_join():
             self._send_joins()
+
+    def _empty_log(self) -> bool:
+        return self._log.last_index == 0 and self._log.snap_index == 0
+
+    def _found(self) -> None:
+        """Write the first configuration of a new cluster (bootstrap or static list)."""
+        self._discovering = False
+        if self._bootstrap:
+            cid = f"{self.rng.getrandbits(64):016x}"
+            m = Membership(cluster=cid, voters={self.id: self.addr})
+        else:
+            members = self._initial_members or {}
+            m = Membership(cluster=static_cluster_id(members), voters=dict(members))
+        if self._term < 1:
+            self._term = 1
+            self._hard_dirty = True
+        self._append_local([[1, 1, int(EntryKind.CONFIG), encode_config(m)]])
+        self._event(logging.INFO, f"founded a new cluster {m.cluster} with voters "
+                    f"{', '.join(sorted(m.voters))}")
+        if self._bootstrap:
+            self._campaign(pre=self.opts.pre_vote)
+
+    def _maybe_found(self) -> None:
+        """Discovering: found once enough peers said they hold no cluster (or time is up)."""
+        if not self._discovering or not self._empty_log():
+            return
+        if ((self._found_quorum > 0 and len(self._fresh_peers) >= self._found_quorum)
+                or (self._found_wait > 0 and self._found_elapsed >= self._found_wait)):
+            self._found()
+
+    def _event(self, level: int, text: str) -> None:
+        """A cluster event for the shell to log once (the core itself does no I/O here)."""
+        if len(self._events) >= MAX_EVENTS:
+            del self._events[0]
+        self._events.append((level, text))
+
+    def take_events(self) -> list[tuple[int, str]]:
+        """Cluster events since the last call, oldest first: (logging level, text)."""
+        ev, self._events = self._events, []
+        return ev
 
     # ================================================================== flush
     def _flush(self) -> list[Msg]:
@@ -794,7 +851,7 @@ class RaftCore:
         if self._state is _State.LEADER:
             self._sync_progress()
             if self._transferee and self._transferee not in self._voters:
-                self._abort_transfer()
+                self._abort_transfer("it is no longer a voter")
 
     def _conf_index(self) -> int:
         return self._configs[-1][0] if self._configs else 0
@@ -822,6 +879,14 @@ class RaftCore:
     def _set_leader(self, lid: str) -> None:
         old = self._leader_id
         self._leader_id = lid
+        if lid and self._transfer_watch:
+            w, self._transfer_watch = self._transfer_watch, ""
+            if lid == w:
+                self._event(logging.INFO, f"leadership transfer to {w} done (term "
+                            f"{self._term})")
+            else:
+                self._event(logging.WARNING, f"leadership transfer to {w} aborted: {lid} "
+                            f"leads term {self._term}")
         if lid and lid != old and lid != self.id:
             self._reforward()
             if self._pending:
@@ -848,6 +913,8 @@ class RaftCore:
 
     def _become_follower(self, term: int, leader: str) -> None:
         was_leader = self._state is _State.LEADER
+        if was_leader and self._transferee:
+            self._transfer_watch = self._transferee  # done once it leads (see _set_leader)
         if term != self._term:
             self._term = term
             self._vote = ""
@@ -983,6 +1050,9 @@ class RaftCore:
                     self._campaign(pre=opts.pre_vote)
                 else:
                     self._reset_election_timeout()
+            if self._discovering:
+                self._found_elapsed += 1
+                self._maybe_found()
             if self._join_addrs:
                 self._join_elapsed += 1
                 if self._join_elapsed >= opts.election_ticks and self._need_join():
@@ -1025,7 +1095,7 @@ class RaftCore:
         for a in self._join_addrs:
             self._out_peer.append(JoinRequest(src=self.id, dst="@" + a, cluster=self._cluster,
                                               term=self._term, node_id=self.id,
-                                              addr=self.addr))
+                                              addr=self.addr, fresh=self._empty_log()))
 
     # ================================================================== persistence inputs
     def _on_synced(self, m: StoreSynced) -> None:
@@ -1454,12 +1524,16 @@ class RaftCore:
 
     def _leader_transfer(self, origin: str, rid: int, target: str) -> None:
         """Leadership transfer (T 3.10): catch the target up, then TimeoutNow."""
+        m = self._membership
+        if target and target != self.id and (m is None or target not in m.members()):
+            self._respond(origin, rid, False, 404, f"unknown node {target}")
+            return
+        if m is not None and len(m.voters) < 2:
+            self._respond(origin, rid, False, 409, f"no other voter to transfer to: {self.id} "
+                          f"is the only voter of cluster {m.cluster}")
+            return
         if not target or target == self.id:
             self._respond(origin, rid, True, 200, "already leader")
-            return
-        m = self._membership
-        if m is None or target not in m.members():
-            self._respond(origin, rid, False, 404, f"unknown node {target}")
             return
         if target not in m.voters:
             self._respond(origin, rid, False, 409, f"{target} is a learner")
@@ -1467,6 +1541,8 @@ class RaftCore:
         self._transferee = target
         self._transfer_elapsed = 0
         self._timeout_now_sent = False
+        self._event(logging.INFO, f"leadership transfer to {target} started (term "
+                    f"{self._term})")
         self._maybe_timeout_now()
         self._respond(origin, rid, True, 200, f"transferring leadership to {target}")
 
@@ -1479,7 +1555,11 @@ class RaftCore:
             self._out_peer.append(TimeoutNow(src=self.id, dst=t, cluster=self._cluster,
                                              term=self._term))
 
-    def _abort_transfer(self) -> None:
+    def _abort_transfer(self, why: str = "it did not take over within an election "
+                        "timeout") -> None:
+        if self._transferee:
+            self._event(logging.WARNING, f"leadership transfer to {self._transferee} "
+                        f"aborted: {why}")
         self._transferee = ""
         self._timeout_now_sent = False
         if self._state is _State.LEADER:
@@ -1650,6 +1730,14 @@ class RaftCore:
             if not (m.cluster == "" and type(m) is JoinRequest):
                 self._drop("cluster_mismatch")
                 return
+        elif (not self._cluster and self._join_addrs and type(m) not in _JOIN_TYPES
+              and (not self._admitted or m.cluster != self._admitted)):
+            # A joiner (or a founder still asking its peers) takes no vote, entry or snapshot
+            # before a leader accepted it into that very cluster: a wiped voter must not
+            # vote again or re-acknowledge entries under its old id, and a joiner never ends
+            # up in a cluster it did not join.
+            self._drop("not_admitted")
+            return
         check = _PEER_CHECKS.get(type(m))
         if check is not None:  # before the term rules: a malformed message changes nothing
             why = check(m)
@@ -1896,8 +1984,25 @@ class RaftCore:
 
     def _on_join_request(self, m: JoinRequest) -> None:
         dst = "@" + m.addr
+        if self._discovering and not m.cluster and m.fresh and m.node_id != self.id:
+            self._fresh_peers.add(m.node_id)  # a fresh peer asking us: it holds no cluster
+            self._maybe_found()
         if self._state is _State.LEADER:
-            ok, code, reason, _idx = self._leader_change("add", m.node_id, m.addr)
+            refusal = self._join_refusal(m)
+            if refusal:
+                key = (m.node_id[:128] + "@" + m.addr[:256], refusal)
+                if key not in self._join_refusals_logged:  # once per joiner and reason
+                    if len(self._join_refusals_logged) >= MAX_EVENTS:
+                        self._join_refusals_logged.clear()
+                    self._join_refusals_logged[key] = self._now
+                    self._event(logging.WARNING, f"refused the join of {m.node_id!r:.130} at "
+                                f"{m.addr!r:.260}: {refusal}")
+                ok, reason = False, refusal
+            else:
+                ok, _code, reason, idx = self._leader_change("add", m.node_id, m.addr)
+                if ok and idx:
+                    self._event(logging.INFO, f"adding {m.node_id} at {m.addr} as a learner "
+                                f"(config entry {idx}); it is promoted once caught up")
             self._out_peer.append(JoinResponse(
                 src=self.id, dst=dst, cluster=self._cluster, term=self._term, ok=ok,
                 leader=self.id, leader_addr=self.addr, reason=reason))
@@ -1907,12 +2012,58 @@ class RaftCore:
             src=self.id, dst=dst, cluster=self._cluster, term=self._term, ok=False, leader=lid,
             leader_addr=(self.address_of(lid) or "") if lid else "", reason=NOT_LEADER))
 
+    def _join_refusal(self, m: JoinRequest) -> str:
+        """Leader: why `m` must not be admitted ("" to admit). A node id held by a member at
+        another address is refused (two hosts with one hostname must not share a member
+        entry); so is a voter whose data dir is empty (wiped): it lost its vote and the
+        entries it acknowledged, and letting it back under its old id could lose committed
+        writes. It is let in again once removed (docs/design-notes.md)."""
+        mem = self._membership
+        if mem is None:
+            return ""
+        nid = m.node_id
+        cur = mem.members().get(nid)
+        if cur is not None and cur != m.addr:
+            return (f"node id {nid} is taken by the member at {cur} (cluster {mem.cluster}); "
+                    f"give this node a unique --node-id")
+        if m.fresh and nid in mem.voters:
+            return (f"node {nid} is a voter of cluster {mem.cluster} but its data dir is "
+                    f"empty; remove it first (prisn cluster remove {nid}), then start it "
+                    f"again to rejoin")
+        return ""
+
     def _on_join_response(self, m: JoinResponse) -> None:
         if m.leader and m.leader_addr:
             self._known_addrs[m.leader] = m.leader_addr
-        if m.ok or not self._need_join():
+        if self._discovering:
+            if not m.cluster:
+                if m.src != self.id:
+                    self._fresh_peers.add(m.src)
+                self._maybe_found()
+                return
+            self._discovering = False  # a cluster exists: join it, never found a second one
+            self._event(logging.WARNING, f"peer {m.src} belongs to cluster {m.cluster}: "
+                        f"joining it instead of founding a new cluster")
+        if not self._need_join():
+            return
+        if m.ok:
+            if self._admitted and m.cluster != self._admitted:
+                self._drop("join_other_cluster")
+                return
+            if not self._admitted and m.cluster:
+                self._admitted = m.cluster
+                self._join_refused = ""
+                self._event(logging.INFO, f"joined cluster {m.cluster} through leader "
+                            f"{m.leader or m.src}; catching up as a learner")
+            return
+        if m.reason and m.reason != NOT_LEADER and m.leader == m.src:
+            if m.reason != self._join_refused:
+                self._join_refused = m.reason
+                self._event(logging.ERROR, f"join refused by leader {m.src} of cluster "
+                            f"{m.cluster}: {m.reason}")
             return
         if m.leader and m.leader != m.src and m.leader_addr and m.leader_addr != self.addr:
             self._out_peer.append(JoinRequest(src=self.id, dst="@" + m.leader_addr,
                                               cluster=self._cluster, term=self._term,
-                                              node_id=self.id, addr=self.addr))
+                                              node_id=self.id, addr=self.addr,
+                                              fresh=self._empty_log()))

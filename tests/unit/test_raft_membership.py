@@ -339,6 +339,8 @@ def test_joiner_refuses_an_invalid_configuration_entry():
     message, counts it, does not ack and keeps term 0; a valid one is then accepted."""
     core = RaftCore("z", "addr-z", OPTS, random.Random(9), BootState(), join=["addr-a"])
     core.startup()
+    core.step([JoinResponse(src="a", dst="z", cluster="c1", term=5, ok=True, leader="a",
+                            leader_addr="addr-a")])  # admitted: it now takes c1's entries
     for data in [b"", b"\x82\x01\x02", encode_config(Membership(cluster="c1"))[:-1]]:
         out = core.step([AppendEntries(src="a", dst="z", cluster="c1", term=5, prev_index=0,
                                        prev_term=0, entries=[[1, 5, EntryKind.CONFIG, data]],

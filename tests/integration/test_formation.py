@@ -52,7 +52,9 @@ def test_env_file_procedure_forms_one_cluster_and_a_wiped_founder_never_splits(t
         wait_for(lambda: live.req("DELETE", "/api/v1/cluster/nodes/e0").status in (204, 404),
                  30, "e0 removed")
         low.wait_ready(40)
-        assert low.status()["cluster_id"] == cid
+        # the rejoined node learns the cluster id from the configuration it applies, which can
+        # trail its first ready answer by a moment
+        wait_for(lambda: low.status()["cluster_id"] == cid, 20, "e0 in the same cluster")
         wait_for(lambda: _voters(live) == 3, 40, "e0 a voter again")
     finally:
         for n in nodes:

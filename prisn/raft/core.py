@@ -835,10 +835,23 @@ class RaftCore:
         if self._stable >= index:
             self._stable = index - 1
         self._writes = deque((s, min(last, index - 1)) for s, last in self._writes)
+        self._drop_held_acks(index - 1)
         if self._configs and self._configs[-1][0] >= index:
             while self._configs and self._configs[-1][0] >= index:
                 self._configs.pop()
             self._on_config_change()
+
+    def _drop_held_acks(self, keep: int) -> None:
+        """The log now ends at `keep` (a truncation or a snapshot reset): an acknowledgement
+        still held for its sync that claims an entry past `keep` would promise entries this
+        node no longer has (persist before speak), so it is dropped, not released later."""
+        def stale(m: Msg) -> bool:
+            return isinstance(m, AppendResponse) and m.success and m.index > keep
+
+        if any(stale(m) for _, m in self._held) or any(stale(m) for m in self._held_now):
+            self._held = deque((s, m) for s, m in self._held if not stale(m))
+            self._held_now = [m for m in self._held_now if not stale(m)]
+            self._drop("superseded_ack")
 
     def _on_config_change(self) -> None:
         m = self._configs[-1][1] if self._configs else None
@@ -1393,6 +1406,7 @@ class RaftCore:
             # entries after `index` are dropped by the StoreReset queued behind it)
             self._stable = index
             self._writes = deque((s, min(last, index)) for s, last in self._writes)
+            self._drop_held_acks(index)
             cfgs = []
         if mem is None and self._configs:
             mem = self._configs[-1][1]  # a snapshot without membership: keep ours

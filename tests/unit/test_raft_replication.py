@@ -329,3 +329,30 @@ def test_probe_moves_only_on_the_answer_to_its_probe(
     assert pr.state.value == "probe" and pr.next == next_index
     assert core.status().drops.get("stale_reject", 0) == (1 if stale else 0)
     assert pr.probe_sent  # resent at once (stale) or the new probe sent
+
+
+def test_ack_held_for_a_truncated_tail_is_never_released() -> None:
+    """Persist before speak across a truncation: a follower holds its ack for a term-3
+    append (17..30) until that write syncs; a term-4 append then truncates at 17 before
+    the sync. When both writes sync, the ack for 30 must not leave (the node holds 17..19
+    of term 4 only): a term-3 leader counting it could commit entries the node dropped."""
+    boot = BootState(term=2, commit=15, entries=[[i, 2, int(EntryKind.NOOP), b""]
+                                                   for i in range(1, 17)])
+    core = RaftCore("n4", "A4", OPTS, random.Random(4), boot)
+    core.startup()
+    out = core.step([AppendEntries(src="n5", dst="n4", cluster="c1", term=3, prev_index=16,
+                                   prev_term=2, commit=15,
+                                   entries=[[i, 3, int(EntryKind.NOOP), b""]
+                                            for i in range(17, 31)])])
+    first = [m.seq for m in out if isinstance(m, StoreAppend)]
+    assert first and not [m for m in out if isinstance(m, AppendResponse) and m.success]
+    out = core.step([AppendEntries(src="n1", dst="n4", cluster="c1", term=4, prev_index=16,
+                                   prev_term=2, commit=15,
+                                   entries=[[i, 4, int(EntryKind.NOOP), b""]
+                                            for i in range(17, 20)])])
+    second = [m for m in out if isinstance(m, StoreAppend)]
+    assert second and second[-1].truncate_from == 17
+    out = core.step([StoreSynced(seq=first[-1]), StoreSynced(seq=second[-1].seq)])
+    acks = [(m.dst, m.index) for m in out if isinstance(m, AppendResponse) and m.success]
+    assert acks == [("n1", 19)]
+    assert core.status().drops.get("superseded_ack") == 1

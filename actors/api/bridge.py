@@ -201,17 +201,22 @@ class RaftNodeClient:
         if len(self._waiters) >= self._max_inflight:
             raise Unavailable(f"too many requests in flight on this node ({self._max_inflight})")
         rid = next(self._rids)
+        # Encode before registering anything: a command that cannot be encoded (e.g. a lone
+        # surrogate) must not leave a waiter behind. Every exit below releases the waiter.
+        entry = encode_entry(self.node_id, rid, command)
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
-        if not self._proposals:
-            asyncio.get_running_loop().call_soon(self._flush_proposals)
-        self._proposals.append([rid, encode_entry(self.node_id, rid, command)])
         try:
+            if not self._proposals:
+                asyncio.get_running_loop().call_soon(self._flush_proposals)
+            self._proposals.append([rid, entry])
             result = await self._await(rid, fut, timeout, TIMEOUT_MESSAGE.format(t=timeout))
-        except Exception:
+        except BaseException:
             if self._metrics is not None:
                 self._metrics.proposals_failed()
             raise
+        finally:
+            self._waiters.pop(rid, None)
         if self._metrics is not None:
             self._metrics.proposals_committed()
         return result
@@ -234,7 +239,10 @@ class RaftNodeClient:
         deadline = time.monotonic() + timeout
         rid, fut = self._request(lambda rid: ReadIndex(src="api", dst="raft", rid=rid))
         msg = f"could not confirm leadership for a strong read within {timeout:g}s (no quorum?)"
-        index = await self._await(rid, fut, timeout, msg)
+        try:
+            index = await self._await(rid, fut, timeout, msg)
+        finally:
+            self._waiters.pop(rid, None)
         if self.applied_index >= index:
             return
         wait = asyncio.get_running_loop().create_future()

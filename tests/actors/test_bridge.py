@@ -459,3 +459,31 @@ def test_state_name() -> None:
     assert state_name(raft_status(role=Role.CANDIDATE)) == "candidate"
     assert state_name(raft_status(role=Role.FOLLOWER)) == "follower"
     assert state_name(raft_status(role=Role.FOLLOWER, is_learner=True)) == "learner"
+
+
+def test_unencodable_and_cancelled_proposals_leave_no_waiter() -> None:
+    """Issue 17 item 1: every exit from propose() releases its waiter, so a stream of bad
+    bodies (a lone surrogate cannot be CBOR-encoded) never saturates max_inflight."""
+    async def body(rig: Rig) -> None:
+        c = rig.client
+        bad = dict(commands(1)[0])
+        bad["source"] = "\ud800"
+        for _ in range(5):  # more than max_inflight
+            with pytest.raises(UnicodeError):
+                await c.propose(bad, timeout=5)
+        assert c._waiters == {}
+        task = asyncio.ensure_future(c.propose(commands(1)[0], timeout=5))
+        await until(lambda: len(c._waiters) == 1, what="one waiter")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert c._waiters == {}
+        # the node still takes a proposal
+        ok = asyncio.ensure_future(c.propose(commands(1)[0], timeout=5))
+        batch = await rig.from_client()
+        while not isinstance(batch, ProposeBatch) or len(batch.items) != 1 or \
+                batch.items[0][0] not in c._waiters:
+            batch = await rig.from_client()
+        rig.push(Applied(index=1, results=[[batch.items[0][0], 201, {}]]))
+        assert await ok == (201, {})
+
+    run(body, max_inflight=2)

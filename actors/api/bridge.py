@@ -38,6 +38,7 @@ from prisn.messages import (
     Role,
     TransferLeadership,
 )
+from prisn.raft.progress import NEVER
 from transport.codec import Decoder, encode
 from transport.mailbox import bind_inbox
 
@@ -316,20 +317,24 @@ def build_status(node_id: str, st: Any, stats: Any, *, applied: int, ready: bool
     voters = membership.voters if membership else {}
     learners = membership.learners if membership else {}
     progress = st.progress or {}
+    reachable_voters = 0
     for nid, addr in list(voters.items()) + list(learners.items()):
         if nid == node_id:
             nodes.append(NodeInfo(id=nid, address=addr, state=me, voter=nid not in learners))
+            reachable_voters += nid not in learners
             continue
         p = progress.get(nid)
         if me == "leader" and p is not None:
-            contact = p.last_contact_ticks * tick_seconds
-            reachable = p.recent_active
+            never = p.last_contact_ticks >= NEVER
+            contact = None if never else round(p.last_contact_ticks * tick_seconds, 3)
+            reachable = p.recent_active or getattr(p, "joining", False)
             voter = nid not in learners
+            reachable_voters += voter and reachable
             state = ("follower" if voter else "learner") if reachable else "unreachable"
             lag_s = stats.lag_seconds.get(nid)
             sent_dropped = stats.replicators.get(nid)
             nodes.append(NodeInfo(id=nid, address=addr, state=state,
-                                  last_contact_seconds=round(contact, 3),
+                                  last_contact_seconds=contact,
                                   lag_entries=max(0, st.last_index - p.match),
                                   lag_seconds=None if lag_s is None else round(lag_s, 3),
                                   inflight_messages=p.inflight if sent_dropped is not None
@@ -339,5 +344,16 @@ def build_status(node_id: str, st: Any, stats: Any, *, applied: int, ready: bool
             nodes.append(NodeInfo(id=nid, address=addr, state=state, voter=nid not in learners))
     return NodeStatus(node_id=node_id, state=me, term=st.term, leader_id=leader,
                       commit_index=st.commit_index, applied_index=applied,
-                      cluster_id=st.cluster_id or "", healthy=bool(leader) and st.quorum_ok,
+                      cluster_id=st.cluster_id or "", healthy=_healthy(me, leader, st, reachable_voters, len(voters)),
                       nodes=nodes, ready=ready, uptime_seconds=round(uptime, 3))
+
+
+def _healthy(me: str, leader: str | None, st: Any, reachable_voters: int, voters: int) -> bool:
+    """`healthy` agrees with the member states printed: on the leader, a majority of the
+    voters (itself included) is shown reachable; elsewhere, a leader of this term was
+    heard from within an election timeout (the core's `quorum_ok`)."""
+    if not leader:
+        return False
+    if me == "leader":
+        return voters > 0 and reachable_voters >= voters // 2 + 1
+    return bool(st.quorum_ok)

@@ -104,7 +104,7 @@ from prisn.messages import (
 )
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.log import RaftLog
-from prisn.raft.progress import Progress, ProgressState, quorum_index, quorum_size
+from prisn.raft.progress import NEVER, Progress, ProgressState, quorum_index, quorum_size
 from prisn.raft.status import PeerStatus, RaftStatus
 
 log = logging.getLogger("prisn.raft")
@@ -543,7 +543,8 @@ class RaftCore:
                 progress[pid] = PeerStatus(
                     match=pr.match, next=pr.next, inflight=len(pr.inflight),
                     state=pr.state.value, last_contact_ticks=pr.last_contact,
-                    recent_active=pr.last_contact < et, is_learner=pid in learners)
+                    recent_active=pr.last_contact < et, is_learner=pid in learners,
+                    joining=pr.last_contact >= NEVER and self._now - pr.created < et)
             active = sum(1 for v in self._voters
                          if v == self.id or (v in progress and progress[v].recent_active))
             quorum_ok = active >= quorum_size(len(self._voters))

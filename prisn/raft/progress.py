@@ -23,12 +23,15 @@ class ProgressState(Enum):
     SNAPSHOT = "snapshot"
 
 
+NEVER = 1 << 30  # `last_contact` of a peer never heard from
+
+
 class Progress:
     """What the leader knows about one follower or learner."""
 
     __slots__ = ("match", "next", "state", "inflight", "probe_sent", "recent_active",
                  "last_contact", "acked_seq", "commit_sent", "last_progress", "snap",
-                 "snap_offset", "snap_wait", "snap_retries")
+                 "snap_offset", "snap_wait", "snap_retries", "created")
 
     def __init__(self, next_index: int, now: int = 0) -> None:
         self.match = 0
@@ -37,7 +40,8 @@ class Progress:
         self.inflight: deque[int] = deque()
         self.probe_sent = False
         self.recent_active = False  # heard from since the last check-quorum round
-        self.last_contact = 1 << 30  # ticks since we last heard from the peer
+        self.last_contact = NEVER  # ticks since we last heard from the peer
+        self.created = now  # tick at which this leader started tracking the peer
         self.acked_seq = 0  # highest AppendEntries.seq echoed in this term (ReadIndex)
         self.commit_sent = 0  # highest commit index told to the peer
         self.last_progress = now  # tick at which match last advanced (stall detection)

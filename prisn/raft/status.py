@@ -23,6 +23,9 @@ class PeerStatus:
     last_contact_ticks: int
     recent_active: bool
     is_learner: bool = False
+    # never heard from yet, and known for less than an election timeout: a member that has
+    # just been added (or a peer of a leader just elected) is being contacted, not unreachable
+    joining: bool = False
 
 
 @dataclass(frozen=True, slots=True)

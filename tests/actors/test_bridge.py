@@ -33,6 +33,7 @@ from prisn.messages import (
     TransferLeadership,
 )
 from prisn.raft.boot import Membership
+from prisn.raft.progress import NEVER
 from prisn.raft.status import PeerStatus
 from transport.codec import decode, encode
 from transport.mailbox import inproc_address
@@ -487,3 +488,29 @@ def test_unencodable_and_cancelled_proposals_leave_no_waiter() -> None:
         assert await ok == (201, {})
 
     run(body, max_inflight=2)
+
+
+def test_build_status_just_joined_member_is_not_unreachable_and_healthy_agrees() -> None:
+    """Issue 12 item 10: a member added a moment ago (never heard from, known for less than
+    an election timeout) is a follower or learner being contacted, not "unreachable"; the
+    leader's `healthy` is true exactly when a majority of voters is printed reachable."""
+    stats = SimpleNamespace(lag_seconds={}, replicators={})
+    joining = dict(PROGRESS, n3=PeerStatus(match=0, next=13, inflight=1, state="probe",
+                                           last_contact_ticks=NEVER + 3, recent_active=False,
+                                           joining=True))
+    ns = build_status("n1", raft_status(leader="n1", role=Role.LEADER, membership=MEMBERS,
+                                        progress=joining, last_index=12, quorum_ok=False),
+                      stats, applied=9, ready=True, uptime=0)
+    n3 = ns.nodes[2]
+    assert (n3.state, n3.last_contact_seconds) == ("follower", None)
+    assert ns.healthy  # n1, n2 and the joining n3 are printed reachable
+    # the same peer, an election timeout later and still silent: unreachable
+    silent = dict(joining, n2=PeerStatus(match=10, next=11, inflight=0, state="probe",
+                                         last_contact_ticks=400, recent_active=False),
+                  n3=PeerStatus(match=0, next=13, inflight=1, state="probe",
+                                last_contact_ticks=NEVER + 300, recent_active=False))
+    ns = build_status("n1", raft_status(leader="n1", role=Role.LEADER, membership=MEMBERS,
+                                        progress=silent, last_index=12, quorum_ok=True),
+                      stats, applied=9, ready=True, uptime=0)
+    assert [n.state for n in ns.nodes[1:3]] == ["unreachable", "unreachable"]
+    assert not ns.healthy  # whatever quorum_ok says, it must agree with the printed states

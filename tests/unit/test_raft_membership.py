@@ -363,3 +363,16 @@ def test_invalid_configuration_in_the_stored_log_is_a_clear_boot_error():
     boot = BootState(term=2, commit=1, entries=[[1, 2, int(EntryKind.CONFIG), b"\xa0"]])
     with pytest.raises(RuntimeError, match="invalid configuration entry at index 1"):
         RaftCore("z", "addr-z", OPTS, random.Random(9), boot)
+
+
+def test_new_member_is_joining_for_one_election_timeout():
+    """Issue 12 item 10: the leader reports a member it has not heard from yet as `joining`
+    (shown as a follower or learner, not unreachable) for one election timeout only."""
+    c = three()
+    c.add("d", mode="empty")
+    c.step("a", [AddNode(rid=1, node_id="d", addr="addr-d")])
+    p = c.nodes["a"].core.status().progress["d"]
+    assert p.joining and not p.recent_active
+    c.tick("a", OPTS.election_ticks)  # d never answers (nothing is delivered)
+    p = c.nodes["a"].core.status().progress["d"]
+    assert not p.joining and not p.recent_active

@@ -61,12 +61,17 @@ class _RaftCollector(Collector):
         yield GaugeMetricFamily("raft_peers", "Number of other voting members.",
                                 value=sum(1 for n in others if n.is_voter))
         lag = GaugeMetricFamily("raft_replication_lag_seconds",
-                                "Seconds the peer's log is behind the leader (leader only).",
+                                "On the leader, seconds each peer's log is behind it; on any "
+                                "other node, its own lag behind the leader (peer = its id).",
                                 labels=["peer"])
         contact = GaugeMetricFamily("raft_peer_last_contact_seconds",
                                     "Seconds since the peer last answered.", labels=["peer"])
         inflight = GaugeMetricFamily("raft_peer_inflight_messages",
                                      "Messages queued or in flight to the peer.", labels=["peer"])
+        if st.state != "leader":
+            me = next((n for n in st.nodes if n.id == st.node_id), None)
+            if me is not None and me.lag_seconds is not None:
+                lag.add_metric([me.id], me.lag_seconds)
         for n in others:
             if st.state == "leader" and n.lag_seconds is not None:
                 lag.add_metric([n.id], n.lag_seconds)

@@ -71,6 +71,9 @@ class ShellStats:
     peer_dropped: int = 0
     unroutable: int = 0
     lag_seconds: dict = field(default_factory=dict)  # peer -> seconds behind (leader only)
+    # not leader: monotonic time since which this node knows of committed entries it has
+    # not applied yet (None when caught up)
+    behind_since: float | None = None
     replicators: dict = field(default_factory=dict)  # peer -> (sent, dropped)
 
 
@@ -98,6 +101,7 @@ class RaftActor(Actor):
         self._peer_dropped = 0
         self._unroutable = 0
         self._last_stats = 0.0
+        self._behind_since: float | None = None
         self._kw = kw
 
     # ------------------------------------------------------------------ hooks
@@ -315,8 +319,18 @@ class RaftActor(Actor):
                 peer_dropped=self._peer_dropped + self.decoder.dropped,
                 unroutable=self._unroutable,
                 lag_seconds=self._lags(st, now),
+                behind_since=self._behind(st, now),
                 replicators={p: (r.sent, r.dropped) for p, r in self._replicators.items()},
             )
+
+    def _behind(self, st, now: float) -> float | None:
+        """Not leader: since when commit_index has been ahead of applied_index."""
+        if st.role == Role.LEADER or getattr(st, "commit_index", 0) <= getattr(
+                st, "applied_index", 0):
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = now
+        return self._behind_since
 
     def _lags(self, st, now: float) -> dict:
         """Seconds since the oldest entry a peer is missing was appended (leader only)."""

@@ -320,7 +320,9 @@ def build_status(node_id: str, st: Any, stats: Any, *, applied: int, ready: bool
     reachable_voters = 0
     for nid, addr in list(voters.items()) + list(learners.items()):
         if nid == node_id:
-            nodes.append(NodeInfo(id=nid, address=addr, state=me, voter=nid not in learners))
+            nodes.append(NodeInfo(id=nid, address=addr, state=me, voter=nid not in learners,
+                                  lag_seconds=None if me == "leader"
+                                  else _own_lag(st, stats, uptime, tick_seconds)))
             reachable_voters += nid not in learners
             continue
         p = progress.get(nid)
@@ -346,6 +348,18 @@ def build_status(node_id: str, st: Any, stats: Any, *, applied: int, ready: bool
                       commit_index=st.commit_index, applied_index=applied,
                       cluster_id=st.cluster_id or "", healthy=_healthy(me, leader, st, reachable_voters, len(voters)),
                       nodes=nodes, ready=ready, uptime_seconds=round(uptime, 3))
+
+
+def _own_lag(st: Any, stats: Any, uptime: float, tick_seconds: float) -> float:
+    """A follower's or learner's lag behind the leader, in seconds: the larger of how long
+    it has known of committed entries it has not applied, and how long since it last heard
+    from a leader (it may be behind without knowing). An upper bound on how stale its
+    state may be; a heartbeat interval or less on a healthy follower."""
+    since = getattr(stats, "behind_since", None)
+    backlog = max(0.0, time.monotonic() - since) if since is not None else 0.0
+    ticks = getattr(st, "ticks_since_leader_contact", 0)
+    contact = uptime if ticks >= NEVER else min(ticks * tick_seconds, uptime)
+    return round(max(backlog, contact), 3)
 
 
 def _healthy(me: str, leader: str | None, st: Any, reachable_voters: int, voters: int) -> bool:

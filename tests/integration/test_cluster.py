@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import time
@@ -69,6 +70,14 @@ def test_quick_start_status_forwarding_and_strong_reads(cluster):
     metrics = leader.req("GET", "/metrics").body.decode()
     assert "raft_state 2.0" in metrics and "raft_peers 2.0" in metrics
     assert "raft_replication_lag_seconds{peer=" in metrics
+    # issue 12 item 11: a follower exports its own lag behind the leader (peer = its id)
+    fm = follower.req("GET", "/metrics").body.decode()
+    pat = r'^raft_replication_lag_seconds\{peer="' + follower.node_id + r'"\} (\S+)$'
+    m = re.search(pat, fm, re.M)
+    assert m and 0 <= float(m.group(1)) < 30, fm
+    health = follower.req("GET", "/api/v1/cluster/health").json()
+    me = next(x for x in health["nodes"] if x["id"] == follower.node_id)
+    assert me["lag_seconds"] is not None and me["lag_seconds"] >= 0
 
 
 def test_leader_sigkill_failover_and_rejoin(cluster):

@@ -475,9 +475,9 @@ class RaftCore:
             AppendEntries: self._on_append,
             AppendResponse: self._on_append_response,
             TimeoutNow: self._on_timeout_now,
-            ForwardPropose: self._on_forward_propose,
-            ForwardReadIndex: self._on_forward_read,
-            ForwardRequest: self._on_forward_request,
+            ForwardPropose: self._voters_only(self._on_forward_propose),
+            ForwardReadIndex: self._voters_only(self._on_forward_read),
+            ForwardRequest: self._voters_only(self._on_forward_request),
             ForwardResponse: self._on_forward_response,
             JoinRequest: self._on_join_request,
             JoinResponse: self._on_join_response,
@@ -487,6 +487,18 @@ class RaftCore:
             InstallSnapshot: self._on_install_snapshot,
             InstallSnapshotResponse: self._on_install_snapshot_response,
         }
+
+    def _voters_only(self, handler: Any) -> Any:
+        """Wrap a forward handler: only a voter of the current configuration may forward
+        a request (a proposal, a read, a membership or transfer request). Anything else (a
+        stranger on an unkeyed peer port, a removed node, a learner not yet promoted) is
+        dropped and counted as `forward_from_non_voter`, before it can change anything."""
+        def guarded(m: Msg) -> None:
+            if m.src not in self._voters:  # type: ignore[attr-defined]
+                self._drop("forward_from_non_voter")
+                return
+            handler(m)
+        return guarded
 
     # ================================================================== public API
     def startup(self) -> list[Msg]:
@@ -1457,6 +1469,13 @@ class RaftCore:
             return
         if self._state is _State.LEADER and not (self._transferee and r.kind == "propose"):
             self._serve_local(r)
+            return
+        m = self._membership
+        if m is not None and self.id in m.learners:
+            # the leader drops forwards from non-voters: say so now instead of a timeout
+            self._reply(r.rid, False, 503, "this node is a learner (still "
+                        "catching up, not yet a voter) and does not take requests; send "
+                        "them to another member")
             return
         lid = self._leader_id
         if lid and lid != self.id:

@@ -9,7 +9,8 @@ import cbor2
 import pytest
 import zmq
 
-from prisn.messages import AppendEntries, Propose, VoteRequest
+from prisn.fsm.commands import encode_entry
+from prisn.messages import AppendEntries, ForwardPropose, ForwardRequest, Propose, VoteRequest
 from tests.integration.test_cluster import _leader_of, _quick_start
 from tests.procs import wait_for
 from transport.codec import encode
@@ -80,3 +81,34 @@ def _dropped(metrics: str) -> float:
     """Sum of prisn_peer_messages_dropped_total over its reasons."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                if line.startswith("prisn_peer_messages_dropped_total{"))
+
+
+def test_a_forward_from_a_non_member_is_dropped(cluster):
+    """Issue 17 item 2: on an unkeyed peer port, a well-formed `raft.forward` of the right
+    cluster and term from a node that is not a voter is dropped and counted; the leader
+    appends nothing (its commit index does not move) and the cluster still takes writes."""
+    leader = _leader_of(cluster)
+    st = leader.status()
+    data = encode_entry("intruder", 1, {"v": 1, "op": "delete", "key": "k", "ts": 0,
+                                        "ns": "default", "name": "victim"})
+    frames = [encode(ForwardPropose(src="intruder", dst=leader.node_id,
+                                    cluster=st["cluster_id"], term=st["term"], rid=7,
+                                    data=data)),
+              encode(ForwardRequest(src="intruder", dst=leader.node_id,
+                                    cluster=st["cluster_id"], term=st["term"], rid=8,
+                                    op="transfer", node_id="intruder", addr=""))]
+    _blast(leader.raft_addr, frames)
+    wait_for(lambda: _reason(leader, "forward_from_non_voter") >= 2, 10,
+             "the leader counts the refused forwards")
+    after = leader.status()
+    assert after["commit_index"] == st["commit_index"] and after["term"] == st["term"]
+    assert after["leader"] == leader.node_id
+    r = leader.req("POST", "/api/v1/deployments", {"name": "after-forward", "source": "x"})
+    assert r.status == 201, r.body
+
+
+def _reason(node, reason: str) -> float:
+    text = node.req("GET", "/metrics").body.decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("prisn_peer_messages_dropped_total{")
+               and f'reason="{reason}"' in line)

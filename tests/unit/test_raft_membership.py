@@ -10,6 +10,7 @@ from prisn.messages import (
     AddNode,
     AppendEntries,
     EntryKind,
+    ForwardPropose,
     ForwardReadIndex,
     ForwardRequest,
     JoinRequest,
@@ -17,6 +18,7 @@ from prisn.messages import (
     Propose,
     ReadIndex,
     RemoveNode,
+    Reply,
     Role,
     StoreAppend,
     TimeoutNow,
@@ -376,3 +378,33 @@ def test_new_member_is_joining_for_one_election_timeout():
     c.tick("a", OPTS.election_ticks)  # d never answers (nothing is delivered)
     p = c.nodes["a"].core.status().progress["d"]
     assert not p.joining and not p.recent_active
+
+
+def test_only_voters_may_forward_and_a_learner_refuses_requests_at_once():
+    """Issue 17 item 2: the leader drops forwards from a stranger and from a learner (counted
+    as forward_from_non_voter, nothing appended); a learner answers its own API's requests
+    with a 503 at once instead of forwarding them into a drop."""
+    c = three()
+    c.add("d", mode="empty")
+    c.step("a", [AddNode(rid=1, node_id="d", addr="addr-d")])
+    a = c.nodes["a"].core
+    last = a.status().last_index
+    cid = a.status().cluster_id
+    for src in ("stranger", "d"):
+        c.step("a", [ForwardPropose(src=src, dst="a", cluster=cid, term=a.term, rid=5,
+                                    data=b"x"),
+                     ForwardRequest(src=src, dst="a", cluster=cid, term=a.term, rid=6,
+                                    op="transfer", node_id=src, addr="")])
+    assert a.status().last_index == last
+    assert a.status().drops.get("forward_from_non_voter") == 4
+    mem = Membership(cluster="c1", voters={"a": "addr-a"}, learners={"d": "addr-d"})
+    learner = RaftCore("d", "addr-d", OPTS, random.Random(1),
+                       BootState(term=2, commit=1,
+                                 entries=[[1, 1, int(EntryKind.CONFIG), encode_config(mem)]]))
+    learner.startup()
+    learner.step([AppendEntries(src="a", dst="d", cluster="c1", term=2, prev_index=1,
+                                prev_term=1, entries=[], commit=1)])
+    assert learner.status().leader_id == "a"
+    out = learner.step([Propose(src="api", dst="raft", rid=77, data=b"w")])
+    assert not [m for m in out if isinstance(m, ForwardPropose)]
+    assert [(r.rid, r.ok, r.code) for r in out if isinstance(r, Reply)] == [(77, False, 503)]

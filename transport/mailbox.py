@@ -121,6 +121,21 @@ def tcp_endpoint(addr: str, *, bind: bool) -> str:
     return f"tcp://{host}:{port}"
 
 
+# ZMTP heartbeats on every peer connection, both ends: a PING every HEARTBEAT_IVL_MS, and a
+# connection that carried nothing (no message, no PONG) for HEARTBEAT_TIMEOUT_MS is closed
+# and re-dialled. Without them a link whose packets were dropped for a few seconds stays in
+# TCP retransmission backoff after it heals (one drop of 7 s kept a follower out ~100 s).
+HEARTBEAT_IVL_MS = 500
+HEARTBEAT_TIMEOUT_MS = 2000
+CONNECT_TIMEOUT_MS = 1000
+
+
+def _heartbeats(sock: zmq.Socket) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)  # the remote's timeout for us
+
+
 def bind_peer_inbox(ctx: zmq.Context, addr: str, curve: CurveKeys | None = None) -> zmq.Socket:
     """The PULL socket on --raft-addr that every peer's replicator pushes to.
 
@@ -131,6 +146,7 @@ def bind_peer_inbox(ctx: zmq.Context, addr: str, curve: CurveKeys | None = None)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 10_000)
     sock.setsockopt(zmq.MAXMSGSIZE, PEER_MAX_MSG_BYTES)
+    _heartbeats(sock)
     if curve is not None:
         curve.apply_server(sock)
     if endpoint.startswith("tcp://["):
@@ -159,6 +175,10 @@ def connect_peer(ctx: zmq.Context, addr: str, curve: CurveKeys | None = None) ->
     sock.setsockopt(zmq.RECONNECT_IVL, 50)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    _heartbeats(sock)
+    # a connect whose SYNs are dropped is abandoned after 1 s and retried (at most every
+    # RECONNECT_IVL_MAX), instead of waiting out the kernel's SYN backoff
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
     if endpoint.startswith("tcp://["):
         sock.setsockopt(zmq.IPV6, 1)
     try:

@@ -314,6 +314,11 @@ class BaseHandler(RequestHandler):
                                   "without X-Prisn-Consistency: strong (possibly stale)") from None
             except TimeoutError:
                 raise Unavailable("strong read unavailable: read barrier timed out") from None
+            if self.ctx.auth.enabled:
+                # the credential was checked against local state older than the barrier:
+                # check it again now that this node has applied everything committed before
+                # the read (a token revoked before the request was sent is refused)
+                self.authenticate()
         elif level not in _WEAK_READS:
             raise BadRequest("X-Prisn-Consistency must be 'strong' or 'default'")
 

@@ -23,6 +23,7 @@ from prisn.config import (
     parse_addr,
     parse_duration,
     parse_peers,
+    parse_size,
 )
 
 
@@ -83,6 +84,12 @@ def cli() -> None:
       help="Burst size of the per-address token bucket.")
 @_opt("max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
       help="Open HTTP connections per node; more are refused.")
+@_opt("max-spec-bytes", default="1MiB", show_default=True,
+      help="Largest deployment spec (its strings); larger writes are refused with 413.")
+@_opt("namespace-max-deployments", default=100_000, show_default=True,
+      type=click.IntRange(min=1), help="Deployments per namespace; a create past it is a 507.")
+@_opt("namespace-max-bytes", default="256MiB", show_default=True,
+      help="Stored bytes of all deployments of one namespace; a write past it is a 507.")
 def server(**kw: object) -> None:
     """Run a prisn server node."""
     try:
@@ -173,6 +180,12 @@ def _security(kw: dict) -> dict:
     out["rate_limit"] = rate
     out["rate_burst"] = int(kw.get("rate_burst", 2000))  # type: ignore[call-overload]
     out["max_connections"] = int(kw.get("max_connections", 1024))  # type: ignore[call-overload]
+    out["max_spec_bytes"] = parse_size(str(kw.get("max_spec_bytes") or "1MiB"),
+                                       "--max-spec-bytes")
+    out["namespace_max_deployments"] = int(
+        kw.get("namespace_max_deployments", 100_000))  # type: ignore[call-overload]
+    out["namespace_max_bytes"] = parse_size(str(kw.get("namespace_max_bytes") or "256MiB"),
+                                            "--namespace-max-bytes")
     return out
 
 

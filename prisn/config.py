@@ -53,6 +53,10 @@ class ServerConfig:
     max_header_bytes: int = 16384  # request line + headers
     idle_timeout: float = 60.0  # an idle keep-alive connection is closed after this
     body_timeout: float = 10.0  # a request body must arrive within this (slow clients)
+    # Stored-state bounds (issue 17 item 4; actors.api.quotas): 413 / 507 past them.
+    max_spec_bytes: int = 1 << 20  # one deployment's spec
+    namespace_max_deployments: int = 100_000
+    namespace_max_bytes: int = 256 << 20  # all deployments of one namespace
     extra: dict = field(default_factory=dict)
 
     @property
@@ -91,6 +95,22 @@ def parse_peers(value: str | None) -> tuple[str, ...]:
     for p in peers:
         parse_addr(p, "--peers")
     return peers
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+               "g": 1 << 30, "gib": 1 << 30}
+
+
+def parse_size(value: str, what: str) -> int:
+    """A positive byte count: ``4096``, ``256KiB``, ``8MiB``, ``1GiB`` (binary units; K, M
+    and G mean the same)."""
+    text = value.strip()
+    digits = text.rstrip("bBkKiImMgG")
+    unit = text[len(digits):].strip().lower()
+    if not digits.strip().isdigit() or unit not in _SIZE_UNITS or int(digits) <= 0:
+        raise ConfigError(f"{what} must be a positive size such as 65536, 256KiB or 8MiB, "
+                          f"not {value!r}")
+    return int(digits) * _SIZE_UNITS[unit]
 
 
 def parse_duration(value: str | float, what: str) -> float:

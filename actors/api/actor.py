@@ -21,6 +21,7 @@ from actors.api.app import make_app
 from actors.api.auth import Authenticator
 from actors.api.bridge import RaftNodeClient
 from actors.api.limits import HandshakeLogFilter, LimitedHTTPServer, RateLimiter
+from actors.api.quotas import Quotas
 from actors.base import Actor
 from actors.metrics import HttpLimitsCollector, NodeMetrics
 from prisn.config import ConfigError, ServerConfig
@@ -128,6 +129,8 @@ class ApiActor(Actor):
         app = make_app(self.client, metrics=self.metrics, write_timeout=self.write_timeout,
                        max_body=self.max_body, auth=auth)
         cfg = self.config if self.config is not None else ServerConfig(node_id="", data_dir="")
+        app.ctx.quotas = Quotas(cfg.max_spec_bytes, cfg.namespace_max_deployments,
+                                cfg.namespace_max_bytes)
         if 0 < cfg.rate_limit < math.inf:  # 0 (and inf) = unlimited: no limiter at all
             app.ctx.limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst)
         tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None

@@ -59,6 +59,7 @@ from actors.api.fastpath import Dispatch
 from actors.api.fastread import ReadBarriers
 from actors.api.limits import RateLimiter
 from actors.api.node import NodeClient, NodeStatus
+from actors.api.quotas import Quotas
 from actors.metrics import NodeMetrics
 from prisn.fsm.commands import OPS, CommandFactory
 from prisn.fsm.deployments import Result, error_body
@@ -96,6 +97,7 @@ class ApiContext:
     auth: Authenticator = field(default_factory=Authenticator)  # off unless an API key is set
     tokens: TokenFactory = field(default_factory=TokenFactory)
     barriers: ReadBarriers = field(default_factory=ReadBarriers)  # shared strong reads
+    quotas: Quotas = field(default_factory=Quotas)  # per-spec and per-namespace bounds
 
 
 class PrisnApplication(Application):
@@ -364,6 +366,7 @@ async def propose_command(ctx: ApiContext, command: dict[str, Any]) -> Result:
     path (`actors.api.fastpath`)."""
     if ctx.inflight >= ctx.max_inflight:
         raise Unavailable(f"too many writes in flight ({ctx.max_inflight}); retry shortly")
+    ctx.quotas.check(ctx.node.store, command)  # 413 / 507 before anything is proposed
     ctx.inflight += 1
     try:
         return await ctx.node.propose(command, ctx.write_timeout)

@@ -70,6 +70,10 @@ SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer writt
 # second copy of the deployment (half the snapshot, half the restore, shared in memory).
 SNAPSHOT_FORMAT_REFS = 3
 DEFAULT_DEDUP_CAPACITY = 100_000
+# The dedup table is bounded by the size of the answers it remembers too (`entry_size`):
+# without it, deleting large deployments freed nothing while their create answers stayed.
+# A constant, not a flag: every node must evict the same keys (deterministic replay answers).
+DEFAULT_DEDUP_MAX_BYTES = 64 << 20
 MAX_ID = 64
 MAX_TS = 64
 FINGERPRINT_LEN = 16  # bytes of a dedup fingerprint (`_fingerprint`; b"" for garbage)
@@ -103,6 +107,31 @@ _DEFAULTS: dict[str, Any] = {"runtime": None, "args": [], "env": {}, "port": 0,
 def error_body(status: int, message: str) -> dict[str, str]:
     """The API error shape: ``{"error": <HTTP reason phrase>, "message": ...}``."""
     return {"error": HTTPStatus(status).phrase, "message": message}
+
+
+def deployment_size(dep: dict[str, Any]) -> int:
+    """The size a deployment (or a spec) is accounted at, in characters of its strings plus
+    a fixed overhead per item: deterministic (every node computes the same from the same
+    state) and cheap (no encoding). Used for namespace quotas and the dedup bound."""
+    n = 64
+    for f in ("id", "name", "namespace", "type", "runtime", "source", "schedule",
+              "created_at", "updated_at"):
+        v = dep.get(f)
+        if isinstance(v, str):
+            n += len(v)
+    args = dep.get("args")
+    if isinstance(args, list):
+        n += sum(len(a) + 8 for a in args if isinstance(a, str))
+    env = dep.get("env")
+    if isinstance(env, dict):
+        n += sum(len(k) + len(v) + 16 for k, v in env.items()
+                 if isinstance(k, str) and isinstance(v, str))
+    return n
+
+
+def _entry_size(body: dict[str, Any]) -> int:
+    """What one remembered dedup answer is accounted at: a deployment's size, else small."""
+    return deployment_size(body) if "source" in body else 128
 
 
 def _err(status: int, message: str) -> Result:
@@ -212,11 +241,16 @@ def _remove_sorted(lst: SortedList, key: tuple[str, str]) -> None:
 class DeploymentStore:
     """Deployments keyed by (namespace, name), with a global id index and dedup table."""
 
-    def __init__(self, *, dedup_capacity: int = DEFAULT_DEDUP_CAPACITY) -> None:
-        if dedup_capacity < 1:
-            raise ValueError("dedup_capacity must be positive")
+    def __init__(self, *, dedup_capacity: int = DEFAULT_DEDUP_CAPACITY,
+                 dedup_max_bytes: int = DEFAULT_DEDUP_MAX_BYTES) -> None:
+        if dedup_capacity < 1 or dedup_max_bytes < 1:
+            raise ValueError("dedup_capacity and dedup_max_bytes must be positive")
         self._lock = threading.Lock()
         self._capacity = dedup_capacity
+        self._max_bytes = dedup_max_bytes
+        self._dedup_bytes = 0  # sum of `_entry_size` over the dedup table
+        # namespace -> [deployments, bytes (deployment_size)]: derived, never in snapshots
+        self._usage: dict[str, list[int]] = {}
         # (name, namespace) -> deployment; the key tuple is shared with `_ids` and `_index`
         self._deps: dict[tuple[str, str], Deployment] = {}
         self._ids: dict[str, tuple[str, str]] = {}
@@ -283,9 +317,18 @@ class DeploymentStore:
             result = _err(500, f"internal error applying command: {type(exc).__name__}")
         self._dedup[key] = (fp, result[0], result[1])
         self._dedup_order.append(key)
-        while len(self._dedup_order) > self._capacity:
-            del self._dedup[self._dedup_order.popleft()]
+        self._dedup_bytes += _entry_size(result[1])
+        self._trim_dedup()
         return result
+
+    def _trim_dedup(self) -> None:
+        """Evict the oldest keys while over the count or the byte bound (the newest stays).
+        The table is then the longest suffix of applied keys within both bounds, so a store
+        restored from a snapshot and trimmed holds the same keys as one that applied."""
+        order, dedup = self._dedup_order, self._dedup
+        while len(order) > self._capacity or (self._dedup_bytes > self._max_bytes
+                                              and len(order) > 1):
+            self._dedup_bytes -= _entry_size(dedup.pop(order.popleft())[2])
 
     def _execute(self, cmd: dict[str, Any]) -> Result:
         """Run one command. Every check happens before the single mutation at the end."""
@@ -350,15 +393,19 @@ class DeploymentStore:
         self._deps[key] = dep
         self._ids[dep["id"]] = key
         self._index.add(key, dep["type"])
+        _account(self._usage, dep, 1)
 
     def _remove(self, dep: dict[str, Any]) -> None:
         key = self._ids.pop(dep["id"])
         del self._deps[key]
         self._index.remove(key, dep["type"])
+        _account(self._usage, dep, -1)
 
     def _replace(self, old: dict[str, Any], new: dict[str, Any]) -> None:
         key = self._ids[new["id"]]
         self._deps[key] = new
+        _account(self._usage, old, -1)
+        _account(self._usage, new, 1)
         if old["type"] != new["type"]:
             self._index.remove(key, old["type"])
             self._index.add(key, new["type"])
@@ -401,6 +448,17 @@ class DeploymentStore:
     def count(self) -> int:
         """Number of deployments."""
         return len(self._deps)
+
+    def usage(self, namespace: str) -> tuple[int, int]:
+        """(deployments, accounted bytes) in `namespace` (quotas; any thread)."""
+        with self._lock:
+            u = self._usage.get(namespace)
+            return (u[0], u[1]) if u else (0, 0)
+
+    def dedup_usage(self) -> tuple[int, int]:
+        """(remembered keys, accounted bytes) of the dedup table."""
+        with self._lock:
+            return len(self._dedup_order), self._dedup_bytes
 
     def token(self, token_id: str) -> Token | None:
         """The token record with this id, or None (immutable; one dict lookup)."""
@@ -488,10 +546,17 @@ class DeploymentStore:
             if collect:
                 gc.enable()
 
+        usage: dict[str, list[int]] = {}
+        for dep in state[0].values():
+            _account(usage, dep, 1)
+        dedup_bytes = sum(_entry_size(e[2]) for e in state[3].values())
+
         def install() -> None:
             with self._lock:
                 (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
                  self._applied, self._tokens) = state
+                self._usage, self._dedup_bytes = usage, dedup_bytes
+                self._trim_dedup()  # a snapshot of an older version may hold more
 
         return install
 
@@ -514,6 +579,16 @@ _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "de
              SNAPSHOT_FORMAT_TOKENS: frozenset({"format", "applied", "deployments", "dedup",
                                                 "tokens"})}
 _ROW_KEYS = frozenset(FIELDS)
+
+
+def _account(usage: dict[str, list[int]], dep: dict[str, Any], sign: int) -> None:
+    u = usage.get(dep["namespace"])
+    if u is None:
+        u = usage[dep["namespace"]] = [0, 0]
+    u[0] += sign
+    u[1] += sign * deployment_size(dep)
+    if u[0] == 0:
+        del usage[dep["namespace"]]
 
 
 def _body_ref(body: dict[str, Any], current: dict[tuple[str, str], Deployment]) -> Any:

@@ -83,6 +83,9 @@ def cli() -> None:
       help="Burst size of the per-address token bucket.")
 @_opt("max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
       help="Open HTTP connections per node; more are refused.")
+@_opt("max-inflight", default=10000, show_default=True, type=click.IntRange(min=1),
+      help="Writes (and strong reads, elections, removals) waiting for raft per node; more "
+      "are refused with 503 and /ready reports the node not ready.")
 def server(**kw: object) -> None:
     """Run a prisn server node."""
     try:
@@ -173,6 +176,7 @@ def _security(kw: dict) -> dict:
     out["rate_limit"] = rate
     out["rate_burst"] = int(kw.get("rate_burst", 2000))  # type: ignore[call-overload]
     out["max_connections"] = int(kw.get("max_connections", 1024))  # type: ignore[call-overload]
+    out["max_inflight"] = int(kw.get("max_inflight", 10000))  # type: ignore[call-overload]
     return out
 
 

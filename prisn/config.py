@@ -50,6 +50,7 @@ class ServerConfig:
     rate_limit: float = 1000.0  # requests/s per client address (token bucket); 0 = unlimited
     rate_burst: int = 2000  # bucket size per client address
     max_connections: int = 1024  # open HTTP connections per node; more are closed at accept
+    max_inflight: int = 10_000  # requests waiting for raft per node; more are a 503 at once
     max_header_bytes: int = 16384  # request line + headers
     idle_timeout: float = 60.0  # an idle keep-alive connection is closed after this
     body_timeout: float = 10.0  # a request body must arrive within this (slow clients)

@@ -49,6 +49,7 @@ from actors.api.auth import (
     READ,
     WRITE,
     Authenticator,
+    AuthFailureLog,
     Forbidden,
     Principal,
     Unauthorized,
@@ -95,6 +96,7 @@ class ApiContext:
     limiter: RateLimiter | None = None  # per-address request rate (None: unlimited)
     request_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     auth: Authenticator = field(default_factory=Authenticator)  # off unless an API key is set
+    auth_log: AuthFailureLog = field(default_factory=AuthFailureLog)  # details of "invalid"
     tokens: TokenFactory = field(default_factory=TokenFactory)
     barriers: ReadBarriers = field(default_factory=ReadBarriers)  # shared strong reads
 
@@ -244,6 +246,8 @@ class BaseHandler(RequestHandler):
             self.set_header("Retry-After", "1")
         if isinstance(exc, Unauthorized | Forbidden):
             self.ctx.metrics.auth_failed(exc.auth_reason)
+            if isinstance(exc, Unauthorized):
+                self.ctx.auth_log.note(exc, self.request.remote_ip or "")
             if isinstance(exc, Unauthorized):
                 self.set_header("WWW-Authenticate", exc.challenge)
         if self._request_id:  # send_error() cleared the headers set in prepare()

@@ -124,7 +124,8 @@ def default_data_dir() -> str:
     """`/var/lib/prisn` where it exists or can be made and is writable, else a per-user dir."""
     system = Path(SYSTEM_DATA_DIR)
     try:
-        system.mkdir(parents=True, exist_ok=True)
+        # runs before `prisn server` sets its umask 077: ask for 0700 here too
+        system.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.access(system, os.W_OK):
             return str(system)
     except OSError:

@@ -123,7 +123,8 @@ def _fingerprint(cmd: dict[str, Any]) -> bytes:
     fresh ones. For a token revoke or delete the `id` is not chosen but the target, so it
     counts (as `target`): the same key on another token is a 422, not the first answer."""
     core = {k: v for k, v in cmd.items() if k not in ("key", "ts", "id", "hash")}
-    if cmd.get("op") in _TARGET_ID_OPS:
+    op = cmd.get("op")
+    if isinstance(op, str) and op in _TARGET_ID_OPS:  # op may be any garbage (a dict)
         core["target"] = cmd.get("id")
     try:
         return hashlib.sha256(cbor2.dumps(core, canonical=True)).digest()[:FINGERPRINT_LEN]

@@ -83,7 +83,7 @@ def cli() -> None:
       help="Burst size of the per-address token bucket.")
 @_opt("max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
       help="Open HTTP connections per node; more are refused.")
-@_opt("max-inflight", default=10000, show_default=True, type=click.IntRange(min=1),
+@_opt("max-inflight", default=10000, show_default=True, type=click.IntRange(1, 1_000_000),
       help="Writes (and strong reads, elections, removals) waiting for raft per node; more "
       "are refused with 503 and /ready reports the node not ready.")
 def server(**kw: object) -> None:

@@ -140,7 +140,7 @@ class NodeMetrics:
 
     def auth_failed(self, reason: str) -> None:
         """Count one refused request; `reason` is one of a small fixed set (missing,
-        malformed, unknown, invalid, revoked, expired, forbidden)."""
+        malformed, invalid, revoked, expired, forbidden: `actors.api.auth.REASONS`)."""
         child = self._auth_children.get(reason)
         if child is None:
             child = self._auth_children[reason] = self._auth_failures.labels(reason)
@@ -262,6 +262,31 @@ class PeerAuthCollector(Collector):
         for reason, n in sorted(counts.items()):
             fam.add_metric([reason], n)
         yield fam
+
+
+class InflightCollector(Collector):
+    """Scrape-time gauges of the API's in-flight bounds, read on the API thread: `counts()`
+    returns (writes in flight, requests waiting for raft, --max-inflight). Plain ints kept by
+    the API thread; after any burst both counts return to 0 (nothing leaks, issue 17)."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            writes, waiting, limit = self._counts()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        yield GaugeMetricFamily("prisn_api_writes_inflight", "Writes this node's API proposed "
+                                "and has not answered yet (at most --max-inflight).",
+                                value=writes)
+        yield GaugeMetricFamily("prisn_api_raft_requests_inflight", "Requests of this node's "
+                                "API waiting for raft or the state machine: writes, strong "
+                                "reads, elections, removals (at most --max-inflight).",
+                                value=waiting)
+        yield GaugeMetricFamily("prisn_api_max_inflight", "The --max-inflight bound of both "
+                                "in-flight gauges; at it, writes get 503 and /ready says not "
+                                "ready.", value=limit)
 
 
 class HttpLimitsCollector(Collector):

@@ -90,6 +90,9 @@ def cli() -> None:
       type=click.IntRange(min=1), help="Deployments per namespace; a create past it is a 507.")
 @_opt("namespace-max-bytes", default="256MiB", show_default=True,
       help="Stored bytes of all deployments of one namespace; a write past it is a 507.")
+@_opt("max-inflight", default=10000, show_default=True, type=click.IntRange(1, 1_000_000),
+      help="Writes (and strong reads, elections, removals) waiting for raft per node; more "
+      "are refused with 503 and /ready reports the node not ready.")
 def server(**kw: object) -> None:
     """Run a prisn server node."""
     try:
@@ -186,6 +189,7 @@ def _security(kw: dict) -> dict:
         kw.get("namespace_max_deployments", 100_000))  # type: ignore[call-overload]
     out["namespace_max_bytes"] = parse_size(str(kw.get("namespace_max_bytes") or "256MiB"),
                                             "--namespace-max-bytes")
+    out["max_inflight"] = int(kw.get("max_inflight", 10000))  # type: ignore[call-overload]
     return out
 
 

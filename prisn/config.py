@@ -50,6 +50,7 @@ class ServerConfig:
     rate_limit: float = 1000.0  # requests/s per client address (token bucket); 0 = unlimited
     rate_burst: int = 2000  # bucket size per client address
     max_connections: int = 1024  # open HTTP connections per node; more are closed at accept
+    max_inflight: int = 10_000  # requests waiting for raft per node; more are a 503 at once
     max_header_bytes: int = 16384  # request line + headers
     idle_timeout: float = 60.0  # an idle keep-alive connection is closed after this
     body_timeout: float = 10.0  # a request body must arrive within this (slow clients)
@@ -143,7 +144,8 @@ def default_data_dir() -> str:
     """`/var/lib/prisn` where it exists or can be made and is writable, else a per-user dir."""
     system = Path(SYSTEM_DATA_DIR)
     try:
-        system.mkdir(parents=True, exist_ok=True)
+        # runs before `prisn server` sets its umask 077: ask for 0700 here too
+        system.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.access(system, os.W_OK):
             return str(system)
     except OSError:

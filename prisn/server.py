@@ -262,7 +262,8 @@ class Node:
             return RaftNodeClient(self.ctx, cfg.node_id, store, raft_status=raft_status,
                                   raft_stats=raft_stats, boot_commit=boot_commit,
                                   started_at=started_at, metrics=metrics,
-                                  tick_seconds=cfg.tick_interval)
+                                  tick_seconds=cfg.tick_interval,
+                                  max_inflight=cfg.max_inflight)
 
         self.api = ApiActor(self.ctx, cfg.node_id, bind=cfg.bind, client_factory=client_factory,
                             metrics=metrics, write_timeout=cfg.write_timeout,

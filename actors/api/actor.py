@@ -23,7 +23,7 @@ from actors.api.bridge import RaftNodeClient
 from actors.api.limits import HandshakeLogFilter, LimitedHTTPServer, RateLimiter
 from actors.api.quotas import Quotas
 from actors.base import Actor
-from actors.metrics import HttpLimitsCollector, NodeMetrics
+from actors.metrics import HttpLimitsCollector, InflightCollector, NodeMetrics
 from prisn.config import ConfigError, ServerConfig
 
 log = logging.getLogger("prisn.api")
@@ -126,9 +126,12 @@ class ApiActor(Actor):
             if not auth.enabled:
                 log.warning("no --api-key: the HTTP API is open to anyone who can reach it "
                             "(set --api-key / PRISN_API_KEY, the same on every node)")
-        app = make_app(self.client, metrics=self.metrics, write_timeout=self.write_timeout,
-                       max_body=self.max_body, auth=auth)
         cfg = self.config if self.config is not None else ServerConfig(node_id="", data_dir="")
+        app = make_app(self.client, metrics=self.metrics, write_timeout=self.write_timeout,
+                       max_body=self.max_body, auth=auth, max_inflight=cfg.max_inflight)
+        client, api_ctx = self.client, app.ctx
+        self.metrics.registry.register(InflightCollector(
+            lambda: (api_ctx.inflight, client.inflight, api_ctx.max_inflight)))
         app.ctx.quotas = Quotas(cfg.max_spec_bytes, cfg.namespace_max_deployments,
                                 cfg.namespace_max_bytes)
         if 0 < cfg.rate_limit < math.inf:  # 0 (and inf) = unlimited: no limiter at all

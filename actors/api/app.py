@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -48,6 +49,7 @@ from actors.api.auth import (
     READ,
     WRITE,
     Authenticator,
+    AuthFailureLog,
     Forbidden,
     Principal,
     Unauthorized,
@@ -64,7 +66,7 @@ from actors.metrics import NodeMetrics
 from prisn.fsm.commands import OPS, CommandFactory
 from prisn.fsm.deployments import Result, error_body
 from prisn.fsm.tokens import TokenFactory
-from prisn.fsm.validation import TYPES, ValidationError, validate_name
+from prisn.fsm.validation import TYPES, ValidationError, check_text, validate_name
 
 log = logging.getLogger("prisn.api")
 
@@ -95,6 +97,7 @@ class ApiContext:
     limiter: RateLimiter | None = None  # per-address request rate (None: unlimited)
     request_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     auth: Authenticator = field(default_factory=Authenticator)  # off unless an API key is set
+    auth_log: AuthFailureLog = field(default_factory=AuthFailureLog)  # details of "invalid"
     tokens: TokenFactory = field(default_factory=TokenFactory)
     barriers: ReadBarriers = field(default_factory=ReadBarriers)  # shared strong reads
     quotas: Quotas = field(default_factory=Quotas)  # per-spec and per-namespace bounds
@@ -138,6 +141,7 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # \uD800-\uDFFF
 # One decoder for every request: `json.loads` with a keyword builds a new JSONDecoder per call.
 _JSON = json.JSONDecoder(parse_constant=_no_constants)
 
@@ -245,6 +249,8 @@ class BaseHandler(RequestHandler):
         if isinstance(exc, Unauthorized | Forbidden):
             self.ctx.metrics.auth_failed(exc.auth_reason)
             if isinstance(exc, Unauthorized):
+                self.ctx.auth_log.note(exc, self.request.remote_ip or "")
+            if isinstance(exc, Unauthorized):
                 self.set_header("WWW-Authenticate", exc.challenge)
         if self._request_id:  # send_error() cleared the headers set in prepare()
             self.set_header("X-Request-Id", self._request_id)
@@ -349,13 +355,23 @@ class BaseHandler(RequestHandler):
 
 
 def parse_json(raw: bytes) -> Any:
-    """A request body as JSON; BadRequest if empty or malformed (any thread)."""
+    """A request body as JSON; BadRequest if empty, malformed, or if any string in it (key or
+    value, at any depth) is not valid Unicode text (a lone surrogate escape such as
+    ``"\\ud800"`` is valid JSON but cannot be stored: 400 naming the field). Any thread."""
     if not raw.strip():
         raise BadRequest("request body must be a JSON object")
     try:
-        return _JSON.decode(raw.decode("utf-8"))
+        value = _JSON.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    # raw UTF-8 cannot carry a surrogate (the decode above refuses one): only an escape can,
+    # so the walk runs only for bodies that hold one (a cheap scan; false positives are fine)
+    if _SURROGATE_ESCAPE.search(raw) is not None:
+        try:
+            check_text(value)
+        except ValidationError as exc:
+            raise BadRequest(exc.message) from None
+    return value
 
 
 async def propose_command(ctx: ApiContext, command: dict[str, Any]) -> Result:
@@ -495,21 +511,39 @@ class HealthHandler(BaseHandler):
                              "uptime_seconds": round(st.uptime_seconds, 3)})
 
 
+def saturated(ctx: ApiContext) -> str | None:
+    """Why this node cannot take one more write right now (its in-flight bounds are full:
+    every write would be a 503), else None. API thread."""
+    if ctx.inflight >= ctx.max_inflight:
+        return (f"{ctx.inflight} writes in flight, at the limit of {ctx.max_inflight}: new "
+                "writes are refused until some finish")
+    node = ctx.node
+    waiting, cap = getattr(node, "inflight", 0), getattr(node, "max_inflight", None)
+    if cap is not None and waiting >= cap:
+        return (f"{waiting} requests waiting for raft, at the limit of {cap}: new writes and "
+                "strong reads are refused until some finish")
+    return None
+
+
 class ReadyHandler(BaseHandler):
-    """Readiness: 200 when the node can serve, else 503 (with the error shape)."""
+    """Readiness: 200 when the node can serve, else 503 (with the error shape): no leader,
+    still catching up, or unable to take a write (its in-flight bounds are full)."""
 
     ROUTE = "/ready"
     AUTH = {"GET": OPEN}
 
     def get(self) -> None:
         st = self.ctx.node.status()
-        body: dict[str, Any] = {"ready": st.ready, "node_id": st.node_id, "state": st.state,
+        full = saturated(self.ctx) if st.ready else None
+        ready = st.ready and full is None
+        body: dict[str, Any] = {"ready": ready, "node_id": st.node_id, "state": st.state,
                                 "leader": st.leader_id, "applied_index": st.applied_index,
                                 "commit_index": st.commit_index}
-        if st.ready:
+        if ready:
             self.send_json(200, body)
             return
-        why = "no known leader" if st.leader_id is None else "still catching up with the log"
+        why = full or ("no known leader" if st.leader_id is None
+                       else "still catching up with the log")
         self.set_header("Retry-After", "1")
         self.send_json(503, {**error_body(503, f"node not ready: {why}"), **body})
 

@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from actors.api.errors import ApiError
 from prisn.fsm.tokens import ALL_NAMESPACES, Token, parse_secret, secret_hash
+
+log = logging.getLogger("prisn.api")
 
 # Permissions a route + method may require.
 OPEN = "open"  # no credential, ever
@@ -46,8 +50,13 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({AUTHENTICATED, METRICS, READ}),
 }
 MAX_AUTHORIZATION = 1024  # longer Authorization headers are malformed
-REASONS: tuple[str, ...] = ("missing", "malformed", "unknown", "invalid", "revoked", "expired",
+# Public reasons (the `reason` label of prisn_http_auth_failures_total). "invalid" covers an
+# unknown token id, a wrong secret and a credential that is neither the key nor a token: a
+# scraper must not learn which token ids exist (issue 17). `Unauthorized.detail` keeps the
+# distinction for the node's own log (`AuthFailureLog`).
+REASONS: tuple[str, ...] = ("missing", "malformed", "invalid", "revoked", "expired",
                             "forbidden")
+AUTH_LOG_INTERVAL = 10.0  # seconds between two log lines of one kind of refusal
 CHALLENGE = 'Bearer realm="prisn"'
 
 
@@ -57,9 +66,13 @@ class Unauthorized(ApiError):
 
     status = 401
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, kind: str = "", detail: str = "") -> None:
         super().__init__(message)
         self.auth_reason = reason
+        # for the node's log only, never in an answer or a metric: `kind` one of
+        # "unknown_id", "wrong_secret", "not_a_token"; `detail` a sentence naming the token
+        self.kind = kind
+        self.detail = detail
 
     @property
     def challenge(self) -> str:
@@ -134,12 +147,15 @@ class Authenticator:
             return BOOTSTRAP
         token_id = parse_secret(cred)
         if token_id is None:
-            raise Unauthorized("invalid bearer token", reason="invalid")
+            raise Unauthorized("invalid bearer token", reason="invalid", kind="not_a_token",
+                               detail="a credential that is neither the API key nor a token")
         tok = lookup(token_id)
         if tok is None:
-            raise Unauthorized("invalid bearer token", reason="unknown")
+            raise Unauthorized("invalid bearer token", reason="invalid", kind="unknown_id",
+                               detail=f"unknown token id {token_id}")
         if not hmac.compare_digest(secret_hash(cred).encode("ascii"), tok.hash.encode("ascii")):
-            raise Unauthorized("invalid bearer token", reason="invalid")
+            raise Unauthorized("invalid bearer token", reason="invalid", kind="wrong_secret",
+                               detail=f"wrong secret for token {tok.id} ({tok.name})")
         if tok.revoked_at is not None:
             raise Unauthorized(f"token {tok.id} was revoked at {tok.revoked_at}",
                                reason="revoked")
@@ -147,6 +163,33 @@ class Authenticator:
             raise Unauthorized(f"token {tok.id} expired at {tok.expires_at}", reason="expired")
         namespaces = None if tok.all_namespaces else frozenset(tok.namespaces)
         return Principal("token", tok.name, tok.role, namespaces, tok.id)
+
+
+class AuthFailureLog:
+    """The node's log of "invalid" refusals, with the detail the metric hides (unknown id,
+    wrong secret, neither): at most one WARNING per `interval` seconds per kind, carrying the
+    number not logged since, so guessing cannot flood the log. API thread only."""
+
+    def __init__(self, interval: float = AUTH_LOG_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def note(self, exc: Unauthorized, remote: str) -> None:
+        kind = exc.kind
+        if not kind:
+            return
+        now = self._clock()
+        if now - self._last.get(kind, -math.inf) < self.interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        more = self._suppressed.pop(kind, 0)
+        log.warning("API authentication refused from %s: %s%s", remote or "?", exc.detail,
+                    f" (and {more} more such refusals in the last {self.interval:g}s, not "
+                    "logged)" if more else "")
 
 
 def _credential(header: str | None) -> str:
@@ -184,5 +227,6 @@ def check_namespace(principal: Principal, namespace: str, *, write: bool) -> Non
 
 
 __all__ = ["ADMIN", "ALL_NAMESPACES", "ANONYMOUS", "AUTHENTICATED", "BOOTSTRAP", "CHALLENGE",
+           "AuthFailureLog",
            "METRICS", "OPEN", "OPEN_PRINCIPAL", "READ", "REASONS", "WRITE", "Authenticator",
            "Forbidden", "Principal", "Unauthorized", "check_namespace", "check_permission"]

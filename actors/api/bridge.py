@@ -6,7 +6,9 @@ and the state machine (`Applied`) write to. Requests are correlated by `rid`; ev
 deadline. Invariants:
 - A write resolves only when THIS node's state machine applied the entry carrying our rid, so
   the answer is committed, durable on a quorum and visible to a following local read.
-- Waiters are bounded (`max_inflight`); beyond that a request fails 503 at once.
+- Waiters are bounded (`max_inflight`); beyond that a request fails 503 at once. Every
+  path out of a request (answer, timeout, exception, cancellation) releases its waiter;
+  nothing is registered for a request that cannot be encoded (`BadRequest`).
 - A timed-out write may still commit later (its idempotency key makes a retry harmless); the
   503 message says so.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from actors.api.errors import Conflict, NotFound, Unavailable
+from actors.api.errors import BadRequest, Conflict, NotFound, Unavailable
 from actors.api.node import NodeInfo, NodeStatus
 from prisn.fsm.commands import encode_entry
 from prisn.fsm.deployments import DeploymentStore, Result
@@ -158,14 +160,17 @@ class RaftNodeClient:
         if len(self._waiters) >= self._max_inflight:
             raise Unavailable(f"too many requests in flight on this node ({self._max_inflight})")
         rid = next(self._rids)
+        data = _encoded(lambda: encode(make(rid)))  # before registering: nothing to release
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
         try:
             assert self._to_raft is not None
-            self._to_raft.send(encode(make(rid)), zmq.NOBLOCK)
-        except zmq.Again:
+            self._to_raft.send(data, zmq.NOBLOCK)
+        except BaseException as exc:
             self._waiters.pop(rid, None)
-            raise Unavailable("the raft actor's queue is full; retry") from None
+            if isinstance(exc, zmq.Again):
+                raise Unavailable("the raft actor's queue is full; retry") from None
+            raise
         return rid, fut
 
     async def _await(self, rid: int, fut: asyncio.Future, timeout: float, message: str) -> Any:
@@ -204,7 +209,7 @@ class RaftNodeClient:
         rid = next(self._rids)
         # Encode before registering anything: a command that cannot be encoded (e.g. a lone
         # surrogate) must not leave a waiter behind. Every exit below releases the waiter.
-        entry = encode_entry(self.node_id, rid, command)
+        entry = _encoded(lambda: encode_entry(self.node_id, rid, command))
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
         try:
@@ -257,13 +262,29 @@ class RaftNodeClient:
     async def transfer(self, target: str) -> None:
         rid, fut = self._request(
             lambda rid: TransferLeadership(src="api", dst="raft", rid=rid, target=target))
-        await self._await(rid, fut, 5.0, "leadership transfer was not accepted within 5s")
+        try:
+            await self._await(rid, fut, 5.0, "leadership transfer was not accepted within 5s")
+        finally:
+            self._waiters.pop(rid, None)
 
     async def remove_node(self, node_id: str, timeout: float) -> None:
         rid, fut = self._request(
             lambda rid: RemoveNode(src="api", dst="raft", rid=rid, node_id=node_id))
-        await self._await(rid, fut, timeout,
-                          f"removal of {node_id} was not committed within {timeout:g}s")
+        try:
+            await self._await(rid, fut, timeout,
+                              f"removal of {node_id} was not committed within {timeout:g}s")
+        finally:
+            self._waiters.pop(rid, None)
+
+    @property
+    def inflight(self) -> int:
+        """Requests waiting for raft or the state machine (writes, strong reads, elections,
+        removals): what `max_inflight` bounds."""
+        return len(self._waiters)
+
+    @property
+    def max_inflight(self) -> int:
+        return self._max_inflight
 
     # ------------------------------------------------------------------ status
     def status(self) -> NodeStatus:
@@ -289,6 +310,16 @@ class RaftNodeClient:
             if st.leader_id and self.store.applied_index >= target:
                 self._ready_latched = True
         return self._ready_latched and bool(self._raft_status().leader_id)
+
+
+def _encoded(encode_it: Callable[[], bytes]) -> bytes:
+    """`encode_it()`; a request that cannot be encoded (text with a lone surrogate, which the
+    API's validation should already have refused with a 400 naming the field) is a
+    `BadRequest`, never a 500 and never a waiter left behind."""
+    try:
+        return encode_it()
+    except (UnicodeError, ValueError, TypeError) as exc:
+        raise BadRequest(f"the request cannot be encoded for the log: {exc}") from None
 
 
 def _error_for(code: int, reason: str) -> Exception:

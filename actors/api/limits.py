@@ -38,6 +38,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, SSLIOStream
 
 from actors.api.errors import ApiError, error_body
+from actors.api.framing import strict_chunk_lines
 
 EXEMPT_ROUTES = frozenset({"/health", "/ready"})
 DEFAULT_MAX_CLIENTS = 65536
@@ -216,6 +217,7 @@ class LimitedHTTPServer(HTTPServer):
             _refuse(stream, self.max_connections)
             return
         stats.connections_open += 1
+        strict_chunk_lines(stream)  # bare-LF chunk framing: a prompt 400, not a 10 s hang
         super().handle_stream(stream, address)
 
     def start_request(self, server_conn: object,

@@ -40,6 +40,7 @@ import cbor2
 from prisn.fsm.validation import (
     DEFAULT_NAMESPACE,
     ValidationError,
+    check_env_text,
     normalize_spec,
     validate_name,
     validate_replicas,
@@ -179,6 +180,7 @@ class CommandFactory:
     def create(self, body: Any, *, namespace: str | None = None, key: str | None = None) -> dict[str, Any]:
         """POST /deployments: `body` is the full spec (name and source required)."""
         spec = normalize_spec(body, partial=False)
+        check_env_text(spec)
         ns, name = resolve_target(spec, name=None, namespace=namespace)
         cmd = self._base("create", key, ns, name)
         cmd["id"] = self._new_id()
@@ -191,6 +193,7 @@ class CommandFactory:
         if isinstance(body, dict) and "name" not in body:
             body = {**body, "name": name}
         spec = normalize_spec(body, partial=False)
+        check_env_text(spec)
         ns, target = resolve_target(spec, name=name, namespace=namespace)
         cmd = self._base("replace", key, ns, target)
         cmd["spec"] = _strip_target(spec)
@@ -200,6 +203,7 @@ class CommandFactory:
               key: str | None = None) -> dict[str, Any]:
         """PATCH /deployments/{name}: `body` is any subset of the spec fields."""
         spec = normalize_spec(body, partial=True)
+        check_env_text(spec)
         ns, target = resolve_target(spec, name=name, namespace=namespace)
         cmd = self._base("patch", key, ns, target)
         cmd["spec"] = _strip_target(spec)

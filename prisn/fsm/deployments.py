@@ -143,11 +143,18 @@ def _default(field: str) -> Any:
     return type(value)() if isinstance(value, list | dict) else value
 
 
+_TARGET_ID_OPS = frozenset({"token.revoke", "token.delete"})  # their `id` is the target
+
+
 def _fingerprint(cmd: dict[str, Any]) -> bytes:
     """What makes two commands "the same request" for deduplication: everything but the
     proposer-chosen `key`, `ts`, `id` and (token create) secret `hash`: a client retry gets
-    fresh ones."""
+    fresh ones. For a token revoke or delete the `id` is not chosen but the target, so it
+    counts (as `target`): the same key on another token is a 422, not the first answer."""
     core = {k: v for k, v in cmd.items() if k not in ("key", "ts", "id", "hash")}
+    op = cmd.get("op")
+    if isinstance(op, str) and op in _TARGET_ID_OPS:  # op may be any garbage (a dict)
+        core["target"] = cmd.get("id")
     try:
         return hashlib.sha256(cbor2.dumps(core, canonical=True)).digest()[:FINGERPRINT_LEN]
     except Exception:  # undumpable garbage; apply refuses it anyway

@@ -58,6 +58,42 @@ class ValidationError(ValueError):
         self.message = f"{field}: {message}"
 
 
+MAX_FIELD_PATH = 80  # characters of a field path quoted in an error message
+
+
+def _surrogate_free(text: str) -> bool:
+    """True if `text` encodes as UTF-8 (CBOR text strings must): no lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(value: Any, root: str = "body") -> None:
+    """`ValidationError` naming the first string (value or key) anywhere in `value` that is
+    not valid Unicode text: a lone surrogate such as ``"\\ud800"`` is valid JSON, but cannot
+    be CBOR-encoded into a log entry (issue 17). Iterative, so any depth is safe. A value's
+    field is its path (``source``, ``env.HOME``, ``args[2]``); a bad key names its parent."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not _surrogate_free(item):
+                raise ValidationError(path or root, "must be valid Unicode text (it holds a "
+                                      "lone surrogate such as \\ud800)")
+        elif isinstance(item, dict):
+            for k in item:
+                if isinstance(k, str) and not _surrogate_free(k):
+                    raise ValidationError(path or root, "a key must be valid Unicode text "
+                                          "(it holds a lone surrogate such as \\ud800)")
+            stack.extend(((f"{path}.{k}" if path else str(k))[:MAX_FIELD_PATH], v)
+                         for k, v in reversed(item.items()))  # reversed: document order
+        elif isinstance(item, list):
+            stack.extend((f"{path or root}[{i}]"[:MAX_FIELD_PATH], item[i])
+                         for i in range(len(item) - 1, -1, -1))
+
+
 def is_int(value: Any) -> bool:
     """True for a real integer (bool is not one)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -147,6 +183,24 @@ def validate_env(value: Any) -> dict[str, str]:
         if not isinstance(v, str):
             raise ValidationError("env", f"value of {k} must be a string")
     return dict(value)
+
+
+def check_env_text(spec: dict[str, Any]) -> None:
+    """A normalized spec's `env` values hold no NUL and no line break (issue 17): a process
+    environment cannot carry NUL, and a line break would forge extra variables in any
+    env-file (systemd, ``docker --env-file``) a runner writes. Keys are already restricted to
+    ``[A-Za-z_][A-Za-z0-9_]*``.
+
+    Proposer side only (`CommandFactory`), not in `normalize_spec`: `apply` and snapshot
+    restore must keep accepting what an older version committed, or a replay or a restore
+    would diverge from (or refuse) the state other nodes hold."""
+    env = spec.get("env")
+    if not isinstance(env, dict):
+        return
+    for k, v in env.items():
+        if isinstance(v, str) and ("\x00" in v or "\n" in v or "\r" in v):
+            raise ValidationError("env", f"value of {k} must not contain NUL or line breaks "
+                                  "(\\0, \\n, \\r)")
 
 
 def _cron_value(text: str, low: int, high: int, names: dict[str, int], fname: str) -> int:

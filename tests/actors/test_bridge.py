@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from actors.api.bridge import RaftNodeClient, build_status, state_name
-from actors.api.errors import Conflict, NotFound, Unavailable
+from actors.api.errors import BadRequest, Conflict, NotFound, Unavailable
 from actors.api.node import NodeInfo, NodeStatus
 from prisn.fsm.commands import CommandFactory, decode_entry
 from prisn.fsm.deployments import DeploymentStore
@@ -470,9 +470,15 @@ def test_unencodable_and_cancelled_proposals_leave_no_waiter() -> None:
         bad = dict(commands(1)[0])
         bad["source"] = "\ud800"
         for _ in range(5):  # more than max_inflight
-            with pytest.raises(UnicodeError):
+            with pytest.raises(BadRequest):
                 await c.propose(bad, timeout=5)
         assert c._waiters == {}
+        for _ in range(5):  # the same through the other requests (election, removal)
+            with pytest.raises(BadRequest):
+                await c.transfer("\udc80")
+            with pytest.raises(BadRequest):
+                await c.remove_node("\ud800", timeout=5)
+        assert c._waiters == {} and c.inflight == 0
         task = asyncio.ensure_future(c.propose(commands(1)[0], timeout=5))
         await until(lambda: len(c._waiters) == 1, what="one waiter")
         task.cancel()

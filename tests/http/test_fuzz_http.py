@@ -1,7 +1,8 @@
 """Fuzzing the HTTP API (issue 7, item 5): random methods, paths from the route table with
 random segments and query strings, random headers, random and mutated JSON bodies (huge
-numbers, deep nesting, bad UTF-8, NaN), bad Content-Length and chunked framing, sent as raw
-bytes to the real server stack (LimitedHTTPServer + rate limiter + the app, FakeNodeClient).
+numbers, deep nesting, bad UTF-8, NaN, lone surrogates anywhere), bad Content-Length and
+chunked framing (bare-LF lines included), sent as raw bytes to the real server stack
+(LimitedHTTPServer + rate limiter + the app, FakeNodeClient), token routes included.
 
 Properties, for every request: never a 5xx; every 4xx answer carries the JSON error shape
 ``{"error": <reason phrase>, "message": ...}`` and the X-Prisn-Node header, except Tornado's
@@ -27,6 +28,8 @@ from hypothesis import strategies as st
 from tornado.httpserver import HTTPServer
 
 from actors.api.limits import LimitedHTTPServer, RateLimiter
+from prisn.fsm.commands import encode_entry
+from prisn.messages import EntryKind
 from tests.http.test_http_api import SPEC, ApiCase
 from tests.unit.test_fuzz_decoders import fuzz, mutate_map, weird
 
@@ -35,7 +38,8 @@ DEADLINE = 10.0
 # ---------------------------------------------------------------------- request strategies
 ROUTES = ["/api/v1/deployments", "/api/v1/deployments/{}", "/api/v1/deployments/{}/scale",
           "/health", "/ready", "/metrics", "/api/v1/cluster/status", "/api/v1/cluster/health",
-          "/api/v1/cluster/nodes/{}", "/api/v1/cluster/election", "/{}", "/api/v1/{}"]
+          "/api/v1/cluster/nodes/{}", "/api/v1/cluster/election", "/{}", "/api/v1/{}",
+          "/api/v1/tokens", "/api/v1/tokens/{}", "/api/v1/tokens/{}/revoke"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get", "TRACE", "BREW",
            "CONNECT", "P0ST"]
 
@@ -65,7 +69,9 @@ SERVED = [("GET", "/api/v1/deployments"), ("POST", "/api/v1/deployments"),
           ("POST", "/api/v1/deployments/{}/scale"), ("GET", "/health"), ("GET", "/ready"),
           ("GET", "/metrics"), ("GET", "/api/v1/cluster/status"),
           ("GET", "/api/v1/cluster/health"), ("DELETE", "/api/v1/cluster/nodes/{}"),
-          ("POST", "/api/v1/cluster/election")]
+          ("POST", "/api/v1/cluster/election"), ("POST", "/api/v1/tokens"),
+          ("GET", "/api/v1/tokens"), ("POST", "/api/v1/tokens/{}/revoke"),
+          ("DELETE", "/api/v1/tokens/{}")]
 
 
 @st.composite
@@ -91,11 +97,35 @@ def _nest(depth: int, opener: str) -> str:
     return opener * depth + ("]" if opener == "[" else "}") * 0
 
 
+LONE_SURROGATES = ["\ud800", "\udbff", "\udc00", "\udfff", "a\ud800b", "\udc80\ud800"]
+TOKEN = {"name": "ci", "role": "developer", "namespaces": ["team"], "expires_in": "1h"}
+
+
+@st.composite
+def with_surrogate(draw: st.DrawFn, value: object) -> object:
+    """`value` with one string (a value or a key, at any depth) replaced by or holding a
+    lone surrogate: valid JSON once dumped, but text that cannot be CBOR-encoded."""
+    lone = draw(st.sampled_from(LONE_SURROGATES))
+    if isinstance(value, dict) and value:
+        key = draw(st.sampled_from(sorted(value)))
+        if draw(st.integers(0, 4)) == 0:  # the key itself
+            out = {k: v for k, v in value.items() if k != key}
+            out[key + lone] = value[key]
+            return out
+        return {**value, key: draw(with_surrogate(value[key]))}
+    if isinstance(value, list) and value:
+        i = draw(st.integers(0, len(value) - 1))
+        return [*value[:i], draw(with_surrogate(value[i])), *value[i + 1:]]
+    if isinstance(value, str) and draw(st.booleans()):
+        return value + lone
+    return lone
+
+
 @st.composite
 def body(draw: st.DrawFn) -> bytes:
     kind = draw(st.sampled_from(["spec", "spec", "spec", "mutated", "mutated", "json", "deep",
                                  "numbers", "bytes", "utf8", "constants", "empty", "scale",
-                                 "election"]))
+                                 "election", "surrogate", "surrogate", "token"]))
     if kind == "spec":
         return json.dumps({**SPEC, "name": draw(st.sampled_from(["web", "api", "w2"]))}).encode()
     if kind == "mutated":
@@ -133,6 +163,15 @@ def body(draw: st.DrawFn) -> bytes:
         return json.dumps({"replicas": draw(weird)}, default=repr).encode()
     if kind == "election":
         return json.dumps({"target": draw(weird)}, default=repr).encode()
+    if kind == "surrogate":
+        base = draw(st.sampled_from([
+            {**SPEC, "env": {"HOME": "/h", "PATH": "/bin"}, "args": ["-v", "x"],
+             "namespace": "team", "schedule": "* * * * *", "runtime": "python3"},
+            TOKEN, {"replicas": 2}, {"target": "node2"}, {"a": [{"b": ["c"]}]}]))
+        return json.dumps(draw(with_surrogate(base))).encode()  # ASCII: \udXXX escapes
+    if kind == "token":
+        return json.dumps(draw(st.sampled_from([TOKEN, {"name": "admin", "role": "admin"},
+                                                {}, {"name": "x", "role": "root"}]))).encode()
     return b""
 
 
@@ -149,7 +188,8 @@ def raw_request(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     for _ in range(draw(st.integers(0, 4)) if draw(st.booleans()) else 0):
         lines.append(draw(header_name) + b": " + draw(header_value))
     framing = "length" if draw(st.integers(0, 9)) < 6 else draw(st.sampled_from(
-        ["none", "short", "long", "negative", "garbage", "double", "chunked", "badchunk"]))
+        ["none", "short", "long", "negative", "garbage", "double", "chunked", "badchunk",
+         "barelf"]))
     complete = framing not in ("long", "badchunk", "double")
     if framing == "length":
         lines.append(b"Content-Length: %d" % len(data))
@@ -165,9 +205,17 @@ def raw_request(draw: st.DrawFn) -> tuple[str, bytes, bool]:
                                                                  b" 5", b"+5"])))
     elif framing == "double":
         lines += [b"Content-Length: %d" % len(data), b"Content-Length: %d" % (len(data) + 1)]
-    elif framing in ("chunked", "badchunk"):
+    elif framing in ("chunked", "badchunk", "barelf"):
         lines.append(b"Transfer-Encoding: chunked")
-        if framing == "chunked":
+        if framing == "barelf":  # complete: it must be answered (400) without waiting
+            size_end, data_end, last_end = draw(st.sampled_from([
+                (b"\n", b"\n", b"\n"), (b"\n", b"\r\n", b"\r\n"), (b"\r\n", b"\r\n", b"\n"),
+                (b"\n", b"\r\n", b"\n"), (b"\r\n", b"\n", b"\n")]))
+            if not data:
+                last_end = b"\n"  # every case holds at least one bare-LF size line
+            data = (b"%x" % len(data) + size_end + data + data_end if data else b"") + \
+                b"0" + last_end + b"\r\n"
+        elif framing == "chunked":
             data = (b"%x\r\n" % len(data) + data + b"\r\n" if data else b"") + b"0\r\n\r\n"
         else:
             data = draw(st.sampled_from([b"zz\r\nabc\r\n0\r\n\r\n", b"ffffffffffffffff\r\nx",
@@ -267,6 +315,39 @@ class TestFuzzHttp(ApiCase):
         assert err["error"] == HTTPStatus(status).phrase, err
         assert isinstance(err["message"], str) and err["message"], err
 
+    @fuzz(ci_examples=150)
+    @given(case=st.sampled_from([
+        ("POST", "/api/v1/deployments", {**SPEC, "name": "new", "env": {"HOME": "/h"},
+                                         "args": ["-v", "x"], "runtime": "python3"}),
+        ("PUT", "/api/v1/deployments/web", {"source": "s", "env": {"A": "1"}, "args": ["a"]}),
+        ("PATCH", "/api/v1/deployments/web", {"source": "s2", "env": {"B": "2"}}),
+        ("POST", "/api/v1/deployments/web/scale", {"replicas": 3}),
+        ("POST", "/api/v1/tokens", TOKEN),
+        ("POST", "/api/v1/cluster/election", {"target": "node2"}),
+    ]).flatmap(lambda c: st.tuples(st.just(c[0]), st.just(c[1]), with_surrogate(c[2]))))
+    def test_lone_surrogates_anywhere(self, case: tuple[str, str, Any]) -> None:
+        """Every write route, a body the route would accept but for one lone surrogate in
+        one string (value or key, any depth): always a JSON 400 naming a field, nothing
+        proposed, nothing changed (issue 17: it used to be a 500 and a leaked waiter)."""
+        method, path, value = case
+        if self.node.store.get(None, "web") is None:
+            self.node.store.apply(self.node.store.applied_index + 1, EntryKind.COMMAND,
+                                  encode_entry("t", 0, self.app.ctx.commands.create(
+                                      dict(SPEC))))
+        data = json.dumps(value).encode()
+        before = (self.node.store.state_hash(), len(self.node.proposals),
+                  list(self.node.transfers))
+        reply = parse(self.send(
+            b"%s %s HTTP/1.1\r\nHost: f\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            % (method.encode(), path.encode(), len(data)) + data))
+        assert reply is not None
+        status, headers, payload = reply
+        assert status == 400, (status, payload[:300], data[:300])
+        err = json.loads(payload)
+        assert err["error"] == "Bad Request" and "surrogate" in err["message"], err
+        assert (self.node.store.state_hash(), len(self.node.proposals),
+                list(self.node.transfers)) == before
+
     def test_the_fuzzer_reaches_the_handlers(self) -> None:
         """Companion: the request builder makes requests the app accepts (201) and refuses
         with each common status, so the property above is not vacuous."""
@@ -285,3 +366,36 @@ class TestFuzzHttp(ApiCase):
             assert reply is not None
             seen.add(reply[0])
         assert {201, 400, 405} <= seen, seen
+
+    def test_issue_17_corpus_cases(self) -> None:
+        """Companion: the new corpus cases are answered as the property demands: a lone
+        surrogate anywhere in a body is a JSON 400 naming its field (never a 500) on every
+        write route; bare-LF chunk framing is Tornado's bare 400 at once, never a wait."""
+        def post(path: str, body: bytes, method: str = "POST") -> tuple[int, dict[str, str],
+                                                                         bytes]:
+            reply = parse(self.send(
+                b"%s %s HTTP/1.1\r\nHost: f\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                % (method.encode(), path.encode(), len(body)) + body))
+            assert reply is not None
+            return reply
+
+        assert post("/api/v1/deployments", json.dumps(SPEC).encode())[0] == 201
+        for method, path, value, field in [
+            ("POST", "/api/v1/deployments", {**SPEC, "name": "x", "source": "\ud800"}, "source"),
+            ("PUT", "/api/v1/deployments/web", {"source": "s", "env": {"A": "\udfff"}},
+             "env.A"),
+            ("PATCH", "/api/v1/deployments/web", {"args": ["\udc00"]}, "args[0]"),
+            ("POST", "/api/v1/deployments/web/scale", {"replicas": 1, "\ud800": 0}, "body"),
+            ("POST", "/api/v1/tokens", {**TOKEN, "namespaces": ["\udbff"]}, "namespaces[0]"),
+            ("POST", "/api/v1/cluster/election", {"target": "\ud800"}, "target"),
+        ]:
+            before = (self.node.store.state_hash(), len(self.node.proposals))
+            status, _, payload = post(path, json.dumps(value).encode(), method)
+            assert status == 400, (path, payload)
+            assert json.loads(payload)["message"].startswith(f"{field}:"), payload
+            assert (self.node.store.state_hash(), len(self.node.proposals)) == before
+        for framing in (b"5\nhello\n0\n\n", b"5\r\nhello\r\n0\n\r\n", b"0\n\r\n"):
+            reply = parse(self.send(b"POST /api/v1/deployments HTTP/1.1\r\nHost: f\r\n"
+                                    b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                                    + framing))
+            assert reply is not None and reply[0] == 400, framing

@@ -262,9 +262,36 @@ class TestEveryRoleOnEveryRoute(AuthCase):
         before = self.failures()
         self.run_table(metrics_auth=False)
         after = self.failures()
-        for reason in ("missing", "malformed", "invalid", "unknown", "revoked", "expired",
-                       "forbidden"):
+        for reason in ("missing", "malformed", "invalid", "revoked", "expired", "forbidden"):
             assert after.get(reason, 0) > before.get(reason, 0), (reason, after)
+        assert "unknown" not in after, after  # an unknown id is "invalid" too (issue 17)
+
+
+class TestNoTokenIdOracle(AuthCase):
+    """Issue 17 item 8: /metrics must not tell a made-up token id from a real id with a wrong
+    secret; only the node's log (rate-limited) keeps the difference."""
+
+    def test_unknown_id_and_wrong_secret_look_alike(self) -> None:
+        tid, secret = self.make_token("ci", "developer", ["team"])
+        wrong = secret[:-4] + ("AAAA" if not secret.endswith("AAAA") else "BBBB")
+        made_up = "prisn_00000000000000ff_" + "A" * 43
+        before = self.failures()
+        answers = []
+        with self.assertLogs("prisn.api", "WARNING") as logs:
+            for cred in (made_up, wrong, made_up, wrong):
+                code, body, resp = self.call("GET", "/api/v1/deployments",
+                                             auth=f"Bearer {cred}")
+                answers.append((code, body, resp.headers["WWW-Authenticate"]))
+        assert answers[0] == answers[1] == answers[2] == answers[3], answers
+        assert answers[0][0] == 401
+        after = self.failures()
+        assert after.get("invalid", 0) - before.get("invalid", 0) == 4, after
+        assert "unknown" not in after, after
+        text = "\n".join(logs.output)
+        # one line per kind within the interval; the log names what the metric hides
+        assert text.count("unknown token id 00000000000000ff") == 1, text
+        assert text.count(f"wrong secret for token {tid} (ci)") == 1, text
+        assert secret not in text and wrong not in text
 
 
 class TestEveryRoleOnEveryRouteMetricsAuth(TestEveryRoleOnEveryRoute):
@@ -514,3 +541,32 @@ class TestOpenApi(AsyncHTTPTestCase):
                           body=json.dumps({"name": "t", "role": "viewer", "namespaces": ["a"]}))
         assert resp.code == 201 and json.loads(resp.body)["secret"].startswith("prisn_")
         assert self.node.store.token_count() == 1
+
+
+def test_auth_failure_log_is_rate_limited_per_kind() -> None:
+    import logging
+
+    from actors.api.auth import AuthFailureLog, Unauthorized
+
+    now = [0.0]
+    records: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Grab()
+    logging.getLogger("prisn.api").addHandler(handler)
+    try:
+        flog = AuthFailureLog(interval=10.0, clock=lambda: now[0])
+        unknown = Unauthorized("x", reason="invalid", kind="unknown_id", detail="unknown id 1")
+        for _ in range(5):
+            flog.note(unknown, "10.0.0.9")
+        flog.note(Unauthorized("x", reason="missing"), "10.0.0.9")  # no kind: not logged
+        now[0] = 10.5
+        flog.note(unknown, "10.0.0.9")
+    finally:
+        logging.getLogger("prisn.api").removeHandler(handler)
+    assert len(records) == 2, records
+    assert "10.0.0.9" in records[0] and "unknown id 1" in records[0]
+    assert "4 more such refusals" in records[1], records

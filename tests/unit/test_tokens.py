@@ -202,6 +202,26 @@ def test_idempotency_key_dedups_token_writes() -> None:
     assert f.run(f.tf.revoke(first["id"], key="r")) == r1
 
 
+def test_idempotency_key_reused_on_another_token_is_422() -> None:
+    """Issue 17 item 6: the target id is part of a revoke's or delete's fingerprint, so a
+    key reused on a different token answers 422 and leaves that token as it was."""
+    f = Feeder()
+    _, a, _ = f.create(name="a")
+    _, b, _ = f.create(name="b")
+    assert f.run(f.tf.revoke(a["id"], key="rv"))[0] == 200
+    h = f.store.state_hash()
+    status, body = f.run(f.tf.revoke(b["id"], key="rv"))
+    assert status == 422 and "different request" in body["message"], body
+    tok = f.store.token(b["id"])
+    assert tok is not None and tok.revoked_at is None and f.store.state_hash() == h
+    assert f.run(f.tf.delete(b["id"], key="rv"))[0] == 422  # another op: also different
+    assert f.run(f.tf.delete(a["id"], key="del"))[0] == 204
+    h = f.store.state_hash()
+    assert f.run(f.tf.delete(b["id"], key="del"))[0] == 422
+    assert f.store.token(b["id"]) is not None and f.store.state_hash() == h
+    assert f.run(f.tf.delete(a["id"], key="del"))[0] == 204  # the same request: first answer
+
+
 def _bad(**over: Any) -> dict[str, Any]:
     cmd = {"v": 1, "op": "token.create", "key": "kb", "ts": format_ts(T0),
            "id": "00112233445566aa", "name": "bad", "role": "viewer", "namespaces": ["a"],

@@ -247,3 +247,33 @@ def test_command_format() -> None:
     assert CF.replace("a", {"source": "y"})["spec"] == {"source": "y"}
     assert CF.patch("a", {"name": "a", "namespace": "default", "env": {"A": "1"}})["spec"] == {
         "env": {"A": "1"}}
+
+
+def test_check_text_names_the_first_bad_string_at_any_depth() -> None:
+    """Issue 17: a lone surrogate cannot be CBOR-encoded; the field is named, keys too."""
+    from prisn.fsm.validation import check_text
+
+    check_text({"a": ["ok", {"b": "\U0001f600"}], "n": 1, "x": None})
+    cases = [("\ud800", "body"), ({"a": "\udfff"}, "a"), ({"a": ["x", "\ud800"]}, "a[1]"),
+             ({"a": {"\ud800": 1}}, "a"), ([{"k": "\udc00"}], "body[0].k"),
+             ({"a": "\ud800", "b": "\ud800"}, "a")]
+    for value, field in cases:
+        with pytest.raises(ValidationError) as exc:
+            check_text(value)
+        assert exc.value.field == field, (value, exc.value.field)
+    deep: object = "\ud800"
+    for _ in range(100_000):  # no recursion limit
+        deep = [deep]
+    with pytest.raises(ValidationError):
+        check_text(deep)
+
+
+def test_check_env_text_refuses_nul_and_line_breaks() -> None:
+    from prisn.fsm.validation import check_env_text
+
+    check_env_text({"env": {"A": "tab\tspace ok", "B": ""}})
+    check_env_text({"source": "x"})
+    for bad in ("\x00", "a\nb", "\r"):
+        with pytest.raises(ValidationError) as exc:
+            check_env_text({"env": {"OK": "1", "BAD": bad}})
+        assert exc.value.field == "env" and "BAD" in exc.value.message

@@ -452,6 +452,7 @@ class RaftCore:
         self._hard_seq = 0  # seq of the last write carrying a term/vote change
         self._held: deque[tuple[int, Msg]] = deque()  # (seq that must be synced, message)
         self._held_now: list[Msg] = []
+        self._removed_logged = False
 
         # per-step output buffers
         self._out_peer: list[Msg] = []
@@ -894,8 +895,27 @@ class RaftCore:
                 and self.id in cfgs[-2][1].voters)
 
     def _need_join(self) -> bool:
+        """Send join requests? Only a node that has no configuration yet, or whose newest
+        configuration is not committed and leaves it out. A node whose log holds a
+        committed configuration without it was removed (or is being caught up after its
+        admission): it never rejoins by itself, not even after a restart with its old data
+        dir — the docs' rule is to wipe a removed node before adding it back."""
         m = self._membership
-        return bool(self._join_addrs) and (m is None or self.id not in m.members())
+        if not self._join_addrs:
+            return False
+        if m is None:
+            return True
+        if self.id in m.members():
+            return False
+        if self._conf_index() <= self._commit:
+            if not self._removed_logged and not self._admitted:
+                self._removed_logged = True
+                self._event(logging.WARNING, f"this node is not in the committed "
+                            f"configuration of cluster {m.cluster} it holds (it was removed?): "
+                            f"it does not rejoin by itself; if it was removed, stop it, wipe "
+                            f"its data dir and start it again to add it back")
+            return False
+        return True
 
     # ================================================================== roles
     def _reset_election_timeout(self) -> None:
@@ -2051,7 +2071,9 @@ class RaftCore:
         another address is refused (two hosts with one hostname must not share a member
         entry); so is a voter whose data dir is empty (wiped): it lost its vote and the
         entries it acknowledged, and letting it back under its old id could lose committed
-        writes. It is let in again once removed (docs/design-notes.md)."""
+        writes. It is let in again once removed (docs/design-notes.md). A non-member whose
+        data dir is not empty (a removed node restarted or still running, a data dir of
+        another cluster) is refused too: its old log and vote must not come back."""
         mem = self._membership
         if mem is None:
             return ""
@@ -2060,6 +2082,10 @@ class RaftCore:
         if cur is not None and cur != m.addr:
             return (f"node id {nid} is taken by the member at {cur} (cluster {mem.cluster}); "
                     f"give this node a unique --node-id")
+        if cur is None and not m.fresh:
+            return (f"node {nid} is not a member of cluster {mem.cluster} but its data dir "
+                    f"is not empty (was it removed?): a removed node never rejoins with its "
+                    f"old data; wipe its data dir, then start it again to add it back")
         if m.fresh and nid in mem.voters:
             return (f"node {nid} is a voter of cluster {mem.cluster} but its data dir is "
                     f"empty; remove it first (prisn cluster remove {nid}), then start it "

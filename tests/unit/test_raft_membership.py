@@ -408,3 +408,33 @@ def test_only_voters_may_forward_and_a_learner_refuses_requests_at_once():
     out = learner.step([Propose(src="api", dst="raft", rid=77, data=b"w")])
     assert not [m for m in out if isinstance(m, ForwardPropose)]
     assert [(r.rid, r.ok, r.code) for r in out if isinstance(r, Reply)] == [(77, False, 503)]
+
+
+def test_a_removed_node_never_rejoins_with_its_old_data():
+    """A removed node that keeps running (or restarts with its old data dir) and has
+    --peers must not come back by itself: it stops sending joins once it holds a committed
+    configuration without itself, and a leader refuses a join from a non-member whose data
+    dir is not empty (the docs: wipe it before adding it back)."""
+    c = Cluster(["a"], mode="boot", bootstrap=True)
+    c.settle()
+    c.add("b", mode="join", join=["addr-a"])
+    c.add("c", mode="join", join=["addr-a"])
+    for _ in range(3 * OPTS.election_ticks):
+        for nid in "abc":
+            c.tick(nid)
+        c.settle()
+    assert set(c.nodes["a"].core.status().membership.voters) == {"a", "b", "c"}
+    c.step("a", [RemoveNode(rid=5, node_id="c")])
+    heartbeat_rounds(c, n=4)
+    assert "c" not in c.nodes["a"].core.status().membership.members()
+    cid = c.nodes["a"].core.status().cluster_id
+    # the leader refuses c's join: not a member, data dir not empty
+    out = c.nodes["a"].core.step([JoinRequest(src="c", dst="a", cluster=cid, term=0,
+                                              node_id="c", addr="addr-c", fresh=False)])
+    resp = [m for m in out if isinstance(m, JoinResponse)]
+    assert resp and not resp[0].ok and "not a member" in resp[0].reason
+    assert "c" not in c.nodes["a"].core.status().membership.members()
+    # a wiped c (fresh) is let in again
+    out = c.nodes["a"].core.step([JoinRequest(src="c", dst="a", cluster="", term=0,
+                                              node_id="c", addr="addr-c", fresh=True)])
+    assert [m.ok for m in out if isinstance(m, JoinResponse)] == [True]

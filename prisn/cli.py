@@ -22,6 +22,8 @@ from prisn.config import (
     default_node_id,
     parse_addr,
     parse_duration,
+    parse_hosts,
+    parse_origins,
     parse_peers,
 )
 
@@ -83,6 +85,15 @@ def cli() -> None:
       help="Burst size of the per-address token bucket.")
 @_opt("max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
       help="Open HTTP connections per node; more are refused.")
+@_opt("max-conns-per-ip", default=128, show_default=True, type=click.IntRange(min=1),
+      help="Open HTTP connections per client address (IPv6: per /64); more are refused 429. "
+      "Raise it behind a reverse proxy.")
+@_opt("cors-origins", default="", help="Comma-separated origins (https://app.example.com) "
+      "allowed to call the API from a browser; a request with any other Origin is refused "
+      "403 [default: none].")
+@_opt("allowed-hosts", default="", help="Comma-separated extra Host names (name, *.domain) "
+      "accepted while the API is open (no --api-key), besides the node's own names and IP "
+      "addresses; * accepts any (no DNS-rebinding protection) [default: none].")
 def server(**kw: object) -> None:
     """Run a prisn server node."""
     try:
@@ -173,6 +184,9 @@ def _security(kw: dict) -> dict:
     out["rate_limit"] = rate
     out["rate_burst"] = int(kw.get("rate_burst", 2000))  # type: ignore[call-overload]
     out["max_connections"] = int(kw.get("max_connections", 1024))  # type: ignore[call-overload]
+    out["max_conns_per_ip"] = int(kw.get("max_conns_per_ip", 128))  # type: ignore[call-overload]
+    out["cors_origins"] = parse_origins(str(kw.get("cors_origins") or ""))
+    out["allowed_hosts"] = parse_hosts(str(kw.get("allowed_hosts") or ""))
     return out
 
 

@@ -20,6 +20,7 @@ from tornado.ioloop import IOLoop
 from actors.api.app import make_app
 from actors.api.auth import Authenticator
 from actors.api.bridge import RaftNodeClient
+from actors.api.guard import RequestGuard, own_names
 from actors.api.limits import HandshakeLogFilter, LimitedHTTPServer, RateLimiter
 from actors.base import Actor
 from actors.metrics import HttpLimitsCollector, NodeMetrics
@@ -125,9 +126,14 @@ class ApiActor(Actor):
             if not auth.enabled:
                 log.warning("no --api-key: the HTTP API is open to anyone who can reach it "
                             "(set --api-key / PRISN_API_KEY, the same on every node)")
-        app = make_app(self.client, metrics=self.metrics, write_timeout=self.write_timeout,
-                       max_body=self.max_body, auth=auth)
         cfg = self.config if self.config is not None else ServerConfig(node_id="", data_dir="")
+        guard = RequestGuard.build(
+            origins=cfg.cors_origins, allowed_hosts=cfg.allowed_hosts,
+            own=own_names(self.bind, cfg.raft_addr, cfg.advertise_addr,
+                          cfg.advertised_raft_addr if cfg.cluster else ""),
+            check_hosts=auth is None or not auth.enabled)
+        app = make_app(self.client, metrics=self.metrics, write_timeout=self.write_timeout,
+                       max_body=self.max_body, auth=auth, guard=guard)
         if 0 < cfg.rate_limit < math.inf:  # 0 (and inf) = unlimited: no limiter at all
             app.ctx.limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst)
         tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
@@ -159,6 +165,12 @@ class ApiActor(Actor):
                  else "no request rate limit",
                  cfg.max_connections, cfg.max_header_bytes, self.max_body, cfg.body_timeout,
                  cfg.idle_timeout)
+        if guard.hosts is not None:
+            log.info("API open (no --api-key): requests must name this node in Host, as an IP "
+                     "address or one of %s (--allowed-hosts adds names)",
+                     ", ".join(sorted(guard.hosts)))
+        if guard.origins:
+            log.info("CORS: browser requests allowed from %s", ", ".join(sorted(guard.origins)))
 
     def stop(self) -> None:
         super().stop()

@@ -273,7 +273,7 @@ class TestFuzzHttp(ApiCase):
         seen = set()
         for data in (
             b"POST /api/v1/deployments HTTP/1.1\r\nHost: f\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % len(json.dumps(SPEC)) + json.dumps(SPEC).encode(),
+            b"Content-Type: application/json\r\nConnection: close\r\n\r\n" % len(json.dumps(SPEC)) + json.dumps(SPEC).encode(),
             b"GET /api/v1/deployments/%FF HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n",
             b"BREW /health HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n",
             b"POST /api/v1/deployments HTTP/1.1\r\nHost: f\r\nContent-Length: -1\r\n"

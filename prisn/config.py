@@ -121,10 +121,12 @@ def parse_hosts(value: str) -> tuple[str, ...]:
     ConfigError with a one-line reason for an entry that cannot be a host name."""
     out: list[str] = []
     for raw in value.split(","):
-        entry = raw.strip().lower().rstrip(".")
+        entry = raw.strip().lower()
         if not entry:
             continue
-        name = entry[2:] if entry.startswith("*.") else entry
+        wild = entry.startswith("*.")
+        name = (entry[2:] if wild else entry).rstrip(".")
+        entry = f"*.{name}" if wild else (entry if entry == "*" else name)
         if entry != "*" and (not name or any(c.isspace() or c in "/@*:[]" for c in name)):
             raise ConfigError(f"--allowed-hosts entry {raw.strip()!r} must be a host name, "
                              "*.domain or * (no port, no scheme)")

@@ -168,7 +168,7 @@ class BaseHandler(RequestHandler):
         self.set_header("X-Prisn-Node", ctx.node.node_id)
         self.set_header("X-Prisn-Leader", ctx.node.current_leader() or "")
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        for name, value in ctx.guard.cors_headers(self.request.headers.get("Origin")):
+        for name, value in ctx.guard.cors_headers(self.request.headers):
             self.set_header(name, value)
 
     # ------------------------------------------------------------------ body

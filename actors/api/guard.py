@@ -174,13 +174,15 @@ class RequestGuard:
                 + (f" (got {got!r})" if got else " (none given)"))
 
     # ------------------------------------------------------------------ CORS answers
-    def cors_headers(self, origin: str | None) -> list[tuple[str, str]]:
+    def cors_headers(self, headers: Mapping[str, str]) -> list[tuple[str, str]]:
         """Headers for any response: ``Vary: Origin`` when CORS is on, plus the allow and
-        expose headers for an allowed `origin`."""
+        expose headers for an allowed Origin on a request whose Host is accepted."""
         if not self.origins:
             return []
         out = [("Vary", "Origin")]
-        if origin is not None and normalize_origin(origin) in self.origins:
+        origin = headers.get("Origin")
+        if (origin is not None and normalize_origin(origin) in self.origins
+                and self.host_allowed(headers.get("Host"))):
             out += [("Access-Control-Allow-Origin", origin.strip()),
                     ("Access-Control-Expose-Headers", ", ".join(CORS_EXPOSE_HEADERS))]
         return out

@@ -98,7 +98,10 @@ def has_body(headers: Mapping[str, str]) -> bool:
     if "Transfer-Encoding" in headers:
         return True
     length = headers.get("Content-Length")
-    return length is not None and length.strip() not in ("0", "")
+    if length is None:
+        return False
+    text = length.strip()
+    return not (text.isascii() and text.isdigit() and int(text) == 0)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def test_a_star_entry_or_auth_on_switches_the_host_check_off() -> None:
 @pytest.mark.parametrize(("headers", "body"), [
     ({}, False), ({"Content-Length": "0"}, False), ({"Content-Length": "2"}, True),
     ({"Transfer-Encoding": "chunked"}, True), ({"Content-Length": "x"}, True),
+    ({"Content-Length": "00"}, False), ({"Content-Length": ""}, True),
 ])
 def test_has_body(headers: dict[str, str], body: bool) -> None:
     assert has_body(headers) is body

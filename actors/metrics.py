@@ -312,8 +312,14 @@ class HttpLimitsCollector(Collector):
         yield GaugeMetricFamily("prisn_http_connections_open", "Open HTTP API connections.",
                                 value=s.connections_open)
         yield CounterMetricFamily("prisn_http_connections_refused", "HTTP connections refused "
-                                  "at accept: --max-connections were open.",
+                                  "at accept: --max-connections were open, or the client "
+                                  "address held --max-conns-per-ip.",
                                   value=s.connections_refused)
+        yield CounterMetricFamily("prisn_http_connections_refused_per_ip", "HTTP connections "
+                                  "refused at accept because their client address already held "
+                                  "--max-conns-per-ip (also counted in "
+                                  "prisn_http_connections_refused_total).",
+                                  value=s.connections_refused_per_ip)
         slow = CounterMetricFamily("prisn_http_slow_clients_closed", "HTTP connections closed "
                                    "because a request's header or body did not arrive in time, "
                                    "or its response was not taken in time, by phase.",

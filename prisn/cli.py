@@ -22,6 +22,8 @@ from prisn.config import (
     default_node_id,
     parse_addr,
     parse_duration,
+    parse_hosts,
+    parse_origins,
     parse_peers,
     parse_size,
 )
@@ -93,6 +95,15 @@ def cli() -> None:
 @_opt("max-inflight", default=10000, show_default=True, type=click.IntRange(1, 1_000_000),
       help="Writes (and strong reads, elections, removals) waiting for raft per node; more "
       "are refused with 503 and /ready reports the node not ready.")
+@_opt("max-conns-per-ip", default=128, show_default=True, type=click.IntRange(min=1),
+      help="Open HTTP connections per client address (IPv6: per /64); more are refused 429. "
+      "Raise it behind a reverse proxy.")
+@_opt("cors-origins", default="", help="Comma-separated origins (https://app.example.com) "
+      "allowed to call the API from a browser; a request with any other Origin is refused "
+      "403 [default: none].")
+@_opt("allowed-hosts", default="", help="Comma-separated extra Host names (name, *.domain) "
+      "accepted while the API is open (no --api-key), besides the node's own names and IP "
+      "addresses; * accepts any (no DNS-rebinding protection) [default: none].")
 def server(**kw: object) -> None:
     """Run a prisn server node."""
     try:
@@ -190,6 +201,9 @@ def _security(kw: dict) -> dict:
     out["namespace_max_bytes"] = parse_size(str(kw.get("namespace_max_bytes") or "256MiB"),
                                             "--namespace-max-bytes")
     out["max_inflight"] = int(kw.get("max_inflight", 10000))  # type: ignore[call-overload]
+    out["max_conns_per_ip"] = int(kw.get("max_conns_per_ip", 128))  # type: ignore[call-overload]
+    out["cors_origins"] = parse_origins(str(kw.get("cors_origins") or ""))
+    out["allowed_hosts"] = parse_hosts(str(kw.get("allowed_hosts") or ""))
     return out
 
 

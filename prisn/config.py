@@ -51,6 +51,9 @@ class ServerConfig:
     rate_burst: int = 2000  # bucket size per client address
     max_connections: int = 1024  # open HTTP connections per node; more are closed at accept
     max_inflight: int = 10_000  # requests waiting for raft per node; more are a 503 at once
+    max_conns_per_ip: int = 128  # open HTTP connections per client address (IPv6: per /64)
+    cors_origins: tuple[str, ...] = ()  # origins allowed cross-site; any other Origin is a 403
+    allowed_hosts: tuple[str, ...] = ()  # extra Host names accepted with auth off ("*": any)
     max_header_bytes: int = 16384  # request line + headers
     idle_timeout: float = 60.0  # an idle keep-alive connection is closed after this
     body_timeout: float = 10.0  # a request body must arrive within this (slow clients)
@@ -87,6 +90,55 @@ def parse_addr(value: str, what: str) -> str:
     if any(c.isspace() for c in host):
         raise ConfigError(f"{what} has a bad host in {value!r}")
     return value
+
+
+MAX_LIST_ENTRIES = 256  # bound on --cors-origins / --allowed-hosts entries
+
+
+def normalize_origin(value: str) -> str:
+    """An origin as browsers serialise it, lower-cased, without a trailing slash."""
+    return value.strip().rstrip("/").lower()
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """``--cors-origins``: comma-separated ``scheme://host[:port]`` -> normalised tuple.
+    ConfigError with a one-line reason for anything else (``*`` included: list origins)."""
+    out: list[str] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        origin = normalize_origin(entry)
+        scheme, sep, rest = origin.partition("://")
+        if (not sep or scheme not in ("http", "https") or not rest or "/" in rest
+                or any(c.isspace() for c in rest) or "*" in rest):
+            raise ConfigError(f"--cors-origins entry {entry!r} must be an origin such as "
+                             "https://app.example.com or http://localhost:3000 (no path, no "
+                             "wildcard)")
+        out.append(origin)
+    if len(out) > MAX_LIST_ENTRIES:
+        raise ConfigError(f"--cors-origins has more than {MAX_LIST_ENTRIES} entries")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_hosts(value: str) -> tuple[str, ...]:
+    """``--allowed-hosts``: comma-separated names, ``*.suffix`` or ``*`` -> normalised tuple.
+    ConfigError with a one-line reason for an entry that cannot be a host name."""
+    out: list[str] = []
+    for raw in value.split(","):
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        wild = entry.startswith("*.")
+        name = (entry[2:] if wild else entry).rstrip(".")
+        entry = f"*.{name}" if wild else (entry if entry == "*" else name)
+        if entry != "*" and (not name or any(c.isspace() or c in "/@*:[]" for c in name)):
+            raise ConfigError(f"--allowed-hosts entry {raw.strip()!r} must be a host name, "
+                             "*.domain or * (no port, no scheme)")
+        out.append(entry)
+    if len(out) > MAX_LIST_ENTRIES:
+        raise ConfigError(f"--allowed-hosts has more than {MAX_LIST_ENTRIES} entries")
+    return tuple(dict.fromkeys(out))
 
 
 def parse_peers(value: str | None) -> tuple[str, ...]:

@@ -20,7 +20,8 @@ from tornado.ioloop import IOLoop
 from actors.api.app import make_app
 from actors.api.auth import Authenticator
 from actors.api.bridge import RaftNodeClient
-from actors.api.limits import HandshakeLogFilter, LimitedHTTPServer, RateLimiter
+from actors.api.guard import RequestGuard, own_names
+from actors.api.limits import PRESSURE, HandshakeLogFilter, LimitedHTTPServer, RateLimiter
 from actors.api.quotas import Quotas
 from actors.base import Actor
 from actors.metrics import HttpLimitsCollector, InflightCollector, NodeMetrics
@@ -127,8 +128,14 @@ class ApiActor(Actor):
                 log.warning("no --api-key: the HTTP API is open to anyone who can reach it "
                             "(set --api-key / PRISN_API_KEY, the same on every node)")
         cfg = self.config if self.config is not None else ServerConfig(node_id="", data_dir="")
+        guard = RequestGuard.build(
+            origins=cfg.cors_origins, allowed_hosts=cfg.allowed_hosts,
+            own=own_names(self.bind, cfg.raft_addr, cfg.advertise_addr,
+                          cfg.advertised_raft_addr if cfg.cluster else ""),
+            check_hosts=auth is None or not auth.enabled)
         app = make_app(self.client, metrics=self.metrics, write_timeout=self.write_timeout,
-                       max_body=self.max_body, auth=auth, max_inflight=cfg.max_inflight)
+                       max_body=self.max_body, auth=auth, guard=guard,
+                       max_inflight=cfg.max_inflight)
         client, api_ctx = self.client, app.ctx
         self.metrics.registry.register(InflightCollector(
             lambda: (api_ctx.inflight, client.inflight, api_ctx.max_inflight)))
@@ -146,6 +153,7 @@ class ApiActor(Actor):
         server = LimitedHTTPServer(
             app, max_body_size=self.max_body, xheaders=False, ssl_options=tls,
             max_header_size=cfg.max_header_bytes, max_connections=cfg.max_connections,
+            max_conns_per_ip=cfg.max_conns_per_ip,
             idle_timeout=cfg.idle_timeout, body_timeout=cfg.body_timeout,
             response_timeout=2 * max(self.write_timeout, READ_TIMEOUT) + cfg.body_timeout)
         self._server = server
@@ -159,12 +167,20 @@ class ApiActor(Actor):
         self._server.add_sockets([sock])
         log.info("HTTP API listening on %s://%s:%d", "https" if tls else "http",
                  host or "0.0.0.0", self.port)
-        log.info("HTTP limits: %s per client address, %d connections, headers %d bytes, body "
-                 "%d bytes, %gs to send a request, %gs idle", f"{cfg.rate_limit:g} requests/s "
+        log.info("HTTP limits: %s per client address, %d connections (%d per client "
+                 "address), headers %d bytes, body %d bytes, %gs to send a request, %gs idle "
+                 "(%gs above %d%% of the connections)", f"{cfg.rate_limit:g} requests/s "
                  f"(burst {cfg.rate_burst})" if app.ctx.limiter is not None  # an empty one is falsy
                  else "no request rate limit",
-                 cfg.max_connections, cfg.max_header_bytes, self.max_body, cfg.body_timeout,
-                 cfg.idle_timeout)
+                 cfg.max_connections, cfg.max_conns_per_ip, cfg.max_header_bytes,
+                 self.max_body, cfg.body_timeout, cfg.idle_timeout,
+                 server.pressure_idle_timeout, round(100 * PRESSURE))
+        if guard.hosts is not None:
+            log.info("API open (no --api-key): requests must name this node in Host, as an IP "
+                     "address or one of %s (--allowed-hosts adds names)",
+                     ", ".join(sorted(guard.hosts)))
+        if guard.origins:
+            log.info("CORS: browser requests allowed from %s", ", ".join(sorted(guard.origins)))
 
     def stop(self) -> None:
         super().stop()

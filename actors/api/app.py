@@ -59,6 +59,7 @@ from actors.api.auth import (
 from actors.api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
 from actors.api.fastpath import Dispatch
 from actors.api.fastread import ReadBarriers
+from actors.api.guard import RequestGuard
 from actors.api.limits import RateLimiter
 from actors.api.node import NodeClient, NodeStatus
 from actors.api.quotas import Quotas
@@ -101,6 +102,8 @@ class ApiContext:
     tokens: TokenFactory = field(default_factory=TokenFactory)
     barriers: ReadBarriers = field(default_factory=ReadBarriers)  # shared strong reads
     quotas: Quotas = field(default_factory=Quotas)  # per-spec and per-namespace bounds
+    # Content-Type, Origin and (auth off) Host checks; the default checks no Host
+    guard: RequestGuard = field(default_factory=RequestGuard)
 
 
 class PrisnApplication(Application):
@@ -151,6 +154,7 @@ class BaseHandler(RequestHandler):
     """Shared plumbing: headers, body streaming and limits, JSON in/out, errors, metrics."""
 
     ROUTE = "unmatched"
+    PREFLIGHT = True  # answer CORS preflights (OPTIONS) on this route
     # method -> permission (`actors.api.auth`); a method not listed needs AUTHENTICATED.
     AUTH: ClassVar[dict[str, str]] = {}
     ctx: ApiContext
@@ -170,6 +174,8 @@ class BaseHandler(RequestHandler):
         self.set_header("X-Prisn-Node", ctx.node.node_id)
         self.set_header("X-Prisn-Leader", ctx.node.current_leader() or "")
         self.set_header("Content-Type", "application/json; charset=UTF-8")
+        for name, value in ctx.guard.cors_headers(self.request.headers):
+            self.set_header(name, value)
 
     # ------------------------------------------------------------------ body
     def prepare(self) -> None:
@@ -183,6 +189,15 @@ class BaseHandler(RequestHandler):
         self._request_id = rid
         self.set_header("X-Request-Id", rid)
         self.request.connection.set_max_body_size(_STREAM_LIMIT)  # type: ignore[union-attr]
+        headers = self.request.headers
+        self._refused = True  # until the checks pass: ignore the body of a refused request
+        self.ctx.guard.check_source(headers)  # 421 foreign Host (auth off), 403 foreign Origin
+        self._refused = False
+        if self.PREFLIGHT and self.request.method == "OPTIONS" and "Origin" in headers \
+                and "Access-Control-Request-Method" in headers:
+            self._refused = True
+            self.preflight()
+            return
         self.authenticate()  # 401/403 before the body is read
         length = self.request.headers.get("Content-Length")
         if length is not None:
@@ -197,6 +212,20 @@ class BaseHandler(RequestHandler):
                 self._refused = True
                 raise PayloadTooLarge(
                     f"request body of {n} bytes exceeds the limit of {self.ctx.max_body} bytes")
+        self._refused = True
+        self.ctx.guard.check_content_type(headers)  # 415: a body must be application/json
+        self._refused = False
+
+    def preflight(self) -> None:
+        """Answer a CORS preflight from an allowed origin (`check_source` passed): 204 with
+        the route's methods and the request headers the API reads. No authentication:
+        browsers send no credentials on a preflight."""
+        methods = [m for m in self.allowed_methods() if m != "OPTIONS"]
+        for name, value in self.ctx.guard.preflight_headers(methods):
+            self.set_header(name, value)
+        self.set_status(204)
+        self.clear_header("Content-Type")
+        self.finish()
 
     def data_received(self, chunk: bytes) -> None:
         if self._refused:
@@ -400,6 +429,7 @@ class NotFoundHandler(BaseHandler):
     """Every unknown path: 404 in the error shape, whatever the method."""
 
     ROUTE = "unmatched"
+    PREFLIGHT = False
 
     def prepare(self) -> None:
         super().prepare()
@@ -668,10 +698,13 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
              max_body: int = 10 * MiB, max_inflight: int = 10000,
              metrics: NodeMetrics | None = None,
              commands: CommandFactory | None = None, auth: Authenticator | None = None,
-             tokens: TokenFactory | None = None) -> PrisnApplication:
+             tokens: TokenFactory | None = None,
+             guard: RequestGuard | None = None) -> PrisnApplication:
     """The API application for `node`. Without `metrics`, a `NodeMetrics` is made from
     `node.status` and `node.store.count` (reach it as ``app.ctx.metrics``). Without `auth`
-    (or with an `Authenticator` that has no API key) the API is open."""
+    (or with an `Authenticator` that has no API key) the API is open. Without `guard`, bodies
+    must be JSON and any Origin is refused, but no Host is checked (`ApiActor` passes the
+    node's own `RequestGuard`)."""
     from actors.api.tokens import TOKEN_ROUTES  # tokens imports BaseHandler from here
 
     if metrics is None:
@@ -684,7 +717,7 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
         node=node, metrics=metrics, commands=commands or CommandFactory(),
         write_timeout=write_timeout, read_timeout=read_timeout, max_body=max_body,
         max_inflight=max_inflight, auth=auth or Authenticator(),
-        tokens=tokens or TokenFactory(),
+        tokens=tokens or TokenFactory(), guard=guard or RequestGuard(),
     )
     return app
 

@@ -4,8 +4,9 @@ Thread: the API IOLoop thread only (like everything in `actors.api`).
 
 `PrisnApplication.start_request` hands every request to a `Dispatch` delegate. When the
 headers are in, it chooses: a plain create (exact path, no query string, a valid
-Content-Length within the body limit, no Transfer-Encoding, authentication off, the rate
-limiter allowing it) is served by `FastCreate`, a plain `GET /api/v1/deployments/{name}` by
+Content-Length within the body limit, no Transfer-Encoding, authentication off, no Origin
+and no CORS allow list, an accepted Host and a JSON Content-Type (`RequestGuard.plain`), the
+rate limiter allowing it) is served by `FastCreate`, a plain `GET /api/v1/deployments/{name}` by
 `actors.api.fastread.FastRead`; everything else, including every request that would be
 refused before its body is read (400/401/403/413/429), goes to the Application's own
 routing delegate, exactly as if this module did not exist.
@@ -50,7 +51,7 @@ def _fast_create_ok(ctx: ApiContext, start_line: httputil.RequestStartLine,
     rate-limiter token when it says yes, as `BaseHandler.prepare` would have."""
     if start_line.method != "POST" or start_line.path != ROUTE or ctx.auth.enabled:
         return False
-    if "Transfer-Encoding" in headers:
+    if "Transfer-Encoding" in headers or not ctx.guard.plain(headers):
         return False
     length = headers.get("Content-Length")
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses; the

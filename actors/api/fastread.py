@@ -5,8 +5,8 @@ Thread: the API IOLoop thread only (like everything in `actors.api`).
 
 `fastpath.Dispatch` asks `fast_read` once the headers are in. A plain read (method GET, the
 path ``/api/v1/deployments/<name or id>`` of letters, digits, ``-`` and ``_`` only, no query
-string or exactly ``?namespace=<valid name>``, no body, authentication off, the rate
-limiter allowing it) is served by `FastRead`; everything else (HEAD, a trailing slash, an
+string or exactly ``?namespace=<valid name>``, no body, authentication off, no Origin and
+no CORS allow list and an accepted Host (`RequestGuard.plain`), the rate limiter allowing it) is served by `FastRead`; everything else (HEAD, a trailing slash, an
 escaped or odd name, any other query, a body, auth on, over the rate) goes to the
 Application, exactly as if this module did not exist.
 
@@ -149,6 +149,8 @@ def fast_read(ctx: ApiContext, conn: httputil.HTTPConnection,
         if namespace is None:
             return None
     if "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+        return None
+    if not ctx.guard.plain(headers):  # Origin, CORS or a foreign Host: the handler answers
         return None
     if not limiter_allows(ctx, remote_ip, ROUTE):
         return None

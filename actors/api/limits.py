@@ -7,14 +7,19 @@
   token. `/health` and `/ready` are exempt (`EXEMPT_ROUTES`): liveness and readiness probes
   must never be throttled.
 - `LimitedHTTPServer`: Tornado's HTTPServer plus a cap on open connections (one more is
-  answered 503 and closed at accept, or just closed for TLS) and slow-client protection
+  answered 503 and closed at accept, or just closed for TLS), a lower cap per client address
+  (`max_conns_per_ip`; one more from that address is answered 429 and closed at accept, so
+  one address can never take the slots other clients and the probes need; IPv6 addresses
+  count per /64, an IPv4-mapped one as its IPv4 address), and slow-client protection
   without a per-request timer: every request moves its connection through phases
   (``header``, ``body``, ``busy``, ``idle``) with the time the phase began, and ONE periodic
   sweep (every `sweep_interval`) closes a connection whose request has not fully arrived
   within `body_timeout` (headers and body together, TLS handshake included for a new
   connection), whose response is not done within `response_timeout`, or that sat idle between
-  requests for `idle_timeout`. Tornado's own header/body timeouts are switched off: they wrap
-  every read in `gen.with_timeout`, a timer per request on the hot path.
+  requests for `idle_timeout` -- or only `pressure_idle_timeout` while the node holds at
+  least `PRESSURE` (75%) of `max_connections`, so idle keep-alive connections give their
+  slots back quickly when slots run short. Tornado's own header/body timeouts are switched
+  off: they wrap every read in `gen.with_timeout`, a timer per request on the hot path.
 
 Threads: everything here runs on the API IOLoop thread (no locks). The counters are plain
 ints read by the metrics collector at scrape time, which also runs on that thread.
@@ -22,6 +27,7 @@ ints read by the metrics collector at scrape time, which also runs on that threa
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -42,6 +48,9 @@ from actors.api.framing import strict_chunk_lines
 
 EXEMPT_ROUTES = frozenset({"/health", "/ready"})
 DEFAULT_MAX_CLIENTS = 65536
+DEFAULT_MAX_CONNS_PER_IP = 128
+PRESSURE = 0.75  # share of max_connections from which idle connections get the short timeout
+DEFAULT_PRESSURE_IDLE_TIMEOUT = 5.0
 
 # Connection phases (ints: compared on every request).
 HEADER, BODY, BUSY, IDLE = 0, 1, 2, 3
@@ -168,12 +177,29 @@ class _Tracked(httputil.HTTPMessageDelegate):
         self._delegate.on_connection_close()
 
 
+def client_key(address: Any) -> str:
+    """The per-address connection cap's key for a peer `address` (any thread, pure): the IPv4
+    address; an IPv6 address's /64 (one host usually has a whole /64); an IPv4-mapped IPv6
+    address as its IPv4 address; "" for a non-IP peer (a Unix socket)."""
+    host = address[0] if isinstance(address, tuple) and address else ""
+    if not isinstance(host, str) or ":" not in host:
+        return host if isinstance(host, str) else ""
+    try:
+        ip = ipaddress.IPv6Address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
 @dataclass
 class LimitStats:
     """Counters of one LimitedHTTPServer (IOLoop thread; read at scrape time)."""
 
     connections_open: int = 0
-    connections_refused: int = 0
+    connections_refused: int = 0  # at accept, node cap and per-address cap together
+    connections_refused_per_ip: int = 0  # of which: the address held max_conns_per_ip
     slow_clients_closed: dict[str, int] = field(
         default_factory=lambda: {"header": 0, "body": 0, "response": 0})
     idle_closed: int = 0
@@ -182,13 +208,22 @@ class LimitStats:
 class LimitedHTTPServer(HTTPServer):
     """HTTPServer with a connection cap and the slow-client sweep (see the module doc).
 
-    Extra keyword arguments: `max_connections`, `idle_timeout`, `body_timeout`,
-    `response_timeout` (None: unbounded), `sweep_interval` (seconds; 0 = no automatic sweep,
-    call `sweep()` yourself), `clock`. Construct, listen and stop it on the IOLoop thread.
+    Extra keyword arguments: `max_connections`, `max_conns_per_ip`, `idle_timeout`,
+    `pressure_idle_timeout` (the idle limit at or above `PRESSURE` of `max_connections`),
+    `body_timeout`, `response_timeout` (None: unbounded), `sweep_interval` (seconds; 0 = no
+    automatic sweep, call `sweep()` yourself), `clock`. Construct, listen and stop it on the
+    IOLoop thread.
+
+    Invariants: `stats.connections_open` == the sum of `_per_ip` values; an address is in
+    `_per_ip` only while it has an open connection (so the table holds at most
+    `max_connections` entries); no address holds more than `max_conns_per_ip`.
     """
 
     def initialize(self, request_callback: Any, *, max_connections: int = 1024,
-                   idle_timeout: float = 60.0, body_timeout: float = 10.0,
+                   max_conns_per_ip: int = DEFAULT_MAX_CONNS_PER_IP,
+                   idle_timeout: float = 60.0,
+                   pressure_idle_timeout: float = DEFAULT_PRESSURE_IDLE_TIMEOUT,
+                   body_timeout: float = 10.0,
                    response_timeout: float | None = None, sweep_interval: float = 1.0,
                    clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
         kwargs.pop("idle_connection_timeout", None)
@@ -198,7 +233,11 @@ class LimitedHTTPServer(HTTPServer):
         self.conn_params.header_timeout = None
         self.conn_params.body_timeout = None
         self.max_connections = max_connections
+        self.max_conns_per_ip = max_conns_per_ip
         self.idle_timeout = idle_timeout
+        self.pressure_idle_timeout = min(pressure_idle_timeout, idle_timeout)
+        self._per_ip: dict[str, int] = {}  # client key -> open connections
+        self._key_of: dict[IOStream, str] = {}  # open stream -> its client key
         self.body_timeout = body_timeout
         self.response_timeout = response_timeout
         self.stats = LimitStats()
@@ -216,6 +255,15 @@ class LimitedHTTPServer(HTTPServer):
             stats.connections_refused += 1
             _refuse(stream, self.max_connections)
             return
+        key = client_key(address)
+        held = self._per_ip.get(key, 0)
+        if held >= self.max_conns_per_ip:
+            stats.connections_refused += 1
+            stats.connections_refused_per_ip += 1
+            _refuse(stream, self.max_conns_per_ip, per_ip=True)
+            return
+        self._per_ip[key] = held + 1
+        self._key_of[stream] = key
         stats.connections_open += 1
         strict_chunk_lines(stream)  # bare-LF chunk framing: a prompt 400, not a 10 s hang
         super().handle_stream(stream, address)
@@ -235,7 +283,24 @@ class LimitedHTTPServer(HTTPServer):
     def on_close(self, server_conn: object) -> None:
         self._conns.pop(server_conn, None)
         self.stats.connections_open -= 1
+        key = self._key_of.pop(server_conn.stream, None)  # type: ignore[attr-defined]
+        if key is not None:
+            left = self._per_ip[key] - 1
+            if left:
+                self._per_ip[key] = left
+            else:
+                del self._per_ip[key]
         super().on_close(server_conn)
+
+    def connections_of(self, address: Any) -> int:
+        """Open connections counted against `address`'s cap (tests, debugging)."""
+        return self._per_ip.get(client_key(address), 0)
+
+    def idle_limit(self) -> float:
+        """The idle timeout now: the short one under pressure (see the module doc)."""
+        if self.stats.connections_open >= PRESSURE * self.max_connections:
+            return self.pressure_idle_timeout
+        return self.idle_timeout
 
     def stop(self) -> None:
         if self._sweeper is not None:
@@ -252,6 +317,7 @@ class LimitedHTTPServer(HTTPServer):
         """Close every connection over its phase's time limit (see the module doc)."""
         now = self._clock()
         stats = self.stats
+        idle_limit = self.idle_limit()
         for c in list(self._conns.values()):
             stream = c.stream
             if stream.closed():
@@ -260,7 +326,7 @@ class LimitedHTTPServer(HTTPServer):
             if phase == IDLE:
                 if getattr(stream, "_read_buffer_size", 0):  # part of the next request is in
                     c.phase, c.since = HEADER, now
-                elif age > self.idle_timeout:
+                elif age > idle_limit:
                     stats.idle_closed += 1
                     stream.close()
             elif phase == BUSY:
@@ -272,13 +338,20 @@ class LimitedHTTPServer(HTTPServer):
                 stream.close()
 
 
-def _refuse(stream: IOStream, limit: int) -> None:
-    """Answer 503 on a plain connection (best effort, one non-blocking write) and close it.
-    A TLS connection is closed at once: answering would need a handshake first."""
+def _refuse(stream: IOStream, limit: int, *, per_ip: bool = False) -> None:
+    """Answer 503 (node cap) or 429 (`per_ip`: the address's cap) on a plain connection (best
+    effort, one non-blocking write) and close it. A TLS connection is closed at once:
+    answering would need a handshake first."""
     if not isinstance(stream, SSLIOStream):
-        body = json.dumps(error_body(503, f"too many open connections (limit {limit}); retry "
-                                     "shortly")).encode()
-        head = (b"HTTP/1.1 503 Service Unavailable\r\n"
+        if per_ip:
+            status, line = 429, b"429 Too Many Requests"
+            message = (f"too many open connections from your address (limit {limit}); close "
+                       "idle ones or retry shortly")
+        else:
+            status, line = 503, b"503 Service Unavailable"
+            message = f"too many open connections (limit {limit}); retry shortly"
+        body = json.dumps(error_body(status, message)).encode()
+        head = (b"HTTP/1.1 " + line + b"\r\n"
                 b"Content-Type: application/json; charset=UTF-8\r\nRetry-After: 1\r\n"
                 b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
         try:

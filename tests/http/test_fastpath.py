@@ -105,7 +105,7 @@ class TestFastPath(ApiCase):
     def test_chunked_bodies_go_to_the_application(self) -> None:
         body = b'{"name": "chunky", "source": "x"}'
         out = self.raw(b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\n"
-                       b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                       b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                        + hex(len(body))[2:].encode() + b"\r\n" + body + b"\r\n0\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 201"), out[:200]
         assert Counting.taken == 0
@@ -130,7 +130,7 @@ class TestFastPath(ApiCase):
             s = socket.create_connection(("127.0.0.1", port))
             s.setblocking(False)
             await loop.sock_sendall(s, b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\n"
-                                       b"Content-Length: " + str(len(body)).encode()
+                                       b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
                                        + b"\r\n\r\n" + body)
             await asyncio.wait_for(self.node.wait_held(1), 5)
             s.close()

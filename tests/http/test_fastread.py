@@ -169,9 +169,11 @@ class TestFastRead(ApiCase):
         head = self.raw(b"HEAD /api/v1/deployments/web HTTP/1.1\r\nHost: x\r\n"
                         b"Connection: close\r\n\r\n")
         body = self.raw(b"GET /api/v1/deployments/web HTTP/1.1\r\nHost: x\r\n"
-                        b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+                        b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+                        b"Connection: close\r\n\r\n{}")
         chunked = self.raw(b"GET /api/v1/deployments/web HTTP/1.1\r\nHost: x\r\n"
-                           b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n")
+                           b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                           b"Connection: close\r\n\r\n0\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 405 ")  # the handler has no head()
         assert body.startswith(b"HTTP/1.1 200 ") and chunked.startswith(b"HTTP/1.1 200 ")
         assert Counting.taken == 0
@@ -230,6 +232,7 @@ class TestFastRead(ApiCase):
         def post(path: str, body: bytes) -> bytes:
             return _DATE.sub(b"", self.raw(
                 f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: r\r\n"
+                f"Content-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body))
 
         for body in (b"{}", b"{bad", b'{"name": "web", "source": "x"}'):

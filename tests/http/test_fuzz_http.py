@@ -185,6 +185,8 @@ def raw_request(draw: st.DrawFn) -> tuple[str, bytes, bool]:
         method, route = draw(st.sampled_from(METHODS)), draw(st.sampled_from(ROUTES))
     data = draw(body()) if method.upper() not in ("GET", "HEAD") or draw(st.booleans()) else b""
     lines = [f"{method} ".encode() + draw(target(route)) + b" HTTP/1.1", b"Host: fuzz"]
+    if draw(st.integers(0, 4)):  # mostly JSON, so bodies get past the 415 to the handlers
+        lines.append(b"Content-Type: application/json")
     for _ in range(draw(st.integers(0, 4)) if draw(st.booleans()) else 0):
         lines.append(draw(header_name) + b": " + draw(header_value))
     framing = "length" if draw(st.integers(0, 9)) < 6 else draw(st.sampled_from(
@@ -354,7 +356,8 @@ class TestFuzzHttp(ApiCase):
         seen = set()
         for data in (
             b"POST /api/v1/deployments HTTP/1.1\r\nHost: f\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % len(json.dumps(SPEC)) + json.dumps(SPEC).encode(),
+            b"Content-Type: application/json\r\nConnection: close\r\n\r\n"
+            % len(json.dumps(SPEC)) + json.dumps(SPEC).encode(),
             b"GET /api/v1/deployments/%FF HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n",
             b"BREW /health HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n",
             b"POST /api/v1/deployments HTTP/1.1\r\nHost: f\r\nContent-Length: -1\r\n"
@@ -374,7 +377,8 @@ class TestFuzzHttp(ApiCase):
         def post(path: str, body: bytes, method: str = "POST") -> tuple[int, dict[str, str],
                                                                          bytes]:
             reply = parse(self.send(
-                b"%s %s HTTP/1.1\r\nHost: f\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                b"%s %s HTTP/1.1\r\nHost: f\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n"
                 % (method.encode(), path.encode(), len(body)) + body))
             assert reply is not None
             return reply
@@ -396,6 +400,132 @@ class TestFuzzHttp(ApiCase):
             assert (self.node.store.state_hash(), len(self.node.proposals)) == before
         for framing in (b"5\nhello\n0\n\n", b"5\r\nhello\r\n0\n\r\n", b"0\n\r\n"):
             reply = parse(self.send(b"POST /api/v1/deployments HTTP/1.1\r\nHost: f\r\n"
+                                    b"Content-Type: application/json\r\n"
                                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                                     + framing))
             assert reply is not None and reply[0] == 400, framing
+
+# ---------------------------------------------------------------------- CORS and Host (issue 17)
+# Oracle lists, independent of `RequestGuard`: the app below allows the origin
+# https://app.example and the extra hosts api.example and *.corp.example; its own name is
+# node1.local. A Host of None means the header is left out.
+GUARD_ORIGIN = "https://app.example"
+HOSTS_OK = [None, b"", b"localhost", b"LOCALHOST:7331", b"127.0.0.1", b"127.0.0.1:1",
+            b"[::1]:7331", b"10.1.2.3:80", b"node1.local", b"Node1.Local.", b"api.example:9",
+            b"x.corp.example", b"a.b.corp.example:7331"]
+HOSTS_BAD = [b"evil.example", b"evil.example:7331", b"localhost.evil.example",
+             b"127.0.0.1.nip.io", b"corp.example", b"xcorp.example", b"api.example.evil",
+             b"node1", b"\xff", b"a b", b"evil.example.", b"1.2.3.4.evil"]
+ORIGINS_OK = [None, b"https://app.example", b"HTTPS://APP.EXAMPLE", b"https://app.example/"]
+ORIGINS_BAD = [b"https://evil.example", b"http://app.example", b"null", b"",
+               b"https://app.example:8443", b"https://app.example.evil", b"\xff\xfe"]
+TYPES_OK = [b"application/json", b"application/json; charset=utf-8", b"APPLICATION/JSON",
+            b" application/json ;charset=UTF-8"]
+TYPES_BAD = [None, b"text/plain", b"application/x-www-form-urlencoded", b"",
+             b"multipart/form-data; boundary=x", b"application/jsonx", b"text/json",
+             b"application/json, text/plain"]
+
+
+@st.composite
+def guarded_request(draw: st.DrawFn) -> dict[str, Any]:
+    """A request that a browser page could make: Host, Origin, Content-Type and body from
+    the oracle lists, method and route from those the app serves (OPTIONS included)."""
+    method, route = draw(st.sampled_from(SERVED))
+    preflight = draw(st.integers(0, 4)) == 0
+    origin = draw(st.sampled_from(ORIGINS_OK + ORIGINS_BAD))
+    return {
+        "method": "OPTIONS" if preflight else method,
+        "request_method": method if preflight and draw(st.booleans()) else None,
+        "path": draw(target(route)),
+        "host": draw(st.sampled_from(HOSTS_OK + HOSTS_BAD)),
+        "origin": origin,
+        "type": draw(st.sampled_from(TYPES_OK + TYPES_BAD)),
+        "body": (json.dumps({**SPEC, "name": draw(st.sampled_from(["web", "api"]))}).encode()
+                 if draw(st.integers(0, 3)) else b""),
+        "chunked": draw(st.integers(0, 5)) == 0,
+    }
+
+
+def guarded_bytes(r: dict[str, Any]) -> bytes:
+    lines = [r["method"].encode() + b" " + r["path"] + b" HTTP/1.1"]
+    for name, key in ((b"Host", "host"), (b"Origin", "origin"), (b"Content-Type", "type")):
+        if r[key] is not None:
+            lines.append(name + b": " + r[key])
+    if r["request_method"] is not None:
+        lines.append(b"Access-Control-Request-Method: " + r["request_method"].encode())
+    data = r["body"]
+    if r["chunked"]:
+        lines.append(b"Transfer-Encoding: chunked")
+        data = (b"%x\r\n" % len(data) + data + b"\r\n" if data else b"") + b"0\r\n\r\n"
+    else:
+        lines.append(b"Content-Length: %d" % len(data))
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + data
+
+
+class TestFuzzCorsHost(ApiCase):
+    """Issue 17, item 5: whatever a page puts in Host, Origin and Content-Type, a foreign
+    Host is 421, a foreign Origin 403, a non-JSON body 415, in that order, and none of them
+    changes anything; an allowed origin gets its CORS answer; never a 5xx."""
+
+    get_http_server = TestFuzzHttp.get_http_server
+    _exchange = TestFuzzHttp._exchange
+    send = TestFuzzHttp.send
+
+    def get_app(self) -> Any:
+        from actors.api.guard import RequestGuard
+
+        app = super().get_app()
+        app.ctx.guard = RequestGuard.build(origins=[GUARD_ORIGIN],
+                                           allowed_hosts=["api.example", "*.corp.example"],
+                                           own=["node1.local"])
+        return app
+
+    @fuzz(ci_examples=300)
+    @given(req=guarded_request())
+    def test_cross_site_requests(self, req: dict[str, Any]) -> None:
+        node, store = self.node, self.node.store
+        before, proposed = store.state_hash(), len(node.proposals)
+        reply = parse(self.send(guarded_bytes(req)))
+        assert reply is not None, req
+        status, headers, payload = reply
+        assert status < 500, (status, payload[:300], req)
+        if not payload and status == 400 and "x-prisn-node" not in headers:
+            # Tornado's bare answer to a request it cannot frame (a body without Host)
+            assert store.state_hash() == before and len(node.proposals) == proposed, req
+            return
+        if status == 400 and b"Invalid unicode in url" in payload:  # before any handler code
+            assert store.state_hash() == before and len(node.proposals) == proposed, req
+            return
+        origin = req["origin"]
+        has_body = req["chunked"] or bool(req["body"])
+        if req["host"] in HOSTS_BAD:
+            expected: int | None = 421
+        elif origin in ORIGINS_BAD:
+            expected = 403
+        elif req["method"] == "OPTIONS" and origin is not None and req["request_method"]:
+            expected = 204
+        elif has_body and req["type"] in TYPES_BAD:
+            expected = 415
+        else:
+            expected = None  # past the guard: whatever the handler answers
+        if expected is not None:
+            assert status == expected, (status, payload[:300], req)
+        else:
+            assert status not in (421, 415), (status, payload[:300], req)
+            if status == 403:
+                assert b"cross-origin" not in payload, (payload[:300], req)
+        if expected in (421, 403, 415, 204):  # refused (or a preflight): nothing changed
+            assert store.state_hash() == before and len(node.proposals) == proposed, req
+        if expected in (421, 403, 415):
+            err = json.loads(payload)
+            assert err["error"] == HTTPStatus(status).phrase and err["message"], err
+            assert headers.get("x-prisn-node") == "node1", headers
+        assert headers.get("vary") == "Origin", headers  # a CORS list is configured
+        if origin in ORIGINS_OK and origin is not None and expected != 421:
+            assert headers.get("access-control-allow-origin") == origin.decode(), headers
+        else:
+            assert "access-control-allow-origin" not in headers, headers
+        if expected == 204:
+            assert "access-control-allow-methods" in headers, headers
+            assert "Content-Type" in headers["access-control-allow-headers"], headers

@@ -399,7 +399,7 @@ class TestBodyLimit(ApiCase):
         chunk = b"x" * 600
         body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4)) + b"0\r\n\r\n"
         head = (b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n")
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
         reply = await asyncio.get_running_loop().run_in_executor(
             None, self.raw_request, head, body)
         assert reply.startswith(b"HTTP/1.1 413 "), reply[:100]
@@ -446,11 +446,11 @@ class TestInflightBound(ApiCase):
     async def test_excess_writes_refused_at_once(self) -> None:
         self.node.hold_writes = True
         url = self.get_url("/api/v1/deployments")
-        held = [self.http_client.fetch(url, method="POST", raise_error=False,
+        held = [self.http_client.fetch(url, method="POST", raise_error=False, headers=JSON,
                                        body=json.dumps({**SPEC, "name": f"h{i}"}))
                 for i in range(2)]
         await asyncio.wait_for(self.node.wait_held(2), 5)
-        extra = await self.http_client.fetch(url, method="POST", raise_error=False,
+        extra = await self.http_client.fetch(url, method="POST", raise_error=False, headers=JSON,
                                              body=json.dumps({**SPEC, "name": "extra"}))
         assert extra.code == 503
         err = json.loads(extra.body)
@@ -463,7 +463,7 @@ class TestInflightBound(ApiCase):
         assert sorted(r.code for r in done) == [201, 201]
         assert self.app.ctx.inflight == 0
         assert self.node.store.get(None, "extra") is None
-        again = await self.http_client.fetch(url, method="POST", raise_error=False,
+        again = await self.http_client.fetch(url, method="POST", raise_error=False, headers=JSON,
                                              body=json.dumps({**SPEC, "name": "extra"}))
         assert again.code == 201
 

@@ -22,6 +22,8 @@ from actors.api.node import FakeNodeClient, NodeInfo
 from prisn.fsm.commands import CommandFactory, format_ts
 from prisn.fsm.tokens import TokenFactory
 
+JSON = {"Content-Type": "application/json"}
+
 KEY = "bootstrap-key-0123456789"
 T0 = 1_700_000_000.0
 SEED = 20240607
@@ -537,7 +539,7 @@ class TestOpenApi(AsyncHTTPTestCase):
                 resp = self.fetch(path, method=method, body=body, headers=headers,
                                   raise_error=False)
                 assert resp.code == 200, (hv, path, resp.body)
-        resp = self.fetch("/api/v1/tokens", method="POST", raise_error=False,
+        resp = self.fetch("/api/v1/tokens", method="POST", raise_error=False, headers=JSON,
                           body=json.dumps({"name": "t", "role": "viewer", "namespaces": ["a"]}))
         assert resp.code == 201 and json.loads(resp.body)["secret"].startswith("prisn_")
         assert self.node.store.token_count() == 1

@@ -358,8 +358,8 @@ class TestSlowClients(LimitsCase):
         self.node.hold_writes = True
         r, w = await self.open()
         body = json.dumps(SPEC).encode()
-        w.write(b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-                % len(body) + body)
+        w.write(b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                b"Content-Type: application/json\r\n\r\n" % len(body) + body)
         await self.tracked("response")
         self.clock.advance(29.0)
         self.server.sweep()

@@ -59,8 +59,8 @@ class MetricsCase(AsyncHTTPTestCase):
         return resp.body.decode(), resp.headers["Content-Type"]
 
     def test_request_series_use_route_patterns(self) -> None:
-        self.fetch("/api/v1/deployments", method="POST",
-                   body='{"name": "web", "source": "x"}')
+        self.fetch("/api/v1/deployments", method="POST", body='{"name": "web", "source": "x"}',
+                   headers={"Content-Type": "application/json"})
         self.fetch("/api/v1/deployments/web")
         self.fetch("/api/v1/deployments/web")
         self.fetch("/api/v1/deployments/other")
@@ -93,7 +93,8 @@ class MetricsCase(AsyncHTTPTestCase):
         assert value(text, "raft_replication_lag_seconds", peer="node1") is None
         assert value(text, "raft_peer_last_contact_seconds", peer="node3") == 0.3
         assert value(text, "raft_peer_inflight_messages", peer="node2") == 4
-        self.fetch("/api/v1/deployments", method="POST", body='{"name": "a", "source": "x"}')
+        self.fetch("/api/v1/deployments", method="POST", body='{"name": "a", "source": "x"}',
+                   headers={"Content-Type": "application/json"})
         self.node.commit_noop()
         self.node.state = "follower"
         self.node.term = 8
@@ -143,7 +144,8 @@ class MetricsCase(AsyncHTTPTestCase):
 
     @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
     def test_promtool_accepts_the_output(self) -> None:
-        self.fetch("/api/v1/deployments", method="POST", body='{"name": "a", "source": "x"}')
+        self.fetch("/api/v1/deployments", method="POST", body='{"name": "a", "source": "x"}',
+                   headers={"Content-Type": "application/json"})
         self.fetch("/health")
         m = self.app.ctx.metrics
         m.observe_fsync(0.001)

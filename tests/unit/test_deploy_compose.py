@@ -330,3 +330,34 @@ def test_healthcheck_reports_unhealthy_on_503_or_no_server() -> None:
     finally:
         srv.shutdown()
     assert run_probe(healthcheck_argv(), free_port()) != 0
+
+
+def test_every_name_a_node_is_reached_by_passes_the_host_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auth off (the compose file sets no API key): each node accepts the Host that
+    Prometheus (its scrape target), the other containers, the healthcheck and the Docker
+    host (localhost, the host's IP) use; a foreign name is refused."""
+    from actors.api.guard import RequestGuard, own_names
+    from prisn.config import parse_hosts
+
+    cfg = load_yaml(COMPOSE_FILE)
+    prom = load_yaml(PROM_CONFIG)
+    targets = [t for j in prom["scrape_configs"] for sc in j["static_configs"]
+               for t in sc["targets"]]
+    env = cfg["services"]["prisn1"]["environment"]
+    assert "PRISN_API_KEY" not in env
+    extra = re.sub(r"\$\{PRISN_ALLOWED_HOSTS:-([^}]*)\}", r"\1", env["PRISN_ALLOWED_HOSTS"])
+    for node in NODES:
+        svc = cfg["services"][node]
+        args = command_args(svc)
+        monkeypatch.setattr("socket.gethostname", lambda svc=svc: svc["hostname"])
+        guard = RequestGuard.build(
+            allowed_hosts=parse_hosts(extra),
+            own=own_names(flag_value(args, "--bind"), flag_value(args, "--raft-addr"),
+                          flag_value(args, "--advertise-addr")))
+        mine = [t for t in targets if t.startswith(f"{node}:")]
+        assert mine, node
+        for host in [*mine, f"{node}:7331", "127.0.0.1:7331", "localhost:7333",
+                     "192.168.1.20:7331"]:
+            assert guard.host_allowed(host), (node, host)
+        assert not guard.host_allowed("evil.example:7331")

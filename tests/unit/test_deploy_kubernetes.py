@@ -182,3 +182,44 @@ def test_data_volume(sts, container) -> None:
     assert flag_value(container["args"], "--data-dir") in (None, "/var/lib/prisn")
     if container.get("securityContext", {}).get("readOnlyRootFilesystem"):
         assert "/tmp" in mounts.values(), "read-only root needs a writable /tmp"
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of an env value."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env[m.group(1)], value)
+
+
+def test_env_only_references_earlier_env(container) -> None:
+    seen: set[str] = set()
+    for e in container.get("env", []):
+        refs = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", e.get("value", "")))
+        assert refs <= seen, (e["name"], refs - seen)  # Kubernetes expands earlier vars only
+        seen.add(e["name"])
+
+
+def test_every_name_clients_use_passes_the_host_check(
+        sts, container, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auth off (the manifest sets no API key): the Service names, the pods' DNS names and
+    pod IPs (probes, Prometheus' pod discovery) are accepted; a foreign name is not."""
+    from actors.api.guard import RequestGuard, own_names
+    from prisn.config import parse_hosts
+
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    assert "PRISN_API_KEY" not in env
+    svc, ns = sts["spec"]["serviceName"], "team-a"
+    for i in range(sts["spec"]["replicas"]):
+        pod = f"{sts['metadata']['name']}-{i}"
+        values = {"POD_NAME": pod, "POD_NAMESPACE": ns}
+        args = [expand(a, values) for a in container["args"]]
+        monkeypatch.setattr("socket.gethostname", lambda pod=pod: pod)  # a pod's hostname
+        guard = RequestGuard.build(
+            allowed_hosts=parse_hosts(expand(env["PRISN_ALLOWED_HOSTS"], values)),
+            own=own_names(flag_value(args, "--bind"), flag_value(args, "--raft-addr"),
+                          flag_value(args, "--advertise-addr")))
+        names = ["prisn-api", f"prisn-api.{ns}", f"prisn-api.{ns}.svc.cluster.local",
+                 f"{pod}.{svc}", f"{pod}.{svc}.{ns}.svc.cluster.local", pod, "10.244.1.7",
+                 "localhost", f"{sts['metadata']['name']}-9.{svc}.{ns}.svc"]
+        for name in names:
+            assert guard.host_allowed(f"{name}:7331"), (pod, name)
+        for name in ("evil.example", f"prisn-api.{ns}.evil.example", "svc.cluster.local"):
+            assert not guard.host_allowed(f"{name}:7331"), (pod, name)

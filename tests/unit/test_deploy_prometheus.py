@@ -349,3 +349,24 @@ def test_dashboard_queries_are_valid_promql(dashboard, tmp_path: Path) -> None:
     rules.append({"record": "dashboard:broken", "expr": "sum(rate(raft_term[5m])"})
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     assert run_promtool("check", "rules", str(path)).returncode != 0
+
+
+def test_static_targets_pass_the_host_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The static job scrapes nodeN:7331; a node set up as deploy/systemd/prisn.env.example
+    (advertising nodeN:7332, auth off) accepts that Host, so no scrape gets a 421."""
+    from actors.api.guard import RequestGuard, own_names
+
+    cfg = load_yaml(CONFIG)
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "prisn"]
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    env = dict(line.split("=", 1) for line in
+               (ROOT / "deploy" / "systemd" / "prisn.env.example").read_text().splitlines()
+               if line and not line.startswith("#"))
+    for target in targets:
+        host = target.rpartition(":")[0]
+        advertise = env["PRISN_ADVERTISE_ADDR"].replace("node1", host)
+        monkeypatch.setattr("socket.gethostname", lambda host=host: host)
+        guard = RequestGuard.build(own=own_names(env["PRISN_BIND"], env["PRISN_RAFT_ADDR"],
+                                                 advertise))
+        assert guard.host_allowed(target), target
+        assert not guard.host_allowed("evil.example:7331")

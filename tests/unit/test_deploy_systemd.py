@@ -37,6 +37,9 @@ KNOWN_SETTINGS = {
     "PRISN_API_KEY",
     "PRISN_TLS_CERT",
     "PRISN_TLS_KEY",
+    "PRISN_ALLOWED_HOSTS",
+    "PRISN_CORS_ORIGINS",
+    "PRISN_MAX_CONNS_PER_IP",
 }
 
 
@@ -265,3 +268,9 @@ def test_readme_covers_install_steps() -> None:
         "systemctl enable",
     ):
         assert step in text, step
+
+
+def test_known_settings_are_server_flags() -> None:
+    from prisn.cli import server
+
+    assert KNOWN_SETTINGS <= {p.envvar for p in server.params}

@@ -85,6 +85,7 @@ class Operator:
         self.watch: list[ServerProc] = []  # running nodes that are not members right now
         # ids this operator stopped (the monitor adds a dead node to expected_down too)
         self.down: set[str] = set()
+        self.cluster_ids_seen: set[str] = set()
 
     # ------------------------------------------------------------------ steps and waits
     @contextlib.contextmanager
@@ -191,8 +192,10 @@ class Operator:
         return {} if st is None else {x["id"]: x for x in st["nodes"]}
 
     def cluster_ids(self) -> set[str]:
-        return {self.wait(lambda n=n: _status(n, 2.0), f"status of {n.node_id}")["cluster_id"]
-                for n in self.c.nodes}
+        ids = {self.wait(lambda n=n: _status(n, 2.0), f"status of {n.node_id}")["cluster_id"]
+               for n in self.c.nodes}
+        self.cluster_ids_seen |= ids
+        return ids
 
     def all_voters(self, what: str) -> None:
         self.wait(self.c.all_voters, what, 40)
@@ -420,12 +423,23 @@ def _form_static(cluster: Cluster) -> None:
     wait_until(cluster.all_voters, 40, "every node a voter")
 
 
-def _static_then_power_loss(op: Operator) -> None:
+def _static_then_power_loss(op: Operator, backup: Path) -> None:
     c = op.c
     with op.step("static-peers-start"):
         ids = op.cluster_ids()
         assert len(ids) == 1, ids
         op.health(c.nodes[0])
+    # operations.md "Backup and restore": stop one follower (the others keep serving), copy
+    # its whole data dir (`tar -C /var/lib -czf prisn-$(date +%F).tgz prisn`), start it again
+    with op.step("backup"):
+        n = followers(op)[0]
+        op.stop(n)
+        op.rec.event(kind="backup", node=n.node_id, args=n.args)
+        subprocess.run(["tar", "-C", str(n.data_dir.parent), "-czf", str(backup),
+                        n.data_dir.name], check=True, timeout=60)
+        op.writes_acked(f"while {n.node_id} is stopped for the backup")
+        op.start(n)
+        op.wait_ready(n)
     # operations.md "Restarting after every node stopped" (power loss): start them again
     # with their usual commands; nothing acknowledged is lost (the history checks)
     with op.step("restart-after-power-loss"):
@@ -439,11 +453,59 @@ def _static_then_power_loss(op: Operator) -> None:
         op.health(c.nodes[-1])
 
 
-def test_static_peers_start_and_restart_after_power_loss():
-    """The static --peers form (same list everywhere); then every node killed at once and
-    started again with the same command."""
-    op = _run("proc-static-peers", _seed(12_003), _static_then_power_loss, form=_form_static)
-    assert [s.name for s in op.steps] == ["static-peers-start", "restart-after-power-loss"]
+def _restore(tmp: Path, backup: Path, op: Operator) -> None:
+    """operations.md "Restore", after the run (the cluster is gone; a restore loses what was
+    written after the copy, so it is outside the checked history): the copy unpacked as the
+    data dir of a node with the same --node-id, started with --force-new-cluster, serves the
+    state as of the copy in a new cluster; then without the flag, another node added back."""
+    from tests.procs import cluster_node
+
+    ev = next(e for e in op.rec.events if e.get("kind") == "backup")
+    nid, t_copy = ev["node"], ev["t"]
+    old_cid = next(iter(op.cluster_ids_seen))
+    timing = ev["args"][ev["args"].index("--heartbeat-interval"):][:6]
+    node = cluster_node(tmp, nid, extra=[*timing, "--force-new-cluster"])
+    node.data_dir.parent.mkdir(parents=True)
+    subprocess.run(["tar", "-C", str(node.data_dir.parent), "-xzf", str(backup)], check=True,
+                   timeout=60)
+    joiner = None
+    try:
+        node.start().wait_ready(40)
+        st = node.status()
+        assert st["leader"] == nid and st["cluster_id"] != old_cid, st
+        written = {o["value"]: o["invoke"] for o in op.rec.ops if o["kind"] == lin.WRITE}
+        for key in ("reg0", "reg1"):
+            r = node.req("GET", f"/api/v1/deployments/{key}", headers={
+                "X-Prisn-Consistency": "strong"})
+            assert r.status == 200, (key, r.status, r.body)
+            v = r.json()["env"]["V"]
+            assert v == "init" or written.get(v, float("inf")) < t_copy, (key, v, t_copy)
+        r = node.req("PUT", "/api/v1/deployments/reg0", {"source": "x", "env": {"V": "rst"}})
+        assert r.status == 200, (r.status, r.body)
+        # 3. remove --force-new-cluster, add the others back (one here) with wiped data dirs
+        assert node.stop() == 0
+        node.args.remove("--force-new-cluster")
+        node.start().wait_ready(40)
+        joiner = cluster_node(tmp, "back", peers=[node.raft_addr], extra=timing).start()
+        joiner.wait_ready(40)
+        wait_until(lambda: {x["id"]: x["state"] for x in node.status()["nodes"]} == {
+            nid: "leader", "back": "follower"}, 40, "the other node added back")
+        assert joiner.status()["cluster_id"] == st["cluster_id"]
+    finally:
+        for n in (joiner, node):
+            if n is not None:
+                assert n.stop() == 0, n.tail(20)
+
+
+def test_static_peers_start_backup_and_restart_after_power_loss(tmp_path):
+    """The static --peers form (same list everywhere); a backup of a stopped follower; every
+    node killed at once and started again with the same command; then the backup restored."""
+    backup = tmp_path / "prisn-backup.tgz"
+    op = _run("proc-static-peers", _seed(12_003), lambda op: _static_then_power_loss(op, backup),
+              form=_form_static)
+    assert [s.name for s in op.steps] == ["static-peers-start", "backup",
+                                          "restart-after-power-loss"]
+    _restore(tmp_path / "restore", backup, op)
 
 
 # ------------------------------------------------------------------ deploy/systemd env file

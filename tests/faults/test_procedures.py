@@ -345,7 +345,13 @@ def _remove_and_replace_disk(op: Operator) -> None:
     # operations.md "Remove a node": the leader itself (it hands over first), asked of a
     # follower; then stop the removed node's process. It is no longer a member.
     with op.step("remove-leader"):
+        # a leader started with --peers, as every node of the static form is (the Quick
+        # Start's first node has none, so it never asks to join)
         old = op.leader()
+        if "--peers" not in old.args:
+            old = next(n for n in followers(op) if "--peers" in n.args)
+            op.cli(c.nodes[0], "cluster", "election", old.node_id, "--wait")
+            op.wait(lambda: op.leads(old), f"{old.node_id} the agreed leader")
         op.remove(followers(op)[0], old.node_id)
         op.withdraw(old)
         op.all_voters(f"the two others without {old.node_id}")

@@ -227,7 +227,7 @@ class Cluster:
         return f"127.0.0.1:{self._raft_ports[slot]}"
 
     def make(self, slot: int, *, bootstrap: bool = False, peers: list[str] = (),
-             node_id: str | None = None, extra: list[str] = ()) -> ServerProc:
+             node_id: str | None = None) -> ServerProc:
         """A node for `slot` (its Raft address); a new id unless `node_id` is given."""
         if node_id is None:
             node_id = f"n{self._next_id}"
@@ -246,7 +246,6 @@ class Cluster:
             args.append("--bootstrap")
         if peers:
             args += ["--peers", ",".join(peers)]
-        args += extra
         env = {FAULT_ENV: str(self.control)}
         if self.net is not None:
             p: ServerProc = NsServerProc(node_id, data, hp, int(addr.rpartition(":")[2]), args,
@@ -310,11 +309,6 @@ class Cluster:
 
     def add(self, new: ServerProc) -> None:
         self.nodes = [*self.nodes, new]
-
-    def retire(self, old: ServerProc) -> None:
-        """`old` is no member any more (removed): neither polled nor sent requests."""
-        self.nodes = [n for n in self.nodes if n is not old]
-        self.retired.append(old)
 
     def stop_all(self, graceful: bool = True) -> dict[str, int | None]:
         procs = self.nodes + self.retired

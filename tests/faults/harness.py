@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,11 @@ class RunConfig:
     strong_reads: bool = True  # False: local reads (the negative control: must be caught)
     start_links: list = field(default_factory=list)  # link fault rules from the start
     expect_violation: bool = False
+    # tests/faults/test_procedures.py: `form` forms the cluster instead of the Quick Start
+    # (`Cluster.start`); `script` drives a scripted procedure instead of the nemesis, and the
+    # load runs until it returns (at most `duration` seconds, else a violation)
+    form: Callable[[Cluster], None] | None = None
+    script: Callable[[Cluster, Recorder], None] | None = None
 
 
 # ---------------------------------------------------------------------------------- nodes
@@ -220,9 +226,12 @@ class Cluster:
             self._raft_ports[slot] = free_port()
         return f"127.0.0.1:{self._raft_ports[slot]}"
 
-    def make(self, slot: int, *, bootstrap: bool = False, peers: list[str] = ()) -> ServerProc:
-        node_id = f"n{self._next_id}"
-        self._next_id += 1
+    def make(self, slot: int, *, bootstrap: bool = False, peers: list[str] = (),
+             node_id: str | None = None) -> ServerProc:
+        """A node for `slot` (its Raft address); a new id unless `node_id` is given."""
+        if node_id is None:
+            node_id = f"n{self._next_id}"
+            self._next_id += 1
         data = self.root / node_id / "data"
         if self.net is not None:
             hp = 7331
@@ -298,6 +307,9 @@ class Cluster:
         self.nodes = [new if n is old else n for n in self.nodes]
         self.retired.append(old)
 
+    def add(self, new: ServerProc) -> None:
+        self.nodes = [*self.nodes, new]
+
     def stop_all(self, graceful: bool = True) -> dict[str, int | None]:
         procs = self.nodes + self.retired
         for n in procs:
@@ -309,14 +321,16 @@ class Cluster:
                 n.kill(signal.SIGTERM if graceful else signal.SIGKILL)
         codes: dict[str, int | None] = {}
         deadline = time.monotonic() + 20
-        for n in procs:
+        for i, n in enumerate(procs):
             if n.proc is None:
                 continue
+            # a retired process may share its id with a member (a disk replaced in place)
+            key = n.node_id if n.node_id not in codes else f"{n.node_id} (retired #{i})"
             try:
-                codes[n.node_id] = n.proc.wait(max(0.1, deadline - time.monotonic()))
+                codes[key] = n.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 n.kill(signal.SIGKILL)
-                codes[n.node_id] = None
+                codes[key] = None
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     n.proc.wait(5)
         return codes
@@ -801,6 +815,40 @@ class Nemesis(threading.Thread):
         self.rec.event(kind="join", node=new.node_id, replaces=old_id)
 
 
+class Script(threading.Thread):
+    """Runs `cfg.script(cluster, rec)`, a scripted procedure, in place of the nemesis (its own
+    thread). An exception is recorded as an anomaly (so a violation); `stop` is set when the
+    script returns, which ends the load. Each `rec.event(kind="step", name=...)` counts as
+    one injected fault in the report."""
+
+    def __init__(self, cfg: RunConfig, cluster: Cluster, rec: Recorder,
+                 stop: threading.Event) -> None:
+        super().__init__(name="fault-script", daemon=True)
+        self.cfg = cfg
+        self.cluster = cluster
+        self.rec = rec
+        self.stop_event = stop
+        self.finished = False
+        self.injected = 0
+        self.heal_times: list[float] = []
+        self.leader_bound = 3 * 2 * cfg.election_ms / 1000
+
+    def run(self) -> None:
+        try:
+            assert self.cfg.script is not None
+            self.cfg.script(self.cluster, self.rec)
+            self.finished = True
+        except BaseException as e:  # noqa: BLE001 - reported by the run
+            self.rec.anomaly(f"procedure failed: {type(e).__name__}: {e}")
+            self.finished = True
+        finally:
+            self.injected = sum(1 for e in self.rec.events if e.get("kind") == "step")
+            self.stop_event.set()
+
+    def join_probes(self, timeout: float) -> None:  # noqa: ARG002 - the nemesis's interface
+        return
+
+
 def write_control(path: Path, doc: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc))
@@ -981,7 +1029,10 @@ def run(cfg: RunConfig) -> Report:
             net = Netns(cfg.seed, cfg.nodes)
             net.setup()
         cluster = Cluster(cfg, root, control, net)
-        cluster.start()
+        if cfg.form is not None:
+            cfg.form(cluster)
+        else:
+            cluster.start()
         _run_workload(cfg, cluster, rec, report)
     except BaseException as e:
         report.violations.append(f"run aborted: {type(e).__name__}: {e}")
@@ -1040,7 +1091,9 @@ def _run_workload(cfg: RunConfig, cluster: Cluster, rec: Recorder, report: Repor
     stop_nemesis = threading.Event()
     monitor = Monitor(cluster, rec, stop_monitor)
     monitor.start()
-    nemesis = Nemesis(cfg, cluster, rec, cfg.duration, stop_nemesis, keys)
+    nemesis: Nemesis | Script = (Nemesis(cfg, cluster, rec, cfg.duration, stop_nemesis, keys)
+                                 if cfg.script is None else
+                                 Script(cfg, cluster, rec, stop_nemesis))
     clients = [Client(i, cfg, cluster, rec, keys, stop_clients) for i in range(cfg.clients)]
     for c in clients:
         c.start()
@@ -1057,6 +1110,8 @@ def _run_workload(cfg: RunConfig, cluster: Cluster, rec: Recorder, report: Repor
     v = report.violations
     if nemesis.is_alive():
         v.append("nemesis did not finish healing within 60s")
+    elif isinstance(nemesis, Script) and not nemesis.finished:
+        v.append(f"the procedure did not finish within {cfg.duration:g}s")
     # ----------------------------------------------------------- once healed
     t_heal = time.monotonic()
     try:
@@ -1100,6 +1155,8 @@ def _run_workload(cfg: RunConfig, cluster: Cluster, rec: Recorder, report: Repor
     for e in rec.events:
         if e.get("kind") in PROCESS_FAULTS + NET_FAULTS + PARTITIONS:
             kinds[e["kind"]] += 1
+        elif e.get("kind") == "step":
+            kinds[e["name"]] += 1
     report.fault_kinds = dict(kinds)
     report.terms = len({s["term"] for s in rec.samples})
     if report.reads == 0 or report.writes_ok == 0:

@@ -340,7 +340,8 @@ class TestFuzzHttp(ApiCase):
         before = (self.node.store.state_hash(), len(self.node.proposals),
                   list(self.node.transfers))
         reply = parse(self.send(
-            b"%s %s HTTP/1.1\r\nHost: f\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            b"%s %s HTTP/1.1\r\nHost: f\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n"
             % (method.encode(), path.encode(), len(data)) + data))
         assert reply is not None
         status, headers, payload = reply

@@ -99,6 +99,7 @@ class TestReadyWhenSaturated(ApiCase):
         self.node.hold_writes = True
         held = [self.http_client.fetch(url("/api/v1/deployments"), method="POST",
                                        raise_error=False,
+                                       headers={"Content-Type": "application/json"},
                                        body=json.dumps({**SPEC, "name": f"h{i}"}))
                 for i in range(2)]
         await asyncio.wait_for(self.node.wait_held(2), 5)

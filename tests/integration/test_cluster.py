@@ -44,6 +44,15 @@ def cluster(tmp_path):
             n.stop()
 
 
+def _remove(via: ServerProc, node_id: str):
+    """DELETE a member, retrying the documented 409 "configuration change in progress" (the
+    last joiner's promotion may not have committed yet right after formation)."""
+    def attempt():
+        r = via.req("DELETE", f"/api/v1/cluster/nodes/{node_id}")
+        return None if r.status == 409 and b"in progress" in r.body else r
+    return wait_for(attempt, 10, f"removal of {node_id} past a change in progress")
+
+
 def _create(node: ServerProc, name: str, **kw) -> int:
     return node.req("POST", "/api/v1/deployments", {"name": name, "source": "x"}, **kw).status
 
@@ -109,7 +118,7 @@ def test_forced_election_and_removal(cluster):
     assert _create(target, "x1") == 201
     victim = next(n for n in cluster if n is not target)
     assert leader.req("DELETE", "/api/v1/cluster/nodes/nope").status == 404
-    r = leader.req("DELETE", f"/api/v1/cluster/nodes/{victim.node_id}")
+    r = _remove(leader, victim.node_id)
     assert r.status == 204, r.body
     rest = [n for n in cluster if n is not victim]
     for n in rest:
@@ -123,7 +132,7 @@ def test_forced_election_and_removal(cluster):
 def test_remove_leader_hands_over(cluster):
     leader = _leader_of(cluster)
     other = next(n for n in cluster if n is not leader)
-    r = other.req("DELETE", f"/api/v1/cluster/nodes/{leader.node_id}")
+    r = _remove(other, leader.node_id)
     assert r.status == 204, r.body
     rest = [n for n in cluster if n is not leader]
     wait_for(lambda: all({x["id"] for x in n.status()["nodes"]} == {m.node_id for m in rest}

@@ -174,7 +174,7 @@ def test_bare_lf_chunk_framing_is_a_prompt_400(node: ServerProc, body: bytes) ->
     """Issue 17 item 10: chunk-size lines ended by a bare LF used to hang until the 10 s
     slow-client sweep; the 400 must come well before (we wait 3 s at most)."""
     with socket.create_connection(("127.0.0.1", node.http_port), timeout=3) as s:
-        s.sendall(b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\n"
+        s.sendall(b"POST /api/v1/deployments HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                   b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
         started = time.monotonic()
         answer = b""
@@ -188,7 +188,7 @@ def test_bare_lf_chunk_framing_is_a_prompt_400(node: ServerProc, body: bytes) ->
             pytest.fail(f"no answer within 3 s to bare-LF chunk framing {body!r}")
         assert answer.startswith(b"HTTP/1.1 400 "), answer
         assert time.monotonic() - started < 3
-    ok = (b"POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    ok = (b"POST /api/v1/deployments HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
           b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
     spec = b'{"name":"chunked","source":"x"}'
     with socket.create_connection(("127.0.0.1", node.http_port), timeout=5) as s:

@@ -34,6 +34,7 @@ from actors.timer import TimerActor
 from prisn import __version__
 from prisn.config import ConfigError, ServerConfig
 from prisn.fsm.deployments import DeploymentStore
+from prisn.logs import setup_logging
 from prisn.messages import EntryKind, Role, TransferLeadership
 from prisn.raft.core import RaftCore, RaftOptions
 from prisn.snapshots import BootError, SnapshotStore, assemble_boot
@@ -51,12 +52,16 @@ from transport.curve import (
 log = logging.getLogger("prisn.server")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def console(cfg: ServerConfig, text: str, level: int = logging.ERROR, **fields: object) -> None:
+    """Main thread: a line for the operator. Text logs: ``prisn: error: <text>`` (or
+    ``prisn: <text>`` below ERROR) on stderr; JSON logs: one record of `level`, so that
+    every line of the output parses."""
+    if cfg.log_format == "json":
+        log.log(level, "%s", text, extra={"event": "startup_failed", **fields}
+                if level >= logging.ERROR else fields)
+        return
+    prefix = "prisn: error: " if level >= logging.ERROR else "prisn: "
+    print(prefix + text, file=sys.stderr, flush=True)
 
 
 def sd_notify(state: str) -> None:
@@ -414,12 +419,12 @@ def tune_gc() -> None:
 
 def run(cfg: ServerConfig) -> int:
     """Run a node until SIGTERM/SIGINT (exit 0) or an actor failure (exit 1)."""
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format, cfg.node_id)
     if cfg.tls_cert:  # a bad certificate/key pair is bad configuration: exit 2 before starting
         try:
             tls_context(cfg.tls_cert, cfg.tls_key)
         except ConfigError as e:
-            print(f"prisn: error: {e}", file=sys.stderr, flush=True)
+            console(cfg, str(e))
             return 2
     elif cfg.bind.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]"):
         log.warning("no --tls-cert: the HTTP API on %s is plain HTTP (tokens and data travel "
@@ -428,13 +433,13 @@ def run(cfg: ServerConfig) -> int:
              cfg.data_dir, cfg.bind,
              f", raft {cfg.raft_addr} (advertised {cfg.advertised_raft_addr})"
              if cfg.cluster else " (single node)")
-    print(f"prisn: data dir {cfg.data_dir}", file=sys.stderr, flush=True)
+    console(cfg, f"data dir {cfg.data_dir}", logging.INFO, data_dir=cfg.data_dir)
     curve = None
     if cfg.cluster_key_file:
         try:
             curve = load_keys(cfg.cluster_key_file)
         except KeyFileError as e:
-            print(f"prisn: error: --cluster-key-file {e}", file=sys.stderr, flush=True)
+            console(cfg, f"--cluster-key-file {e}")
             return 2
         if loosely_permitted(cfg.cluster_key_file):
             log.warning("--cluster-key-file %s may be read by other users: chmod 600 it",
@@ -444,8 +449,7 @@ def run(cfg: ServerConfig) -> int:
     if (cfg.cluster and not (cfg.bootstrap or cfg.peers or cfg.force_new_cluster)
             and not (Path(cfg.data_dir) / "raft").exists()):
         # bad configuration: refuse before creating anything
-        print("prisn: error: --cluster needs --bootstrap (first node) or --peers",
-              file=sys.stderr, flush=True)
+        console(cfg, "--cluster needs --bootstrap (first node) or --peers")
         return 2
     os.umask(0o077)  # data dir 0700, data files 0600, whatever the caller's umask
     node = Node(cfg, curve=curve)
@@ -456,12 +460,14 @@ def run(cfg: ServerConfig) -> int:
     try:
         node.start()
     except ConfigError as e:
-        print(f"prisn: error: {e}", file=sys.stderr, flush=True)
+        console(cfg, str(e))
         node.stop()
         return 2
-    except (StorageError, OSError, zmq.ZMQError, RuntimeError) as e:
-        log.error("cannot start: %s", e)
-        print(f"prisn: error: cannot start: {e}", file=sys.stderr, flush=True)
+    except Exception as e:  # noqa: BLE001 - a start-up failure is one line, never a traceback
+        # (StorageError, OSError, ZMQError, RuntimeError from a failed actor, or a bug)
+        log.debug("start-up failure", exc_info=True)
+        known = isinstance(e, StorageError | OSError | zmq.ZMQError | RuntimeError)
+        console(cfg, f"cannot start: {e if known else f'{type(e).__name__}: {e}'}")
         node.stop()
         return 1
     gc.freeze()  # the state restored at boot is long-lived: never traverse it again

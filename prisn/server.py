@@ -26,7 +26,13 @@ import zmq
 from actors.api.actor import ApiActor, tls_context
 from actors.api.bridge import RaftNodeClient, build_status
 from actors.logstore import LogStoreActor
-from actors.metrics import NodeMetrics, PeerAuthCollector, PeerDropsCollector, SnapshotCollector
+from actors.metrics import (
+    LogStoreCollector,
+    NodeMetrics,
+    PeerAuthCollector,
+    PeerDropsCollector,
+    SnapshotCollector,
+)
 from actors.raft import RaftActor
 from actors.statemachine import StateMachineActor
 from actors.supervisor import Supervisor
@@ -230,6 +236,7 @@ class Node:
                                  observe_fsync=lambda s, n: (metrics.observe_fsync(s),
                                                              metrics.observe_batch(n)),
                                  on_failure=fail)
+        metrics.registry.register(LogStoreCollector(lambda: logstore))
         sup.start(logstore)
         self.fsm = StateMachineActor(self.ctx, cfg.node_id, store, snapshots=snaps,
                                      threshold=cfg.snapshot_threshold,
@@ -237,7 +244,8 @@ class Node:
                                      snapshot_index=boot.snapshot_index,
                                      snapshot_term=boot.snapshot_term,
                                      membership=boot.snapshot_membership,
-                                     boot_commit=boot_commit, on_failure=fail)
+                                     boot_commit=boot_commit,
+                                     observe_snapshot=metrics.observe_snapshot, on_failure=fail)
         if latest is not None:
             self.fsm.snapshot_size = latest[0].size
         sup.start(self.fsm)

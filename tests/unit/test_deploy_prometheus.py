@@ -416,3 +416,17 @@ def test_dashboard_queries_are_valid_promql(dashboard, tmp_path: Path) -> None:
     rules.append({"record": "dashboard:broken", "expr": "sum(rate(raft_term[5m])"})
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     assert run_promtool("check", "rules", str(path)).returncode != 0
+
+
+def test_dashboard_shows_every_alert(dashboard) -> None:
+    """Each alert's metrics (beyond `up`) are on some panel, so an operator paged by it
+    finds the series on the dashboard."""
+    used = set().union(*(metric_names(e) for _, e in dashboard_queries(dashboard)))
+    for name, rule in alert_rules().items():
+        wanted = metric_names(rule["expr"]) - SCRAPE_METRICS
+        if wanted:  # PrisnQuorumLost reads `up` alone
+            assert wanted & used, f"{name}: none of {wanted} is on the dashboard"
+    for metric in ("prisn_ready", "prisn_log_disk_errors_total", "prisn_disk_error",
+                   "prisn_snapshot_failures_total", "raft_peer_last_contact_seconds",
+                   "raft_leader_changes_total"):
+        assert metric in used, metric

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -82,6 +83,8 @@ def setup_logging(level: str, fmt: str = "text", node_id: str = "") -> None:
         handler.setFormatter(JsonFormatter(node_id))
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    if fmt == "json":
+        _json_hooks()
     handler.set_name("prisn")
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -89,3 +92,26 @@ def setup_logging(level: str, fmt: str = "text", node_id: str = "") -> None:
             root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def _json_hooks() -> None:
+    """JSON mode only: Python warnings and uncaught exceptions (main thread or any other)
+    become records too, so that nothing writes a non-JSON line to stderr."""
+    logging.captureWarnings(True)
+    crash = logging.getLogger("prisn.crash")
+
+    def main_hook(typ, value, tb) -> None:  # type: ignore[no-untyped-def]
+        if issubclass(typ, KeyboardInterrupt):
+            sys.__excepthook__(typ, value, tb)
+            return
+        crash.critical("uncaught %s: %s", typ.__name__, value, exc_info=(typ, value, tb))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        crash.critical("uncaught %s in thread %s: %s", args.exc_type.__name__,
+                       args.thread.name if args.thread else "?", args.exc_value,
+                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook

@@ -61,11 +61,25 @@ def test_unserialisable_and_huge_fields_are_bounded() -> None:
                                           extra={"message": "x"})
 
 
-def test_setup_logging_replaces_only_its_own_handler() -> None:
+@pytest.fixture
+def restore_logging():
+    """Undo what setup_logging changes process-wide (handler, level, hooks, warnings)."""
+    import threading
+
+    root = logging.getLogger()
+    saved = (sys.excepthook, threading.excepthook, root.level)
+    yield
+    for h in [h for h in root.handlers if h.get_name() == "prisn"]:
+        root.removeHandler(h)
+    sys.excepthook, threading.excepthook, level = saved
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
+def test_setup_logging_replaces_only_its_own_handler(restore_logging) -> None:
     root = logging.getLogger()
     other = logging.NullHandler()
     root.addHandler(other)
-    level = root.level
     try:
         setup_logging("info", "json", "n1")
         setup_logging("debug", "text", "n1")
@@ -75,7 +89,28 @@ def test_setup_logging_replaces_only_its_own_handler() -> None:
         with pytest.raises(ValueError):
             setup_logging("info", "xml", "n1")
     finally:
-        for h in [h for h in root.handlers if h.get_name() == "prisn"]:
-            root.removeHandler(h)
         root.removeHandler(other)
-        root.setLevel(level)
+
+
+def test_json_mode_turns_thread_crashes_and_warnings_into_records(capsys,
+                                                                   restore_logging) -> None:
+    import threading
+    import warnings
+
+    with warnings.catch_warnings():  # outside pytest's own warning recorder
+        warnings.simplefilter("always")
+        setup_logging("info", "json", "n1")
+
+        def boom() -> None:
+            raise RuntimeError("thread died")
+
+        t = threading.Thread(target=boom, name="victim")
+        t.start()
+        t.join()
+        warnings.warn("old api", DeprecationWarning, stacklevel=1)
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err
+    recs = [json.loads(line) for line in err.splitlines()]  # every line is JSON
+    crash = [r for r in recs if r["logger"] == "prisn.crash"]
+    assert crash and "victim" in crash[0]["message"] and "thread died" in crash[0]["exception"]
+    assert any(r["logger"] == "py.warnings" and "old api" in r["message"] for r in recs)

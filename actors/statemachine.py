@@ -328,7 +328,8 @@ class _SnapshotWriter(threading.Thread):
                     self._write(job, outbox)
                 except Exception:  # noqa: BLE001 - a failed snapshot only delays compaction
                     owner.snapshot_failures += 1
-                    log.exception("fsm: snapshot at %d failed", job.index)
+                    log.exception("fsm: snapshot at %d failed", job.index,
+                                  extra={"event": "snapshot_failed", "index": job.index})
                 finally:
                     self._busy.clear()
         finally:
@@ -344,7 +345,9 @@ class _SnapshotWriter(threading.Thread):
         seconds = time.perf_counter() - job.started
         owner.snapshot_written(job, meta.size, seconds)
         log.info("fsm: snapshot %d (term %d, %d bytes) written in %.3f s", meta.index,
-                 meta.term, meta.size, seconds)
+                 meta.term, meta.size, seconds,
+                 extra={"event": "snapshot_written", "index": meta.index, "term": meta.term,
+                        "bytes": meta.size, "seconds": round(seconds, 3)})
         outbox.send("raft", SnapshotTaken(src="fsm", dst="raft", index=meta.index,
                                           term=meta.term, snap_id=meta.checksum,
                                           path=meta.path, size=meta.size))

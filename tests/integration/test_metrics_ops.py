@@ -5,12 +5,14 @@
 - `prisn_snapshot_duration_seconds` is a histogram observed per local snapshot, and a
   snapshot that cannot be written counts in `prisn_snapshot_failures_total`;
 - `prisn_ready` is 1 on a ready node and 0 on one that knows no leader;
-- `promtool check metrics` stays clean on that exposition.
+- `promtool check metrics` stays clean on that exposition;
+- with `--log-format json` the snapshot events are records with their fields.
 (`prisn_log_disk_errors_total` is checked with a real full disk in test_disk_full.py.)
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import subprocess
@@ -40,7 +42,8 @@ def one(m: dict, name: str, **labels: str) -> float | None:
 
 
 def test_process_build_snapshot_and_ready_metrics(tmp_path):
-    n = single_node(tmp_path, extra=["--snapshot-threshold", "5", "--snapshot-interval", "0"])
+    n = single_node(tmp_path, extra=["--snapshot-threshold", "5", "--snapshot-interval", "0",
+                                     "--log-format", "json"])
     n.start().wait_ready(30)
     try:
         m = scrape(n)
@@ -84,6 +87,12 @@ def test_process_build_snapshot_and_ready_metrics(tmp_path):
             assert proc.returncode == 0 and findings == "", findings
     finally:
         n.stop()
+    # the JSON log carries both snapshot events with their fields
+    recs = [json.loads(line) for line in n.log_path.read_text().splitlines()]
+    written = [r for r in recs if r.get("event") == "snapshot_written"]
+    assert written and written[0]["index"] >= 5 and written[0]["bytes"] > 0, recs
+    failed = [r for r in recs if r.get("event") == "snapshot_failed"]
+    assert failed and failed[0]["level"] == "error" and failed[0]["exception"], recs
 
 
 def test_ready_gauge_is_0_without_a_leader(tmp_path):

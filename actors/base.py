@@ -109,8 +109,9 @@ class Actor(threading.Thread):
             self._loop()
         except BaseException as e:  # noqa: BLE001 - any failure stops the node
             self.failure = e
-            if isinstance(e, OSError | zmq.ZMQError) and not self.started.is_set():
-                log.error("actor %s failed to start: %s", self.actor_name, e)  # one line
+            if not self.started.is_set():  # a start-up failure: one line, traceback at debug
+                log.error("actor %s failed to start: %s", self.actor_name, e)
+                log.debug("actor %s start-up failure", self.actor_name, exc_info=True)
             else:
                 log.exception("actor %s failed", self.actor_name)
             self.started.set()

@@ -187,7 +187,8 @@ class LogStoreActor(Actor):
         self.write_failures += 1
         log.error("logstore: %s failed: %s: %s; writes are refused until the store can be "
                   "written again (retrying every %.1f-%.1f s)", what, type(exc).__name__, exc,
-                  self.retry_min, self.retry_max)
+                  self.retry_min, self.retry_max,
+                  extra={"event": "log_write_failed", "error": reason})
         self.send("raft", StoreFailed(seq=seq, reason=reason))
         self._retry_delay = self.retry_min
         self._retry_at = self.clock() + self.retry_min

@@ -6,6 +6,7 @@ Who calls what, on which thread (prometheus-client counters and histograms are t
   on the API thread).
 - logstore thread: `observe_fsync(seconds)`, `observe_batch(entries)`.
 - raft actor thread: `leader_changed()`, `proposals_committed(n)`, `proposals_failed(n)`.
+- fsm snapshot writer thread: `observe_snapshot(seconds)`.
 - anyone: `counter(...)` to register an extra counter once at start and `.inc()` it later.
 
 Raft gauges are not pushed: a collector asks `status()` at scrape time. The deployment count
@@ -15,10 +16,18 @@ promtool refuses a gauge whose name ends in ``_total`` (it is a current count, n
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -27,6 +36,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+
+from prisn import __version__
+from prisn.messages import WIRE_VERSION
 
 if TYPE_CHECKING:  # no runtime import: actors.api.app imports this module
     from actors.api.node import NodeStatus
@@ -37,6 +49,7 @@ REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                  0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+SNAPSHOT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class _RaftCollector(Collector):
@@ -52,6 +65,9 @@ class _RaftCollector(Collector):
             return
         yield GaugeMetricFamily("raft_state", "Raft role: 0 follower or learner, 1 candidate, "
                                 "2 leader.", value=ROLE_VALUES.get(st.state, 0))
+        yield GaugeMetricFamily("prisn_ready", "1 while this node is ready (GET /ready "
+                                "answers 200: a leader is known and the log is applied), "
+                                "else 0.", value=1 if st.ready else 0)
         yield GaugeMetricFamily("raft_term", "Current Raft term.", value=st.term)
         yield GaugeMetricFamily("raft_commit_index", "Highest log index known committed.",
                                 value=st.commit_index)
@@ -116,7 +132,17 @@ class NodeMetrics:
                                 buckets=FSYNC_BUCKETS, registry=r)
         self._batch = Histogram("prisn_log_batch_entries", "Entries per synced log write.",
                                 buckets=BATCH_BUCKETS, registry=r)
+        self._snapshot = Histogram("prisn_snapshot_duration_seconds", "Duration of local "
+                                   "state-machine snapshots, from copy to durable file.",
+                                   buckets=SNAPSHOT_BUCKETS, registry=r)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # the process (CPU, RSS, open fds, start time) and the interpreter (python_info)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Gauge("prisn_build_info", "Always 1; the labels name the running build: prisn version, "
+              "Python version and peer wire protocol version.",
+              ["version", "python", "wire_version"], registry=r).labels(
+            __version__, platform.python_version(), str(WIRE_VERSION)).set(1)
         self._auth_failures = Counter("prisn_http_auth_failures",
                                       "API requests refused by authentication (401) or "
                                       "authorization (403), by reason.", ["reason"], registry=r)
@@ -160,6 +186,10 @@ class NodeMetrics:
         """Logstore thread: one synced write carried `entries` entries."""
         self._batch.observe(entries)
 
+    def observe_snapshot(self, seconds: float) -> None:
+        """Snapshot writer thread: one local snapshot took `seconds` (copy to durable)."""
+        self._snapshot.observe(seconds)
+
     def leader_changed(self) -> None:
         self._leader_changes.inc()
 
@@ -196,9 +226,6 @@ class SnapshotCollector(Collector):
                                 "snapshot (0: none).", value=st.snapshot_index)
         yield GaugeMetricFamily("prisn_snapshot_size_bytes", "Size of the newest snapshot file.",
                                 value=fsm.snapshot_size)
-        yield GaugeMetricFamily("prisn_snapshot_duration_seconds", "Seconds the last local "
-                                "snapshot took, from copy to durable file.",
-                                value=fsm.snapshot_duration)
         yield GaugeMetricFamily("prisn_raft_log_start_index", "First index still in the log "
                                 "(compaction point + 1).", value=st.log_start)
         yield CounterMetricFamily("prisn_snapshots_taken", "Local snapshots written.",
@@ -213,6 +240,25 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily("prisn_disk_error", "1 while the log cannot be written (writes "
                                 "get 507; the node retries by itself), else 0.",
                                 value=1 if getattr(st, "disk_error", "") else 0)
+
+
+class LogStoreCollector(Collector):
+    """Scrape-time `prisn_log_disk_errors_total`: failed writes (and compactions) of the Raft
+    log, each of which put the log store in its FAILED state (`LogStoreActor.write_failures`,
+    an int written by the logstore thread only). `logstore()` may return None before start."""
+
+    def __init__(self, logstore: Callable[[], Any]) -> None:
+        self._logstore = logstore
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            ls = self._logstore()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        yield CounterMetricFamily("prisn_log_disk_errors", "Failed writes of the Raft log "
+                                  "(full disk, I/O error); each makes the node refuse writes "
+                                  "until a retry succeeds.",
+                                  value=getattr(ls, "write_failures", 0) if ls else 0)
 
 
 class PeerDropsCollector(Collector):

@@ -295,12 +295,15 @@ class RaftActor(Actor):
         if st.disk_error != self.status.disk_error:
             if st.disk_error:
                 log.error("the log cannot be written (%s): stepped down if leading; writes on "
-                          "this node answer 507 until the disk recovers", st.disk_error)
+                          "this node answer 507 until the disk recovers", st.disk_error,
+                          extra={"event": "disk_error", "error": st.disk_error})
             else:
-                log.warning("the log can be written again; this node rejoins fully")
+                log.warning("the log can be written again; this node rejoins fully",
+                            extra={"event": "disk_recovered"})
         take = getattr(self.core, "take_events", None)  # test doubles may lack it
         for level, text in (take() if take is not None else ()):
-            log.log(level, "raft: %s", text)
+            log.log(level, "raft: %s", text, extra={"event": "raft", "term": getattr(st, "term", 0),
+                                                     "leader": getattr(st, "leader_id", "") or None})
         _log_changes(self.node_id, self.status, st)
         if st.leader_id != self._last_leader:
             if st.leader_id:
@@ -354,30 +357,49 @@ class RaftActor(Actor):
 
 def _log_changes(me: str, old, new) -> None:
     """Log, once, a new leader and every membership change between two published statuses
-    (raft thread). Membership changes are logged when the entry reaches this node's log."""
+    (raft thread). Membership changes are logged when the entry reaches this node's log.
+
+    Each record carries structured fields (`extra=`, shown by ``--log-format json``):
+    `event` (leader_elected, cluster_members, member_added, member_promoted, member_removed,
+    removed_self), `term`, `leader`, and `member` for a member change."""
     term = getattr(new, "term", 0)
+    leader = new.leader_id or None
     if new.leader_id and (new.leader_id != old.leader_id or term != getattr(old, "term", 0)):
         log.info("raft: leader is %s (term %d)%s", new.leader_id, term,
-                 " (this node)" if new.leader_id == me else "")
+                 " (this node)" if new.leader_id == me else "",
+                 extra={"event": "leader_elected", "term": term, "leader": leader})
     om, nm = old.membership, new.membership
     if nm is om or not isinstance(nm, Membership) or om == nm:
         return
+
+    def ev(event: str, member: str | None = None, **more: object) -> dict:
+        out: dict = {"event": event, "term": term, "leader": leader, "cluster": nm.cluster}
+        if member is not None:
+            out["member"] = member
+        out.update(more)
+        return out
+
     if not isinstance(om, Membership):  # boot, or a joiner's first configuration
         log.info("raft: cluster %s: voters %s, learners %s", nm.cluster,
-                 ", ".join(sorted(nm.voters)) or "-", ", ".join(sorted(nm.learners)) or "-")
+                 ", ".join(sorted(nm.voters)) or "-", ", ".join(sorted(nm.learners)) or "-",
+                 extra=ev("cluster_members", voters=sorted(nm.voters),
+                          learners=sorted(nm.learners)))
         return
     for nid in sorted(nm.learners.keys() - om.members().keys()):
-        log.info("raft: member %s added as a learner at %s", nid, nm.learners[nid])
+        log.info("raft: member %s added as a learner at %s", nid, nm.learners[nid],
+                 extra=ev("member_added", nid, role="learner", address=nm.learners[nid]))
     for nid in sorted(nm.voters.keys() - om.voters.keys()):
         if nid in om.learners:
-            log.info("raft: member %s promoted to voter", nid)
+            log.info("raft: member %s promoted to voter", nid, extra=ev("member_promoted", nid))
         else:
-            log.info("raft: member %s added as a voter at %s", nid, nm.voters[nid])
+            log.info("raft: member %s added as a voter at %s", nid, nm.voters[nid],
+                     extra=ev("member_added", nid, role="voter", address=nm.voters[nid]))
     for nid in sorted(om.members().keys() - nm.members().keys()):
         if nid == me:
-            log.warning("raft: this node (%s) was removed from cluster %s", me, nm.cluster)
+            log.warning("raft: this node (%s) was removed from cluster %s", me, nm.cluster,
+                        extra=ev("removed_self", nid))
         else:
-            log.info("raft: member %s removed", nid)
+            log.info("raft: member %s removed", nid, extra=ev("member_removed", nid))
 
 
 def _valid_join(m: JoinRequest) -> bool:

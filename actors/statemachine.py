@@ -89,8 +89,10 @@ class StateMachineActor(Actor):
                  snapshots: SnapshotStore | None = None, threshold: int = 8192,
                  min_interval: float = 0.0,
                  snapshot_index: int = 0, snapshot_term: int = 0,
-                 membership: Membership | None = None, boot_commit: int = 0, **kw) -> None:
+                 membership: Membership | None = None, boot_commit: int = 0,
+                 observe_snapshot: Callable[[float], None] | None = None, **kw) -> None:
         super().__init__("fsm", ctx, node_id, **kw)
+        self.observe_snapshot = observe_snapshot  # writer thread: seconds of each snapshot
         self.store = store
         # entries <= boot_commit were committed before this process started: no result
         self.boot_commit = boot_commit
@@ -215,6 +217,11 @@ class StateMachineActor(Actor):
             self.snapshot_size = size
         self.snapshot_duration = seconds
         self.snapshots_taken += 1
+        if self.observe_snapshot is not None:
+            try:
+                self.observe_snapshot(seconds)
+            except Exception:  # a metrics bug must not fail the snapshot
+                log.exception("fsm: observe_snapshot failed")
 
     # ------------------------------------------------------------------ InstallSnapshot
     def _on_chunk(self, m: SnapChunk) -> bool:
@@ -321,7 +328,8 @@ class _SnapshotWriter(threading.Thread):
                     self._write(job, outbox)
                 except Exception:  # noqa: BLE001 - a failed snapshot only delays compaction
                     owner.snapshot_failures += 1
-                    log.exception("fsm: snapshot at %d failed", job.index)
+                    log.exception("fsm: snapshot at %d failed", job.index,
+                                  extra={"event": "snapshot_failed", "index": job.index})
                 finally:
                     self._busy.clear()
         finally:
@@ -337,7 +345,9 @@ class _SnapshotWriter(threading.Thread):
         seconds = time.perf_counter() - job.started
         owner.snapshot_written(job, meta.size, seconds)
         log.info("fsm: snapshot %d (term %d, %d bytes) written in %.3f s", meta.index,
-                 meta.term, meta.size, seconds)
+                 meta.term, meta.size, seconds,
+                 extra={"event": "snapshot_written", "index": meta.index, "term": meta.term,
+                        "bytes": meta.size, "seconds": round(seconds, 3)})
         outbox.send("raft", SnapshotTaken(src="fsm", dst="raft", index=meta.index,
                                           term=meta.term, snap_id=meta.checksum,
                                           path=meta.path, size=meta.size))

@@ -50,6 +50,10 @@ def cli() -> None:
 @_opt("node-id", default=None, help="Node identifier [default: hostname].")
 @_opt("log-level", default="info", show_default=True,
       type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@_opt("log-format", default="text", show_default=True,
+      type=click.Choice(["text", "json"], case_sensitive=False),
+      help="Log lines as plain text, or one JSON object per line (time, level, logger, node, "
+           "message, and fields such as term, leader and member on cluster events).")
 @_opt("cluster", is_flag=True, default=False, help="Enable clustering.")
 @_opt("raft-addr", default=DEFAULT_RAFT_ADDR, show_default=True, help="Raft consensus address.")
 @_opt("advertise-addr", default="", help="Raft address peers use to reach this node "
@@ -150,6 +154,7 @@ def build_config(kw: dict) -> ServerConfig:
         election_timeout=et,
         write_timeout=wt,
         log_level=str(kw["log_level"]).lower(),
+        log_format=str(kw.get("log_format") or "text").lower(),
         snapshot_threshold=int(kw.get("snapshot_threshold", 8192)),  # type: ignore[call-overload]
         trailing_logs=int(kw.get("trailing_logs", 10240)),  # type: ignore[call-overload]
         snapshot_interval=_interval(str(kw.get("snapshot_interval", "30s"))),

@@ -36,6 +36,7 @@ class ServerConfig:
     election_timeout: float = 0.15
     write_timeout: float = 5.0
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one object per line; prisn.logs)
     tick_interval: float = 0.01
     max_body_bytes: int = 10 << 20
     snapshot_threshold: int = 8192  # applied entries between state-machine snapshots

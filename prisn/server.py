@@ -26,7 +26,13 @@ import zmq
 from actors.api.actor import ApiActor, tls_context
 from actors.api.bridge import RaftNodeClient, build_status
 from actors.logstore import LogStoreActor
-from actors.metrics import NodeMetrics, PeerAuthCollector, PeerDropsCollector, SnapshotCollector
+from actors.metrics import (
+    LogStoreCollector,
+    NodeMetrics,
+    PeerAuthCollector,
+    PeerDropsCollector,
+    SnapshotCollector,
+)
 from actors.raft import RaftActor
 from actors.statemachine import StateMachineActor
 from actors.supervisor import Supervisor
@@ -34,6 +40,7 @@ from actors.timer import TimerActor
 from prisn import __version__
 from prisn.config import ConfigError, ServerConfig
 from prisn.fsm.deployments import DeploymentStore
+from prisn.logs import setup_logging
 from prisn.messages import EntryKind, Role, TransferLeadership
 from prisn.raft.core import RaftCore, RaftOptions
 from prisn.snapshots import BootError, SnapshotStore, assemble_boot
@@ -51,12 +58,16 @@ from transport.curve import (
 log = logging.getLogger("prisn.server")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def console(cfg: ServerConfig, text: str, level: int = logging.ERROR, **fields: object) -> None:
+    """Main thread: a line for the operator. Text logs: ``prisn: error: <text>`` (or
+    ``prisn: <text>`` below ERROR) on stderr; JSON logs: one record of `level`, so that
+    every line of the output parses."""
+    if cfg.log_format == "json":
+        log.log(level, "%s", text, extra={"event": "startup_failed", **fields}
+                if level >= logging.ERROR else fields)
+        return
+    prefix = "prisn: error: " if level >= logging.ERROR else "prisn: "
+    print(prefix + text, file=sys.stderr, flush=True)
 
 
 def sd_notify(state: str) -> None:
@@ -225,6 +236,7 @@ class Node:
                                  observe_fsync=lambda s, n: (metrics.observe_fsync(s),
                                                              metrics.observe_batch(n)),
                                  on_failure=fail)
+        metrics.registry.register(LogStoreCollector(lambda: logstore))
         sup.start(logstore)
         self.fsm = StateMachineActor(self.ctx, cfg.node_id, store, snapshots=snaps,
                                      threshold=cfg.snapshot_threshold,
@@ -232,7 +244,8 @@ class Node:
                                      snapshot_index=boot.snapshot_index,
                                      snapshot_term=boot.snapshot_term,
                                      membership=boot.snapshot_membership,
-                                     boot_commit=boot_commit, on_failure=fail)
+                                     boot_commit=boot_commit,
+                                     observe_snapshot=metrics.observe_snapshot, on_failure=fail)
         if latest is not None:
             self.fsm.snapshot_size = latest[0].size
         sup.start(self.fsm)
@@ -415,12 +428,12 @@ def tune_gc() -> None:
 
 def run(cfg: ServerConfig) -> int:
     """Run a node until SIGTERM/SIGINT (exit 0) or an actor failure (exit 1)."""
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format, cfg.node_id)
     if cfg.tls_cert:  # a bad certificate/key pair is bad configuration: exit 2 before starting
         try:
             tls_context(cfg.tls_cert, cfg.tls_key)
         except ConfigError as e:
-            print(f"prisn: error: {e}", file=sys.stderr, flush=True)
+            console(cfg, str(e))
             return 2
     elif cfg.bind.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]"):
         log.warning("no --tls-cert: the HTTP API on %s is plain HTTP (tokens and data travel "
@@ -429,13 +442,13 @@ def run(cfg: ServerConfig) -> int:
              cfg.data_dir, cfg.bind,
              f", raft {cfg.raft_addr} (advertised {cfg.advertised_raft_addr})"
              if cfg.cluster else " (single node)")
-    print(f"prisn: data dir {cfg.data_dir}", file=sys.stderr, flush=True)
+    console(cfg, f"data dir {cfg.data_dir}", logging.INFO, data_dir=cfg.data_dir)
     curve = None
     if cfg.cluster_key_file:
         try:
             curve = load_keys(cfg.cluster_key_file)
         except KeyFileError as e:
-            print(f"prisn: error: --cluster-key-file {e}", file=sys.stderr, flush=True)
+            console(cfg, f"--cluster-key-file {e}")
             return 2
         if loosely_permitted(cfg.cluster_key_file):
             log.warning("--cluster-key-file %s may be read by other users: chmod 600 it",
@@ -445,8 +458,7 @@ def run(cfg: ServerConfig) -> int:
     if (cfg.cluster and not (cfg.bootstrap or cfg.peers or cfg.force_new_cluster)
             and not (Path(cfg.data_dir) / "raft").exists()):
         # bad configuration: refuse before creating anything
-        print("prisn: error: --cluster needs --bootstrap (first node) or --peers",
-              file=sys.stderr, flush=True)
+        console(cfg, "--cluster needs --bootstrap (first node) or --peers")
         return 2
     os.umask(0o077)  # data dir 0700, data files 0600, whatever the caller's umask
     node = Node(cfg, curve=curve)
@@ -457,12 +469,14 @@ def run(cfg: ServerConfig) -> int:
     try:
         node.start()
     except ConfigError as e:
-        print(f"prisn: error: {e}", file=sys.stderr, flush=True)
+        console(cfg, str(e))
         node.stop()
         return 2
-    except (StorageError, OSError, zmq.ZMQError, RuntimeError) as e:
-        log.error("cannot start: %s", e)
-        print(f"prisn: error: cannot start: {e}", file=sys.stderr, flush=True)
+    except Exception as e:  # noqa: BLE001 - a start-up failure is one line, never a traceback
+        # (StorageError, OSError, ZMQError, RuntimeError from a failed actor, or a bug)
+        log.debug("start-up failure", exc_info=True)
+        known = isinstance(e, StorageError | OSError | zmq.ZMQError | RuntimeError)
+        console(cfg, f"cannot start: {e if known else f'{type(e).__name__}: {e}'}")
         node.stop()
         return 1
     gc.freeze()  # the state restored at boot is long-lived: never traverse it again

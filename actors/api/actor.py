@@ -108,8 +108,9 @@ class ApiActor(Actor):
             self._loop.run_forever()
         except BaseException as e:  # noqa: BLE001 - any failure stops the node
             self.failure = e
-            if isinstance(e, OSError) and not self.started.is_set():
-                log.error("api actor failed to start: %s", e)  # one line: a bad --bind
+            if not self.started.is_set():  # a start-up failure (a bad --bind): one line
+                log.error("api actor failed to start: %s", e)
+                log.debug("api actor start-up failure", exc_info=True)
             else:
                 log.exception("api actor failed")
             self.started.set()

@@ -111,6 +111,7 @@ def test_single_node_full_disk_507_reads_and_recovery(tmp_path):
         pid = n.proc.pid if n.proc else 0
         try:
             assert post(n, "small").status == 201
+            assert "prisn_log_disk_errors_total 0.0" in n.req("GET", "/metrics").body.decode()
             acked, refused = fill(n, n, "big")
             acked.append("small")
             # reads and liveness go on; the node did not exit
@@ -121,7 +122,11 @@ def test_single_node_full_disk_507_reads_and_recovery(tmp_path):
             r = post(n, "refused-again")
             assert r.status == 507 and DISK_MSG in r.json()["message"]
             refused.append("refused-again")
-            assert "prisn_disk_error 1.0" in n.req("GET", "/metrics").body.decode()
+            text = n.req("GET", "/metrics").body.decode()
+            assert "prisn_disk_error 1.0" in text
+            errors = [ln for ln in text.splitlines()
+                      if ln.startswith("prisn_log_disk_errors_total ")]
+            assert errors and float(errors[0].split()[1]) >= 1, errors
             # the operator frees space: writes succeed again, same process
             pad.unlink()
             wait_for(lambda: post(n, "after", timeout=5).status == 201, 30,

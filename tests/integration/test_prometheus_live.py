@@ -168,7 +168,10 @@ def test_prometheus_sees_one_leader_before_and_after_failover(cluster, tmp_path)
             groups = prom.get("/api/v1/rules")["data"]["groups"]
             return {r["name"]: r for g in groups for r in g["rules"]}
 
-        assert set(rules()) == {"PrisnNoLeader", "PrisnQuorumLost", "PrisnReplicationLag"}
+        assert set(rules()) == {"PrisnNoLeader", "PrisnQuorumLost", "PrisnReplicationLag",
+                                "PrisnMultipleLeaders", "PrisnFrequentLeaderChanges",
+                                "PrisnFollowerOutOfContact", "PrisnLogDiskErrors",
+                                "PrisnSnapshotFailures", "PrisnNodeNotReady"}
         quiet = wait_for(lambda: (lambda rs: rs if all(r["health"] == "ok" and r["state"] ==
                                                        "inactive" for r in rs.values())
                                   else None)(rules()), 20, "all alert rules ok and inactive")

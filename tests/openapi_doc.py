@@ -4,7 +4,8 @@
 documents (or one the document's conventions give every route: 404 for an unknown path, 405
 for a method the route lacks), its JSON body must validate against the documented schema
 (JSON Schema 2020-12 via `jsonschema`, with `$ref`s into the document resolved by a
-`referencing` registry), and a body must be there exactly when the document gives content.
+`referencing` registry), a body must be there exactly when the document gives content, and
+every header the response documents as required must be there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
@@ -72,14 +74,21 @@ def find_operation(method: str, path: str) -> tuple[str, dict[str, Any] | None]:
     raise AssertionError(f"{method} {path}: no path of docs/openapi.yaml matches it")
 
 
-def check_response(method: str, path: str, status: int, content_type: str | None,
+def check_response(method: str, path: str, status: int, headers: Mapping[str, str],
                    body: bytes) -> None:
     """AssertionError unless this answer is one docs/openapi.yaml describes (module doc)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    content_type = lower.get("content-type")
     template, op = find_operation(method, path) if _documented(path) else (None, None)
     if op is not None and str(status) in op["responses"]:
         pointer = (f"/paths/{_pointer_escape(template)}/{method.lower()}/responses/"  # type: ignore[arg-type]
                    f"{status}")
         response, pointer = resolve(op["responses"][str(status)], pointer)
+        for name, header in response.get("headers", {}).items():
+            header, _ = resolve(header, "")
+            assert not header.get("required") or name.lower() in lower, (
+                f"{method} {path} {status}: the required header {name} is missing "
+                f"({sorted(lower)})")
         content = response.get("content")
         if not content:
             assert body == b"", f"{method} {path} {status}: documented without a body: {body!r}"

@@ -221,8 +221,7 @@ class OpenApiCase(AsyncHTTPTestCase):
         resp = self.fetch(path, method=method, body=data, headers=headers or {},
                           raise_error=False, allow_nonstandard_methods=True)
         if check:
-            check_response(method, path, resp.code, resp.headers.get("Content-Type"),
-                           resp.body)
+            check_response(method, path, resp.code, resp.headers, resp.body)
         return resp
 
 

@@ -34,7 +34,7 @@ def call(node: ServerProc, method: str, path: str, body: Any = None,
     """One request; its answer must be one the document describes."""
     h = {"Authorization": f"Bearer {token}"} if token is not None else {}
     r = node.req(method, path, body, headers={**h, **(headers or {})}, timeout=10)
-    check_response(method, path, r.status, r.headers.get("content-type"), r.body)
+    check_response(method, path, r.status, r.headers, r.body)
     assert r.headers["x-prisn-node"] == "n1" and r.headers["x-request-id"], r.headers
     return r
 

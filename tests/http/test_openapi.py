@@ -278,6 +278,23 @@ class TestParametersAreTheOnesHandlersRead(OpenApiCase):
                             f"{resp.code} {resp.body[:120]!r}")
         assert not problems, "\n".join(problems)
 
+    def test_request_bodies_are_documented_exactly_where_they_are_read(self) -> None:
+        """Malformed JSON is a 400 on exactly the operations that document a request body."""
+        problems = []
+        for path, item in document()["paths"].items():
+            for method, op in item.items():
+                if method not in HTTP_METHODS:
+                    continue
+                resp = self.fetch(_concrete(path), method=method.upper(), body=b"{not json",
+                                  raise_error=False, allow_nonstandard_methods=True)
+                reads = resp.code == 400 and b"malformed JSON" in resp.body
+                if reads != ("requestBody" in op):
+                    problems.append(f"{method.upper()} {path}: the handler "
+                                    f"{'reads' if reads else 'does not read'} a body, the "
+                                    f"document {'has' if 'requestBody' in op else 'has no'} "
+                                    f"requestBody: {resp.code} {resp.body[:120]!r}")
+        assert not problems, "\n".join(problems)
+
 
 class TestAnswersMatchTheDocument(OpenApiCase):
     """Answers of the handlers (fake node) validate against the documented responses,

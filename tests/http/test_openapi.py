@@ -109,8 +109,8 @@ def test_every_registered_route_is_documented_and_back() -> None:
     """The route table (ROUTES + TOKEN_ROUTES as `make_app` registers them, each handler's
     `methods()`) and the document's paths and operations must be the same set."""
     routes = registered_routes()
-    assert [p for p, _ in routes] == [p for p, _ in
-                                      [(r + "$", h) for r, h in ROUTES + TOKEN_ROUTES]]
+    # make_app may register more lists than these (each new route module adds its own)
+    assert {p for p, _ in routes} >= {r + "$" for r, _ in ROUTES + TOKEN_ROUTES}
     problems: list[str] = []
     registered: dict[tuple[str, str], str] = {}
     for pattern, handler in routes:

@@ -39,6 +39,7 @@ from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
+from actors.api import openapi
 from actors.api.auth import (
     ADMIN,
     ANONYMOUS,
@@ -104,6 +105,7 @@ class ApiContext:
     quotas: Quotas = field(default_factory=Quotas)  # per-spec and per-namespace bounds
     # Content-Type, Origin and (auth off) Host checks; the default checks no Host
     guard: RequestGuard = field(default_factory=RequestGuard)
+    openapi: bytes = b""  # GET /api/v1/openapi.json (`actors.api.openapi.document_bytes`)
 
 
 class PrisnApplication(Application):
@@ -291,7 +293,12 @@ class BaseHandler(RequestHandler):
         return None
 
     def allowed_methods(self) -> list[str]:
-        cls = type(self)
+        return type(self).methods()
+
+    @classmethod
+    def methods(cls) -> list[str]:
+        """The HTTP methods this handler implements (the rest are 405). The OpenAPI check
+        (tests/http/test_openapi.py) compares them with docs/openapi.yaml."""
         return [m for m in _METHODS
                 if getattr(cls, m.lower()) is not getattr(RequestHandler, m.lower())]
 
@@ -680,6 +687,16 @@ class MetricsHandler(BaseHandler):
         self.finish(payload)
 
 
+class OpenApiHandler(BaseHandler):
+    """This API's OpenAPI 3.1 document (docs/openapi.yaml as JSON, read once at start)."""
+
+    ROUTE = openapi.ROUTE
+    AUTH = {"GET": AUTHENTICATED}  # like /api/v1/cluster/status (docs/design-notes.md)
+
+    def get(self) -> None:
+        self.finish(self.ctx.openapi)
+
+
 ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"/api/v1/deployments/?", DeploymentsHandler),
     (r"/api/v1/deployments/([^/]+)/scale/?", ScaleHandler),
@@ -691,6 +708,7 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"/api/v1/cluster/nodes/([^/]+)", ClusterNodeHandler),
     (r"/api/v1/cluster/election", ElectionHandler),
     (r"/metrics", MetricsHandler),
+    (r"/api/v1/openapi\.json", OpenApiHandler),
 ]
 
 
@@ -718,6 +736,7 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
         write_timeout=write_timeout, read_timeout=read_timeout, max_body=max_body,
         max_inflight=max_inflight, auth=auth or Authenticator(),
         tokens=tokens or TokenFactory(), guard=guard or RequestGuard(),
+        openapi=openapi.document_bytes(),
     )
     return app
 

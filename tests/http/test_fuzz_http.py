@@ -38,8 +38,8 @@ DEADLINE = 10.0
 # ---------------------------------------------------------------------- request strategies
 ROUTES = ["/api/v1/deployments", "/api/v1/deployments/{}", "/api/v1/deployments/{}/scale",
           "/health", "/ready", "/metrics", "/api/v1/cluster/status", "/api/v1/cluster/health",
-          "/api/v1/cluster/nodes/{}", "/api/v1/cluster/election", "/{}", "/api/v1/{}",
-          "/api/v1/tokens", "/api/v1/tokens/{}", "/api/v1/tokens/{}/revoke"]
+          "/api/v1/cluster/nodes/{}", "/api/v1/cluster/election", "/api/v1/openapi.json", "/{}",
+          "/api/v1/{}", "/api/v1/tokens", "/api/v1/tokens/{}", "/api/v1/tokens/{}/revoke"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get", "TRACE", "BREW",
            "CONNECT", "P0ST"]
 

@@ -26,7 +26,9 @@ from actors.api.openapi import YAML_PATH
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 DOC_URI = "urn:prisn:openapi"
 # Answers the document's conventions (info.description) give every route, not per operation.
-GLOBAL_STATUSES = {404, 405}
+# 404/405 for any path or method; 403 (foreign Origin), 415 (body not JSON) and 421
+# (foreign Host, auth off) from the request guard, on every route (the document's conventions)
+GLOBAL_STATUSES = {403, 404, 405, 415, 421}
 
 
 @functools.cache

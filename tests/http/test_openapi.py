@@ -225,7 +225,9 @@ class OpenApiCase(AsyncHTTPTestCase):
         data = None if body is None else json.dumps(body).encode()
         if data is None and method in ("POST", "PUT", "PATCH"):
             data = b""
-        resp = self.fetch(path, method=method, body=data, headers=headers or {},
+        hdrs = {"Content-Type": "application/json"} if data else {}
+        hdrs.update(headers or {})
+        resp = self.fetch(path, method=method, body=data, headers=hdrs,
                           raise_error=False, allow_nonstandard_methods=True)
         if check:
             check_response(method, path, resp.code, resp.headers, resp.body)
@@ -293,6 +295,7 @@ class TestParametersAreTheOnesHandlersRead(OpenApiCase):
                 if method not in HTTP_METHODS:
                     continue
                 resp = self.fetch(_concrete(path), method=method.upper(), body=b"{not json",
+                                  headers={"Content-Type": "application/json"},
                                   raise_error=False, allow_nonstandard_methods=True)
                 reads = resp.code == 400 and b"malformed JSON" in resp.body
                 if reads != ("requestBody" in op):

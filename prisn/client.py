@@ -21,8 +21,9 @@ import http.client
 import json
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 DEFAULT_SERVER = "localhost:7331"
@@ -215,6 +216,50 @@ class Client:
         if not 200 <= status < 300 and status not in allow:
             raise ApiError(status, _message(status, parsed, raw), parsed)
         return Response(status, hdrs, parsed)
+
+    def download(self, path: str, out: BinaryIO, *, headers: dict[str, str] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+        """GET `path` and stream the body into `out` (1 MiB at a time); the lower-cased
+        response headers. `progress(done, total)` after each chunk. `ApiError` for a status
+        outside 2xx, `Unreachable` when no server answers or the body ends early."""
+        ep = self.endpoint
+        h = {"User-Agent": "prisn-cli", **self._auth, **(headers or {})}
+        if self._tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                ep.host, ep.port, timeout=self.timeout, context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=self.timeout)
+        try:
+            try:
+                conn.request("GET", ep.prefix + path, headers=h)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise Unreachable(self.url, str(e) or type(e).__name__) from None
+            hdrs = {k.lower(): v for k, v in resp.getheaders()}
+            if not 200 <= resp.status < 300:
+                raw = resp.read(1 << 20)
+                parsed = _parse_body(raw, hdrs.get("content-type", ""))
+                raise ApiError(resp.status, _message(resp.status, parsed, raw), parsed)
+            total = int(hdrs.get("content-length", "0") or 0)
+            done = 0
+            while True:
+                try:
+                    chunk = resp.read(1 << 20)
+                except (OSError, http.client.HTTPException) as e:
+                    raise Unreachable(self.url, f"download broke off after {done} bytes: "
+                                      f"{e or type(e).__name__}") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            if total and done != total:
+                raise Unreachable(self.url, f"download broke off after {done} of {total} "
+                                  "bytes")
+            return hdrs
+        finally:
+            conn.close()
 
     # ------------------------------------------------------------------ cluster
     def cluster_status(self) -> Response:

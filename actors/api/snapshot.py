@@ -8,9 +8,11 @@ magic, format, header (index, term, membership, length) and SHA-256 trailer, als
 ``X-Prisn-Snapshot-Index``, ``X-Prisn-Snapshot-Term``, ``X-Prisn-Snapshot-Sha256`` headers
 (the SHA-256 covers every byte before the trailer) and an exact ``Content-Length``.
 
-Invariants: admin only when auth is on; at most one backup is encoded at a time per node
-(another gets 503 with Retry-After); the response is written in 1 MiB chunks, each flushed
-before the next (a slow reader holds at most about one chunk in Tornado's buffer).
+Invariants: admin only when auth is on; at most one backup is in flight per node
+(another gets 503 with Retry-After) and held until it is sent; the response is written in
+1 MiB chunks, each flushed before the next (a slow reader holds at most about one chunk in
+Tornado's buffer), and a reader that takes no chunk for `STALL_SECONDS` is cut off, so a
+stalled client cannot hold the slot forever.
 What the file covers: the state this node has applied (on a follower possibly slightly
 behind the leader; ``X-Prisn-Consistency: strong`` first waits for a read barrier, so that
 it covers every write acknowledged before the request).
@@ -18,6 +20,7 @@ it covers every write acknowledged before the request).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -32,6 +35,7 @@ from prisn.backup import backup_head
 log = logging.getLogger("prisn.api")
 
 CHUNK = 1 << 20
+STALL_SECONDS = 60  # a reader that takes no chunk for this long is cut off
 
 
 class SnapshotHandler(BaseHandler):
@@ -45,15 +49,23 @@ class SnapshotHandler(BaseHandler):
         app: Any = self.application
         if getattr(app, "snapshot_busy", False):
             raise Unavailable("a snapshot is already being taken on this node; retry shortly")
-        await self.consistency()
+        # Claimed before the first await (check and set run without a yield between) and held
+        # until the answer is sent: one encoded state in memory per node at a time.
         app.snapshot_busy = True
         try:
-            index, term, membership, encode = source()
-            data: bytes = await IOLoop.current().run_in_executor(None, encode)
-            head, digest = await IOLoop.current().run_in_executor(
-                None, backup_head, index, term, membership, data)
+            await self._send(source)
         finally:
             app.snapshot_busy = False
+
+    async def _send(self, source: Any) -> None:
+        await self.consistency()
+        loop = IOLoop.current()
+        # the capture takes the state machine's lock (held while it applies a batch) and
+        # copies every row reference: not on the IOLoop thread
+        index, term, membership, encode = await loop.run_in_executor(None, source)
+        data: bytes = await loop.run_in_executor(None, encode)
+        head, digest = await loop.run_in_executor(
+            None, backup_head, index, term, membership, data)
         size = len(head) + len(data) + len(digest)
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Length", str(size))
@@ -69,11 +81,17 @@ class SnapshotHandler(BaseHandler):
             self.write(head)
             for off in range(0, len(view), CHUNK):
                 self.write(bytes(view[off:off + CHUNK]))
-                await self.flush()
+                await asyncio.wait_for(self.flush(), STALL_SECONDS)
             self.write(digest)
-            await self.flush()
+            await asyncio.wait_for(self.flush(), STALL_SECONDS)
         except StreamClosedError:
             log.info("online snapshot at index %d: the client went away", index)
+            return
+        except TimeoutError:
+            log.warning("online snapshot at index %d: the client read nothing for %d s; "
+                        "closing the connection", index, STALL_SECONDS)
+            if self.request.connection is not None:
+                self.request.connection.close()  # type: ignore[attr-defined]
             return
         self.finish()
 

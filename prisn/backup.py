@@ -114,6 +114,7 @@ def restore(path: str | Path, data_dir: str | Path, node_id: str, raft_addr: str
     tmp = parent / f".{target.name}.restore-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     membership = Membership(cluster=secrets.token_hex(8), voters={node_id: raft_addr})
+    old_umask = os.umask(0o077)  # as the server: data dir 0700, files 0600
     try:
         tmp.mkdir()
         SnapshotStore(tmp / "snapshots").write(meta.index, meta.term, membership, data)
@@ -134,4 +135,6 @@ def restore(path: str | Path, data_dir: str | Path, node_id: str, raft_addr: str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.umask(old_umask)
     return Restored(meta, found.deployments, found.state_hash, membership.cluster)

@@ -72,7 +72,9 @@ def save(ctx: click.Context, file: str, strong: bool, force: bool) -> None:
     progress = _Progress()
     t0 = time.monotonic()
     try:
-        with open(part, "wb") as out:
+        # 0600: the file holds the whole state, token records included
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as out:
             hdrs = client.download(SNAPSHOT_PATH, out, progress=progress,
                                    headers={"X-Prisn-Consistency": "strong"} if strong else {})
             out.flush()

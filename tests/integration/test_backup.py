@@ -161,6 +161,7 @@ def test_save_while_writing_gives_a_verified_file(backup) -> None:
     assert save["sha256"] == hashlib.sha256(raw[:-32]).hexdigest() == raw[-32:].hex()
     assert save["deployments"] >= 220  # 200 before, at least 20 while the writer ran
     assert not path.with_name(path.name + ".part").exists()
+    assert path.stat().st_mode & 0o777 == 0o600
     # status: index, term, SHA-256 and count, as the save said
     text = ok(prisn("snapshot", "status", str(path), token=None))
     fields = dict(line.split(None, 1) for line in text.strip().splitlines())
@@ -199,6 +200,9 @@ def test_restore_starts_a_node_with_the_same_state_and_others_join(backup, tmp_p
                               r1.raft_addr, "-o", "json", token=None)))
     assert out["index"] == save["index"] and out["state_hash"] == save["state_hash"]
     assert [p.name for p in r1.data_dir.parent.iterdir()] == ["data"]  # no temporary left
+    assert r1.data_dir.stat().st_mode & 0o777 == 0o700
+    for f in r1.data_dir.rglob("*"):
+        assert f.stat().st_mode & 0o077 == 0, f  # like the server's own files
     nodes = start_three(tmp_path, "r", first=r1)
     try:
         assert total(r1) == save["deployments"]

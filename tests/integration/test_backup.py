@@ -267,3 +267,19 @@ def test_restore_refuses_a_used_data_dir(backup, tmp_path) -> None:
     refused(prisn("snapshot", "restore", str(backup["path"]), "--data-dir", str(used),
                   "--node-id", "r1", token=None), "not empty")
     assert [p.name for p in used.iterdir()] == ["keep"]
+
+
+def test_save_shows_progress_on_a_terminal_only(cluster, backup, tmp_path) -> None:
+    from tests.integration.test_cli_writes import on_a_terminal
+
+    path = tmp_path / "tty.snap"
+    env_token = ["--token", KEY]
+    code, shown = on_a_terminal(["snapshot", "save", str(path), "--server",
+                                 addr(cluster[0]), *env_token], None)
+    assert code == 0, shown
+    assert "MiB" in shown and "100.0%" in shown, shown  # the progress line, completed
+    assert "saved snapshot at index" in shown
+    # not a terminal (as every other test here): the output is only the result
+    p = prisn("snapshot", "save", str(tmp_path / "pipe.snap"), "--server", addr(cluster[0]))
+    out = ok(p)
+    assert "MiB" not in out + p.stderr and out.startswith("saved snapshot at index")

@@ -135,7 +135,8 @@ def status(ctx: click.Context, file: str) -> None:
               "exist, or be empty).")
 @click.option("--node-id", required=True, help="The new node's id (its --node-id).")
 @click.option("--raft-addr", default="", help="The new node's advertised Raft address "
-              f"(its --advertise-addr) [default: {DEFAULT_RAFT_ADDR} with the hostname].")
+              "(its --advertise-addr); an empty or wildcard host is this machine's name "
+              f"[default: {DEFAULT_RAFT_ADDR}].")
 @common_options
 @click.pass_context
 def restore(ctx: click.Context, file: str, data_dir: str, node_id: str, raft_addr: str) -> None:
@@ -151,9 +152,9 @@ def restore(ctx: click.Context, file: str, data_dir: str, node_id: str, raft_add
         parse_addr(addr, "--raft-addr")
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-    if not raft_addr:
-        addr = ServerConfig(node_id=node_id, data_dir=data_dir,
-                            raft_addr=addr).advertised_raft_addr
+    # as the server advertises it: an empty or wildcard host is this machine's name (peers
+    # could not reach ":7332" or "0.0.0.0:7332")
+    addr = ServerConfig(node_id=node_id, data_dir=data_dir, raft_addr=addr).advertised_raft_addr
     t0 = time.monotonic()
     try:
         found = do_restore(file, data_dir, node_id, addr)

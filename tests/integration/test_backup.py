@@ -283,3 +283,26 @@ def test_save_shows_progress_on_a_terminal_only(cluster, backup, tmp_path) -> No
     p = prisn("snapshot", "save", str(tmp_path / "pipe.snap"), "--server", addr(cluster[0]))
     out = ok(p)
     assert "MiB" not in out + p.stderr and out.startswith("saved snapshot at index")
+
+
+def test_restore_fills_in_a_wildcard_raft_host(tmp_path) -> None:
+    """`--raft-addr :7399` (or 0.0.0.0) is advertised with this machine's name, as the
+    server would: the other nodes could not reach ':7399'."""
+    import socket
+
+    from prisn.backup import backup_head
+    from prisn.fsm.deployments import DeploymentStore
+    from prisn.messages import EntryKind
+
+    store = DeploymentStore()
+    store.apply(1, int(EntryKind.NOOP), b"")
+    data = store.snapshot()
+    head, digest = backup_head(1, 1, None, data)
+    f = tmp_path / "tiny.snap"
+    f.write_bytes(head + data + digest)
+    for given in (":7399", "0.0.0.0:7399"):
+        target = tmp_path / given.replace(":", "_")
+        out = json.loads(ok(prisn("snapshot", "restore", str(f), "--data-dir", str(target),
+                                  "--node-id", "r1", "--raft-addr", given, "-o", "json",
+                                  token=None)))
+        assert out["raft_addr"] == f"{socket.gethostname()}:7399", out

@@ -306,3 +306,16 @@ def test_restore_fills_in_a_wildcard_raft_host(tmp_path) -> None:
                                   "--node-id", "r1", "--raft-addr", given, "-o", "json",
                                   token=None)))
         assert out["raft_addr"] == f"{socket.gethostname()}:7399", out
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1800)
+def test_round_trip_of_100k_deployments(tmp_path) -> None:
+    """The issue's round trip at full size (long: `pytest -m soak`): save 100,000
+    deployments from a running node, restore, start, and compare the state hash
+    (`benchmarks/bench_backup.py`, which also times it)."""
+    from benchmarks.bench_backup import bench
+
+    res = bench(100_000, tmp_path)
+    assert res["state_hash_equal_after_restore"], res
+    assert res["deployments"] == 100_000

@@ -107,6 +107,10 @@ class StateMachineActor(Actor):
         self._membership = membership  # configuration in force at the applied index
         self._force_at = 0
         self._writer: _SnapshotWriter | None = None
+        # Held by this thread while it changes the store together with `_term` and
+        # `_membership` (one Apply message, one snapshot install), and by `capture` (any
+        # thread): a capture sees the three at the same applied index.
+        self._capture_lock = threading.Lock()
         # metrics (written by this thread or the writer thread; read from any thread)
         self.snapshot_index = snapshot_index  # newest durable snapshot
         self.snapshot_term = snapshot_term
@@ -149,35 +153,49 @@ class StateMachineActor(Actor):
 
     def _handle(self, m: Msg, batch: _Batch) -> None:
         if isinstance(m, Apply):
-            store = self.store
-            me = self.node_id
-            quiet = self.boot_commit
-            results = batch.results
-            for entry in m.entries:
-                index, term, kind, data = entry
-                if index <= store.applied_index:
-                    continue
-                out = store.apply(index, kind, data)
-                self._term = term
-                batch.applied = True
-                if kind == EntryKind.CONFIG:
-                    try:
-                        self._membership = decode_config(data)
-                    except ValueError as e:  # raft refuses such entries; keep the old
-                        log.error("fsm: undecodable configuration at %d: %s", index, e)
-                if out is not None and index > quiet:
-                    origin, rid = store.last_origin
-                    if origin == me:
-                        results.append([rid, out[0], out[1]])
-                        batch.size += len(data) + RESULT_OVERHEAD
-                        if batch.size >= APPLIED_BYTES:
-                            self._send_applied(batch)
-                            results = batch.results
+            with self._capture_lock:
+                self._apply(m, batch)
         elif isinstance(m, SnapChunk):
             if self._on_chunk(m):
                 batch.applied = True
         elif isinstance(m, SnapshotRequest):
             self._force_at = max(self._force_at, m.index)
+
+    def capture(self) -> tuple[int, int, Membership | None, Callable[[], bytes]]:
+        """(applied index, its term, the membership in force there, encoder) of the applied
+        state, consistent with each other; cheap (references only, see
+        `DeploymentStore.snapshot_capture`). Any thread (the API's online backup); the
+        encoder may run in any thread."""
+        with self._capture_lock:
+            index, encode = self.store.snapshot_capture()
+            return index, self._term, self._membership, encode
+
+    def _apply(self, m: Apply, batch: _Batch) -> None:
+        """Apply one Apply message's entries (under `_capture_lock`)."""
+        store = self.store
+        me = self.node_id
+        quiet = self.boot_commit
+        results = batch.results
+        for entry in m.entries:
+            index, term, kind, data = entry
+            if index <= store.applied_index:
+                continue
+            out = store.apply(index, kind, data)
+            self._term = term
+            batch.applied = True
+            if kind == EntryKind.CONFIG:
+                try:
+                    self._membership = decode_config(data)
+                except ValueError as e:  # raft refuses such entries; keep the old
+                    log.error("fsm: undecodable configuration at %d: %s", index, e)
+            if out is not None and index > quiet:
+                origin, rid = store.last_origin
+                if origin == me:
+                    results.append([rid, out[0], out[1]])
+                    batch.size += len(data) + RESULT_OVERHEAD
+                    if batch.size >= APPLIED_BYTES:
+                        self._send_applied(batch)
+                        results = batch.results
 
     def _end_batch(self, batch: _Batch) -> None:
         if batch.applied:
@@ -264,9 +282,10 @@ class StateMachineActor(Actor):
             return False
         restored = bool(installs)
         if restored:
-            installs[0]()  # the file is durably in place: now the state (cannot fail)
-            self._term = meta.term
-            self._membership = meta.membership
+            with self._capture_lock:
+                installs[0]()  # the file is durably in place: now the state (cannot fail)
+                self._term = meta.term
+                self._membership = meta.membership
             self.installs_received += 1
             self.install_duration = time.perf_counter() - t0
             log.info("fsm: installed snapshot %d (term %d, %d bytes) in %.3f s", meta.index,

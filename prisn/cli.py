@@ -243,6 +243,10 @@ from prisn.cli_ops import register as _register_ops  # noqa: E402 - after `cli` 
 
 _register_ops(cli)  # operator commands: cluster, deploy, status, scale, delete
 
+from prisn.cli_snapshot import register as _register_snapshot  # noqa: E402
+
+_register_snapshot(cli)  # prisn snapshot save | status | restore
+
 
 def _interval(value: str) -> float:
     """`--snapshot-interval`: a duration, or 0 for none."""

@@ -2,7 +2,7 @@
 
 `register(cli)` adds them to the root group defined in `prisn.cli`:
 
-    prisn cluster status | health | remove <id> | election <node>
+    prisn cluster status | health | remove <id> [--yes] [--wait] | election <node>
     prisn deploy <source> ... | status [name] | scale <name> <n> | delete <name>
 
 Common options, accepted on the root group (``prisn --server X status``), on the `cluster`
@@ -37,6 +37,7 @@ import click
 from prisn.client import (
     DEFAULT_SERVER,
     DEFAULT_TIMEOUT,
+    ApiError,
     BadServer,
     BadSetting,
     Client,
@@ -237,16 +238,56 @@ def cluster_health(ctx: click.Context) -> None:
 
 @cluster.command("remove")
 @click.argument("node_id", metavar="ID")
+@click.option("-y", "--yes", is_flag=True,
+              help="Do not ask for confirmation (it is asked only when stdin is a terminal).")
+@click.option("--wait/--no-wait", default=False,
+              help="Wait (up to --timeout) until ID is gone from the member list the server "
+                   "reports.")
 @common_options
 @click.pass_context
-def cluster_remove(ctx: click.Context, node_id: str) -> None:
-    """Remove member ID from the cluster (it stops being replicated to and voting)."""
+def cluster_remove(ctx: click.Context, node_id: str, yes: bool, wait: bool) -> None:
+    """Remove member ID from the cluster (it stops being replicated to and voting).
+
+    On a terminal it asks first (--yes skips the question); with stdin not a terminal
+    (scripts, pipes) it does not ask. The answer comes once the new configuration is
+    committed; a 503 is retried once, and a 404 on that retry means the first attempt did
+    remove ID."""
     c = _client(ctx)
-    _call(lambda: c.remove_node(node_id))
+    if not yes and sys.stdin.isatty():
+        if not click.confirm(f"Remove {node_id} from the cluster at {c.url}? It stops voting "
+                             "and must be wiped before it can join again", err=True):
+            raise click.ClickException(f"{node_id} not removed (answered no)")
+    try:
+        c.remove_node(node_id)
+    except ApiError as e:
+        if not (e.retried and e.status == 404):  # else: the first attempt committed
+            raise click.ClickException(str(e)) from None
+    except ClientError as e:
+        raise click.ClickException(str(e)) from None
+    if wait:
+        _wait_gone(c, node_id)
     if _json_out(ctx):
         _print_json({"removed": node_id})
     else:
         click.echo(f"removed {node_id} from the cluster")
+
+
+def _wait_gone(c: Client, node_id: str) -> None:
+    """Poll the server's member list until `node_id` is absent (deadline: `c.timeout`)."""
+    deadline = time.monotonic() + c.timeout
+    while True:
+        try:
+            st = c.cluster_status().body
+            ids = {n.get("id") for n in st.get("nodes", []) if isinstance(n, dict)} \
+                if isinstance(st, dict) else {node_id}
+        except ClientError:
+            ids = {node_id}
+        if node_id not in ids:
+            return
+        if time.monotonic() >= deadline:
+            raise click.ClickException(f"{node_id} is still listed as a member after "
+                                       f"{c.timeout:g}s")
+        time.sleep(0.05)  # polling the server's view with a deadline
 
 
 @cluster.command("election")

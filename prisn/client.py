@@ -13,21 +13,30 @@ Errors:
 TLS: an ``https://`` server, or a bare ``host:port`` together with a `ca_file`, is reached over
 HTTPS with certificate and host name verification, against `ca_file` when given, else the
 system's trusted CAs. A `token` is sent as ``Authorization: Bearer <token>`` on every request.
+
+Writes: every POST, PUT, PATCH and DELETE carries an ``Idempotency-Key``, and a 503 (no quorum,
+a write timeout, a leader change) is retried once with the same key (`Client.request`), which
+is what the server's 503 message asks a client to do.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import secrets
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 DEFAULT_SERVER = "localhost:7331"
 DEFAULT_PORT = 7331
 DEFAULT_TIMEOUT = 30.0
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_RETRY_AFTER = 5.0  # seconds: a longer Retry-After is cut to this
 
 
 class ClientError(Exception):
@@ -54,11 +63,18 @@ class Unreachable(ClientError):
 class ApiError(ClientError):
     """The server refused the request (status outside 2xx)."""
 
-    def __init__(self, status: int, message: str, body: Any = None) -> None:
+    def __init__(self, status: int, message: str, body: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{message} (HTTP {status})")
         self.status = status
         self.message = message
         self.body = body
+        self.headers = headers or {}  # lower-cased names
+        self.retried = False  # a write's answer to its second attempt (after a 503)
+
+    def __str__(self) -> str:
+        tail = ", after one retry with the same Idempotency-Key" if self.retried else ""
+        return f"{self.message} (HTTP {self.status}{tail})"
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,7 @@ class Response:
     status: int
     headers: dict[str, str]  # lower-cased names
     body: Any  # parsed JSON, or None for an empty body
+    retried: bool = False  # a write answered on its second attempt (the first got 503)
 
     @property
     def node(self) -> str:
@@ -155,7 +172,34 @@ class Client:
     def request(self, method: str, path: str, body: Any = None, *,
                 query: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
                 allow: tuple[int, ...] = ()) -> Response:
-        """Send one request; a status outside 2xx (and not in `allow`) raises `ApiError`."""
+        """Send one request; a status outside 2xx (and not in `allow`) raises `ApiError`.
+
+        A write (POST, PUT, PATCH, DELETE) carries an ``Idempotency-Key`` (a fresh random
+        one unless `headers` has one) and a 503 is retried once with the same key, after
+        the server's ``Retry-After`` (at most `MAX_RETRY_AFTER` seconds): the server then
+        returns the first attempt's answer if that one committed after all, and never
+        applies the write twice. The `ApiError` or `Response` says whether it retried."""
+        if method not in WRITE_METHODS:
+            return self._once(method, path, body, query, headers, allow)
+        h = dict(headers or {})
+        if not any(k.lower() == "idempotency-key" for k in h):
+            h["Idempotency-Key"] = secrets.token_hex(16)
+        try:
+            return self._once(method, path, body, query, h, allow)
+        except ApiError as e:
+            if e.status != 503 or 503 in allow:
+                raise
+            time.sleep(_retry_after(e.headers))  # the server asked us to wait that long
+        try:
+            r = self._once(method, path, body, query, h, allow)
+        except ApiError as e:
+            e.retried = True
+            raise
+        return Response(r.status, r.headers, r.body, retried=True)
+
+    def _once(self, method: str, path: str, body: Any, query: dict[str, Any] | None,
+              headers: dict[str, str] | None, allow: tuple[int, ...]) -> Response:
+        """One request, no retry (see `request`)."""
         ep = self.endpoint
         target = ep.prefix + path
         q = {k: v for k, v in (query or {}).items() if v is not None}
@@ -213,8 +257,52 @@ class Client:
             conn.close()
         parsed = _parse_body(raw, hdrs.get("content-type", ""))
         if not 200 <= status < 300 and status not in allow:
-            raise ApiError(status, _message(status, parsed, raw), parsed)
+            raise ApiError(status, _message(status, parsed, raw), parsed, hdrs)
         return Response(status, hdrs, parsed)
+
+    def download(self, path: str, out: BinaryIO, *, headers: dict[str, str] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+        """GET `path` and stream the body into `out` (1 MiB at a time); the lower-cased
+        response headers. `progress(done, total)` after each chunk. `ApiError` for a status
+        outside 2xx, `Unreachable` when no server answers or the body ends early."""
+        ep = self.endpoint
+        h = {"User-Agent": "prisn-cli", **self._auth, **(headers or {})}
+        if self._tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                ep.host, ep.port, timeout=self.timeout, context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=self.timeout)
+        try:
+            try:
+                conn.request("GET", ep.prefix + path, headers=h)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise Unreachable(self.url, str(e) or type(e).__name__) from None
+            hdrs = {k.lower(): v for k, v in resp.getheaders()}
+            if not 200 <= resp.status < 300:
+                raw = resp.read(1 << 20)
+                parsed = _parse_body(raw, hdrs.get("content-type", ""))
+                raise ApiError(resp.status, _message(resp.status, parsed, raw), parsed)
+            total = int(hdrs.get("content-length", "0") or 0)
+            done = 0
+            while True:
+                try:
+                    chunk = resp.read(1 << 20)
+                except (OSError, http.client.HTTPException) as e:
+                    raise Unreachable(self.url, f"download broke off after {done} bytes: "
+                                      f"{e or type(e).__name__}") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            if total and done != total:
+                raise Unreachable(self.url, f"download broke off after {done} of {total} "
+                                  "bytes")
+            return hdrs
+        finally:
+            conn.close()
 
     # ------------------------------------------------------------------ cluster
     def cluster_status(self) -> Response:
@@ -254,6 +342,16 @@ class Client:
     def delete(self, name: str, *, namespace: str | None = None) -> Response:
         return self.request("DELETE", f"/api/v1/deployments/{_seg(name)}",
                             query={"namespace": namespace})
+
+
+def _retry_after(headers: dict[str, str]) -> float:
+    """Seconds to wait before retrying a 503: its ``Retry-After`` (seconds; an HTTP date or
+    garbage counts as 1), between 0 and `MAX_RETRY_AFTER`."""
+    try:
+        wait = float(headers.get("retry-after", "1"))
+    except ValueError:
+        wait = 1.0
+    return min(max(wait, 0.0), MAX_RETRY_AFTER) if wait == wait else 1.0
 
 
 def _check_token(token: str | None) -> str | None:

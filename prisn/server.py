@@ -271,12 +271,16 @@ class Node:
         sup.start(self.raft)
         sup.start(TimerActor(self.ctx, cfg.node_id, cfg.tick_interval, on_failure=fail))
 
+        fsm = self.fsm
+
         def client_factory() -> RaftNodeClient:
-            return RaftNodeClient(self.ctx, cfg.node_id, store, raft_status=raft_status,
-                                  raft_stats=raft_stats, boot_commit=boot_commit,
-                                  started_at=started_at, metrics=metrics,
-                                  tick_seconds=cfg.tick_interval,
-                                  max_inflight=cfg.max_inflight)
+            client = RaftNodeClient(self.ctx, cfg.node_id, store, raft_status=raft_status,
+                                    raft_stats=raft_stats, boot_commit=boot_commit,
+                                    started_at=started_at, metrics=metrics,
+                                    tick_seconds=cfg.tick_interval,
+                                    max_inflight=cfg.max_inflight)
+            client.snapshot_source = fsm.capture  # type: ignore[attr-defined] # online backup
+            return client
 
         self.api = ApiActor(self.ctx, cfg.node_id, bind=cfg.bind, client_factory=client_factory,
                             metrics=metrics, write_timeout=cfg.write_timeout,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -191,6 +192,12 @@ class FakeNodeClient:
             raise Conflict(f"{node_id} is the last voter")
         self.removed.append(node_id)
         self.nodes = [n for n in self.nodes if n.id != node_id]
+
+    def snapshot_source(self) -> tuple[int, int, Any, Callable[[], bytes]]:
+        """The online backup's capture (as `StateMachineActor.capture`): (applied index,
+        term, membership None, encoder). Any thread (the API runs it in an executor)."""
+        index, encode = self.store.snapshot_capture()
+        return index, self.term, None, encode
 
     # ------------------------------------------------------------------ test helpers
     def _member(self, node_id: str) -> NodeInfo:

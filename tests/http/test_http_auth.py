@@ -133,6 +133,7 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v1/openapi.json", None, "auth", None, 200),
     Route("DELETE", "/api/v1/cluster/nodes/node4", None, "admin", None, 204),
     Route("POST", "/api/v1/cluster/election", {"target": "node2"}, "admin", None, 202),
+    Route("GET", "/api/v1/cluster/snapshot", None, "admin", None, 200),
     Route("GET", "/api/v1/deployments", None, "read", None, 200),
     Route("GET", "/api/v1/deployments?namespace=team", None, "read", "team", 200),
     Route("GET", "/api/v1/deployments?namespace=default", None, "read", "default", 200),

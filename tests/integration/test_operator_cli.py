@@ -42,8 +42,10 @@ def prisn(*args: str, server: ServerProc | str | None = None,
     pre: list[str] = []
     if server is not None:
         pre = ["--server", server if isinstance(server, str) else addr(server)]
+    # stdin not a terminal (as in a script), even when pytest runs on one: no prompts
     return subprocess.run([sys.executable, "-m", "prisn.cli", *pre, *args], env=e,
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT)
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                          stdin=subprocess.DEVNULL)
 
 
 def addr(n: ServerProc) -> str:

@@ -293,3 +293,24 @@ def test_token_is_sent_as_a_bearer_header(recorder: tuple[str, list[str | None]]
     p = prisn("--server", addr, "cluster", "status", "--token", "bad token")
     one_line_error(p, 2, "--token")
     assert "bad token" not in p.stderr  # never echo a secret
+
+
+def test_docker_healthcheck_probe_speaks_https_when_tls_is_on(
+        tls_node: ServerProc, certs: dict[str, Path]) -> None:
+    """The Dockerfile's HEALTHCHECK (read from the file) against a real TLS node (issue 16,
+    item 6): healthy with PRISN_TLS_CERT set as in the container; the plain-HTTP probe it
+    replaced fails against the same node."""
+    from tests.unit.test_deploy_compose import healthcheck_argv
+
+    argv = healthcheck_argv()
+    assert argv[0] == "python"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PRISN_")}
+    base["PRISN_BIND"] = f"0.0.0.0:{tls_node.http_port}"
+
+    def probe(env: dict[str, str]) -> int:
+        return subprocess.run([sys.executable, *argv[1:]], env={**base, **env},
+                              capture_output=True, timeout=30).returncode
+
+    assert probe({"PRISN_TLS_CERT": str(certs["cert"]),
+                  "PRISN_TLS_KEY": str(certs["key"])}) == 0
+    assert probe({}) != 0  # plain HTTP to an HTTPS-only API

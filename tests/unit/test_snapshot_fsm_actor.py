@@ -146,3 +146,49 @@ def test_install_of_a_state_the_store_refuses_changes_nothing(tmp_path: Path) ->
     assert actor.installs_received == 0
     actor.on_messages([Apply(entries=_entries(1, 7)[-2:])])
     assert store.applied_index == 7
+
+
+def test_capture_is_consistent_while_entries_apply() -> None:
+    """`capture` (the online backup, any thread) sees index, term, membership and state of
+    one applied index, while this thread applies entries whose term and membership change
+    with every index (issue 16 item 1)."""
+    import threading
+
+    store = DeploymentStore()
+    actor = StateMachineActor(zmq.Context.instance(), "fsm-capture", store, threshold=10**9)
+    actor.outbox = FakeOutbox()  # type: ignore[assignment]
+    cf = CommandFactory()
+    n = 1500
+    stop = threading.Event()
+    seen: list[tuple[int, int, str, int]] = []
+    errors: list[BaseException] = []
+
+    def capture() -> None:
+        try:
+            while not stop.is_set():
+                index, term, mem, encode = actor.capture()
+                applied = cbor2.loads(encode())["applied"]
+                seen.append((index, term, mem.cluster if mem else "", applied))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=capture)
+    t.start()
+    try:
+        for i in range(1, n + 1):
+            if i % 2:  # odd: a configuration naming its index; even: a command
+                e = [i, i, int(EntryKind.CONFIG), encode_config(
+                    Membership(cluster=f"c{i}", voters={"n1": "a:1"}))]
+            else:
+                e = [i, i, int(EntryKind.COMMAND),
+                     encode_entry("n9", i, cf.create({"name": f"d{i}", "source": "x"}))]
+            actor.on_messages([Apply(entries=[e])])
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, errors
+    assert len(seen) > 0
+    for index, term, cluster, applied in seen:
+        assert applied == index and (index == 0 or term == index), (index, term, applied)
+        want = "" if index == 0 else f"c{index if index % 2 else index - 1}"
+        assert cluster == want, (index, cluster)

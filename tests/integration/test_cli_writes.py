@@ -1,0 +1,245 @@
+"""The CLI's writes and `prisn cluster remove` (issue 16, item 6), as real CLI processes.
+
+- Every write carries an ``Idempotency-Key`` and a 503 is retried once with the same key
+  (what the server's 503 message asks for); reads are neither keyed nor retried. Shown
+  against a scripted HTTP server on a real socket (a real prisn server cannot be made to
+  answer exactly one 503 on demand), and the key's effect against a real node: the retry of
+  a create that did commit gets the first answer, not 409.
+- `prisn cluster remove` asks on a terminal (a pseudo-terminal here), not when stdin is not
+  a terminal, `--yes` skips the question, and `--wait` returns once the member is gone
+  from the list the asked node reports; a 503 followed by a 404 means it was removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from prisn.client import Client
+from tests.procs import ServerProc, leader_of, single_node, start_cluster, wait_for
+
+FAST = ["--write-timeout", "2s", "--election-timeout", "500ms"]
+CLI_TIMEOUT = 60
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def prisn(*args: str, server: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISN_")}
+    return subprocess.run([sys.executable, "-m", "prisn.cli", "--server", server, *args],
+                          env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                          stdin=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------------- a scripted server
+class Script(ThreadingHTTPServer):
+    """Answers each request with the next scripted (status, headers, body) for its method and
+    path (then 500), and records (method, path, headers) of every request."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.answers: dict[tuple[str, str], list[tuple[int, dict[str, str], Any]]] = {}
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Script
+
+    def _answer(self) -> None:
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        path = self.path.split("?")[0]
+        self.server.seen.append((self.command, path, {k.lower(): v for k, v in
+                                                      self.headers.items()}))
+        queue = self.server.answers.get((self.command, path), [])
+        status, headers, body = queue.pop(0) if queue else (500, {}, {"error": "x",
+                                                                       "message": "no script"})
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _answer  # noqa: N815
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def script():
+    srv = Script()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+UNAVAILABLE = (503, {"Retry-After": "0"},
+               {"error": "Service Unavailable", "message": "no quorum is available"})
+DEP = {"name": "app", "namespace": "default", "type": "job", "replicas": 1, "port": 0,
+       "generation": 1, "source": "app.py", "runtime": "python"}
+
+
+def test_a_write_is_keyed_and_a_503_retried_once_with_the_same_key(script) -> None:
+    script.answers[("POST", "/api/v1/deployments")] = [UNAVAILABLE, (201, {}, DEP)]
+    p = prisn("deploy", "app.py", server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("created default/app")
+    (m1, _, h1), (m2, _, h2) = script.seen
+    assert m1 == m2 == "POST"
+    assert len(h1["idempotency-key"]) >= 16 and h1["idempotency-key"] == h2["idempotency-key"]
+
+
+def test_two_503s_fail_after_one_retry(script) -> None:
+    script.answers[("POST", "/api/v1/deployments/app/scale")] = [UNAVAILABLE, UNAVAILABLE,
+                                                                 (200, {}, DEP)]
+    p = prisn("scale", "app", "3", server=script.addr)
+    assert p.returncode == 1
+    err = p.stderr.strip()
+    assert "\n" not in err and err.startswith("prisn: error: no quorum is available"), err
+    assert "HTTP 503, after one retry with the same Idempotency-Key" in err
+    assert len(script.seen) == 2  # one retry, not more
+    assert script.seen[0][2]["idempotency-key"] == script.seen[1][2]["idempotency-key"]
+
+
+def test_each_write_gets_its_own_key_and_reads_none(script) -> None:
+    script.answers[("DELETE", "/api/v1/deployments/app")] = [(204, {}, None), (204, {}, None)]
+    script.answers[("GET", "/api/v1/deployments/app")] = [UNAVAILABLE, (200, {}, DEP)]
+    assert prisn("delete", "app", server=script.addr).returncode == 0
+    assert prisn("delete", "app", server=script.addr).returncode == 0
+    p = prisn("status", "app", server=script.addr)
+    assert p.returncode == 1 and "HTTP 503)" in p.stderr  # a read is not retried
+    keys = [h.get("idempotency-key") for _m, _p, h in script.seen]
+    assert keys[0] and keys[1] and keys[0] != keys[1] and keys[2] is None
+    assert len(script.seen) == 3
+
+
+def test_remove_503_then_404_means_removed(script) -> None:
+    path = "/api/v1/cluster/nodes/n3"
+    script.answers[("DELETE", path)] = [UNAVAILABLE, (404, {}, {
+        "error": "Not Found", "message": "unknown node n3"})]
+    p = prisn("cluster", "remove", "n3", server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "removed n3 from the cluster"
+    # a plain 404 (no retry) is still an error
+    script.answers[("DELETE", path)] = [(404, {}, {"error": "Not Found",
+                                                   "message": "unknown node n3"})]
+    p = prisn("cluster", "remove", "n3", server=script.addr)
+    assert p.returncode == 1 and "unknown node n3 (HTTP 404)" in p.stderr
+
+
+# ---------------------------------------------------------------------- real servers
+def test_a_retried_create_gets_the_first_answer(tmp_path) -> None:
+    """What the retry relies on: a create repeated with its key answers as the first did."""
+    n = single_node(tmp_path, "solo", FAST).start()
+    try:
+        n.wait_ready()
+        c = Client(f"127.0.0.1:{n.http_port}")
+        key = {"Idempotency-Key": "cli-retry-0001"}
+        first = c.request("POST", "/api/v1/deployments", {"name": "k", "source": "x"},
+                          headers=key)
+        again = c.request("POST", "/api/v1/deployments", {"name": "k", "source": "x"},
+                          headers=key)
+        assert first.status == again.status == 201 and first.body == again.body
+    finally:
+        n.stop()
+
+
+def on_a_terminal(args: list[str], answer: str | None) -> tuple[int, str]:
+    """Run `prisn ARGS` with stdin, stdout and stderr on a pseudo-terminal; type `answer`
+    once the question appears (None: expect no question). (exit code, everything shown)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISN_")}
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "prisn.cli", *args], stdin=slave,
+                         stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    shown = b""
+    typed = False
+    deadline = time.monotonic() + CLI_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([master], [], [], 0.1)
+            if r:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = b""
+                if not chunk and p.poll() is not None:
+                    break
+                shown += chunk
+            elif p.poll() is not None:
+                break
+            if answer is not None and not typed and b"[y/N]" in shown:
+                os.write(master, answer.encode() + b"\n")
+                typed = True
+        code = p.wait(5)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    return code, shown.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nodes = start_cluster(tmp_path_factory.mktemp("cli-remove"), FAST)
+    try:
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def members(n: ServerProc) -> set[str]:
+    return {x["id"] for x in n.status()["nodes"]}
+
+
+def test_remove_asks_on_a_terminal(cluster) -> None:
+    leader = leader_of(cluster)
+    a, b = [n for n in cluster if n is not leader]
+    via = f"127.0.0.1:{a.http_port}"
+    # "no" on a terminal: nothing removed
+    code, shown = on_a_terminal(["--server", via, "cluster", "remove", b.node_id], "n")
+    assert code == 1 and f"Remove {b.node_id} from the cluster" in shown, shown
+    assert f"prisn: error: {b.node_id} not removed (answered no)" in shown
+    assert b.node_id in members(leader) and b.node_id in members(a)
+    # --yes on a terminal: no question; --wait: gone from the list the asked node reports
+    code, shown = on_a_terminal(["--server", via, "cluster", "remove", b.node_id, "--yes",
+                                 "--wait"], None)
+    assert code == 0, shown
+    assert "[y/N]" not in shown and f"removed {b.node_id} from the cluster" in shown
+    assert b.node_id not in members(a)  # --wait returned only once a no longer lists it
+    wait_for(lambda: b.node_id not in members(leader), 15, "leader's list without it")
+    b.stop()
+    # "y" on a terminal removes; stdin not a terminal never asks (exit 0 with no input)
+    code, shown = on_a_terminal(["--server", f"127.0.0.1:{leader.http_port}", "cluster",
+                                 "remove", a.node_id, "--wait"], "y")
+    assert code == 0 and "[y/N]" in shown and f"removed {a.node_id}" in shown, shown
+    assert members(leader) == {leader.node_id}
+    a.stop()
+    p = prisn("cluster", "remove", a.node_id, server=f"127.0.0.1:{leader.http_port}")
+    assert p.returncode == 1 and "HTTP 404" in p.stderr and "[y/N]" not in p.stderr

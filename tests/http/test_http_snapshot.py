@@ -31,6 +31,7 @@ class SnapshotCase(AsyncHTTPTestCase):
     def deploy(self, n: int) -> None:
         for i in range(n):
             r = self.fetch("/api/v1/deployments", method="POST",
+                           headers={"Content-Type": "application/json"},
                            body=f'{{"name": "d{i}", "source": "x"}}', raise_error=False)
             assert r.code == 201, r.body
 

@@ -58,6 +58,7 @@ log = logging.getLogger("prisn.raft")
 
 LOCAL_DESTS = frozenset({"logstore", "fsm", "api"})
 MAX_ADDR_REPLICATORS = 16
+REMOVED_LINGER_S = 10.0  # a removed member's replicator outlives its removal this long
 REPL_FULL_LOG_S = 10.0  # at most one warning per peer this often about a full replicator inbox
 FORWARD_BATCH_BYTES = 4 << 20  # data per ForwardProposeBatch frame (the peer cap is 16 MiB)
 
@@ -99,6 +100,7 @@ class RaftActor(Actor):
         self.stats = ShellStats()
         self._batch: list[Msg] = []
         self._replicators: dict[str, ReplicatorActor] = {}
+        self._lingering: dict[str, float] = {}  # removed peer -> monotonic time to stop it
         self._retired: list[ReplicatorActor] = []  # stopped, not yet seen to end (on_stop joins)
         self._repl_gen = 0  # incarnation counter for unique replicator inbox names
         self._repl_full = 0
@@ -314,13 +316,30 @@ class RaftActor(Actor):
         self._retired.append(r)
 
     def _sync_replicators(self) -> None:
-        """Stop replicators of nodes that left the membership or moved to a new address."""
+        """Stop replicators of nodes that moved to a new address; those of nodes that left the
+        membership linger REMOVED_LINGER_S first (raft thread): the configuration takes
+        effect when appended, and the answer to a removal asked through the removed node
+        itself (a ForwardResponse, sent at commit) must still reach it."""
+        now = time.monotonic()
         for peer in list(self._replicators):
             if peer.startswith("@"):
                 continue
             addr = self.core.address_of(peer)
-            if addr != self._replicators[peer].addr:
+            if addr is None:
+                self._lingering.setdefault(peer, now + REMOVED_LINGER_S)
+            elif addr != self._replicators[peer].addr:
+                self._lingering.pop(peer, None)
                 self._stop_replicator(peer)
+            else:
+                self._lingering.pop(peer, None)  # re-added at the same address
+
+    def _expire_lingering(self, now: float) -> None:
+        """Stop the replicators of removed members whose linger ended (raft thread)."""
+        for peer, until in list(self._lingering.items()):
+            if now >= until:
+                del self._lingering[peer]
+                if self.core.address_of(peer) is None:
+                    self._stop_replicator(peer)
 
     # ------------------------------------------------------------------ status
     def _publish(self) -> None:
@@ -350,6 +369,8 @@ class RaftActor(Actor):
             self._sync_replicators()
         self.status = st
         now = time.monotonic()
+        if self._lingering:
+            self._expire_lingering(now)
         if now - self._last_stats >= 0.1:
             self._last_stats = now
             self.stats = ShellStats(

@@ -23,6 +23,7 @@ from prisn.messages import (
     Apply,
     ForwardPropose,
     ForwardProposeBatch,
+    ForwardResponse,
     JoinResponse,
     Msg,
     Propose,
@@ -193,18 +194,52 @@ def test_address_destinations_get_bounded_replicators(shell: Shell) -> None:
         MAX_ADDR_REPLICATORS
 
 
-def test_membership_change_stops_replicators_of_moved_or_removed_peers(shell: Shell) -> None:
+def test_membership_change_stops_replicators_of_moved_or_removed_peers(
+        shell: Shell, monkeypatch: pytest.MonkeyPatch) -> None:
     m1, m2 = object(), object()
     shell.core.st = FakeStatus(membership=m1)
     shell.actor.status = shell.core.st
     shell.core.replies = [[ae("n2"), ae("n3")], [], [ae("n2")]]
     shell.run([Tick()])
+    monkeypatch.setattr(raft_mod, "REMOVED_LINGER_S", 0.0)
     shell.core.addrs = {"n2": "127.0.0.1:9002"}  # n2 moved, n3 removed
     shell.core.next_status = [FakeStatus(membership=m2)]
     shell.run([Tick()])
     assert sorted(shell.stopped) == ["n2", "n3"] and shell.actor._replicators == {}
     shell.run([Tick()])
     assert shell.started[-1] == ("n2", "127.0.0.1:9002")
+
+
+def test_a_removed_members_replicator_lingers_for_the_answer_to_its_removal(
+        shell: Shell, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 item 1: `DELETE /cluster/nodes/<self>` through the node being removed got 503
+    although the removal committed: the configuration takes effect when appended, the
+    replicator was stopped at once and the leader's answer at commit had no route."""
+    shell.core.st = FakeStatus(membership=object())
+    shell.actor.status = shell.core.st
+    shell.core.replies = [[ae("n2"), ae("n3")]]
+    shell.run([Tick()])
+    del shell.core.addrs["n3"]  # n3 removed (appended); its removal commits a step later
+    answer = ForwardResponse(src="n1", dst="n3", cluster="c", term=2, rid=9, ok=True)
+    shell.core.next_status = [FakeStatus(membership=object())]
+    shell.core.replies = [[], [answer]]
+    shell.run([Tick()])
+    shell.out.take()
+    shell.run([Tick()])
+    assert shell.out.take() == [("repl:n3", answer)] and shell.stopped == []
+    # re-added at the same address while lingering: kept
+    shell.core.addrs["n3"] = "127.0.0.1:7003"
+    shell.core.next_status = [FakeStatus(membership=object())]
+    shell.run([Tick()])
+    assert shell.actor._lingering == {}
+    # removed again; once the linger ends it is stopped
+    del shell.core.addrs["n3"]
+    shell.core.next_status = [FakeStatus(membership=object())]
+    shell.run([Tick()])
+    assert shell.stopped == []
+    shell.actor._lingering["n3"] = float("-inf")
+    shell.run([Tick()])
+    assert shell.stopped == ["n3"] and "n3" not in shell.actor._replicators
 
 
 # --------------------------------------------------------------------------- inputs
@@ -491,7 +526,7 @@ def test_stopping_a_replicator_closes_its_sockets_and_never_joins_it(shell: Shel
     old = shell.actor._replicators["n2"]
     joined: list[str] = []
     old.join = lambda timeout=None: joined.append("n2")  # type: ignore[method-assign]
-    shell.core.addrs.pop("n2")
+    shell.core.addrs["n2"] = "127.0.0.1:9999"  # moved: stopped at once
     shell.core.next_status = [FakeStatus(membership=object())]
     shell.run([Tick()])
     assert shell.stopped == ["n2"] and "n2" not in shell.actor._replicators
@@ -517,6 +552,8 @@ def test_a_replicator_recreated_for_the_same_peer_gets_its_messages(ctx: zmq.Con
         # removed: its replicator stops; the raft thread does not wait for it
         del s.core.addrs["n2"]
         s.core.next_status = [FakeStatus(membership=object())]
+        s.run([Tick()])
+        s.actor._lingering["n2"] = float("-inf")  # its linger ends
         s.run([Tick()])
         assert "n2" not in s.actor._replicators
         first.join(10)

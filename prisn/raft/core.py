@@ -114,6 +114,7 @@ NOT_LEADER = "not leader"  # ForwardResponse reason that makes the origin retry 
 # log (or queued there while a leadership transfer runs). The result still comes through the
 # origin's own state machine; the ack only stops the origin's resends (see _check_forwards).
 ACCEPTED = 202
+HELD = -1  # `_seen_fwd` mark of a forward held during a leadership transfer
 FORWARD_UNCONFIRMED = ("the leader did not confirm the forwarded write within an election "
                        "timeout")
 DISK_ERROR = "the log cannot be written"  # 507 reason prefix while the disk is broken
@@ -430,7 +431,7 @@ class RaftCore:
         # leader can tell a network duplicate from a retry
         self._fwd_epoch = rng.getrandbits(31) << 32
         self._fwd_next = 0
-        # recent forwarded (src, rid) -> index appended at (0: refused or held), FIFO
+        # recent forwarded (src, rid) -> index appended at (0: refused, HELD: held), FIFO
         self._seen_fwd: dict[tuple[str, int], int] = {}
         self._unacked: dict[int, None] = {}  # forward ids of proposals the leader has not
         # confirmed yet, in forwarding order (entries may be stale: checked against _fwd)
@@ -2017,8 +2018,11 @@ class RaftCore:
         leader = self._state is _State.LEADER
         if key in seen:
             self._drop("duplicate_forward")
-            if leader and seen[key]:  # the origin resent it: our confirmation was lost
-                self._respond(m.src, m.rid, True, ACCEPTED, "appended", seen[key])
+            idx = seen[key]
+            if leader and idx:  # the origin resent it: our confirmation was lost
+                self._respond(m.src, m.rid, True, ACCEPTED,
+                              "held during a leadership transfer" if idx == HELD else "appended",
+                              max(idx, 0))
             return
         seen[key] = 0
         if len(seen) > SEEN_FORWARDS:
@@ -2033,6 +2037,7 @@ class RaftCore:
                 self._respond(m.src, m.rid, False, 503, NOT_LEADER)
                 return
             self._held_fwd.append(m)
+            seen[key] = HELD
             self._respond(m.src, m.rid, True, ACCEPTED, "held during a leadership transfer")
             return
         self._accept_forward(m)
@@ -2050,10 +2055,13 @@ class RaftCore:
         (`accept`), else refuse them with NOT_LEADER so their origins send them to the next
         leader."""
         held, self._held_fwd = self._held_fwd, []
+        seen = self._seen_fwd
         for m in held:
             if accept:
                 self._accept_forward(m)
             else:
+                if (m.src, m.rid) in seen:
+                    seen[m.src, m.rid] = 0
                 self._respond(m.src, m.rid, False, 503, NOT_LEADER)
 
     def _on_forward_read(self, m: ForwardReadIndex) -> None:

@@ -156,3 +156,16 @@ def test_forwards_held_during_a_successful_transfer_go_to_the_new_leader() -> No
     commit_round(c, leader="c")
     assert copies(c, b"w7") == {"a": 1, "b": 1, "c": 1}
     assert applied(c, "b", b"w7") and not c.nodes["b"].replies
+
+
+def test_a_held_forward_whose_confirmation_was_lost_is_confirmed_again() -> None:
+    c = three()
+    c.step("a", [TransferLeadership(rid=1, target="c")])  # TimeoutNow queued, not delivered
+    c.step("b", [Propose(rid=7, data=b"w7")])
+    c.deliver(lambda m: isinstance(m, ForwardPropose))
+    c.drop(lambda m: isinstance(m, ForwardResponse))  # the "held" confirmation is lost
+    c.tick("b", OPTS.heartbeat_ticks)
+    c.deliver(lambda m: isinstance(m, ForwardPropose))  # the resend: held once, confirmed
+    assert len(c.nodes["a"].core._held_fwd) == 1
+    c.deliver(lambda m: isinstance(m, ForwardResponse))
+    assert not c.nodes["b"].core._unacked

@@ -6,26 +6,38 @@ fix about one fresh cluster in four lost that write on n2's just-connected link 
 (ZMQ_IMMEDIATE drops what a connecting socket cannot send) and answered 503 only after the
 full write timeout, the deployment never created. Now the forward is resent until the leader
 confirms it, so the write succeeds, or fails fast with a retryable 503.
+
+The race is timing-bound: on this branch the first test did not lose a write in 20 rounds
+with the old core either, so it guards the Quick Start path without proving the fix. The
+second test makes the loss certain with the test-only fault layer (the follower's link to
+the leader drops everything) and fails on the old core (503 only after 5 s).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
-from tests.procs import ServerProc, cluster_node, wait_for
+from tests.procs import ServerProc, cluster_node, leader_of, wait_for
 
 ROUNDS = 4
 WRITE_TIMEOUT_S = 5.0  # the default --write-timeout
 BOUND_S = 2.0  # well under the write timeout: ~1 election timeout plus a loaded machine
 
 
-def _form(tmp, i: int) -> list[ServerProc]:
+def _form(tmp, i: int, env: dict[str, str] | None = None) -> list[ServerProc]:
     base = tmp / f"round{i}"
-    n1 = cluster_node(base, "n1", bootstrap=True).start()
+
+    def start(n: ServerProc) -> ServerProc:
+        n.env.update(env or {})
+        return n.start()
+
+    n1 = start(cluster_node(base, "n1", bootstrap=True))
     nodes = [n1]
     n1.wait_ready()
-    nodes.append(cluster_node(base, "n2", peers=[n1.raft_addr]).start())
-    nodes.append(cluster_node(base, "n3", peers=[n1.raft_addr, nodes[1].raft_addr]).start())
+    nodes.append(start(cluster_node(base, "n2", peers=[n1.raft_addr])))
+    nodes.append(start(cluster_node(base, "n3", peers=[n1.raft_addr, nodes[1].raft_addr])))
     return nodes
 
 
@@ -51,3 +63,48 @@ def test_first_write_through_a_fresh_follower_is_answered_fast(tmp_path):
         finally:
             for n in nodes:
                 n.stop()
+
+
+def test_a_forward_the_leader_never_gets_fails_fast_then_a_retry_commits(tmp_path):
+    """The follower's link to the leader drops everything (test-only fault layer): the write
+    through the follower is answered 503 "may still commit" within about one election
+    timeout, not after the write timeout (before: 5 s). Healed, a retry with the same
+    Idempotency-Key commits once."""
+    ctl = tmp_path / "faults.json"
+    nodes = _form(tmp_path, 0, {"PRISN_TEST_FAULTS": str(ctl)})
+    try:
+        for n in nodes:
+            n.wait_ready(30)
+        wait_for(lambda: all(len(n.status()["nodes"]) == 3 for n in nodes), 40, "three nodes")
+        leader = leader_of(nodes)
+        follower = next(n for n in nodes if n is not leader)
+        stats = tmp_path / "faults.json.stats" / f"{follower.node_id}__{leader.node_id}.json"
+
+        def dropped() -> int:
+            return json.loads(stats.read_text())["dropped"] if stats.exists() else 0
+
+        tmp = tmp_path / "faults.tmp"
+        tmp.write_text(json.dumps({"seed": 1, "links": [
+            {"src": follower.node_id, "dst": leader.node_id, "drop": 1.0}]}))
+        os.replace(tmp, ctl)
+        wait_for(lambda: dropped() > 0, 20, "the follower's link to the leader dropping")
+        body = {"name": "cut", "source": "x"}
+        key = {"Idempotency-Key": "cut-1"}
+        t0 = time.monotonic()
+        r = follower.req("POST", "/api/v1/deployments", body, headers=key,
+                         timeout=WRITE_TIMEOUT_S + 5)
+        took = time.monotonic() - t0
+        assert r.status == 503 and b"may still commit" in r.body, (r.status, r.body)
+        assert b"did not confirm the forwarded write" in r.body, r.body
+        assert took < BOUND_S, took
+        tmp.write_text(json.dumps({"seed": 1, "links": []}))
+        os.replace(tmp, ctl)
+        wait_for(lambda: follower.req("POST", "/api/v1/deployments", body, headers=key,
+                                      timeout=WRITE_TIMEOUT_S + 5).status == 201, 30,
+                 "the retry with the same key commits")
+        items = leader.req("GET", "/api/v1/deployments?limit=1000").json()["items"]
+        assert [d["name"] for d in items].count("cut") == 1
+        assert all(n.alive() for n in nodes)
+    finally:
+        for n in nodes:
+            n.stop()

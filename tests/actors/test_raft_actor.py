@@ -569,3 +569,11 @@ def test_a_replicator_recreated_for_the_same_peer_gets_its_messages(ctx: zmq.Con
     finally:
         s.actor.on_stop()
         outbox.close()
+
+
+def test_replicator_full_drops_are_exported_as_a_peer_drop_reason() -> None:
+    from actors.metrics import PeerDropsCollector
+    from actors.raft import ShellStats
+    fam = next(iter(PeerDropsCollector(lambda: ShellStats(repl_full=3), lambda: None).collect()))
+    values = {s.labels["reason"]: s.value for s in fam.samples if s.name.endswith("_total")}
+    assert values["replicator_full"] == 3

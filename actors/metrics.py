@@ -281,6 +281,7 @@ class PeerDropsCollector(Collector):
                                   "counted: reason malformed (undecodable or not a peer "
                                   "message type), or the Raft core's reason.", labels=["reason"])
         fam.add_metric(["malformed"], getattr(shell, "peer_dropped", 0) if shell else 0)
+        fam.add_metric(["replicator_full"], getattr(shell, "repl_full", 0) if shell else 0)
         for reason, n in sorted((getattr(core, "drops", None) or {}).items()):
             fam.add_metric([str(reason)], n)
         yield fam

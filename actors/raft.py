@@ -13,6 +13,12 @@ Invariants:
   read it without a lock.
 - `SnapSend` (snapshot chunk requests) go to the peer's replicator control inbox; the raft
   thread never reads snapshot files.
+- A replicator can never stop or stall this actor: messages for it are sent without waiting
+  (`_send_repl`); a full inbox costs that peer the message (counted in `repl_full`, logged at
+  most once per REPL_FULL_LOG_S), never the node. Each replicator incarnation has its own inbox
+  names (`repl:<peer>#<n>`), and a stopped one is never joined here: it closes itself, and a
+  new one for the same peer starts at once under fresh names (an inproc PUSH connected to a
+  closed inbox never reconnects to a new bind of that name, so names are never reused).
 - With the cluster's `CurveKeys` the peer inbox is a CURVE server and every replicator a
   CURVE client: a peer without the key never gets a frame to `_peer_frames`. Handshakes that
   fail on the peer inbox are counted in `peer_auth` (reason ``handshake``) through a socket
@@ -29,7 +35,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors.base import Actor
-from actors.replicator import ReplicatorActor, ctl_name, replicator_name
+from actors.replicator import ReplicatorActor
 from prisn.messages import (
     PEER_TYPES,
     ForwardPropose,
@@ -46,12 +52,14 @@ from prisn.raft.boot import Membership
 from prisn.raft.core import RaftCore
 from transport.codec import encode
 from transport.curve import SERVER_FAILURE_EVENTS, CurveKeys, HandshakeWatcher, PeerAuthStats
-from transport.mailbox import bind_peer_inbox, tcp_endpoint
+from transport.mailbox import MailboxFull, bind_peer_inbox, tcp_endpoint
 
 log = logging.getLogger("prisn.raft")
 
 LOCAL_DESTS = frozenset({"logstore", "fsm", "api"})
 MAX_ADDR_REPLICATORS = 16
+REMOVED_LINGER_S = 10.0  # a removed member's replicator outlives its removal this long
+REPL_FULL_LOG_S = 10.0  # at most one warning per peer this often about a full replicator inbox
 FORWARD_BATCH_BYTES = 4 << 20  # data per ForwardProposeBatch frame (the peer cap is 16 MiB)
 
 
@@ -70,6 +78,7 @@ class ShellStats:
     leader_changes: int = 0
     peer_dropped: int = 0
     unroutable: int = 0
+    repl_full: int = 0  # messages dropped because a replicator's inbox was full
     lag_seconds: dict = field(default_factory=dict)  # peer -> seconds behind (leader only)
     # not leader: monotonic time since which this node knows of committed entries it has
     # not applied yet (None when caught up)
@@ -94,6 +103,12 @@ class RaftActor(Actor):
         self.stats = ShellStats()
         self._batch: list[Msg] = []
         self._replicators: dict[str, ReplicatorActor] = {}
+        self._lingering: dict[str, float] = {}  # removed peer -> monotonic time to stop it
+        self._retired: list[ReplicatorActor] = []  # stopped, not yet seen to end (on_stop joins)
+        self._repl_gen = 0  # incarnation counter for unique replicator inbox names
+        self._repl_full = 0
+        self._repl_full_by: dict[str, int] = {}  # peer -> messages dropped on a full inbox
+        self._repl_full_logged: dict[str, float] = {}  # peer -> monotonic time of last warning
         self._addr_repls: deque[str] = deque()
         self._appended: deque[tuple[int, float]] = deque(maxlen=100_000)
         self._leader_changes = 0
@@ -171,9 +186,10 @@ class RaftActor(Actor):
             self._peer_sock = None
         for r in self._replicators.values():
             r.stop()
-        for r in self._replicators.values():
-            r.join(timeout=2)
+        for r in [*self._replicators.values(), *self._retired]:
+            r.join(timeout=2)  # shutting down: the node stops anyway, nothing waits on raft
         self._replicators.clear()
+        self._retired.clear()
 
     # ------------------------------------------------------------------ routing
     def _dispatch(self, out: list[Msg]) -> None:
@@ -196,14 +212,14 @@ class RaftActor(Actor):
             if dst in LOCAL_DESTS:
                 local.append(m)
                 continue
-            repl = self._replicator_for(dst)
-            if repl is None:
+            r = self._replicator_for(dst)
+            if r is None:
                 self._unroutable += 1
                 continue
             if type(m) is SnapSend:
-                send_bytes(ctl_name(dst), encode(m))  # the replicator reads the file
+                self._send_repl(r, r.ctl, encode(m))  # the replicator reads the file
                 continue
-            send_bytes(repl, encode(m))
+            self._send_repl(r, r.actor_name, encode(m))
         for dst, fwds in forwards.items():
             self._send_forwards(dst, fwds)
         for m in local:
@@ -214,24 +230,42 @@ class RaftActor(Actor):
     def _send_forwards(self, dst: str, fwds: list[ForwardPropose]) -> None:
         """One step's forwarded writes to `dst` as ForwardProposeBatch frames of at most
         FORWARD_BATCH_BYTES of data each (a lone write goes as a plain ForwardPropose)."""
-        repl = self._replicator_for(dst)
-        if repl is None:
+        r = self._replicator_for(dst)
+        if r is None:
             self._unroutable += len(fwds)
             return
-        send_bytes = self.outbox.send_bytes  # type: ignore[union-attr]
+        repl = r.actor_name
         chunk: list[ForwardPropose] = []
         size = 0
         for f in fwds:
             if chunk and size + len(f.data) > FORWARD_BATCH_BYTES:
-                send_bytes(repl, encode(_pack_forwards(dst, chunk)))
+                self._send_repl(r, repl, encode(_pack_forwards(dst, chunk)))
                 chunk, size = [], 0
             chunk.append(f)
             size += len(f.data)
-        send_bytes(repl, encode(_pack_forwards(dst, chunk)))
+        self._send_repl(r, repl, encode(_pack_forwards(dst, chunk)))
 
-    def _replicator_for(self, dst: str) -> str | None:
-        if dst in self._replicators:
-            return replicator_name(dst)
+    def _send_repl(self, r: ReplicatorActor, inbox: str, data: bytes) -> None:
+        """Hand a peer message to replicator `r` (its `inbox` or its control inbox) without
+        ever blocking or raising (raft thread): a full, stopped or slow replicator costs its
+        peer the message (counted, logged rate-limited), never the node. Raft retransmits
+        what matters; forwarded writes are tracked and retried by the core."""
+        try:
+            self.outbox.send_nowait(inbox, data)  # type: ignore[union-attr]
+        except MailboxFull:
+            peer = r.peer
+            self._repl_full += 1
+            n = self._repl_full_by[peer] = self._repl_full_by.get(peer, 0) + 1
+            now = time.monotonic()
+            if now - self._repl_full_logged.get(peer, float("-inf")) >= REPL_FULL_LOG_S:
+                self._repl_full_logged[peer] = now
+                log.warning("replicator for %s is not keeping up (its inbox is full): its "
+                            "messages are dropped (%d so far); Raft resends", peer, n)
+
+    def _replicator_for(self, dst: str) -> ReplicatorActor | None:
+        r = self._replicators.get(dst)
+        if r is not None:
+            return r
         if dst.startswith("@"):
             addr = dst[1:]
             while len(self._addr_repls) >= MAX_ADDR_REPLICATORS:
@@ -244,7 +278,7 @@ class RaftActor(Actor):
             return None
         if dst.startswith("@"):
             self._addr_repls.append(dst)
-        return replicator_name(dst)
+        return self._replicators[dst]
 
     def _start_replicator(self, peer: str, addr: str) -> bool:
         """Start a replicator; False (and nothing started) for an address we cannot use.
@@ -256,8 +290,9 @@ class RaftActor(Actor):
         except ValueError as e:
             log.warning("no replicator for %s: %s", peer, e)
             return False
+        self._repl_gen += 1
         r = ReplicatorActor(self.ctx, self.node_id, peer, addr, max_frame=self.decoder.max_bytes,
-                            curve=self.curve)
+                            curve=self.curve, name=f"repl:{peer}#{self._repl_gen}")
         r.closing = self.closing
         r.start()
         r.started.wait(5)
@@ -270,19 +305,45 @@ class RaftActor(Actor):
         return True
 
     def _stop_replicator(self, peer: str) -> None:
+        """Stop `peer`'s replicator without waiting for it (raft thread): it closes itself at
+        its next poll; our PUSH sockets to its inboxes are closed now, so nothing is ever
+        sent to a dead inbox name (the next replicator for `peer` gets fresh names)."""
         r = self._replicators.pop(peer, None)
-        if r is not None:
-            r.stop()
-            r.join(timeout=2)
+        if r is None:
+            return
+        r.stop()
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.forget(r.actor_name)
+            outbox.forget(r.ctl)
+        self._retired = [x for x in self._retired if x.is_alive()]
+        self._retired.append(r)
 
     def _sync_replicators(self) -> None:
-        """Stop replicators of nodes that left the membership or moved to a new address."""
+        """Stop replicators of nodes that moved to a new address; those of nodes that left the
+        membership linger REMOVED_LINGER_S first (raft thread): the configuration takes
+        effect when appended, and the answer to a removal asked through the removed node
+        itself (a ForwardResponse, sent at commit) must still reach it."""
+        now = time.monotonic()
         for peer in list(self._replicators):
             if peer.startswith("@"):
                 continue
             addr = self.core.address_of(peer)
-            if addr != self._replicators[peer].addr:
+            if addr is None:
+                self._lingering.setdefault(peer, now + REMOVED_LINGER_S)
+            elif addr != self._replicators[peer].addr:
+                self._lingering.pop(peer, None)
                 self._stop_replicator(peer)
+            else:
+                self._lingering.pop(peer, None)  # re-added at the same address
+
+    def _expire_lingering(self, now: float) -> None:
+        """Stop the replicators of removed members whose linger ended (raft thread)."""
+        for peer, until in list(self._lingering.items()):
+            if now >= until:
+                del self._lingering[peer]
+                if self.core.address_of(peer) is None:
+                    self._stop_replicator(peer)
 
     # ------------------------------------------------------------------ status
     def _publish(self) -> None:
@@ -315,15 +376,19 @@ class RaftActor(Actor):
             self._sync_replicators()
         self.status = st
         now = time.monotonic()
+        if self._lingering:
+            self._expire_lingering(now)
         if now - self._last_stats >= 0.1:
             self._last_stats = now
             self.stats = ShellStats(
                 leader_changes=self._leader_changes,
                 peer_dropped=self._peer_dropped + self.decoder.dropped,
                 unroutable=self._unroutable,
+                repl_full=self._repl_full,
                 lag_seconds=self._lags(st, now),
                 behind_since=self._behind(st, now),
-                replicators={p: (r.sent, r.dropped) for p, r in self._replicators.items()},
+                replicators={p: (r.sent, r.dropped + self._repl_full_by.get(p, 0))
+                             for p, r in self._replicators.items()},
             )
 
     def _behind(self, st, now: float) -> float | None:

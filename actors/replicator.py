@@ -37,8 +37,12 @@ class ReplicatorActor(Actor):
     poll_ms = 200
 
     def __init__(self, ctx: zmq.Context, node_id: str, peer: str, addr: str,
-                 max_queue: int = 1024, curve: CurveKeys | None = None, **kw) -> None:
-        super().__init__(replicator_name(peer), ctx, node_id, **kw)
+                 max_queue: int = 1024, curve: CurveKeys | None = None,
+                 name: str | None = None, **kw) -> None:
+        # `name`: a unique inbox name per incarnation (the raft actor passes one), so a new
+        # replicator for the same peer never collides with one that is still shutting down
+        super().__init__(name or replicator_name(peer), ctx, node_id, **kw)
+        self.ctl = self.actor_name + "/ctl"  # == ctl_name(peer) for the default name
         self.peer = peer
         self.addr = addr
         self.curve = curve
@@ -59,7 +63,7 @@ class ReplicatorActor(Actor):
             self.add_socket(self.handshakes.attach(self._sock), self.handshakes)
         # TEST-ONLY: the same socket unless PRISN_TEST_FAULTS is set (see transport/faults.py)
         self._sock = faults.maybe_wrap(self, self._sock)
-        self.add_socket(bind_inbox(self.ctx, self.node_id, ctl_name(self.peer)), self._ctl)
+        self.add_socket(bind_inbox(self.ctx, self.node_id, self.ctl), self._ctl)
 
     def _ctl(self, frames: list[bytes]) -> None:
         for m in self.decode_all(frames):

@@ -329,7 +329,11 @@ class ForwardRequest(Msg):
 
 @message("raft.forward_resp")
 class ForwardResponse(Msg):
-    """Leader -> follower: outcome of a forwarded proposal/read/request (`index` for reads)."""
+    """Leader -> follower: outcome of a forwarded proposal/read/request (`index` for reads).
+
+    For a proposal, ok with code 202 only confirms that the leader has it (appended at
+    `index`, or held during a leadership transfer); its result comes from the origin's own
+    state machine once the entry commits."""
 
     cluster: str
     term: int

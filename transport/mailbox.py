@@ -8,7 +8,8 @@ Invariants:
   local message is never silently lost while the node runs. Once the node is closing (the
   supervisor set `closing`), a send that cannot go through at once is dropped instead, so no
   actor hangs on a peer actor that already stopped. Peer sends never block: a full queue
-  drops and counts.
+  drops and counts. `send_nowait` is for local destinations whose loss the sender accepts and
+  counts (the raft actor's replicators): it raises `MailboxFull` at once, never waits.
 - LINGER is 0 everywhere: stopping never waits on unsent messages.
 - Peer sockets are CurveZMQ (encrypted, authenticated through the node's ZAP handler) when
   given the cluster's `CurveKeys`, and plaintext exactly as before when not.
@@ -89,6 +90,22 @@ class Outbox:
                     continue
             if time.monotonic() > deadline:
                 raise MailboxFull(f"local mailbox {to!r} full for {self.send_timeout_ms} ms")
+
+    def send_nowait(self, to: str, data: bytes) -> None:
+        """Send without waiting; MailboxFull at once if the inbox is full (or not bound).
+
+        For destinations that may be dropped (a replicator): the caller counts the loss."""
+        try:
+            self._sock(to).send(data, zmq.NOBLOCK, copy=len(data) > 65536)
+        except zmq.Again:
+            raise MailboxFull(f"local mailbox {to!r} full") from None
+
+    def forget(self, to: str) -> None:
+        """Close the socket to `to` (its actor ended): an inproc PUSH never reconnects to a
+        later bind of the same name, so a cached one would stay full forever."""
+        s = self._socks.pop(to, None)
+        if s is not None:
+            s.close(0)
 
     def close(self) -> None:
         for s in self._socks.values():

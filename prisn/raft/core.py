@@ -110,6 +110,13 @@ from prisn.raft.status import PeerStatus, RaftStatus
 log = logging.getLogger("prisn.raft")
 
 NOT_LEADER = "not leader"  # ForwardResponse reason that makes the origin retry elsewhere
+# A leader's ForwardResponse(ok, code ACCEPTED) to a forwarded proposal: it is in the leader's
+# log (or queued there while a leadership transfer runs). The result still comes through the
+# origin's own state machine; the ack only stops the origin's resends (see _check_forwards).
+ACCEPTED = 202
+HELD = -1  # `_seen_fwd` mark of a forward held during a leadership transfer
+FORWARD_UNCONFIRMED = ("the leader did not confirm the forwarded write within an election "
+                       "timeout")
 DISK_ERROR = "the log cannot be written"  # 507 reason prefix while the disk is broken
 NO_LEADER = "no leader or quorum"
 SEEN_FORWARDS = 65536  # forwarded proposals remembered to drop network duplicates
@@ -178,6 +185,8 @@ class _Req:
     node_id: str = ""
     addr: str = ""
     to: str = ""  # the leader it was last forwarded to
+    first: int = 0  # tick it was forwarded to `to` (a resend keeps it)
+    sent: int = 0  # tick of the last (re)send to `to`
     logged: bool = False  # was in our log as leader: may commit, never answered 507
 
 
@@ -422,7 +431,11 @@ class RaftCore:
         # leader can tell a network duplicate from a retry
         self._fwd_epoch = rng.getrandbits(31) << 32
         self._fwd_next = 0
-        self._seen_fwd: dict[tuple[str, int], None] = {}  # recent forwarded (src, rid), FIFO
+        # recent forwarded (src, rid) -> index appended at (0: refused, HELD: held), FIFO
+        self._seen_fwd: dict[tuple[str, int], int] = {}
+        self._unacked: dict[int, None] = {}  # forward ids of proposals the leader has not
+        # confirmed yet, in forwarding order (entries may be stale: checked against _fwd)
+        self._held_fwd: list[ForwardPropose] = []  # leader: forwards held during a transfer
         self._join_elapsed = 0
         # founding and joining (join/bootstrap paths only)
         self._found_quorum = found_quorum
@@ -987,6 +1000,8 @@ class RaftCore:
         self._progress = {}
         self._transferee = ""
         self._leader_id = ""
+        if self._held_fwd:
+            self._release_held_forwards(accept=False)
         if self._own:
             # Our proposals not known committed may be lost with our term: propose them again
             # through the next leader (a copy that does commit is a no-op by idempotency key).
@@ -1103,6 +1118,8 @@ class RaftCore:
                 self._join_elapsed += 1
                 if self._join_elapsed >= opts.election_ticks and self._need_join():
                     self._send_joins()
+        if self._unacked:
+            self._check_forwards()
         self._expire()
 
     def _quorum_active(self) -> bool:
@@ -1529,13 +1546,51 @@ class RaftCore:
         if k == "propose":
             msg = ForwardPropose(data=r.data, **base)
             self._fwd_data[r.data] = fid
+            self._unacked[fid] = None
         elif k == "read":
             msg = ForwardReadIndex(**base)
         else:
             msg = ForwardRequest(op=k, node_id=r.node_id, addr=r.addr, **base)
         self._out_peer.append(msg)
         r.to = lid
+        r.first = r.sent = self._now
         self._fwd[fid] = r
+
+    def _check_forwards(self) -> None:
+        """Forwarded proposals the leader has not confirmed (on every tick, any role).
+
+        A forward can be lost on a peer link that is still connecting (replicators drop what
+        they cannot send at once) and nothing else would ever resend it. So each one is sent
+        again, with the same forward id, every heartbeat interval: the leader drops a copy of
+        one it has seen (`_seen_fwd`) and confirms it again. One not confirmed within an
+        election timeout of its first send to this leader is failed with a 503 that says it
+        may still commit (the client retries with its idempotency key)."""
+        unacked = self._unacked
+        now, opts = self._now, self.opts
+        retry = max(1, opts.heartbeat_ticks)
+        for fid in list(unacked):
+            r = self._fwd.get(fid)
+            if r is None:
+                del unacked[fid]
+                continue
+            age = now - r.first
+            if age < retry:
+                break  # forwarding order: every later one is younger
+            if age >= opts.election_ticks:
+                del unacked[fid]
+                del self._fwd[fid]
+                if self._fwd_data.get(r.data) == fid:
+                    del self._fwd_data[r.data]
+                self._drop("forward_unconfirmed")
+                self._reply(r.rid, False, 503, FORWARD_UNCONFIRMED)
+            elif now - r.sent >= retry and r.to == self._leader_id and r.to != self.id:
+                r.sent = now
+                self._out_peer.append(ForwardPropose(
+                    src=self.id, dst=r.to, cluster=self._cluster, term=self._term, rid=fid,
+                    data=r.data))
+
+    def _confirm_forward(self, fid: int) -> None:
+        self._unacked.pop(fid, None)
 
     def _forward_pending(self) -> None:
         pending = self._pending
@@ -1617,6 +1672,7 @@ class RaftCore:
         self._transferee = ""
         self._timeout_now_sent = False
         if self._state is _State.LEADER:
+            self._release_held_forwards(accept=True)
             self._drain_pending_local()
 
     def _leader_change_req(self, origin: str, rid: int, kind: str, node_id: str,
@@ -1922,7 +1978,15 @@ class RaftCore:
             if c:
                 if c <= log.last_index:
                     self._truncate(c)
-                self._append_local(ents[c - ents[0][0]:])
+                new = ents[c - ents[0][0]:]
+                self._append_local(new)
+                if self._unacked:  # a forward whose entry reached us did reach the leader
+                    by_data, cmd = self._fwd_data, int(EntryKind.COMMAND)
+                    for e in new:
+                        if e[2] == cmd:
+                            fid = by_data.get(e[3])
+                            if fid is not None:
+                                self._confirm_forward(fid)
         nc = min(m.commit, last_new)
         if nc > self._commit:
             self._commit = nc
@@ -1991,16 +2055,54 @@ class RaftCore:
         a reject can never be appended twice."""
         key = (m.src, m.rid)
         seen = self._seen_fwd
+        leader = self._state is _State.LEADER
         if key in seen:
             self._drop("duplicate_forward")
+            idx = seen[key]
+            if leader and idx:  # the origin resent it: our confirmation was lost
+                self._respond(m.src, m.rid, True, ACCEPTED,
+                              "held during a leadership transfer" if idx == HELD else "appended",
+                              max(idx, 0))
             return
-        seen[key] = None
+        seen[key] = 0
         if len(seen) > SEEN_FORWARDS:
             del seen[next(iter(seen))]
-        if self._state is not _State.LEADER or self._transferee:
+        if not leader:
             self._respond(m.src, m.rid, False, 503, NOT_LEADER)
             return
-        self._append_command(m.data)
+        if self._transferee:
+            # Hold it until the transfer ends: appended if it aborts, refused with NOT_LEADER
+            # (the origin re-forwards to the new leader) if it succeeds (_lose_leadership).
+            if len(self._held_fwd) >= self.opts.max_pending:
+                self._respond(m.src, m.rid, False, 503, NOT_LEADER)
+                return
+            self._held_fwd.append(m)
+            seen[key] = HELD
+            self._respond(m.src, m.rid, True, ACCEPTED, "held during a leadership transfer")
+            return
+        self._accept_forward(m)
+
+    def _accept_forward(self, m: ForwardPropose) -> None:
+        """Leader: append a forwarded proposal and confirm it to its origin."""
+        idx = self._append_command(m.data)
+        key = (m.src, m.rid)
+        if key in self._seen_fwd:
+            self._seen_fwd[key] = idx
+        self._respond(m.src, m.rid, True, ACCEPTED, "appended", idx)
+
+    def _release_held_forwards(self, accept: bool) -> None:
+        """The transfer ended: append the held forwards if it aborted and we still lead
+        (`accept`), else refuse them with NOT_LEADER so their origins send them to the next
+        leader."""
+        held, self._held_fwd = self._held_fwd, []
+        seen = self._seen_fwd
+        for m in held:
+            if accept:
+                self._accept_forward(m)
+            else:
+                if (m.src, m.rid) in seen:
+                    seen[m.src, m.rid] = 0
+                self._respond(m.src, m.rid, False, 503, NOT_LEADER)
 
     def _on_forward_read(self, m: ForwardReadIndex) -> None:
         if self._state is not _State.LEADER:
@@ -2018,6 +2120,12 @@ class RaftCore:
             self._leader_change_req(m.src, m.rid, m.op, m.node_id, m.addr)
 
     def _on_forward_response(self, m: ForwardResponse) -> None:
+        if m.ok and m.code == ACCEPTED:
+            r = self._fwd.get(m.rid)
+            if r is not None and r.kind == "propose":
+                self._confirm_forward(m.rid)  # the result comes with the entry's commit
+            return
+        self._unacked.pop(m.rid, None)
         r = self._fwd.pop(m.rid, None)
         if r is None:
             return

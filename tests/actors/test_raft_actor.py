@@ -23,6 +23,7 @@ from prisn.messages import (
     Apply,
     ForwardPropose,
     ForwardProposeBatch,
+    ForwardResponse,
     JoinResponse,
     Msg,
     Propose,
@@ -30,6 +31,7 @@ from prisn.messages import (
     ReadIndex,
     Reply,
     Role,
+    SnapSend,
     StoreAppend,
     StoreSynced,
     Tick,
@@ -37,8 +39,10 @@ from prisn.messages import (
     VoteResponse,
 )
 from tests.conftest import unique_id
+from tests.procs import wait_for
 from transport.codec import encode
 from transport.fake import FakeOutbox
+from transport.mailbox import Outbox
 
 
 def node_id(tag: str) -> str:
@@ -105,7 +109,8 @@ class Shell:
     def _fake_start(self, peer: str, addr: str) -> bool:
         self.started.append((peer, addr))
         self.actor._replicators[peer] = SimpleNamespace(  # type: ignore[assignment]
-            addr=addr, sent=len(self.started), dropped=0,
+            addr=addr, sent=len(self.started), dropped=0, peer=peer,
+            actor_name=f"repl:{peer}", ctl=f"repl:{peer}/ctl", is_alive=lambda: True,
             stop=lambda: self.stopped.append(peer), join=lambda timeout=None: None)
         return True
 
@@ -189,18 +194,52 @@ def test_address_destinations_get_bounded_replicators(shell: Shell) -> None:
         MAX_ADDR_REPLICATORS
 
 
-def test_membership_change_stops_replicators_of_moved_or_removed_peers(shell: Shell) -> None:
+def test_membership_change_stops_replicators_of_moved_or_removed_peers(
+        shell: Shell, monkeypatch: pytest.MonkeyPatch) -> None:
     m1, m2 = object(), object()
     shell.core.st = FakeStatus(membership=m1)
     shell.actor.status = shell.core.st
     shell.core.replies = [[ae("n2"), ae("n3")], [], [ae("n2")]]
     shell.run([Tick()])
+    monkeypatch.setattr(raft_mod, "REMOVED_LINGER_S", 0.0)
     shell.core.addrs = {"n2": "127.0.0.1:9002"}  # n2 moved, n3 removed
     shell.core.next_status = [FakeStatus(membership=m2)]
     shell.run([Tick()])
     assert sorted(shell.stopped) == ["n2", "n3"] and shell.actor._replicators == {}
     shell.run([Tick()])
     assert shell.started[-1] == ("n2", "127.0.0.1:9002")
+
+
+def test_a_removed_members_replicator_lingers_for_the_answer_to_its_removal(
+        shell: Shell, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 item 1: `DELETE /cluster/nodes/<self>` through the node being removed got 503
+    although the removal committed: the configuration takes effect when appended, the
+    replicator was stopped at once and the leader's answer at commit had no route."""
+    shell.core.st = FakeStatus(membership=object())
+    shell.actor.status = shell.core.st
+    shell.core.replies = [[ae("n2"), ae("n3")]]
+    shell.run([Tick()])
+    del shell.core.addrs["n3"]  # n3 removed (appended); its removal commits a step later
+    answer = ForwardResponse(src="n1", dst="n3", cluster="c", term=2, rid=9, ok=True)
+    shell.core.next_status = [FakeStatus(membership=object())]
+    shell.core.replies = [[], [answer]]
+    shell.run([Tick()])
+    shell.out.take()
+    shell.run([Tick()])
+    assert shell.out.take() == [("repl:n3", answer)] and shell.stopped == []
+    # re-added at the same address while lingering: kept
+    shell.core.addrs["n3"] = "127.0.0.1:7003"
+    shell.core.next_status = [FakeStatus(membership=object())]
+    shell.run([Tick()])
+    assert shell.actor._lingering == {}
+    # removed again; once the linger ends it is stopped
+    del shell.core.addrs["n3"]
+    shell.core.next_status = [FakeStatus(membership=object())]
+    shell.run([Tick()])
+    assert shell.stopped == []
+    shell.actor._lingering["n3"] = float("-inf")
+    shell.run([Tick()])
+    assert shell.stopped == ["n3"] and "n3" not in shell.actor._replicators
 
 
 # --------------------------------------------------------------------------- inputs
@@ -446,3 +485,95 @@ def test_a_broken_disk_does_not_stop_the_actor(shell: Shell) -> None:
     assert shell.actor.status.disk_error == "no space left on device"
     shell.run([Tick()])
     assert shell.actor.status.disk_error == "" and shell.actor.failure is None
+
+
+# --------------------------------------------------------------------------- replicators never stop raft
+def test_a_full_replicator_inbox_costs_that_peer_its_messages_never_the_node(
+        shell: Shell, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12 item 1: a stalled replicator (inbox full) drops that peer's messages, counted
+    and logged once (rate-limited); the other peer and the local actors are served."""
+    shell.run([Tick()])  # nothing routed yet
+    shell.out.full.add("repl:n2")
+    sa = StoreAppend(src="raft", dst="logstore", seq=1, term=2, vote="", commit=0,
+                     entries=[], truncate_from=0)
+    shell.core.replies = [[ae("n2"), ae("n3"), fwd("n2", 5), sa], [ae("n2"), ae("n2")]]
+    with caplog.at_level("WARNING", logger="prisn.raft"):
+        shell.run([Tick()])
+        shell.run([Tick()])
+    assert shell.out.sent == [("repl:n3", ae("n3")), ("logstore", sa)]
+    shell.force_stats()
+    shell.run([Tick()])
+    assert shell.actor.stats.repl_full == 4
+    assert shell.actor.stats.replicators["n2"][1] == 4 and shell.actor.stats.replicators["n3"][1] == 0
+    warned = [r for r in caplog.records if "not keeping up" in r.getMessage()]
+    assert len(warned) == 1 and "n2" in warned[0].getMessage()
+
+
+def test_a_full_snapshot_control_inbox_drops_the_chunk_request(shell: Shell) -> None:
+    shell.out.full.add("repl:n2/ctl")
+    req = SnapSend(src="raft", dst="n2", path="/nonexistent", offset=0, length=1, snap_id="0" * 64,
+                   cid="c", term=2, index=5, snap_term=2, size=1)
+    shell.core.replies = [[req, ae("n2")]]
+    shell.run([Tick()])
+    assert shell.out.sent == [("repl:n2", ae("n2"))] and shell.actor._repl_full == 1
+
+
+def test_stopping_a_replicator_closes_its_sockets_and_never_joins_it(shell: Shell) -> None:
+    """The raft thread never waits for a stopping replicator; its cached PUSH sockets are
+    closed (a later bind of that name would never be reached through them)."""
+    shell.core.replies = [[ae("n2")]]
+    shell.run([Tick()])
+    old = shell.actor._replicators["n2"]
+    joined: list[str] = []
+    old.join = lambda timeout=None: joined.append("n2")  # type: ignore[method-assign]
+    shell.core.addrs["n2"] = "127.0.0.1:9999"  # moved: stopped at once
+    shell.core.next_status = [FakeStatus(membership=object())]
+    shell.run([Tick()])
+    assert shell.stopped == ["n2"] and "n2" not in shell.actor._replicators
+    assert shell.out.forgotten == ["repl:n2", "repl:n2/ctl"]
+    assert shell.actor._retired == [old] and joined == []  # only on_stop joins it
+
+
+def test_a_replicator_recreated_for_the_same_peer_gets_its_messages(ctx: zmq.Context) -> None:
+    """Issue 12 item 1, the root cause: remove a member, then add it back under the same id.
+    The old replicator's inproc inbox is gone; the new one must receive the next messages at
+    once (before: the raft actor's cached PUSH to the dead name stayed full and the raft actor
+    failed with MailboxFull, stopping the node)."""
+    failures: list[BaseException] = []
+    s = Shell(ctx, real_replicators=True, on_failure=lambda a, e: failures.append(e))
+    outbox = Outbox(ctx, s.actor.node_id, send_timeout_ms=300)
+    s.actor.outbox = outbox
+    try:
+        s.core.addrs["n2"] = "127.0.0.1:1"  # nothing listens: the replicator drops and counts
+        s.core.replies = [[ae("n2")]]
+        s.run([Tick()])
+        first = s.actor._replicators["n2"]
+        wait_for(lambda: first.sent + first.dropped >= 1, 10, "the first replicator got it")
+        # removed: its replicator stops; the raft thread does not wait for it
+        del s.core.addrs["n2"]
+        s.core.next_status = [FakeStatus(membership=object())]
+        s.run([Tick()])
+        s.actor._lingering["n2"] = float("-inf")  # its linger ends
+        s.run([Tick()])
+        assert "n2" not in s.actor._replicators
+        first.join(10)
+        assert not first.is_alive()
+        # re-added under the same id (and address): a new replicator takes the messages
+        s.core.addrs["n2"] = "127.0.0.1:1"
+        s.core.replies = [[ae("n2"), ae("n2")]]
+        s.run([Tick()])
+        second = s.actor._replicators["n2"]
+        assert second is not first and second.actor_name != first.actor_name
+        wait_for(lambda: second.sent + second.dropped >= 2, 10, "the new replicator got them")
+        assert s.actor._repl_full == 0 and failures == []
+    finally:
+        s.actor.on_stop()
+        outbox.close()
+
+
+def test_replicator_full_drops_are_exported_as_a_peer_drop_reason() -> None:
+    from actors.metrics import PeerDropsCollector
+    from actors.raft import ShellStats
+    fam = next(iter(PeerDropsCollector(lambda: ShellStats(repl_full=3), lambda: None).collect()))
+    values = {s.labels["reason"]: s.value for s in fam.samples if s.name.endswith("_total")}
+    assert values["replicator_full"] == 3

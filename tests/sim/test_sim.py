@@ -220,7 +220,7 @@ def test_checker_catches_broken_disk_handling(broken, nodes) -> None:
             Sim(seed, SimConfig(**cfg), core_factory=broken).run()  # type: ignore[arg-type]
         except SimFailure:
             return
-    raise AssertionError(f"{broken.__name__} not caught in 60 seeds")
+    raise AssertionError(f"{broken.__name__} not caught in 300 seeds")
 
 
 # ------------------------------------------------------------------ persist before speak, per message
@@ -242,12 +242,14 @@ class KeepStableOnInstall(RaftCore):
     (SpeakBeforePersist, "3-static"),
 ])
 def test_checker_catches_speaking_before_persisting(broken, scenario) -> None:
-    """The message-level check names the message that left too early."""
-    for seed in range(60):
+    """The message-level check names the message that left too early. The loop ends at the
+    first seed caught; the broken install is hit about once in 60 seeds of 3-snap-diverge
+    (first at seed 107 since forwarded writes are confirmed and resent), hence the bound."""
+    for seed in range(300):
         try:
             Sim(seed, SimConfig(**SCENARIOS[scenario]), core_factory=broken).run()
         except SimFailure as e:
             assert "persist before speak" in str(e), str(e)[:300]
             return
-    raise AssertionError(f"{broken.__name__} not caught in 60 seeds")
+    raise AssertionError(f"{broken.__name__} not caught in 300 seeds")
 

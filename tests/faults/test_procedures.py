@@ -33,8 +33,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.faults import linearizability as lin
 from tests.faults.harness import (
     FAULT_ENV,
@@ -403,10 +401,6 @@ def _remove_and_replace_disk(op: Operator) -> None:
         op.hold(max(0.0, t_rejoin + REJOIN_WATCH_S - rec.now()))
 
 
-@pytest.mark.xfail(reason="issue 12 item 1: after `cluster remove` the remaining nodes exit 1 "
-                   "with MailboxFull on 'repl:<removed id>', the DELETE may answer 503 although "
-                   "the removal took effect; and a removed node that still runs rejoins as a "
-                   "learner", strict=False)
 def test_remove_and_replace_disk():
     """operations.md/troubleshooting.md: the leader removed and stopped; its disk replaced
     (wiped, started again under the same --node-id); another node wiped first (refused until

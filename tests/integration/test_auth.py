@@ -36,15 +36,17 @@ def status(node: ServerProc) -> dict[str, Any]:
     return r.json()
 
 
-def start(tmp: Path) -> list[ServerProc]:
-    """n1 bootstraps with --api-key on its command line; n2 and n3 get PRISN_API_KEY."""
-    n1 = cluster_node(tmp, "n1", bootstrap=True, extra=EXTRA + ["--api-key", KEY]).start()
-    nodes = [n1]
+def start(tmp: Path, env: dict[str, str] | None = None) -> list[ServerProc]:
+    """n1 bootstraps with --api-key on its command line; n2 and n3 get PRISN_API_KEY.
+    `env` is added to every node's environment."""
+    n1 = cluster_node(tmp, "n1", bootstrap=True, extra=EXTRA + ["--api-key", KEY])
+    n1.env.update(env or {})
+    nodes = [n1.start()]
     try:
         n1.wait_ready()
         for i, peers in ((2, [n1.raft_addr]), (3, [n1.raft_addr])):
             n = cluster_node(tmp, f"n{i}", peers=peers, extra=EXTRA)
-            n.env["PRISN_API_KEY"] = KEY
+            n.env.update(env or {}, PRISN_API_KEY=KEY)
             nodes.append(n.start())
         for n in nodes:
             n.wait_ready(30)
@@ -195,20 +197,8 @@ def test_a_strong_read_refuses_a_token_revoked_before_it_was_sent(tmp_path):
     the documented replication-lag window."""
     control = tmp_path / "faults.json"
     control.write_text('{"links": []}')
-    n1 = cluster_node(tmp_path, "n1", bootstrap=True, extra=EXTRA + ["--api-key", KEY])
-    n1.env["PRISN_TEST_FAULTS"] = str(control)
-    nodes = [n1.start()]
+    nodes = start(tmp_path, {"PRISN_TEST_FAULTS": str(control)})
     try:
-        n1.wait_ready()
-        for i in (2, 3):
-            n = cluster_node(tmp_path, f"n{i}", peers=[n1.raft_addr], extra=EXTRA)
-            n.env.update(PRISN_API_KEY=KEY, PRISN_TEST_FAULTS=str(control))
-            nodes.append(n.start())
-        for n in nodes:
-            n.wait_ready(30)
-        wait_for(lambda: all(sum(x["state"] in ("leader", "follower")
-                                 for x in status(n)["nodes"]) == 3 for n in nodes),
-                 30, "three voters")
         lead = leader(nodes)
         slow = next(n for n in nodes if n is not lead)
         r = call(lead, "POST", "/api/v1/tokens", {"name": "t", "role": "developer",

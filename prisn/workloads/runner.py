@@ -271,6 +271,8 @@ class RunnerCore:
                 inst.streak = 0
             if inst.desired is None:
                 self._want_stopped(inst, now, actions, "removed")
+            elif inst.pid is None and not inst.starting and not inst.stopping:
+                inst.spec = inst.desired  # not alive: the next start takes the new spec
         by_dep: dict[str, list[_Inst]] = {}
         for inst in self._insts.values():
             if inst.desired is not None:
@@ -280,8 +282,6 @@ class RunnerCore:
         for inst in self._insts.values():
             if inst.desired is None or inst.stopping or inst.pid is not None or inst.starting:
                 continue
-            if inst.spec != inst.desired:  # not alive: take the new spec at once
-                inst.spec = inst.desired
             if inst.next_start is None:
                 inst.next_start = now
             if now >= inst.next_start:

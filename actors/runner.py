@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import zmq
 
@@ -66,6 +67,7 @@ LOG_MAX_BYTES = 10 << 20  # per file
 LOG_FILES = 2  # files kept per instance (the current one included)
 MAX_INSTANCES = 4096  # per node; more in one desired list are ignored (and logged)
 READ_MAX = 1 << 20  # at most this many bytes per `read_log` call
+MAX_ID = 200  # characters in an instance id
 
 RUNTIMES: dict[str, str] = {
     "python": sys.executable or "python3", "python3": sys.executable or "python3",
@@ -257,10 +259,12 @@ class LogChunk:
 
 
 def instance_dir(data_dir: str | Path, instance: str) -> Path:
-    """`<data-dir>/instances/<id>/` (the id must not contain a path separator)."""
-    if "/" in instance or instance in ("", ".", "..") or "\0" in instance:
+    """`<data-dir>/instances/<quoted id>/`: the id percent-encoded (a slot id such as
+    ``default/web/0`` holds slashes), so distinct ids never share a directory; ValueError for
+    an id that is empty, ``.``/``..`` or longer than `MAX_ID` characters."""
+    if not instance or instance in (".", "..") or len(instance) > MAX_ID:
         raise ValueError(f"bad instance id {instance!r}")
-    return Path(data_dir) / "instances" / instance
+    return Path(data_dir) / "instances" / quote(instance, safe="")
 
 
 def read_log(data_dir: str | Path, instance: str, *, offset: int | None = None,

@@ -145,7 +145,8 @@ def test_a_python_http_service_gets_port_and_answers(rig: Callable[..., Rig],
         http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
     """)
     r = rig()
-    r.desire({"id": "web-0", "source": "web.py", "port": port, "env": {"MODE": "prod"}})
+    iid = "default/web/0"  # a slot id: slashes are fine
+    r.desire({"id": iid, "source": "web.py", "port": port, "env": {"MODE": "prod"}})
 
     def get() -> bytes | None:
         try:
@@ -155,14 +156,14 @@ def test_a_python_http_service_gets_port_and_answers(rig: Callable[..., Rig],
             return None
 
     assert wait_until(get, what="the service to answer") == \
-        f"web-0 {port} web default prod".encode()
-    wait_until(lambda: r.state("web-0") == "Running", what="Running")
-    last = r.last("web-0")
+        f"{iid} {port} web default prod".encode()
+    wait_until(lambda: r.state(iid) == "Running", what="Running")
+    last = r.last(iid)
     assert last is not None and last["pid"] and last["restarts"] == 0
     assert abs(last["started_at"] / 1000 - time.time()) < 600 and last["node"] == r.node
-    wait_until(lambda: b"listening" in read_log(r.data_dir, "web-0").data, what="its log")
+    wait_until(lambda: b"listening" in read_log(r.data_dir, iid).data, what="its log")
     r.desire()
-    wait_until(lambda: r.state("web-0") == "Stopped", what="Stopped")
+    wait_until(lambda: r.state(iid) == "Stopped", what="Stopped")
     assert get() is None
 
 
@@ -190,7 +191,7 @@ def test_bad_specs_give_a_clear_status_and_never_fail_the_runner(
     r.desire({"id": "missing-0", "source": "nope.py"},
              {"id": "unknown-0", "source": "x.rb"},
              {"id": "rt-0", "source": "x.rb", "runtime": "cobol"},
-             {"id": "../evil", "source": "x.py"}, {"deployment": ""})
+             {"id": "..", "source": "x.py"}, {"deployment": ""})
     wait_until(lambda: all(r.last(i) for i in ("missing-0", "unknown-0", "rt-0")),
                what="three statuses")
     assert "entry file not found" in r.last("missing-0")["message"]  # type: ignore[index]
@@ -366,3 +367,67 @@ def test_log_files_rotate_at_their_bound_and_follow_by_offset(
     assert read_log(r.data_dir, "l-0", offset=total).data == b""
     mid = read_log(r.data_dir, "l-0", offset=total - 8, limit=4)
     assert (mid.data, mid.next_offset) == (b"the ", total - 4)
+
+
+def test_a_new_generation_rolls_one_instance_at_a_time(rig: Callable[..., Rig],
+                                                       scripts: Path) -> None:
+    write(scripts, "gen.py", """
+        import os, time
+        print("mode", os.environ["MODE"], flush=True)
+        time.sleep(1000)
+    """)
+    r = rig()
+    ids = ("r-0", "r-1")
+
+    def desire(gen: int, mode: str) -> None:
+        r.desire(*[{"id": i, "source": "gen.py", "generation": gen, "env": {"MODE": mode}}
+                   for i in ids])
+
+    desire(1, "old")
+    wait_until(lambda: all(r.state(i) == "Running" for i in ids), what="gen 1 Running")
+    desire(2, "new")
+    wait_until(lambda: all(r.state(i) == "Running" and r.last(i)["generation"] == 2  # type: ignore[index]
+                           for i in ids), what="gen 2 Running")
+    for i in ids:
+        assert b"mode new" in read_log(r.data_dir, i).data
+        assert r.last(i)["restarts"] == 0  # type: ignore[index]
+    first, second = sorted(ids, key=lambda i: r.last(i)["started_at"])  # type: ignore[index]
+    # the second was replaced only after the first's new process had run roll_settle seconds
+    new_first = [x for x in r.of(first) if x["generation"] == 2 and x["pid"]][0]
+    gen2_second = [x for x in r.of(second) if x["generation"] == 2 and x["pid"]][0]
+    assert gen2_second["started_at"] - new_first["started_at"] >= FAST.roll_settle * 1000 - 5
+
+
+def test_status_batches_go_to_the_report_actor_as_messages(tmp_path: Path,
+                                                           scripts: Path) -> None:
+    from transport.codec import decode
+    from transport.mailbox import inproc_address
+    write(scripts, "idle.py", "import time; time.sleep(1000)\n")
+    ctx = zmq.Context()
+    node = f"runner-msg-{os.getpid()}-{next(_ids)}"
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.bind(inproc_address(node, "leader"))
+    runner = RunnerActor(ctx, node, tmp_path / "data", policy=FAST, report_to="leader")
+    runner.start()
+    out = Outbox(ctx, node)
+    try:
+        assert runner.started.wait(30)
+        out.send("runner", RunnerDesired(instances=[
+            {"id": "m-0", "deployment": "m", "source": "idle.py", "cwd": str(scripts)}]))
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        while not any(x["state"] == "Running" for x in seen):
+            assert time.monotonic() < deadline, seen
+            if pull.poll(100):
+                msg = decode(pull.recv())
+                assert msg.node == node  # type: ignore[attr-defined]
+                seen += msg.reports  # type: ignore[attr-defined]
+        assert {x["id"] for x in seen} == {"m-0"}
+    finally:
+        runner.stop()
+        runner.join(60)
+        out.close()
+        pull.close(0)
+        ctx.term()
+    assert runner.failure is None

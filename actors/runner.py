@@ -67,6 +67,7 @@ LOG_MAX_BYTES = 10 << 20  # per file
 LOG_FILES = 2  # files kept per instance (the current one included)
 MAX_INSTANCES = 4096  # per node; more in one desired list are ignored (and logged)
 READ_MAX = 1 << 20  # at most this many bytes per `read_log` call
+TICK_MIN = 0.02  # seconds between two looks at the children (a busy inbox ticks often)
 MAX_ID = 200  # characters in an instance id
 
 RUNTIMES: dict[str, str] = {
@@ -116,12 +117,13 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
-def kill_leftovers(records: list[dict[str, Any]]) -> int:
-    """SIGKILL every recorded group that is still ours; the number of groups signalled.
+def kill_leftovers(records: list[dict[str, Any]], wait: float = 5.0) -> int:
+    """SIGKILL every recorded group that is still ours, then wait (at most `wait` seconds)
+    until their members are gone; the number of groups signalled.
 
     A record is ours if its leader is alive with the recorded start time, or if the leader is
     gone but members of its group remain (a group id is never reused while it has members)."""
-    n = 0
+    killed: list[int] = []
     for r in records:
         try:
             pid, start = int(r["pid"]), r.get("start")
@@ -142,10 +144,15 @@ def kill_leftovers(records: list[dict[str, Any]]) -> int:
             continue
         try:
             os.killpg(pid, signal.SIGKILL)
-            n += 1
+            killed.append(pid)
         except OSError:
             pass
-    return n
+    deadline = time.monotonic() + wait
+    while killed and time.monotonic() < deadline:
+        if not any(group_members(g) for g in killed):
+            break
+        time.sleep(0.01)
+    return len(killed)
 
 
 def _pdeathsig_preexec(parent: int) -> Callable[[], None]:
@@ -360,18 +367,13 @@ class LogPump(threading.Thread):
                             pass
                         continue
                     try:
-                        data = os.read(fd, 65536)
-                    except OSError:
-                        data = b""
-                    if data:
-                        try:
-                            logs[fd].write(data)
-                        except OSError:
-                            self.write_errors += 1  # a full disk: drop, never block the child
-                        continue
-                    self._sel.unregister(fd)
-                    os.close(fd)
-                    logs.pop(fd).close()
+                        self._pump_one(fd, logs)
+                    except Exception:  # never let one instance's log stop the others
+                        log.exception("runner: log pump failed on fd %d; its log is closed", fd)
+                        self._drop(fd, logs)
+        except Exception:
+            log.exception("runner: the log pump stopped")  # children then block on a full pipe
+            raise
         finally:
             for fd, lg in logs.items():
                 lg.close()
@@ -379,6 +381,36 @@ class LogPump(threading.Thread):
             self._sel.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+
+    def _pump_one(self, fd: int, logs: dict[int, RotatingLog]) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        if not data:  # EOF: every writer (the group) closed it
+            self._drop(fd, logs)
+            return
+        try:
+            logs[fd].write(data)
+        except OSError:
+            self.write_errors += 1  # a full disk: drop, never block the child
+
+    def _drop(self, fd: int, logs: dict[int, RotatingLog]) -> None:
+        try:
+            self._sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        lg = logs.pop(fd, None)
+        if lg is not None:
+            try:
+                lg.close()
+            except OSError:
+                pass
 
 
 # ------------------------------------------------------------------------------ the actor
@@ -412,6 +444,7 @@ class RunnerActor(Actor):
         self._starts: dict[int, int | None] = {}  # pid -> /proc start time
         self._pending: dict[str, dict[str, Any]] = {}  # unsent reports, latest per id
         self._last_flush = 0.0
+        self._last_tick = 0.0
         self._mono0 = time.monotonic()
         self._wall0 = time.time()
         self._pump: LogPump | None = None
@@ -490,6 +523,10 @@ class RunnerActor(Actor):
         return None if t is None else int((self._wall0 + t - self._mono0) * 1000)
 
     def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_tick < TICK_MIN:
+            return
+        self._last_tick = now
         for iid, p in list(self._procs.items()):
             if _exited(p.pid):
                 code = self._reap(iid, p)

@@ -431,3 +431,18 @@ def test_status_batches_go_to_the_report_actor_as_messages(tmp_path: Path,
         pull.close(0)
         ctx.term()
     assert runner.failure is None
+
+
+def test_stopping_the_runner_stops_every_instance(tmp_path: Path, scripts: Path) -> None:
+    write(scripts, "idle.py", "import time; print('up', flush=True); time.sleep(1000)\n")
+    r = Rig(tmp_path / "data", scripts)
+    try:
+        r.desire(*[{"id": f"i-{k}", "source": "idle.py"} for k in range(3)])
+        wait_until(lambda: all(r.state(f"i-{k}") == "Running" for k in range(3)),
+                   what="three Running")
+        pids = [r.last(f"i-{k}")["pid"] for k in range(3)]  # type: ignore[index]
+    finally:
+        r.close()
+    assert r.runner.failure is None
+    assert all(dead(p) for p in pids)
+    assert '"groups": []' in (tmp_path / "data" / "instances" / "procs.json").read_text()

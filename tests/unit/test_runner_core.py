@@ -274,3 +274,24 @@ def test_next_deadline_names_the_next_backoff_expiry() -> None:
     n.at(0.5)
     n.exit("web-0")
     assert n.core.next_deadline() == pytest.approx(1.5)
+
+
+def test_an_instance_desired_again_while_stopping_starts_after_the_exit() -> None:
+    n = Node()
+    n.desire(spec())
+    n.at(2)
+    n.desire()
+    n.desire(spec())
+    assert len(n.of(Stop)) == 1 and len(n.starts()) == 1
+    n.at(30)  # the grace passed: still escalated although desired again
+    assert len(n.of(Kill)) == 1
+    n.exit("web-0", code=-9)
+    assert len(n.starts()) == 2 and n.state("web-0").restarts == 0
+
+
+def test_an_exit_by_signal_says_which() -> None:
+    n = Node()
+    n.desire(spec())
+    n.exit("web-0", code=-11)
+    r = n.state("web-0")
+    assert r.exit_code == -11 and r.message.startswith("killed by signal 11")

@@ -92,6 +92,18 @@ def live_nodes(ticks_since_contact: Mapping[str, int], eligible: Collection[str]
                      if (t := ticks_since_contact.get(n)) is not None and t < node_down_after)
 
 
+def contact_ticks(last_contact: Mapping[str, int], leader_ticks: int,
+                  self_id: str) -> dict[str, int]:
+    """Ticks since last contact per member, as `live_nodes` wants them, from a leader's view:
+    `last_contact` is the Raft core's per-peer count (``PeerStatus.last_contact_ticks``, huge
+    for a peer not heard from in this term), `leader_ticks` the ticks since this node became
+    leader. A peer counts as heard from at the start of the leadership (the grace a new
+    leader must give, see `live_nodes`), itself as heard from now."""
+    out = {peer: min(t, leader_ticks) for peer, t in last_contact.items()}
+    out[self_id] = 0
+    return out
+
+
 def phase_of(desired: int, ready: int, crash_looping: int) -> Phase:
     """A service's phase from counts: desired replicas, instances ready, instances in
     crash-loop backoff. Crash looping wins over Degraded/Pending (it is what the user has to

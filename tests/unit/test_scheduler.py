@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from prisn.workloads.model import Phase, Placement, Service, Slot, live_nodes, phase_of
+from prisn.workloads.model import (
+    Phase,
+    Placement,
+    Service,
+    Slot,
+    contact_ticks,
+    live_nodes,
+    phase_of,
+)
 from prisn.workloads.scheduler import (
     Place,
     Plan,
@@ -180,6 +188,15 @@ def test_live_nodes() -> None:
     assert live_nodes(ticks, ["n1", "n2", "n3", "n5"], 50) == {"n1", "n2"}
     with pytest.raises(ValueError):
         live_nodes(ticks, ["n1"], 0)
+
+
+def test_a_new_leader_gives_every_member_a_grace() -> None:
+    never = 1 << 30
+    ticks = contact_ticks({"n2": never, "n3": 2}, leader_ticks=5, self_id="n1")
+    assert ticks == {"n1": 0, "n2": 5, "n3": 2}
+    assert live_nodes(ticks, ["n1", "n2", "n3"], 50) == {"n1", "n2", "n3"}
+    later = contact_ticks({"n2": never, "n3": 2}, leader_ticks=50, self_id="n1")
+    assert live_nodes(later, ["n1", "n2", "n3"], 50) == {"n1", "n3"}
 
 
 def test_phase_of() -> None:

@@ -50,6 +50,7 @@ PLACEMENT_OPS: tuple[str, ...] = ("placement.set", "placement.clear", "placement
 MAX_BATCH = 256
 MAX_NODE_ID = 128  # as `prisn server --node-id` allows
 MAX_SEQ = (1 << 63) - 1
+MAX_TS = 64  # as for deployment commands
 
 Result = tuple[int, dict[str, Any]]
 Lookup = Callable[[str, str], dict[str, Any] | None]  # (namespace, name) -> deployment
@@ -96,6 +97,10 @@ def _parse_decision(raw: Any) -> tuple[str, Slot, str | None, str | None]:
 
 
 def _decisions(cmd: dict[str, Any]) -> list[tuple[str, Slot, str | None, str | None]]:
+    ts = cmd.get("ts")
+    if type(ts) is not str or not 0 < len(ts) <= MAX_TS:
+        raise PlacementCommandError(f"command field 'ts' must be a string of 1 to {MAX_TS} "
+                                    "characters")
     op = cmd.get("op")
     if op == "placement.batch":
         if cmd.keys() != _ENVELOPE | {"decisions"}:

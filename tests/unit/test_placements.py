@@ -139,6 +139,9 @@ def test_malformed_commands_are_400_and_change_nothing(cmd: dict) -> None:
     assert f.store.placements() == []
     st, _ = f.run({"v": 1, "op": "placement.nope", "key": "bad2", "ts": TS})
     assert st == 400
+    st, _ = f.run({"v": 1, "op": "placement.clear", "key": "bad3", "ns": "default",
+                   "name": "web", "i": 0, "prev": "n1"})  # no ts
+    assert st == 400
 
 
 def test_delete_scale_down_and_type_change_drop_placements_at_apply() -> None:

@@ -188,7 +188,11 @@ class SchedSim(Sim):
             return False
         commit = leader.core.commit_index
         want = self.stores[lid].state_hash()
+        members = leader.core.status().membership
+        assert members is not None
         for n in self.live():
+            if n.id not in members.members():
+                continue  # removed (and maybe never told): not part of the cluster
             if n.next_apply <= commit or self.stores[n.id].state_hash() != want:
                 return False
         services, placements = self.stores[lid].schedule_view()
@@ -222,13 +226,20 @@ class SchedSim(Sim):
         self.cfg.propose_rate = 0.0  # the random client stops; the scheduler does not
         if not self.run_until(self.now + SETTLE_TICKS * UNITS_PER_TICK, self.full_workload):
             self.fail("workloads: the final deployments did not apply")
+        if self.cfg.membership_rate:  # a removal still in flight may have landed since
+            self.readd_all(self.now + SETTLE_TICKS * UNITS_PER_TICK)
         if not self.run_until(self.now + SETTLE_TICKS * UNITS_PER_TICK,
                               lambda: self.settled(set())):
             self.fail("workloads: scheduler did not settle after healing")
         # one node that runs something dies for good, a quorum stays up: its replicas move
         lid = self.live_leader()
         assert lid is not None
-        busy = sorted({p.node for p in self.stores[lid].placements()})
+        core = self.nodes[lid].core
+        assert core is not None and core.status().membership is not None
+        voters = core.status().membership.voters
+        if len(voters) < 3:
+            self.fail(f"workloads: {len(voters)} voters cannot lose one and keep a quorum")
+        busy = sorted({p.node for p in self.stores[lid].placements()} & set(voters))
         victim = self.rng.choice(busy)
         self.trace.append(f"{self.now} CRASH FOR GOOD {victim}")
         self.gone.add(victim)

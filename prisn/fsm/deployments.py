@@ -98,6 +98,8 @@ DedupEntry = tuple[bytes, int, dict[str, Any]]  # (fingerprint, status, body) of
 DedupRows = list[list[Any]]
 TokenRows = list[dict[str, Any]]
 PlacementSection = dict[str, Any] | None  # None: the table was never used
+PlacementList = list[Placement]  # module-level, as DeploymentList
+ServiceList = list[Service]
 
 FIELDS: tuple[str, ...] = (
     "id", "name", "namespace", "type", "runtime", "source", "args", "env", "port", "replicas",
@@ -501,7 +503,7 @@ class DeploymentStore:
         return len(self._tokens)
 
     def placements(self, namespace: str | None = None, name: str | None = None, *,
-                   node: str | None = None) -> list[Placement]:
+                   node: str | None = None) -> PlacementList:
         """Placements (immutable), by slot: of one deployment (`namespace` and `name`), on
         one `node`, or all (neither). Any thread."""
         with self._lock:
@@ -512,7 +514,7 @@ class DeploymentStore:
                 return self._placements.on_node(node)
             return self._placements.all()
 
-    def schedule_view(self) -> tuple[list[Service], list[Placement]]:
+    def schedule_view(self) -> tuple[ServiceList, PlacementList]:
         """The scheduler's input, consistent (one lock): the service deployments and every
         placement, both sorted. O(services + placements); the leader's scheduler thread."""
         with self._lock:

@@ -92,8 +92,9 @@ def _parse_decision(raw: Any) -> tuple[str, Slot, str | None, str | None]:
     slot = Slot(ns, name, index)
     if do == "set":
         prev = raw["prev"]
-        return do, slot, _node(raw["node"], "node"), None if prev is None else _node(prev, "prev")
-    return do, slot, None, _node(raw["prev"], "prev")
+        return "set", slot, _node(raw["node"], "node"), None if prev is None else _node(prev,
+                                                                                       "prev")
+    return "clear", slot, None, _node(raw["prev"], "prev")
 
 
 def _decisions(cmd: dict[str, Any]) -> list[tuple[str, Slot, str | None, str | None]]:

@@ -269,3 +269,24 @@ def test_randomized_rounds(seed: int) -> None:
         else:
             pytest.fail(f"seed={seed}: did not settle")
         _check_invariants(svc_list, placements, live, plan)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_spread_from_scratch_is_even(seed: int) -> None:
+    """Port-less services placed from nothing: each deployment's replicas per node differ
+    by at most one, and so do the nodes' total loads."""
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    nodes = {f"n{i}" for i in range(rng.randint(1, 7))}
+    services = [S(f"s{i}", rng.randint(0, 9)) for i in range(rng.randint(1, 8))]
+    state: list[Placement] = []
+    while (plan := schedule(services, state, nodes, max_commands=5)).commands:
+        state = apply_plan(state, plan.commands)
+    for s in services:
+        per = {n: 0 for n in nodes}
+        for p in state:
+            if p.slot.name == s.name:
+                per[p.node] += 1
+        assert max(per.values()) - min(per.values()) <= 1, (s, per)
+    load = {n: sum(1 for p in state if p.node == n) for n in nodes}
+    assert max(load.values()) - min(load.values()) <= 1, load

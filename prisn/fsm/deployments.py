@@ -20,6 +20,12 @@ with an ``op`` of `TOKEN_OPS` go to it, under the same lock, dedup table and sna
 snapshot without tokens is written exactly as before (format 1); with tokens it is format 2
 (format 1 plus a ``tokens`` list). Both are read.
 
+Placements: the store also holds the placements table (`prisn.fsm.placements`): commands
+with an ``op`` of `PLACEMENT_OPS` go to it, checked against the stored deployments; a delete,
+scale down or change of type drops the deployment's extra placements in the same apply. A
+snapshot whose table was never used is written exactly as before (format 3); otherwise it is
+format 4 (format 3 plus a ``placements`` section). Both are read.
+
 Memory (100k deployments held in ~150 MB, not ~350): one (name, namespace) tuple per
 deployment keys `_deps` and is shared by `_ids` and every index list; a restore turns each
 deployment map into its stored dict while decoding (`_RowDecoder`), so decoding leaves no
@@ -43,6 +49,7 @@ import cbor2
 from sortedcontainers import SortedList
 
 from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
+from prisn.fsm.placements import PLACEMENT_OPS, PlacementCommandError, PlacementTable
 from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
 from prisn.fsm.validation import (
     DEFAULT_REPLICAS,
@@ -62,6 +69,7 @@ from prisn.fsm.validation import (
     validate_type,
 )
 from prisn.messages import EntryKind
+from prisn.workloads.model import Placement, Service
 
 SNAPSHOT_FORMAT = 1  # deployments and dedup table
 SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer written)
@@ -69,6 +77,9 @@ SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer writt
 # the deployment still stored under its name written as ``[namespace, name]`` instead of a
 # second copy of the deployment (half the snapshot, half the restore, shared in memory).
 SNAPSHOT_FORMAT_REFS = 3
+# Format 4: format 3 plus "placements" (`PlacementTable.section`), written only once the
+# placements table was used (its seq > 0), so a store without workloads writes format 3.
+SNAPSHOT_FORMAT_PLACEMENTS = 4
 DEFAULT_DEDUP_CAPACITY = 100_000
 # The dedup table is bounded by the size of the answers it remembers too (`entry_size`):
 # without it, deleting large deployments freed nothing while their create answers stayed.
@@ -86,6 +97,9 @@ DeploymentList = list[Deployment]  # module-level: `DeploymentStore.list` shadow
 DedupEntry = tuple[bytes, int, dict[str, Any]]  # (fingerprint, status, body) of one key
 DedupRows = list[list[Any]]
 TokenRows = list[dict[str, Any]]
+PlacementSection = dict[str, Any] | None  # None: the table was never used
+PlacementList = list[Placement]  # module-level, as DeploymentList
+ServiceList = list[Service]
 
 FIELDS: tuple[str, ...] = (
     "id", "name", "namespace", "type", "runtime", "source", "args", "env", "port", "replicas",
@@ -267,6 +281,7 @@ class DeploymentStore:
         self._dedup: dict[str, DedupEntry] = {}
         self._dedup_order: deque[str] = deque()
         self._tokens = TokenTable()
+        self._placements = PlacementTable()
         self._applied = 0
         self.last_origin: tuple[str, int] = ("", 0)  # of the last COMMAND applied (see apply)
 
@@ -318,7 +333,7 @@ class DeploymentStore:
             result = self._execute(cmd)
         except ValidationError as exc:
             result = _err(400, exc.message)
-        except (CommandError, TokenCommandError) as exc:
+        except (CommandError, TokenCommandError, PlacementCommandError) as exc:
             result = _err(400, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = _err(500, f"internal error applying command: {type(exc).__name__}")
@@ -344,6 +359,8 @@ class DeploymentStore:
         op = cmd.get("op")
         if op in TOKEN_OPS:
             return self._tokens.apply(cmd)
+        if op in PLACEMENT_OPS:
+            return self._placements.apply(cmd, self._lookup)
         spec: dict[str, Any] = {}
         replicas = 0
         ts = _text(cmd, "ts", MAX_TS)
@@ -378,6 +395,7 @@ class DeploymentStore:
             return _err(404, f"deployment {ns}/{name} not found")
         if op == "delete":
             self._remove(current)
+            self._placements.drop(ns, name)
             return 204, {}
         if op == "replace":
             new = _build(spec, None)
@@ -393,7 +411,11 @@ class DeploymentStore:
         dep["generation"] = current["generation"] + 1
         dep["updated_at"] = ts
         self._replace(current, dep)
+        self._placements.trim(ns, name, dep["replicas"] if dep["type"] == "service" else 0)
         return 200, dep
+
+    def _lookup(self, namespace: str, name: str) -> Deployment | None:
+        return self._deps.get((name, namespace))
 
     def _insert(self, dep: dict[str, Any]) -> None:
         key = (dep["name"], dep["namespace"])
@@ -480,8 +502,30 @@ class DeploymentStore:
     def token_count(self) -> int:
         return len(self._tokens)
 
+    def placements(self, namespace: str | None = None, name: str | None = None, *,
+                   node: str | None = None) -> PlacementList:
+        """Placements (immutable), by slot: of one deployment (`namespace` and `name`), on
+        one `node`, or all (neither). Any thread."""
+        with self._lock:
+            if name is not None:
+                found = self._placements.of(namespace or "default", name)
+                return [p for p in found if node is None or p.node == node]
+            if node is not None:
+                return self._placements.on_node(node)
+            return self._placements.all()
+
+    def schedule_view(self) -> tuple[ServiceList, PlacementList]:
+        """The scheduler's input, consistent (one lock): the service deployments and every
+        placement, both sorted. O(services + placements); the leader's scheduler thread."""
+        with self._lock:
+            keys = self._index.by_type.get("service", _EMPTY)
+            services = [Service(k[1], k[0], d["replicas"], d["port"])
+                        for k in keys for d in (self._deps[k],)]
+            return sorted(services), self._placements.all()
+
     # ------------------------------------------------------------------ snapshots
-    def _state(self, refs: bool = True) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
+    def _state(self, refs: bool = True) -> tuple[int, DeploymentList, DedupRows, TokenRows,
+                                                 PlacementSection]:
         """A consistent copy: `refs` writes unchanged dedup answers as references (snapshot
         format 3), else every answer in full (the state hash must not depend on that)."""
         with self._lock:
@@ -492,13 +536,17 @@ class DeploymentStore:
                          for k, (fp, st, body) in self._dedup.items()]
             else:
                 dedup = [[k, fp, st, body] for k, (fp, st, body) in self._dedup.items()]
-            return self._applied, deps, dedup, self._tokens.rows()
+            placements = self._placements.section() if self._placements.seq else None
+            return self._applied, deps, dedup, self._tokens.rows(), placements
 
     @staticmethod
     def _encode(applied: int, deps: DeploymentList, dedup: DedupRows,
-                tokens: TokenRows) -> bytes:
+                tokens: TokenRows, placements: PlacementSection) -> bytes:
         snap: dict[str, Any] = {"format": SNAPSHOT_FORMAT_REFS, "applied": applied,
                                 "deployments": deps, "dedup": dedup, "tokens": tokens}
+        if placements is not None:
+            snap["format"] = SNAPSHOT_FORMAT_PLACEMENTS
+            snap["placements"] = placements
         return cbor2.dumps(snap, canonical=True)
 
     def snapshot(self) -> bytes:
@@ -510,10 +558,10 @@ class DeploymentStore:
         only copies references (applying replaces deployment rows and dedup results, never
         mutates them), and a function that encodes it exactly like `snapshot()` from any
         thread, so the state machine can write snapshots without stalling apply."""
-        applied, deps, dedup, tokens = self._state()
+        applied, deps, dedup, tokens, placements = self._state()
 
         def encode() -> bytes:
-            return self._encode(applied, deps, dedup, tokens)
+            return self._encode(applied, deps, dedup, tokens, placements)
 
         return applied, encode
 
@@ -561,7 +609,7 @@ class DeploymentStore:
         def install() -> None:
             with self._lock:
                 (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
-                 self._applied, self._tokens) = state
+                 self._applied, self._tokens, self._placements) = state
                 self._usage, self._dedup_bytes = usage, dedup_bytes
                 self._trim_dedup()  # a snapshot of an older version may hold more
 
@@ -570,21 +618,25 @@ class DeploymentStore:
     def state_hash(self) -> str:
         """SHA-256 hex of the deployments, dedup table and tokens (not the applied index),
         for comparing nodes that have applied the same entries."""
-        _applied, deps, dedup, tokens = self._state(refs=False)
+        _applied, deps, dedup, tokens, placements = self._state(refs=False)
         state: dict[str, Any] = {"deployments": deps, "dedup": dedup}
         if tokens:
             state["tokens"] = tokens
+        if placements is not None:
+            state["placements"] = placements
         blob = cbor2.dumps(state, canonical=True)
         return hashlib.sha256(blob).hexdigest()
 
 
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
-                     dict[str, DedupEntry], deque[str], int, TokenTable]
+                     dict[str, DedupEntry], deque[str], int, TokenTable, PlacementTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
              SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
                                               "tokens"}),
              SNAPSHOT_FORMAT_TOKENS: frozenset({"format", "applied", "deployments", "dedup",
-                                                "tokens"})}
+                                                "tokens"}),
+             SNAPSHOT_FORMAT_PLACEMENTS: frozenset({"format", "applied", "deployments", "dedup",
+                                                    "tokens", "placements"})}
 _ROW_KEYS = frozenset(FIELDS)
 
 
@@ -697,7 +749,7 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
             raise ValueError(f"dedup fingerprint must be {FINGERPRINT_LEN} bytes")
         if not is_int(status) or not 100 <= status <= 599:
             raise ValueError("dedup status must be an HTTP status code")
-        if fmt == SNAPSHOT_FORMAT_REFS and type(body) is list:
+        if fmt in (SNAPSHOT_FORMAT_REFS, SNAPSHOT_FORMAT_PLACEMENTS) and type(body) is list:
             body = _resolve_ref(body, deps)
         elif type(body) is not dict:
             raise ValueError("dedup result body must be a map")
@@ -710,7 +762,11 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
     while len(order) > capacity:
         del dedup[order.popleft()]
     tokens = TokenTable.from_rows(snap["tokens"]) if "tokens" in snap else TokenTable()
-    return deps, ids, index, dedup, order, applied, tokens
+    placements = PlacementTable()
+    if "placements" in snap:
+        placements = PlacementTable.from_section(
+            snap["placements"], lambda ns, name: deps.get((name, ns)))
+    return deps, ids, index, dedup, order, applied, tokens, placements
 
 
 def _parse_deployment(raw: Any) -> Deployment:

@@ -670,7 +670,7 @@ def test_state_hash_and_snapshot_bytes_are_pinned() -> None:
 
 def _format1(store: DeploymentStore, *, canonical: bool = True) -> bytes:
     """`store` as a format-1 snapshot: every dedup answer in full."""
-    applied, deps, dedup, _tokens = store._state(refs=False)
+    applied, deps, dedup, *_rest = store._state(refs=False)
     return cbor2.dumps({"format": SNAPSHOT_FORMAT, "applied": applied, "deployments": deps,
                         "dedup": dedup}, canonical=canonical)
 

@@ -30,16 +30,20 @@ Safety rules this module keeps (Raft paper = §, Ongaro thesis = T):
   unknown, so none of it is ever counted or acknowledged: `stable` stays at what was synced,
   held grants/acks are dropped, no StoreAppend is emitted. A leader steps down at once (a
   single voter first drops its unsynced suffix: no other node can have it; proposals only
-  in void writes fail for sure (507), those in the failed batch may be on disk after a
-  reopen and are answered 503 "may have committed"). 507 means never applied, ever: a
-  proposal that was in our log as leader (re-queued after losing leadership) gets 503.
-  While the disk is broken the node never grants a
-  vote, acknowledges an append, campaigns or accepts a proposal (507, `DISK_ERROR`); it
+  in void writes fail for sure (`Outcome.DISK_ERROR`), those in the failed batch may be on
+  disk after a reopen and are answered `OUTCOME_UNKNOWN` "may have committed"). DISK_ERROR
+  means never applied, ever: a proposal that was in our log as leader (re-queued after
+  losing leadership) gets OUTCOME_UNKNOWN. While the disk is broken the node never grants a
+  vote, acknowledges an append, campaigns or accepts a proposal (DISK_ERROR); it
   keeps its place in the cluster, follows the leader in memory and forwards reads. On
   `StoreRecovered` it sends `StoreResume` and then one StoreAppend that truncates after the
   durable prefix and rewrites the rest of its log with the current hard state; nothing of
   the void epoch is ever counted as synced. `StoreFatal` (the store cannot be trusted) stops
   the node for good (`status().fatal`).
+- Answers are typed (`prisn.outcomes.Outcome`), never HTTP codes: the local API gets the
+  outcome as it is (internal ones such as NOT_LEADER, LEADERSHIP_LOST, OUTCOME_UNKNOWN,
+  NO_LEADER included); a peer gets `Outcome.wire()`, the code older nodes sent (503), so
+  mixed versions interoperate. A peer's code is read with `Outcome.from_wire`.
 - Malformed peer input changes nothing: an AppendEntries whose entries are not contiguous
   ``[index, term, kind, data]`` lists with sane terms, or that carries a CONFIG entry
   `decode_config` refuses, and an InstallSnapshot chunk outside its snapshot are dropped
@@ -118,7 +122,7 @@ ACCEPTED = Outcome.ACCEPTED
 HELD = -1  # `_seen_fwd` mark of a forward held during a leadership transfer
 FORWARD_UNCONFIRMED = ("the leader did not confirm the forwarded write within an election "
                        "timeout")
-DISK_ERROR = "the log cannot be written"  # 507 reason prefix while the disk is broken
+DISK_ERROR = "the log cannot be written"  # Outcome.DISK_ERROR reason prefix (broken disk)
 NO_LEADER = "no leader or quorum"
 SEEN_FORWARDS = 65536  # forwarded proposals remembered to drop network duplicates
 # Bounds on what a peer may send (a message beyond them is malformed: dropped and counted)
@@ -144,7 +148,7 @@ class RaftOptions:
     pre_vote: bool = True
     check_quorum: bool = True
     max_pending: int = 10000  # proposals/reads buffered while no leader is known
-    pending_ticks: int = 500  # how long a buffered proposal/read waits before failing 503
+    pending_ticks: int = 500  # how long a buffered proposal/read waits (then NO_LEADER)
     promote_lag: int = 0  # learner promoted when match >= leader commit - promote_lag
     max_apply_entries: int = 4096  # per Apply message (replay after a restart is split)
     trailing_logs: int = 10240  # entries kept before a snapshot for slow followers
@@ -1010,7 +1014,7 @@ class RaftCore:
             # Our proposals not known committed may be lost with our term: propose them again
             # through the next leader (a copy that does commit is a no-op by idempotency key).
             for r in self._own.values():
-                r.logged = True  # it may have been replicated: 507 is no longer true
+                r.logged = True  # it may have been replicated: DISK_ERROR no longer true
             self._pending.extendleft(reversed(list(self._own.values())))
             self._own = {}
 
@@ -1138,7 +1142,7 @@ class RaftCore:
         return n >= quorum_size(len(self._voters))
 
     def _expire(self) -> None:
-        """Fail buffered requests older than pending_ticks (503); forget forwarded ones."""
+        """Fail buffered requests older than pending_ticks (NO_LEADER); forget forwarded ones."""
         limit = self._now - self.opts.pending_ticks
         pending = self._pending
         while pending and pending[0].since <= limit:
@@ -1183,7 +1187,7 @@ class RaftCore:
             self._become_leader()  # self-vote alone is a quorum, and it is durable now
 
     def _disk_message(self) -> str:
-        """The 507 reason while the disk is broken (the API passes it to the client)."""
+        """The DISK_ERROR reason while the disk is broken (the API passes it to the client)."""
         return (f"{DISK_ERROR}: {self._disk_error}; this node refuses writes until it can "
                 f"write its log again (it retries by itself); other nodes may accept them")
 
@@ -1192,8 +1196,8 @@ class RaftCore:
                 f"committed: check before retrying")
 
     def _refuse_write(self, r: _Req) -> None:
-        """Refuse a proposal while the disk is broken: 507 only if it was never in a log
-        (507 means never applied, ever), 503 "may have committed" otherwise."""
+        """Refuse a proposal while the disk is broken: DISK_ERROR only if it was never in a
+        log (it means never applied, ever), OUTCOME_UNKNOWN "may have committed" otherwise."""
         if r.logged:
             self._reply(r.rid, False, Outcome.OUTCOME_UNKNOWN, self._maybe_committed())
         else:

@@ -61,11 +61,6 @@ class Outcome(IntEnum):
         """Whether this outcome must be translated before it leaves the node."""
         return self.value >= INTERNAL_BASE
 
-    @property
-    def ok(self) -> bool:
-        """A success (2xx-valued) outcome."""
-        return self.wire() < 300
-
     def wire(self) -> Outcome:
         """The outcome as peers and persisted tables hold it: itself for a wire outcome,
         the code older nodes used for an internal one."""

@@ -275,7 +275,8 @@ class FastRead(httputil.HTTPMessageDelegate):
             self._respond(503, error_bytes(
                 503, "strong read unavailable: read barrier timed out"))
         elif isinstance(exc, ApiError):
-            self._respond(exc.status, error_bytes(exc.status, exc.message or error_string(exc.status)))
+            self._respond(exc.status, error_bytes(
+                exc.status, exc.message or error_string(exc.status)))
         else:  # a bug answers 500, as Tornado's handler would
             log.error("GET %s failed", self.uri, exc_info=exc)
             self._respond(500, error_bytes(500, "internal server error"))

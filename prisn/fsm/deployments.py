@@ -303,7 +303,8 @@ class DeploymentStore:
         seen = self._dedup.get(key)
         if seen is not None:
             if seen[0] != fp:
-                return failure(Outcome.KEY_REUSED, "Idempotency-Key was already used for a different request")
+                return failure(Outcome.KEY_REUSED,
+                               "Idempotency-Key was already used for a different request")
             return seen[1], seen[2]
         try:
             result = self._execute(cmd)
@@ -312,7 +313,8 @@ class DeploymentStore:
         except (CommandError, TokenCommandError) as exc:
             result = failure(Outcome.INVALID, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
-            result = failure(Outcome.INTERNAL_ERROR, f"internal error applying command: {type(exc).__name__}")
+            result = failure(Outcome.INTERNAL_ERROR,
+                             f"internal error applying command: {type(exc).__name__}")
         self._dedup[key] = (fp, result[0], result[1])
         self._dedup_order.append(key)
         self._dedup_bytes += _entry_size(result[1])

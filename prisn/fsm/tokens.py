@@ -275,8 +275,8 @@ class TokenTable:
         if token_id in self._by_id:
             return failure(Outcome.CONFLICT, f"token id {token_id} already exists")
         if len(self._by_id) >= MAX_TOKENS:
-            return failure(Outcome.CONFLICT, f"the token table is full ({MAX_TOKENS} tokens); delete unused "
-                             "tokens first")
+            return failure(Outcome.CONFLICT, f"the token table is full ({MAX_TOKENS} tokens); "
+                                             "delete unused tokens first")
         expires_ms = None if ttl is None else ts_ms + ttl * 1000
         tok = Token(id=token_id, name=name, role=role, namespaces=tuple(namespaces),
                     hash=digest, created_at=ts,

@@ -1714,7 +1714,8 @@ class RaftCore:
         if self._conf_index() > self._commit:
             return False, Outcome.CONFLICT, "configuration change in progress", 0
         if self._commit < self._term_start:
-            return False, Outcome.UNAVAILABLE, "leader not ready: no entry of its term committed yet", 0
+            return (False, Outcome.UNAVAILABLE,
+                    "leader not ready: no entry of its term committed yet", 0)
         voters = dict(m.voters)
         learners = dict(m.learners)
         if kind == "add":

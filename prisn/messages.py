@@ -134,7 +134,8 @@ class AddNode(Msg):
 class Reply(Msg):
     """Raft -> API: the outcome of a request that is not a committed command.
 
-    `ok` False carries `code` (an HTTP status the API should use) and `reason`. For ReadIndex,
+    `ok` False carries `code` (a `prisn.outcomes.Outcome` value, internal ones included: this
+    message never leaves the node; the API maps it to HTTP) and `reason`. For ReadIndex,
     `index` is the read index the API must wait to have applied before reading.
     """
 
@@ -217,8 +218,8 @@ class Apply(Msg):
 class Applied(Msg):
     """State machine -> API: applied through `index`; `results` for commands this node proposed.
 
-    Each result is ``[rid, status, body]`` with `status` an HTTP code and `body` the JSON-able
-    answer.
+    Each result is ``[rid, outcome, body]`` with `outcome` a wire `prisn.outcomes.Outcome`
+    value (its number is the HTTP status the API answers) and `body` the JSON-able answer.
     """
 
     index: int
@@ -331,7 +332,9 @@ class ForwardRequest(Msg):
 class ForwardResponse(Msg):
     """Leader -> follower: outcome of a forwarded proposal/read/request (`index` for reads).
 
-    For a proposal, ok with code 202 only confirms that the leader has it (appended at
+    `code` is a wire `prisn.outcomes.Outcome` value (never an internal one: the sender sends
+    `Outcome.wire()`, e.g. 503 for not leader). For a proposal, ok with code 202
+    (`Outcome.ACCEPTED`) only confirms that the leader has it (appended at
     `index`, or held during a leadership transfer); its result comes from the origin's own
     state machine once the entry commits."""
 

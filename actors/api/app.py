@@ -32,7 +32,6 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, ClassVar, cast
 
 from tornado.httpserver import HTTPServer
@@ -57,18 +56,28 @@ from actors.api.auth import (
     check_namespace,
     check_permission,
 )
-from actors.api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
+from actors.api.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    error_body,
+)
 from actors.api.fastpath import Dispatch
 from actors.api.fastread import ReadBarriers
 from actors.api.guard import RequestGuard
 from actors.api.limits import RateLimiter
 from actors.api.node import NodeClient, NodeStatus
+from actors.api.outcomes import error_string, http_status
 from actors.api.quotas import Quotas
 from actors.metrics import NodeMetrics
 from prisn.fsm.commands import OPS, CommandFactory
-from prisn.fsm.deployments import Result, error_body
+from prisn.fsm.results import Result
 from prisn.fsm.tokens import TokenFactory
 from prisn.fsm.validation import TYPES, ValidationError, check_text, validate_name
+from prisn.outcomes import Outcome
 
 log = logging.getLogger("prisn.api")
 
@@ -249,7 +258,10 @@ class BaseHandler(RequestHandler):
         return self.json_body() if b"".join(self._chunks).strip() else None
 
     # ------------------------------------------------------------------ answers
-    def send_json(self, status: int, body: Any) -> None:
+    def send_json(self, status: int | Outcome, body: Any) -> None:
+        """Answer `body` as JSON with `status` (an outcome answers with its HTTP status)."""
+        if isinstance(status, Outcome):
+            status = http_status(status)
         self.set_status(status)
         if status == 204:
             self.clear_header("Content-Type")
@@ -260,7 +272,7 @@ class BaseHandler(RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
-            message = exc.message or HTTPStatus(status_code).phrase
+            message = exc.message or error_string(status_code)
         elif status_code == 405:
             allowed = self.allowed_methods()
             self.set_header("Allow", ", ".join(allowed))
@@ -271,7 +283,7 @@ class BaseHandler(RequestHandler):
         elif status_code >= 500:
             message = "internal server error"
         else:
-            message = HTTPStatus(status_code).phrase
+            message = error_string(status_code)
         retry_after = getattr(exc, "retry_after", None)
         if retry_after:  # 429 from the rate limiter
             self.set_header("Retry-After", str(retry_after))

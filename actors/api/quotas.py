@@ -19,6 +19,7 @@ from typing import Any
 
 from actors.api.errors import ApiError, PayloadTooLarge
 from prisn.fsm.deployments import DeploymentStore, deployment_size
+from prisn.outcomes import Outcome
 
 KiB, MiB = 1 << 10, 1 << 20
 DEFAULT_MAX_SPEC_BYTES = 1 * MiB
@@ -27,7 +28,7 @@ DEFAULT_NAMESPACE_MAX_BYTES = 256 * MiB
 
 
 class QuotaExceeded(ApiError):
-    status = 507
+    outcome = Outcome.QUOTA_EXCEEDED
 
 
 @dataclass(frozen=True)

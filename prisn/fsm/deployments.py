@@ -42,7 +42,6 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
-from http import HTTPStatus
 from typing import Any
 
 import cbor2
@@ -50,6 +49,7 @@ from sortedcontainers import SortedList
 
 from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
 from prisn.fsm.placements import PLACEMENT_OPS, PlacementCommandError, PlacementTable
+from prisn.fsm.results import Result, failure
 from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
 from prisn.fsm.validation import (
     DEFAULT_REPLICAS,
@@ -69,6 +69,7 @@ from prisn.fsm.validation import (
     validate_type,
 )
 from prisn.messages import EntryKind
+from prisn.outcomes import WIRE_OUTCOMES, Outcome
 from prisn.workloads.model import Placement, Service
 
 SNAPSHOT_FORMAT = 1  # deployments and dedup table
@@ -91,10 +92,9 @@ FINGERPRINT_LEN = 16  # bytes of a dedup fingerprint (`_fingerprint`; b"" for ga
 MAX_INDEX = (1 << 63) - 1  # log indexes and generations in a snapshot are below this
 MAX_BODY_DEPTH = 16  # nesting of a remembered result body in a snapshot
 
-Result = tuple[int, dict[str, Any]]
 Deployment = dict[str, Any]
 DeploymentList = list[Deployment]  # module-level: `DeploymentStore.list` shadows `list` in the class
-DedupEntry = tuple[bytes, int, dict[str, Any]]  # (fingerprint, status, body) of one key
+DedupEntry = tuple[bytes, Outcome, dict[str, Any]]  # (fingerprint, outcome, body) of one key
 DedupRows = list[list[Any]]
 TokenRows = list[dict[str, Any]]
 PlacementSection = dict[str, Any] | None  # None: the table was never used
@@ -116,11 +116,6 @@ _SHARED_FIELDS: tuple[str, ...] = ("namespace", "type", "runtime", "schedule", "
                                    "updated_at")
 _DEFAULTS: dict[str, Any] = {"runtime": None, "args": [], "env": {}, "port": 0,
                              "replicas": DEFAULT_REPLICAS, "schedule": None}
-
-
-def error_body(status: int, message: str) -> dict[str, str]:
-    """The API error shape: ``{"error": <HTTP reason phrase>, "message": ...}``."""
-    return {"error": HTTPStatus(status).phrase, "message": message}
 
 
 def deployment_size(dep: dict[str, Any]) -> int:
@@ -146,10 +141,6 @@ def deployment_size(dep: dict[str, Any]) -> int:
 def _entry_size(body: dict[str, Any]) -> int:
     """What one remembered dedup answer is accounted at: a deployment's size, else small."""
     return deployment_size(body) if "source" in body else 128
-
-
-def _err(status: int, message: str) -> Result:
-    return status, error_body(status, message)
 
 
 def _default(field: str) -> Any:
@@ -276,7 +267,7 @@ class DeploymentStore:
         self._deps: dict[tuple[str, str], Deployment] = {}
         self._ids: dict[str, tuple[str, str]] = {}
         self._index = _Index()
-        # key -> (fingerprint, status, body); insertion order is apply order, and
+        # key -> (fingerprint, outcome, body); insertion order is apply order, and
         # `_dedup_order` holds the same keys in the same order (O(1) eviction of the oldest).
         self._dedup: dict[str, DedupEntry] = {}
         self._dedup_order: deque[str] = deque()
@@ -300,7 +291,7 @@ class DeploymentStore:
 
         Entries at or below `applied_index` are skipped (None): replay after a restart is
         harmless. A gap (index > applied + 1) is a wiring bug and raises ValueError. Bad
-        command data never raises: it is a (400, error) result and changes nothing.
+        command data never raises: it is an (INVALID, error) result and changes nothing.
         """
         with self._lock:
             if index <= self._applied:
@@ -314,7 +305,7 @@ class DeploymentStore:
                 origin, rid, cmd = decode_entry(data)
             except CommandError as exc:
                 self.last_origin = ("", 0)
-                return _err(400, str(exc))
+                return failure(Outcome.INVALID, str(exc))
             self.last_origin = (origin, rid)
             return self._apply_command(cmd)
 
@@ -322,21 +313,23 @@ class DeploymentStore:
         try:
             key = check_key(cmd.get("key"))
         except ValidationError as exc:
-            return _err(400, f"command {exc.message}")
+            return failure(Outcome.INVALID, f"command {exc.message}")
         fp = _fingerprint(cmd)
         seen = self._dedup.get(key)
         if seen is not None:
             if seen[0] != fp:
-                return _err(422, "Idempotency-Key was already used for a different request")
+                return failure(Outcome.KEY_REUSED,
+                               "Idempotency-Key was already used for a different request")
             return seen[1], seen[2]
         try:
             result = self._execute(cmd)
         except ValidationError as exc:
-            result = _err(400, exc.message)
+            result = failure(Outcome.INVALID, exc.message)
         except (CommandError, TokenCommandError, PlacementCommandError) as exc:
-            result = _err(400, str(exc))
+            result = failure(Outcome.INVALID, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
-            result = _err(500, f"internal error applying command: {type(exc).__name__}")
+            result = failure(Outcome.INTERNAL_ERROR,
+                             f"internal error applying command: {type(exc).__name__}")
         self._dedup[key] = (fp, result[0], result[1])
         self._dedup_order.append(key)
         self._dedup_bytes += _entry_size(result[1])
@@ -371,16 +364,16 @@ class DeploymentStore:
             dep_id = _text(cmd, "id", MAX_ID)
             spec = normalize_spec({**_spec_of(cmd), "name": name}, partial=False)
             if current is not None:
-                return _err(409, f"deployment {ns}/{name} already exists")
+                return failure(Outcome.CONFLICT, f"deployment {ns}/{name} already exists")
             if dep_id in self._ids:
-                return _err(409, f"deployment id {dep_id} already exists")
+                return failure(Outcome.CONFLICT, f"deployment id {dep_id} already exists")
             dep = _build(spec, None)
             dep.update(id=dep_id, name=name, namespace=ns, generation=1, created_at=ts,
                        updated_at=ts)
             check_consistent(dep)
             dep = {f: dep[f] for f in FIELDS}
             self._insert(dep)
-            return 201, dep
+            return Outcome.CREATED, dep
         if op not in ("replace", "patch", "scale", "delete"):
             raise CommandError(f"unknown command op {op!r}")
         if op == "replace":
@@ -392,11 +385,11 @@ class DeploymentStore:
         elif op == "scale":
             replicas = validate_replicas(cmd.get("replicas"))
         if current is None:
-            return _err(404, f"deployment {ns}/{name} not found")
+            return failure(Outcome.NOT_FOUND, f"deployment {ns}/{name} not found")
         if op == "delete":
             self._remove(current)
             self._placements.drop(ns, name)
-            return 204, {}
+            return Outcome.DELETED, {}
         if op == "replace":
             new = _build(spec, None)
         elif op == "patch":
@@ -406,13 +399,13 @@ class DeploymentStore:
             new["replicas"] = replicas
         check_consistent(new)
         if all(new[k] == current[k] for k in _SPEC_KEYS):
-            return 200, current
+            return Outcome.OK, current
         dep = {**current, **{k: new[k] for k in _SPEC_KEYS}}
         dep["generation"] = current["generation"] + 1
         dep["updated_at"] = ts
         self._replace(current, dep)
         self._placements.trim(ns, name, dep["replicas"] if dep["type"] == "service" else 0)
-        return 200, dep
+        return Outcome.OK, dep
 
     def _lookup(self, namespace: str, name: str) -> Deployment | None:
         return self._deps.get((name, namespace))
@@ -747,8 +740,9 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
         key_ = check_key(k)
         if type(fp) is not bytes or len(fp) not in (0, FINGERPRINT_LEN):
             raise ValueError(f"dedup fingerprint must be {FINGERPRINT_LEN} bytes")
-        if not is_int(status) or not 100 <= status <= 599:
-            raise ValueError("dedup status must be an HTTP status code")
+        if not is_int(status) or status not in WIRE_OUTCOMES:
+            raise ValueError("dedup status must be a wire outcome (the status code it was "
+                             "answered with)")
         if fmt in (SNAPSHOT_FORMAT_REFS, SNAPSHOT_FORMAT_PLACEMENTS) and type(body) is list:
             body = _resolve_ref(body, deps)
         elif type(body) is not dict:
@@ -757,7 +751,7 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
             body = _read_body(body, 0, hook)
         if key_ in dedup:
             raise ValueError(f"duplicate dedup key {key_!r:.80}")
-        dedup[key_] = (fp, status, body)
+        dedup[key_] = (fp, Outcome(status), body)
     order = deque(dedup)
     while len(order) > capacity:
         del dedup[order.popleft()]

@@ -42,7 +42,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prisn.fsm.commands import COMMAND_VERSION, check_key
+from prisn.fsm.results import Result
 from prisn.fsm.validation import MAX_REPLICAS, ValidationError, is_int, validate_name
+from prisn.outcomes import Outcome
 from prisn.workloads.model import Placement, Slot
 from prisn.workloads.scheduler import Command, Place
 
@@ -52,7 +54,6 @@ MAX_NODE_ID = 128  # as `prisn server --node-id` allows
 MAX_SEQ = (1 << 63) - 1
 MAX_TS = 64  # as for deployment commands
 
-Result = tuple[int, dict[str, Any]]
 Lookup = Callable[[str, str], dict[str, Any] | None]  # (namespace, name) -> deployment
 
 _SET_KEYS = frozenset({"do", "ns", "name", "i", "node", "prev"})
@@ -186,7 +187,7 @@ class PlacementTable:
             else:
                 self._pop(slot)
                 cleared += 1
-        return 200, {"placed": placed, "cleared": cleared, "refused": refused}
+        return Outcome.OK, {"placed": placed, "cleared": cleared, "refused": refused}
 
     def _refusal(self, do: str, slot: Slot, node: str | None, prev: str | None,
                  lookup: Lookup) -> str | None:

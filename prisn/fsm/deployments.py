@@ -793,7 +793,7 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
             raise ValueError(f"dedup fingerprint must be {FINGERPRINT_LEN} bytes")
         if not is_int(status) or not 100 <= status <= 599:
             raise ValueError("dedup status must be an HTTP status code")
-        if fmt == SNAPSHOT_FORMAT_REFS and type(body) is list:
+        if fmt in (SNAPSHOT_FORMAT_REFS, SNAPSHOT_FORMAT_TABLES) and type(body) is list:
             body = _resolve_ref(body, deps)
         elif type(body) is not dict:
             raise ValueError("dedup result body must be a map")

@@ -7,7 +7,8 @@ directory. Invariants:
   nothing written).
 - Atomic: files are written into a fresh temporary directory next to the target, fsynced,
   and the directory is renamed into place; a crash leaves at most a ``.tmp-*`` directory,
-  which the next call removes. A present target directory is therefore complete.
+  which `clear_stale` (called once at start, before any `materialize`) removes. A present
+  target directory is therefore complete.
 - Idempotent: a present target is returned as is (no rewrite); two racing callers both end
   with the same complete directory (the loser's rename fails and its copy is removed).
 Files are written 0644 (0755 when executable) and directories 0755; nothing is ever written
@@ -45,7 +46,6 @@ def materialize(data_dir: str | os.PathLike[str], digest: str, data: bytes) -> P
     files = read_archive(data, HARD_MAX_ARTIFACT_BYTES)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale(parent, digest)
     tmp = parent / f"{TMP_PREFIX}{digest}-{uuid.uuid4().hex[:12]}"
     tmp.mkdir(mode=0o755)
     try:
@@ -80,10 +80,16 @@ def materialize(data_dir: str | os.PathLike[str], digest: str, data: bytes) -> P
     return target
 
 
-def _clear_stale(parent: Path, digest: str) -> None:
-    """Remove temporary directories an interrupted earlier call left for `digest`."""
-    for entry in parent.glob(f"{TMP_PREFIX}{digest}-*"):
-        shutil.rmtree(entry, ignore_errors=True)
+def clear_stale(data_dir: str | os.PathLike[str]) -> int:
+    """Remove the temporary directories interrupted calls left (at start, before any
+    `materialize` runs: it would remove a racing call's work in progress). How many."""
+    parent = Path(data_dir) / "artifacts"
+    n = 0
+    if parent.is_dir():
+        for entry in parent.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(entry, ignore_errors=True)
+            n += 1
+    return n
 
 
 def remove(data_dir: str | os.PathLike[str], digest: str) -> None:

@@ -19,17 +19,27 @@ and the listing shows every artifact (docs/security.md).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from actors.api.app import DEFAULT_LIMIT, MAX_LIMIT, BaseHandler
 from actors.api.auth import READ, WRITE
 from actors.api.errors import BadRequest, NotFound
-from actors.api.guard import UnsupportedMediaType
+from actors.api.guard import UnsupportedMediaType, has_body
 from prisn.fsm.artifacts import ArtifactFactory
+from prisn.fsm.commands import check_key, new_id
+from prisn.fsm.validation import ValidationError
 from prisn.workloads.artifacts import ArtifactError, check_digest, digest_of, read_archive
 
 BODY_TYPES = frozenset({"application/octet-stream", "application/x-tar", ""})
-_factory = ArtifactFactory()
+
+
+def _factory(handler: BaseHandler) -> ArtifactFactory:
+    """An ArtifactFactory on the same clock and id source as the app's CommandFactory (tests
+    inject fixed ones there)."""
+    cf = handler.ctx.commands
+    return ArtifactFactory(clock=getattr(cf, "_clock", time.time),
+                           new_id=getattr(cf, "_new_id", new_id))
 
 
 def _int_arg(handler: BaseHandler, name: str, default: int, low: int, high: int | None) -> int:
@@ -55,7 +65,7 @@ class ArtifactsHandler(BaseHandler):
 
     def check_body_type(self, headers: Any) -> None:
         media = headers.get("Content-Type", "").partition(";")[0].strip().lower()
-        if media not in BODY_TYPES:
+        if has_body(headers) and media not in BODY_TYPES:
             raise UnsupportedMediaType("an artifact must be sent as the raw archive with "
                                        "Content-Type: application/octet-stream "
                                        f"(got {headers.get('Content-Type')!r})")
@@ -71,6 +81,12 @@ class ArtifactsHandler(BaseHandler):
     async def post(self) -> None:
         if self._refused:
             return
+        key = self.idempotency_key()
+        if key is not None:
+            try:
+                check_key(key)
+            except ValidationError as exc:
+                raise BadRequest(exc.message) from None
         data = b"".join(self._chunks)
         self._chunks.clear()
         digest = digest_of(data)
@@ -89,13 +105,13 @@ class ArtifactsHandler(BaseHandler):
         except ArtifactError as exc:
             raise BadRequest(str(exc)) from None
         if self.ctx.node.store.artifact(digest) is not None:
-            result = await self.commit(lambda: _factory.put(digest, None))
+            result = await self.commit(lambda: _factory(self).put(digest, None))
             if result is None or result[0] != 404:
                 if result is not None:
                     self.send_json(*result)
                 return
-        result = await self.commit(lambda: _factory.put(digest, data,
-                                                        key=self.idempotency_key()))
+        result = await self.commit(lambda: _factory(self).put(digest, data,
+                                                              key=self.idempotency_key()))
         if result is not None:
             self.send_json(*result)
 

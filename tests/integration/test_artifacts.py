@@ -119,3 +119,15 @@ def test_deploy_dir_then_delete_collects_everywhere(cluster: list[ServerProc],
     for n in cluster:
         wait_for(lambda n=n: _get(n, digest) is None, WAIT, f"artifact gone on {n.node_id}")
     assert entry == "main.py"
+
+
+def test_deploy_refuses_what_it_cannot_pack_before_any_request(tmp_path: Path) -> None:
+    """No server is listening at all: the packing error comes first, and says why."""
+    empty = tmp_path / "noentry"
+    empty.mkdir()
+    (empty / "app.rb").write_text("puts 1\n")
+    nobody = ServerProc("none", tmp_path, 1, 0, [])  # port 1: nothing answers there
+    p = _cli("deploy", str(empty), server=nobody, cwd=tmp_path)
+    assert p.returncode == 1 and "cannot pack" in p.stderr and "--entry" in p.stderr, p.stderr
+    p = _cli("deploy", "not-here.py", "--entry", "x.py", server=nobody, cwd=tmp_path)
+    assert p.returncode == 2 and "--entry needs SOURCE" in p.stderr, p.stderr

@@ -290,6 +290,21 @@ def _wait_gone(c: Client, node_id: str) -> None:
         time.sleep(0.05)  # polling the server's view with a deadline
 
 
+ELECTION_RETRY_S = 2.0  # `election --wait`: ask again this often while NODE does not lead
+
+
+def _retry_election(c: Client, node_id: str) -> None:
+    """One more transfer request for `election --wait`; 404/409 end the wait with the
+    server's message, anything else (a 503 during an election, a timeout) is retried later."""
+    try:
+        c.election(node_id)
+    except ApiError as e:
+        if e.status in (404, 409):
+            raise click.ClickException(str(e)) from None
+    except ClientError:
+        pass
+
+
 @cluster.command("election")
 @click.argument("node_id", metavar="NODE")
 @click.option("--wait/--no-wait", default=False,
@@ -306,6 +321,7 @@ def cluster_election(ctx: click.Context, node_id: str, wait: bool) -> None:
     body = r.body if isinstance(r.body, dict) else {}
     if wait:
         deadline = time.monotonic() + c.timeout
+        ask_again = time.monotonic() + ELECTION_RETRY_S
         leader = ""
         while True:
             try:
@@ -313,8 +329,15 @@ def cluster_election(ctx: click.Context, node_id: str, wait: bool) -> None:
                 leader = (st.get("leader") if isinstance(st, dict) else "") or ""
             except ClientError:
                 leader = ""
-            if leader == node_id or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if leader == node_id or now >= deadline:
                 break
+            if now >= ask_again:
+                # the leader abandons a transfer the target did not win within an election
+                # timeout (a busy target, a lost TimeoutNow): ask again, like the operator
+                # would; a 404/409 now (member gone, demoted) is final
+                ask_again = now + ELECTION_RETRY_S
+                _retry_election(c, node_id)
             time.sleep(0.05)  # polling the server's view with a deadline
         if leader != node_id:
             raise click.ClickException(

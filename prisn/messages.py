@@ -496,6 +496,24 @@ class InstallSnapshotResponse(Msg):
     index: int = 0
 
 
+# --------------------------------------------------------------------------- workloads: runner
+@message("runner.desired")
+class RunnerDesired(Msg):
+    """-> runner: the FULL list of instances this node should run (level-triggered). Each is a
+    map {id, deployment, namespace, generation, runtime, source, cwd, env, args, port}."""
+
+    instances: list
+
+
+@message("runner.status")
+class RunnerStatus(Msg):
+    """Runner -> its `report_to` actor: changed instance reports of `node`, batched, each a map
+    {id, node, deployment, namespace, generation, state, pid, started_at (Unix ms),
+    exit_code, restarts, message}."""
+
+    node: str
+    reports: list
+
 PEER_TYPES = frozenset(
     t for t, c in REGISTRY.items() if any(f.name == "cluster" for f in fields(c))
 )

@@ -273,3 +273,28 @@ def test_previous_format_3_golden_snapshot_still_loads() -> None:
     web = store.get("default", "web")
     assert web is not None and web["replicas"] == 2 and "artifact" not in web
     assert store.artifacts() == ([], 0)
+
+
+def test_garbage_artifact_commands_never_fail_a_node() -> None:
+    """Any artifact.put the log may hold is answered with a status apply chose on purpose
+    (never a 500 from a crash), and refused ones change nothing."""
+    rng = random.Random(14)
+    data, d = art(1)
+    values: list[object] = [None, 0, -1, True, "", "x", "sha256:" + d, d, d.upper(), "0" * 64,
+                            b"", b"\x00" * 512, data, data[:700], [], {}, 1.5, "2023-11-14",
+                            "2023-11-14T22:13:20.000Z", "9999-99-99T99:99:99.999Z"]
+    log = Log()
+    for _ in range(600):
+        cmd = log.af.put(d, data)
+        for field in ("digest", "data", "ts", "v"):
+            if rng.random() < 0.4:
+                if rng.random() < 0.2:
+                    cmd.pop(field, None)
+                else:
+                    cmd[field] = rng.choice(values)
+        before = log.store.artifacts(10)
+        st, body = log.run(cmd)
+        assert st in (200, 201, 400, 404, 413, 507), (st, body, cmd.keys())
+        if st >= 400:
+            assert log.store.artifacts(10) == before
+            assert body["error"] and body["message"]

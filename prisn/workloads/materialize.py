@@ -21,7 +21,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prisn.workloads.artifacts import (
     HARD_MAX_ARTIFACT_BYTES,
@@ -29,6 +31,7 @@ from prisn.workloads.artifacts import (
     artifact_dir,
     check_digest,
     digest_of,
+    entry_path,
     read_archive,
 )
 
@@ -96,3 +99,27 @@ def remove(data_dir: str | os.PathLike[str], digest: str) -> None:
     """Delete a materialized artifact (e.g. once the table no longer holds it and nothing
     runs from it; the caller decides). Absent is fine."""
     shutil.rmtree(artifact_dir(data_dir, digest), ignore_errors=True)
+
+
+def location(data_dir: str | os.PathLike[str], deployment: Mapping[str, Any],
+             artifact_bytes: Callable[[str], bytes | None]) -> tuple[str, str]:
+    """(cwd, source) to run `deployment` from, for the runner's `InstanceSpec`: for one that
+    names an artifact, its materialized directory (written now if absent) and the entry file
+    inside it, checked to exist there; else ("", source): `source` keeps its old meaning.
+    `artifact_bytes(digest)` gives the stored bytes (e.g. ``store.artifact(d).data``) or None;
+    ArtifactError when the artifact is not stored here or lacks the entry."""
+    source = str(deployment.get("source") or "")
+    digest = deployment.get("artifact")
+    if not digest:
+        return "", source
+    digest = check_digest(digest)
+    root = artifact_dir(data_dir, digest)
+    if not root.is_dir():
+        data = artifact_bytes(digest)
+        if data is None:
+            raise ArtifactError(f"artifact {digest} is not stored on this node")
+        root = materialize(data_dir, digest, data)
+    entry = entry_path(root, source)
+    if not entry.is_file():
+        raise ArtifactError(f"entry {source!r} is not a file in artifact {digest[:12]}")
+    return str(root), source

@@ -193,3 +193,28 @@ def test_materialize_refuses_an_unsafe_archive_and_writes_nothing(tmp_path: Path
     assert not (tmp_path / "escape.py").exists()
     assert not (tmp_path / "data" / "artifacts").exists() or not any(
         (tmp_path / "data" / "artifacts").iterdir())
+
+
+def test_location_materializes_for_the_runner(tmp_path: Path) -> None:
+    from prisn.workloads.materialize import location
+
+    data = pack([ArtifactFile("app/main.py", False, b"print(1)\n")])
+    digest = digest_of(data)
+    calls: list[str] = []
+
+    def stored(d: str) -> bytes | None:
+        calls.append(d)
+        return data if d == digest else None
+
+    assert location(tmp_path, {"source": "/srv/x.py"}, stored) == ("", "/srv/x.py")
+    cwd, source = location(tmp_path, {"source": "app/main.py", "artifact": digest}, stored)
+    assert Path(cwd) == tmp_path / "artifacts" / digest and source == "app/main.py"
+    assert (Path(cwd) / source).read_bytes() == b"print(1)\n"
+    location(tmp_path, {"source": "app/main.py", "artifact": digest}, stored)
+    assert calls == [digest]  # materialized once
+    with pytest.raises(ArtifactError, match="not a file"):
+        location(tmp_path, {"source": "nope.py", "artifact": digest}, stored)
+    with pytest.raises(ArtifactError, match="not stored"):
+        location(tmp_path, {"source": "main.py", "artifact": "1" * 64}, stored)
+    with pytest.raises(ArtifactError):
+        location(tmp_path, {"source": "../../etc/passwd", "artifact": digest}, stored)

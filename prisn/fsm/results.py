@@ -20,8 +20,10 @@ STORED_LABELS: dict[Outcome, str] = {
     Outcome.INVALID: "Bad Request",
     Outcome.NOT_FOUND: "Not Found",
     Outcome.CONFLICT: "Conflict",
+    Outcome.TOO_LARGE: "Request Entity Too Large",  # artifact.put over the hard cap
     Outcome.KEY_REUSED: "Unprocessable Entity",
     Outcome.INTERNAL_ERROR: "Internal Server Error",
+    Outcome.DISK_ERROR: "Insufficient Storage",  # artifact table full
 }
 
 

@@ -63,6 +63,10 @@ class ServerConfig:
     namespace_max_deployments: int = 100_000
     max_artifact_bytes: int = 8 << 20  # one artifact upload (actors.api.artifacts)
     namespace_max_bytes: int = 256 << 20  # all deployments of one namespace
+    # Workloads (issue 14; actors.workloads, actors.scheduler)
+    node_down_after: float = 5.0  # the leader places a node's instances elsewhere after this
+    stop_grace: float = 10.0  # SIGTERM -> SIGKILL of an instance's process group
+    no_workloads: bool = False  # vote only: run no instances, never placed on
     extra: dict = field(default_factory=dict)
 
     @property
@@ -74,6 +78,13 @@ class ServerConfig:
         if host in ("", "0.0.0.0", "[::]", "::"):
             host = socket.gethostname()
         return f"{host}:{port}"
+
+    @property
+    def fence_after(self) -> float:
+        """Seconds without quorum contact after which this node stops its own instances:
+        `node_down_after` minus two election timeouts, at least half of it (see
+        docs/operations.md "Workloads: placement, failover and fencing")."""
+        return max(self.node_down_after / 2, self.node_down_after - 4 * self.election_timeout)
 
     @property
     def heartbeat_ticks(self) -> int:

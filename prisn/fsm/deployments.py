@@ -56,6 +56,7 @@ from sortedcontainers import SortedList
 
 from prisn.fsm.artifacts import ARTIFACT_OPS, Artifact, ArtifactCommandError, ArtifactTable
 from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
+from prisn.fsm.instances import INSTANCE_OPS, InstanceCommandError, InstanceTable, instance_id
 from prisn.fsm.placements import PLACEMENT_OPS, PlacementCommandError, PlacementTable
 from prisn.fsm.results import Result, failure
 from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
@@ -79,7 +80,7 @@ from prisn.fsm.validation import (
 )
 from prisn.messages import EntryKind
 from prisn.outcomes import WIRE_OUTCOMES, Outcome
-from prisn.workloads.model import Placement, Service
+from prisn.workloads.model import Placement, Service, phase_of
 
 SNAPSHOT_FORMAT = 1  # deployments and dedup table
 SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer written)
@@ -92,10 +93,10 @@ SNAPSHOT_FORMAT_REFS = 3
 SNAPSHOT_FORMAT_PLACEMENTS = 4
 # Format 5: format 3 plus "tables", a map of table name -> its section, written when a table
 # other than placements has rows: "artifacts" (`ArtifactTable.rows`), "placements" (as in
-# format 4, when used). A reader refuses table names it does not know; a new table adds a
+# format 4, when used), "instances" and "nodes" (`InstanceTable.sections`). A reader refuses table names it does not know; a new table adds a
 # name here rather than a format number. Without any, format 3 is written (byte-identical).
 SNAPSHOT_FORMAT_TABLES = 5
-TABLES: frozenset[str] = frozenset({"artifacts", "placements"})
+TABLES: frozenset[str] = frozenset({"artifacts", "placements", "instances", "nodes"})
 DEFAULT_DEDUP_CAPACITY = 100_000
 # The dedup table is bounded by the size of the answers it remembers too (`entry_size`):
 # without it, deleting large deployments freed nothing while their create answers stayed.
@@ -293,6 +294,7 @@ class DeploymentStore:
         self._tokens = TokenTable()
         self._placements = PlacementTable()
         self._artifacts = ArtifactTable()
+        self._instances = InstanceTable()
         self._applied = 0
         self.last_origin: tuple[str, int] = ("", 0)  # of the last COMMAND applied (see apply)
 
@@ -346,12 +348,13 @@ class DeploymentStore:
         except ValidationError as exc:
             result = failure(Outcome.INVALID, exc.message)
         except (CommandError, TokenCommandError, PlacementCommandError,
-                ArtifactCommandError) as exc:
+                ArtifactCommandError, InstanceCommandError) as exc:
             result = failure(Outcome.INVALID, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = failure(Outcome.INTERNAL_ERROR,
                              f"internal error applying command: {type(exc).__name__}")
         self._artifacts.sweep(cmd.get("ts"))  # after every command: deterministic GC
+        self._instances.prune(self._placements.get)  # no status of an unplaced instance
         self._dedup[key] = (fp, result[0], result[1])
         self._dedup_order.append(key)
         self._dedup_bytes += _entry_size(result[1])
@@ -378,6 +381,8 @@ class DeploymentStore:
             return self._placements.apply(cmd, self._lookup)
         if op in ARTIFACT_OPS:
             return self._artifacts.apply(cmd)
+        if op in INSTANCE_OPS:
+            return self._instances.apply(cmd, self._placements.get)
         spec: dict[str, Any] = {}
         replicas = 0
         ts = _text(cmd, "ts", MAX_TS)
@@ -558,6 +563,65 @@ class DeploymentStore:
                         for k in keys for d in (self._deps[k],)]
             return sorted(services), self._placements.all()
 
+    def no_workload_nodes(self) -> frozenset[str]:
+        """Nodes recorded (``node.meta``) as running no workloads: never placed on."""
+        with self._lock:
+            return self._instances.no_workload_nodes()
+
+    def runs_workloads(self, node: str) -> bool:
+        """Whether `node` is eligible for placement (True unless it said otherwise)."""
+        with self._lock:
+            return self._instances.runs_workloads(node)
+
+    def with_status(self, dep: Deployment) -> Deployment:
+        """`dep` (a copy from `get` / `list`) with its ``status`` added when it is a service:
+        phase, desired and ready replicas, restarts, message and the placed instances with
+        their last reported state. Derived from the replicated tables, so every node that
+        applied the same entries answers the same. Any thread."""
+        if dep.get("type") != "service":
+            return dep
+        ns, name, replicas = dep["namespace"], dep["name"], dep["replicas"]
+        with self._lock:
+            placed = self._placements.of(ns, name)
+            rows = dict(self._instances.of(ns, name, replicas))
+        instances = []
+        ready = crash = restarts = 0
+        messages = []
+        for p in placed:
+            row = rows.get(p.slot)
+            if row is not None and row.epoch == p.epoch and row.node == p.node:
+                item = row.to_json(p.slot)
+                if row.message and row.state != "Running":
+                    messages.append(f"instance {p.slot.index}: {row.message}")
+            else:
+                item = {"id": instance_id(p.slot, p.epoch), "index": p.slot.index,
+                        "node": p.node, "state": "Pending", "pid": None, "started_at": None,
+                        "exit_code": None, "restarts": 0, "message": ""}
+            ready += item["state"] == "Running"
+            crash += item["state"] == "CrashLoopBackOff"
+            restarts += item["restarts"]
+            instances.append(item)
+        unplaced = replicas - len(placed)
+        if unplaced > 0:
+            why = (f"no live node without port {dep['port']} in use" if dep["port"]
+                   else "no live node that runs workloads")
+            messages.insert(0, f"{unplaced} of {replicas} replicas not placed ({why})")
+        status = {"phase": str(phase_of(replicas, ready, crash)), "desired_replicas": replicas,
+                  "ready_replicas": ready, "restarts": restarts,
+                  "message": "; ".join(messages)[:1024], "instances": instances}
+        return {**dep, "status": status}
+
+    def instances_on(self, node: str) -> list[tuple[Placement, Deployment]]:
+        """The placements on `node` with their deployments (copies): what its runner should
+        run. Any thread."""
+        with self._lock:
+            out = []
+            for p in self._placements.on_node(node):
+                dep = self._deps.get((p.slot.name, p.slot.namespace))
+                if dep is not None:
+                    out.append((p, dict(dep)))
+            return out
+
     def artifact(self, digest: str) -> Artifact | None:
         """The stored artifact with this digest, or None (immutable record)."""
         with self._lock:
@@ -596,6 +660,7 @@ class DeploymentStore:
             if len(self._artifacts):
                 tables["artifacts"] = (self._artifacts.rows() if refs
                                        else self._artifacts.hash_rows())
+            tables.update(self._instances.sections())
             return self._state_locked(refs), tables
 
     def _state_locked(self, refs: bool) -> tuple[int, DeploymentList, DedupRows, TokenRows,
@@ -687,7 +752,8 @@ class DeploymentStore:
         def install() -> None:
             with self._lock:
                 (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
-                 self._applied, self._tokens, self._placements, self._artifacts) = state
+                 self._applied, self._tokens, self._placements, self._artifacts,
+                 self._instances) = state
                 self._usage, self._dedup_bytes = usage, dedup_bytes
                 self._trim_dedup()  # a snapshot of an older version may hold more
 
@@ -710,7 +776,7 @@ class DeploymentStore:
 
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
                      dict[str, DedupEntry], deque[str], int, TokenTable, PlacementTable,
-                     ArtifactTable]
+                     ArtifactTable, InstanceTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
              SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
                                               "tokens"}),
@@ -882,7 +948,9 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
     section = snap.get("placements", tables.get("placements"))
     if section is not None:
         placements = PlacementTable.from_section(section, lambda ns, name: deps.get((name, ns)))
-    return deps, ids, index, dedup, order, applied, tokens, placements, artifacts
+    instances = InstanceTable.from_sections(tables.get("instances"), tables.get("nodes"),
+                                            placements.get)
+    return deps, ids, index, dedup, order, applied, tokens, placements, artifacts, instances
 
 
 def _parse_deployment(raw: Any) -> Deployment:

@@ -8,6 +8,7 @@ callbacks. `stop()` is thread-safe: it enters the loop only through `add_callbac
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import socket
@@ -183,6 +184,16 @@ class ApiActor(Actor):
                      ", ".join(sorted(guard.hosts)))
         if guard.origins:
             log.info("CORS: browser requests allowed from %s", ", ".join(sorted(guard.origins)))
+
+    def submit(self, command: dict, timeout: float) -> concurrent.futures.Future | None:
+        """Any thread: propose `command` through this node's client, as a write of the API
+        does (forwarded to the leader, answered once applied here); a future of its
+        (Outcome, body), or None while the API is not serving. Used by the workload actors
+        (`actors.scheduler`, `actors.workloads`)."""
+        loop, client = self._loop, self.client
+        if loop is None or client is None or loop.is_closed() or self.stopping:
+            return None
+        return asyncio.run_coroutine_threadsafe(client.propose(command, timeout), loop)
 
     def stop(self) -> None:
         super().stop()

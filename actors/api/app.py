@@ -479,6 +479,7 @@ class DeploymentsHandler(BaseHandler):
         items, total = self.ctx.node.store.list(namespace=namespace, type=typ, limit=limit,
                                                 offset=offset,
                                                 namespaces=self.principal.namespaces)
+        items = [self.ctx.node.store.with_status(d) for d in items]
         self.send_json(200, {"items": items, "count": len(items), "total": total,
                              "limit": limit, "offset": offset})
 
@@ -517,7 +518,7 @@ class DeploymentHandler(BaseHandler):
             dep = None  # found by id elsewhere: ids do not leak across namespaces
         if dep is None:
             raise NotFound(f"deployment {name} not found")
-        self.send_json(200, dep)
+        self.send_json(200, self.ctx.node.store.with_status(dep))
 
     async def put(self, name: str) -> None:
         if self._refused:

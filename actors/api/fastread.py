@@ -289,7 +289,8 @@ class FastRead(httputil.HTTPMessageDelegate):
                 status, data = 404, error_bytes(404, f"deployment {self._name} not found")
             else:
                 status = 200
-                data = json.dumps(dep, separators=(",", ":"), allow_nan=False).encode()
+                data = json.dumps(self.ctx.node.store.with_status(dep), separators=(",", ":"),
+                                  allow_nan=False).encode()
         except Exception:  # noqa: BLE001 - a bug answers 500, as Tornado's handler would
             log.exception("GET %s failed", self.uri)
             status, data = 500, error_bytes(500, "internal server error")

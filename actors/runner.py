@@ -488,9 +488,10 @@ class RunnerActor(Actor):
     # -------------------------------------------------------------------- messages
     def on_message(self, msg: Msg) -> None:
         if isinstance(msg, RunnerDesired):
-            self.set_desired(msg.instances)
+            ms = msg.stop_grace_ms
+            self.set_desired(msg.instances, ms / 1000 if ms >= 0 else None)
 
-    def set_desired(self, instances: list[Any]) -> None:
+    def set_desired(self, instances: list[Any], stop_grace: float | None = None) -> None:
         """The full desired list (wire dicts); malformed entries are skipped and counted."""
         specs: list[InstanceSpec] = []
         for d in instances[: self.max_instances]:
@@ -506,7 +507,7 @@ class RunnerActor(Actor):
             self.bad_desired += len(instances) - self.max_instances
             log.warning("runner: %d instances desired, only %d run", len(instances),
                         self.max_instances)
-        self._apply(*self.core.set_desired(specs, self._now()))
+        self._apply(*self.core.set_desired(specs, self._now(), stop_grace))
 
     def on_batch_end(self) -> None:
         self._tick()

@@ -65,7 +65,7 @@ class WorkloadsActor(Actor):
 
     def __init__(self, ctx: zmq.Context, node_id: str, store: DeploymentStore, *,
                  raft_status: Callable[[], Any], submit: Submit, data_dir: str | Path,
-                 fence_after: float, runs_workloads: bool = True,
+                 fence_after: float, fence_grace: float = 0.0, runs_workloads: bool = True,
                  report_interval: float = 1.0, resync: float = 2.0,
                  write_timeout: float = 5.0, **kw: Any) -> None:
         super().__init__("workloads", ctx, node_id, **kw)
@@ -74,6 +74,7 @@ class WorkloadsActor(Actor):
         self.submit = submit
         self.data_dir = Path(data_dir)
         self.fence_after = fence_after
+        self.fence_grace = fence_grace
         self.runs_workloads = runs_workloads
         self.report_interval = report_interval
         self.resync = resync
@@ -163,7 +164,9 @@ class WorkloadsActor(Actor):
             return
         desired = [] if self.fenced else self._compute()
         if desired != self._sent or now - self._sent_at >= self.resync:
-            self.send("runner", RunnerDesired(src="workloads", dst="runner", instances=desired))
+            self.send("runner", RunnerDesired(src="workloads", dst="runner", instances=desired,
+                                              stop_grace_ms=round(self.fence_grace * 1000)
+                                              if self.fenced else -1))
             self._sent = desired
             self._sent_at = now
         self._sent_view = view

@@ -82,9 +82,20 @@ class ServerConfig:
     @property
     def fence_after(self) -> float:
         """Seconds without quorum contact after which this node stops its own instances:
-        `node_down_after` minus two election timeouts, at least half of it (see
-        docs/operations.md "Workloads: placement, failover and fencing")."""
-        return max(self.node_down_after / 2, self.node_down_after - 4 * self.election_timeout)
+        `node_down_after` minus a margin of at least half of it and at least two (maximal,
+        randomized) election timeouts, but never below two election timeouts (an election
+        alone must not stop instances). See docs/operations.md "Workloads: placement,
+        failover and fencing"."""
+        nda, et = self.node_down_after, self.election_timeout
+        return max(2 * et, min(nda / 2, nda - 4 * et))
+
+    @property
+    def fence_grace(self) -> float:
+        """The stop grace of a fenced node's instances: what is left of the margin once the
+        fence is detected (one maximal election timeout late), capped by --stop-grace, so
+        they are gone (SIGKILL at worst) before the leader may place them elsewhere."""
+        nda, et = self.node_down_after, self.election_timeout
+        return max(0.0, min(self.stop_grace, nda - self.fence_after - 2 * et))
 
     @property
     def heartbeat_ticks(self) -> int:

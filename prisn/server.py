@@ -307,6 +307,7 @@ class Node:
 
         wl = WorkloadsActor(self.ctx, cfg.node_id, store, raft_status=status,
                             submit=api.submit, data_dir=data, fence_after=cfg.fence_after,
+                            fence_grace=cfg.fence_grace,
                             runs_workloads=not cfg.no_workloads,
                             write_timeout=cfg.write_timeout, on_failure=fail)
         if not cfg.no_workloads:
@@ -325,8 +326,9 @@ class Node:
                                         node_down_after=cfg.node_down_after,
                                         round_timeout=cfg.write_timeout, on_failure=fail)
         sup.start(self.scheduler)
-        log.info("workloads: node down after %gs, fencing after %gs without quorum, stop "
-                 "grace %gs", cfg.node_down_after, cfg.fence_after, cfg.stop_grace)
+        log.info("workloads: node down after %gs, fencing after %gs without quorum (stop "
+                 "grace %gs then), stop grace %gs", cfg.node_down_after, cfg.fence_after,
+                 cfg.fence_grace, cfg.stop_grace)
 
     def node_status(self):
         """The API's NodeStatus (any thread; used by the metrics collector at scrape time)."""

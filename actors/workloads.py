@@ -95,6 +95,9 @@ class WorkloadsActor(Actor):
         self._sent_at = 0.0
         self._bad: dict[str, str] = {}  # deployment key -> last materialize error logged
         self.fences = 0
+        self._states: dict[str, str] = {}  # instance id -> last runner state (metrics)
+        self._restarts: dict[str, int] = {}
+        self.restarts_total = 0
         self.reports_proposed = 0
         self.reports_dropped = 0
 
@@ -106,10 +109,34 @@ class WorkloadsActor(Actor):
                 iid = r.get("id")
                 if not isinstance(iid, str):
                     continue
+                self._account(iid, r)
                 if iid not in self._pending and len(self._pending) >= MAX_PENDING:
                     self.reports_dropped += 1
                     continue
                 self._pending[iid] = r
+
+    def _account(self, iid: str, r: dict[str, Any]) -> None:
+        """Metrics: the state of each instance this runner has, restarts counted once."""
+        state, restarts = r.get("state"), r.get("restarts")
+        if state == "Stopped":
+            self._states.pop(iid, None)
+            self._restarts.pop(iid, None)
+            return
+        if isinstance(state, str):
+            self._states[iid] = state
+        if isinstance(restarts, int):
+            prev = self._restarts.get(iid, 0)
+            if restarts > prev:
+                self.restarts_total += restarts - prev
+            self._restarts[iid] = restarts
+
+    def instance_states(self) -> dict[str, int]:
+        """Any thread: how many of this node's instances are in each runner state."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for state in self._states.values():
+                out[state] = out.get(state, 0) + 1
+        return out
 
     # ------------------------------------------------------------------ loop
     def on_idle(self) -> None:

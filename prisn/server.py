@@ -32,6 +32,7 @@ from actors.metrics import (
     PeerAuthCollector,
     PeerDropsCollector,
     SnapshotCollector,
+    WorkloadsCollector,
 )
 from actors.raft import RaftActor
 from actors.runner import RunnerActor
@@ -315,7 +316,9 @@ class Node:
             if removed:
                 log.info("removed %d interrupted artifact materialization(s)", removed)
             self.runner = RunnerActor(self.ctx, cfg.node_id, data, stop_grace=cfg.stop_grace,
-                                      on_status=wl.on_runner_status, on_failure=fail)
+                                      on_status=wl.on_runner_status, on_failure=fail,
+                                      observe_start=self.metrics.observe_runner_start
+                                      if self.metrics is not None else None)
             sup.start(self.runner)
         else:
             log.info("--no-workloads: this node runs no instances and is never placed on")
@@ -326,6 +329,9 @@ class Node:
                                         node_down_after=cfg.node_down_after,
                                         round_timeout=cfg.write_timeout, on_failure=fail)
         sup.start(self.scheduler)
+        if self.metrics is not None:
+            self.metrics.registry.register(WorkloadsCollector(lambda: self.workloads,
+                                                              lambda: self.scheduler))
         log.info("workloads: node down after %gs, fencing after %gs without quorum (stop "
                  "grace %gs then), stop grace %gs", cfg.node_down_after, cfg.fence_after,
                  cfg.fence_grace, cfg.stop_grace)

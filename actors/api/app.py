@@ -219,13 +219,21 @@ class BaseHandler(RequestHandler):
             if n < 0:
                 self._refused = True
                 raise BadRequest("Content-Length must be a non-negative integer")
-            if n > self.ctx.max_body:
+            if n > self.body_limit():
                 self._refused = True
                 raise PayloadTooLarge(
-                    f"request body of {n} bytes exceeds the limit of {self.ctx.max_body} bytes")
+                    f"request body of {n} bytes exceeds the limit of {self.body_limit()} bytes")
         self._refused = True
-        self.ctx.guard.check_content_type(headers)  # 415: a body must be application/json
+        self.check_body_type(headers)  # 415: a body must be application/json
         self._refused = False
+
+    def body_limit(self) -> int:
+        """The largest body this route accepts (413 past it): `max_body` unless overridden."""
+        return self.ctx.max_body
+
+    def check_body_type(self, headers: Any) -> None:
+        """415 unless the body's Content-Type suits the route (JSON unless overridden)."""
+        self.ctx.guard.check_content_type(headers)
 
     def preflight(self) -> None:
         """Answer a CORS preflight from an allowed origin (`check_source` passed): 204 with
@@ -242,11 +250,11 @@ class BaseHandler(RequestHandler):
         if self._refused:
             return
         self._size += len(chunk)
-        if self._size > self.ctx.max_body:
+        if self._size > self.body_limit():
             self._refused = True
             self._chunks.clear()
             self.send_error(413, exc_info=(PayloadTooLarge, PayloadTooLarge(
-                f"request body exceeds the limit of {self.ctx.max_body} bytes"), None))
+                f"request body exceeds the limit of {self.body_limit()} bytes"), None))
             return
         self._chunks.append(chunk)
 
@@ -735,13 +743,14 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
     (or with an `Authenticator` that has no API key) the API is open. Without `guard`, bodies
     must be JSON and any Origin is refused, but no Host is checked (`ApiActor` passes the
     node's own `RequestGuard`)."""
+    from actors.api.artifacts import ARTIFACT_ROUTES  # imports BaseHandler from here
     from actors.api.snapshot import SNAPSHOT_ROUTES  # imports BaseHandler from here
     from actors.api.tokens import TOKEN_ROUTES  # tokens imports BaseHandler from here
 
     if metrics is None:
         metrics = NodeMetrics(status=node.status, deployments=node.store.count)
     app = PrisnApplication(
-        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
+        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
         serve_traceback=False, compress_response=False,
     )
     app.ctx = ApiContext(

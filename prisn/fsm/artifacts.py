@@ -178,12 +178,10 @@ class ArtifactTable:
         if type(data) is not bytes:
             raise ArtifactCommandError("command field 'data' must be bytes")
         if len(data) > HARD_MAX_ARTIFACT_BYTES:
-            return failure(Outcome.TOO_LARGE,
-                           f"artifact of {len(data)} bytes exceeds the cluster's hard limit "
-                           f"of {HARD_MAX_ARTIFACT_BYTES} bytes")
+            return failure(Outcome.TOO_LARGE, f"artifact of {len(data)} bytes exceeds the cluster's hard limit "
+                             f"of {HARD_MAX_ARTIFACT_BYTES} bytes")
         if hashlib.sha256(data).hexdigest() != digest:
-            return failure(Outcome.INVALID,
-                           f"digest mismatch: the data's SHA-256 is not {digest}")
+            return failure(Outcome.INVALID, f"digest mismatch: the data's SHA-256 is not {digest}")
         if current is not None:
             self._renew(digest, now)
             return Outcome.OK, self._answer(current)
@@ -193,14 +191,12 @@ class ArtifactTable:
             return failure(Outcome.INVALID, str(exc))
         self.sweep(ts)  # room first: expired uploads go before the bounds are checked
         if len(self._rows) >= MAX_ARTIFACTS:
-            return failure(Outcome.DISK_ERROR,
-                           f"the cluster holds {len(self._rows)} artifacts, the limit "
-                           f"({MAX_ARTIFACTS}); delete deployments that use old ones")
+            return failure(Outcome.DISK_ERROR, f"the cluster holds {len(self._rows)} artifacts, the limit "
+                             f"({MAX_ARTIFACTS}); delete deployments that use old ones")
         if self._total + len(data) > MAX_TOTAL_BYTES:
-            return failure(Outcome.DISK_ERROR,
-                           f"the cluster's artifacts would take {self._total + len(data)} "
-                           f"bytes, over the limit of {MAX_TOTAL_BYTES}; delete deployments "
-                           "that use old ones")
+            return failure(Outcome.DISK_ERROR, f"the cluster's artifacts would take {self._total + len(data)} "
+                             f"bytes, over the limit of {MAX_TOTAL_BYTES}; delete deployments "
+                             "that use old ones")
         art = Artifact(digest, data, ts, frozenset(files))
         self._rows[digest] = art
         self._grace[digest] = now + GRACE_MS

@@ -88,14 +88,13 @@ SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer writt
 # the deployment still stored under its name written as ``[namespace, name]`` instead of a
 # second copy of the deployment (half the snapshot, half the restore, shared in memory).
 SNAPSHOT_FORMAT_REFS = 3
-# Format 4: format 3 plus "placements" (`PlacementTable.section`), written only once the
-# placements table was used (its seq > 0) and no other table has rows.
-SNAPSHOT_FORMAT_PLACEMENTS = 4
-# Format 5: format 3 plus "tables", a map of table name -> its section, written when a table
-# other than placements has rows: "artifacts" (`ArtifactTable.rows`), "placements" (as in
-# format 4, when used), "instances" and "nodes" (`InstanceTable.sections`). A reader refuses table names it does not know; a new table adds a
-# name here rather than a format number. Without any, format 3 is written (byte-identical).
-SNAPSHOT_FORMAT_TABLES = 5
+# Format 4: format 3 plus "tables", a map of table name -> snapshot section, each written
+# only when used: "artifacts" (`ArtifactTable.rows`, while artifacts are stored) and
+# "placements" (`PlacementTable.section`, once the placements table was used: its seq > 0),
+# "instances" and "nodes" (`InstanceTable.sections`, while they hold rows).
+# A store without workloads writes format 3, byte for byte as before.
+SNAPSHOT_FORMAT_TABLES = 4
+SNAPSHOT_FORMAT_PLACEMENTS = SNAPSHOT_FORMAT_TABLES  # placements live in its "tables"
 TABLES: frozenset[str] = frozenset({"artifacts", "placements", "instances", "nodes"})
 DEFAULT_DEDUP_CAPACITY = 100_000
 # The dedup table is bounded by the size of the answers it remembers too (`entry_size`):
@@ -113,10 +112,9 @@ DeploymentList = list[Deployment]  # module-level: `DeploymentStore.list` shadow
 DedupEntry = tuple[bytes, Outcome, dict[str, Any]]  # (fingerprint, outcome, body) of one key
 DedupRows = list[list[Any]]
 TokenRows = list[dict[str, Any]]
-PlacementSection = dict[str, Any] | None  # None: the table was never used
 PlacementList = list[Placement]  # module-level, as DeploymentList
 ServiceList = list[Service]
-TableRows = dict[str, Any]  # the "tables" of snapshot format 5, by name
+TableRows = dict[str, Any]  # the extra tables of snapshot format 4, by name
 
 FIELDS: tuple[str, ...] = (
     "id", "name", "namespace", "type", "runtime", "source", "args", "env", "port", "replicas",
@@ -643,28 +641,27 @@ class DeploymentStore:
             return len(self._artifacts), self._artifacts.total_bytes
 
     # ------------------------------------------------------------------ snapshots
-    def _state(self, refs: bool = True) -> tuple[int, DeploymentList, DedupRows, TokenRows,
-                                                 PlacementSection]:
+    def _state(self, refs: bool = True) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
         """A consistent copy: `refs` writes unchanged dedup answers as references (snapshot
         format 3), else every answer in full (the state hash must not depend on that)."""
         with self._lock:
             return self._state_locked(refs)
 
     def _full_state(self, refs: bool = True) -> tuple[tuple[int, DeploymentList, DedupRows,
-                                                              TokenRows, PlacementSection],
-                                                        TableRows]:
-        """`_state` and the other tables' snapshot rows (only non-empty ones), taken under
+                                                              TokenRows], TableRows]:
+        """`_state` and the extra tables' snapshot rows (only non-empty ones), taken under
         one hold of the lock."""
         with self._lock:
             tables: TableRows = {}
             if len(self._artifacts):
                 tables["artifacts"] = (self._artifacts.rows() if refs
                                        else self._artifacts.hash_rows())
+            if self._placements.seq:
+                tables["placements"] = self._placements.section()
             tables.update(self._instances.sections())
             return self._state_locked(refs), tables
 
-    def _state_locked(self, refs: bool) -> tuple[int, DeploymentList, DedupRows, TokenRows,
-                                                 PlacementSection]:
+    def _state_locked(self, refs: bool) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
         """`_state`'s body; the caller holds the lock."""
         deps = [self._deps[key] for key in self._index.all]
         current = self._deps
@@ -673,22 +670,16 @@ class DeploymentStore:
                      for k, (fp, st, body) in self._dedup.items()]
         else:
             dedup = [[k, fp, st, body] for k, (fp, st, body) in self._dedup.items()]
-        placements = self._placements.section() if self._placements.seq else None
-        return self._applied, deps, dedup, self._tokens.rows(), placements
+        return self._applied, deps, dedup, self._tokens.rows()
 
     @staticmethod
-    def _encode(applied: int, deps: DeploymentList, dedup: DedupRows, tokens: TokenRows,
-                placements: PlacementSection, tables: TableRows | None = None) -> bytes:
+    def _encode(applied: int, deps: DeploymentList, dedup: DedupRows,
+                tokens: TokenRows, tables: TableRows | None = None) -> bytes:
         snap: dict[str, Any] = {"format": SNAPSHOT_FORMAT_REFS, "applied": applied,
                                 "deployments": deps, "dedup": dedup, "tokens": tokens}
         if tables:
             snap["format"] = SNAPSHOT_FORMAT_TABLES
-            snap["tables"] = dict(tables)
-            if placements is not None:
-                snap["tables"]["placements"] = placements
-        elif placements is not None:
-            snap["format"] = SNAPSHOT_FORMAT_PLACEMENTS
-            snap["placements"] = placements
+            snap["tables"] = tables
         return cbor2.dumps(snap, canonical=True)
 
     def snapshot(self) -> bytes:
@@ -701,10 +692,10 @@ class DeploymentStore:
         only copies references (applying replaces deployment rows and dedup results, never
         mutates them), and a function that encodes it exactly like `snapshot()` from any
         thread, so the state machine can write snapshots without stalling apply."""
-        (applied, deps, dedup, tokens, placements), tables = self._full_state()
+        (applied, deps, dedup, tokens), tables = self._full_state()
 
         def encode() -> bytes:
-            return self._encode(applied, deps, dedup, tokens, placements, tables)
+            return self._encode(applied, deps, dedup, tokens, tables)
 
         return applied, encode
 
@@ -752,7 +743,7 @@ class DeploymentStore:
         def install() -> None:
             with self._lock:
                 (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
-                 self._applied, self._tokens, self._placements, self._artifacts,
+                 self._applied, self._tokens, self._artifacts, self._placements,
                  self._instances) = state
                 self._usage, self._dedup_bytes = usage, dedup_bytes
                 self._trim_dedup()  # a snapshot of an older version may hold more
@@ -762,12 +753,10 @@ class DeploymentStore:
     def state_hash(self) -> str:
         """SHA-256 hex of the deployments, dedup table and tokens (not the applied index),
         for comparing nodes that have applied the same entries."""
-        (_applied, deps, dedup, tokens, placements), tables = self._full_state(refs=False)
+        (_applied, deps, dedup, tokens), tables = self._full_state(refs=False)
         state: dict[str, Any] = {"deployments": deps, "dedup": dedup}
         if tokens:
             state["tokens"] = tokens
-        if placements is not None:
-            state["placements"] = placements
         if tables:
             state["tables"] = tables
         blob = cbor2.dumps(state, canonical=True)
@@ -775,15 +764,13 @@ class DeploymentStore:
 
 
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
-                     dict[str, DedupEntry], deque[str], int, TokenTable, PlacementTable,
-                     ArtifactTable, InstanceTable]
+                     dict[str, DedupEntry], deque[str], int, TokenTable, ArtifactTable,
+                     PlacementTable, InstanceTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
              SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
                                               "tokens"}),
              SNAPSHOT_FORMAT_TOKENS: frozenset({"format", "applied", "deployments", "dedup",
                                                 "tokens"}),
-             SNAPSHOT_FORMAT_PLACEMENTS: frozenset({"format", "applied", "deployments", "dedup",
-                                                    "tokens", "placements"}),
              SNAPSHOT_FORMAT_TABLES: frozenset({"format", "applied", "deployments", "dedup",
                                                 "tokens", "tables"})}
 _ROW_KEYS = frozenset(FIELDS)
@@ -913,8 +900,7 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
         if not is_int(status) or status not in WIRE_OUTCOMES:
             raise ValueError("dedup status must be a wire outcome (the status code it was "
                              "answered with)")
-        if fmt in (SNAPSHOT_FORMAT_REFS, SNAPSHOT_FORMAT_PLACEMENTS,
-                   SNAPSHOT_FORMAT_TABLES) and type(body) is list:
+        if fmt in (SNAPSHOT_FORMAT_REFS, SNAPSHOT_FORMAT_TABLES) and type(body) is list:
             body = _resolve_ref(body, deps)
         elif type(body) is not dict:
             raise ValueError("dedup result body must be a map")
@@ -928,10 +914,8 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
         del dedup[order.popleft()]
     tokens = TokenTable.from_rows(snap["tokens"]) if "tokens" in snap else TokenTable()
     tables = snap.get("tables", {})
-    if (type(tables) is not dict or not set(tables) <= TABLES
-            or (fmt == SNAPSHOT_FORMAT_TABLES and not set(tables) - {"placements"})):
-        raise ValueError("tables must be a map of " + ", ".join(sorted(TABLES))
-                         + " with at least one table other than placements")
+    if type(tables) is not dict or not set(tables) <= TABLES or (not tables and fmt == SNAPSHOT_FORMAT_TABLES):
+        raise ValueError(f"tables must be a non-empty map of {', '.join(sorted(TABLES))}")
     referenced: dict[str, int] = {}
     for dep in deps.values():
         if "artifact" in dep:
@@ -945,12 +929,12 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
                 raise ValueError(f"deployment {dep['namespace']}/{dep['name']}: "
                                  f"{exc.message}") from None
     placements = PlacementTable()
-    section = snap.get("placements", tables.get("placements"))
-    if section is not None:
-        placements = PlacementTable.from_section(section, lambda ns, name: deps.get((name, ns)))
+    if "placements" in tables:
+        placements = PlacementTable.from_section(
+            tables["placements"], lambda ns, name: deps.get((name, ns)))
     instances = InstanceTable.from_sections(tables.get("instances"), tables.get("nodes"),
                                             placements.get)
-    return deps, ids, index, dedup, order, applied, tokens, placements, artifacts, instances
+    return deps, ids, index, dedup, order, applied, tokens, artifacts, placements, instances
 
 
 def _parse_deployment(raw: Any) -> Deployment:

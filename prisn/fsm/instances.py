@@ -1,7 +1,7 @@
 """Replicated workload observations: instance status per replica slot, and node metadata.
 
 Both tables are applied by `DeploymentStore` under its lock and travel in its dedup table and
-snapshots (format 5 "tables": "instances", "nodes"). Command formats (envelope as for every
+snapshots (format 4 "tables": "instances", "nodes"). Command formats (envelope as for every
 command: `v`, `op`, `key`, `ts`):
 
     {"v": 1, "op": "instance.report", "key": K, "ts": T, "node": NODE,

@@ -20,10 +20,10 @@ STORED_LABELS: dict[Outcome, str] = {
     Outcome.INVALID: "Bad Request",
     Outcome.NOT_FOUND: "Not Found",
     Outcome.CONFLICT: "Conflict",
-    Outcome.TOO_LARGE: "Request Entity Too Large",  # artifact.put over the hard cap
     Outcome.KEY_REUSED: "Unprocessable Entity",
     Outcome.INTERNAL_ERROR: "Internal Server Error",
-    Outcome.DISK_ERROR: "Insufficient Storage",  # artifact table full
+    Outcome.TOO_LARGE: "Request Entity Too Large",  # an artifact over the hard limit
+    Outcome.DISK_ERROR: "Insufficient Storage",  # the cluster's artifact bounds
 }
 
 

@@ -1,5 +1,5 @@
 """The replicated artifact table inside `DeploymentStore`: put, dedup, references, GC,
-determinism across stores, snapshots (format 5, and format 3 from a golden file)."""
+determinism across stores, snapshots (format 4, and format 3 from a golden file)."""
 
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def test_gc_is_deterministic_and_snapshots_round_trip(seed: int) -> None:
     assert other.state_hash() == log.store.state_hash()
 
 
-def test_snapshot_with_artifacts_is_format_5_and_without_is_format_3() -> None:
+def test_snapshot_with_artifacts_is_format_4_and_without_is_format_3() -> None:
     log = Log()
     data, d = art(1)
     log.run(log.cf.create({"name": "plain", "source": "x"}))
@@ -239,7 +239,7 @@ def test_snapshot_with_artifacts_is_format_5_and_without_is_format_3() -> None:
     lambda s: s["tables"]["artifacts"][0].update(data=b"x" * 10),  # bytes not the digest
     lambda s: s["tables"].update(artifacts=[]),  # a deployment names a missing artifact
     lambda s: s["tables"].update(other=[]),  # unknown table
-    lambda s: s.update(tables={}),  # format 5 with no table
+    lambda s: s.update(tables={}),  # format 4 with no table
     lambda s: s["tables"]["artifacts"][0].update(grace_until=-1),
     lambda s: s["tables"]["artifacts"].append(dict(s["tables"]["artifacts"][0])),  # duplicate
     lambda s: s["deployments"][0].update(source="nope.py"),  # entry not in the artifact
@@ -298,32 +298,3 @@ def test_garbage_artifact_commands_never_fail_a_node() -> None:
         if st >= 400:
             assert log.store.artifacts(10) == before
             assert body["error"] and body["message"]
-
-
-def test_format_5_carries_placements_as_a_table_and_round_trips() -> None:
-    """Artifacts and placements together: format 5 with both in `tables` (format 4 keeps
-    its top-level "placements" for stores without other tables)."""
-    from prisn.fsm.placements import batch_command
-    from prisn.workloads.model import Slot
-    from prisn.workloads.scheduler import Place
-
-    log = Log()
-    data, d = art(1)
-    log.put(data)
-    log.run(log.cf.create({"name": "web", "source": "main.py", "artifact": d,
-                           "type": "service", "replicas": 1}))
-    log.run(batch_command([Place(Slot("default", "web", 0), "n1", None)], key="pl1",
-                          ts="2025-01-01T00:00:00.000Z"))
-    raw = log.store.snapshot()
-    snap = cbor2.loads(raw)
-    assert snap["format"] == SNAPSHOT_FORMAT_TABLES and "placements" not in snap
-    assert set(snap["tables"]) == {"artifacts", "placements"}
-    other = DeploymentStore()
-    other.restore(raw)
-    assert other.snapshot() == raw and other.state_hash() == log.store.state_hash()
-    assert [p.node for p in other.placements("default", "web")] == ["n1"]
-    # placements alone in format 5 is not a snapshot this store writes
-    snap["tables"].pop("artifacts")
-    snap["deployments"][0].pop("artifact")
-    with pytest.raises(ValueError):
-        other.restore(cbor2.dumps(snap, canonical=True))

@@ -1,6 +1,6 @@
 """The replicated instance-status and node tables inside `DeploymentStore`: reports recorded
 only for the slot's current placement, pruned when the slot moves or goes, node metadata,
-the derived deployment status, snapshots (format 5 tables) with a golden digest."""
+the derived deployment status, snapshots (format 4 tables) with a golden digest."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def _golden_store() -> DeploymentStore:
     return f.store
 
 
-def test_snapshot_format_5_round_trip_and_golden_digest() -> None:
+def test_snapshot_format_4_tables_round_trip_and_golden_digest() -> None:
     store = _golden_store()
     blob = store.snapshot()
     snap = cbor2.loads(blob)
@@ -129,7 +129,7 @@ def test_snapshot_format_5_round_trip_and_golden_digest() -> None:
     other.restore(blob)
     assert other.snapshot() == blob and other.state_hash() == store.state_hash()
     # The format: a change of this digest means a change of the persisted format.
-    assert hashlib.sha256(blob).hexdigest() == GOLDEN_5
+    assert hashlib.sha256(blob).hexdigest() == GOLDEN_4
 
 
 @pytest.mark.parametrize("mutate", [
@@ -149,4 +149,4 @@ def test_restore_refuses_bad_rows(mutate) -> None:  # noqa: ANN001
         other.restore(cbor2.dumps(snap, canonical=True))
 
 
-GOLDEN_5 = "00ceea4370b9e20eafcdf6eb592ba323538a32c45a0b7d80c0d3f7d3ca7ea60a"
+GOLDEN_4 = "914d2f662ad06bcbd646793fdcb160e9e275062350935e0ed7ea7b9e257c9920"

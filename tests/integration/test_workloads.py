@@ -258,3 +258,27 @@ def test_crashing_script_reaches_crash_loop_backoff(cluster: list[ServerProc]) -
 
 def status_missing(node: ServerProc, name: str) -> bool:
     return node.req("GET", f"/api/v1/deployments/{name}", timeout=10).status == 404
+
+
+def test_a_no_workloads_node_votes_but_is_never_placed_on(cluster: list[ServerProc],
+                                                          scripts: dict[str, Path]) -> None:
+    """Last: it restarts a node with --no-workloads (its instances move away)."""
+    leader = leader_of(cluster)
+    voter = next(n for n in cluster if n is not leader)
+    assert voter.stop() == 0
+    voter.args.append("--no-workloads")
+    voter.restart().wait_ready(WAIT)
+    create(leader, "idle", scripts["idle"], replicas=3)
+
+    def placed_elsewhere() -> bool:
+        s = running(leader, "idle", 3)
+        procs = processes("idle")
+        return bool(s) and len(procs) == 3 and all(
+            i["node"] != voter.node_id for i in s["instances"]) and all(
+            node != voter.node_id for _, node in procs)
+
+    wait_for(placed_elsewhere, WAIT, "idle on the two workload nodes only")
+    assert voter.status()["leader"] == leader_of(cluster).node_id  # it still takes part
+    r = voter.req("DELETE", "/api/v1/deployments/idle", timeout=15)
+    assert r.status == 204
+    wait_for(lambda: processes("idle") == [], WAIT, "idle gone")

@@ -335,6 +335,7 @@ class DeploymentStore:
         except ValidationError as exc:
             return failure(Outcome.INVALID, f"command {exc.message}")
         fp = _fingerprint(cmd)
+        op = cmd.get("op")
         seen = self._dedup.get(key)
         if seen is not None:
             if seen[0] != fp:
@@ -352,7 +353,8 @@ class DeploymentStore:
             result = failure(Outcome.INTERNAL_ERROR,
                              f"internal error applying command: {type(exc).__name__}")
         self._artifacts.sweep(cmd.get("ts"))  # after every command: deterministic GC
-        self._instances.prune(self._placements.get)  # no status of an unplaced instance
+        if not (type(op) is str and op in _NO_PLACEMENT_CHANGE):  # rows of unplaced: gone
+            self._instances.prune(self._placements.get)
         self._dedup[key] = (fp, result[0], result[1])
         self._dedup_order.append(key)
         self._dedup_bytes += _entry_size(result[1])
@@ -763,6 +765,8 @@ class DeploymentStore:
         return hashlib.sha256(blob).hexdigest()
 
 
+# Commands that never move or remove a placement: no instance row to prune after them.
+_NO_PLACEMENT_CHANGE = frozenset({"create", *TOKEN_OPS, *ARTIFACT_OPS, *INSTANCE_OPS})
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
                      dict[str, DedupEntry], deque[str], int, TokenTable, ArtifactTable,
                      PlacementTable, InstanceTable]

@@ -260,6 +260,40 @@ def status_missing(node: ServerProc, name: str) -> bool:
     return node.req("GET", f"/api/v1/deployments/{name}", timeout=10).status == 404
 
 
+def test_a_node_without_quorum_fences_its_instances(cluster: list[ServerProc],
+                                                    scripts: dict[str, Path]) -> None:
+    """The node running an instance loses both peers (SIGKILL): it stops the instance
+    before `--node-down-after` (when a leader on the other side could place it again),
+    and runs it again once the peers are back."""
+    for n in cluster:
+        if not n.alive():
+            n.restart().wait_ready(WAIT)
+    leader = leader_of(cluster)
+    port = free_port()
+    create(leader, "web", scripts["web"], port=port)
+    s = wait_for(lambda: running(leader, "web", 1), WAIT, "web running")
+    holder = next(n for n in cluster if n.node_id == s["instances"][0]["node"])
+    peers = [n for n in cluster if n is not holder]
+    t0 = time.monotonic()
+    for n in peers:
+        n.kill()
+    for n in peers:
+        n.wait_exit()
+    wait_for(lambda: processes("web") == [], WAIT, "the isolated node fences web")
+    fenced = time.monotonic() - t0
+    print(f"quorum lost -> instance stopped: {fenced:.2f}s (node down after {NDA:g}s)")
+    assert fenced < NDA + 3  # generous on a loaded machine; the figure is printed
+    for n in peers:
+        n.restart()
+    for n in peers:
+        n.wait_ready(WAIT)
+    wait_for(lambda: running(holder, "web", 1) and len(processes("web")) == 1
+             and answer(port), WAIT, "web running again, once")
+    r = holder.req("DELETE", "/api/v1/deployments/web", timeout=15)
+    assert r.status == 204
+    wait_for(lambda: processes("web") == [], WAIT, "web gone")
+
+
 def test_a_no_workloads_node_votes_but_is_never_placed_on(cluster: list[ServerProc],
                                                           scripts: dict[str, Path]) -> None:
     """Last: it restarts a node with --no-workloads (its instances move away)."""

@@ -127,8 +127,9 @@ class ApiActor(Actor):
         if self.config is not None:
             auth = Authenticator(self.config.api_key, metrics_auth=self.config.metrics_auth)
             if not auth.enabled:
-                log.warning("no --api-key: the HTTP API is open to anyone who can reach it "
-                            "(set --api-key / PRISN_API_KEY, the same on every node)")
+                log.warning("no --api-key: the HTTP API is open to anyone who can reach it, "
+                            "who can then run code on the nodes as this server's user (set "
+                            "--api-key / PRISN_API_KEY, the same on every node)")
         cfg = self.config if self.config is not None else ServerConfig(node_id="", data_dir="")
         guard = RequestGuard.build(
             origins=cfg.cors_origins, allowed_hosts=cfg.allowed_hosts,

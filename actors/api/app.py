@@ -25,6 +25,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 
 from actors.api import openapi, ops
+from actors.api.artifacts import ARTIFACT_ROUTES
 from actors.api.auth import (
     ADMIN,
     AUTHENTICATED,
@@ -45,7 +46,7 @@ from actors.api.errors import (
 from actors.api.guard import RequestGuard
 from actors.api.handler import BaseHandler, PrisnApplication, _log_request
 from actors.api.node import NodeClient, NodeStatus
-from actors.api.ops import NO_QUORUM, parse_json, propose_command
+from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT, NO_QUORUM, parse_json, propose_command
 from actors.api.snapshot import SNAPSHOT_ROUTES
 from actors.api.tokens import TOKEN_ROUTES
 from actors.metrics import NodeMetrics
@@ -53,12 +54,11 @@ from prisn.fsm.commands import CommandFactory
 from prisn.fsm.tokens import TokenFactory
 from prisn.fsm.validation import TYPES
 
-__all__ = ["ROUTES", "ApiContext", "BaseHandler", "NO_QUORUM", "PrisnApplication", "make_app",
-           "make_server", "parse_json", "propose_command", "saturated"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "NO_QUORUM", "ROUTES", "ApiContext", "BaseHandler",
+           "PrisnApplication", "make_app", "make_server", "parse_json", "propose_command",
+           "saturated"]
 
 MiB = 1024 * 1024
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 
 
 class NotFoundHandler(BaseHandler):
@@ -355,7 +355,7 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
     if metrics is None:
         metrics = NodeMetrics(status=node.status, deployments=node.store.count)
     app = PrisnApplication(
-        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
+        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
         serve_traceback=False, compress_response=False,
     )
     app.ctx = ApiContext(

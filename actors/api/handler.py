@@ -162,13 +162,21 @@ class BaseHandler(RequestHandler):
             if n < 0:
                 self._refused = True
                 raise BadRequest("Content-Length must be a non-negative integer")
-            if n > self.ctx.max_body:
+            if n > self.body_limit():
                 self._refused = True
                 raise PayloadTooLarge(
-                    f"request body of {n} bytes exceeds the limit of {self.ctx.max_body} bytes")
+                    f"request body of {n} bytes exceeds the limit of {self.body_limit()} bytes")
         self._refused = True
-        self.ctx.guard.check_content_type(headers)  # 415: a body must be application/json
+        self.check_body_type(headers)  # 415: a body must be application/json
         self._refused = False
+
+    def body_limit(self) -> int:
+        """The largest body this route accepts (413 past it): `max_body` unless overridden."""
+        return self.ctx.max_body
+
+    def check_body_type(self, headers: Any) -> None:
+        """415 unless the body's Content-Type suits the route (JSON unless overridden)."""
+        self.ctx.guard.check_content_type(headers)
 
     def preflight(self) -> None:
         """Answer a CORS preflight from an allowed origin (`check_source` passed): 204 with
@@ -185,11 +193,11 @@ class BaseHandler(RequestHandler):
         if self._refused:
             return
         self._size += len(chunk)
-        if self._size > self.ctx.max_body:
+        if self._size > self.body_limit():
             self._refused = True
             self._chunks.clear()
             self.send_error(413, exc_info=(PayloadTooLarge, PayloadTooLarge(
-                f"request body exceeds the limit of {self.ctx.max_body} bytes"), None))
+                f"request body exceeds the limit of {self.body_limit()} bytes"), None))
             return
         self._chunks.append(chunk)
 

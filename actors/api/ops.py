@@ -31,6 +31,8 @@ from prisn.fsm.validation import ValidationError, check_text
 if TYPE_CHECKING:
     from actors.api.context import ApiContext
 
+DEFAULT_LIMIT = 100  # a listing's page size without ?limit=
+MAX_LIMIT = 1000  # the largest ?limit= a listing accepts
 WEAK_READS = frozenset({"", "default", "stale", "eventual"})  # X-Prisn-Consistency, local read
 BAD_LEVEL = "X-Prisn-Consistency must be 'strong' or 'default'"
 NO_QUORUM = ("no quorum is available to commit the write ({reason}); a write that timed out may "

@@ -44,7 +44,8 @@ from actors.api.errors import (
     error_body,
 )
 from actors.api.guard import RequestGuard
-from actors.api.handler import BaseHandler, PrisnApplication, _log_request
+from actors.api.handler import BaseHandler, PrisnApplication
+from actors.api.handler import log_request as _log_request  # the name make_app uses
 from actors.api.node import NodeClient, NodeStatus
 from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT, NO_QUORUM, parse_json, propose_command
 from actors.api.snapshot import SNAPSHOT_ROUTES

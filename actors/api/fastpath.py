@@ -163,6 +163,6 @@ class FastCreate(httputil.HTTPMessageDelegate):
         ctx = self._ctx
         if not self._closed:
             write_response(self._conn, ctx, status, data, self._rid)
-        ctx.metrics.observe_request("POST", ROUTE, status, time.perf_counter() - self._start)
-        if status >= 500 and status != 503:
-            log.warning("%d POST %s", status, ROUTE)
+        seconds = time.perf_counter() - self._start
+        ctx.metrics.observe_request("POST", ROUTE, status, seconds)
+        ops.access_log(status, "POST", ROUTE, seconds)

@@ -229,6 +229,4 @@ class FastRead(httputil.HTTPMessageDelegate):
                            self._leader if status == 200 else None)
         seconds = time.perf_counter() - self._start
         self.ctx.metrics.observe_request("GET", ROUTE, status, seconds)
-        level = logging.WARNING if status >= 500 and status != 503 else logging.DEBUG
-        if log.isEnabledFor(level):
-            log.log(level, "%d GET %s %.1fms", status, self.uri, 1000.0 * seconds)
+        ops.access_log(status, "GET", self.uri, seconds)

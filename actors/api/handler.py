@@ -17,7 +17,7 @@ Invariants:
   `max_body_size` to `max_body` as a backstop.
 - A refused request (400/404/405/409/413/503 before proposing) proposes nothing.
 - At most `max_inflight` proposals wait at once; one more gets 503 immediately.
-- No per-request logging at INFO (`_log_request`); metric label children are cached.
+- No per-request logging at INFO (`log_request`, `ops.access_log`); metric label children are cached.
 - Authentication (`actors.api.auth`) happens in `prepare`, before the body is read: each
   handler's `AUTH` maps a method to the permission it needs (a method it lacks needs
   `AUTHENTICATED`, then gets 405; unknown paths likewise, then 404). 401/403 are counted by
@@ -27,7 +27,6 @@ Invariants:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
@@ -63,8 +62,6 @@ from prisn.fsm.results import Result
 from prisn.fsm.validation import ValidationError, validate_name
 from prisn.outcomes import Outcome
 
-log = logging.getLogger("prisn.api")
-
 # Tornado's own per-connection limit while a handler streams: our handlers enforce `max_body`
 # themselves (with a proper 413), so Tornado must not cut in first with its bare 400.
 _STREAM_LIMIT = 1 << 62
@@ -87,14 +84,10 @@ class PrisnApplication(Application):
         return super().start_request(server_conn, request_conn)
 
 
-def _log_request(handler: RequestHandler) -> None:
-    """Access log: DEBUG normally, WARNING for server errors other than 503."""
-    status = handler.get_status()
-    level = logging.WARNING if status >= 500 and status != 503 else logging.DEBUG
-    if log.isEnabledFor(level):
-        req = handler.request
-        log.log(level, "%d %s %s %.1fms", status, req.method, req.uri,
-                1000.0 * req.request_time())
+def log_request(handler: RequestHandler) -> None:
+    """The Application's log_function: `ops.access_log`."""
+    req = handler.request
+    ops.access_log(handler.get_status(), req.method or "", req.uri or "", req.request_time())
 
 
 def _valid_name(value: str) -> bool:

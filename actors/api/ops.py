@@ -8,7 +8,8 @@
 - `propose_command`: propose a built command under the in-flight and quota bounds;
 - `read_level`, `barrier`, `strong_read_error`, `strong_read`: a read with a consistency
   level (a strong read waits for the node client's shared read barrier);
-- `render`: a JSON answer body, compact; `deployment_not_found`: the 404 of a read.
+- `render`: a JSON answer body, compact; `deployment_not_found`: the 404 of a read;
+- `access_log`: one line per answer (DEBUG; WARNING for a server error other than 503).
 Error bodies are `actors.api.errors.error_json`; statuses come from `actors.api.outcomes`.
 
 Thread: the API IOLoop thread (`parse_json` and `render` are pure: any thread). Imports no
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,8 @@ from prisn.fsm.validation import ValidationError, check_text
 
 if TYPE_CHECKING:
     from actors.api.context import ApiContext
+
+log = logging.getLogger("prisn.api")
 
 DEFAULT_LIMIT = 100  # a listing's page size without ?limit=
 MAX_LIMIT = 1000  # the largest ?limit= a listing accepts
@@ -158,3 +162,11 @@ def deployment_not_found(name: str) -> NotFound:
 def render(body: Any) -> bytes:
     """A JSON answer body: compact, no NaN (`ValueError` for a value JSON cannot carry)."""
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def access_log(status: int, method: str, uri: str, seconds: float) -> None:
+    """Access log: DEBUG normally, WARNING for server errors other than 503 (never INFO: no
+    per-request logging at the default level)."""
+    level = logging.WARNING if status >= 500 and status != 503 else logging.DEBUG
+    if log.isEnabledFor(level):
+        log.log(level, "%d %s %s %.1fms", status, method, uri, 1000.0 * seconds)

@@ -19,7 +19,7 @@ from actors.api.outcomes import error_string, http_status
 from prisn.outcomes import Outcome
 
 __all__ = ["ApiError", "BadRequest", "Conflict", "NotFound", "PayloadTooLarge", "Unavailable",
-           "error_body", "error_json", "error_message"]
+           "error_answer", "error_body", "error_json", "error_message"]
 
 
 def error_body(status: int | Outcome, message: str) -> dict[str, str]:
@@ -36,6 +36,11 @@ def error_json(status: int | Outcome, message: str) -> bytes:
 def error_message(exc: ApiError) -> str:
     """What an error answer says: its message, else its reason phrase."""
     return exc.message or error_string(exc.status)
+
+
+def error_answer(exc: ApiError) -> tuple[int, bytes]:
+    """The (status, body) of a raised error, as `BaseHandler.write_error` answers it."""
+    return exc.status, error_json(exc.status, error_message(exc))
 
 
 class ApiError(HTTPError):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tornado import httputil
 
 from actors.api import ops
-from actors.api.errors import ApiError, error_json, error_message
+from actors.api.errors import ApiError, error_answer, error_json
 from actors.api.fastread import fast_read, limiter_allows, write_response
 from actors.api.outcomes import http_status
 
@@ -152,8 +152,7 @@ class FastCreate(httputil.HTTPMessageDelegate):
             # the store's answer (2xx, or e.g. its 409/422) as `BaseHandler.send_json`
             data = ops.render(answer)
         except ApiError as exc:  # raised: as `BaseHandler.write_error` renders it
-            status = exc.status
-            data = error_json(status, error_message(exc))
+            status, data = error_answer(exc)
         except Exception:  # noqa: BLE001 - a bug answers 500, as Tornado's handler would
             log.exception("POST %s failed", ROUTE)
             status, data = 500, error_json(500, "internal server error")

@@ -38,7 +38,7 @@ import tornado
 from tornado import httputil, iostream
 
 from actors.api import ops
-from actors.api.errors import ApiError, Unavailable, error_json, error_message
+from actors.api.errors import ApiError, Unavailable, error_answer, error_json
 from prisn.fsm.validation import ValidationError, validate_name
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ class FastRead(httputil.HTTPMessageDelegate):
         try:
             strong = ops.read_level(self._level)
         except ApiError as exc:  # a bad level: 400
-            self._respond(exc.status, error_json(exc.status, error_message(exc)))
+            self._respond(*error_answer(exc))
             return
         if not strong:
             self._read()
@@ -193,20 +193,16 @@ class FastRead(httputil.HTTPMessageDelegate):
     def barrier_done(self, barrier: asyncio.Future[None]) -> None:
         """The shared barrier ended: read, or answer its failure (`ops.strong_read_error`)
         as `BaseHandler.consistency` does."""
-        try:
-            exc = (Unavailable("the read barrier was cancelled") if barrier.cancelled()
-                   else barrier.exception())
-            if exc is None:
-                self._read()
-                return
-            err = ops.strong_read_error(exc)
-            if isinstance(err, ApiError):
-                self._respond(err.status, error_json(err.status, error_message(err)))
-            else:  # a bug answers 500, as Tornado's handler would
-                log.error("GET %s failed", self.uri, exc_info=err)
-                self._respond(500, error_json(500, "internal server error"))
-        except Exception:  # noqa: BLE001 - a bug answers 500 rather than never
-            log.exception("GET %s failed", self.uri)
+        exc = (Unavailable("the read barrier was cancelled") if barrier.cancelled()
+               else barrier.exception())
+        if exc is None:
+            self._read()
+            return
+        err = ops.strong_read_error(exc)
+        if isinstance(err, ApiError):
+            self._respond(*error_answer(err))
+        else:  # a bug answers 500, as Tornado's handler would
+            log.error("GET %s failed", self.uri, exc_info=err)
             self._respond(500, error_json(500, "internal server error"))
 
     def _read(self) -> None:
@@ -214,8 +210,7 @@ class FastRead(httputil.HTTPMessageDelegate):
         try:
             dep = self.ctx.node.store.get(self._ns, self._name)
             if dep is None:
-                err = ops.deployment_not_found(self._name)
-                status, data = err.status, error_json(err.status, error_message(err))
+                status, data = error_answer(ops.deployment_not_found(self._name))
             else:
                 status, data = 200, ops.render(dep)
         except Exception:  # noqa: BLE001 - a bug answers 500, as Tornado's handler would

@@ -180,6 +180,7 @@ class FastRead(httputil.HTTPMessageDelegate):
         if not strong:
             self._read()
             return
+        barrier: asyncio.Future[None]
         try:
             barrier = asyncio.ensure_future(ops.barrier(self.ctx))
         except Exception as exc:  # noqa: BLE001 - answered as a failed barrier

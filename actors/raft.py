@@ -8,7 +8,11 @@ one log write and one AppendEntries per peer.
 
 Invariants:
 - Only messages of peer types are accepted from the peer socket; anything else, and any frame
-  the codec refuses, is dropped and counted, never raised.
+  the codec refuses, is dropped and counted (by reason: malformed, unknown_type, wire_version),
+  never raised.
+- The wire version each member speaks is learned from every frame it sends (`wire_versions`,
+  "major.minor"); only current members are kept, so the map is bounded by the membership. A
+  change is logged (a warning when the major differs: that peer's frames are all dropped).
 - `status` is an immutable snapshot replaced (never mutated) after every step; other threads
   read it without a lock.
 - `SnapSend` (snapshot chunk requests) go to the peer's replicator control inbox; the raft
@@ -38,6 +42,8 @@ from actors.base import Actor
 from actors.replicator import ReplicatorActor
 from prisn.messages import (
     PEER_TYPES,
+    WIRE_MINOR,
+    WIRE_VERSION,
     ForwardPropose,
     ForwardProposeBatch,
     JoinRequest,
@@ -50,7 +56,7 @@ from prisn.messages import (
 )
 from prisn.raft.boot import Membership
 from prisn.raft.core import RaftCore
-from transport.codec import encode
+from transport.codec import DecodeError, Decoder, VersionMismatch, decode_versioned, encode
 from transport.curve import SERVER_FAILURE_EVENTS, CurveKeys, HandshakeWatcher, PeerAuthStats
 from transport.mailbox import MailboxFull, bind_peer_inbox, tcp_endpoint
 
@@ -84,6 +90,8 @@ class ShellStats:
     # not applied yet (None when caught up)
     behind_since: float | None = None
     replicators: dict = field(default_factory=dict)  # peer -> (sent, dropped)
+    peer_drops: dict = field(default_factory=dict)  # codec reason (not malformed) -> count
+    wire_versions: dict = field(default_factory=dict)  # member -> "major.minor" it speaks
 
 
 class RaftActor(Actor):
@@ -114,6 +122,8 @@ class RaftActor(Actor):
         self._leader_changes = 0
         self._last_leader = self.status.leader_id
         self._peer_dropped = 0
+        self._peer_decoder = Decoder("raft peer socket", self.decoder.max_bytes)
+        self._wire: dict[str, str] = {}  # member -> "major.minor" of its latest frame
         self._unroutable = 0
         self._last_stats = 0.0
         self._behind_since: float | None = None
@@ -149,7 +159,22 @@ class RaftActor(Actor):
                 batch.append(m)
 
     def _peer_frames(self, frames: list[bytes]) -> None:
-        for m in self.decode_all(frames):
+        dec = self._peer_decoder
+        max_bytes = dec.max_bytes
+        wire = self._wire
+        for f in frames:
+            try:
+                m, minor = decode_versioned(f, max_bytes)
+            except VersionMismatch as e:
+                dec.count(e)
+                if e.version is not None:
+                    self._learn_wire(e.src, f"{e.version}.{e.minor}")
+                continue
+            except DecodeError as e:
+                dec.count(e)
+                continue
+            if wire.get(m.src) != (v := f"{WIRE_VERSION}.{minor}"):
+                self._learn_wire(m.src, v)
             if type(m) is ForwardProposeBatch:
                 self._unpack_forwards(m)
             elif m.T not in PEER_TYPES:
@@ -161,6 +186,20 @@ class RaftActor(Actor):
                             m.node_id[:80], m.addr[:80])
             else:
                 self._batch.append(m)
+
+    def _learn_wire(self, src: str, version: str) -> None:
+        """Record (and log) that member `src` speaks `version`; others are ignored."""
+        membership = self.status.membership
+        if membership is None or src == self.node_id or membership.address_of(src) is None:
+            return
+        old = self._wire.get(src)
+        self._wire[src] = version
+        if not version.startswith(f"{WIRE_VERSION}."):
+            log.warning("peer %s speaks wire version %s, this node %d.%d: its messages are "
+                        "dropped", src, version, WIRE_VERSION, WIRE_MINOR)
+        elif old is not None or version != f"{WIRE_VERSION}.{WIRE_MINOR}":
+            log.info("peer %s speaks wire version %s (was %s; this node %d.%d)", src, version,
+                     old or "unknown", WIRE_VERSION, WIRE_MINOR)
 
     def _unpack_forwards(self, m: ForwardProposeBatch) -> None:
         """A follower's batch of forwarded writes -> the ForwardPropose messages it packs;
@@ -382,14 +421,25 @@ class RaftActor(Actor):
             self._last_stats = now
             self.stats = ShellStats(
                 leader_changes=self._leader_changes,
-                peer_dropped=self._peer_dropped + self.decoder.dropped,
+                peer_dropped=(self._peer_dropped + self.decoder.dropped
+                              + self._peer_decoder.drops.get("malformed", 0)),
                 unroutable=self._unroutable,
                 repl_full=self._repl_full,
                 lag_seconds=self._lags(st, now),
                 behind_since=self._behind(st, now),
                 replicators={p: (r.sent, r.dropped + self._repl_full_by.get(p, 0))
                              for p, r in self._replicators.items()},
+                peer_drops={r: n for r, n in self._peer_decoder.drops.items()
+                            if r != "malformed"},
+                wire_versions=self._wire_versions(st),
             )
+
+    def _wire_versions(self, st) -> dict[str, str]:
+        """The learned versions of current members (forgets removed ones)."""
+        members = st.membership.members() if st.membership is not None else {}
+        for gone in [p for p in self._wire if p not in members]:
+            del self._wire[gone]
+        return dict(self._wire)
 
     def _behind(self, st, now: float) -> float | None:
         """Not leader: since when commit_index has been ahead of applied_index."""

@@ -31,6 +31,7 @@ from actors.metrics import (
     NodeMetrics,
     PeerAuthCollector,
     PeerDropsCollector,
+    PeerWireCollector,
     SnapshotCollector,
 )
 from actors.raft import RaftActor
@@ -230,6 +231,8 @@ class Node:
         metrics.registry.register(PeerDropsCollector(
             lambda: self.raft.stats if self.raft is not None else None,
             lambda: self.raft.status if self.raft is not None else None))
+        metrics.registry.register(PeerWireCollector(
+            lambda: self.raft.stats if self.raft is not None else None))
         self.metrics = metrics
 
         logstore = LogStoreActor(self.storage, self.ctx, cfg.node_id,

@@ -56,7 +56,7 @@ from prisn.messages import (
 )
 from prisn.raft.boot import Membership
 from prisn.raft.core import RaftCore
-from transport.codec import DecodeError, Decoder, VersionMismatch, decode_versioned, encode
+from transport.codec import DecodeError, VersionMismatch, decode_versioned, encode
 from transport.curve import SERVER_FAILURE_EVENTS, CurveKeys, HandshakeWatcher, PeerAuthStats
 from transport.mailbox import MailboxFull, bind_peer_inbox, tcp_endpoint
 
@@ -67,6 +67,12 @@ MAX_ADDR_REPLICATORS = 16
 REMOVED_LINGER_S = 10.0  # a removed member's replicator outlives its removal this long
 REPL_FULL_LOG_S = 10.0  # at most one warning per peer this often about a full replicator inbox
 FORWARD_BATCH_BYTES = 4 << 20  # data per ForwardProposeBatch frame (the peer cap is 16 MiB)
+
+
+def _members(st) -> dict[str, str]:
+    """Voters and learners of `st` (test doubles may carry no real Membership)."""
+    members = getattr(getattr(st, "membership", None), "members", None)
+    return members() if callable(members) else {}
 
 
 def _pack_forwards(dst: str, fwds: list[ForwardPropose]) -> Msg:
@@ -122,7 +128,6 @@ class RaftActor(Actor):
         self._leader_changes = 0
         self._last_leader = self.status.leader_id
         self._peer_dropped = 0
-        self._peer_decoder = Decoder("raft peer socket", self.decoder.max_bytes)
         self._wire: dict[str, str] = {}  # member -> "major.minor" of its latest frame
         self._unroutable = 0
         self._last_stats = 0.0
@@ -159,7 +164,7 @@ class RaftActor(Actor):
                 batch.append(m)
 
     def _peer_frames(self, frames: list[bytes]) -> None:
-        dec = self._peer_decoder
+        dec = self.decoder  # local and peer frames: one count, split by reason
         max_bytes = dec.max_bytes
         wire = self._wire
         for f in frames:
@@ -189,8 +194,7 @@ class RaftActor(Actor):
 
     def _learn_wire(self, src: str, version: str) -> None:
         """Record (and log) that member `src` speaks `version`; others are ignored."""
-        membership = self.status.membership
-        if membership is None or src == self.node_id or membership.address_of(src) is None:
+        if src == self.node_id or src not in _members(self.status):
             return
         old = self._wire.get(src)
         self._wire[src] = version
@@ -419,24 +423,23 @@ class RaftActor(Actor):
             self._expire_lingering(now)
         if now - self._last_stats >= 0.1:
             self._last_stats = now
+            peer_drops = {r: n for r, n in self.decoder.drops.items() if r != "malformed"}
             self.stats = ShellStats(
                 leader_changes=self._leader_changes,
-                peer_dropped=(self._peer_dropped + self.decoder.dropped
-                              + self._peer_decoder.drops.get("malformed", 0)),
+                peer_dropped=self._peer_dropped + self.decoder.dropped - sum(peer_drops.values()),
                 unroutable=self._unroutable,
                 repl_full=self._repl_full,
                 lag_seconds=self._lags(st, now),
                 behind_since=self._behind(st, now),
                 replicators={p: (r.sent, r.dropped + self._repl_full_by.get(p, 0))
                              for p, r in self._replicators.items()},
-                peer_drops={r: n for r, n in self._peer_decoder.drops.items()
-                            if r != "malformed"},
+                peer_drops=peer_drops,
                 wire_versions=self._wire_versions(st),
             )
 
     def _wire_versions(self, st) -> dict[str, str]:
         """The learned versions of current members (forgets removed ones)."""
-        members = st.membership.members() if st.membership is not None else {}
+        members = _members(st)
         for gone in [p for p in self._wire if p not in members]:
             del self._wire[gone]
         return dict(self._wire)

@@ -16,9 +16,10 @@ opaque bytes to Raft and decoded only by the state machine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import Any, ClassVar, dataclass_transform
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 WIRE_VERSION = 1  # major: a peer with another one is refused (dropped, counted, logged)
 WIRE_MINOR = 0  # minor: optional additions only; 0 is not written (byte-identical frames)
@@ -46,11 +47,14 @@ class Role(IntEnum):
 REGISTRY: dict[str, type[Msg]] = {}
 
 
+_M = TypeVar("_M", bound="Msg")
+
+
 @dataclass_transform(kw_only_default=True, frozen_default=True)
-def message(type_name: str):
+def message(type_name: str) -> Callable[[type[_M]], type[_M]]:
     """Class decorator: a frozen, slotted, keyword-only dataclass registered under `type_name`."""
 
-    def wrap(cls):
+    def wrap(cls: type[_M]) -> type[_M]:
         cls.T = type_name
         dc = dataclass(frozen=True, slots=True, kw_only=True)(cls)
         if type_name in REGISTRY:

@@ -28,6 +28,7 @@ holes behind, and holds repeated strings (namespace, type, timestamps) once.
 
 from __future__ import annotations
 
+import builtins
 import gc
 import hashlib
 import heapq
@@ -229,7 +230,7 @@ class _Index:
         if ns is None and typ is None:
             return self.all
         if typ is None:
-            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type]
+            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type, return-value]
         if ns is None:
             return self.by_type.get(typ, _EMPTY)
         return self.by_ns_type.get((ns, typ), _EMPTY)
@@ -443,7 +444,8 @@ class DeploymentStore:
                 lists = [lst for lst in lists if lst]
                 total = sum(len(lst) for lst in lists)
                 merged = heapq.merge(*lists)
-                keys = list(itertools.islice(merged, offset, offset + limit))
+                keys: Sequence[tuple[str, str]] = list(
+                    itertools.islice(merged, offset, offset + limit))
             else:
                 selected = self._index.select(namespace, type)
                 total = len(selected)
@@ -472,7 +474,7 @@ class DeploymentStore:
         with self._lock:
             return self._tokens.get(token_id)
 
-    def tokens(self) -> list[Token]:
+    def tokens(self) -> builtins.list[Token]:
         """Every token record, ordered by name."""
         with self._lock:
             return self._tokens.tokens()

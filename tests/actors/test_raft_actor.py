@@ -41,7 +41,7 @@ from prisn.messages import (
     to_map,
 )
 from prisn.raft.boot import Membership
-from tests.conftest import unique_id
+from tests.helpers import unique_id
 from tests.procs import wait_for
 from transport.codec import encode
 from transport.fake import FakeOutbox

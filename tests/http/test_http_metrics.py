@@ -8,26 +8,18 @@ import threading
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from tornado.testing import AsyncHTTPTestCase
 
 from actors.api.app import make_app
 from actors.api.node import FakeNodeClient, NodeInfo, NodeStatus
 from actors.metrics import NodeMetrics
+from tests.http.cases import value
 
 PROMTOOL = shutil.which("promtool")
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
-def value(text: str, name: str, **labels: str) -> float | None:
-    return samples(text).get((name, tuple(sorted(labels.items()))))
 
 
 def promtool_check(text: str) -> None:

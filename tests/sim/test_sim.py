@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from prisn.raft.core import RaftCore
-from tests.sim.sim import Sim, SimConfig, SimFailure
+from tests.raftsim.sim import Sim, SimConfig, SimFailure
 
 SCENARIOS = {
     "3-static": dict(nodes=3),

@@ -86,3 +86,46 @@ def test_companion_a_violation_is_caught(tmp_path: Path, culprit: str, imports: 
     (tmp_path / "prisn" / "config.py").write_text("")
     r = lint_imports(tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------- the tests' own layers
+TESTS = ROOT / "tests"
+SHARED_HELPERS = {"wait_until", "wait_for", "until", "free_port", "unique_id"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_no_test_module_is_imported_as_a_library() -> None:
+    """Shared test code lives in helper modules (tests/helpers.py, tests/procs.py, ...):
+    nothing imports a `test_*` module or a conftest."""
+    offenders = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for mod in _imported_modules(path):
+            if mod.startswith("tests.") and (mod.rsplit(".", 1)[-1].startswith("test_")
+                                             or mod.rsplit(".", 1)[-1] == "conftest"):
+                offenders.append(f"{path.relative_to(ROOT)} imports {mod}")
+    assert offenders == []
+
+
+def test_the_shared_waits_are_defined_once() -> None:
+    """`wait_until` and the other shared helpers exist only in tests/helpers.py."""
+    import ast
+
+    where: dict[str, list[str]] = {}
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and \
+                    node.name in SHARED_HELPERS:
+                where.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    assert where == {name: ["tests/helpers.py"] for name in SHARED_HELPERS}

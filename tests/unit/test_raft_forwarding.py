@@ -19,7 +19,7 @@ from prisn.messages import (
     TransferLeadership,
 )
 from prisn.raft.core import ACCEPTED, FORWARD_UNCONFIRMED, NOT_LEADER
-from tests.sim.manual import OPTS, Cluster
+from tests.raftsim.manual import OPTS, Cluster
 
 
 def three() -> Cluster:

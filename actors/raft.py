@@ -172,8 +172,7 @@ class RaftActor(Actor):
                 m, minor = decode_versioned(f, max_bytes)
             except VersionMismatch as e:
                 dec.count(e)
-                if e.version is not None:
-                    self._learn_wire(e.src, f"{e.version}.{e.minor}")
+                self._learn_wire(e.src, f"{e.version}.{e.minor}")
                 continue
             except DecodeError as e:
                 dec.count(e)

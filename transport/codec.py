@@ -45,12 +45,12 @@ class UnknownType(DecodeError):
 
 
 class VersionMismatch(DecodeError):
-    """An envelope of another major wire version; `src`, `version` and `minor` as the sender
-    put them (`src` "" and `version` None when absent or not ints/strings; `minor` 0)."""
+    """An envelope of another major wire version (an int other than ours); `src`, `version`
+    and `minor` as the sender put them (`src` "" and `minor` 0 when absent or odd)."""
 
     reason = "wire_version"
 
-    def __init__(self, text: str, src: str, version: int | None, minor: int = 0) -> None:
+    def __init__(self, text: str, src: str, version: int, minor: int = 0) -> None:
         super().__init__(text)
         self.src = src
         self.version = version
@@ -129,10 +129,12 @@ def decode_versioned(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[M
     if not isinstance(d, dict):
         raise DecodeError("envelope is not a map")
     v = d.get("v")
-    if type(v) is not int or v != WIRE_VERSION:
+    if type(v) is not int:  # absent, or not even a number: garbage, not another version
+        raise DecodeError(f"unsupported wire version {v!r}")
+    if v != WIRE_VERSION:
         src, m = d.get("src"), d.get("m", 0)
         raise VersionMismatch(f"unsupported wire version {v!r}",
-                              src if type(src) is str else "", v if type(v) is int else None,
+                              src if type(src) is str else "", v,
                               m if type(m) is int and m >= 0 else 0)
     minor = d.get("m", 0)
     if type(minor) is not int or minor < 0:

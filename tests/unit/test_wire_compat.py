@@ -100,6 +100,15 @@ def test_another_major_is_a_version_mismatch_naming_the_sender(major: int) -> No
         "wire_version", "s", major, 4)
 
 
+@pytest.mark.parametrize("major", [None, "1", True, 1.0, [1]])
+def test_a_major_that_is_not_an_int_is_malformed_not_another_version(major: Any) -> None:
+    d = to_map(sample(VoteRequest))
+    d.pop("v") if major is None else d.update(v=major)
+    with pytest.raises(DecodeError) as e:
+        decode(cbor2.dumps(d))
+    assert e.value.reason == "malformed"
+
+
 # --------------------------------------------------------------------------- unknown fields
 @pytest.mark.parametrize("type_name", TYPES)
 def test_extra_plain_fields_of_a_newer_minor_are_ignored(type_name: str) -> None:

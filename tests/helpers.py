@@ -11,7 +11,9 @@ import asyncio
 import http.client
 import itertools
 import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +70,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PROMTOOL = shutil.which("promtool")  # tests that need it skip when it is None
+
+
+def promtool_check(text: str) -> None:
+    """`promtool check metrics` accepts this exposition (lint: names, types, help)."""
+    assert PROMTOOL is not None
+    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(),
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
 
 
 _ids = itertools.count()

@@ -26,10 +26,6 @@ def _check(cfg: RunConfig) -> None:
                                 f"kept in {report.run_dir}:\n" + "\n".join(report.violations))
 
 
-
-
-
-
 # ------------------------------------------------------------------ CI profile
 def test_kill_and_wipe():
     """SIGKILL of the leader or a random node, restart with the same command; a node wiped

@@ -226,8 +226,6 @@ def raw_request(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     return method, b"\r\n".join(lines) + b"\r\n\r\n" + data, complete
 
 
-
-
 def deployments(store: Any) -> list[dict[str, Any]]:
     return store.list(limit=10**6)[0]  # type: ignore[no-any-return]
 

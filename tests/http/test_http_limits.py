@@ -120,8 +120,6 @@ def test_handshake_log_filter_rate_limits_ssl_errors_only() -> None:
     assert f.filter(r) and "5 more" in r.getMessage()
 
 
-
-
 class TestRateLimit(LimitsCase):
     def test_429_with_retry_after_in_the_error_shape(self) -> None:
         assert self.call("GET", "/api/v1/deployments")[0] == 200

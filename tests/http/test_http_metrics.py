@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 from typing import Any
 
@@ -13,20 +11,8 @@ from tornado.testing import AsyncHTTPTestCase
 from actors.api.app import make_app
 from actors.api.node import FakeNodeClient, NodeInfo, NodeStatus
 from actors.metrics import NodeMetrics
+from tests.helpers import PROMTOOL, promtool_check
 from tests.http.cases import value
-
-PROMTOOL = shutil.which("promtool")
-
-
-
-
-
-
-def promtool_check(text: str) -> None:
-    assert PROMTOOL is not None
-    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(),
-                          capture_output=True, timeout=60)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
 
 
 class MetricsCase(AsyncHTTPTestCase):

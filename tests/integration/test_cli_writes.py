@@ -172,8 +172,6 @@ def test_a_retried_create_gets_the_first_answer(tmp_path) -> None:
         n.stop()
 
 
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     nodes = start_cluster(tmp_path_factory.mktemp("cli-remove"), FAST)

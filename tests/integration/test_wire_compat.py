@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 
+from tests.helpers import PROMTOOL, promtool_check
 from tests.procs import ServerProc, cluster_node, leader_of, wait_for
 
 RULES = {"seed": 1, "links": [
@@ -90,6 +91,8 @@ def test_a_node_of_a_newer_minor_sits_in_a_cluster_of_current_nodes(tmp_path):
         assert metric(n1, "prisn_peer_wire_version", peer="n3", version="1.0") == 1
         assert metric(n2, "prisn_peer_wire_version", peer="n1", version="1.0") == 1
         assert metric(n2, "prisn_peer_messages_dropped_total", reason="unknown_type") in (None, 0)
+        if PROMTOOL is not None:  # the new series pass the exposition lint
+            promtool_check(n1.req("GET", "/metrics", timeout=5).body.decode())
         # the rewrite really ran on n2's links (the fault layer's own counts)
         def unknown_sent() -> int:
             return sum(json.loads(p.read_text())["unknown"]

@@ -256,4 +256,3 @@ def test_checker_catches_speaking_before_persisting(broken, scenario) -> None:
             assert "persist before speak" in str(e), str(e)[:300]
             return
     raise AssertionError(f"{broken.__name__} not caught in 300 seeds")
-

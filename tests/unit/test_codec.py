@@ -34,7 +34,6 @@ SETTINGS = settings(derandomize=True, deadline=None, max_examples=40,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-
 # one plain valid value per annotation, and values of the wrong kind for it
 SAMPLE: dict[str, Any] = {"int": 7, "bool": True, "str": "s", "bytes": b"b", "list": [1],
                           "dict": {"k": 1}}
@@ -46,10 +45,6 @@ WRONG: dict[str, list[Any]] = {
     "list": ["x", b"x", 1, {"a": 1}, None],
     "dict": [[1], "x", 1, None],
 }
-
-
-
-
 
 
 def sample(cls: type[Msg]) -> Msg:

@@ -450,4 +450,3 @@ def _try_send(sock: zmq.Socket, data: bytes) -> bool:
         return True
     except zmq.Again:
         return False
-

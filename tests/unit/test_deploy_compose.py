@@ -79,12 +79,6 @@ def command_args(service: dict) -> list[str]:
     return cmd.split() if isinstance(cmd, str) else list(cmd)
 
 
-
-
-
-
-
-
 class _Handler(http.server.BaseHTTPRequestHandler):
     status = 200
 

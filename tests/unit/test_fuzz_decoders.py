@@ -55,18 +55,12 @@ def _announce_seed() -> None:
           else "fuzz: CI run (derandomized)")
 
 
-
-
-
-
 def _dumps(value: Any) -> bytes | None:
     """CBOR of `value`, or None when cbor2 cannot encode it (a mutation that cannot exist)."""
     try:
         return cbor2.dumps(value)
     except (cbor2.CBOREncodeError, ValueError, TypeError, OverflowError):
         return None
-
-
 
 
 @st.composite

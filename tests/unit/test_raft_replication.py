@@ -24,8 +24,6 @@ MEM5 = Membership(cluster="c1", voters={f"s{i}": f"S{i}" for i in range(1, 6)})
 CONF5 = [1, 1, int(EntryKind.CONFIG), encode_config(MEM5)]
 
 
-
-
 def ack(core: RaftCore, src: str, index: int) -> list:
     return core.step([AppendResponse(src=src, dst=core.id, cluster="c1", term=core.term,
                                      success=True, index=index)])

@@ -142,7 +142,8 @@ class AddNode(Msg):
 class Reply(Msg):
     """Raft -> API: the outcome of a request that is not a committed command.
 
-    `ok` False carries `code` (an HTTP status the API should use) and `reason`. For ReadIndex,
+    `ok` False carries `code` (a `prisn.outcomes.Outcome` value, internal ones included: this
+    message never leaves the node; the API maps it to HTTP) and `reason`. For ReadIndex,
     `index` is the read index the API must wait to have applied before reading.
     """
 
@@ -225,8 +226,8 @@ class Apply(Msg):
 class Applied(Msg):
     """State machine -> API: applied through `index`; `results` for commands this node proposed.
 
-    Each result is ``[rid, status, body]`` with `status` an HTTP code and `body` the JSON-able
-    answer.
+    Each result is ``[rid, outcome, body]`` with `outcome` a wire `prisn.outcomes.Outcome`
+    value (its number is the HTTP status the API answers) and `body` the JSON-able answer.
     """
 
     index: int
@@ -339,7 +340,9 @@ class ForwardRequest(Msg):
 class ForwardResponse(Msg):
     """Leader -> follower: outcome of a forwarded proposal/read/request (`index` for reads).
 
-    For a proposal, ok with code 202 only confirms that the leader has it (appended at
+    `code` is a wire `prisn.outcomes.Outcome` value (never an internal one: the sender sends
+    `Outcome.wire()`, e.g. 503 for not leader). For a proposal, ok with code 202
+    (`Outcome.ACCEPTED`) only confirms that the leader has it (appended at
     `index`, or held during a leadership transfer); its result comes from the origin's own
     state machine once the entry commits."""
 
@@ -503,6 +506,24 @@ class InstallSnapshotResponse(Msg):
     done: bool = False
     index: int = 0
 
+
+# --------------------------------------------------------------------------- workloads: runner
+@message("runner.desired")
+class RunnerDesired(Msg):
+    """-> runner: the FULL list of instances this node should run (level-triggered). Each is a
+    map {id, deployment, namespace, generation, runtime, source, cwd, env, args, port}."""
+
+    instances: list
+
+
+@message("runner.status")
+class RunnerStatus(Msg):
+    """Runner -> its `report_to` actor: changed instance reports of `node`, batched, each a map
+    {id, node, deployment, namespace, generation, state, pid, started_at (Unix ms),
+    exit_code, restarts, message}."""
+
+    node: str
+    reports: list
 
 PEER_TYPES = frozenset(
     t for t, c in REGISTRY.items() if any(f.name == "cluster" for f in fields(c))

@@ -28,7 +28,7 @@ class WaitTimeout(AssertionError, TimeoutError):
     TimeoutError for callers that handle a timeout)."""
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+def wait_until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
                interval: float = 0.002,
                ignore: tuple[type[BaseException], ...] = ()) -> Any:
     """Poll `cond` until it returns a truthy value, and return that value; raise

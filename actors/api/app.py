@@ -32,7 +32,6 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, ClassVar, cast
 
 from tornado.httpserver import HTTPServer
@@ -57,18 +56,28 @@ from actors.api.auth import (
     check_namespace,
     check_permission,
 )
-from actors.api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
+from actors.api.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    error_body,
+)
 from actors.api.fastpath import Dispatch
 from actors.api.fastread import ReadBarriers
 from actors.api.guard import RequestGuard
 from actors.api.limits import RateLimiter
 from actors.api.node import NodeClient, NodeStatus
+from actors.api.outcomes import error_string, http_status
 from actors.api.quotas import Quotas
 from actors.metrics import NodeMetrics
 from prisn.fsm.commands import OPS, CommandFactory
-from prisn.fsm.deployments import Result, error_body
+from prisn.fsm.results import Result
 from prisn.fsm.tokens import TokenFactory
 from prisn.fsm.validation import TYPES, ValidationError, check_text, validate_name
+from prisn.outcomes import Outcome
 
 log = logging.getLogger("prisn.api")
 
@@ -210,13 +219,21 @@ class BaseHandler(RequestHandler):
             if n < 0:
                 self._refused = True
                 raise BadRequest("Content-Length must be a non-negative integer")
-            if n > self.ctx.max_body:
+            if n > self.body_limit():
                 self._refused = True
                 raise PayloadTooLarge(
-                    f"request body of {n} bytes exceeds the limit of {self.ctx.max_body} bytes")
+                    f"request body of {n} bytes exceeds the limit of {self.body_limit()} bytes")
         self._refused = True
-        self.ctx.guard.check_content_type(headers)  # 415: a body must be application/json
+        self.check_body_type(headers)  # 415: a body must be application/json
         self._refused = False
+
+    def body_limit(self) -> int:
+        """The largest body this route accepts (413 past it): `max_body` unless overridden."""
+        return self.ctx.max_body
+
+    def check_body_type(self, headers: Any) -> None:
+        """415 unless the body's Content-Type suits the route (JSON unless overridden)."""
+        self.ctx.guard.check_content_type(headers)
 
     def preflight(self) -> None:
         """Answer a CORS preflight from an allowed origin (`check_source` passed): 204 with
@@ -233,11 +250,11 @@ class BaseHandler(RequestHandler):
         if self._refused:
             return
         self._size += len(chunk)
-        if self._size > self.ctx.max_body:
+        if self._size > self.body_limit():
             self._refused = True
             self._chunks.clear()
             self.send_error(413, exc_info=(PayloadTooLarge, PayloadTooLarge(
-                f"request body exceeds the limit of {self.ctx.max_body} bytes"), None))
+                f"request body exceeds the limit of {self.body_limit()} bytes"), None))
             return
         self._chunks.append(chunk)
 
@@ -249,7 +266,10 @@ class BaseHandler(RequestHandler):
         return self.json_body() if b"".join(self._chunks).strip() else None
 
     # ------------------------------------------------------------------ answers
-    def send_json(self, status: int, body: Any) -> None:
+    def send_json(self, status: int | Outcome, body: Any) -> None:
+        """Answer `body` as JSON with `status` (an outcome answers with its HTTP status)."""
+        if isinstance(status, Outcome):
+            status = http_status(status)
         self.set_status(status)
         if status == 204:
             self.clear_header("Content-Type")
@@ -260,7 +280,7 @@ class BaseHandler(RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
-            message = exc.message or HTTPStatus(status_code).phrase
+            message = exc.message or error_string(status_code)
         elif status_code == 405:
             allowed = self.allowed_methods()
             self.set_header("Allow", ", ".join(allowed))
@@ -271,7 +291,7 @@ class BaseHandler(RequestHandler):
         elif status_code >= 500:
             message = "internal server error"
         else:
-            message = HTTPStatus(status_code).phrase
+            message = error_string(status_code)
         retry_after = getattr(exc, "retry_after", None)
         if retry_after:  # 429 from the rate limiter
             self.set_header("Retry-After", str(retry_after))
@@ -723,13 +743,14 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
     (or with an `Authenticator` that has no API key) the API is open. Without `guard`, bodies
     must be JSON and any Origin is refused, but no Host is checked (`ApiActor` passes the
     node's own `RequestGuard`)."""
+    from actors.api.artifacts import ARTIFACT_ROUTES  # imports BaseHandler from here
     from actors.api.snapshot import SNAPSHOT_ROUTES  # imports BaseHandler from here
     from actors.api.tokens import TOKEN_ROUTES  # tokens imports BaseHandler from here
 
     if metrics is None:
         metrics = NodeMetrics(status=node.status, deployments=node.store.count)
     app = PrisnApplication(
-        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
+        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
         serve_traceback=False, compress_response=False,
     )
     app.ctx = ApiContext(

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from actors.api.errors import ApiError
 from prisn.fsm.tokens import ALL_NAMESPACES, Token, parse_secret, secret_hash
+from prisn.outcomes import Outcome
 
 log = logging.getLogger("prisn.api")
 
@@ -64,7 +65,7 @@ class Unauthorized(ApiError):
     """401: no valid credential. `auth_reason` is one of `REASONS` (not `reason`: Tornado's
     HTTPError uses that for the status line)."""
 
-    status = 401
+    outcome = Outcome.UNAUTHENTICATED
 
     def __init__(self, message: str, *, reason: str, kind: str = "", detail: str = "") -> None:
         super().__init__(message)
@@ -85,7 +86,7 @@ class Unauthorized(ApiError):
 class Forbidden(ApiError):
     """403: a valid credential whose role or namespaces do not allow the request."""
 
-    status = 403
+    outcome = Outcome.FORBIDDEN
     auth_reason = "forbidden"
 
 

@@ -26,10 +26,11 @@ from typing import Any
 
 import zmq
 
-from actors.api.errors import BadRequest, Conflict, NotFound, Unavailable
+from actors.api.errors import BadRequest, Unavailable, consensus_error
 from actors.api.node import NodeInfo, NodeStatus
 from prisn.fsm.commands import encode_entry
-from prisn.fsm.deployments import DeploymentStore, Result
+from prisn.fsm.deployments import DeploymentStore
+from prisn.fsm.results import Result
 from prisn.messages import (
     Applied,
     Msg,
@@ -40,6 +41,7 @@ from prisn.messages import (
     Role,
     TransferLeadership,
 )
+from prisn.outcomes import Outcome
 from prisn.raft.progress import NEVER
 from transport.codec import Decoder, encode
 from transport.mailbox import bind_inbox
@@ -138,7 +140,7 @@ class RaftNodeClient:
             for rid, status, body in msg.results:
                 fut = self._waiters.pop(rid, None)
                 if fut is not None and not fut.done():
-                    fut.set_result((status, body))
+                    fut.set_result((Outcome.parse(status), body))
             if msg.index > self.applied_index:
                 self.applied_index = msg.index
             heap = self._applied_waiters
@@ -153,7 +155,7 @@ class RaftNodeClient:
             if msg.ok:
                 fut.set_result(msg.index)
             else:
-                fut.set_exception(_error_for(msg.code, msg.reason))
+                fut.set_exception(consensus_error(Outcome.parse(msg.code), msg.reason))
 
     # ------------------------------------------------------------------ requests
     def _request(self, make: Callable[[int], Msg]) -> tuple[int, asyncio.Future]:
@@ -320,16 +322,6 @@ def _encoded(encode_it: Callable[[], bytes]) -> bytes:
         return encode_it()
     except (UnicodeError, ValueError, TypeError) as exc:
         raise BadRequest(f"the request cannot be encoded for the log: {exc}") from None
-
-
-def _error_for(code: int, reason: str) -> Exception:
-    if code == 404:
-        return NotFound(reason)
-    if code == 409:
-        return Conflict(reason)
-    if code == 507:
-        return Unavailable(reason, status=507)
-    return Unavailable(reason or "no quorum available")
 
 
 def state_name(st: Any) -> str:

@@ -28,13 +28,13 @@ import asyncio
 import json
 import logging
 import time
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from tornado import httputil
 
-from actors.api.errors import ApiError
+from actors.api.errors import ApiError, BadRequest
 from actors.api.fastread import error_bytes, fast_read, limiter_allows, request_id, write_response
+from actors.api.outcomes import error_string, http_status
 from prisn.fsm.validation import ValidationError
 
 if TYPE_CHECKING:
@@ -141,13 +141,14 @@ class FastCreate(httputil.HTTPMessageDelegate):
                 command = ctx.commands.create(
                     body, namespace=None, key=self._headers.get("Idempotency-Key"))
             except ValidationError as exc:
-                raise ApiError(exc.message, status=400) from None
-            status, answer = await propose_command(ctx, command)
+                raise BadRequest(exc.message) from None
+            outcome, answer = await propose_command(ctx, command)
+            status = http_status(outcome)
             # the store's answer (2xx, or e.g. its 409/422) as `BaseHandler.send_json`
             data = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
         except ApiError as exc:  # raised: as `BaseHandler.write_error` renders it
             status = exc.status
-            data = error_bytes(status, exc.message or HTTPStatus(status).phrase)
+            data = error_bytes(status, exc.message or error_string(status))
         except Exception:  # noqa: BLE001 - a bug answers 500, as Tornado's handler would
             log.exception("POST %s failed", ROUTE)
             status, data = 500, error_bytes(500, "internal server error")

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 import tornado
 from tornado import httputil, iostream
 
-from actors.api.errors import ApiError, Unavailable
-from prisn.fsm.deployments import error_body
+from actors.api.errors import ApiError, Unavailable, error_body
+from actors.api.outcomes import error_string
 from prisn.fsm.validation import ValidationError, validate_name
 
 if TYPE_CHECKING:
@@ -276,7 +276,7 @@ class FastRead(httputil.HTTPMessageDelegate):
                 503, "strong read unavailable: read barrier timed out"))
         elif isinstance(exc, ApiError):
             self._respond(exc.status, error_bytes(
-                exc.status, exc.message or httputil.responses.get(exc.status, "Unknown")))
+                exc.status, exc.message or error_string(exc.status)))
         else:  # a bug answers 500, as Tornado's handler would
             log.error("GET %s failed", self.uri, exc_info=exc)
             self._respond(500, error_bytes(500, "internal server error"))

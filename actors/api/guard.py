@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from actors.api.errors import ApiError
 from prisn.config import normalize_origin
+from prisn.outcomes import Outcome
 
 JSON_MEDIA_TYPE = "application/json"
 # Request headers a browser may send cross-origin once preflighted (answered in preflights).
@@ -42,15 +43,15 @@ LOOPBACK_NAMES = ("localhost",)
 
 
 class UnsupportedMediaType(ApiError):
-    status = 415
+    outcome = Outcome.UNSUPPORTED_MEDIA
 
 
 class CrossOriginForbidden(ApiError):
-    status = 403
+    outcome = Outcome.FORBIDDEN
 
 
 class MisdirectedRequest(ApiError):
-    status = 421
+    outcome = Outcome.MISDIRECTED
 
 
 def host_of(addr: str) -> str:

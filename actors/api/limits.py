@@ -45,6 +45,7 @@ from tornado.iostream import IOStream, SSLIOStream
 
 from actors.api.errors import ApiError, error_body
 from actors.api.framing import strict_chunk_lines
+from prisn.outcomes import Outcome
 
 EXEMPT_ROUTES = frozenset({"/health", "/ready"})
 DEFAULT_MAX_CLIENTS = 65536
@@ -60,7 +61,7 @@ PHASE_NAMES = {HEADER: "header", BODY: "body", BUSY: "response", IDLE: "idle"}
 class TooManyRequests(ApiError):
     """429: the client address is over its request rate; `retry_after` whole seconds (>= 1)."""
 
-    status = 429
+    outcome = Outcome.RATE_LIMITED
 
     def __init__(self, retry_after: int, rate: float) -> None:
         super().__init__(f"rate limit of {rate:g} requests/s per client address exceeded; "

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from actors.api.errors import Conflict, NotFound, Unavailable
 from prisn.fsm.commands import encode_entry
-from prisn.fsm.deployments import DeploymentStore, Result
+from prisn.fsm.deployments import DeploymentStore
+from prisn.fsm.results import Result
 from prisn.messages import EntryKind
 
 STATES: tuple[str, ...] = ("leader", "follower", "candidate", "learner")

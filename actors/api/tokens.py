@@ -22,6 +22,7 @@ from actors.api.app import BaseHandler
 from actors.api.auth import ADMIN
 from actors.api.errors import BadRequest, Conflict, NotFound
 from prisn.fsm.tokens import is_token_id, ts_millis
+from prisn.outcomes import Outcome
 
 log = logging.getLogger("prisn.api")
 
@@ -76,7 +77,7 @@ class TokensHandler(_TokenBase):
         if result is None:
             return
         status, out = result
-        if status != 201:
+        if status is not Outcome.CREATED:
             self.send_json(status, out)
             return
         if out.get("id") != chosen["id"]:
@@ -107,7 +108,7 @@ class TokenHandler(_TokenBase):
             token_id, key=self.idempotency_key()))
         if result is None:
             return
-        if result[0] == 204:
+        if result[0] is Outcome.DELETED:
             self.audit("deleted", before.public() if before else {"id": token_id})
         self.send_json(*result)
 
@@ -128,7 +129,7 @@ class TokenRevokeHandler(_TokenBase):
         if result is None:
             return
         status, out = result
-        if status != 200:
+        if status is not Outcome.OK:
             self.send_json(status, out)
             return
         self.audit("revoked", out)

@@ -35,11 +35,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from http import HTTPStatus
 from typing import Any
 
 from prisn.fsm.commands import COMMAND_VERSION, check_key, format_ts
+from prisn.fsm.results import Result, failure
 from prisn.fsm.validation import ValidationError, is_int, validate_name
+from prisn.outcomes import Outcome
 
 ROLES: tuple[str, ...] = ("admin", "developer", "viewer")
 ALL_NAMESPACES = "*"
@@ -61,15 +62,8 @@ _DURATION_PART_RE = re.compile(r"(\d{1,9})([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _CREATE_FIELDS = frozenset({"name", "role", "namespaces", "expires_in"})
 
-Result = tuple[int, dict[str, Any]]
-
-
 class TokenCommandError(ValueError):
     """A token command in the log that is malformed (400; changes nothing)."""
-
-
-def _err(status: int, message: str) -> Result:
-    return status, {"error": HTTPStatus(status).phrase, "message": message}
 
 
 # ---------------------------------------------------------------------- validation (pure)
@@ -256,15 +250,15 @@ class TokenTable:
             raise TokenCommandError(f"unknown token op {op!r}")
         current = self._by_id.get(token_id)
         if current is None:
-            return _err(404, f"token {token_id} not found")
+            return failure(Outcome.NOT_FOUND, f"token {token_id} not found")
         if op == "token.delete":
             del self._by_id[token_id]
             del self._by_name[current.name]
-            return 204, {}
+            return Outcome.DELETED, {}
         if current.revoked_at is None:
             current = Token(**{**_fields(current), "revoked_at": ts})
             self._by_id[token_id] = current
-        return 200, current.public()
+        return Outcome.OK, current.public()
 
     def _create(self, cmd: dict[str, Any], token_id: str, ts: str, ts_ms: int) -> Result:
         name = validate_name(cmd.get("name"))
@@ -277,12 +271,12 @@ class TokenTable:
         if not isinstance(digest, str) or not _HASH_RE.fullmatch(digest):
             raise TokenCommandError("command field 'hash' must be 64 lowercase hex characters")
         if name in self._by_name:
-            return _err(409, f"a token named {name} already exists")
+            return failure(Outcome.CONFLICT, f"a token named {name} already exists")
         if token_id in self._by_id:
-            return _err(409, f"token id {token_id} already exists")
+            return failure(Outcome.CONFLICT, f"token id {token_id} already exists")
         if len(self._by_id) >= MAX_TOKENS:
-            return _err(409, f"the token table is full ({MAX_TOKENS} tokens); delete unused "
-                             "tokens first")
+            return failure(Outcome.CONFLICT, f"the token table is full ({MAX_TOKENS} tokens); "
+                                             "delete unused tokens first")
         expires_ms = None if ttl is None else ts_ms + ttl * 1000
         tok = Token(id=token_id, name=name, role=role, namespaces=tuple(namespaces),
                     hash=digest, created_at=ts,
@@ -290,7 +284,7 @@ class TokenTable:
                     expires_ms=expires_ms, revoked_at=None)
         self._by_id[token_id] = tok
         self._by_name[name] = token_id
-        return 201, tok.public()
+        return Outcome.CREATED, tok.public()
 
     # ------------------------------------------------------------------ snapshots
     def rows(self) -> list[dict[str, Any]]:

@@ -30,16 +30,20 @@ Safety rules this module keeps (Raft paper = §, Ongaro thesis = T):
   unknown, so none of it is ever counted or acknowledged: `stable` stays at what was synced,
   held grants/acks are dropped, no StoreAppend is emitted. A leader steps down at once (a
   single voter first drops its unsynced suffix: no other node can have it; proposals only
-  in void writes fail for sure (507), those in the failed batch may be on disk after a
-  reopen and are answered 503 "may have committed"). 507 means never applied, ever: a
-  proposal that was in our log as leader (re-queued after losing leadership) gets 503.
-  While the disk is broken the node never grants a
-  vote, acknowledges an append, campaigns or accepts a proposal (507, `DISK_ERROR`); it
+  in void writes fail for sure (`Outcome.DISK_ERROR`), those in the failed batch may be on
+  disk after a reopen and are answered `OUTCOME_UNKNOWN` "may have committed"). DISK_ERROR
+  means never applied, ever: a proposal that was in our log as leader (re-queued after
+  losing leadership) gets OUTCOME_UNKNOWN. While the disk is broken the node never grants a
+  vote, acknowledges an append, campaigns or accepts a proposal (DISK_ERROR); it
   keeps its place in the cluster, follows the leader in memory and forwards reads. On
   `StoreRecovered` it sends `StoreResume` and then one StoreAppend that truncates after the
   durable prefix and rewrites the rest of its log with the current hard state; nothing of
   the void epoch is ever counted as synced. `StoreFatal` (the store cannot be trusted) stops
   the node for good (`status().fatal`).
+- Answers are typed (`prisn.outcomes.Outcome`), never HTTP codes: the local API gets the
+  outcome as it is (internal ones such as NOT_LEADER, LEADERSHIP_LOST, OUTCOME_UNKNOWN,
+  NO_LEADER included); a peer gets `Outcome.wire()`, the code older nodes sent (503), so
+  mixed versions interoperate. A peer's code is read with `Outcome.from_wire`.
 - Malformed peer input changes nothing: an AppendEntries whose entries are not contiguous
   ``[index, term, kind, data]`` lists with sane terms, or that carries a CONFIG entry
   `decode_config` refuses, and an InstallSnapshot chunk outside its snapshot are dropped
@@ -102,6 +106,7 @@ from prisn.messages import (
     VoteRequest,
     VoteResponse,
 )
+from prisn.outcomes import Outcome
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.log import RaftLog
 from prisn.raft.progress import NEVER, Progress, ProgressState, quorum_index, quorum_size
@@ -113,11 +118,11 @@ NOT_LEADER = "not leader"  # ForwardResponse reason that makes the origin retry 
 # A leader's ForwardResponse(ok, code ACCEPTED) to a forwarded proposal: it is in the leader's
 # log (or queued there while a leadership transfer runs). The result still comes through the
 # origin's own state machine; the ack only stops the origin's resends (see _check_forwards).
-ACCEPTED = 202
+ACCEPTED = Outcome.ACCEPTED
 HELD = -1  # `_seen_fwd` mark of a forward held during a leadership transfer
 FORWARD_UNCONFIRMED = ("the leader did not confirm the forwarded write within an election "
                        "timeout")
-DISK_ERROR = "the log cannot be written"  # 507 reason prefix while the disk is broken
+DISK_ERROR = "the log cannot be written"  # Outcome.DISK_ERROR reason prefix (broken disk)
 NO_LEADER = "no leader or quorum"
 SEEN_FORWARDS = 65536  # forwarded proposals remembered to drop network duplicates
 # Bounds on what a peer may send (a message beyond them is malformed: dropped and counted)
@@ -143,7 +148,7 @@ class RaftOptions:
     pre_vote: bool = True
     check_quorum: bool = True
     max_pending: int = 10000  # proposals/reads buffered while no leader is known
-    pending_ticks: int = 500  # how long a buffered proposal/read waits before failing 503
+    pending_ticks: int = 500  # how long a buffered proposal/read waits (then NO_LEADER)
     promote_lag: int = 0  # learner promoted when match >= leader commit - promote_lag
     max_apply_entries: int = 4096  # per Apply message (replay after a restart is split)
     trailing_logs: int = 10240  # entries kept before a snapshot for slow followers
@@ -807,20 +812,22 @@ class RaftCore:
             log.warning("raft: dropped a malformed %s from %.64r: %.300s (%d dropped so far)",
                         m.T, m.src, why, self._drops[reason])
 
-    def _reply(self, rid: int, ok: bool, code: int = 200, reason: str = "",
+    def _reply(self, rid: int, ok: bool, code: Outcome = Outcome.OK, reason: str = "",
                index: int = 0) -> None:
+        """Answer the local API: `code` as it is (internal outcomes included: same node)."""
         self._out_local.append(Reply(src="raft", dst="api", rid=rid, ok=ok, code=code,
                                      reason=reason, index=index))
 
-    def _respond(self, origin: str, rid: int, ok: bool, code: int = 200, reason: str = "",
-                 index: int = 0) -> None:
-        """Answer a request from the local API (`origin` == self) or a forwarding peer."""
+    def _respond(self, origin: str, rid: int, ok: bool, code: Outcome = Outcome.OK,
+                 reason: str = "", index: int = 0) -> None:
+        """Answer a request from the local API (`origin` == self) or a forwarding peer; a
+        peer gets `code.wire()` (an internal outcome as the code older nodes sent)."""
         if origin == self.id:
             self._reply(rid, ok, code, reason, index)
         else:
             self._out_peer.append(ForwardResponse(
                 src=self.id, dst=origin, cluster=self._cluster, term=self._term, rid=rid,
-                ok=ok, code=code, reason=reason, index=index))
+                ok=ok, code=int(code.wire()), reason=reason, index=index))
 
     def _send_durable(self, msg: Msg, index: int) -> None:
         """Emit `msg` once entries up to `index` and the current term/vote are synced.
@@ -988,14 +995,15 @@ class RaftCore:
 
     def _lose_leadership(self) -> None:
         for _origin, rid in self._reads_wait:
-            self._respond(_origin, rid, False, 503, "leadership lost")
+            self._respond(_origin, rid, False, Outcome.LEADERSHIP_LOST, "leadership lost")
         for r in self._reads:
-            self._respond(r.origin, r.rid, False, 503, "leadership lost")
+            self._respond(r.origin, r.rid, False, Outcome.LEADERSHIP_LOST, "leadership lost")
         self._reads_wait = []
         self._reads.clear()
         self._read_round = False
         for _idx, (origin, rid) in self._conf_waiters.items():
-            self._respond(origin, rid, False, 503, "leadership lost; outcome unknown")
+            self._respond(origin, rid, False, Outcome.OUTCOME_UNKNOWN,
+                          "leadership lost; outcome unknown")
         self._conf_waiters = {}
         self._progress = {}
         self._transferee = ""
@@ -1006,7 +1014,7 @@ class RaftCore:
             # Our proposals not known committed may be lost with our term: propose them again
             # through the next leader (a copy that does commit is a no-op by idempotency key).
             for own in self._own.values():
-                own.logged = True  # it may have been replicated: 507 is no longer true
+                own.logged = True  # it may have been replicated: DISK_ERROR no longer true
             self._pending.extendleft(reversed(list(self._own.values())))
             self._own = {}
 
@@ -1134,12 +1142,13 @@ class RaftCore:
         return n >= quorum_size(len(self._voters))
 
     def _expire(self) -> None:
-        """Fail buffered requests older than pending_ticks (503); forget forwarded ones."""
+        """Fail buffered requests older than pending_ticks (NO_LEADER); forget forwarded ones."""
         limit = self._now - self.opts.pending_ticks
         pending = self._pending
         while pending and pending[0].since <= limit:
             r = pending.popleft()
-            self._reply(r.rid, False, 503, f"{NO_LEADER}: timed out waiting for a leader")
+            self._reply(r.rid, False, Outcome.NO_LEADER,
+                        f"{NO_LEADER}: timed out waiting for a leader")
         if self._fwd:
             expired = []
             for fid, r in self._fwd.items():
@@ -1151,7 +1160,7 @@ class RaftCore:
                 if self._fwd_data.get(r.data) == fid:
                     del self._fwd_data[r.data]
                 if r.kind != "propose":  # a forwarded proposal may have committed: no answer
-                    self._reply(r.rid, False, 503, "timed out waiting for the leader")
+                    self._reply(r.rid, False, Outcome.NO_LEADER, "timed out waiting for the leader")
 
     def _send_joins(self) -> None:
         self._join_elapsed = 0
@@ -1178,7 +1187,7 @@ class RaftCore:
             self._become_leader()  # self-vote alone is a quorum, and it is durable now
 
     def _disk_message(self) -> str:
-        """The 507 reason while the disk is broken (the API passes it to the client)."""
+        """The DISK_ERROR reason while the disk is broken (the API passes it to the client)."""
         return (f"{DISK_ERROR}: {self._disk_error}; this node refuses writes until it can "
                 f"write its log again (it retries by itself); other nodes may accept them")
 
@@ -1187,12 +1196,12 @@ class RaftCore:
                 f"committed: check before retrying")
 
     def _refuse_write(self, r: _Req) -> None:
-        """Refuse a proposal while the disk is broken: 507 only if it was never in a log
-        (507 means never applied, ever), 503 "may have committed" otherwise."""
+        """Refuse a proposal while the disk is broken: DISK_ERROR only if it was never in a
+        log (it means never applied, ever), OUTCOME_UNKNOWN "may have committed" otherwise."""
         if r.logged:
-            self._reply(r.rid, False, 503, self._maybe_committed())
+            self._reply(r.rid, False, Outcome.OUTCOME_UNKNOWN, self._maybe_committed())
         else:
-            self._reply(r.rid, False, 507, self._disk_message())
+            self._reply(r.rid, False, Outcome.DISK_ERROR, self._disk_message())
 
     def _on_store_failed(self, m: StoreFailed) -> None:
         """A write failed (disk full, I/O error): its outcome, and that of every write not
@@ -1230,9 +1239,9 @@ class RaftCore:
                 r = self._own.pop(idx)
                 if idx <= self._maybe_landed:
                     # in the failed batch: a reopened store may hold it (and commit it)
-                    self._reply(r.rid, False, 503, self._maybe_committed())
+                    self._reply(r.rid, False, Outcome.OUTCOME_UNKNOWN, self._maybe_committed())
                 else:
-                    self._reply(r.rid, False, 507, self._disk_message())
+                    self._reply(r.rid, False, Outcome.DISK_ERROR, self._disk_message())
             self._truncate(base + 1)
         best, best_match = "", -1
         for v in sorted(self._voters):
@@ -1269,11 +1278,11 @@ class RaftCore:
         self._held.clear()
         self._held_now = []
         for r in self._pending:
-            self._reply(r.rid, False, 503, "storage failed")
+            self._reply(r.rid, False, Outcome.UNAVAILABLE, "storage failed")
         self._pending.clear()
         for r in self._fwd.values():
             if r.kind != "propose":
-                self._reply(r.rid, False, 503, "storage failed")
+                self._reply(r.rid, False, Outcome.UNAVAILABLE, "storage failed")
         self._fwd.clear()
         self._fwd_data.clear()
         self._own = {}
@@ -1479,15 +1488,15 @@ class RaftCore:
         target = m.target or self.id
         mem = self._membership
         if target == self.id and mem is not None and self.id in mem.learners:
-            self._reply(m.rid, False, 409, "a learner cannot lead")
+            self._reply(m.rid, False, Outcome.CONFLICT, "a learner cannot lead")
             return
         if target == self.id and self._disk_error:
-            self._reply(m.rid, False, 507, self._disk_message())
+            self._reply(m.rid, False, Outcome.DISK_ERROR, self._disk_message())
             return
         if (target == self.id and self._state is not _State.LEADER and not self._leader_id
                 and self._promotable()):
             self._campaign(pre=self.opts.pre_vote)  # no leader known: just start an election
-            self._reply(m.rid, True, 200, "election started")
+            self._reply(m.rid, True, Outcome.OK, "election started")
             return
         self._submit(_Req("transfer", m.rid, self._now, node_id=target))
 
@@ -1499,7 +1508,7 @@ class RaftCore:
 
     def _submit(self, r: _Req) -> None:
         if self._fatal:
-            self._reply(r.rid, False, 503, f"node stopped: {self._fatal}")
+            self._reply(r.rid, False, Outcome.UNAVAILABLE, f"node stopped: {self._fatal}")
             return
         if self._disk_error and r.kind == "propose":
             self._refuse_write(r)
@@ -1510,7 +1519,7 @@ class RaftCore:
         m = self._membership
         if m is not None and self.id in m.learners:
             # the leader drops forwards from non-voters: say so now instead of a timeout
-            self._reply(r.rid, False, 503, "this node is a learner (still "
+            self._reply(r.rid, False, Outcome.UNAVAILABLE, "this node is a learner (still "
                         "catching up, not yet a voter) and does not take requests; send "
                         "them to another member")
             return
@@ -1519,7 +1528,7 @@ class RaftCore:
             self._forward(r)
             return
         if len(self._pending) >= self.opts.max_pending:
-            self._reply(r.rid, False, 503, f"{NO_LEADER}: too many pending requests")
+            self._reply(r.rid, False, Outcome.NO_LEADER, f"{NO_LEADER}: too many pending requests")
             return
         self._pending.append(r)
 
@@ -1583,7 +1592,7 @@ class RaftCore:
                 if self._fwd_data.get(r.data) == fid:
                     del self._fwd_data[r.data]
                 self._drop("forward_unconfirmed")
-                self._reply(r.rid, False, 503, FORWARD_UNCONFIRMED)
+                self._reply(r.rid, False, Outcome.OUTCOME_UNKNOWN, FORWARD_UNCONFIRMED)
             elif now - r.sent >= retry and r.to == self._leader_id and r.to != self.id:
                 r.sent = now
                 self._out_peer.append(ForwardPropose(
@@ -1636,18 +1645,19 @@ class RaftCore:
         """Leadership transfer (T 3.10): catch the target up, then TimeoutNow."""
         m = self._membership
         if target and target != self.id and (m is None or target not in m.members()):
-            self._respond(origin, rid, False, 404, f"unknown node {target}")
+            self._respond(origin, rid, False, Outcome.NOT_FOUND, f"unknown node {target}")
             return
         if m is not None and len(m.voters) < 2:
-            self._respond(origin, rid, False, 409, f"no other voter to transfer to: {self.id} "
+            self._respond(origin, rid, False, Outcome.CONFLICT,
+                          f"no other voter to transfer to: {self.id} "
                           f"is the only voter of cluster {m.cluster}")
             return
         if not target or target == self.id:
-            self._respond(origin, rid, True, 200, "already leader")
+            self._respond(origin, rid, True, Outcome.OK, "already leader")
             return
         assert m is not None  # a target other than self is a member (checked above)
         if target not in m.voters:
-            self._respond(origin, rid, False, 409, f"{target} is a learner")
+            self._respond(origin, rid, False, Outcome.CONFLICT, f"{target} is a learner")
             return
         self._transferee = target
         self._transfer_elapsed = 0
@@ -1655,7 +1665,7 @@ class RaftCore:
         self._event(logging.INFO, f"leadership transfer to {target} started (term "
                     f"{self._term})")
         self._maybe_timeout_now()
-        self._respond(origin, rid, True, 200, f"transferring leadership to {target}")
+        self._respond(origin, rid, True, Outcome.OK, f"transferring leadership to {target}")
 
     def _maybe_timeout_now(self) -> None:
         t = self._transferee
@@ -1685,27 +1695,29 @@ class RaftCore:
         else:
             self._respond(origin, rid, ok, code, reason)
 
-    def _leader_change(self, kind: str, node_id: str, addr: str) -> tuple[bool, int, str, int]:
+    def _leader_change(self, kind: str, node_id: str, addr: str
+                       ) -> tuple[bool, Outcome, str, int]:
         """Single-server membership change (T 4.1). Returns (ok, code, reason, entry index)."""
         m = self._membership
         if m is None:
-            return False, 503, "no configuration", 0
+            return False, Outcome.UNAVAILABLE, "no configuration", 0
         if kind == "add":
             if not node_id or not addr:
-                return False, 400, "node id and address are required", 0
+                return False, Outcome.INVALID, "node id and address are required", 0
             if m.voters.get(node_id) == addr or m.learners.get(node_id) == addr:
-                return True, 200, "already a member", 0
+                return True, Outcome.OK, "already a member", 0
         elif kind == "remove":
             if node_id not in m.members():
-                return False, 404, f"unknown node {node_id}", 0
+                return False, Outcome.NOT_FOUND, f"unknown node {node_id}", 0
             if node_id in m.voters and len(m.voters) == 1:
-                return False, 409, "would leave no voter", 0
+                return False, Outcome.CONFLICT, "would leave no voter", 0
         elif kind != "promote":
-            return False, 400, f"unknown operation {kind}", 0
+            return False, Outcome.INVALID, f"unknown operation {kind}", 0
         if self._conf_index() > self._commit:
-            return False, 409, "configuration change in progress", 0
+            return False, Outcome.CONFLICT, "configuration change in progress", 0
         if self._commit < self._term_start:
-            return False, 503, "leader not ready: no entry of its term committed yet", 0
+            return (False, Outcome.UNAVAILABLE,
+                    "leader not ready: no entry of its term committed yet", 0)
         voters = dict(m.voters)
         learners = dict(m.learners)
         if kind == "add":
@@ -1721,7 +1733,7 @@ class RaftCore:
         new = Membership(cluster=m.cluster, voters=voters, learners=learners)
         idx = self._log.last_index + 1
         self._append_local([[idx, self._term, int(EntryKind.CONFIG), encode_config(new)]])
-        return True, 200, "", idx
+        return True, Outcome.OK, "", idx
 
     def _maybe_promote(self) -> None:
         m = self._membership
@@ -1747,7 +1759,7 @@ class RaftCore:
             if self._conf_waiters:
                 for ci in sorted(i for i in self._conf_waiters if i <= idx):
                     origin, rid = self._conf_waiters.pop(ci)
-                    self._respond(origin, rid, True, 200, "", ci)
+                    self._respond(origin, rid, True, Outcome.OK, "", ci)
             if self.id not in voters and self._conf_index() <= idx:
                 self._step_down_removed()
 
@@ -2070,13 +2082,13 @@ class RaftCore:
         if len(seen) > SEEN_FORWARDS:
             del seen[next(iter(seen))]
         if not leader:
-            self._respond(m.src, m.rid, False, 503, NOT_LEADER)
+            self._respond(m.src, m.rid, False, Outcome.NOT_LEADER, NOT_LEADER)
             return
         if self._transferee:
             # Hold it until the transfer ends: appended if it aborts, refused with NOT_LEADER
             # (the origin re-forwards to the new leader) if it succeeds (_lose_leadership).
             if len(self._held_fwd) >= self.opts.max_pending:
-                self._respond(m.src, m.rid, False, 503, NOT_LEADER)
+                self._respond(m.src, m.rid, False, Outcome.NOT_LEADER, NOT_LEADER)
                 return
             self._held_fwd.append(m)
             seen[key] = HELD
@@ -2104,17 +2116,17 @@ class RaftCore:
             else:
                 if (m.src, m.rid) in seen:
                     seen[m.src, m.rid] = 0
-                self._respond(m.src, m.rid, False, 503, NOT_LEADER)
+                self._respond(m.src, m.rid, False, Outcome.NOT_LEADER, NOT_LEADER)
 
     def _on_forward_read(self, m: ForwardReadIndex) -> None:
         if self._state is not _State.LEADER:
-            self._respond(m.src, m.rid, False, 503, NOT_LEADER)
+            self._respond(m.src, m.rid, False, Outcome.NOT_LEADER, NOT_LEADER)
             return
         self._leader_read(m.src, m.rid)
 
     def _on_forward_request(self, m: ForwardRequest) -> None:
         if self._state is not _State.LEADER:
-            self._respond(m.src, m.rid, False, 503, NOT_LEADER)
+            self._respond(m.src, m.rid, False, Outcome.NOT_LEADER, NOT_LEADER)
             return
         if m.op == "transfer":
             self._leader_transfer(m.src, m.rid, m.node_id or m.src)
@@ -2144,7 +2156,7 @@ class RaftCore:
                 self._pending.append(r)
             return
         if r.kind != "propose":
-            self._reply(r.rid, m.ok, m.code, m.reason, m.index)
+            self._reply(r.rid, m.ok, Outcome.from_wire(m.code), m.reason, m.index)
 
     def _on_join_request(self, m: JoinRequest) -> None:
         dst = "@" + m.addr

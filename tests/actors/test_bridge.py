@@ -32,6 +32,7 @@ from prisn.messages import (
     Role,
     TransferLeadership,
 )
+from prisn.outcomes import Outcome
 from prisn.raft.boot import Membership
 from prisn.raft.progress import NEVER
 from prisn.raft.status import PeerStatus
@@ -183,7 +184,11 @@ def test_reply_not_ok_503_raises_unavailable() -> None:
 
 @pytest.mark.parametrize("code,exc,status", [
     (503, Unavailable, 503), (404, NotFound, 404), (409, Conflict, 409),
-    (507, Unavailable, 507), (500, Unavailable, 503),
+    (507, Unavailable, 507), (500, Unavailable, 503), (400, Unavailable, 503),
+    # internal consensus outcomes (same node only) are 503s, as the plain 503 was
+    (int(Outcome.NOT_LEADER), Unavailable, 503), (int(Outcome.LEADERSHIP_LOST), Unavailable, 503),
+    (int(Outcome.OUTCOME_UNKNOWN), Unavailable, 503), (int(Outcome.NO_LEADER), Unavailable, 503),
+    (4242, Unavailable, 503),  # garbage: a failure, never a success
 ])
 def test_reply_codes_map_to_api_errors(code: int, exc: type[Exception], status: int) -> None:
     async def body(rig: Rig) -> None:

@@ -31,19 +31,19 @@ def test_kill_and_wipe():
     """SIGKILL of the leader or a random node, restart with the same command; a node wiped
     and replaced under a new id (removed first, then joined with --peers); forced elections."""
     _check(RunConfig("kill-wipe", _seed(1101), faults=("kill-leader", "kill", "wipe", "transfer"),
-                     duration=16))
+                     duration=12))
 
 
 def test_pause_leader():
     """SIGSTOP/SIGCONT of the leader: once awake it must neither serve a stale strong read
     nor commit alone (the history and the leader-per-term checks)."""
-    _check(RunConfig("pause-leader", _seed(2202), faults=("pause-leader",), duration=15,
+    _check(RunConfig("pause-leader", _seed(2202), faults=("pause-leader",), duration=12,
                      fault_s=(0.8, 2.5)))
 
 
 def test_link_delay_duplication_reordering():
     """The transport fault layer: per-link delay with jitter, duplication, reordering, loss."""
-    _check(RunConfig("net-chaos", _seed(3303), faults=("net",), duration=15,
+    _check(RunConfig("net-chaos", _seed(3303), faults=("net",), duration=12,
                      fault_s=(2.0, 4.0), gap_s=(0.5, 1.0)))
 
 
@@ -60,7 +60,7 @@ def test_negative_control_local_reads_are_caught():
 def test_netns_partitions():
     """One namespace per node: leader isolated, random halves, one-way and lossy links."""
     _netns_or_skip()
-    _check(RunConfig("netns-partitions", _seed(4404), faults=PARTITIONS, duration=16,
+    _check(RunConfig("netns-partitions", _seed(4404), faults=PARTITIONS, duration=12,
                      netns=True))
 
 

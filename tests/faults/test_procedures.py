@@ -377,9 +377,12 @@ def _remove_and_replace_disk(op: Operator) -> None:
         assert len(op.cluster_ids()) == 1
         op.health(fresh)
     # the other order the doc describes: a voter started with an empty data dir *before* it
-    # was removed is refused by the leader (both logs) and joins by itself once removed
+    # was removed is refused by the leader (both logs) and joins by itself once removed. Its
+    # usual command must name a member to ask (--peers): the Quick Start's first node, started
+    # with --bootstrap alone, founds a new cluster on an empty data dir (operations.md says
+    # so), so it is not the one wiped here, leader or not (a stopped leader hands over first)
     with op.step("replace-disk-before-removal"):
-        old = next(n for n in followers(op) if n is not fresh)
+        old = next(n for n in c.nodes if n is not fresh and "--peers" in n.args)
         op.stop(old)
         op.withdraw(old)
         shutil.rmtree(old.data_dir)

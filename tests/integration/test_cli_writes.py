@@ -48,7 +48,8 @@ def prisn(*args: str, server: str) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------------- a scripted server
 class Script(ThreadingHTTPServer):
     """Answers each request with the next scripted (status, headers, body) for its method and
-    path (then 500), and records (method, path, headers) of every request."""
+    path (then 500), or with what a callable given instead of the list returns for the
+    server, and records (method, path, headers) of every request."""
 
     daemon_threads = True
 
@@ -73,8 +74,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.seen.append((self.command, path, {k.lower(): v for k, v in
                                                       self.headers.items()}))
         queue = self.server.answers.get((self.command, path), [])
-        status, headers, body = queue.pop(0) if queue else (500, {}, {"error": "x",
-                                                                       "message": "no script"})
+        if callable(queue):  # an answer computed from what was seen so far
+            status, headers, body = queue(self.server)
+        else:
+            status, headers, body = queue.pop(0) if queue else (
+                500, {}, {"error": "x", "message": "no script"})
         data = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -211,3 +215,34 @@ def test_remove_asks_on_a_terminal(cluster) -> None:
     a.stop()
     p = prisn("cluster", "remove", a.node_id, server=f"127.0.0.1:{leader.http_port}")
     assert p.returncode == 1 and "HTTP 404" in p.stderr and "[y/N]" not in p.stderr
+
+
+def test_election_wait_asks_again_when_the_transfer_was_abandoned(script) -> None:
+    """operations.md: a transfer the target does not win within an election timeout is
+    abandoned and the old leader keeps leading. `--wait` then asks again (every
+    ELECTION_RETRY_S) until --timeout, instead of waiting out the whole timeout on a transfer
+    that no longer runs. Here the scripted leader changes only after a second request."""
+    started = (202, {}, {"message": "leadership transfer to n2 started", "target": "n2"})
+    script.answers[("POST", "/api/v1/cluster/election")] = [started, started]
+
+    def status(srv: Script) -> tuple[int, dict[str, str], Any]:
+        asked = sum(1 for m, p, _h in srv.seen if m == "POST")
+        return 200, {}, {"leader": "n2" if asked >= 2 else "n1", "nodes": []}
+    script.answers[("GET", "/api/v1/cluster/status")] = status
+    p = prisn("--timeout", "20", "cluster", "election", "n2", "--wait", server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert "n2 is now the leader" in p.stdout
+    assert sum(1 for m, _p, _h in script.seen if m == "POST") == 2
+
+
+def test_election_wait_stops_on_a_final_refusal(script) -> None:
+    """A 404 to a repeated request (the target was removed meanwhile) ends the wait at once
+    with the server's message."""
+    script.answers[("POST", "/api/v1/cluster/election")] = [
+        (202, {}, {"message": "leadership transfer to n2 started", "target": "n2"}),
+        (404, {}, {"error": "Not Found", "message": "unknown node n2"})]
+    script.answers[("GET", "/api/v1/cluster/status")] = lambda srv: (
+        200, {}, {"leader": "n1", "nodes": []})
+    p = prisn("--timeout", "30", "cluster", "election", "n2", "--wait", server=script.addr)
+    assert p.returncode == 1 and "unknown node n2" in p.stderr, p.stderr
+    assert sum(1 for m, _p, _h in script.seen if m == "POST") == 2

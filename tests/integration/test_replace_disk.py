@@ -21,7 +21,7 @@ import time
 from tests.procs import ServerProc, leader_of, start_cluster, wait_for
 
 FAST = ["--write-timeout", "3s", "--election-timeout", "500ms"]
-SOAK_S = 15.0  # the crash came ~10 s after the wiped node started; keep writing past that
+SOAK_S = 11.0  # the crash came ~10 s after the wiped node started; keep writing past that
 
 
 class Writer(threading.Thread):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import random
 import threading
 
@@ -644,7 +645,7 @@ def test_state_hash_and_snapshot_bytes_are_pinned() -> None:
 
 def _format1(store: DeploymentStore, *, canonical: bool = True) -> bytes:
     """`store` as a format-1 snapshot: every dedup answer in full."""
-    applied, deps, dedup, _tokens = store._state(refs=False)
+    applied, deps, dedup, *_rest = store._state(refs=False)
     return cbor2.dumps({"format": SNAPSHOT_FORMAT, "applied": applied, "deployments": deps,
                         "dedup": dedup}, canonical=canonical)
 
@@ -741,3 +742,33 @@ def test_row_decoder_takes_both_cbor2_hook_signatures() -> None:
         assert out == dep and list(out) == list(FIELDS)
     other = {"name": "x"}
     assert _RowDecoder()(other, False) is other
+
+
+def test_golden_failure_results() -> None:
+    """The dedup table remembers failures too (400, 404, 409, 422, 204, tokens): their
+    status and ``{error, message}`` body are persisted in snapshots, so typed outcomes must
+    leave those bytes exactly as they were (issue 13 item 2)."""
+    ids = (f"id{n}" for n in itertools.count(1))
+    cf = CommandFactory(clock=lambda: 1_700_000_000.5, new_id=lambda: next(ids))
+    store = DeploymentStore()
+    tok = {"v": 1, "op": "token.create", "key": "t1", "ts": "2023-11-14T22:13:20.500Z",
+           "id": "0123456789abcdef", "name": "ci", "role": "viewer", "namespaces": ["a"],
+           "ttl": None, "hash": "ab" * 32}
+    cmds = [cf.create({"name": "web", "source": "x"}, key="k1"),
+            cf.create({"name": "web", "source": "x"}, key="k2"),  # 409
+            cf.delete("nope", key="k3"),  # 404
+            cf.delete("web", key="k4"),  # 204
+            {**cf.delete("web", key="k1")},  # 422: k1 was a create
+            {"v": 1, "op": "create", "key": "k5"},  # 400
+            tok, {**tok, "key": "t2", "id": "1123456789abcdef"},  # 201, 409 (same name)
+            {"v": 1, "op": "token.revoke", "key": "t3", "ts": "2023-11-14T22:13:20.500Z",
+             "id": "2223456789abcdef"}]  # 404
+    statuses = []
+    for i, cmd in enumerate(cmds, start=1):
+        out = store.apply(i, EntryKind.COMMAND, encode_entry("n1", i, cmd))
+        assert out is not None
+        statuses.append(int(out[0]))
+        json.dumps(out[1])  # every answer is JSON as it is
+    assert statuses == [201, 409, 404, 204, 422, 400, 201, 409, 404]
+    assert hashlib.sha256(store.snapshot()).hexdigest() == (
+        "06a2fd58ff6d22f19339b6f853869715894b4a1f5fb260fe0a21a7cefde34564")

@@ -34,6 +34,7 @@ from prisn.messages import (
     VoteRequest,
     VoteResponse,
 )
+from prisn.outcomes import Outcome
 from prisn.raft.boot import BootState
 from prisn.raft.core import DISK_ERROR, RaftCore
 from tests.raftsim.manual import OPTS, Cluster
@@ -253,7 +254,8 @@ def test_single_voter_drops_its_unsynced_suffix_and_recovers():
     # 1 and 2 were in the failed batch: a reopened store may hold and commit them (503);
     # 4 is only in a later write, void for sure: never applied (507)
     replies = sorted((r.rid, r.code) for r in of(out, Reply))
-    assert replies == [(1, 503), (2, 503), (4, 507)], replies
+    assert replies == [(1, Outcome.OUTCOME_UNKNOWN), (2, Outcome.OUTCOME_UNKNOWN),
+                       (4, Outcome.DISK_ERROR)], replies
     assert "may have committed" in [r for r in of(out, Reply) if r.rid == 1][0].reason
     assert core.log.last_index == durable and not core.is_leader
     for _ in range(5 * OPTS.election_ticks):
@@ -292,5 +294,5 @@ def test_deposed_leader_answers_503_for_its_replicated_proposals():
     c.queue.clear()
     fail(c, "n1")
     replies = {r.rid: (r.code, r.reason) for r in c.nodes["n1"].replies}
-    assert replies[1][0] == 503 and "may have committed" in replies[1][1], replies
+    assert replies[1][0] is Outcome.OUTCOME_UNKNOWN and "may have committed" in replies[1][1]
     assert replies[2][0] == 507, replies

@@ -18,6 +18,7 @@ from prisn.messages import (
     TimeoutNow,
     TransferLeadership,
 )
+from prisn.outcomes import Outcome
 from prisn.raft.core import ACCEPTED, FORWARD_UNCONFIRMED, NOT_LEADER
 from tests.raftsim.manual import OPTS, Cluster
 
@@ -102,7 +103,8 @@ def test_a_forward_the_leader_never_confirms_fails_within_an_election_timeout() 
     assert not c.nodes["b"].replies
     c.tick("b")
     [r] = c.nodes["b"].replies
-    assert (r.rid, r.ok, r.code, r.reason) == (7, False, 503, FORWARD_UNCONFIRMED)
+    assert (r.rid, r.ok, r.code, r.reason) == (7, False, Outcome.OUTCOME_UNKNOWN,
+                                               FORWARD_UNCONFIRMED)
     assert c.nodes["b"].core.status().drops.get("forward_unconfirmed") == 1
     assert not c.nodes["b"].core._fwd and not c.nodes["b"].core._fwd_data
 

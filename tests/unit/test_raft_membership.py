@@ -24,6 +24,7 @@ from prisn.messages import (
     TimeoutNow,
     TransferLeadership,
 )
+from prisn.outcomes import Outcome
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.core import RaftCore, encode_config
 from tests.raftsim.manual import OPTS, Cluster
@@ -82,7 +83,7 @@ def test_read_index_fails_when_leadership_lost():
         c.tick("a")
         c.queue.clear()
     (r,) = c.nodes["a"].replies
-    assert not r.ok and r.code == 503
+    assert not r.ok and r.code is Outcome.LEADERSHIP_LOST
 
 
 def test_read_index_waits_for_term_commit():

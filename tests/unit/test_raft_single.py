@@ -18,6 +18,7 @@ from prisn.messages import (
     StoreSynced,
     Tick,
 )
+from prisn.outcomes import Outcome
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.core import RaftCore, RaftOptions, static_cluster_id
 from tests.raftsim.sim import Disk
@@ -159,9 +160,9 @@ def test_pending_without_leader_times_out_and_overflows():
     core.startup()
     out = core.step([Propose(rid=1, data=b"a"), Propose(rid=2, data=b"b"),
                      Propose(rid=3, data=b"c")])
-    assert [(r.rid, r.code) for r in only(out, Reply)] == [(3, 503)]
+    assert [(r.rid, r.code) for r in only(out, Reply)] == [(3, Outcome.NO_LEADER)]
     replies = []
     for _ in range(6):
         replies += only(core.step([Tick()]), Reply)
     assert sorted(r.rid for r in replies) == [1, 2]
-    assert all(r.code == 503 and "leader" in r.reason for r in replies)
+    assert all(r.code is Outcome.NO_LEADER and "leader" in r.reason for r in replies)

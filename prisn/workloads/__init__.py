@@ -1,0 +1,1 @@
+"""Workload cores: pure functions and types (scheduler, model; runner and cron later)."""

@@ -41,6 +41,7 @@ plus ``tables: {"artifacts": rows}``; a later table adds a key there, not a form
 
 from __future__ import annotations
 
+import builtins
 import gc
 import hashlib
 import heapq
@@ -250,7 +251,7 @@ class _Index:
         if ns is None and typ is None:
             return self.all
         if typ is None:
-            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type]
+            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type, return-value]
         if ns is None:
             return self.by_type.get(typ, _EMPTY)
         return self.by_ns_type.get((ns, typ), _EMPTY)
@@ -497,7 +498,8 @@ class DeploymentStore:
                 lists = [lst for lst in lists if lst]
                 total = sum(len(lst) for lst in lists)
                 merged = heapq.merge(*lists)
-                keys = list(itertools.islice(merged, offset, offset + limit))
+                keys: Sequence[tuple[str, str]] = list(
+                    itertools.islice(merged, offset, offset + limit))
             else:
                 selected = self._index.select(namespace, type)
                 total = len(selected)
@@ -526,7 +528,7 @@ class DeploymentStore:
         with self._lock:
             return self._tokens.get(token_id)
 
-    def tokens(self) -> list[Token]:
+    def tokens(self) -> builtins.list[Token]:
         """Every token record, ordered by name."""
         with self._lock:
             return self._tokens.tokens()
@@ -565,7 +567,8 @@ class DeploymentStore:
         with self._lock:
             return self._artifacts.info(digest)
 
-    def artifacts(self, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def artifacts(self, limit: int = 100,
+                  offset: int = 0) -> tuple[builtins.list[dict[str, Any]], int]:
         """A page of artifact records (no bytes) ordered by digest, and the total."""
         with self._lock:
             return self._artifacts.page(limit, offset)

@@ -19,18 +19,21 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import zmq
 
 from actors.api.actor import ApiActor, tls_context
 from actors.api.bridge import RaftNodeClient, build_status
+from actors.api.node import NodeStatus
 from actors.logstore import LogStoreActor
 from actors.metrics import (
     LogStoreCollector,
     NodeMetrics,
     PeerAuthCollector,
     PeerDropsCollector,
+    PeerWireCollector,
     SnapshotCollector,
     WorkloadsCollector,
 )
@@ -46,7 +49,9 @@ from prisn.config import ConfigError, ServerConfig
 from prisn.fsm.deployments import DeploymentStore
 from prisn.logs import setup_logging
 from prisn.messages import EntryKind, Role, TransferLeadership
+from prisn.raft.boot import BootState
 from prisn.raft.core import RaftCore, RaftOptions
+from prisn.raft.status import RaftStatus
 from prisn.snapshots import BootError, SnapshotStore, assemble_boot
 from prisn.storage import LogStorage, StorageError
 from prisn.workloads.materialize import clear_stale
@@ -226,10 +231,10 @@ class Node:
 
         raft_holder: dict = {}
 
-        def raft_status():
+        def raft_status() -> Any:
             return raft_holder["raft"].status
 
-        def raft_stats():
+        def raft_stats() -> Any:
             return raft_holder["raft"].stats
 
         metrics = NodeMetrics(status=self.node_status, deployments=store.count)
@@ -238,12 +243,16 @@ class Node:
         metrics.registry.register(PeerDropsCollector(
             lambda: self.raft.stats if self.raft is not None else None,
             lambda: self.raft.status if self.raft is not None else None))
+        metrics.registry.register(PeerWireCollector(
+            lambda: self.raft.stats if self.raft is not None else None))
         self.metrics = metrics
 
+        def observe_fsync(seconds: float, entries: int) -> None:
+            metrics.observe_fsync(seconds)
+            metrics.observe_batch(entries)
+
         logstore = LogStoreActor(self.storage, self.ctx, cfg.node_id,
-                                 observe_fsync=lambda s, n: (metrics.observe_fsync(s),
-                                                             metrics.observe_batch(n)),
-                                 on_failure=fail)
+                                 observe_fsync=observe_fsync, on_failure=fail)
         metrics.registry.register(LogStoreCollector(lambda: logstore))
         sup.start(logstore)
         self.fsm = StateMachineActor(self.ctx, cfg.node_id, store, snapshots=snaps,
@@ -303,7 +312,7 @@ class Node:
         api, raft = self.api, self.raft
         assert api is not None and raft is not None
 
-        def status():  # the raft actor's published status (any thread)
+        def status() -> RaftStatus:  # the raft actor's published status (any thread)
             return raft.status
 
         wl = WorkloadsActor(self.ctx, cfg.node_id, store, raft_status=status,
@@ -336,7 +345,7 @@ class Node:
                  "grace %gs then), stop grace %gs", cfg.node_down_after, cfg.fence_after,
                  cfg.fence_grace, cfg.stop_grace)
 
-    def node_status(self):
+    def node_status(self) -> NodeStatus:
         """The API's NodeStatus (any thread; used by the metrics collector at scrape time)."""
         api = self.api
         if api is not None and api.client is not None:
@@ -440,7 +449,7 @@ def _founding(cfg: ServerConfig, addr: str, fresh: bool) -> dict:
     return out
 
 
-def _boot_cluster(boot) -> str:
+def _boot_cluster(boot: BootState) -> str:
     """The cluster id of the newest configuration in the recovered state ("" if none)."""
     for e in reversed(boot.entries):
         if e[2] == EntryKind.CONFIG:

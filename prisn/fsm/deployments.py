@@ -41,6 +41,7 @@ plus ``tables: {"artifacts": rows}``; a later table adds a key there, not a form
 
 from __future__ import annotations
 
+import builtins
 import gc
 import hashlib
 import heapq
@@ -114,6 +115,7 @@ DedupRows = list[list[Any]]
 TokenRows = list[dict[str, Any]]
 PlacementList = list[Placement]  # module-level, as DeploymentList
 ServiceList = list[Service]
+PlacedList = list[tuple[Placement, Deployment]]
 TableRows = dict[str, Any]  # the extra tables of snapshot format 4, by name
 
 FIELDS: tuple[str, ...] = (
@@ -252,7 +254,7 @@ class _Index:
         if ns is None and typ is None:
             return self.all
         if typ is None:
-            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type]
+            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type, return-value]
         if ns is None:
             return self.by_type.get(typ, _EMPTY)
         return self.by_ns_type.get((ns, typ), _EMPTY)
@@ -505,7 +507,8 @@ class DeploymentStore:
                 lists = [lst for lst in lists if lst]
                 total = sum(len(lst) for lst in lists)
                 merged = heapq.merge(*lists)
-                keys = list(itertools.islice(merged, offset, offset + limit))
+                keys: Sequence[tuple[str, str]] = list(
+                    itertools.islice(merged, offset, offset + limit))
             else:
                 selected = self._index.select(namespace, type)
                 total = len(selected)
@@ -534,7 +537,7 @@ class DeploymentStore:
         with self._lock:
             return self._tokens.get(token_id)
 
-    def tokens(self) -> list[Token]:
+    def tokens(self) -> builtins.list[Token]:
         """Every token record, ordered by name."""
         with self._lock:
             return self._tokens.tokens()
@@ -611,11 +614,11 @@ class DeploymentStore:
                   "message": "; ".join(messages)[:1024], "instances": instances}
         return {**dep, "status": status}
 
-    def instances_on(self, node: str) -> list[tuple[Placement, Deployment]]:
+    def instances_on(self, node: str) -> PlacedList:
         """The placements on `node` with their deployments (copies): what its runner should
         run. Any thread."""
         with self._lock:
-            out = []
+            out: PlacedList = []
             for p in self._placements.on_node(node):
                 dep = self._deps.get((p.slot.name, p.slot.namespace))
                 if dep is not None:
@@ -632,7 +635,8 @@ class DeploymentStore:
         with self._lock:
             return self._artifacts.info(digest)
 
-    def artifacts(self, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def artifacts(self, limit: int = 100,
+                  offset: int = 0) -> tuple[builtins.list[dict[str, Any]], int]:
         """A page of artifact records (no bytes) ordered by digest, and the total."""
         with self._lock:
             return self._artifacts.page(limit, offset)

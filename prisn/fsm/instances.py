@@ -94,12 +94,13 @@ def _parse_row(raw: Any, node: str) -> tuple[Slot, InstanceRow]:
                                          "prev": node})
     except PlacementCommandError as exc:
         raise InstanceCommandError(str(exc)) from None
-    epoch, state = raw.get("epoch"), raw.get("state")
+    epoch: Any = raw.get("epoch")
+    state: Any = raw.get("state")
     if not is_int(epoch) or not 1 <= epoch <= MAX_INT:
         raise InstanceCommandError("report epoch must be a positive integer")
     if state not in STATES:
         raise InstanceCommandError(f"report state must be one of {', '.join(STATES)}")
-    restarts = raw.get("restarts", 0)
+    restarts: Any = raw.get("restarts", 0)
     if not is_int(restarts) or not 0 <= restarts <= MAX_INT:
         raise InstanceCommandError("report restarts must be a non-negative integer")
     message = raw.get("message", "")

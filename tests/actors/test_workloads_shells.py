@@ -22,7 +22,7 @@ from prisn.messages import Role
 from prisn.raft.boot import Membership
 from prisn.workloads.model import Slot
 from prisn.workloads.scheduler import Place
-from tests.unit.test_fsm_deployments import Feeder
+from tests.feeder import Feeder
 
 TS = "2025-01-01T00:00:00.000Z"
 

@@ -26,7 +26,7 @@ from actors.api.auth import AUTHENTICATED, Authenticator
 from actors.api.node import FakeNodeClient
 from actors.api.tokens import TOKEN_ROUTES
 from prisn import __version__
-from tests.http.test_http_api import three_nodes
+from tests.http.cases import three_nodes
 from tests.openapi_doc import HTTP_METHODS, check_response, document, find_operation
 
 REGEN = "python3 -m actors.api.openapi"

@@ -14,7 +14,7 @@ from prisn.fsm.instances import instance_id, node_meta_command, report_command
 from prisn.fsm.placements import batch_command
 from prisn.workloads.model import Slot
 from prisn.workloads.scheduler import Place
-from tests.unit.test_fsm_deployments import Feeder
+from tests.feeder import Feeder
 
 TS = "2025-01-01T00:00:00.000Z"
 

@@ -90,6 +90,7 @@ class WorkloadsActor(Actor):
         self._pending: dict[str, dict[str, Any]] = {}  # instance id -> latest runner report
         self._last_ok: float | None = None  # last time quorum contact was seen
         self.fenced = True
+        self._catch_up: int | None = None  # unfence once applied reaches it
         self._sent: list[dict[str, Any]] | None = None
         self._sent_view: tuple[int, bool] | None = None
         self._sent_at = 0.0
@@ -176,8 +177,13 @@ class WorkloadsActor(Actor):
         if ok:
             self._last_ok = now
         if self.fenced:
-            if ok and self.store.applied_index >= st.commit_index:
-                self.fenced = False
+            if not ok:
+                self._catch_up = None
+                return
+            if self._catch_up is None:  # the commit index known when contact came back
+                self._catch_up = st.commit_index
+            if self.store.applied_index >= self._catch_up:
+                self.fenced, self._catch_up = False, None
                 log.info("workloads: quorum contact, running what the log says")
         elif self._last_ok is None or now - self._last_ok > self.fence_after:
             self.fenced = True

@@ -93,7 +93,14 @@ def test_controller_fences_and_unfences_only_when_caught_up(clock: Clock) -> Non
     a, sent = controller(f, st, props)
     a.step()
     assert a.fenced and sent[-1][1].instances == []  # starts fenced
-    st.commit_index = f.store.applied_index
+    for i in range(4):  # catching up while writes go on: the target is the commit index
+        f.create(name=f"x{i}")  # known when contact came back, not the moving one
+        st.commit_index = f.store.applied_index + 3
+        clock.t += 0.1
+        a.step()
+        assert a.fenced
+    f.create(name="x4")
+    st.commit_index = f.store.applied_index + 3
     clock.t += 0.1
     a.step()
     assert not a.fenced
@@ -111,6 +118,7 @@ def test_controller_fences_and_unfences_only_when_caught_up(clock: Clock) -> Non
     assert a.fenced and a.fences == 1
     assert sent[-1][1].instances == [] and sent[-1][1].stop_grace_ms == 300
     st.quorum_ok = True
+    st.commit_index = f.store.applied_index  # nothing new committed meanwhile
     clock.t += 0.1
     a.step()
     assert not a.fenced and len(sent[-1][1].instances) == 1

@@ -75,6 +75,7 @@ from actors.api.quotas import Quotas
 from actors.metrics import NodeMetrics
 from prisn.fsm.commands import OPS, CommandFactory
 from prisn.fsm.results import Result
+from prisn.fsm.secrets import SECRET_OPS, SecretFactory
 from prisn.fsm.tokens import TokenFactory
 from prisn.fsm.validation import TYPES, ValidationError, check_text, validate_name
 from prisn.outcomes import Outcome
@@ -89,6 +90,7 @@ MAX_LIMIT = 1000
 _STREAM_LIMIT = 1 << 62
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _WEAK_READS = frozenset({"", "default", "stale", "eventual"})
+WRITE_OPS = frozenset(OPS) | frozenset(SECRET_OPS)  # namespaced writes (`commit` checks)
 NO_QUORUM = ("no quorum is available to commit the write ({reason}); a write that timed out may "
              "still commit: retry with the same Idempotency-Key to apply it at most once")
 
@@ -115,6 +117,8 @@ class ApiContext:
     # Content-Type, Origin and (auth off) Host checks; the default checks no Host
     guard: RequestGuard = field(default_factory=RequestGuard)
     openapi: bytes = b""  # GET /api/v1/openapi.json (`actors.api.openapi.document_bytes`)
+    # seals secret values with the cluster key (None box: plain text); `actors.api.secrets`
+    secrets: SecretFactory = field(default_factory=SecretFactory)
 
 
 class PrisnApplication(Application):
@@ -405,7 +409,7 @@ class BaseHandler(RequestHandler):
             command = build()
         except ValidationError as exc:
             raise BadRequest(exc.message) from None
-        if command.get("op") in OPS and isinstance(command.get("ns"), str):
+        if command.get("op") in WRITE_OPS and isinstance(command.get("ns"), str):
             self.require_namespace(command["ns"], write=True)
         return await propose_command(self.ctx, command)
 
@@ -744,13 +748,15 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
     must be JSON and any Origin is refused, but no Host is checked (`ApiActor` passes the
     node's own `RequestGuard`)."""
     from actors.api.artifacts import ARTIFACT_ROUTES  # imports BaseHandler from here
+    from actors.api.secrets import SECRET_ROUTES  # imports BaseHandler from here
     from actors.api.snapshot import SNAPSHOT_ROUTES  # imports BaseHandler from here
     from actors.api.tokens import TOKEN_ROUTES  # tokens imports BaseHandler from here
 
     if metrics is None:
         metrics = NodeMetrics(status=node.status, deployments=node.store.count)
     app = PrisnApplication(
-        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
+        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES + SECRET_ROUTES,
+        default_handler_class=NotFoundHandler, log_function=_log_request,
         serve_traceback=False, compress_response=False,
     )
     app.ctx = ApiContext(

@@ -58,6 +58,7 @@ from prisn.fsm.artifacts import ARTIFACT_OPS, Artifact, ArtifactCommandError, Ar
 from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
 from prisn.fsm.placements import PLACEMENT_OPS, PlacementCommandError, PlacementTable
 from prisn.fsm.results import Result, failure
+from prisn.fsm.secrets import SECRET_OPS, Secret, SecretCommandError, SecretTable
 from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
 from prisn.fsm.validation import (
     DEFAULT_REPLICAS,
@@ -93,7 +94,8 @@ SNAPSHOT_FORMAT_REFS = 3
 # A store without workloads writes format 3, byte for byte as before.
 SNAPSHOT_FORMAT_TABLES = 4
 SNAPSHOT_FORMAT_PLACEMENTS = SNAPSHOT_FORMAT_TABLES  # placements live in its "tables"
-TABLES: frozenset[str] = frozenset({"artifacts", "placements"})
+# "secrets" (`SecretTable.rows`, while secrets are stored) is a third key of "tables".
+TABLES: frozenset[str] = frozenset({"artifacts", "placements", "secrets"})
 DEFAULT_DEDUP_CAPACITY = 100_000
 # The dedup table is bounded by the size of the answers it remembers too (`entry_size`):
 # without it, deleting large deployments freed nothing while their create answers stayed.
@@ -174,6 +176,8 @@ def _fingerprint(cmd: dict[str, Any]) -> bytes:
     counts (as `target`): the same key on another token is a 422, not the first answer."""
     core = {k: v for k, v in cmd.items() if k not in ("key", "ts", "id", "hash")}
     op = cmd.get("op")
+    if isinstance(op, str) and op in SECRET_OPS:  # fresh nonces per retry: `digest` counts
+        core.pop("data", None)
     if isinstance(op, str) and op in _TARGET_ID_OPS:  # op may be any garbage (a dict)
         core["target"] = cmd.get("id")
     try:
@@ -290,6 +294,7 @@ class DeploymentStore:
         self._tokens = TokenTable()
         self._placements = PlacementTable()
         self._artifacts = ArtifactTable()
+        self._secrets = SecretTable()
         self._applied = 0
         self.last_origin: tuple[str, int] = ("", 0)  # of the last COMMAND applied (see apply)
 
@@ -343,7 +348,7 @@ class DeploymentStore:
         except ValidationError as exc:
             result = failure(Outcome.INVALID, exc.message)
         except (CommandError, TokenCommandError, PlacementCommandError,
-                ArtifactCommandError) as exc:
+                ArtifactCommandError, SecretCommandError) as exc:
             result = failure(Outcome.INVALID, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = failure(Outcome.INTERNAL_ERROR,
@@ -375,6 +380,8 @@ class DeploymentStore:
             return self._placements.apply(cmd, self._lookup)
         if op in ARTIFACT_OPS:
             return self._artifacts.apply(cmd)
+        if op in SECRET_OPS:
+            return self._secrets.apply(cmd)
         spec: dict[str, Any] = {}
         replicas = 0
         ts = _text(cmd, "ts", MAX_TS)
@@ -575,6 +582,22 @@ class DeploymentStore:
         with self._lock:
             return len(self._artifacts), self._artifacts.total_bytes
 
+    def secret(self, namespace: str, name: str) -> Secret | None:
+        """The stored secret (immutable record, values as stored: maybe sealed), or None."""
+        with self._lock:
+            return self._secrets.get(namespace, name)
+
+    def secrets(self, namespaces: Collection[str] | None = None, limit: int = 100,
+                offset: int = 0) -> tuple[list[Secret], int]:
+        """A page of secrets ordered by (namespace, name), only in `namespaces` if given,
+        and the total matching."""
+        with self._lock:
+            return self._secrets.page(namespaces, limit, offset)
+
+    def secret_count(self, namespace: str) -> int:
+        with self._lock:
+            return self._secrets.count(namespace)
+
     # ------------------------------------------------------------------ snapshots
     def _state(self, refs: bool = True) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
         """A consistent copy: `refs` writes unchanged dedup answers as references (snapshot
@@ -593,6 +616,8 @@ class DeploymentStore:
                                        else self._artifacts.hash_rows())
             if self._placements.seq:
                 tables["placements"] = self._placements.section()
+            if len(self._secrets):
+                tables["secrets"] = self._secrets.rows()
             return self._state_locked(refs), tables
 
     def _state_locked(self, refs: bool) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
@@ -677,7 +702,8 @@ class DeploymentStore:
         def install() -> None:
             with self._lock:
                 (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
-                 self._applied, self._tokens, self._artifacts, self._placements) = state
+                 self._applied, self._tokens, self._artifacts, self._placements,
+                 self._secrets) = state
                 self._usage, self._dedup_bytes = usage, dedup_bytes
                 self._trim_dedup()  # a snapshot of an older version may hold more
 
@@ -698,7 +724,7 @@ class DeploymentStore:
 
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
                      dict[str, DedupEntry], deque[str], int, TokenTable, ArtifactTable,
-                     PlacementTable]
+                     PlacementTable, SecretTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
              SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
                                               "tokens"}),
@@ -865,7 +891,13 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
     if "placements" in tables:
         placements = PlacementTable.from_section(
             tables["placements"], lambda ns, name: deps.get((name, ns)))
-    return deps, ids, index, dedup, order, applied, tokens, artifacts, placements
+    secret_refs: dict[tuple[str, str], int] = {}
+    for dep in deps.values():
+        for sname in dep.get("secrets", ()):
+            skey = (dep["namespace"], sname)
+            secret_refs[skey] = secret_refs.get(skey, 0) + 1
+    secrets = SecretTable.from_rows(tables.get("secrets", []), secret_refs)
+    return deps, ids, index, dedup, order, applied, tokens, artifacts, placements, secrets
 
 
 def _parse_deployment(raw: Any) -> Deployment:

@@ -75,6 +75,7 @@ from prisn.fsm.validation import (
     validate_replicas,
     validate_runtime,
     validate_schedule,
+    validate_secret_refs,
     validate_source,
     validate_type,
 )
@@ -120,8 +121,11 @@ FIELDS: tuple[str, ...] = (
     "id", "name", "namespace", "type", "runtime", "source", "args", "env", "port", "replicas",
     "schedule", "generation", "created_at", "updated_at",
 )
-# A deployment that names an artifact has one more key, last (absent when it names none).
+# A deployment that names an artifact has one more key, last (absent when it names none);
+# one that lists secrets has ``secrets`` after that (absent when it lists none).
 FIELDS_ART: tuple[str, ...] = (*FIELDS, "artifact")
+FIELDS_SEC: tuple[str, ...] = (*FIELDS, "secrets")
+FIELDS_ART_SEC: tuple[str, ...] = (*FIELDS_ART, "secrets")
 # Spec fields a change compares (everything but identity, generation and timestamps).
 _SPEC_KEYS: tuple[str, ...] = ("type", "runtime", "source", "args", "env", "port", "replicas",
                                "schedule")
@@ -129,6 +133,9 @@ _SPEC_KEYS: tuple[str, ...] = ("type", "runtime", "source", "args", "env", "port
 # answer read back from a snapshot keeps it, as it always has.
 _CANON_FIELDS: tuple[str, ...] = tuple(sorted(FIELDS, key=lambda f: (len(f), f)))
 _CANON_FIELDS_ART: tuple[str, ...] = tuple(sorted(FIELDS_ART, key=lambda f: (len(f), f)))
+_SHAPES: dict[frozenset[str], tuple[tuple[str, ...], tuple[str, ...]]] = {
+    frozenset(f): (f, tuple(sorted(f, key=lambda k: (len(k), k))))
+    for f in (FIELDS, FIELDS_ART, FIELDS_SEC, FIELDS_ART_SEC)}
 # String fields many deployments hold equal values of: one object each (see `_RowDecoder`).
 _SHARED_FIELDS: tuple[str, ...] = ("namespace", "type", "runtime", "schedule", "created_at",
                                    "updated_at")
@@ -401,6 +408,7 @@ class DeploymentStore:
             check_consistent(dep)
             dep = {f: dep[f] for f in FIELDS}
             self._set_artifact(dep, spec.get("artifact"))
+            self._set_secrets(dep, spec.get("secrets"))
             self._insert(dep)
             return Outcome.CREATED, dep
         if op not in ("replace", "patch", "scale", "delete"):
@@ -431,10 +439,16 @@ class DeploymentStore:
             artifact = spec.get("artifact")
         else:
             artifact = current.get("artifact")
-        if all(new[k] == current[k] for k in _SPEC_KEYS) and artifact == current.get("artifact"):
+        if op == "replace" or (op == "patch" and "secrets" in spec):
+            secrets = spec.get("secrets") or None
+        else:
+            secrets = current.get("secrets")
+        if (all(new[k] == current[k] for k in _SPEC_KEYS) and artifact == current.get("artifact")
+                and secrets == current.get("secrets")):
             return Outcome.OK, current
         dep = {**current, **{k: new[k] for k in _SPEC_KEYS}}
         self._set_artifact(dep, artifact)
+        self._set_secrets(dep, secrets)
         dep["generation"] = current["generation"] + 1
         dep["updated_at"] = ts
         self._replace(current, dep)
@@ -452,7 +466,16 @@ class DeploymentStore:
             self._artifacts.check_entry(artifact, dep["source"])
             dep["artifact"] = artifact
 
+    def _set_secrets(self, dep: dict[str, Any], secrets: list[str] | None) -> None:
+        """List `secrets` in `dep` (last key; none when empty); ValidationError (400) unless
+        each is stored in the deployment's namespace. Call after `_set_artifact`."""
+        dep.pop("secrets", None)
+        if secrets:
+            self._secrets.check_refs(dep["namespace"], secrets)
+            dep["secrets"] = list(secrets)
+
     def _insert(self, dep: dict[str, Any]) -> None:
+        self._secrets.ref(dep["namespace"], dep.get("secrets"), 1)
         self._artifacts.ref(dep.get("artifact"), 1)
         key = (dep["name"], dep["namespace"])
         self._deps[key] = dep
@@ -461,6 +484,7 @@ class DeploymentStore:
         _account(self._usage, dep, 1)
 
     def _remove(self, dep: dict[str, Any]) -> None:
+        self._secrets.ref(dep["namespace"], dep.get("secrets"), -1)
         self._artifacts.ref(dep.get("artifact"), -1)
         key = self._ids.pop(dep["id"])
         del self._deps[key]
@@ -468,6 +492,8 @@ class DeploymentStore:
         _account(self._usage, dep, -1)
 
     def _replace(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        self._secrets.ref(new["namespace"], new.get("secrets"), 1)
+        self._secrets.ref(old["namespace"], old.get("secrets"), -1)
         self._artifacts.ref(new.get("artifact"), 1)
         self._artifacts.ref(old.get("artifact"), -1)
         key = self._ids[new["id"]]
@@ -743,6 +769,8 @@ def _row_fields(raw: dict[Any, Any]) -> tuple[tuple[str, ...], tuple[str, ...]] 
         return FIELDS, _CANON_FIELDS
     if n == len(FIELDS_ART) and raw.keys() == _ROW_KEYS_ART:
         return FIELDS_ART, _CANON_FIELDS_ART
+    if n in (len(FIELDS_SEC), len(FIELDS_ART_SEC)) and "secrets" in raw:
+        return _SHAPES.get(frozenset(raw.keys()))
     return None
 
 
@@ -816,7 +844,8 @@ class _RowDecoder:
         entry = self.odd.get(id(dep))
         if entry is not None and entry[0] is dep:
             return entry[1]
-        return _CANON_FIELDS_ART if "artifact" in dep else _CANON_FIELDS
+        shape = _row_fields(dep)
+        return shape[1] if shape is not None else _CANON_FIELDS
 
 
 def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = None
@@ -905,11 +934,14 @@ def _parse_deployment(raw: Any) -> Deployment:
     shape = _row_fields(raw) if type(raw) is dict else None
     if shape is None:
         raise ValueError(f"a deployment row must be a map of {', '.join(FIELDS)} "
-                         "(and optionally artifact)")
+                         "(and optionally artifact, secrets)")
     # a `_RowDecoder` row is already a new dict in FIELDS order (and nothing else holds it)
     dep = raw if tuple(raw) == shape[0] else {f: raw[f] for f in shape[0]}
     if "artifact" in dep:
         validate_artifact(dep["artifact"])
+    if "secrets" in dep:
+        if not dep["secrets"] or validate_secret_refs(dep["secrets"]) != dep["secrets"]:
+            raise ValueError("deployment secrets must be a non-empty list of distinct names")
     validate_name(dep["name"])
     validate_name(dep["namespace"], "namespace")
     validate_type(dep["type"])

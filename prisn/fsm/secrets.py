@@ -51,7 +51,6 @@ MAX_VALUE_BYTES = 64 << 10
 MAX_SECRET_BYTES = 256 << 10
 MAX_PER_NAMESPACE = 1000
 MAX_SECRETS = 10_000
-MAX_SECRET_REFS = 32  # secret names one deployment may list
 MAX_ID = 64
 MAX_TS = 64
 MAX_VERSION = (1 << 63) - 1
@@ -129,21 +128,6 @@ def validate_data(data: Any) -> dict[str, str]:
         raise TooLarge("data", f"the secret's values take {total} bytes, over the limit of "
                        f"{MAX_SECRET_BYTES} bytes")
     return dict(data)
-
-
-def validate_refs(value: Any) -> list[str]:
-    """A deployment's `secrets`: a list of distinct secret names (at most MAX_SECRET_REFS)."""
-    if not isinstance(value, list):
-        raise ValidationError("secrets", "must be a list of secret names")
-    if len(value) > MAX_SECRET_REFS:
-        raise ValidationError("secrets", f"must name at most {MAX_SECRET_REFS} secrets")
-    out: list[str] = []
-    for v in value:
-        validate_name(v, "secrets")
-        if v in out:
-            raise ValidationError("secrets", f"names {v} twice")
-        out.append(v)
-    return out
 
 
 def _stored_data(data: Any) -> dict[str, Stored]:

@@ -302,8 +302,6 @@ class SecretTable:
                 raise ValueError(f"secret row: {exc.message}") from None
             except SecretCommandError as exc:
                 raise ValueError(f"secret row: {exc}") from None
-            if list(stored) != list(data):
-                raise ValueError("secret row keys must be sorted")
             for field, value, limit in (("id", sid, MAX_ID), ("created_at", created, MAX_TS),
                                         ("updated_at", updated, MAX_TS)):
                 if type(value) is not str or not 0 < len(value) <= limit:

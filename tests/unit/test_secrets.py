@@ -341,3 +341,31 @@ def test_plaintext_never_in_the_encoded_command_or_the_snapshot() -> None:
     plain = _filled(None)
     assert any(needle in entry for entry in plain.entries)
     assert needle in plain.store.snapshot()
+
+
+def test_secrets_survive_scale_and_go_with_replace_and_combine_with_an_artifact() -> None:
+    from prisn.fsm.artifacts import ArtifactFactory
+    from prisn.workloads.artifacts import ArtifactFile, digest_of, pack
+
+    log = Log()
+    log.create("db", {"P": "v"})
+    log.create("api", {"T": "t"})
+    data = pack([ArtifactFile("main.py", False, b"print(1)\n")])
+    assert log.run(ArtifactFactory(clock=lambda: log.now).put(digest_of(data), data))[0] == 201
+    st, dep = log.run(log.cf.create({"name": "web", "source": "main.py", "port": 8080,
+                                     "artifact": digest_of(data), "secrets": ["db", "api"]}))
+    assert st == 201 and list(dep)[-2:] == ["artifact", "secrets"]
+    st, dep = log.run(log.cf.scale("web", {"replicas": 3}))
+    assert st == 200 and dep["secrets"] == ["db", "api"] and list(dep)[-1] == "secrets"
+    st, same = log.run(log.cf.patch("web", {"secrets": ["db", "api"]}))
+    assert st == 200 and same["generation"] == dep["generation"]  # no change
+    blob = log.store.snapshot()
+    other = DeploymentStore()
+    other.restore(blob)
+    assert other.snapshot() == blob and other.get("default", "web") == dep
+    assert log.run(log.sf.delete("api"))[0] == 409
+    st, dep = log.run(log.cf.replace("web", {"source": "main.py", "artifact": digest_of(data)}))
+    assert st == 200 and "secrets" not in dep
+    assert log.run(log.sf.delete("api"))[0] == 204
+    assert log.run(log.cf.delete("web"))[0] == 204
+    assert log.run(log.sf.delete("db"))[0] == 204

@@ -37,6 +37,13 @@ field (the key is present only when set, so deployments without one are stored, 
 snapshotted exactly as before). Every command's `ts` then sweeps unreferenced artifacts. A
 snapshot with no artifacts is format 3 as before; with artifacts it is format 4 (format 3
 plus ``tables: {"artifacts": rows}``; a later table adds a key there, not a format).
+
+Secrets: the store also holds the secrets table (`prisn.fsm.secrets.SecretTable`):
+``secret.*`` commands go to it (their dedup fingerprint counts the request `digest`, not the
+freshly sealed `data`). A deployment may list secrets of its namespace in its optional
+``secrets`` field (present only when non-empty, after ``artifact``); each must be stored (400)
+and a listed secret cannot be deleted (409). Snapshots carry the table as
+``tables["secrets"]`` while secrets are stored.
 """
 
 from __future__ import annotations

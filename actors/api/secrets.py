@@ -19,10 +19,11 @@ import logging
 import time
 from typing import Any
 
-from actors.api.app import DEFAULT_LIMIT, MAX_LIMIT, BaseHandler
 from actors.api.artifacts import _int_arg
 from actors.api.auth import READ, WRITE
 from actors.api.errors import ApiError, NotFound, PayloadTooLarge
+from actors.api.handler import BaseHandler
+from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT
 from prisn.fsm.commands import new_id
 from prisn.fsm.secrets import SecretFactory, TooLarge, secret_values
 from prisn.fsm.validation import DEFAULT_NAMESPACE

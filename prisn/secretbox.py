@@ -76,13 +76,6 @@ class SecretBox:
     def __repr__(self) -> str:
         return "SecretBox(<cluster key>)"
 
-    @classmethod
-    def from_key_file(cls, path: str) -> SecretBox:
-        """The box of a cluster key file (`transport.curve.KeyFileError` if unusable)."""
-        from transport.curve import read_key_file  # zmq-free callers need not import it
-
-        return cls(read_key_file(path))
-
     def seal(self, namespace: str, name: str, key: str, value: str) -> bytes:
         """The envelope of `value` (a fresh random nonce: never the same bytes twice)."""
         nonce = os.urandom(NONCE_BYTES)

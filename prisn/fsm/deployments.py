@@ -624,7 +624,7 @@ class DeploymentStore:
             return self._secrets.get(namespace, name)
 
     def secrets(self, namespaces: Collection[str] | None = None, limit: int = 100,
-                offset: int = 0) -> tuple[list[Secret], int]:
+                offset: int = 0) -> tuple[builtins.list[Secret], int]:
         """A page of secrets ordered by (namespace, name), only in `namespaces` if given,
         and the total matching."""
         with self._lock:

@@ -307,7 +307,7 @@ _VALIDATORS = {
     "schedule": validate_schedule,
     "type": validate_type,
     "artifact": validate_artifact,
-    "secrets": lambda v: validate_secret_refs(v),
+    "secrets": validate_secret_refs,
 }
 
 

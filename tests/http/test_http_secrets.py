@@ -8,7 +8,7 @@ import cbor2
 
 from prisn.fsm.secrets import MAX_VALUE_BYTES, SecretFactory
 from prisn.secretbox import SecretBox
-from tests.http.test_http_api import ApiCase
+from tests.http.cases import ApiCase
 
 PLAIN = "s3cr3t-value-never-listed"
 

@@ -282,6 +282,10 @@ from prisn.cli_snapshot import register as _register_snapshot  # noqa: E402
 
 _register_snapshot(cli)  # prisn snapshot save | status | restore
 
+from prisn.cli_secrets import register as _register_secrets  # noqa: E402
+
+_register_secrets(cli)  # prisn secret create | list | get | rotate | delete
+
 
 def _interval(value: str) -> float:
     """`--snapshot-interval`: a duration, or 0 for none."""

@@ -52,6 +52,7 @@ from prisn.messages import EntryKind, Role, TransferLeadership
 from prisn.raft.boot import BootState
 from prisn.raft.core import RaftCore, RaftOptions
 from prisn.raft.status import RaftStatus
+from prisn.secretbox import UNENCRYPTED_WARNING
 from prisn.snapshots import BootError, SnapshotStore, assemble_boot
 from prisn.storage import LogStorage, StorageError
 from prisn.workloads.materialize import clear_stale
@@ -525,7 +526,10 @@ def run(cfg: ServerConfig) -> int:
             log.warning("--cluster-key-file %s may be read by other users: chmod 600 it",
                         cfg.cluster_key_file)
         if not cfg.cluster:
-            log.info("--cluster-key-file is unused: this node is not clustered")
+            log.info("--cluster-key-file only encrypts secrets at rest: this node is not "
+                     "clustered")
+    else:
+        log.warning(UNENCRYPTED_WARNING)
     if (cfg.cluster and not (cfg.bootstrap or cfg.peers or cfg.force_new_cluster)
             and not (Path(cfg.data_dir) / "raft").exists()):
         # bad configuration: refuse before creating anything

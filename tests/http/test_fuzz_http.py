@@ -39,7 +39,8 @@ DEADLINE = 10.0
 ROUTES = ["/api/v1/deployments", "/api/v1/deployments/{}", "/api/v1/deployments/{}/scale",
           "/health", "/ready", "/metrics", "/api/v1/cluster/status", "/api/v1/cluster/health",
           "/api/v1/cluster/nodes/{}", "/api/v1/cluster/election", "/api/v1/openapi.json", "/{}",
-          "/api/v1/{}", "/api/v1/tokens", "/api/v1/tokens/{}", "/api/v1/tokens/{}/revoke"]
+          "/api/v1/{}", "/api/v1/tokens", "/api/v1/tokens/{}", "/api/v1/tokens/{}/revoke",
+          "/api/v1/secrets", "/api/v1/secrets/{}"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get", "TRACE", "BREW",
            "CONNECT", "P0ST"]
 
@@ -71,7 +72,9 @@ SERVED = [("GET", "/api/v1/deployments"), ("POST", "/api/v1/deployments"),
           ("GET", "/api/v1/cluster/health"), ("DELETE", "/api/v1/cluster/nodes/{}"),
           ("POST", "/api/v1/cluster/election"), ("POST", "/api/v1/tokens"),
           ("GET", "/api/v1/tokens"), ("POST", "/api/v1/tokens/{}/revoke"),
-          ("DELETE", "/api/v1/tokens/{}")]
+          ("DELETE", "/api/v1/tokens/{}"), ("POST", "/api/v1/secrets"),
+          ("GET", "/api/v1/secrets"), ("GET", "/api/v1/secrets/{}"),
+          ("PUT", "/api/v1/secrets/{}"), ("DELETE", "/api/v1/secrets/{}")]
 
 
 @st.composite

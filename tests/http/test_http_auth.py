@@ -81,6 +81,18 @@ ROUTES: list[Route] = [
     Route("POST", "/api/v1/tokens/{dev}/revoke", None, "admin", None, 200),
     Route("DELETE", "/api/v1/tokens/{dev}", None, "admin", None, 204),
     Route("GET", "/api/v1/tokens/0000000000000000", None, "admin", None, 404),
+    Route("GET", "/api/v1/secrets", None, "read", None, 200),
+    Route("GET", "/api/v1/secrets?namespace=team", None, "read", "team", 200),
+    Route("POST", "/api/v1/secrets?namespace=team", {"name": "new", "data": {"K": "v"}},
+          "write", "team", 201),
+    Route("POST", "/api/v1/secrets", {"name": "new", "data": {"K": "v"}}, "write", "default",
+          201),
+    # values: developer and admin only (WRITE), in their namespaces
+    Route("GET", "/api/v1/secrets/db?namespace=team", None, "write", "team", 200),
+    Route("GET", "/api/v1/secrets/cfg", None, "write", "default", 200),
+    Route("PUT", "/api/v1/secrets/db?namespace=team", {"data": {"K": "v2"}}, "write", "team",
+          200),
+    Route("DELETE", "/api/v1/secrets/cfg", None, "write", "default", 204),
     Route("GET", "/api/v2/nowhere", None, "auth", None, 404),
     Route("DELETE", "/health", None, "auth", None, 405),
     Route("PUT", "/api/v1/tokens", {}, "auth", None, 405),
@@ -118,6 +130,10 @@ class TestEveryRoleOnEveryRoute(AuthCase):
         assert self.admin("POST", "/api/v1/deployments?namespace=team",
                           {"name": "web", "source": "x"})[0] == 201
         assert self.admin("POST", "/api/v1/deployments", {"name": "other", "source": "x"})[0] \
+            == 201
+        assert self.admin("POST", "/api/v1/secrets", {"name": "db", "namespace": "team",
+                                                      "data": {"K": "v"}})[0] == 201
+        assert self.admin("POST", "/api/v1/secrets", {"name": "cfg", "data": {"K": "v"}})[0] \
             == 201
         headers: dict[str, str] = {}
         self.ids: dict[str, str] = {}
@@ -172,7 +188,8 @@ class TestEveryRoleOnEveryRoute(AuthCase):
             if want in (401, 403):
                 self.assert_refused(code, body, resp, want)
                 assert self.snapshot_state() == before, f"refused but changed: {where}"
-            elif route.method == "GET" and want == 200 and "deployments" in path:
+            elif route.method == "GET" and want == 200 and ("deployments" in path
+                                                            or "secrets" in path):
                 items = body["items"] if "items" in body else [body]
                 for dep in items:
                     assert cred.namespaces is None or dep["namespace"] in cred.namespaces, where

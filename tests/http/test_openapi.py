@@ -197,6 +197,8 @@ BODIES: dict[str, Any] = {
     "patchDeployment": {"replicas": 2},
     "scaleDeployment": {"replicas": 2},
     "createToken": {"name": "probe", "role": "admin"},
+    "createSecret": {"name": "probe", "data": {"K": "v"}},
+    "rotateSecret": {"data": {"K": "v"}},
 }
 # parameter -> (where, a bad value, the start of the 400 message a handler that reads it gives)
 PROBES: dict[str, tuple[str, str, str]] = {

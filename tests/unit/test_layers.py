@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSITION_ROOT = {"prisn.server", "prisn.cli", "prisn.cli_ops", "prisn.cli_snapshot"}
+COMPOSITION_ROOT = {"prisn.server", "prisn.cli", "prisn.cli_ops", "prisn.cli_snapshot",
+                    "prisn.cli_secrets"}
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ from actors.base import Actor
 from prisn.fsm.commands import format_ts
 from prisn.fsm.deployments import DeploymentStore
 from prisn.fsm.instances import MAX_REPORTS, instance_id, node_meta_command, report_command
+from prisn.fsm.secrets import SecretError, secret_env
 from prisn.messages import RunnerDesired
+from prisn.secretbox import Opener, SecretDecryptError
 from prisn.workloads.artifacts import ArtifactError
 from prisn.workloads.materialize import location
 
@@ -67,7 +70,8 @@ class WorkloadsActor(Actor):
                  raft_status: Callable[[], Any], submit: Submit, data_dir: str | Path,
                  fence_after: float, fence_grace: float = 0.0, runs_workloads: bool = True,
                  report_interval: float = 1.0, resync: float = 2.0,
-                 write_timeout: float = 5.0, **kw: Any) -> None:
+                 write_timeout: float = 5.0, decrypt: Opener | None = None,
+                 **kw: Any) -> None:
         super().__init__("workloads", ctx, node_id, **kw)
         self.store = store
         self.raft_status = raft_status
@@ -79,6 +83,7 @@ class WorkloadsActor(Actor):
         self.report_interval = report_interval
         self.resync = resync
         self.write_timeout = write_timeout
+        self.decrypt = decrypt  # opens secret values (None: no secret can be injected)
         self._incarnation = os.urandom(4).hex()
         self._keys = itertools.count(1)
         self._meta: concurrent.futures.Future | None = None
@@ -215,18 +220,35 @@ class WorkloadsActor(Actor):
         for p, dep in self.store.instances_on(self.node_id):
             try:
                 cwd, source = location(self.data_dir, dep, artifact_bytes)
-            except (ArtifactError, OSError) as e:
+                env, generation = self._env(dep)
+            except (ArtifactError, OSError, SecretError, SecretDecryptError) as e:
                 key = f"{dep['namespace']}/{dep['name']}"
                 if self._bad.get(key) != str(e):
                     self._bad[key] = str(e)
                     log.warning("workloads: cannot run %s here: %s", key, e)
                 continue
             out.append({"id": instance_id(p.slot, p.epoch), "deployment": dep["name"],
-                        "namespace": dep["namespace"], "generation": dep["generation"],
+                        "namespace": dep["namespace"], "generation": generation,
                         "runtime": dep.get("runtime"), "source": source, "cwd": cwd,
-                        "env": dict(dep.get("env") or {}), "args": list(dep.get("args") or []),
+                        "env": env, "args": list(dep.get("args") or []),
                         "port": dep.get("port") or 0})
         return out
+
+    def _env(self, dep: dict[str, Any]) -> tuple[dict[str, str], int]:
+        """(environment, runner generation) of `dep`'s instances: the keys of the secrets it
+        lists (in order, a later secret wins), then its own `env` (wins over secrets). With
+        secrets the generation also carries a checksum of their values, so rotating a secret
+        restarts the instances (rolling, like a spec change). SecretError if one cannot be
+        opened here (no cluster key)."""
+        names = dep.get("secrets") or ()
+        user = dict(dep.get("env") or {})
+        if not names:
+            return user, dep["generation"]
+        if self.decrypt is None:
+            raise SecretError("this node cannot open secrets")
+        senv = secret_env(self.store, dep["namespace"], names, self.decrypt)
+        check = zlib.crc32(repr(sorted(senv.items())).encode())
+        return {**senv, **user}, (dep["generation"] << 32) | check
 
     def _flush_reports(self, now: float) -> None:
         if self._report is not None:

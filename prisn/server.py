@@ -52,7 +52,7 @@ from prisn.messages import EntryKind, Role, TransferLeadership
 from prisn.raft.boot import BootState
 from prisn.raft.core import RaftCore, RaftOptions
 from prisn.raft.status import RaftStatus
-from prisn.secretbox import UNENCRYPTED_WARNING
+from prisn.secretbox import UNENCRYPTED_WARNING, SecretBox, opener
 from prisn.snapshots import BootError, SnapshotStore, assemble_boot
 from prisn.storage import LogStorage, StorageError
 from prisn.workloads.materialize import clear_stale
@@ -64,6 +64,7 @@ from transport.curve import (
     ZapHandler,
     load_keys,
     loosely_permitted,
+    read_key_file,
 )
 
 log = logging.getLogger("prisn.server")
@@ -316,11 +317,13 @@ class Node:
         def status() -> RaftStatus:  # the raft actor's published status (any thread)
             return raft.status
 
+        box = SecretBox(read_key_file(cfg.cluster_key_file)) if cfg.cluster_key_file else None
         wl = WorkloadsActor(self.ctx, cfg.node_id, store, raft_status=status,
                             submit=api.submit, data_dir=data, fence_after=cfg.fence_after,
                             fence_grace=cfg.fence_grace,
                             runs_workloads=not cfg.no_workloads,
-                            write_timeout=cfg.write_timeout, on_failure=fail)
+                            write_timeout=cfg.write_timeout, decrypt=opener(box),
+                            on_failure=fail)
         if not cfg.no_workloads:
             removed = clear_stale(data)
             if removed:

@@ -206,3 +206,32 @@ def test_scheduler_rounds_only_while_leading_one_in_flight(clock: Clock) -> None
     clock.t += 0.1
     s.step()
     assert [d["node"] for d in props.cmds[2]["decisions"]] == ["n1"]  # moved off n2
+
+
+def test_controller_injects_secrets_and_a_rotation_changes_the_generation(
+        clock: Clock) -> None:
+    from prisn.fsm.secrets import SecretFactory
+    from prisn.secretbox import SecretBox, opener
+
+    box = SecretBox(b"k" * 32)
+    f = Feeder()
+    sf = SecretFactory(box)
+    f.run(sf.create({"name": "db", "data": {"PASSWORD": "s3cret", "MODE": "secret"}}))
+    f.create(name="web", type="service", replicas=1, port=0, secrets=["db"],
+             env={"MODE": "prod"})
+    f.run(batch_command([Place(Slot("default", "web", 0), "n1", None)], key="pl", ts=TS))
+    st = Status(commit_index=f.store.applied_index)
+    a, sent = controller(f, st, Proposals(), decrypt=opener(box))
+    a.step()
+    (inst,) = sent[-1][1].instances
+    assert inst["env"] == {"PASSWORD": "s3cret", "MODE": "prod"}  # its own env wins
+    gen = inst["generation"]
+    f.run(sf.update("db", {"data": {"PASSWORD": "n3w"}}))
+    clock.t += 0.1
+    a.step()
+    (inst,) = sent[-1][1].instances
+    assert inst["env"] == {"PASSWORD": "n3w", "MODE": "prod"} and inst["generation"] != gen
+    # a node that cannot open them runs nothing of that deployment (and says so in its log)
+    b, sent_b = controller(f, st, Proposals(), decrypt=opener(None))
+    b.step()
+    assert sent_b[-1][1].instances == []

@@ -116,7 +116,11 @@ class SchedulerActor(Actor):
             return
         key = f"sched-{self.node_id}-{self._incarnation}-{st.term}-{next(self._keys)}"
         cmd = batch_command(plan.commands, key=key, ts=format_ts(time.time()))
-        fut = self.submit(cmd, self.round_timeout)
+        try:
+            fut = self.submit(cmd, self.round_timeout)
+        except Exception:  # a failure to hand it over is retried next round
+            log.exception("scheduler: cannot hand a round to the API")
+            fut = None
         if fut is None:
             return
         self._inflight, self._deadline = fut, now + self.round_timeout

@@ -71,6 +71,7 @@ class WorkloadsActor(Actor):
                  fence_after: float, fence_grace: float = 0.0, runs_workloads: bool = True,
                  report_interval: float = 1.0, resync: float = 2.0,
                  write_timeout: float = 5.0, decrypt: Opener | None = None,
+                 barrier: Callable[[float], concurrent.futures.Future | None] | None = None,
                  **kw: Any) -> None:
         super().__init__("workloads", ctx, node_id, **kw)
         self.store = store
@@ -84,6 +85,8 @@ class WorkloadsActor(Actor):
         self.resync = resync
         self.write_timeout = write_timeout
         self.decrypt = decrypt  # opens secret values (None: no secret can be injected)
+        self.barrier = barrier  # a linearizable read barrier (`ApiActor.barrier`)
+        self._barrier: concurrent.futures.Future | None = None
         self._incarnation = os.urandom(4).hex()
         self._keys = itertools.count(1)
         self._meta: concurrent.futures.Future | None = None
@@ -154,6 +157,17 @@ class WorkloadsActor(Actor):
     def _key(self, what: str) -> str:
         return f"{what}-{self.node_id}-{self._incarnation}-{next(self._keys)}"
 
+    @staticmethod
+    def _call(fn: Callable[..., concurrent.futures.Future | None], *args: Any
+              ) -> concurrent.futures.Future | None:
+        """`fn(*args)` (a propose or barrier of the API), None if it raised: a failure to
+        hand a request over is retried by a later step and never stops the node."""
+        try:
+            return fn(*args)
+        except Exception:
+            log.exception("workloads: cannot hand a request to the API")
+            return None
+
     def step(self) -> None:
         now = time.monotonic()
         st = self.raft_status()
@@ -172,10 +186,9 @@ class WorkloadsActor(Actor):
         if now - self._meta_at < 1.0:
             return
         self._meta_at = now
-        self._meta = self.submit(node_meta_command(self.node_id, self.runs_workloads,
-                                                   key=self._key("meta"),
-                                                   ts=format_ts(time.time())),
-                                 self.write_timeout)
+        cmd = node_meta_command(self.node_id, self.runs_workloads, key=self._key("meta"),
+                                ts=format_ts(time.time()))
+        self._meta = self._call(self.submit, cmd, self.write_timeout)
 
     def _fence(self, now: float, st: Any) -> None:
         ok = st is not None and st.quorum_ok
@@ -183,13 +196,28 @@ class WorkloadsActor(Actor):
             self._last_ok = now
         if self.fenced:
             if not ok:
-                self._catch_up = None
+                self._catch_up = self._barrier = None
                 return
-            if self._catch_up is None:  # the commit index known when contact came back
-                self._catch_up = st.commit_index
-            if self.store.applied_index >= self._catch_up:
-                self.fenced, self._catch_up = False, None
-                log.info("workloads: quorum contact, running what the log says")
+            if self.barrier is not None:
+                # Caught up = a read barrier passed: leadership confirmed by a quorum after
+                # contact came back, and everything committed before it applied here. The
+                # node's own commit index is not enough: a deposed leader coming back still
+                # holds its old one until its log matches the new leader's.
+                if self._barrier is None:
+                    self._barrier = self._call(self.barrier, self.write_timeout)
+                    return
+                if not self._barrier.done():
+                    return
+                done, self._barrier = self._barrier, None
+                if done.cancelled() or done.exception() is not None:
+                    return  # retried next step
+            else:  # no barrier (tests): the commit index known when contact came back
+                if self._catch_up is None:
+                    self._catch_up = st.commit_index
+                if self.store.applied_index < self._catch_up:
+                    return
+            self.fenced, self._catch_up = False, None
+            log.info("workloads: quorum contact, running what the log says")
         elif self._last_ok is None or now - self._last_ok > self.fence_after:
             self.fenced = True
             self.fences += 1
@@ -282,8 +310,9 @@ class WorkloadsActor(Actor):
                             "message": str(r.get("message") or "")[:512]})
         self._report_at = now
         if reports:
-            fut = self.submit(report_command(self.node_id, reports, key=self._key("report"),
-                                             ts=format_ts(time.time())), self.write_timeout)
+            cmd = report_command(self.node_id, reports, key=self._key("report"),
+                                 ts=format_ts(time.time()))
+            fut = self._call(self.submit, cmd, self.write_timeout)
             if fut is None:
                 return
             self._report = fut

@@ -323,6 +323,7 @@ class Node:
                             fence_grace=cfg.fence_grace,
                             runs_workloads=not cfg.no_workloads,
                             write_timeout=cfg.write_timeout, decrypt=opener(box),
+                            barrier=api.barrier,
                             on_failure=fail)
         if not cfg.no_workloads:
             removed = clear_stale(data)

@@ -14,6 +14,7 @@ import math
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 from tornado.ioloop import IOLoop
@@ -199,7 +200,24 @@ class ApiActor(Actor):
         loop, client = self._loop, self.client
         if loop is None or client is None or loop.is_closed() or self.stopping:
             return None
-        return asyncio.run_coroutine_threadsafe(client.propose(command, timeout), loop)
+
+        async def propose() -> Any:
+            return await client.propose(command, timeout)
+
+        return asyncio.run_coroutine_threadsafe(propose(), loop)
+
+    def barrier(self, timeout: float) -> concurrent.futures.Future | None:
+        """Any thread: a linearizable read barrier (as a strong read waits for: leadership
+        confirmed by a quorum, then applied up to that read index here); a future that
+        resolves (None) or fails, or None while the API is not serving."""
+        loop, client = self._loop, self.client
+        if loop is None or client is None or loop.is_closed() or self.stopping:
+            return None
+
+        async def wait() -> None:  # read_barrier needs the running loop when called
+            await client.read_barrier(timeout)
+
+        return asyncio.run_coroutine_threadsafe(wait(), loop)
 
     def stop(self) -> None:
         super().stop()

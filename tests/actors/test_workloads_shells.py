@@ -235,3 +235,26 @@ def test_controller_injects_secrets_and_a_rotation_changes_the_generation(
     b, sent_b = controller(f, st, Proposals(), decrypt=opener(None))
     b.step()
     assert sent_b[-1][1].instances == []
+
+
+def test_controller_unfences_only_after_a_read_barrier(clock: Clock) -> None:
+    """With the node's read barrier (the server's wiring): contact alone is not enough (a
+    deposed leader's own commit index is stale), a barrier that fails is retried."""
+    f = Feeder()
+    placed_web(f)
+    st = Status(commit_index=0)  # stale: it would pass the fallback check at once
+    barriers = Proposals()
+    a, sent = controller(f, st, Proposals(), barrier=lambda t: barriers({}, t))
+    a.step()
+    assert a.fenced and len(barriers.futs) == 1
+    clock.t += 0.1
+    a.step()
+    assert a.fenced and len(barriers.futs) == 1  # one in flight
+    barriers.futs[0].set_exception(RuntimeError("no quorum"))
+    a.step()
+    assert a.fenced
+    a.step()
+    assert len(barriers.futs) == 2
+    barriers.futs[1].set_result(None)
+    a.step()
+    assert not a.fenced and len(sent[-1][1].instances) == 1

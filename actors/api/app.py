@@ -735,13 +735,14 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
     (or with an `Authenticator` that has no API key) the API is open. Without `guard`, bodies
     must be JSON and any Origin is refused, but no Host is checked (`ApiActor` passes the
     node's own `RequestGuard`)."""
+    from actors.api.logs import LOG_ROUTES  # imports BaseHandler from here
     from actors.api.snapshot import SNAPSHOT_ROUTES  # imports BaseHandler from here
     from actors.api.tokens import TOKEN_ROUTES  # tokens imports BaseHandler from here
 
     if metrics is None:
         metrics = NodeMetrics(status=node.status, deployments=node.store.count)
     app = PrisnApplication(
-        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
+        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + LOG_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
         serve_traceback=False, compress_response=False,
     )
     app.ctx = ApiContext(

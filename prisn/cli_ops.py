@@ -713,19 +713,12 @@ LOGS_MAX_CHUNKS = 10_000  # without -f: at most this many requests (the files ar
 FOLLOW_POLL_S = 0.5  # -f: pause after an answer with no new output
 
 
-def _instance_id(name: str, ns: str, instance: str | None) -> str | None:
-    """--instance: a replica index (``0``) or a full instance id (``ns/name/0``)."""
-    if instance is None:
-        return None
-    return f"{ns}/{name}/{instance}" if instance.isdigit() else instance
-
-
 @click.command("logs")
 @click.argument("name")
 @click.option("--namespace", help="The deployment's namespace [default: default].")
 @click.option("--instance", "instance", metavar="I",
-              help="Instance: a replica index (0, 1, ...) or an id such as default/web/1 "
-                   "[default: the deployment's first instance].")
+              help="Instance: a replica index (0, 1, ...) or an instance id as `prisn status "
+                   "NAME` lists it [default: the lowest replica index].")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
 @click.option("--tail", type=click.IntRange(min=0), metavar="BYTES",
               help="Start at the last BYTES bytes [default: everything kept].")
@@ -736,8 +729,7 @@ def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | N
     """Print the output (stdout and stderr) of an instance of deployment NAME, read through
     any node: the server fetches it from the node that runs the instance."""
     c = _client(ctx)
-    ns = namespace or "default"
-    iid = _instance_id(name, ns, instance)
+    iid = instance
     offset: int | None = None
     as_json = _json_out(ctx)
     try:

@@ -1,7 +1,8 @@
 """HTTP handler for instance output: ``GET /api/v1/deployments/{name}/logs``.
 
 Runs on the API IOLoop thread. The instance's node comes from this node's copy of the
-placements table; its output is read here (the runner's files, `actors.runner.read_log`, in
+placements table (`find_instance`: a replica index, a slot id or the runner's instance id
+as status lists it; default the lowest index); its output is read here (the runner's files, `actors.runner.read_log`, in
 an executor) when the instance runs here, else asked of that node over the peer link
 (`LogsRequest` / `LogsReply`, through the raft shells; `RaftNodeClient.read_logs`).
 
@@ -23,7 +24,7 @@ import time
 from actors.api.app import BaseHandler
 from actors.api.auth import READ
 from actors.api.errors import ApiError, BadRequest, NotFound, Unavailable
-from prisn.workloads.logfetch import MAX_LOG_REPLY, chunk_json
+from prisn.workloads.logfetch import MAX_LOG_REPLY, chunk_json, find_instance, runner_id
 
 PEER_TIMEOUT = 5.0  # seconds a node has to answer a log request
 FOLLOW_WAIT = 5.0  # follow=true: longest wait for new output
@@ -50,19 +51,16 @@ class LogsHandler(BaseHandler):
         if dep is None:
             raise NotFound(f"deployment {name} not found")
         self.require_namespace(dep["namespace"], write=False)
-        placed = {str(p.slot): p.node for p in store.placements(dep["namespace"], name)}
-        instance = self.get_query_argument("instance", None) or None
-        if instance is None:
-            if not placed:
+        placed = store.placements(dep["namespace"], name)
+        wanted = self.get_query_argument("instance", None) or None
+        where = find_instance(placed, wanted)
+        if where is None:
+            if wanted is None:
                 raise NotFound(f"deployment {dep['namespace']}/{name} has no instance "
                                "placed on a node")
-            instance = min(placed, key=lambda i: int(i.rpartition("/")[2]))
-        elif instance.isdigit():
-            instance = f"{dep['namespace']}/{name}/{instance}"
-        node = placed.get(instance)
-        if node is None:
-            raise NotFound(f"instance {instance[:200]} of deployment {dep['namespace']}/{name} "
+            raise NotFound(f"instance {wanted[:200]} of deployment {dep['namespace']}/{name} "
                            "is not placed on any node")
+        node, instance = where.node, runner_id(where)
         reader = getattr(self.ctx.node, "read_logs", None)
         if reader is None:
             raise Unavailable("this node cannot read instance output")

@@ -9,12 +9,34 @@ from __future__ import annotations
 from typing import Any
 
 from prisn.messages import LogsReply, LogsRequest, Msg
+from prisn.workloads.model import Placement
 
 MAX_LOG_REPLY = 1 << 20  # bytes of output per reply (and per HTTP answer)
 MAX_INSTANCE_ID = 200  # characters, as the runner's `MAX_ID`
 MAX_REASON = 1024  # characters of an error reason
 MAX_OFFSET = (1 << 63) - 1
 MAX_NODE_ID = 128
+
+
+def runner_id(p: Placement) -> str:
+    """The id the runner knows the instance of placement `p` by (its log directory's name):
+    ``<namespace>.<name>.<index>.<epoch>``, as deployment status lists it. Must stay equal to
+    the id the node-side controller gives the runner (`prisn.fsm.instances.instance_id`)."""
+    s = p.slot
+    return f"{s.namespace}.{s.name}.{s.index}.{p.epoch}"
+
+
+def find_instance(placed: list[Placement], wanted: str | None) -> Placement | None:
+    """The placement `wanted` names among one deployment's `placed`: None -> the lowest
+    replica index; digits -> that replica index; else a slot id (``ns/name/index``) or a
+    runner id (`runner_id`, the current epoch only). None if it names none of them."""
+    if not placed:
+        return None
+    if wanted is None:
+        return min(placed, key=lambda p: p.slot.index)
+    if wanted.isdigit():
+        return next((p for p in placed if p.slot.index == int(wanted)), None)
+    return next((p for p in placed if wanted in (str(p.slot), runner_id(p))), None)
 
 
 def request_error(m: LogsRequest) -> str | None:

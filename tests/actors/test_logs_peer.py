@@ -39,7 +39,7 @@ from transport.codec import encode
 pytestmark = pytest.mark.timeout(120)
 
 CLUSTER = "c-logs"
-INSTANCE = "default/web/1"
+INSTANCE = "default.web.1.2"  # web/1, placed second (epoch 2): the runner's id
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,9 @@ def test_logs_of_an_instance_on_node_b_are_read_through_node_a(pair) -> None:
         200, 9, 26, "listening on 8080")
     code, chunk = got["first"]
     assert (code, chunk["instance"], chunk["node"], chunk["data"]) == (
-        200, "default/web/0", a.nid, "")
+        200, "default.web.0.1", a.nid, "")
     code, err = got["unplaced"]
-    assert code == 404 and "default/web/7" in err["message"]
+    assert code == 404 and "instance 7 of deployment default/web" in err["message"]
     assert got["limit"][0] == 400 and "limit" in got["limit"][1]["message"]
     assert a.core.stepped == [] and b.core.stepped == []  # the raft cores never see them
 

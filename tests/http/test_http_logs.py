@@ -74,15 +74,16 @@ class LogsCase(AsyncHTTPTestCase):
         return resp.code, json.loads(resp.body)
 
     def test_first_placed_instance_by_default_and_by_index_or_id(self) -> None:
-        self.node.outputs["default/web/1"] = b"hello\n\xff"
+        self.node.outputs["default.web.1.2"] = b"hello\n\xff"
         code, body = self.get(BASE)
         assert code == 200
-        assert body == {"instance": "default/web/1", "node": "node2", "offset": 0,
+        assert body == {"instance": "default.web.1.2", "node": "node2", "offset": 0,
                         "next_offset": 7, "truncated": False, "data": "hello\n\ufffd"}
         assert self.get(BASE + "?instance=2")[1]["node"] == "node3"
         assert self.get(BASE + "?instance=default/web/2&offset=0&limit=3")[0] == 200
-        assert self.node.calls[-1] == {"node": "node3", "instance": "default/web/2",
+        assert self.node.calls[-1] == {"node": "node3", "instance": "default.web.2.1",
                                        "offset": 0, "tail": None, "limit": 3}
+        assert self.get(BASE + "?instance=default.web.2.1")[1]["node"] == "node3"
         code, body = self.get(BASE + "?tail=2")
         assert (body["offset"], body["data"]) == (5, "\n\ufffd")
         assert self.node.calls[0]["limit"] == logs_mod.MAX_LOG_REPLY
@@ -99,8 +100,9 @@ class LogsCase(AsyncHTTPTestCase):
         for path, words in [
                 ("/api/v1/deployments/nope/logs", "deployment nope not found"),
                 ("/api/v1/deployments/job/logs", "no instance placed"),
-                (BASE + "?instance=0", "default/web/0"),
+                (BASE + "?instance=0", "instance 0 of"),
                 (BASE + "?instance=default/other/1", "default/other/1"),
+                (BASE + "?instance=default.web.2.7", "default.web.2.7"),  # an older epoch
                 (BASE + "?namespace=team", "deployment web not found")]:
             code, body = self.get(path)
             assert code == 404 and words in body["message"], (path, body)
@@ -116,7 +118,7 @@ class LogsCase(AsyncHTTPTestCase):
         assert code == 503 and body["message"] == "node node2 did not answer within 5s"
 
     def test_follow_waits_for_new_output_then_answers(self) -> None:
-        self.node.outputs["default/web/1"] = b"abc"
+        self.node.outputs["default.web.1.2"] = b"abc"
         calls = 0
         orig = self.node.read_logs
 
@@ -124,7 +126,7 @@ class LogsCase(AsyncHTTPTestCase):
             nonlocal calls
             calls += 1
             if calls == 3:  # output appears while the request waits
-                self.node.outputs["default/web/1"] = b"abcdef"
+                self.node.outputs["default.web.1.2"] = b"abcdef"
             return await orig(*a, **kw)
 
         self.node.read_logs = growing  # type: ignore[method-assign]

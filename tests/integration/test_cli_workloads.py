@@ -208,6 +208,7 @@ def test_logs_prints_everything_kept_then_stops(script) -> None:
     q = queries(script, LOGS)
     assert [x.get("offset") for x in q] == [None, ["4"], ["8"]]
     assert q[1]["instance"] == ["default/app/0"]  # the instance of the first answer is kept
+    assert "instance" not in q[0]
     assert all("follow" not in x for x in q)
 
 
@@ -217,7 +218,7 @@ def test_logs_instance_index_and_tail(script) -> None:
     p = prisn("logs", "app", "--instance", "1", "--tail", "5", server=script.addr)
     assert p.returncode == 0 and p.stdout == "last\n"
     q = queries(script, LOGS)
-    assert q[0]["instance"] == ["default/app/1"] and q[0]["tail"] == ["5"]
+    assert q[0]["instance"] == ["1"] and q[0]["tail"] == ["5"]
     assert "tail" not in q[1] and q[1]["offset"] == ["95"]
 
 

@@ -14,10 +14,13 @@ from prisn.raft.boot import Membership
 from prisn.workloads.logfetch import (
     MAX_LOG_REPLY,
     chunk_json,
+    find_instance,
     peer_error,
     reply_error,
     request_error,
+    runner_id,
 )
+from prisn.workloads.model import Placement, Slot
 from transport.codec import Decoder, decode, encode
 
 MEMBERS = Membership(cluster="c", voters={"a": "h:1", "b": "h:2"}).members()
@@ -114,3 +117,22 @@ def test_chunk_json_replaces_invalid_utf8() -> None:
     assert body == {"instance": "default/web/0", "node": "n2", "offset": 40,
                     "next_offset": 40 + len(data), "truncated": True,
                     "data": "héllo\n\ufffd\ufffd"}
+
+
+def test_instances_are_found_by_index_slot_or_runner_id() -> None:
+    placed = [Placement(Slot("default", "web", 2), "n3", 5),
+              Placement(Slot("default", "web", 1), "n2", 9)]
+    assert runner_id(placed[0]) == "default.web.2.5"
+    assert find_instance(placed, None) is placed[1]  # the lowest index
+    assert find_instance(placed, "2") is placed[0]
+    assert find_instance(placed, "default/web/1") is placed[1]
+    assert find_instance(placed, "default.web.2.5") is placed[0]
+    for missing in ("0", "default/web/0", "default.web.2.4", "default.web.2", "x"):
+        assert find_instance(placed, missing) is None
+    assert find_instance([], None) is None
+
+
+def test_runner_id_is_the_controllers_instance_id() -> None:
+    instances = pytest.importorskip("prisn.fsm.instances")  # with the workloads wired
+    p = Placement(Slot("ns", "web", 3), "n1", 12)
+    assert runner_id(p) == instances.instance_id(p.slot, p.epoch)

@@ -727,7 +727,8 @@ FOLLOW_POLL_S = 0.5  # -f: pause after an answer with no new output
 def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | None,
          follow: bool, tail: int | None) -> None:
     """Print the output (stdout and stderr) of an instance of deployment NAME, read through
-    any node: the server fetches it from the node that runs the instance."""
+    any node: the server fetches it from the node that runs the instance. With -o json,
+    each chunk the server answers is one line of JSON."""
     c = _client(ctx)
     iid = instance
     offset: int | None = None
@@ -741,8 +742,8 @@ def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | N
             data = chunk.get("data")
             text = data if isinstance(data, str) else ""
             nxt = chunk.get("next_offset")
-            if as_json:
-                _print_json(chunk)
+            if as_json:  # one object per line (JSON lines), for a pipe into jq
+                click.echo(json.dumps(chunk, separators=(",", ":")))
             elif text:
                 click.echo(text, nl=False)
             if iid is None and isinstance(chunk.get("instance"), str):

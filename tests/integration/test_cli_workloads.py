@@ -210,6 +210,9 @@ def test_logs_prints_everything_kept_then_stops(script) -> None:
     assert q[1]["instance"] == ["default/app/0"]  # the instance of the first answer is kept
     assert "instance" not in q[0]
     assert all("follow" not in x for x in q)
+    p = prisn("logs", "app", "-o", "json", "--instance", "default.app.0.1", server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(line)["next_offset"] for line in p.stdout.splitlines()] == [8]
 
 
 def test_logs_instance_index_and_tail(script) -> None:

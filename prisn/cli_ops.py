@@ -609,7 +609,8 @@ def _read_for_wait(c: Client, name: str, namespace: str) -> tuple[dict[str, Any]
 def _wait_ready(ctx: click.Context, c: Client, dep: dict[str, Any]) -> None:
     """Poll deployment `dep` until its status says ready == desired (then print it, or its
     JSON with -o json), or fail (exit 1, with the status message) on a phase in
-    FAILED_PHASES or when --timeout passes. Instance changes go to stderr as they happen."""
+    FAILED_PHASES or when --timeout passes. Instance changes go to stderr as they happen.
+    A job or cron job without a status has nothing to wait for (exit 0 at once)."""
     name, ns = str(dep.get("name")), str(dep.get("namespace") or "default")
     deadline = time.monotonic() + c.timeout
     seen: dict[str, tuple[Any, ...]] = {}
@@ -634,6 +635,12 @@ def _wait_ready(ctx: click.Context, c: Client, dep: dict[str, Any]) -> None:
                 break
             why = f"READY {_ready(d) or '-'}, phase {phase or '-'}" + (
                 f": {st['message']}" if st.get("message") else "")
+        elif d and d.get("type", "service") != "service":
+            click.echo(f"{ns}/{name} is a {d.get('type')}: no instances to wait for",
+                       err=_json_out(ctx))
+            if _json_out(ctx):
+                _print_json(d)
+            return
         elif d:
             why = "the server reports no status for it"
         else:

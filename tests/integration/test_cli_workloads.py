@@ -158,11 +158,20 @@ def test_deploy_wait_times_out_with_the_last_status(script) -> None:
 
 
 def test_wait_without_a_status_times_out_saying_so(script) -> None:
-    script.answers[("POST", "/api/v1/deployments/app/scale")] = [(200, {}, DEP)]
-    script.answers[("GET", PATH)] = seq((200, {}, DEP))
+    service = {**DEP, "type": "service"}  # an older server: no status at all
+    script.answers[("POST", "/api/v1/deployments/app/scale")] = [(200, {}, service)]
+    script.answers[("GET", PATH)] = seq((200, {}, service))
     p = prisn("scale", "app", "2", "--wait", "--timeout", "1", server=script.addr)
     assert p.returncode == 1
     assert "the server reports no status for it" in p.stderr
+
+
+def test_wait_on_a_job_without_a_status_returns_at_once(script) -> None:
+    script.answers[("POST", "/api/v1/deployments")] = [(201, {}, DEP)]
+    script.answers[("GET", PATH)] = seq((200, {}, DEP))
+    p = prisn("deploy", "app.py", "--wait", server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1] == "default/app is a job: no instances to wait for"
 
 
 def test_scale_wait_json_prints_the_ready_deployment(script) -> None:

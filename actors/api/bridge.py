@@ -51,6 +51,7 @@ from transport.mailbox import bind_inbox
 log = logging.getLogger("prisn.api")
 
 MAX_LOG_SERVES = 16  # peers' log requests read at once on this node; more answer 503
+LOG_RESEND_S = 1.0  # a log request not answered yet is sent again this often
 MAX_LOCAL_READS = 4  # log file reads in the default executor at once (local and for peers)
 EXPIRY_SWEEP_S = 0.05  # how often expired waiters are failed (their deadline granularity)
 TIMEOUT_MESSAGE = "the write was not confirmed within {t:g}s"
@@ -310,17 +311,45 @@ class RaftNodeClient:
         membership = getattr(st, "membership", None)
         if membership is None or node not in membership.members():
             raise Unavailable(f"node {node} is not a member of this cluster")
-        rid, fut = self._request(lambda rid: LogsRequest(
+        if len(self._waiters) >= self._max_inflight:
+            raise Unavailable(f"too many requests in flight on this node ({self._max_inflight})")
+        rid = next(self._rids)
+        ask = _encoded(lambda: encode(LogsRequest(
             src=self.node_id, dst=node, cluster=st.cluster_id, rid=rid, instance=instance,
             offset=-1 if offset is None else offset, tail=-1 if tail is None else tail,
-            limit=limit))
+            limit=limit)))
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
         self._log_asks[rid] = node
+        deadline = time.monotonic() + timeout
         try:
-            return await self._await(rid, fut, timeout,
-                                     f"node {node} did not answer within {timeout:g}s")
+            while True:
+                # Peer sockets queue only on a live connection (IMMEDIATE): a request sent
+                # while the link to `node` is (re)connecting is lost, so it is sent again
+                # every LOG_RESEND_S until the deadline (a read: answering twice is
+                # harmless, the second reply finds no waiter).
+                self._send_raw(ask)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(f"node {node} did not answer within {timeout:g}s")
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), min(left, LOG_RESEND_S))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise Unavailable(
+                            f"node {node} did not answer within {timeout:g}s") from None
         finally:
             self._waiters.pop(rid, None)
             self._log_asks.pop(rid, None)
+
+    def _send_raw(self, data: bytes) -> None:
+        """One encoded message to the raft actor, without waiting (Unavailable if full)."""
+        if self._to_raft is None:
+            raise Unavailable("node is shutting down")
+        try:
+            self._to_raft.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            raise Unavailable("the raft actor's queue is full; retry") from None
 
     async def _read_local(self, instance: str, offset: int | None, tail: int | None,
                           limit: int, *, asker: str, rid: int) -> LogsReply:

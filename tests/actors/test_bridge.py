@@ -529,8 +529,9 @@ def test_build_status_just_joined_member_is_not_unreachable_and_healthy_agrees()
 
 # ---------------------------------------------------------------------- logs (issue 14)
 def test_a_log_read_resolves_only_with_the_asked_nodes_reply(tmp_path: Any) -> None:
-    """A LogsRequest goes to raft for the member asked; a LogsReply with its rid from any
-    other node (or for a rid nobody waits for) is ignored; the asked node's resolves it."""
+    """A LogsRequest goes to raft for the member asked, again while unanswered; a LogsReply
+    with its rid from any other node (or for a rid nobody waits for) is ignored; the asked
+    node's resolves it."""
     from prisn.messages import LogsReply, LogsRequest
     from prisn.raft.boot import Membership
 
@@ -552,6 +553,9 @@ def test_a_log_read_resolves_only_with_the_asked_nodes_reply(tmp_path: Any) -> N
         rig.push(reply("n2", ask.rid + 1, b"stray"))
         await rig.nothing_more()
         assert not task.done()
+        # unanswered (a link still connecting loses it): the same request is sent again
+        again = await rig.from_client()
+        assert again == ask
         rig.push(reply("n2", ask.rid, b"real"))
         got = await task
         assert got.data == b"real" and rig.client._waiters == {} and rig.client._log_asks == {}

@@ -92,6 +92,9 @@ def cli() -> None:
       help="Open HTTP connections per node; more are refused.")
 @_opt("max-spec-bytes", default="1MiB", show_default=True,
       help="Largest deployment spec (its strings); larger writes are refused with 413.")
+@_opt("max-artifact-bytes", default="8MiB", show_default=True,
+      help="Largest artifact upload (POST /api/v1/artifacts, at most 12MiB); larger uploads "
+      "are refused with 413.")
 @_opt("namespace-max-deployments", default=100_000, show_default=True,
       type=click.IntRange(min=1), help="Deployments per namespace; a create past it is a 507.")
 @_opt("namespace-max-bytes", default="256MiB", show_default=True,
@@ -201,6 +204,13 @@ def _security(kw: dict) -> dict:
     out["max_connections"] = int(kw.get("max_connections", 1024))  # type: ignore[call-overload]
     out["max_spec_bytes"] = parse_size(str(kw.get("max_spec_bytes") or "1MiB"),
                                        "--max-spec-bytes")
+    from prisn.workloads.artifacts import HARD_MAX_ARTIFACT_BYTES  # only for the server
+
+    out["max_artifact_bytes"] = parse_size(str(kw.get("max_artifact_bytes") or "8MiB"),
+                                           "--max-artifact-bytes")
+    if out["max_artifact_bytes"] > HARD_MAX_ARTIFACT_BYTES:
+        raise ConfigError(f"--max-artifact-bytes must be at most {HARD_MAX_ARTIFACT_BYTES} "
+                          "(12MiB): one artifact travels in one log entry")
     out["namespace_max_deployments"] = int(
         kw.get("namespace_max_deployments", 100_000))  # type: ignore[call-overload]
     out["namespace_max_bytes"] = parse_size(str(kw.get("namespace_max_bytes") or "256MiB"),

@@ -143,7 +143,8 @@ class ApiActor(Actor):
         self.metrics.registry.register(InflightCollector(
             lambda: (api_ctx.inflight, client.inflight, api_ctx.max_inflight)))
         app.ctx.quotas = Quotas(cfg.max_spec_bytes, cfg.namespace_max_deployments,
-                                cfg.namespace_max_bytes)
+                                cfg.namespace_max_bytes,
+                                max_artifact_bytes=cfg.max_artifact_bytes)
         if 0 < cfg.rate_limit < math.inf:  # 0 (and inf) = unlimited: no limiter at all
             app.ctx.limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst)
         tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None

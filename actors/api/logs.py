@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from actors.api.app import BaseHandler
 from actors.api.auth import READ
 from actors.api.errors import ApiError, BadRequest, NotFound, Unavailable
+from actors.api.handler import BaseHandler
 from prisn.workloads.logfetch import MAX_LOG_REPLY, chunk_json, find_instance, runner_id
 
 PEER_TIMEOUT = 5.0  # seconds a node has to answer a log request

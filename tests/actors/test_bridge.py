@@ -527,6 +527,27 @@ def test_build_status_just_joined_member_is_not_unreachable_and_healthy_agrees()
     assert not ns.healthy  # whatever quorum_ok says, it must agree with the printed states
 
 
+def test_concurrent_read_barriers_share_one_read_index() -> None:
+    """Strong reads of one loop turn send one ReadIndex; reads arriving while it is under
+    way wait for (and share) the next one, sent only when the first is answered."""
+    async def body(rig: Rig) -> None:
+        c = rig.client
+        first = [asyncio.ensure_future(c.read_barrier(5)) for _ in range(8)]
+        req = await rig.from_client()
+        assert isinstance(req, ReadIndex)
+        second = [asyncio.ensure_future(c.read_barrier(5)) for _ in range(5)]
+        await rig.nothing_more()  # one ReadIndex at a time
+        assert len(c._waiters) == 1
+        rig.push(Reply(src="raft", dst="api", rid=req.rid, ok=True, index=0))
+        assert await asyncio.gather(*first) == [None] * 8
+        req2 = await rig.from_client()
+        assert isinstance(req2, ReadIndex) and req2.rid != req.rid
+        rig.push(Reply(src="raft", dst="api", rid=req2.rid, ok=True, index=0))
+        assert await asyncio.gather(*second) == [None] * 5
+        await rig.nothing_more()
+        assert c._waiters == {} and (c.barriers.joins, c.barriers.calls) == (13, 2)
+
+
 # ---------------------------------------------------------------------- logs (issue 14)
 def test_a_log_read_resolves_only_with_the_asked_nodes_reply(tmp_path: Any) -> None:
     """A LogsRequest goes to raft for the member asked, again while unanswered; a LogsReply

@@ -577,3 +577,44 @@ def test_auth_failure_log_is_rate_limited_per_kind() -> None:
     assert len(records) == 2, records
     assert "10.0.0.9" in records[0] and "unknown id 1" in records[0]
     assert "4 more such refusals" in records[1], records
+
+
+class TestStrongReadsShareBarriersWithAuth(AuthCase):
+    """With an API key the fast paths are off, so every strong read goes through the Tornado
+    handlers: they must share read barriers too (the node client batches them)."""
+
+    N = 16
+
+    def test_concurrent_strong_reads_share_one_or_two_barriers(self) -> None:
+        import asyncio
+
+        assert self.admin("POST", "/api/v1/deployments", {"name": "web", "source": "x"})[0] == 201
+        _, secret = self.make_token("viewer", "viewer", ["*"])
+        port = self.get_http_port()
+        req = (f"GET /api/v1/deployments/web HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Authorization: Bearer {secret}\r\nX-Prisn-Consistency: strong\r\n"
+               f"Connection: close\r\n\r\n").encode()
+        node = self.node
+        before_calls, before_joins = node.read_barriers, node.barriers.joins
+
+        async def one() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(req)
+            out = await reader.read()
+            writer.close()
+            return out
+
+        async def many() -> list[bytes]:
+            node.read_gate = asyncio.Event()  # barrier calls wait until every read joined
+            tasks = [asyncio.ensure_future(one()) for _ in range(self.N)]
+            deadline = asyncio.get_running_loop().time() + 30
+            while node.barriers.joins - before_joins < self.N:
+                assert asyncio.get_running_loop().time() < deadline, "reads did not all join"
+                await asyncio.sleep(0.005)
+            node.read_gate.set()
+            return list(await asyncio.gather(*tasks))
+
+        outs = self.io_loop.run_sync(many, timeout=60)
+        assert all(o.startswith(b"HTTP/1.1 200 ") and o.endswith(b"}") for o in outs), outs
+        # the first read's call, then at most one more for every read queued behind it
+        assert 1 <= node.read_barriers - before_calls <= 2, node.read_barriers - before_calls

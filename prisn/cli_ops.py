@@ -25,6 +25,7 @@ Nothing heavy is imported here: the commands start fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -780,9 +781,10 @@ def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | N
     as_json = _json_out(ctx)
     try:
         for n in range(LOGS_MAX_CHUNKS if not follow else sys.maxsize):
-            chunk = _call(lambda off=offset, first=n == 0, inst=iid: c.logs(
-                name, namespace=namespace, instance=inst, offset=off,
-                tail=tail if first and off is None else None, limit=LOGS_CHUNK,
+            first = n == 0
+            chunk = _call(functools.partial(
+                c.logs, name, namespace=namespace, instance=iid, offset=offset,
+                tail=tail if first and offset is None else None, limit=LOGS_CHUNK,
                 follow=follow and not first)).body
             data = chunk.get("data")
             text = data if isinstance(data, str) else ""

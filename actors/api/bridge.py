@@ -405,7 +405,8 @@ class RaftNodeClient:
                 pass  # the asker times out (503)
 
         if self._log_serves >= MAX_LOG_SERVES:
-            send(LogsReply(code=503, reason=f"node {self.node_id} is busy serving logs"))
+            send(LogsReply(cluster="", rid=m.rid, code=503,
+                           reason=f"node {self.node_id} is busy serving logs"))
             return
         self._log_serves += 1
 
@@ -416,7 +417,8 @@ class RaftNodeClient:
                     None if m.tail < 0 else m.tail, m.limit, asker=m.src, rid=m.rid))
             except Exception:  # noqa: BLE001 - a failed read must not kill the loop
                 log.exception("serving logs of %s to %s", m.instance, m.src)
-                send(LogsReply(code=500, reason="internal error reading logs"))
+                send(LogsReply(cluster="", rid=m.rid, code=500,
+                               reason="internal error reading logs"))
             finally:
                 self._log_serves -= 1
 

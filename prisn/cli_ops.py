@@ -505,8 +505,8 @@ def _all_deployments(c: Client, namespace: str | None, strong: bool) -> dict[str
     items: list[dict[str, Any]] = []
     offset = 0
     while True:
-        page = _call(lambda off=offset: c.deployments(namespace=namespace, limit=PAGE,
-                                                      offset=off, strong=strong)).body
+        page = _call(functools.partial(c.deployments, namespace=namespace, limit=PAGE,
+                                       offset=offset, strong=strong)).body
         batch = page.get("items", [])
         items.extend(batch)
         total = int(page.get("total", len(items)))

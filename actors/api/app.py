@@ -49,6 +49,7 @@ from actors.api.handler import log_request as _log_request  # the name make_app 
 from actors.api.logs import LOG_ROUTES
 from actors.api.node import NodeClient, NodeStatus
 from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT, NO_QUORUM, parse_json, propose_command
+from actors.api.secrets import SECRET_ROUTES
 from actors.api.snapshot import SNAPSHOT_ROUTES
 from actors.api.tokens import TOKEN_ROUTES
 from actors.metrics import NodeMetrics
@@ -357,7 +358,8 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
     if metrics is None:
         metrics = NodeMetrics(status=node.status, deployments=node.store.count)
     app = PrisnApplication(
-        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES + LOG_ROUTES, default_handler_class=NotFoundHandler, log_function=_log_request,
+        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES + SECRET_ROUTES + LOG_ROUTES,
+        default_handler_class=NotFoundHandler, log_function=_log_request,
         serve_traceback=False, compress_response=False,
     )
     app.ctx = ApiContext(

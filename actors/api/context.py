@@ -17,6 +17,7 @@ from actors.api.node import NodeClient
 from actors.api.quotas import Quotas
 from actors.metrics import NodeMetrics
 from prisn.fsm.commands import CommandFactory
+from prisn.fsm.secrets import SecretFactory
 from prisn.fsm.tokens import TokenFactory
 
 
@@ -41,4 +42,6 @@ class ApiContext:
     # Content-Type, Origin and (auth off) Host checks; the default checks no Host
     guard: RequestGuard = field(default_factory=RequestGuard)
     openapi: bytes = b""  # GET /api/v1/openapi.json (`actors.api.openapi.document_bytes`)
+    # seals secret values with the cluster key (None box: plain text); `actors.api.secrets`
+    secrets: SecretFactory = field(default_factory=SecretFactory)
 

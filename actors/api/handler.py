@@ -59,6 +59,7 @@ from actors.api.ops import parse_json, render, request_id
 from actors.api.outcomes import error_string, http_status
 from prisn.fsm.commands import OPS
 from prisn.fsm.results import Result
+from prisn.fsm.secrets import SECRET_OPS
 from prisn.fsm.validation import ValidationError, validate_name
 from prisn.outcomes import Outcome
 
@@ -66,6 +67,7 @@ from prisn.outcomes import Outcome
 # themselves (with a proper 413), so Tornado must not cut in first with its bare 400.
 _STREAM_LIMIT = 1 << 62
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+WRITE_OPS = frozenset(OPS) | frozenset(SECRET_OPS)  # namespaced writes (`commit` checks)
 
 
 class PrisnApplication(Application):
@@ -330,6 +332,6 @@ class BaseHandler(RequestHandler):
         if self._refused:
             return None
         command = ops.build(build)
-        if command.get("op") in OPS and isinstance(command.get("ns"), str):
+        if command.get("op") in WRITE_OPS and isinstance(command.get("ns"), str):
             self.require_namespace(command["ns"], write=True)
         return await ops.propose_command(self.ctx, command)

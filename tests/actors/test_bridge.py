@@ -36,6 +36,7 @@ from prisn.outcomes import Outcome
 from prisn.raft.boot import Membership
 from prisn.raft.progress import NEVER
 from prisn.raft.status import PeerStatus
+from tests.helpers import until
 from transport.codec import decode, encode
 from transport.mailbox import inproc_address
 
@@ -103,13 +104,6 @@ class Rig:
     def close_sockets(self) -> None:
         self.raft.close(0)
         self.to_api.close(0)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.001)
 
 
 def run(body: Callable[[Rig], Awaitable[None]], **kw: Any) -> Rig:

@@ -31,9 +31,8 @@ from prisn.messages import LogsReply, LogsRequest, Msg, Role
 from prisn.raft.boot import Membership
 from prisn.workloads.model import Slot
 from prisn.workloads.scheduler import Place
-from tests.conftest import unique_id
-from tests.procs import free_port
-from tests.unit.test_fsm_deployments import Feeder
+from tests.feeder import Feeder
+from tests.helpers import free_port, unique_id
 from transport.codec import encode
 
 pytestmark = pytest.mark.timeout(120)

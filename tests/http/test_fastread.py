@@ -15,8 +15,8 @@ import actors.api.fastread as fastread
 from actors.api.auth import Authenticator
 from actors.api.errors import NotFound
 from actors.api.limits import RateLimiter
-from tests.http.test_http_api import SPEC, ApiCase
-from tests.http.test_http_metrics import value
+from tests.helpers import until
+from tests.http.cases import SPEC, ApiCase, value
 
 _DATE = re.compile(rb"\r\nDate: [^\r]*")
 STRONG = {"X-Prisn-Consistency": "strong"}
@@ -28,14 +28,6 @@ class Counting(fastread.FastRead):
     def __init__(self, *a: Any, **kw: Any) -> None:
         type(self).taken += 1
         super().__init__(*a, **kw)
-
-
-async def until(cond: Any, what: str, timeout: float = 5.0) -> None:
-    """Poll `cond()` on the running loop until true; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from prisn.fsm.placements import batch_command
 from prisn.messages import LogsReply
 from prisn.workloads.model import Slot
 from prisn.workloads.scheduler import Place
-from tests.unit.test_fsm_deployments import Feeder
+from tests.feeder import Feeder
 
 BASE = "/api/v1/deployments/web/logs"
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from prisn.config import ServerConfig
-from tests.procs import ServerProc, start_cluster, wait_for
+from tests.helpers import wait_for
+from tests.procs import ServerProc, start_cluster
 
 pytestmark = [
     pytest.mark.timeout(300),

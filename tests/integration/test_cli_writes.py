@@ -57,6 +57,7 @@ class Script(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.answers: dict[tuple[str, str], list[tuple[int, dict[str, str], Any]]] = {}
         self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.targets: list[str] = []  # every request's path with its query string
 
     @property
     def addr(self) -> str:
@@ -71,6 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
         if n:
             self.rfile.read(n)
         path = self.path.split("?")[0]
+        self.server.targets.append(self.path)
         self.server.seen.append((self.command, path, {k.lower(): v for k, v in
                                                       self.headers.items()}))
         queue = self.server.answers.get((self.command, path), [])

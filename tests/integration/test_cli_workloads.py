@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.integration.test_cli_writes import DEP, Script, prisn
+from tests.scripted import DEP, Script, prisn
 
 pytestmark = pytest.mark.timeout(120)
 

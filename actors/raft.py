@@ -47,6 +47,8 @@ from prisn.messages import (
     ForwardPropose,
     ForwardProposeBatch,
     JoinRequest,
+    LogsReply,
+    LogsRequest,
     Msg,
     Propose,
     ProposeBatch,
@@ -56,6 +58,7 @@ from prisn.messages import (
 )
 from prisn.raft.boot import Membership
 from prisn.raft.core import RaftCore
+from prisn.workloads.logfetch import peer_error
 from transport.codec import DecodeError, VersionMismatch, decode_versioned, encode
 from transport.curve import SERVER_FAILURE_EVENTS, CurveKeys, HandshakeWatcher, PeerAuthStats
 from transport.mailbox import MailboxFull, bind_peer_inbox, tcp_endpoint
@@ -67,6 +70,9 @@ MAX_ADDR_REPLICATORS = 16
 REMOVED_LINGER_S = 10.0  # a removed member's replicator outlives its removal this long
 REPL_FULL_LOG_S = 10.0  # at most one warning per peer this often about a full replicator inbox
 FORWARD_BATCH_BYTES = 4 << 20  # data per ForwardProposeBatch frame (the peer cap is 16 MiB)
+# Peer log messages (issue 14): relayed between the local API and a member's raft shell;
+# the core never sees them.
+LOG_TYPES = (LogsRequest, LogsReply)
 
 
 def _members(st) -> dict[str, str]:
@@ -160,8 +166,35 @@ class RaftActor(Actor):
                         batch.append(Propose(src=m.src, dst="raft", rid=item[0], data=item[1]))
                     else:
                         self.decoder.dropped += 1
+            elif type(m) in LOG_TYPES:
+                self._relay_out(m)
             else:
                 batch.append(m)
+
+    def _relay_out(self, m: Msg) -> None:
+        """The local API's log request or reply -> the replicator of member `m.dst` (raft
+        thread, never blocks). Not a member (or an address-only peer): dropped, counted in
+        `unroutable`; the API's wait for the answer times out."""
+        r = None if m.dst.startswith("@") or m.dst == self.node_id else self._replicator_for(m.dst)
+        if r is None:
+            self._unroutable += 1
+            return
+        self._send_repl(r, r.actor_name, encode(m))
+
+    def _relay_in(self, m: Msg) -> None:
+        """A member's log request or reply -> the local API (raft thread, never blocks); one
+        not for this node and cluster, not from another member or malformed is dropped."""
+        st = self.status
+        why = peer_error(m, me=self.node_id, cluster=getattr(st, "cluster_id", ""),
+                         members=_members(st))
+        if why is not None:
+            self._peer_dropped += 1
+            log.debug("dropped %s from %r: %s", m.T, m.src[:80], why)
+            return
+        try:
+            self.outbox.send_nowait("api", encode(m))  # type: ignore[union-attr]
+        except MailboxFull:
+            self._peer_dropped += 1  # the asking node times out (503)
 
     def _peer_frames(self, frames: list[bytes]) -> None:
         dec = self.decoder  # local and peer frames: one count, split by reason
@@ -181,6 +214,8 @@ class RaftActor(Actor):
                 self._learn_wire(m.src, v)
             if type(m) is ForwardProposeBatch:
                 self._unpack_forwards(m)
+            elif type(m) in LOG_TYPES:
+                self._relay_in(m)
             elif m.T not in PEER_TYPES:
                 self._peer_dropped += 1
                 log.warning("dropped %s from the peer socket: not a peer message", m.T)

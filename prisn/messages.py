@@ -527,6 +527,38 @@ class RunnerStatus(Msg):
     node: str
     reports: list
 
+# --------------------------------------------------------------------------- workloads: logs
+@message("logs.request")
+class LogsRequest(Msg):
+    """API of node `src` -> node `dst` (over the peer link, relayed by both raft shells): read
+    up to `limit` bytes of `instance`'s output from `offset`, or its last `tail` bytes (-1:
+    not given). Bounds: `prisn.workloads.logfetch.request_error`."""
+
+    cluster: str
+    rid: int
+    instance: str
+    offset: int = -1
+    tail: int = -1
+    limit: int = 1 << 20
+
+
+@message("logs.reply")
+class LogsReply(Msg):
+    """Node `src` -> the asking node `dst`: the answer to LogsRequest `rid`. `code` 200 with
+    bytes [`offset`, `next_offset`) in `data` (at most 1 MiB), else an HTTP status and
+    `reason`. `truncated`: the asked offset was older than what the files keep."""
+
+    cluster: str
+    rid: int
+    code: int = 200
+    reason: str = ""
+    instance: str = ""
+    offset: int = 0
+    next_offset: int = 0
+    truncated: bool = False
+    data: bytes = b""
+
+
 PEER_TYPES = frozenset(
     t for t, c in REGISTRY.items() if any(f.name == "cluster" for f in fields(c))
 )

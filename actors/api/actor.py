@@ -127,6 +127,8 @@ class ApiActor(Actor):
     async def _start(self) -> None:
         self.client = self.client_factory()
         self.client.open()
+        if self.config is not None and self.config.data_dir:
+            self.client.log_dir = self.config.data_dir  # the runner's instance output
         auth = None
         if self.config is not None:
             auth = Authenticator(self.config.api_key, metrics_auth=self.config.metrics_auth)

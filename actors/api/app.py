@@ -46,6 +46,7 @@ from actors.api.errors import (
 from actors.api.guard import RequestGuard
 from actors.api.handler import BaseHandler, PrisnApplication
 from actors.api.handler import log_request as _log_request  # the name make_app uses
+from actors.api.logs import LOG_ROUTES
 from actors.api.node import NodeClient, NodeStatus
 from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT, NO_QUORUM, parse_json, propose_command
 from actors.api.secrets import SECRET_ROUTES
@@ -358,7 +359,7 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
     if metrics is None:
         metrics = NodeMetrics(status=node.status, deployments=node.store.count)
     app = PrisnApplication(
-        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES + SECRET_ROUTES,
+        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES + SECRET_ROUTES + LOG_ROUTES,
         default_handler_class=NotFoundHandler, log_function=_log_request,
         serve_traceback=False, compress_response=False,
     )

@@ -74,6 +74,9 @@ ROUTES: list[Route] = [
     Route("POST", "/api/v1/deployments/web/scale?namespace=team", {"replicas": 2}, "write",
           "team", 200),
     Route("POST", "/api/v1/deployments/other/scale", {"replicas": 2}, "write", "default", 200),
+    # jobs are never placed: an allowed caller gets past auth to the 404
+    Route("GET", "/api/v1/deployments/web/logs?namespace=team", None, "read", "team", 404),
+    Route("GET", "/api/v1/deployments/other/logs", None, "read", "default", 404),
     Route("GET", "/api/v1/tokens", None, "admin", None, 200),
     Route("POST", "/api/v1/tokens", {"name": "fresh", "role": "viewer", "namespaces": ["team"]},
           "admin", None, 201),

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import deque
 from typing import Any
 
 from prisn.messages import (
@@ -67,15 +66,12 @@ from prisn.messages import (
     VoteResponse,
 )
 from prisn.outcomes import Outcome
-from prisn.raft.boot import BootState, Membership
+from prisn.raft.boot import BootState
 from prisn.raft.common import (
     MAX_EVENTS,
     NO_LEADER,
     NOT_LEADER,
-    ROLE,
-    PendingRead,
     RaftOptions,
-    Request,
     SnapRef,
     State,
 )
@@ -92,10 +88,10 @@ from prisn.raft.membership import (
     membership_from_wire,
     static_cluster_id,
 )
-from prisn.raft.progress import NEVER, Progress, ProgressState, quorum_size
+from prisn.raft.quorum import VoteResult, vote_result
 from prisn.raft.read_only import ReadOnlyMixin
 from prisn.raft.snapshot import SnapshotMixin
-from prisn.raft.status import PeerStatus, RaftStatus
+from prisn.raft.status import StatusMixin
 from prisn.raft.tracker import TrackerMixin
 from prisn.raft.transfer import TransferMixin
 from prisn.raft.unstable import DISK_ERROR, PersistenceMixin
@@ -116,7 +112,7 @@ __all__ = [
 ]
 
 
-class RaftCore(PersistenceMixin, TrackerMixin, ReadOnlyMixin, ForwardMixin, SnapshotMixin,
+class RaftCore(StatusMixin, PersistenceMixin, TrackerMixin, ReadOnlyMixin, ForwardMixin, SnapshotMixin,
                MembershipMixin, JoinMixin, TransferMixin, PeerGateMixin):
     """One Raft node's decisions. Not thread-safe; call from the owning actor only.
 
@@ -138,10 +134,6 @@ class RaftCore(PersistenceMixin, TrackerMixin, ReadOnlyMixin, ForwardMixin, Snap
         self.addr = addr
         self.opts = opts
         self.rng = rng
-        self._bootstrap = bootstrap
-        self._initial_members = dict(initial_members) if initial_members else None
-        self._force_new_cluster = force_new_cluster
-        self._join_addrs = [a for a in (join or []) if a and a != addr]
         self._started = False
 
         # durable state (as recovered) and the log view
@@ -153,37 +145,6 @@ class RaftCore(PersistenceMixin, TrackerMixin, ReadOnlyMixin, ForwardMixin, Snap
         self._applied = boot.snapshot_index
         self._stable = self._log.last_index  # highest index known durable (prefix-wise)
 
-        # membership: (index, Membership) for the snapshot and every CONFIG entry in the log
-        self._configs: list[tuple[int, Membership]] = []
-        if boot.snapshot_membership is not None:
-            self._configs.append((boot.snapshot_index, boot.snapshot_membership))
-        for e in boot.entries:
-            if e[2] == EntryKind.CONFIG and (e[0] > boot.snapshot_index
-                                             or boot.snapshot_membership is None):
-                try:
-                    self._configs.append((e[0], decode_config(e[3])))
-                except ValueError as exc:  # written before peers' entries were checked
-                    raise RuntimeError(f"the stored log holds an invalid configuration entry "
-                                       f"at index {e[0]} ({exc}): wipe this node's data "
-                                       f"directory and let it rejoin") from None
-        self._configs.sort(key=lambda c: c[0])
-        # snapshots: the newest durable one we can send, the one before it (compaction
-        # floor), and a follower's install in progress
-        self._snap: SnapRef | None = None
-        if boot.snapshot_id:
-            self._snap = SnapRef(boot.snapshot_index, boot.snapshot_term, boot.snapshot_id,
-                                 boot.snapshot_file, boot.snapshot_size)
-        self._install_from = ""  # leader that sent the chunk being written
-        self._install_cluster = ""
-        self._force_compact = 0  # compact through this index at the next snapshot
-        self._store_ops: list[Msg] = []  # StoreReset/StoreCompact, emitted before StoreAppend
-        self.installs_sent = 0
-        self.installs_received = 0
-        self._membership: Membership | None = None
-        self._cluster = ""
-        self._voters: dict[str, str] = {}  # ordered: iteration must be deterministic
-        self._known_addrs: dict[str, str] = {}
-
         # volatile role state
         self._state = State.FOLLOWER
         self._leader_id = ""
@@ -192,61 +153,20 @@ class RaftCore(PersistenceMixin, TrackerMixin, ReadOnlyMixin, ForwardMixin, Snap
         self._election_timeout = opts.election_ticks
         self._leader_contact = 1 << 30  # ticks since we heard from a leader of our term
         self._votes: dict[str, bool] = {}
-        self._progress: dict[str, Progress] = {}
-        self._hb_elapsed = 0
-        self._check_elapsed = 0
-        self._term_start = 0  # index of this leader's NOOP
-        self._hb_seq = 0
-        self._reads_wait: list[tuple[str, int]] = []
-        self._reads: deque[PendingRead] = deque()
-        self._read_round = False
-        self._conf_waiters: dict[int, tuple[str, int]] = {}
-        self._transferee = ""
-        self._transfer_elapsed = 0
-        self._timeout_now_sent = False
-        self._pending: deque[Request] = deque()
-        self._fwd: dict[int, Request] = {}  # forward id -> request, in forwarding order
-        self._fwd_data: dict[bytes, int] = {}  # forwarded proposal payload -> forward id
-        self._own: dict[int, Request] = {}  # leader: index -> own proposal not yet committed
-        # forward ids are unique per attempt (and across restarts, with a random epoch), so a
-        # leader can tell a network duplicate from a retry
-        self._fwd_epoch = rng.getrandbits(31) << 32
-        self._fwd_next = 0
-        # recent forwarded (src, rid) -> index appended at (0: refused, HELD: held), FIFO
-        self._seen_fwd: dict[tuple[str, int], int] = {}
-        self._unacked: dict[int, None] = {}  # forward ids of proposals the leader has not
-        # confirmed yet, in forwarding order (entries may be stale: checked against _fwd)
-        self._held_fwd: list[ForwardPropose] = []  # leader: forwards held during a transfer
-        self._join_elapsed = 0
-        # founding and joining (join/bootstrap paths only)
-        self._found_quorum = found_quorum
-        self._found_wait = found_wait_ticks
-        self._discovering = False  # bootstrap deferred until peers answered (see __init__)
-        self._found_elapsed = 0
-        self._fresh_peers: set[str] = set()  # ids of peers that answered: no cluster
-        self._admitted = ""  # cluster whose leader accepted our JoinRequest
-        self._join_refused = ""  # last refusal reason logged by this joiner
-        self._join_refusals_logged: dict[tuple[str, str], int] = {}  # leader side, bounded
-        self._transfer_watch = ""  # stepped down while transferring to this node
         self._events: list[tuple[int, str]] = []  # (logging level, text) for the shell
         self._drops: dict[str, int] = {}
-        self._refused_logged: dict[str, int] = {}  # reason -> tick of its last log line
-        self._fatal = ""
-        self._disk_error = ""  # non-empty from StoreFailed until StoreRecovered
-        self._maybe_landed = 0  # highest index a failed write may have left on disk
-        self.disk_failures = 0
 
-        # persistence pipeline
-        self._seq = 0  # last StoreAppend seq issued
-        self._synced = 0  # highest StoreSynced seq
-        self._writes: deque[tuple[int, int]] = deque()  # (seq, last index it makes durable)
-        self._unsaved_from = 0  # lowest index changed in memory and not yet sent to the store
-        self._trunc_from = 0
-        self._hard_dirty = False
-        self._hard_seq = 0  # seq of the last write carrying a term/vote change
-        self._held: deque[tuple[int, Msg]] = deque()  # (seq that must be synced, message)
-        self._held_now: list[Msg] = []
-        self._removed_logged = False
+        # each part's own state (see its module doc)
+        self._init_membership(boot)
+        self._init_snapshot(boot)
+        self._init_persistence()
+        self._init_tracker()
+        self._init_read_only()
+        self._init_transfer()
+        self._init_forward(rng)  # draws the forward epoch: before the election timeout
+        self._init_join(addr, bootstrap, initial_members, join, force_new_cluster,
+                        found_quorum, found_wait_ticks)
+        self._init_peer_gate()
 
         # per-step output buffers
         self._out_peer: list[Msg] = []
@@ -324,45 +244,6 @@ class RaftCore(PersistenceMixin, TrackerMixin, ReadOnlyMixin, ForwardMixin, Snap
             if a:
                 return a
         return self._known_addrs.get(node_id)
-
-    def status(self) -> RaftStatus:
-        """Immutable snapshot; cheap enough to call after every step."""
-        st = self._state
-        m = self._membership
-        progress: dict[str, PeerStatus] = {}
-        et = self.opts.election_ticks
-        if st is State.LEADER:
-            learners = m.learners if m else {}
-            for pid, pr in self._progress.items():
-                progress[pid] = PeerStatus(
-                    match=pr.match, next=pr.next, inflight=len(pr.inflight),
-                    state=pr.state.value, last_contact_ticks=pr.last_contact,
-                    recent_active=pr.last_contact < et, is_learner=pid in learners,
-                    joining=pr.last_contact >= NEVER and self._now - pr.created < et)
-            active = sum(1 for v in self._voters
-                         if v == self.id or (v in progress and progress[v].recent_active))
-            quorum_ok = active >= quorum_size(len(self._voters))
-        else:
-            quorum_ok = bool(self._leader_id) and self._leader_contact < et
-        return RaftStatus(
-            node_id=self.id, addr=self.addr, role=ROLE[st],
-            is_learner=bool(m and self.id in m.learners), term=self._term, vote=self._vote,
-            leader_id=self._leader_id, leader_addr=self.address_of(self._leader_id) or ""
-            if self._leader_id else "",
-            commit_index=self._commit, applied_index=self._applied, stable_index=self._stable,
-            last_index=self._log.last_index, last_term=self._log.last_term,
-            cluster_id=self._cluster, membership=m, progress=progress, quorum_ok=quorum_ok,
-            transferee=self._transferee, drops=dict(self._drops),
-            ticks_since_leader_contact=0 if st is State.LEADER else self._leader_contact,
-            pending=len(self._pending), pre_candidate=st is State.PRE_CANDIDATE,
-            fatal=self._fatal, disk_error=self._disk_error, snapshot_index=self._snap.index if self._snap else 0,
-            snapshot_size=self._snap.size if self._snap else 0,
-            log_start=self._log.snap_index + 1, snapshot_installs_sent=self.installs_sent,
-            snapshot_installs_received=self.installs_received,
-            snapshots_sending=sum(1 for pr in self._progress.values()
-                                  if pr.state is ProgressState.SNAPSHOT)
-            if st is State.LEADER else 0,
-            term_start=self._term_start if st is State.LEADER else 0)
 
     @property
     def log(self) -> RaftLog:
@@ -487,7 +368,7 @@ class RaftCore(PersistenceMixin, TrackerMixin, ReadOnlyMixin, ForwardMixin, Snap
             self._lose_leadership()
         self._leader_id = ""
         self._votes = {self.id: True} if self.id in self._voters else {}
-        won = len(self._votes) >= quorum_size(len(self._voters))
+        won = vote_result(self._votes, len(self._voters)) is VoteResult.WON
         if pre:
             self._state = State.PRE_CANDIDATE
             if won:
@@ -643,16 +524,13 @@ class RaftCore(PersistenceMixin, TrackerMixin, ReadOnlyMixin, ForwardMixin, Snap
         if m.src not in self._voters:
             return
         self._votes[m.src] = m.granted
-        granted = sum(1 for g in self._votes.values() if g)
-        rejected = len(self._votes) - granted
-        n = len(self._voters)
-        q = quorum_size(n)
-        if granted >= q:
+        result = vote_result(self._votes, len(self._voters))
+        if result is VoteResult.WON:
             if m.pre:
                 self._campaign(pre=False)
             else:
                 self._become_leader()
-        elif rejected > n - q:
+        elif result is VoteResult.LOST:
             self._become_follower(self._term, "")
 
     def _heard_from_leader(self, leader: str) -> None:

@@ -19,6 +19,7 @@ Part of `RaftCore` (a mixin over the core's state); raft actor thread only. Inva
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from typing import Any
 
@@ -54,6 +55,21 @@ SEEN_FORWARDS = 65536  # forwarded proposals remembered to drop network duplicat
 
 class ForwardMixin:
     """Local requests and forwarding of `RaftCore` (see the module doc)."""
+
+    def _init_forward(self, rng: random.Random) -> None:
+        self._pending: deque[Request] = deque()
+        self._fwd: dict[int, Request] = {}  # forward id -> request, in forwarding order
+        self._fwd_data: dict[bytes, int] = {}  # forwarded proposal payload -> forward id
+        self._own: dict[int, Request] = {}  # leader: index -> own proposal not yet committed
+        # forward ids are unique per attempt (and across restarts, with a random epoch), so a
+        # leader can tell a network duplicate from a retry
+        self._fwd_epoch = rng.getrandbits(31) << 32
+        self._fwd_next = 0
+        # recent forwarded (src, rid) -> index appended at (0: refused, HELD: held), FIFO
+        self._seen_fwd: dict[tuple[str, int], int] = {}
+        self._unacked: dict[int, None] = {}  # forward ids of proposals the leader has not
+        # confirmed yet, in forwarding order (entries may be stale: checked against _fwd)
+        self._held_fwd: list[ForwardPropose] = []  # leader: forwards held during a transfer
 
     def _voters_only(self, handler: Any) -> Any:
         """Wrap a forward handler: only a voter of the current configuration may forward

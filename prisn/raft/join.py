@@ -33,6 +33,25 @@ from prisn.raft.membership import encode_config, static_cluster_id
 class JoinMixin:
     """Founding and joining of `RaftCore` (see the module doc)."""
 
+    def _init_join(self, addr: str, bootstrap: bool, initial_members: dict[str, str] | None,
+                   join: list[str] | None, force_new_cluster: str | None, found_quorum: int,
+                   found_wait_ticks: int) -> None:
+        self._bootstrap = bootstrap
+        self._initial_members = dict(initial_members) if initial_members else None
+        self._force_new_cluster = force_new_cluster
+        self._join_addrs = [a for a in (join or []) if a and a != addr]
+        self._known_addrs: dict[str, str] = {}  # node id -> address learnt from redirects
+        self._join_elapsed = 0
+        self._found_quorum = found_quorum
+        self._found_wait = found_wait_ticks
+        self._discovering = False  # bootstrap deferred until peers answered (see RaftCore)
+        self._found_elapsed = 0
+        self._fresh_peers: set[str] = set()  # ids of peers that answered: no cluster
+        self._admitted = ""  # cluster whose leader accepted our JoinRequest
+        self._join_refused = ""  # last refusal reason logged by this joiner
+        self._join_refusals_logged: dict[tuple[str, str], int] = {}  # leader side, bounded
+        self._removed_logged = False
+
     def _do_startup(self) -> None:
         empty = self._empty_log()
         if (empty and self._bootstrap and self._join_addrs

@@ -26,7 +26,7 @@ from prisn.messages import (
     EntryKind,
 )
 from prisn.outcomes import Outcome
-from prisn.raft.boot import Membership
+from prisn.raft.boot import BootState, Membership
 from prisn.raft.common import (
     State,
 )
@@ -113,8 +113,86 @@ def static_cluster_id(members: dict[str, str]) -> str:
 
 
 
+def configs_from_boot(boot: BootState) -> list[tuple[int, Membership]]:
+    """The configuration history at start: the snapshot's membership (if any) at the
+    snapshot index, then every CONFIG entry of the recovered log after it, by index.
+    RuntimeError for a stored entry `decode_config` refuses (the data dir predates the
+    checks of peer input: it must be wiped). Pure."""
+    configs: list[tuple[int, Membership]] = []
+    if boot.snapshot_membership is not None:
+        configs.append((boot.snapshot_index, boot.snapshot_membership))
+    for e in boot.entries:
+        if e[2] == EntryKind.CONFIG and (e[0] > boot.snapshot_index
+                                         or boot.snapshot_membership is None):
+            try:
+                configs.append((e[0], decode_config(e[3])))
+            except ValueError as exc:  # written before peers' entries were checked
+                raise RuntimeError(f"the stored log holds an invalid configuration entry "
+                                   f"at index {e[0]} ({exc}): wipe this node's data "
+                                   f"directory and let it rejoin") from None
+    configs.sort(key=lambda c: c[0])
+    return configs
+
+
+def change_problem(m: Membership, kind: str, node_id: str, addr: str
+                   ) -> tuple[bool, Outcome, str] | None:
+    """Why the single-server change `kind` (add|remove|promote) of `node_id` cannot apply
+    to `m`, as (ok, outcome, reason); (True, OK, "already a member") for an add that changes
+    nothing; None when it applies (`changed_membership`). Pure."""
+    if kind == "add":
+        if not node_id or not addr:
+            return False, Outcome.INVALID, "node id and address are required"
+        if m.voters.get(node_id) == addr or m.learners.get(node_id) == addr:
+            return True, Outcome.OK, "already a member"
+    elif kind == "remove":
+        if node_id not in m.members():
+            return False, Outcome.NOT_FOUND, f"unknown node {node_id}"
+        if node_id in m.voters and len(m.voters) == 1:
+            return False, Outcome.CONFLICT, "would leave no voter"
+    elif kind != "promote":
+        return False, Outcome.INVALID, f"unknown operation {kind}"
+    return None
+
+
+def changed_membership(m: Membership, kind: str, node_id: str, addr: str) -> Membership:
+    """`m` after a change `change_problem` accepted: add puts a new node in as a learner (a
+    member keeps its role and gets the new address), remove drops it from either map,
+    promote moves a learner to the voters (KeyError if it is none). Pure; `m` unchanged."""
+    voters = dict(m.voters)
+    learners = dict(m.learners)
+    if kind == "add":
+        if node_id in voters:
+            voters[node_id] = addr
+        else:
+            learners[node_id] = addr
+    elif kind == "remove":
+        voters.pop(node_id, None)
+        learners.pop(node_id, None)
+    else:
+        voters[node_id] = learners.pop(node_id)
+    return Membership(cluster=m.cluster, voters=voters, learners=learners)
+
+
+def prune_configs(configs: list[tuple[int, Membership]], upto: int) -> None:
+    """The log is compacted through `upto`: drop, in place, every configuration older than
+    the one in force at `upto` (that one and the later ones stay)."""
+    k = 0
+    while k + 1 < len(configs) and configs[k + 1][0] <= upto:
+        k += 1
+    if k:
+        del configs[:k]
+
+
 class MembershipMixin:
     """Configuration in force and single-server changes of `RaftCore` (see the module doc)."""
+
+    def _init_membership(self, boot: BootState) -> None:
+        """The configuration history as recovered (see `configs_from_boot`)."""
+        self._configs: list[tuple[int, Membership]] = configs_from_boot(boot)
+        self._membership: Membership | None = None
+        self._cluster = ""
+        self._voters: dict[str, str] = {}  # ordered: iteration must be deterministic
+        self._conf_waiters: dict[int, tuple[str, int]] = {}  # entry index -> (origin, rid)
 
     def _on_config_change(self) -> None:
         m = self._configs[-1][1] if self._configs else None
@@ -157,36 +235,15 @@ class MembershipMixin:
         m = self._membership
         if m is None:
             return False, Outcome.UNAVAILABLE, "no configuration", 0
-        if kind == "add":
-            if not node_id or not addr:
-                return False, Outcome.INVALID, "node id and address are required", 0
-            if m.voters.get(node_id) == addr or m.learners.get(node_id) == addr:
-                return True, Outcome.OK, "already a member", 0
-        elif kind == "remove":
-            if node_id not in m.members():
-                return False, Outcome.NOT_FOUND, f"unknown node {node_id}", 0
-            if node_id in m.voters and len(m.voters) == 1:
-                return False, Outcome.CONFLICT, "would leave no voter", 0
-        elif kind != "promote":
-            return False, Outcome.INVALID, f"unknown operation {kind}", 0
+        problem = change_problem(m, kind, node_id, addr)
+        if problem is not None:
+            return (*problem, 0)
         if self._conf_index() > self._commit:
             return False, Outcome.CONFLICT, "configuration change in progress", 0
         if self._commit < self._term_start:
             return (False, Outcome.UNAVAILABLE,
                     "leader not ready: no entry of its term committed yet", 0)
-        voters = dict(m.voters)
-        learners = dict(m.learners)
-        if kind == "add":
-            if node_id in voters:
-                voters[node_id] = addr
-            else:
-                learners[node_id] = addr
-        elif kind == "remove":
-            voters.pop(node_id, None)
-            learners.pop(node_id, None)
-        else:
-            voters[node_id] = learners.pop(node_id)
-        new = Membership(cluster=m.cluster, voters=voters, learners=learners)
+        new = changed_membership(m, kind, node_id, addr)
         idx = self._log.last_index + 1
         self._append_local([[idx, self._term, int(EntryKind.CONFIG), encode_config(new)]])
         return True, Outcome.OK, "", idx

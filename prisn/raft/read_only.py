@@ -11,14 +11,21 @@ Part of `RaftCore` (a mixin over the core's state); raft actor thread only. Inva
 
 from __future__ import annotations
 
+from collections import deque
+
 from prisn.raft.common import (
     PendingRead,
 )
-from prisn.raft.progress import quorum_index
+from prisn.raft.quorum import agreed_index
 
 
 class ReadOnlyMixin:
     """ReadIndex of `RaftCore` (see the module doc)."""
+
+    def _init_read_only(self) -> None:
+        self._reads_wait: list[tuple[str, int]] = []  # until the term's NOOP commits
+        self._reads: deque[PendingRead] = deque()
+        self._read_round = False  # a heartbeat round is due at the end of this step
 
     def _leader_read(self, origin: str, rid: int) -> None:
         """ReadIndex (T 6.4): record (commit, next heartbeat seq) once the term committed."""
@@ -32,10 +39,10 @@ class ReadOnlyMixin:
         self._read_round = True
 
     def _check_reads(self) -> None:
-        acked = [self._hb_seq if v == self.id else
-                 (self._progress[v].acked_seq if v in self._progress else 0)
-                 for v in self._voters]
-        ok_seq = quorum_index(acked, len(self._voters))
+        progress = self._progress
+        ok_seq = agreed_index(self._voters, self.id, self._hb_seq,
+                              lambda v: pr.acked_seq
+                              if (pr := progress.get(v)) is not None else 0)
         reads = self._reads
         while reads and reads[0].seq <= ok_seq:
             r = reads.popleft()

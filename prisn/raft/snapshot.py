@@ -34,17 +34,55 @@ from prisn.messages import (
     StoreCompact,
     StoreReset,
 )
-from prisn.raft.boot import Membership
+from prisn.raft.boot import BootState, Membership
 from prisn.raft.common import (
     SnapRef,
     State,
 )
 from prisn.raft.log import RaftLog
+from prisn.raft.membership import prune_configs
 from prisn.raft.progress import Progress, ProgressState
+
+
+def compaction_point(index: int, trailing_logs: int, prev_index: int, force: int
+                     ) -> tuple[int, bool]:
+    """How far to compact once the snapshot at `index` is durable: keep `trailing_logs`
+    entries before it and never go past the previous snapshot (`prev_index`, 0 if none),
+    unless a forced compaction through `force` (0: none; force-new-cluster) is due, which
+    this snapshot then satisfies (second value True). Never past `index`. Pure; the caller
+    still caps it by what is applied and stable (`_compact`)."""
+    upto = min(index - trailing_logs, prev_index)
+    forced = bool(force) and index >= force
+    if forced:
+        upto = max(upto, force)
+    return min(upto, index), forced
+
+
+def chunk_length(chunk_bytes: int, size: int, offset: int) -> int:
+    """Bytes of the chunk at `offset` of a `size`-byte snapshot (0 at or past its end)."""
+    return max(0, min(chunk_bytes, size - offset))
+
+
+def resume_offset(next_offset: int, size: int) -> int:
+    """Where to send from after the follower answered `next_offset`: there, unless it is
+    outside the file (complete but not installed: start over at 0)."""
+    return next_offset if 0 <= next_offset < size else 0
 
 
 class SnapshotMixin:
     """Snapshot compaction, sending and installing of `RaftCore` (see the module doc)."""
+
+    def _init_snapshot(self, boot: BootState) -> None:
+        """The newest durable snapshot we can send, and a follower's install in progress."""
+        self._snap: SnapRef | None = None
+        if boot.snapshot_id:
+            self._snap = SnapRef(boot.snapshot_index, boot.snapshot_term, boot.snapshot_id,
+                                 boot.snapshot_file, boot.snapshot_size)
+        self._install_from = ""  # leader that sent the chunk being written
+        self._install_cluster = ""
+        self._force_compact = 0  # compact through this index at the next snapshot
+        self.installs_sent = 0
+        self.installs_received = 0
 
     def _on_snapshot_taken(self, m: SnapshotTaken) -> None:
         """A local snapshot is durable: remember it, compact the log behind it (see module doc:
@@ -57,23 +95,18 @@ class SnapshotMixin:
             self._drop("bad_snapshot_report")  # a wiring bug; never compact on it
             return
         self._snap = SnapRef(m.index, m.term, m.snap_id, m.path, m.size)
-        upto = min(m.index - self.opts.trailing_logs, prev.index if prev else 0)
-        if self._force_compact and m.index >= self._force_compact:
-            upto = max(upto, self._force_compact)
+        upto, forced = compaction_point(m.index, self.opts.trailing_logs,
+                                        prev.index if prev else 0, self._force_compact)
+        if forced:
             self._force_compact = 0
-        self._compact(min(upto, m.index))
+        self._compact(upto)
 
     def _compact(self, upto: int) -> None:
         log = self._log
         if upto <= log.snap_index or upto > min(log.last_index, self._applied, self._stable):
             return
         log.compact(upto)
-        cfgs = self._configs  # keep the configuration in force at the boundary and later
-        k = 0
-        while k + 1 < len(cfgs) and cfgs[k + 1][0] <= upto:
-            k += 1
-        if k:
-            del cfgs[:k]
+        prune_configs(self._configs, upto)  # keep the one in force at the boundary
         self._store_ops.append(StoreCompact(src="raft", dst="logstore", upto=upto))
 
     def _start_snapshot(self, pid: str, pr: Progress) -> None:
@@ -93,7 +126,7 @@ class SnapshotMixin:
         self._out_peer.append(SnapSend(
             src=self.id, dst=pid, cid=self._cluster, term=self._term, path=s.path,
             snap_id=s.snap_id, index=s.index, snap_term=s.term, size=s.size, offset=off,
-            length=max(0, min(self.opts.snapshot_chunk_bytes, s.size - off))))
+            length=chunk_length(self.opts.snapshot_chunk_bytes, s.size, off)))
 
     def _snapshot_timers(self) -> None:
         """Leader, every tick: resend an unanswered chunk after `snapshot_retry_ticks`
@@ -152,10 +185,7 @@ class SnapshotMixin:
         if snap is None or snap.snap_id != m.snap_id or m.offset != pr.snap_offset:
             self._drop("stale_snapshot_answer")
             return
-        nxt = m.next_offset
-        if not 0 <= nxt < snap.size:
-            nxt = 0  # complete but not installed: start over
-        pr.snap_offset = nxt
+        pr.snap_offset = resume_offset(m.next_offset, snap.size)
         self._send_chunk(m.src, pr)
 
     def _on_install_snapshot(self, m: InstallSnapshot) -> None:

@@ -29,11 +29,19 @@ from prisn.raft.common import (
     SnapRef,
     State,
 )
-from prisn.raft.progress import Progress, ProgressState, quorum_index, quorum_size
+from prisn.raft.progress import Progress, ProgressState
+from prisn.raft.quorum import active_quorum, agreed_index
 
 
 class TrackerMixin:
     """Leader-side progress tracking and replication of `RaftCore` (see the module doc)."""
+
+    def _init_tracker(self) -> None:
+        self._progress: dict[str, Progress] = {}
+        self._hb_elapsed = 0
+        self._check_elapsed = 0
+        self._term_start = 0  # index of this leader's NOOP
+        self._hb_seq = 0
 
     def _leader_flush(self) -> None:
         """Leader part of a flush: reads, heartbeat round, AppendEntries per peer."""
@@ -62,22 +70,18 @@ class TrackerMixin:
                 self._progress[pid] = Progress(nxt, self._now)
 
     def _quorum_active(self) -> bool:
-        n = 0
-        for v in self._voters:
-            if v == self.id:
-                n += 1
-            else:
-                pr = self._progress.get(v)
-                if pr is not None and pr.recent_active:
-                    n += 1
-        return n >= quorum_size(len(self._voters))
+        progress = self._progress
+        return active_quorum(self._voters, self.id,
+                             lambda v: (pr := progress.get(v)) is not None
+                             and pr.recent_active)
 
     def _leader_commit(self) -> None:
         """Advance commit to the quorum match if that entry is of our term (§5.4.2)."""
         voters = self._voters
-        matches = [self._stable if v == self.id else
-                   (self._progress[v].match if v in self._progress else 0) for v in voters]
-        idx = quorum_index(matches, len(voters))
+        progress = self._progress
+        idx = agreed_index(voters, self.id, self._stable,
+                           lambda v: pr.match
+                           if (pr := progress.get(v)) is not None else 0)
         if idx > self._commit and self._log.term_at(idx) == self._term:
             self._commit = idx
             if self._conf_waiters:

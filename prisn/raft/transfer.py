@@ -25,6 +25,12 @@ from prisn.raft.common import (
 class TransferMixin:
     """Leadership transfer of `RaftCore` (see the module doc)."""
 
+    def _init_transfer(self) -> None:
+        self._transferee = ""
+        self._transfer_elapsed = 0
+        self._timeout_now_sent = False
+        self._transfer_watch = ""  # stepped down while transferring to this node
+
     def _on_transfer(self, m: TransferLeadership) -> None:
         target = m.target or self.id
         mem = self._membership

@@ -54,13 +54,29 @@ from prisn.raft.common import (
     State,
 )
 from prisn.raft.membership import decode_config
-from prisn.raft.progress import quorum_size
+from prisn.raft.quorum import VoteResult, vote_result
 
 DISK_ERROR = "the log cannot be written"  # Outcome.DISK_ERROR reason prefix (broken disk)
 
 
 class PersistenceMixin:
     """Persistence pipeline and disk faults of `RaftCore` (see the module doc)."""
+
+    def _init_persistence(self) -> None:
+        self._store_ops: list[Msg] = []  # StoreReset/StoreCompact, emitted before StoreAppend
+        self._fatal = ""
+        self._disk_error = ""  # non-empty from StoreFailed until StoreRecovered
+        self._maybe_landed = 0  # highest index a failed write may have left on disk
+        self.disk_failures = 0
+        self._seq = 0  # last StoreAppend seq issued
+        self._synced = 0  # highest StoreSynced seq
+        self._writes: deque[tuple[int, int]] = deque()  # (seq, last index it makes durable)
+        self._unsaved_from = 0  # lowest index changed in memory and not yet sent to the store
+        self._trunc_from = 0
+        self._hard_dirty = False
+        self._hard_seq = 0  # seq of the last write carrying a term/vote change
+        self._held: deque[tuple[int, Msg]] = deque()  # (seq that must be synced, message)
+        self._held_now: list[Msg] = []
 
     def _flush(self) -> list[Msg]:
         """End of step: commit, one StoreAppend, held releases, appends, Apply, replies."""
@@ -195,8 +211,7 @@ class PersistenceMixin:
                 stable = last
         self._stable = stable
         if (self._state is State.CANDIDATE and not self._hard_dirty and self._hard_seq <= m.seq
-                and sum(1 for g in self._votes.values() if g)
-                >= quorum_size(len(self._voters))):
+                and vote_result(self._votes, len(self._voters)) is VoteResult.WON):
             self._become_leader()  # self-vote alone is a quorum, and it is durable now
 
     def _disk_message(self) -> str:

@@ -105,6 +105,9 @@ _PEER_CHECK_DROPS: dict[type, str] = {AppendEntries: "bad_append",
 class PeerGateMixin:
     """The peer input gate of `RaftCore` (see the module doc)."""
 
+    def _init_peer_gate(self) -> None:
+        self._refused_logged: dict[str, int] = {}  # reason -> tick of its last log line
+
     def _refuse(self, reason: str, m: Msg, why: str) -> None:
         """Drop a malformed peer message before it changes anything: counted under
         `reason` in `status().drops`, logged at most once per REFUSED_LOG_TICKS per reason

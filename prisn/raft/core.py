@@ -67,14 +67,7 @@ from prisn.messages import (
 )
 from prisn.outcomes import Outcome
 from prisn.raft.boot import BootState
-from prisn.raft.common import (
-    MAX_EVENTS,
-    NO_LEADER,
-    NOT_LEADER,
-    RaftOptions,
-    SnapRef,
-    State,
-)
+from prisn.raft.common import MAX_EVENTS, NO_LEADER, NOT_LEADER, RaftOptions, SnapRef, State
 from prisn.raft.forward import ACCEPTED, FORWARD_UNCONFIRMED, HELD, SEEN_FORWARDS, ForwardMixin
 from prisn.raft.join import JoinMixin
 from prisn.raft.log import RaftLog
@@ -334,13 +327,8 @@ class RaftCore(StatusMixin, PersistenceMixin, TrackerMixin, ReadOnlyMixin, Forwa
         self._set_leader(leader)
 
     def _lose_leadership(self) -> None:
-        for _origin, rid in self._reads_wait:
-            self._respond(_origin, rid, False, Outcome.LEADERSHIP_LOST, "leadership lost")
-        for r in self._reads:
-            self._respond(r.origin, r.rid, False, Outcome.LEADERSHIP_LOST, "leadership lost")
-        self._reads_wait = []
-        self._reads.clear()
-        self._read_round = False
+        for origin, rid in self._read_only.reset():
+            self._respond(origin, rid, False, Outcome.LEADERSHIP_LOST, "leadership lost")
         for _idx, (origin, rid) in self._conf_waiters.items():
             self._respond(origin, rid, False, Outcome.OUTCOME_UNKNOWN,
                           "leadership lost; outcome unknown")
@@ -404,9 +392,7 @@ class RaftCore(StatusMixin, PersistenceMixin, TrackerMixin, ReadOnlyMixin, Forwa
         self._hb_elapsed = 0
         self._check_elapsed = 0
         self._transferee = ""
-        self._reads_wait = []
-        self._reads.clear()
-        self._read_round = False
+        self._read_only.reset()
         self._term_start = self._log.last_index + 1
         self._append_local([[self._term_start, self._term, int(EntryKind.NOOP), b""]])
         self._reforward()

@@ -36,12 +36,8 @@ from prisn.messages import (
     RemoveNode,
 )
 from prisn.outcomes import Outcome
-from prisn.raft.common import (
-    NO_LEADER,
-    NOT_LEADER,
-    Request,
-    State,
-)
+from prisn.raft.common import NO_LEADER, NOT_LEADER, Request, State
+from prisn.raft.state import CoreState
 
 # A leader's ForwardResponse(ok, code ACCEPTED) to a forwarded proposal: it is in the leader's
 # log (or queued there while a leadership transfer runs). The result still comes through the
@@ -53,7 +49,46 @@ FORWARD_UNCONFIRMED = ("the leader did not confirm the forwarded write within an
 SEEN_FORWARDS = 65536  # forwarded proposals remembered to drop network duplicates
 
 
-class ForwardMixin:
+def confirmation(mark: int) -> tuple[str, int] | None:
+    """What a leader answers again (reason, index) to a duplicate of a forward it marked
+    `mark` (an index: appended there; HELD: held during a transfer; 0: refused, so no
+    confirmation, None). Pure."""
+    if not mark:
+        return None
+    return ("held during a leadership transfer" if mark == HELD else "appended", max(mark, 0))
+
+
+class SeenForwards:
+    """The forwarded proposals a leader saw recently, (origin, forward id) -> mark (see
+    `confirmation`), oldest first, at most `limit` (the oldest is forgotten first). Pure."""
+
+    __slots__ = ("_marks", "limit")
+
+    def __init__(self, limit: int = SEEN_FORWARDS) -> None:
+        self._marks: dict[tuple[str, int], int] = {}
+        self.limit = limit
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+    def mark_of(self, key: tuple[str, int]) -> int | None:
+        """The mark of a forward seen (None: not seen, or forgotten)."""
+        return self._marks.get(key)
+
+    def add(self, key: tuple[str, int]) -> None:
+        """Remember a new forward, marked 0 (refused) until `mark` says otherwise."""
+        marks = self._marks
+        marks[key] = 0
+        if len(marks) > self.limit:
+            del marks[next(iter(marks))]
+
+    def mark(self, key: tuple[str, int], mark: int) -> None:
+        """Set the mark of a remembered forward (one forgotten stays forgotten)."""
+        if key in self._marks:
+            self._marks[key] = mark
+
+
+class ForwardMixin(CoreState):
     """Local requests and forwarding of `RaftCore` (see the module doc)."""
 
     def _init_forward(self, rng: random.Random) -> None:
@@ -65,8 +100,7 @@ class ForwardMixin:
         # leader can tell a network duplicate from a retry
         self._fwd_epoch = rng.getrandbits(31) << 32
         self._fwd_next = 0
-        # recent forwarded (src, rid) -> index appended at (0: refused, HELD: held), FIFO
-        self._seen_fwd: dict[tuple[str, int], int] = {}
+        self._seen_fwd = SeenForwards()  # recent forwarded (src, rid): duplicates
         self._unacked: dict[int, None] = {}  # forward ids of proposals the leader has not
         # confirmed yet, in forwarding order (entries may be stale: checked against _fwd)
         self._held_fwd: list[ForwardPropose] = []  # leader: forwards held during a transfer
@@ -77,7 +111,7 @@ class ForwardMixin:
         stranger on an unkeyed peer port, a removed node, a learner not yet promoted) is
         dropped and counted as `forward_from_non_voter`, before it can change anything."""
         def guarded(m: Msg) -> None:
-            if m.src not in self._voters:  # type: ignore[attr-defined]
+            if m.src not in self._voters:
                 self._drop("forward_from_non_voter")
                 return
             handler(m)
@@ -137,8 +171,8 @@ class ForwardMixin:
         lid = self._leader_id
         self._fwd_next += 1
         fid = self._fwd_epoch | self._fwd_next
-        base = {"src": self.id, "dst": lid, "cluster": self._cluster, "term": self._term,
-                "rid": fid}
+        base: dict[str, Any] = {"src": self.id, "dst": lid, "cluster": self._cluster,
+                                "term": self._term, "rid": fid}
         k = r.kind
         msg: Msg
         if k == "propose":
@@ -272,17 +306,14 @@ class ForwardMixin:
         key = (m.src, m.rid)
         seen = self._seen_fwd
         leader = self._state is State.LEADER
-        if key in seen:
+        mark = seen.mark_of(key)
+        if mark is not None:
             self._drop("duplicate_forward")
-            idx = seen[key]
-            if leader and idx:  # the origin resent it: our confirmation was lost
-                self._respond(m.src, m.rid, True, ACCEPTED,
-                              "held during a leadership transfer" if idx == HELD else "appended",
-                              max(idx, 0))
+            again = confirmation(mark)
+            if leader and again is not None:  # the origin resent it: our confirmation was lost
+                self._respond(m.src, m.rid, True, ACCEPTED, *again)
             return
-        seen[key] = 0
-        if len(seen) > SEEN_FORWARDS:
-            del seen[next(iter(seen))]
+        seen.add(key)
         if not leader:
             self._respond(m.src, m.rid, False, Outcome.NOT_LEADER, NOT_LEADER)
             return
@@ -293,7 +324,7 @@ class ForwardMixin:
                 self._respond(m.src, m.rid, False, Outcome.NOT_LEADER, NOT_LEADER)
                 return
             self._held_fwd.append(m)
-            seen[key] = HELD
+            seen.mark(key, HELD)
             self._respond(m.src, m.rid, True, ACCEPTED, "held during a leadership transfer")
             return
         self._accept_forward(m)
@@ -302,8 +333,7 @@ class ForwardMixin:
         """Leader: append a forwarded proposal and confirm it to its origin."""
         idx = self._append_command(m.data)
         key = (m.src, m.rid)
-        if key in self._seen_fwd:
-            self._seen_fwd[key] = idx
+        self._seen_fwd.mark(key, idx)
         self._respond(m.src, m.rid, True, ACCEPTED, "appended", idx)
 
     def _release_held_forwards(self, accept: bool) -> None:
@@ -316,8 +346,7 @@ class ForwardMixin:
             if accept:
                 self._accept_forward(m)
             else:
-                if (m.src, m.rid) in seen:
-                    seen[m.src, m.rid] = 0
+                seen.mark((m.src, m.rid), 0)
                 self._respond(m.src, m.rid, False, Outcome.NOT_LEADER, NOT_LEADER)
 
     def _on_forward_read(self, m: ForwardReadIndex) -> None:

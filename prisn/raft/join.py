@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import logging
 
-from prisn.messages import (
-    EntryKind,
-    JoinRequest,
-    JoinResponse,
-    SnapshotRequest,
-)
+from prisn.messages import EntryKind, JoinRequest, JoinResponse, SnapshotRequest
 from prisn.raft.boot import Membership
-from prisn.raft.common import (
-    MAX_EVENTS,
-    NOT_LEADER,
-    State,
-)
+from prisn.raft.common import MAX_EVENTS, NOT_LEADER, State
 from prisn.raft.membership import encode_config, static_cluster_id
+from prisn.raft.state import CoreState
 
 
-class JoinMixin:
+class JoinMixin(CoreState):
     """Founding and joining of `RaftCore` (see the module doc)."""
 
     def _init_join(self, addr: str, bootstrap: bool, initial_members: dict[str, str] | None,

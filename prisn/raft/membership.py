@@ -22,14 +22,11 @@ from typing import Any
 
 import cbor2
 
-from prisn.messages import (
-    EntryKind,
-)
+from prisn.messages import EntryKind
 from prisn.outcomes import Outcome
 from prisn.raft.boot import BootState, Membership
-from prisn.raft.common import (
-    State,
-)
+from prisn.raft.common import State
+from prisn.raft.state import CoreState
 
 # Bounds on what a peer may send (a message beyond them is malformed: dropped and counted)
 MAX_CONFIG_BYTES = 1 << 20  # data of one CONFIG entry
@@ -183,7 +180,7 @@ def prune_configs(configs: list[tuple[int, Membership]], upto: int) -> None:
         del configs[:k]
 
 
-class MembershipMixin:
+class MembershipMixin(CoreState):
     """Configuration in force and single-server changes of `RaftCore` (see the module doc)."""
 
     def _init_membership(self, boot: BootState) -> None:

@@ -35,13 +35,11 @@ from prisn.messages import (
     StoreReset,
 )
 from prisn.raft.boot import BootState, Membership
-from prisn.raft.common import (
-    SnapRef,
-    State,
-)
+from prisn.raft.common import SnapRef, State
 from prisn.raft.log import RaftLog
 from prisn.raft.membership import prune_configs
 from prisn.raft.progress import Progress, ProgressState
+from prisn.raft.state import CoreState
 
 
 def compaction_point(index: int, trailing_logs: int, prev_index: int, force: int
@@ -69,7 +67,7 @@ def resume_offset(next_offset: int, size: int) -> int:
     return next_offset if 0 <= next_offset < size else 0
 
 
-class SnapshotMixin:
+class SnapshotMixin(CoreState):
     """Snapshot compaction, sending and installing of `RaftCore` (see the module doc)."""
 
     def _init_snapshot(self, boot: BootState) -> None:

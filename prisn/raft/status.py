@@ -14,6 +14,7 @@ from prisn.raft.boot import Membership
 from prisn.raft.common import ROLE, State
 from prisn.raft.progress import NEVER, ProgressState
 from prisn.raft.quorum import active_quorum
+from prisn.raft.state import CoreState
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ class RaftStatus:
         return dict(self.membership.learners) if self.membership else {}
 
 
-class StatusMixin:
+class StatusMixin(CoreState):
     """`RaftCore.status()`: the core's state as an immutable `RaftStatus`."""
 
     def status(self) -> RaftStatus:

@@ -19,21 +19,15 @@ rules themselves are pure functions in `prisn.raft.quorum`. Invariants:
 
 from __future__ import annotations
 
-from prisn.messages import (
-    AppendEntries,
-    AppendResponse,
-    TimeoutNow,
-)
+from prisn.messages import AppendEntries, AppendResponse, TimeoutNow
 from prisn.outcomes import Outcome
-from prisn.raft.common import (
-    SnapRef,
-    State,
-)
+from prisn.raft.common import SnapRef, State
 from prisn.raft.progress import Progress, ProgressState
 from prisn.raft.quorum import active_quorum, agreed_index
+from prisn.raft.state import CoreState
 
 
-class TrackerMixin:
+class TrackerMixin(CoreState):
     """Leader-side progress tracking and replication of `RaftCore` (see the module doc)."""
 
     def _init_tracker(self) -> None:
@@ -45,17 +39,15 @@ class TrackerMixin:
 
     def _leader_flush(self) -> None:
         """Leader part of a flush: reads, heartbeat round, AppendEntries per peer."""
-        if self._reads_wait and self._commit >= self._term_start:
-            waiting = self._reads_wait
-            self._reads_wait = []
-            for origin, rid in waiting:
+        reads = self._read_only
+        if reads.waiting and self._commit >= self._term_start:
+            for origin, rid in reads.take_waiting():
                 self._leader_read(origin, rid)
-        if self._read_round:
-            self._read_round = False
+        if reads.take_round():
             self._broadcast_heartbeat()
         for pid, pr in self._progress.items():
             self._send_to(pid, pr)
-        if self._reads:
+        if reads.queue:
             self._check_reads()
 
     def _sync_progress(self) -> None:

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import logging
 
-from prisn.messages import (
-    TimeoutNow,
-    TransferLeadership,
-)
+from prisn.messages import TimeoutNow, TransferLeadership
 from prisn.outcomes import Outcome
-from prisn.raft.common import (
-    Request,
-    State,
-)
+from prisn.raft.common import Request, State
+from prisn.raft.state import CoreState
 
 
-class TransferMixin:
+class TransferMixin(CoreState):
     """Leadership transfer of `RaftCore` (see the module doc)."""
 
     def _init_transfer(self) -> None:
@@ -61,6 +56,7 @@ class TransferMixin:
         if not target or target == self.id:
             self._respond(origin, rid, True, Outcome.OK, "already leader")
             return
+        assert m is not None  # a target other than self is a member (checked above)
         if target not in m.voters:
             self._respond(origin, rid, False, Outcome.CONFLICT, f"{target} is a learner")
             return

@@ -49,17 +49,15 @@ from prisn.messages import (
     TimeoutNow,
 )
 from prisn.outcomes import Outcome
-from prisn.raft.common import (
-    Request,
-    State,
-)
+from prisn.raft.common import Request, State
 from prisn.raft.membership import decode_config
 from prisn.raft.quorum import VoteResult, vote_result
+from prisn.raft.state import CoreState
 
 DISK_ERROR = "the log cannot be written"  # Outcome.DISK_ERROR reason prefix (broken disk)
 
 
-class PersistenceMixin:
+class PersistenceMixin(CoreState):
     """Persistence pipeline and disk faults of `RaftCore` (see the module doc)."""
 
     def _init_persistence(self) -> None:

@@ -32,6 +32,7 @@ from prisn.messages import (
     VoteResponse,
 )
 from prisn.raft.membership import decode_config
+from prisn.raft.state import CoreState
 
 log = logging.getLogger("prisn.raft")
 MAX_SNAPSHOT_SIZE = 1 << 40  # bytes of one snapshot file (InstallSnapshot `size`)
@@ -102,7 +103,7 @@ _PEER_CHECK_DROPS: dict[type, str] = {AppendEntries: "bad_append",
 
 
 
-class PeerGateMixin:
+class PeerGateMixin(CoreState):
     """The peer input gate of `RaftCore` (see the module doc)."""
 
     def _init_peer_gate(self) -> None:

@@ -9,7 +9,9 @@ in parts, each with its invariants in its module doc (layout: docs/design-notes.
 `unstable` (persistence pipeline, held messages, disk faults), `tracker` and `quorum`
 (progress, commit index, check-quorum), `membership` (config codec and history), `join`
 (founding, joining), `read_only` (ReadIndex), `forward` (local and forwarded requests),
-`transfer` (leadership transfer), `snapshot` (send and install), `validate` (peer input).
+`transfer` (leadership transfer), `snapshot` (send and install), `validate` (peer input),
+`status` (`status()`); `state.CoreState` declares every attribute and method of all parts.
+The core is driven from the raft actor's thread only.
 
 Invariants kept here:
 - Election safety (§5.2): at most one vote per term, for a log at least as up-to-date as
@@ -297,9 +299,10 @@ class RaftCore(StatusMixin, PersistenceMixin, TrackerMixin, ReadOnlyMixin, Forwa
     def _set_leader(self, lid: str) -> None:
         old = self._leader_id
         self._leader_id = lid
-        if lid and self._transfer_watch:
-            w, self._transfer_watch = self._transfer_watch, ""
-            if lid == w:
+        watched = self._transfer.new_leader(lid)
+        if watched is not None:
+            w, done = watched
+            if done:
                 self._event(logging.INFO, f"leadership transfer to {w} done (term "
                             f"{self._term})")
             else:
@@ -312,8 +315,8 @@ class RaftCore(StatusMixin, PersistenceMixin, TrackerMixin, ReadOnlyMixin, Forwa
 
     def _become_follower(self, term: int, leader: str) -> None:
         was_leader = self._state is State.LEADER
-        if was_leader and self._transferee:
-            self._transfer_watch = self._transferee  # done once it leads (see _set_leader)
+        if was_leader:
+            self._transfer.stepped_down()  # done once the target leads (see _set_leader)
         if term != self._term:
             self._term = term
             self._vote = ""
@@ -334,7 +337,7 @@ class RaftCore(StatusMixin, PersistenceMixin, TrackerMixin, ReadOnlyMixin, Forwa
                           "leadership lost; outcome unknown")
         self._conf_waiters = {}
         self._progress = {}
-        self._transferee = ""
+        self._transfer.target = ""
         self._leader_id = ""
         if self._held_fwd:
             self._release_held_forwards(accept=False)
@@ -391,7 +394,7 @@ class RaftCore(StatusMixin, PersistenceMixin, TrackerMixin, ReadOnlyMixin, Forwa
         self._sync_progress()
         self._hb_elapsed = 0
         self._check_elapsed = 0
-        self._transferee = ""
+        self._transfer.target = ""
         self._read_only.reset()
         self._term_start = self._log.last_index + 1
         self._append_local([[self._term_start, self._term, int(EntryKind.NOOP), b""]])
@@ -416,10 +419,8 @@ class RaftCore(StatusMixin, PersistenceMixin, TrackerMixin, ReadOnlyMixin, Forwa
                     return
                 for pr in self._progress.values():
                     pr.recent_active = False
-            if self._transferee:
-                self._transfer_elapsed += 1
-                if self._transfer_elapsed >= opts.election_ticks:
-                    self._abort_transfer()
+            if self._transfer.target and self._transfer.tick(opts.election_ticks):
+                self._abort_transfer()
             self._hb_elapsed += 1
             if self._hb_elapsed >= opts.heartbeat_ticks:
                 self._broadcast_heartbeat()

@@ -136,7 +136,8 @@ class ForwardMixin(CoreState):
         if self._disk_error and r.kind == "propose":
             self._refuse_write(r)
             return
-        if self._state is State.LEADER and not (self._transferee and r.kind == "propose"):
+        if (self._state is State.LEADER
+                and not (self._transfer.target and r.kind == "propose")):
             self._serve_local(r)
             return
         m = self._membership
@@ -317,7 +318,7 @@ class ForwardMixin(CoreState):
         if not leader:
             self._respond(m.src, m.rid, False, Outcome.NOT_LEADER, NOT_LEADER)
             return
-        if self._transferee:
+        if self._transfer.target:
             # Hold it until the transfer ends: appended if it aborts, refused with NOT_LEADER
             # (the origin re-forwards to the new leader) if it succeeds (_lose_leadership).
             if len(self._held_fwd) >= self.opts.max_pending:

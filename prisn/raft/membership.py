@@ -201,7 +201,7 @@ class MembershipMixin(CoreState):
             self._voters = {}
         if self._state is State.LEADER:
             self._sync_progress()
-            if self._transferee and self._transferee not in self._voters:
+            if self._transfer.target and self._transfer.target not in self._voters:
                 self._abort_transfer("it is no longer a voter")
 
     def _conf_index(self) -> int:

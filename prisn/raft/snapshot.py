@@ -177,7 +177,7 @@ class SnapshotMixin(CoreState):
                 pr.become_probe(pr.match + 1)
             elif pr.next <= pr.match:
                 pr.next = pr.match + 1
-            if self._transferee == m.src:
+            if self._transfer.target == m.src:
                 self._maybe_timeout_now()
             return
         if snap is None or snap.snap_id != m.snap_id or m.offset != pr.snap_offset:

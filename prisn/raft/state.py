@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from prisn.raft.progress import Progress
     from prisn.raft.read_only import ReadOnly
     from prisn.raft.status import RaftStatus
+    from prisn.raft.transfer import Transfer
 
 
 class CoreState:
@@ -154,10 +155,7 @@ class CoreState:
     _removed_logged: bool
 
     # transfer.py
-    _transfer_watch: str
-    _transferee: str
-    _transfer_elapsed: int
-    _timeout_now_sent: bool
+    _transfer: Transfer
 
     # validate.py
     _refused_logged: dict[str, int]

@@ -107,7 +107,7 @@ class StatusMixin(CoreState):
             commit_index=self._commit, applied_index=self._applied, stable_index=self._stable,
             last_index=self._log.last_index, last_term=self._log.last_term,
             cluster_id=self._cluster, membership=m, progress=progress, quorum_ok=quorum_ok,
-            transferee=self._transferee, drops=dict(self._drops),
+            transferee=self._transfer.target, drops=dict(self._drops),
             ticks_since_leader_contact=0 if st is State.LEADER else self._leader_contact,
             pending=len(self._pending), pre_candidate=st is State.PRE_CANDIDATE,
             fatal=self._fatal, disk_error=self._disk_error,

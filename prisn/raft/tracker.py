@@ -194,7 +194,7 @@ class TrackerMixin(CoreState):
                         pr.become_probe(pr.match + 1)  # caught up without the snapshot
                 elif pr.state is ProgressState.PROBE:
                     pr.become_replicate()
-                if self._transferee == m.src:
+                if self._transfer.target == m.src:
                     self._maybe_timeout_now()
             elif pr.match < last and pr.state is not ProgressState.SNAPSHOT:
                 if pr.state is ProgressState.PROBE:

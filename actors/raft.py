@@ -8,7 +8,11 @@ one log write and one AppendEntries per peer.
 
 Invariants:
 - Only messages of peer types are accepted from the peer socket; anything else, and any frame
-  the codec refuses, is dropped and counted, never raised.
+  the codec refuses, is dropped and counted (by reason: malformed, unknown_type, wire_version),
+  never raised.
+- The wire version each member speaks is learned from every frame it sends (`wire_versions`,
+  "major.minor"); only current members are kept, so the map is bounded by the membership. A
+  change is logged (a warning when the major differs: that peer's frames are all dropped).
 - `status` is an immutable snapshot replaced (never mutated) after every step; other threads
   read it without a lock.
 - `SnapSend` (snapshot chunk requests) go to the peer's replicator control inbox; the raft
@@ -38,6 +42,8 @@ from actors.base import Actor
 from actors.replicator import ReplicatorActor
 from prisn.messages import (
     PEER_TYPES,
+    WIRE_MINOR,
+    WIRE_VERSION,
     ForwardPropose,
     ForwardProposeBatch,
     JoinRequest,
@@ -50,7 +56,7 @@ from prisn.messages import (
 )
 from prisn.raft.boot import Membership
 from prisn.raft.core import RaftCore
-from transport.codec import encode
+from transport.codec import DecodeError, VersionMismatch, decode_versioned, encode
 from transport.curve import SERVER_FAILURE_EVENTS, CurveKeys, HandshakeWatcher, PeerAuthStats
 from transport.mailbox import MailboxFull, bind_peer_inbox, tcp_endpoint
 
@@ -61,6 +67,12 @@ MAX_ADDR_REPLICATORS = 16
 REMOVED_LINGER_S = 10.0  # a removed member's replicator outlives its removal this long
 REPL_FULL_LOG_S = 10.0  # at most one warning per peer this often about a full replicator inbox
 FORWARD_BATCH_BYTES = 4 << 20  # data per ForwardProposeBatch frame (the peer cap is 16 MiB)
+
+
+def _members(st) -> dict[str, str]:
+    """Voters and learners of `st` (test doubles may carry no real Membership)."""
+    members = getattr(getattr(st, "membership", None), "members", None)
+    return members() if callable(members) else {}
 
 
 def _pack_forwards(dst: str, fwds: list[ForwardPropose]) -> Msg:
@@ -84,6 +96,8 @@ class ShellStats:
     # not applied yet (None when caught up)
     behind_since: float | None = None
     replicators: dict = field(default_factory=dict)  # peer -> (sent, dropped)
+    peer_drops: dict = field(default_factory=dict)  # codec reason (not malformed) -> count
+    wire_versions: dict = field(default_factory=dict)  # member -> "major.minor" it speaks
 
 
 class RaftActor(Actor):
@@ -114,6 +128,7 @@ class RaftActor(Actor):
         self._leader_changes = 0
         self._last_leader = self.status.leader_id
         self._peer_dropped = 0
+        self._wire: dict[str, str] = {}  # member -> "major.minor" of its latest frame
         self._unroutable = 0
         self._last_stats = 0.0
         self._behind_since: float | None = None
@@ -149,7 +164,21 @@ class RaftActor(Actor):
                 batch.append(m)
 
     def _peer_frames(self, frames: list[bytes]) -> None:
-        for m in self.decode_all(frames):
+        dec = self.decoder  # local and peer frames: one count, split by reason
+        max_bytes = dec.max_bytes
+        wire = self._wire
+        for f in frames:
+            try:
+                m, minor = decode_versioned(f, max_bytes)
+            except VersionMismatch as e:
+                dec.count(e)
+                self._learn_wire(e.src, f"{e.version}.{e.minor}")
+                continue
+            except DecodeError as e:
+                dec.count(e)
+                continue
+            if wire.get(m.src) != (v := f"{WIRE_VERSION}.{minor}"):
+                self._learn_wire(m.src, v)
             if type(m) is ForwardProposeBatch:
                 self._unpack_forwards(m)
             elif m.T not in PEER_TYPES:
@@ -161,6 +190,19 @@ class RaftActor(Actor):
                             m.node_id[:80], m.addr[:80])
             else:
                 self._batch.append(m)
+
+    def _learn_wire(self, src: str, version: str) -> None:
+        """Record (and log) that member `src` speaks `version`; others are ignored."""
+        if src == self.node_id or src not in _members(self.status):
+            return
+        old = self._wire.get(src)
+        self._wire[src] = version
+        if not version.startswith(f"{WIRE_VERSION}."):
+            log.warning("peer %s speaks wire version %s, this node %d.%d: its messages are "
+                        "dropped", src, version, WIRE_VERSION, WIRE_MINOR)
+        elif old is not None or version != f"{WIRE_VERSION}.{WIRE_MINOR}":
+            log.info("peer %s speaks wire version %s (was %s; this node %d.%d)", src, version,
+                     old or "unknown", WIRE_VERSION, WIRE_MINOR)
 
     def _unpack_forwards(self, m: ForwardProposeBatch) -> None:
         """A follower's batch of forwarded writes -> the ForwardPropose messages it packs;
@@ -380,16 +422,26 @@ class RaftActor(Actor):
             self._expire_lingering(now)
         if now - self._last_stats >= 0.1:
             self._last_stats = now
+            peer_drops = {r: n for r, n in self.decoder.drops.items() if r != "malformed"}
             self.stats = ShellStats(
                 leader_changes=self._leader_changes,
-                peer_dropped=self._peer_dropped + self.decoder.dropped,
+                peer_dropped=self._peer_dropped + self.decoder.dropped - sum(peer_drops.values()),
                 unroutable=self._unroutable,
                 repl_full=self._repl_full,
                 lag_seconds=self._lags(st, now),
                 behind_since=self._behind(st, now),
                 replicators={p: (r.sent, r.dropped + self._repl_full_by.get(p, 0))
                              for p, r in self._replicators.items()},
+                peer_drops=peer_drops,
+                wire_versions=self._wire_versions(st),
             )
+
+    def _wire_versions(self, st) -> dict[str, str]:
+        """The learned versions of current members (forgets removed ones)."""
+        members = _members(st)
+        for gone in [p for p in self._wire if p not in members]:
+            del self._wire[gone]
+        return dict(self._wire)
 
     def _behind(self, st, now: float) -> float | None:
         """Not leader: since when commit_index has been ahead of applied_index."""

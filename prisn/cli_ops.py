@@ -23,6 +23,7 @@ Nothing heavy is imported here: the commands start fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -385,8 +386,8 @@ def _summary(d: dict[str, Any]) -> str:
            f"{d.get('generation')})"
 
 
-_DETAIL = ("id", "name", "namespace", "type", "runtime", "source", "args", "env", "port",
-           "replicas", "schedule", "generation", "created_at", "updated_at")
+_DETAIL = ("id", "name", "namespace", "type", "runtime", "source", "artifact", "args", "env",
+           "port", "replicas", "schedule", "generation", "created_at", "updated_at")
 
 
 def _detail(d: dict[str, Any]) -> str:
@@ -422,14 +423,25 @@ def _detail(d: dict[str, Any]) -> str:
 @click.option("--type", "type_", type=click.Choice(["job", "service", "cronjob"]),
               help="Deployment type [default: cronjob with --schedule, service with "
                    "--port, else job].")
+@click.option("--entry", metavar="FILE",
+              help="For a directory SOURCE: the file to run, relative to it [default: the "
+                   "first of main.py, index.js, main.sh].")
+@click.option("--no-upload", is_flag=True, default=False,
+              help="Store SOURCE as given (a path on the nodes) even if it exists here.")
 @common_options
 @click.pass_context
 def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | None,
            runtime: str | None, port: int | None, replicas: int | None, env: tuple[str, ...],
-           args: tuple[str, ...], schedule: str | None, type_: str | None) -> None:
-    """Create a deployment of SOURCE (a script path or text, stored as given)."""
+           args: tuple[str, ...], schedule: str | None, type_: str | None, entry: str | None,
+           no_upload: bool) -> None:
+    """Deploy SOURCE: a local file or directory is packed, uploaded as an artifact and the
+    deployment created or updated to run it; anything else is stored as given (a script
+    path on the nodes, or text) and created."""
+    upload = not no_upload and os.path.exists(source)
+    if entry is not None and not upload:
+        raise click.UsageError("--entry needs SOURCE to be a local directory")
     if name is None:
-        name = _default_name(source)
+        name = _default_name(os.path.abspath(source).rstrip("/") if upload else source)
         if name is None:
             raise click.UsageError("--name is required: no name can be derived from SOURCE")
     spec: dict[str, Any] = {"name": name, "source": source}
@@ -442,19 +454,46 @@ def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | N
     if args:
         spec["args"] = list(args)
     c = _client(ctx)
-    r = _call(lambda: c.create(spec, namespace=namespace))
+    if not upload:
+        r = _call(lambda: c.create(spec, namespace=namespace))
+        if _json_out(ctx):
+            _print_json(r.body)
+        else:
+            click.echo(f"created {_summary(r.body)}")
+        return
+    from prisn.workloads.artifacts import ArtifactError, digest_of, pack_path
+
+    try:
+        data, entry_file = pack_path(source, entry)
+    except (ArtifactError, OSError) as e:
+        raise click.ClickException(f"cannot pack {source}: {e}") from None
+    digest = digest_of(data)
+    up = _call(lambda: c.upload_artifact(data, digest))
+    spec.update(source=entry_file, artifact=digest)
+    try:
+        r = c.create(spec, namespace=namespace)
+        verb = "created"
+    except ApiError as e:
+        if e.status != 409 or "already exists" not in e.message:
+            raise click.ClickException(str(e)) from None
+        r = _call(lambda: c.replace(name, spec, namespace=namespace))
+        verb = "updated"
+    except ClientError as e:
+        raise click.ClickException(str(e)) from None
     if _json_out(ctx):
-        _print_json(r.body)
+        _print_json({**r.body, "artifact_upload": up.body})
     else:
-        click.echo(f"created {_summary(r.body)}")
+        click.echo(f"uploaded artifact {digest[:12]} ({len(data)} bytes, "
+                   f"{'new' if up.status == 201 else 'already stored'})")
+        click.echo(f"{verb} {_summary(r.body)}, running {entry_file}")
 
 
 def _all_deployments(c: Client, namespace: str | None, strong: bool) -> dict[str, Any]:
     items: list[dict[str, Any]] = []
     offset = 0
     while True:
-        page = _call(lambda off=offset: c.deployments(namespace=namespace, limit=PAGE,
-                                                      offset=off, strong=strong)).body
+        page = _call(functools.partial(c.deployments, namespace=namespace, limit=PAGE,
+                                       offset=offset, strong=strong)).body
         batch = page.get("items", [])
         items.extend(batch)
         total = int(page.get("total", len(items)))

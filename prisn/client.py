@@ -205,10 +205,11 @@ class Client:
         q = {k: v for k, v in (query or {}).items() if v is not None}
         if q:
             target += "?" + urlencode(q)
-        data = None if body is None else json.dumps(body).encode()
+        raw_body = isinstance(body, bytes)  # an artifact upload: sent as it is
+        data = body if raw_body else (None if body is None else json.dumps(body).encode())
         h = {"Accept": "application/json", "User-Agent": "prisn-cli", **self._auth}
         if data is not None:
-            h["Content-Type"] = "application/json"
+            h["Content-Type"] = "application/octet-stream" if raw_body else "application/json"
         h.update(headers or {})
         if self._tls is not None:
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -324,6 +325,17 @@ class Client:
     def create(self, spec: dict[str, Any], *, namespace: str | None = None) -> Response:
         return self.request("POST", "/api/v1/deployments", spec,
                             query={"namespace": namespace})
+
+    def replace(self, name: str, spec: dict[str, Any], *,
+                namespace: str | None = None) -> Response:
+        """PUT: the whole new spec of an existing deployment."""
+        return self.request("PUT", f"/api/v1/deployments/{_seg(name)}", spec,
+                            query={"namespace": namespace})
+
+    def upload_artifact(self, data: bytes, digest: str) -> Response:
+        """POST the raw archive; the server checks it against `digest` (400 on mismatch)."""
+        return self.request("POST", "/api/v1/artifacts", data,
+                            headers={"X-Prisn-Digest": digest})
 
     def deployments(self, *, namespace: str | None = None, limit: int = 1000, offset: int = 0,
              strong: bool = False) -> Response:

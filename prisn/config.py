@@ -61,6 +61,7 @@ class ServerConfig:
     # Stored-state bounds (issue 17 item 4; actors.api.quotas): 413 / 507 past them.
     max_spec_bytes: int = 1 << 20  # one deployment's spec
     namespace_max_deployments: int = 100_000
+    max_artifact_bytes: int = 8 << 20  # one artifact upload (actors.api.artifacts)
     namespace_max_bytes: int = 256 << 20  # all deployments of one namespace
     extra: dict = field(default_factory=dict)
 

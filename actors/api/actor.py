@@ -26,6 +26,9 @@ from actors.api.quotas import Quotas
 from actors.base import Actor
 from actors.metrics import HttpLimitsCollector, InflightCollector, NodeMetrics
 from prisn.config import ConfigError, ServerConfig
+from prisn.fsm.secrets import SecretFactory
+from prisn.secretbox import SecretBox
+from transport.curve import read_key_file
 
 log = logging.getLogger("prisn.api")
 
@@ -141,7 +144,10 @@ class ApiActor(Actor):
         self.metrics.registry.register(InflightCollector(
             lambda: (api_ctx.inflight, client.inflight, api_ctx.max_inflight)))
         app.ctx.quotas = Quotas(cfg.max_spec_bytes, cfg.namespace_max_deployments,
-                                cfg.namespace_max_bytes)
+                                cfg.namespace_max_bytes,
+                                max_artifact_bytes=cfg.max_artifact_bytes)
+        if cfg.cluster_key_file:  # checked by `prisn.server.run` before the actors start
+            app.ctx.secrets = SecretFactory(SecretBox(read_key_file(cfg.cluster_key_file)))
         if 0 < cfg.rate_limit < math.inf:  # 0 (and inf) = unlimited: no limiter at all
             app.ctx.limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst)
         tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None

@@ -11,6 +11,8 @@ deadline. Invariants:
   nothing is registered for a request that cannot be encoded (`BadRequest`).
 - A timed-out write may still commit later (its idempotency key makes a retry harmless); the
   503 message says so.
+- Concurrent strong reads share one ReadIndex (`BarrierBatch`): at most one is under way,
+  and a read only joins a batch whose ReadIndex has not been sent yet.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zmq
 
 from actors.api.errors import BadRequest, Unavailable, consensus_error
-from actors.api.node import NodeInfo, NodeStatus
+from actors.api.node import BarrierBatch, NodeInfo, NodeStatus
 from prisn.fsm.commands import encode_entry
 from prisn.fsm.deployments import DeploymentStore
 from prisn.fsm.results import Result
@@ -87,6 +89,7 @@ class RaftNodeClient:
         self._ready_latched = False
         self._metrics = metrics
         self._tick_seconds = tick_seconds
+        self.barriers = BarrierBatch(self._read_index)
 
     # ------------------------------------------------------------------ lifecycle (IOLoop)
     def open(self) -> None:
@@ -243,7 +246,12 @@ class RaftNodeClient:
                 if fut is not None and not fut.done():
                     fut.set_exception(Unavailable("the raft actor's queue is full; retry"))
 
-    async def read_barrier(self, timeout: float) -> None:
+    def read_barrier(self, timeout: float) -> Awaitable[None]:
+        """The next shared barrier (`BarrierBatch`; `NodeClient.read_barrier`)."""
+        return self.barriers.join(timeout)
+
+    async def _read_index(self, timeout: float) -> None:
+        """One barrier: a ReadIndex to raft, then wait until this node applied its index."""
         deadline = time.monotonic() + timeout
         rid, fut = self._request(lambda rid: ReadIndex(src="api", dst="raft", rid=rid))
         msg = f"could not confirm leadership for a strong read within {timeout:g}s (no quorum?)"

@@ -20,6 +20,7 @@ from typing import Any
 from actors.api.errors import ApiError, PayloadTooLarge
 from prisn.fsm.deployments import DeploymentStore, deployment_size
 from prisn.outcomes import Outcome
+from prisn.workloads.artifacts import DEFAULT_MAX_ARTIFACT_BYTES
 
 KiB, MiB = 1 << 10, 1 << 20
 DEFAULT_MAX_SPEC_BYTES = 1 * MiB
@@ -36,6 +37,7 @@ class Quotas:
     max_spec_bytes: int = DEFAULT_MAX_SPEC_BYTES
     max_deployments: int = DEFAULT_NAMESPACE_MAX_DEPLOYMENTS
     max_bytes: int = DEFAULT_NAMESPACE_MAX_BYTES
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES  # one upload (actors.api.artifacts)
 
     def check(self, store: DeploymentStore, command: dict[str, Any]) -> None:
         """PayloadTooLarge / QuotaExceeded, or nothing, for a built deployment command."""

@@ -30,10 +30,25 @@ Memory (100k deployments held in ~150 MB, not ~350): one (name, namespace) tuple
 deployment keys `_deps` and is shared by `_ids` and every index list; a restore turns each
 deployment map into its stored dict while decoding (`_RowDecoder`), so decoding leaves no
 holes behind, and holds repeated strings (namespace, type, timestamps) once.
+
+Artifacts: the store also holds the artifact table (`prisn.fsm.artifacts.ArtifactTable`):
+``artifact.*`` commands go to it; a deployment may name one in its optional ``artifact``
+field (the key is present only when set, so deployments without one are stored, answered and
+snapshotted exactly as before). Every command's `ts` then sweeps unreferenced artifacts. A
+snapshot with no artifacts is format 3 as before; with artifacts it is format 4 (format 3
+plus ``tables: {"artifacts": rows}``; a later table adds a key there, not a format).
+
+Secrets: the store also holds the secrets table (`prisn.fsm.secrets.SecretTable`):
+``secret.*`` commands go to it (their dedup fingerprint counts the request `digest`, not the
+freshly sealed `data`). A deployment may list secrets of its namespace in its optional
+``secrets`` field (present only when non-empty, after ``artifact``); each must be stored (400)
+and a listed secret cannot be deleted (409). Snapshots carry the table as
+``tables["secrets"]`` while secrets are stored.
 """
 
 from __future__ import annotations
 
+import builtins
 import gc
 import hashlib
 import heapq
@@ -47,9 +62,11 @@ from typing import Any
 import cbor2
 from sortedcontainers import SortedList
 
+from prisn.fsm.artifacts import ARTIFACT_OPS, Artifact, ArtifactCommandError, ArtifactTable
 from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
 from prisn.fsm.placements import PLACEMENT_OPS, PlacementCommandError, PlacementTable
 from prisn.fsm.results import Result, failure
+from prisn.fsm.secrets import SECRET_OPS, Secret, SecretCommandError, SecretTable
 from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
 from prisn.fsm.validation import (
     DEFAULT_REPLICAS,
@@ -59,12 +76,14 @@ from prisn.fsm.validation import (
     is_int,
     normalize_spec,
     validate_args,
+    validate_artifact,
     validate_env,
     validate_name,
     validate_port,
     validate_replicas,
     validate_runtime,
     validate_schedule,
+    validate_secret_refs,
     validate_source,
     validate_type,
 )
@@ -78,9 +97,14 @@ SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer writt
 # the deployment still stored under its name written as ``[namespace, name]`` instead of a
 # second copy of the deployment (half the snapshot, half the restore, shared in memory).
 SNAPSHOT_FORMAT_REFS = 3
-# Format 4: format 3 plus "placements" (`PlacementTable.section`), written only once the
-# placements table was used (its seq > 0), so a store without workloads writes format 3.
-SNAPSHOT_FORMAT_PLACEMENTS = 4
+# Format 4: format 3 plus "tables", a map of table name -> snapshot section, each written
+# only when used: "artifacts" (`ArtifactTable.rows`, while artifacts are stored) and
+# "placements" (`PlacementTable.section`, once the placements table was used: its seq > 0).
+# A store without workloads writes format 3, byte for byte as before.
+SNAPSHOT_FORMAT_TABLES = 4
+SNAPSHOT_FORMAT_PLACEMENTS = SNAPSHOT_FORMAT_TABLES  # placements live in its "tables"
+# "secrets" (`SecretTable.rows`, while secrets are stored) is a third key of "tables".
+TABLES: frozenset[str] = frozenset({"artifacts", "placements", "secrets"})
 DEFAULT_DEDUP_CAPACITY = 100_000
 # The dedup table is bounded by the size of the answers it remembers too (`entry_size`):
 # without it, deleting large deployments freed nothing while their create answers stayed.
@@ -97,20 +121,29 @@ DeploymentList = list[Deployment]  # module-level: `DeploymentStore.list` shadow
 DedupEntry = tuple[bytes, Outcome, dict[str, Any]]  # (fingerprint, outcome, body) of one key
 DedupRows = list[list[Any]]
 TokenRows = list[dict[str, Any]]
-PlacementSection = dict[str, Any] | None  # None: the table was never used
 PlacementList = list[Placement]  # module-level, as DeploymentList
 ServiceList = list[Service]
+TableRows = dict[str, Any]  # the extra tables of snapshot format 4, by name
 
 FIELDS: tuple[str, ...] = (
     "id", "name", "namespace", "type", "runtime", "source", "args", "env", "port", "replicas",
     "schedule", "generation", "created_at", "updated_at",
 )
+# A deployment that names an artifact has one more key, last (absent when it names none);
+# one that lists secrets has ``secrets`` after that (absent when it lists none).
+FIELDS_ART: tuple[str, ...] = (*FIELDS, "artifact")
+FIELDS_SEC: tuple[str, ...] = (*FIELDS, "secrets")
+FIELDS_ART_SEC: tuple[str, ...] = (*FIELDS_ART, "secrets")
 # Spec fields a change compares (everything but identity, generation and timestamps).
 _SPEC_KEYS: tuple[str, ...] = ("type", "runtime", "source", "args", "env", "port", "replicas",
                                "schedule")
 # The order cbor2's canonical encoding writes a deployment's keys in (snapshots): a dedup
 # answer read back from a snapshot keeps it, as it always has.
 _CANON_FIELDS: tuple[str, ...] = tuple(sorted(FIELDS, key=lambda f: (len(f), f)))
+_CANON_FIELDS_ART: tuple[str, ...] = tuple(sorted(FIELDS_ART, key=lambda f: (len(f), f)))
+_SHAPES: dict[frozenset[str], tuple[tuple[str, ...], tuple[str, ...]]] = {
+    frozenset(f): (f, tuple(sorted(f, key=lambda k: (len(k), k))))
+    for f in (FIELDS, FIELDS_ART, FIELDS_SEC, FIELDS_ART_SEC)}
 # String fields many deployments hold equal values of: one object each (see `_RowDecoder`).
 _SHARED_FIELDS: tuple[str, ...] = ("namespace", "type", "runtime", "schedule", "created_at",
                                    "updated_at")
@@ -158,6 +191,8 @@ def _fingerprint(cmd: dict[str, Any]) -> bytes:
     counts (as `target`): the same key on another token is a 422, not the first answer."""
     core = {k: v for k, v in cmd.items() if k not in ("key", "ts", "id", "hash")}
     op = cmd.get("op")
+    if isinstance(op, str) and op in SECRET_OPS:  # fresh nonces per retry: `digest` counts
+        core.pop("data", None)
     if isinstance(op, str) and op in _TARGET_ID_OPS:  # op may be any garbage (a dict)
         core["target"] = cmd.get("id")
     try:
@@ -234,7 +269,7 @@ class _Index:
         if ns is None and typ is None:
             return self.all
         if typ is None:
-            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type]
+            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type, return-value]
         if ns is None:
             return self.by_type.get(typ, _EMPTY)
         return self.by_ns_type.get((ns, typ), _EMPTY)
@@ -273,6 +308,8 @@ class DeploymentStore:
         self._dedup_order: deque[str] = deque()
         self._tokens = TokenTable()
         self._placements = PlacementTable()
+        self._artifacts = ArtifactTable()
+        self._secrets = SecretTable()
         self._applied = 0
         self.last_origin: tuple[str, int] = ("", 0)  # of the last COMMAND applied (see apply)
 
@@ -325,11 +362,13 @@ class DeploymentStore:
             result = self._execute(cmd)
         except ValidationError as exc:
             result = failure(Outcome.INVALID, exc.message)
-        except (CommandError, TokenCommandError, PlacementCommandError) as exc:
+        except (CommandError, TokenCommandError, PlacementCommandError,
+                ArtifactCommandError, SecretCommandError) as exc:
             result = failure(Outcome.INVALID, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = failure(Outcome.INTERNAL_ERROR,
                              f"internal error applying command: {type(exc).__name__}")
+        self._artifacts.sweep(cmd.get("ts"))  # after every command: deterministic GC
         self._dedup[key] = (fp, result[0], result[1])
         self._dedup_order.append(key)
         self._dedup_bytes += _entry_size(result[1])
@@ -354,6 +393,10 @@ class DeploymentStore:
             return self._tokens.apply(cmd)
         if op in PLACEMENT_OPS:
             return self._placements.apply(cmd, self._lookup)
+        if op in ARTIFACT_OPS:
+            return self._artifacts.apply(cmd)
+        if op in SECRET_OPS:
+            return self._secrets.apply(cmd)
         spec: dict[str, Any] = {}
         replicas = 0
         ts = _text(cmd, "ts", MAX_TS)
@@ -372,6 +415,8 @@ class DeploymentStore:
                        updated_at=ts)
             check_consistent(dep)
             dep = {f: dep[f] for f in FIELDS}
+            self._set_artifact(dep, spec.get("artifact"))
+            self._set_secrets(dep, spec.get("secrets"))
             self._insert(dep)
             return Outcome.CREATED, dep
         if op not in ("replace", "patch", "scale", "delete"):
@@ -398,9 +443,20 @@ class DeploymentStore:
             new = {k: current[k] for k in _SPEC_KEYS}
             new["replicas"] = replicas
         check_consistent(new)
-        if all(new[k] == current[k] for k in _SPEC_KEYS):
+        if op == "replace" or (op == "patch" and "artifact" in spec):
+            artifact = spec.get("artifact")
+        else:
+            artifact = current.get("artifact")
+        if op == "replace" or (op == "patch" and "secrets" in spec):
+            secrets = spec.get("secrets") or None
+        else:
+            secrets = current.get("secrets")
+        if (all(new[k] == current[k] for k in _SPEC_KEYS) and artifact == current.get("artifact")
+                and secrets == current.get("secrets")):
             return Outcome.OK, current
         dep = {**current, **{k: new[k] for k in _SPEC_KEYS}}
+        self._set_artifact(dep, artifact)
+        self._set_secrets(dep, secrets)
         dep["generation"] = current["generation"] + 1
         dep["updated_at"] = ts
         self._replace(current, dep)
@@ -410,7 +466,25 @@ class DeploymentStore:
     def _lookup(self, namespace: str, name: str) -> Deployment | None:
         return self._deps.get((name, namespace))
 
+    def _set_artifact(self, dep: dict[str, Any], artifact: str | None) -> None:
+        """Name `artifact` in `dep` (or none); ValidationError unless it is stored and holds
+        the file `dep["source"]`."""
+        dep.pop("artifact", None)
+        if artifact is not None:
+            self._artifacts.check_entry(artifact, dep["source"])
+            dep["artifact"] = artifact
+
+    def _set_secrets(self, dep: dict[str, Any], secrets: list[str] | None) -> None:
+        """List `secrets` in `dep` (last key; none when empty); ValidationError (400) unless
+        each is stored in the deployment's namespace. Call after `_set_artifact`."""
+        dep.pop("secrets", None)
+        if secrets:
+            self._secrets.check_refs(dep["namespace"], secrets)
+            dep["secrets"] = list(secrets)
+
     def _insert(self, dep: dict[str, Any]) -> None:
+        self._secrets.ref(dep["namespace"], dep.get("secrets"), 1)
+        self._artifacts.ref(dep.get("artifact"), 1)
         key = (dep["name"], dep["namespace"])
         self._deps[key] = dep
         self._ids[dep["id"]] = key
@@ -418,12 +492,18 @@ class DeploymentStore:
         _account(self._usage, dep, 1)
 
     def _remove(self, dep: dict[str, Any]) -> None:
+        self._secrets.ref(dep["namespace"], dep.get("secrets"), -1)
+        self._artifacts.ref(dep.get("artifact"), -1)
         key = self._ids.pop(dep["id"])
         del self._deps[key]
         self._index.remove(key, dep["type"])
         _account(self._usage, dep, -1)
 
     def _replace(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        self._secrets.ref(new["namespace"], new.get("secrets"), 1)
+        self._secrets.ref(old["namespace"], old.get("secrets"), -1)
+        self._artifacts.ref(new.get("artifact"), 1)
+        self._artifacts.ref(old.get("artifact"), -1)
         key = self._ids[new["id"]]
         self._deps[key] = new
         _account(self._usage, old, -1)
@@ -458,7 +538,8 @@ class DeploymentStore:
                 lists = [lst for lst in lists if lst]
                 total = sum(len(lst) for lst in lists)
                 merged = heapq.merge(*lists)
-                keys = list(itertools.islice(merged, offset, offset + limit))
+                keys: Sequence[tuple[str, str]] = list(
+                    itertools.islice(merged, offset, offset + limit))
             else:
                 selected = self._index.select(namespace, type)
                 total = len(selected)
@@ -487,7 +568,7 @@ class DeploymentStore:
         with self._lock:
             return self._tokens.get(token_id)
 
-    def tokens(self) -> list[Token]:
+    def tokens(self) -> builtins.list[Token]:
         """Every token record, ordered by name."""
         with self._lock:
             return self._tokens.tokens()
@@ -516,45 +597,100 @@ class DeploymentStore:
                         for k in keys for d in (self._deps[k],)]
             return sorted(services), self._placements.all()
 
+    def artifact(self, digest: str) -> Artifact | None:
+        """The stored artifact with this digest, or None (immutable record)."""
+        with self._lock:
+            return self._artifacts.get(digest)
+
+    def artifact_info(self, digest: str) -> dict[str, Any] | None:
+        """``{digest, size, created_at, refs, files}`` of one artifact, or None."""
+        with self._lock:
+            return self._artifacts.info(digest)
+
+    def artifacts(self, limit: int = 100,
+                  offset: int = 0) -> tuple[builtins.list[dict[str, Any]], int]:
+        """A page of artifact records (no bytes) ordered by digest, and the total."""
+        with self._lock:
+            return self._artifacts.page(limit, offset)
+
+    def artifact_usage(self) -> tuple[int, int]:
+        """(stored artifacts, their bytes)."""
+        with self._lock:
+            return len(self._artifacts), self._artifacts.total_bytes
+
+    def secret(self, namespace: str, name: str) -> Secret | None:
+        """The stored secret (immutable record, values as stored: maybe sealed), or None."""
+        with self._lock:
+            return self._secrets.get(namespace, name)
+
+    def secrets(self, namespaces: Collection[str] | None = None, limit: int = 100,
+                offset: int = 0) -> tuple[builtins.list[Secret], int]:
+        """A page of secrets ordered by (namespace, name), only in `namespaces` if given,
+        and the total matching."""
+        with self._lock:
+            return self._secrets.page(namespaces, limit, offset)
+
+    def secret_count(self, namespace: str) -> int:
+        with self._lock:
+            return self._secrets.count(namespace)
+
     # ------------------------------------------------------------------ snapshots
-    def _state(self, refs: bool = True) -> tuple[int, DeploymentList, DedupRows, TokenRows,
-                                                 PlacementSection]:
+    def _state(self, refs: bool = True) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
         """A consistent copy: `refs` writes unchanged dedup answers as references (snapshot
         format 3), else every answer in full (the state hash must not depend on that)."""
         with self._lock:
-            deps = [self._deps[key] for key in self._index.all]
-            current = self._deps
-            if refs:
-                dedup = [[k, fp, st, _body_ref(body, current)]
-                         for k, (fp, st, body) in self._dedup.items()]
-            else:
-                dedup = [[k, fp, st, body] for k, (fp, st, body) in self._dedup.items()]
-            placements = self._placements.section() if self._placements.seq else None
-            return self._applied, deps, dedup, self._tokens.rows(), placements
+            return self._state_locked(refs)
+
+    def _full_state(self, refs: bool = True) -> tuple[tuple[int, DeploymentList, DedupRows,
+                                                              TokenRows], TableRows]:
+        """`_state` and the extra tables' snapshot rows (only non-empty ones), taken under
+        one hold of the lock."""
+        with self._lock:
+            tables: TableRows = {}
+            if len(self._artifacts):
+                tables["artifacts"] = (self._artifacts.rows() if refs
+                                       else self._artifacts.hash_rows())
+            if self._placements.seq:
+                tables["placements"] = self._placements.section()
+            if len(self._secrets):
+                tables["secrets"] = self._secrets.rows()
+            return self._state_locked(refs), tables
+
+    def _state_locked(self, refs: bool) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
+        """`_state`'s body; the caller holds the lock."""
+        deps = [self._deps[key] for key in self._index.all]
+        current = self._deps
+        if refs:
+            dedup = [[k, fp, st, _body_ref(body, current)]
+                     for k, (fp, st, body) in self._dedup.items()]
+        else:
+            dedup = [[k, fp, st, body] for k, (fp, st, body) in self._dedup.items()]
+        return self._applied, deps, dedup, self._tokens.rows()
 
     @staticmethod
     def _encode(applied: int, deps: DeploymentList, dedup: DedupRows,
-                tokens: TokenRows, placements: PlacementSection) -> bytes:
+                tokens: TokenRows, tables: TableRows | None = None) -> bytes:
         snap: dict[str, Any] = {"format": SNAPSHOT_FORMAT_REFS, "applied": applied,
                                 "deployments": deps, "dedup": dedup, "tokens": tokens}
-        if placements is not None:
-            snap["format"] = SNAPSHOT_FORMAT_PLACEMENTS
-            snap["placements"] = placements
+        if tables:
+            snap["format"] = SNAPSHOT_FORMAT_TABLES
+            snap["tables"] = tables
         return cbor2.dumps(snap, canonical=True)
 
     def snapshot(self) -> bytes:
         """Deterministic CBOR of the whole state, with format number and applied index."""
-        return self._encode(*self._state())
+        state, tables = self._full_state()
+        return self._encode(*state, tables)
 
     def snapshot_capture(self) -> tuple[int, Callable[[], bytes]]:
         """(applied index, encoder): a consistent copy taken under the lock, cheap because it
         only copies references (applying replaces deployment rows and dedup results, never
         mutates them), and a function that encodes it exactly like `snapshot()` from any
         thread, so the state machine can write snapshots without stalling apply."""
-        applied, deps, dedup, tokens, placements = self._state()
+        (applied, deps, dedup, tokens), tables = self._full_state()
 
         def encode() -> bytes:
-            return self._encode(applied, deps, dedup, tokens, placements)
+            return self._encode(applied, deps, dedup, tokens, tables)
 
         return applied, encode
 
@@ -602,7 +738,8 @@ class DeploymentStore:
         def install() -> None:
             with self._lock:
                 (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
-                 self._applied, self._tokens, self._placements) = state
+                 self._applied, self._tokens, self._artifacts, self._placements,
+                 self._secrets) = state
                 self._usage, self._dedup_bytes = usage, dedup_bytes
                 self._trim_dedup()  # a snapshot of an older version may hold more
 
@@ -611,26 +748,40 @@ class DeploymentStore:
     def state_hash(self) -> str:
         """SHA-256 hex of the deployments, dedup table and tokens (not the applied index),
         for comparing nodes that have applied the same entries."""
-        _applied, deps, dedup, tokens, placements = self._state(refs=False)
+        (_applied, deps, dedup, tokens), tables = self._full_state(refs=False)
         state: dict[str, Any] = {"deployments": deps, "dedup": dedup}
         if tokens:
             state["tokens"] = tokens
-        if placements is not None:
-            state["placements"] = placements
+        if tables:
+            state["tables"] = tables
         blob = cbor2.dumps(state, canonical=True)
         return hashlib.sha256(blob).hexdigest()
 
 
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
-                     dict[str, DedupEntry], deque[str], int, TokenTable, PlacementTable]
+                     dict[str, DedupEntry], deque[str], int, TokenTable, ArtifactTable,
+                     PlacementTable, SecretTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
              SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
                                               "tokens"}),
              SNAPSHOT_FORMAT_TOKENS: frozenset({"format", "applied", "deployments", "dedup",
                                                 "tokens"}),
-             SNAPSHOT_FORMAT_PLACEMENTS: frozenset({"format", "applied", "deployments", "dedup",
-                                                    "tokens", "placements"})}
+             SNAPSHOT_FORMAT_TABLES: frozenset({"format", "applied", "deployments", "dedup",
+                                                "tokens", "tables"})}
 _ROW_KEYS = frozenset(FIELDS)
+_ROW_KEYS_ART = frozenset(FIELDS_ART)
+
+
+def _row_fields(raw: dict[Any, Any]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(fields in stored order, canonical order) if `raw` has a deployment's keys, else None."""
+    n = len(raw)
+    if n == len(FIELDS) and raw.keys() == _ROW_KEYS:
+        return FIELDS, _CANON_FIELDS
+    if n == len(FIELDS_ART) and raw.keys() == _ROW_KEYS_ART:
+        return FIELDS_ART, _CANON_FIELDS_ART
+    if n in (len(FIELDS_SEC), len(FIELDS_ART_SEC)) and "secrets" in raw:
+        return _SHAPES.get(frozenset(raw.keys()))
+    return None
 
 
 def _account(usage: dict[str, list[int]], dep: dict[str, Any], sign: int) -> None:
@@ -684,23 +835,27 @@ class _RowDecoder:
     def __call__(self, first: Any, second: Any) -> Any:
         # cbor2 < 6 passes (decoder, dict); cbor2 >= 6 passes (mapping, immutable)
         raw = first if type(second) is bool else second
-        if type(raw) is not dict or len(raw) != len(FIELDS) or raw.keys() != _ROW_KEYS:
+        shape = _row_fields(raw) if type(raw) is dict else None
+        if shape is None:
             return raw
-        dep = {f: raw[f] for f in FIELDS}
+        dep = {f: raw[f] for f in shape[0]}
         shared = self.shared
         for f in _SHARED_FIELDS:
             value = dep[f]
             if type(value) is str:
                 dep[f] = shared.setdefault(value, value)
         order = tuple(raw)
-        if order != _CANON_FIELDS:
+        if order != shape[1]:
             self.odd[id(dep)] = (dep, order)  # holds `dep`: its id stays unique
         return dep
 
     def wire_order(self, dep: Deployment) -> tuple[Any, ...]:
         """The key order the map `dep` was decoded from had."""
         entry = self.odd.get(id(dep))
-        return entry[1] if entry is not None and entry[0] is dep else _CANON_FIELDS
+        if entry is not None and entry[0] is dep:
+            return entry[1]
+        shape = _row_fields(dep)
+        return shape[1] if shape is not None else _CANON_FIELDS
 
 
 def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = None
@@ -743,7 +898,7 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
         if not is_int(status) or status not in WIRE_OUTCOMES:
             raise ValueError("dedup status must be a wire outcome (the status code it was "
                              "answered with)")
-        if fmt in (SNAPSHOT_FORMAT_REFS, SNAPSHOT_FORMAT_PLACEMENTS) and type(body) is list:
+        if fmt in (SNAPSHOT_FORMAT_REFS, SNAPSHOT_FORMAT_TABLES) and type(body) is list:
             body = _resolve_ref(body, deps)
         elif type(body) is not dict:
             raise ValueError("dedup result body must be a map")
@@ -756,19 +911,47 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
     while len(order) > capacity:
         del dedup[order.popleft()]
     tokens = TokenTable.from_rows(snap["tokens"]) if "tokens" in snap else TokenTable()
+    tables = snap.get("tables", {})
+    if type(tables) is not dict or not set(tables) <= TABLES or (not tables and fmt == SNAPSHOT_FORMAT_TABLES):
+        raise ValueError(f"tables must be a non-empty map of {', '.join(sorted(TABLES))}")
+    referenced: dict[str, int] = {}
+    for dep in deps.values():
+        if "artifact" in dep:
+            referenced[dep["artifact"]] = referenced.get(dep["artifact"], 0) + 1
+    artifacts = ArtifactTable.from_rows(tables.get("artifacts", []), referenced)
+    for dep in deps.values():
+        if "artifact" in dep:
+            try:
+                artifacts.check_entry(dep["artifact"], dep["source"])
+            except ValidationError as exc:
+                raise ValueError(f"deployment {dep['namespace']}/{dep['name']}: "
+                                 f"{exc.message}") from None
     placements = PlacementTable()
-    if "placements" in snap:
+    if "placements" in tables:
         placements = PlacementTable.from_section(
-            snap["placements"], lambda ns, name: deps.get((name, ns)))
-    return deps, ids, index, dedup, order, applied, tokens, placements
+            tables["placements"], lambda ns, name: deps.get((name, ns)))
+    secret_refs: dict[tuple[str, str], int] = {}
+    for dep in deps.values():
+        for sname in dep.get("secrets", ()):
+            skey = (dep["namespace"], sname)
+            secret_refs[skey] = secret_refs.get(skey, 0) + 1
+    secrets = SecretTable.from_rows(tables.get("secrets", []), secret_refs)
+    return deps, ids, index, dedup, order, applied, tokens, artifacts, placements, secrets
 
 
 def _parse_deployment(raw: Any) -> Deployment:
     """One snapshot row: exactly `FIELDS`, each as `apply` stores it. Pure."""
-    if type(raw) is not dict or raw.keys() != _ROW_KEYS:
-        raise ValueError(f"a deployment row must be a map of {', '.join(FIELDS)}")
+    shape = _row_fields(raw) if type(raw) is dict else None
+    if shape is None:
+        raise ValueError(f"a deployment row must be a map of {', '.join(FIELDS)} "
+                         "(and optionally artifact, secrets)")
     # a `_RowDecoder` row is already a new dict in FIELDS order (and nothing else holds it)
-    dep = raw if tuple(raw) == FIELDS else {f: raw[f] for f in FIELDS}
+    dep = raw if tuple(raw) == shape[0] else {f: raw[f] for f in shape[0]}
+    if "artifact" in dep:
+        validate_artifact(dep["artifact"])
+    if "secrets" in dep:
+        if not dep["secrets"] or validate_secret_refs(dep["secrets"]) != dep["secrets"]:
+            raise ValueError("deployment secrets must be a non-empty list of distinct names")
     validate_name(dep["name"])
     validate_name(dep["namespace"], "namespace")
     validate_type(dep["type"])
@@ -800,7 +983,7 @@ def _read_body(value: Any, depth: int, hook: _RowDecoder) -> Any:
         raise ValueError("dedup result body is nested too deeply")
     t = type(value)
     if t is dict:
-        if len(value) == len(FIELDS) and value.keys() == _ROW_KEYS:
+        if _row_fields(value) is not None:
             value = {k: value[k] for k in hook.wire_order(value)}
         for k, v in value.items():
             if type(k) is not str:

@@ -22,6 +22,8 @@ STORED_LABELS: dict[Outcome, str] = {
     Outcome.CONFLICT: "Conflict",
     Outcome.KEY_REUSED: "Unprocessable Entity",
     Outcome.INTERNAL_ERROR: "Internal Server Error",
+    Outcome.TOO_LARGE: "Request Entity Too Large",  # an artifact over the hard limit
+    Outcome.DISK_ERROR: "Insufficient Storage",  # the cluster's artifact bounds
 }
 
 

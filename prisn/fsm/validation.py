@@ -17,7 +17,7 @@ from typing import Any
 
 SPEC_FIELDS: frozenset[str] = frozenset(
     {"name", "source", "runtime", "port", "replicas", "args", "env", "schedule", "namespace",
-     "type"}
+     "type", "artifact", "secrets"}
 )
 TYPES: tuple[str, ...] = ("job", "service", "cronjob")
 DEFAULT_NAMESPACE = "default"
@@ -32,6 +32,7 @@ MAX_SCHEDULE = 256
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]*")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RUNTIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 CRON_DESCRIPTORS: frozenset[str] = frozenset(
     {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
@@ -144,6 +145,36 @@ def validate_source(value: Any) -> str:
     if not value.strip():
         raise ValidationError("source", "must not be empty")
     return value
+
+
+def validate_artifact(value: Any) -> str:
+    """An artifact digest: 64 lowercase hex digits (SHA-256), a ``sha256:`` prefix removed.
+    Whether it is stored, and holds `source`, is checked at apply."""
+    if isinstance(value, str) and value.startswith("sha256:"):
+        value = value[len("sha256:"):]
+    if not isinstance(value, str) or len(value) != 64 or not _DIGEST_RE.fullmatch(value):
+        raise ValidationError("artifact", "must be a SHA-256 digest (64 lowercase hex digits), "
+                              "as POST /api/v1/artifacts answers")
+    return value
+
+
+MAX_SECRET_REFS = 32  # secret names one deployment may list
+
+
+def validate_secret_refs(value: Any) -> list[str]:
+    """A deployment's `secrets`: a list of distinct secret names, at most MAX_SECRET_REFS.
+    Whether each is stored (in the deployment's namespace) is checked at apply."""
+    if not isinstance(value, list):
+        raise ValidationError("secrets", "must be a list of secret names")
+    if len(value) > MAX_SECRET_REFS:
+        raise ValidationError("secrets", f"must name at most {MAX_SECRET_REFS} secrets")
+    out: list[str] = []
+    for v in value:
+        validate_name(v, "secrets")
+        if v in out:
+            raise ValidationError("secrets", f"names {v} twice")
+        out.append(v)
+    return out
 
 
 def validate_runtime(value: Any) -> str:
@@ -262,7 +293,8 @@ def validate_schedule(value: Any) -> str:
     return " ".join(parts)
 
 
-_OPTIONAL_NULLABLE = frozenset({"runtime", "schedule", "port", "replicas", "args", "env", "type"})
+_OPTIONAL_NULLABLE = frozenset({"runtime", "schedule", "port", "replicas", "args", "env", "type",
+                                "artifact", "secrets"})
 _VALIDATORS = {
     "name": validate_name,
     "namespace": lambda v: validate_name(v, "namespace"),
@@ -274,6 +306,8 @@ _VALIDATORS = {
     "env": validate_env,
     "schedule": validate_schedule,
     "type": validate_type,
+    "artifact": validate_artifact,
+    "secrets": validate_secret_refs,
 }
 
 

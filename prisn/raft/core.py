@@ -344,8 +344,8 @@ class RaftCore(StatusMixin, PersistenceMixin, TrackerMixin, ReadOnlyMixin, Forwa
         if self._own:
             # Our proposals not known committed may be lost with our term: propose them again
             # through the next leader (a copy that does commit is a no-op by idempotency key).
-            for r in self._own.values():
-                r.logged = True  # it may have been replicated: DISK_ERROR no longer true
+            for own in self._own.values():
+                own.logged = True  # it may have been replicated: DISK_ERROR no longer true
             self._pending.extendleft(reversed(list(self._own.values())))
             self._own = {}
 

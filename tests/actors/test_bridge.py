@@ -36,6 +36,7 @@ from prisn.outcomes import Outcome
 from prisn.raft.boot import Membership
 from prisn.raft.progress import NEVER
 from prisn.raft.status import PeerStatus
+from tests.helpers import until
 from transport.codec import decode, encode
 from transport.mailbox import inproc_address
 
@@ -103,13 +104,6 @@ class Rig:
     def close_sockets(self) -> None:
         self.raft.close(0)
         self.to_api.close(0)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.001)
 
 
 def run(body: Callable[[Rig], Awaitable[None]], **kw: Any) -> Rig:
@@ -525,3 +519,26 @@ def test_build_status_just_joined_member_is_not_unreachable_and_healthy_agrees()
                       stats, applied=9, ready=True, uptime=0)
     assert [n.state for n in ns.nodes[1:3]] == ["unreachable", "unreachable"]
     assert not ns.healthy  # whatever quorum_ok says, it must agree with the printed states
+
+
+def test_concurrent_read_barriers_share_one_read_index() -> None:
+    """Strong reads of one loop turn send one ReadIndex; reads arriving while it is under
+    way wait for (and share) the next one, sent only when the first is answered."""
+    async def body(rig: Rig) -> None:
+        c = rig.client
+        first = [asyncio.ensure_future(c.read_barrier(5)) for _ in range(8)]
+        req = await rig.from_client()
+        assert isinstance(req, ReadIndex)
+        second = [asyncio.ensure_future(c.read_barrier(5)) for _ in range(5)]
+        await rig.nothing_more()  # one ReadIndex at a time
+        assert len(c._waiters) == 1
+        rig.push(Reply(src="raft", dst="api", rid=req.rid, ok=True, index=0))
+        assert await asyncio.gather(*first) == [None] * 8
+        req2 = await rig.from_client()
+        assert isinstance(req2, ReadIndex) and req2.rid != req.rid
+        rig.push(Reply(src="raft", dst="api", rid=req2.rid, ok=True, index=0))
+        assert await asyncio.gather(*second) == [None] * 5
+        await rig.nothing_more()
+        assert c._waiters == {} and (c.barriers.joins, c.barriers.calls) == (13, 2)
+
+    run(body)

@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from prisn.client import Client
-from tests.procs import ServerProc, leader_of, single_node, start_cluster, wait_for
+from tests.procs import (
+    CLI_TIMEOUT,
+    ServerProc,
+    leader_of,
+    on_a_terminal,
+    single_node,
+    start_cluster,
+    wait_for,
+)
 
 FAST = ["--write-timeout", "2s", "--election-timeout", "500ms"]
-CLI_TIMEOUT = 60
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -170,42 +174,6 @@ def test_a_retried_create_gets_the_first_answer(tmp_path) -> None:
         assert first.status == again.status == 201 and first.body == again.body
     finally:
         n.stop()
-
-
-def on_a_terminal(args: list[str], answer: str | None) -> tuple[int, str]:
-    """Run `prisn ARGS` with stdin, stdout and stderr on a pseudo-terminal; type `answer`
-    once the question appears (None: expect no question). (exit code, everything shown)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISN_")}
-    master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "prisn.cli", *args], stdin=slave,
-                         stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    shown = b""
-    typed = False
-    deadline = time.monotonic() + CLI_TIMEOUT
-    try:
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([master], [], [], 0.1)
-            if r:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    chunk = b""
-                if not chunk and p.poll() is not None:
-                    break
-                shown += chunk
-            elif p.poll() is not None:
-                break
-            if answer is not None and not typed and b"[y/N]" in shown:
-                os.write(master, answer.encode() + b"\n")
-                typed = True
-        code = p.wait(5)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        os.close(master)
-    return code, shown.decode(errors="replace")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from prisn.fsm.placements import MAX_BATCH, batch_command
 from prisn.messages import EntryKind
 from prisn.workloads.model import Placement, Service, Slot
 from prisn.workloads.scheduler import Place, Unplace, schedule
-from tests.unit.test_fsm_deployments import Feeder
+from tests.feeder import Feeder
 
 TS = "2025-01-01T00:00:00.000Z"
 
@@ -232,12 +232,12 @@ def test_golden_format_4() -> None:
     f = services(Feeder())
     batch(f, Place(sl("web", 0), "n1", None), Place(sl("free", 2), "n2", None), key="g1")
     blob = f.store.snapshot()
-    assert cbor2.loads(blob)["placements"] == {
+    assert cbor2.loads(blob)["tables"]["placements"] == {
         "seq": 2, "rows": [["default", "free", 2, "n2", 2], ["default", "web", 0, "n1", 1]]}
     assert hashlib.sha256(blob).hexdigest() == GOLDEN_4
 
 
-GOLDEN_4 = "755a0e225c0a4713d3020a8419563c7370280b3906728d8750a644dc68bda238"
+GOLDEN_4 = "d9e8d793554fea9d5885a69eae28098b47fbedbfbe898fbc3551649d2257537d"  # placements under "tables" (one format 4 with the artifacts)
 
 
 @pytest.mark.parametrize("mutate", [
@@ -256,7 +256,7 @@ def test_restore_refuses_bad_placement_sections(mutate) -> None:  # type: ignore
     f = services(Feeder())
     batch(f, Place(sl("web", 0), "n1", None), Place(sl("free", 2), "n2", None))
     snap = cbor2.loads(f.store.snapshot())
-    mutate(snap["placements"])
+    mutate(snap["tables"]["placements"])
     target = DeploymentStore()
     with pytest.raises(ValueError):
         target.restore(cbor2.dumps(snap, canonical=True))

@@ -420,6 +420,7 @@ class Fire:
 
     deployment_id: str
     scheduled_at: int
+    after: int | None  # the mark it was planned on (compare-and-set at apply)
     cancel: tuple[str, ...] = ()
 
 
@@ -434,6 +435,7 @@ class Miss:
     last: int
     count: int
     reason: str
+    after: int | None  # the mark it was planned on (compare-and-set at apply)
 
 
 CronCommand = Fire | Miss
@@ -448,6 +450,9 @@ def cron_plan(cronjobs: Iterable[CronJob], marks: Mapping[str, int],
     skipped or missed); a job without one starts after its `since`. `running`: per
     deployment id, its executions not yet terminal (Pending or Running), oldest first.
 
+    Each command names the mark it was planned on (`after`); the table applies it only if
+    that is still the mark, so a plan made on a stale view changes nothing.
+
     Per job with due times in ``(mark, now]`` (at most two commands, kept together): the
     latest due time fires if it is at most `starting_deadline` late (``forbid`` with a run
     still going: recorded skipped instead; ``replace``: fires cancelling the running ones),
@@ -460,25 +465,30 @@ def cron_plan(cronjobs: Iterable[CronJob], marks: Mapping[str, int],
         if job.paused or job.schedule.never:
             continue
         s, dep = job.schedule, job.deployment_id
-        base = marks.get(dep, job.since)
+        mark = marks.get(dep)
+        base = job.since if mark is None else mark
         first = next_after(s, base)
         if first > now:
             continue
         latest = last_at_or_before(s, now)
         cmds: list[CronCommand] = []
         if now - latest > job.starting_deadline:
-            cmds.append(Miss(dep, first, latest, count_between(s, base, latest), "late"))
+            cmds.append(Miss(dep, first, latest, count_between(s, base, latest), "late",
+                             mark))
         else:
+            after = mark
             if first < latest:
                 before = last_at_or_before(s, latest - 1)
-                cmds.append(Miss(dep, first, before, count_between(s, base, before), "late"))
+                cmds.append(Miss(dep, first, before, count_between(s, base, before), "late",
+                                 mark))
+                after = before
             busy = tuple(running.get(dep, ()))
             if busy and job.concurrency == "forbid":
-                cmds.append(Miss(dep, latest, latest, 1, "skipped"))
+                cmds.append(Miss(dep, latest, latest, 1, "skipped", after))
             elif busy and job.concurrency == "replace":
-                cmds.append(Fire(dep, latest, busy))
+                cmds.append(Fire(dep, latest, after, busy))
             else:
-                cmds.append(Fire(dep, latest))
+                cmds.append(Fire(dep, latest, after))
         work.append((first, dep, cmds))
     work.sort(key=lambda w: (w[0], w[1]))
     out: list[CronCommand] = []

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -53,8 +53,6 @@ MAX_TIMEZONE = 64
 _MAX_DAYS = 366 * 9
 # Count days this far around a range's ends one by one (their walls may map across them).
 _MARGIN = timedelta(hours=26)
-_EPOCH = datetime(1970, 1, 1)
-_OFFSET_SPAN = 2 * 86400  # offsets sampled this far around an instant (`_offsets`)
 
 DESCRIPTORS: dict[str, str] = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
@@ -271,15 +269,6 @@ def _instant(w: datetime, tz: tzinfo) -> int:
     return lo
 
 
-def _offsets(t: int, tz: tzinfo) -> tuple[int, int]:
-    """(min, max) UTC offset in seconds of `tz` around `t` (at t and two days either side):
-    a wall time w maps to an instant within [w - max, w - min]."""
-    offs = [datetime.fromtimestamp(x, tz).utcoffset() for x in
-            (t - _OFFSET_SPAN, t, t + _OFFSET_SPAN)]
-    secs = [int(o.total_seconds()) if o is not None else 0 for o in offs]
-    return min(secs), max(secs)
-
-
 def _walls_from(s: Schedule, start: datetime) -> Iterator[datetime]:
     """The schedule's wall times at or after the naive `start` (minute precision), in
     order, for at most `_MAX_DAYS` days."""
@@ -317,33 +306,67 @@ def _walls_before(s: Schedule, end: datetime) -> Iterator[datetime]:
 
 
 def next_after(s: Schedule, t: int) -> int:
-    """The first scheduled instant strictly after `t` (ScheduleError if `s.never`)."""
+    """The first scheduled instant strictly after `t` (ScheduleError if `s.never`).
+
+    Instants never decrease in wall order, so the answer is the first matching wall time
+    whose instant is past `t`: start at the wall time of ``t + 1`` and walk back (or on)
+    while that still (or not yet) holds; one or two steps but next to a DST change."""
     check_fires(s)
     if s.every:
         return (t // s.every + 1) * s.every
     tz = s.tz
-    lo, _ = _offsets(t, tz)
-    # instant(w) > t needs w - min offset >= instant(w) > t
-    for w in _walls_from(s, _EPOCH + timedelta(seconds=t + 1 + lo)):
+    guess = _wall(t + 1, tz)
+    ahead = _walls_from(s, guess)
+    w = next(ahead)
+    i = _instant(w, tz)
+    if i > t:
+        for b in _walls_before(s, w - timedelta(minutes=1)):
+            j = _instant(b, tz)
+            if j <= t:
+                break
+            i = j
+        return i
+    for w in ahead:
         i = _instant(w, tz)
         if i > t:
             return i
-    raise AssertionError(f"schedule {s.text} has no time after {t}")  # parse refuses such
+    raise AssertionError(f"schedule {s.text} has no time after {t}")  # `never` is refused
 
 
 def last_at_or_before(s: Schedule, t: int) -> int:
-    """The last scheduled instant at or before `t` (ScheduleError if `s.never`)."""
+    """The last scheduled instant at or before `t` (ScheduleError if `s.never`); the mirror
+    of `next_after`."""
     check_fires(s)
     if s.every:
         return t // s.every * s.every
     tz = s.tz
-    _, hi = _offsets(t, tz)
-    # instant(w) <= t needs w - max offset <= instant(w) <= t
-    for w in _walls_before(s, _EPOCH + timedelta(seconds=t + hi)):
+    behind = _walls_before(s, _wall(t, tz))
+    w = next(behind)
+    i = _instant(w, tz)
+    if i <= t:
+        for a in _walls_from(s, w + timedelta(minutes=1)):
+            j = _instant(a, tz)
+            if j > t:
+                break
+            i = j
+        return i
+    for w in behind:
         i = _instant(w, tz)
         if i <= t:
             return i
     raise AssertionError(f"schedule {s.text} has no time before {t}")
+
+
+def _first(n: int, pred: Callable[[int], bool]) -> int:
+    """The least k in [0, n] with pred(k) (pred is monotonic; n if none)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def count_between(s: Schedule, a: int, b: int) -> int:
@@ -355,8 +378,9 @@ def count_between(s: Schedule, a: int, b: int) -> int:
         return b // s.every - a // s.every
     tz = s.tz
     per_day = len(s.hours) * len(s.minutes)
-    d = (_wall(a, tz) - _MARGIN).date()
-    last = (_wall(b, tz) + _MARGIN).date()
+    margin = timedelta(0) if tz is UTC else _MARGIN
+    d = (_wall(a, tz) - margin).date()
+    last = (_wall(b, tz) + margin).date()
     n = 0
     top = a  # the latest instant counted (instants never decrease in wall order)
     while d <= last:
@@ -364,10 +388,24 @@ def count_between(s: Schedule, a: int, b: int) -> int:
         if s.day_matches(d):
             lo = _instant(datetime(d.year, d.month, d.day), tz)
             hi = _instant(datetime(nxt.year, nxt.month, nxt.day), tz)
-            if lo > top and hi <= b and hi - lo == 86400:
+            if hi <= top or lo > b:
+                pass  # wholly outside (every instant of the day lies in [lo, hi])
+            elif lo > top and hi <= b and hi - lo == 86400:
                 n += per_day
                 top = _instant(datetime(d.year, d.month, d.day, s.hours[-1], s.minutes[-1]), tz)
-            else:  # an end of the range, or a DST change: count distinct instants
+            elif hi - lo == 86400:  # an end of the range: bisect the day's wall times
+                nm = len(s.minutes)
+
+                def inst(k: int, d: date = d, nm: int = nm) -> int:
+                    return _instant(datetime(d.year, d.month, d.day, s.hours[k // nm],
+                                             s.minutes[k % nm]), tz)
+
+                k0 = _first(per_day, lambda k, top=top: inst(k) > top)
+                k1 = _first(per_day, lambda k: inst(k) > b)
+                if k1 > k0:
+                    n += k1 - k0
+                    top = inst(k1 - 1)
+            else:  # a DST change: count distinct instants
                 for h in s.hours:
                     for m in s.minutes:
                         i = _instant(datetime(d.year, d.month, d.day, h, m), tz)

@@ -270,8 +270,9 @@ class ExecutionTable:
     def _room(self, deployment_id: str) -> str | None:
         if self._active.get(deployment_id, 0) >= self.history:
             return f"deployment {deployment_id} already has {self.history} unfinished executions"
-        if self._active_total >= MAX_ACTIVE:
-            return f"the cluster already has {MAX_ACTIVE} unfinished executions"
+        cap = min(MAX_ACTIVE, self.max_executions)
+        if self._active_total >= cap:
+            return f"the cluster already has {cap} unfinished executions"
         return None
 
     # ------------------------------------------------------------------ apply
@@ -627,11 +628,15 @@ def _parse_row(row: Any) -> Execution:
 
 # ---------------------------------------------------------------------- proposer side
 def cron_command(c: Fire | Miss, *, ts: str) -> dict[str, Any]:
-    """The log form of one cron plan command. Its key is derived from what it records
-    (``cron-<dep>-<time>``), so a resend, or another leader proposing the same, dedups."""
+    """The log form of one cron plan command. Its key is derived from what it records and
+    the mark it was planned on (``cron-<dep>-<after>-<time>``), so a resend, or another
+    leader proposing the same, dedups, while a stale plan's refusal never holds the key a
+    current plan needs (the same key for another request would be a 422)."""
+    after = "none" if c.after is None else c.after
     if isinstance(c, Fire):
         cmd: dict[str, Any] = {"v": COMMAND_VERSION, "op": "cron.fire",
-                               "key": check_key(f"cron-{c.deployment_id}-{c.scheduled_at}"),
+                               "key": check_key(f"cron-{c.deployment_id}-{after}-"
+                                                f"{c.scheduled_at}"),
                                "ts": ts, "id": fire_id(c.deployment_id, c.scheduled_at),
                                "deployment_id": c.deployment_id,
                                "scheduled_at": c.scheduled_at, "after": c.after}
@@ -639,6 +644,7 @@ def cron_command(c: Fire | Miss, *, ts: str) -> dict[str, Any]:
             cmd["cancel"] = list(c.cancel)
         return cmd
     return {"v": COMMAND_VERSION, "op": "cron.miss",
-            "key": check_key(f"cron-miss-{c.deployment_id}-{c.first}-{c.last}"), "ts": ts,
+            "key": check_key(f"cron-miss-{c.deployment_id}-{after}-{c.first}-{c.last}"),
+            "ts": ts,
             "deployment_id": c.deployment_id, "first": c.first, "last": c.last,
             "count": c.count, "reason": c.reason, "after": c.after}

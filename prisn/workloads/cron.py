@@ -488,16 +488,21 @@ def cron_plan(cronjobs: Iterable[CronJob], marks: Mapping[str, int],
     skipped or missed); a job without one starts after its `since`. `running`: per
     deployment id, its executions not yet terminal (Pending or Running), oldest first.
 
-    Each command names the mark it was planned on (`after`); the table applies it only if
-    that is still the mark, so a plan made on a stale view changes nothing.
+    Each command names the mark it was planned on (`after`), the previous command's end
+    for the next one of the same job; the table applies it only if that is still the mark,
+    so a plan made on a stale view changes nothing, and any prefix of a job's commands
+    leaves a consistent log.
 
-    Per job with due times in ``(mark, now]`` (at most two commands, kept together): the
-    latest due time fires if it is at most `starting_deadline` late (``forbid`` with a run
-    still going: recorded skipped instead; ``replace``: fires cancelling the running ones),
-    and every older due time is ONE ``late`` miss, however long the outage. Jobs with the
-    oldest due time go first; at most `max_commands` commands in all (the rest next round).
-    Paused jobs (and schedules that never fire) get nothing (times passing while paused are handled when resumed, as missed
-    unless the latest is within the deadline)."""
+    Per job, of its due times in ``(mark, now]``:
+    - those more than `starting_deadline` late are ONE ``late`` miss, however many;
+    - of the others (on time), ``allow`` fires each; ``forbid`` fires the latest unless a
+      run is still going (then it is ``skipped`` too) and ``replace`` fires the latest
+      cancelling the running ones; the older on-time ones are then ONE ``skipped`` miss
+      (a forbid/replace job runs one at a time: they would have been skipped or replaced).
+    Jobs with the oldest due time go first; at most `max_commands` commands in all (the
+    rest next round). Paused jobs (and schedules that never fire) get nothing: times
+    passing while paused are handled when resumed (missed, but for the latest within the
+    deadline)."""
     work: list[tuple[int, str, list[CronCommand]]] = []
     for job in cronjobs:
         if job.paused or job.schedule.never:
@@ -509,31 +514,41 @@ def cron_plan(cronjobs: Iterable[CronJob], marks: Mapping[str, int],
         if first > now:
             continue
         latest = last_at_or_before(s, now)
+        cutoff = now - job.starting_deadline  # a time before it is late
         cmds: list[CronCommand] = []
-        if now - latest > job.starting_deadline:
-            cmds.append(Miss(dep, first, latest, count_between(s, base, latest), "late",
-                             mark))
-        else:
-            after = mark
-            if first < latest:
-                before = last_at_or_before(s, latest - 1)
-                cmds.append(Miss(dep, first, before, count_between(s, base, before), "late",
-                                 mark))
-                after = before
+        after, start = mark, base
+        if first < cutoff:
+            last_late = last_at_or_before(s, min(cutoff - 1, latest))
+            cmds.append(Miss(dep, first, last_late, count_between(s, base, last_late),
+                             "late", after))
+            after = start = last_late
+        if start < latest:  # on-time times in (start, latest]
             busy = tuple(running.get(dep, ()))
-            if busy and job.concurrency == "forbid":
-                cmds.append(Miss(dep, latest, latest, 1, "skipped", after))
-            elif busy and job.concurrency == "replace":
-                cmds.append(Fire(dep, latest, after, busy))
+            if job.concurrency == "allow":
+                t = start
+                while len(cmds) < max_commands and t < latest:
+                    t = next_after(s, t)
+                    cmds.append(Fire(dep, t, after))
+                    after = t
             else:
-                cmds.append(Fire(dep, latest, after))
+                if latest > next_after(s, start):
+                    before = last_at_or_before(s, latest - 1)
+                    cmds.append(Miss(dep, next_after(s, start), before,
+                                     count_between(s, start, before), "skipped", after))
+                    after = before
+                if busy and job.concurrency == "forbid":
+                    cmds.append(Miss(dep, latest, latest, 1, "skipped", after))
+                else:
+                    cmds.append(Fire(dep, latest, after,
+                                     busy if job.concurrency == "replace" else ()))
         work.append((first, dep, cmds))
     work.sort(key=lambda w: (w[0], w[1]))
     out: list[CronCommand] = []
     for _, _, cmds in work:
-        if len(out) + len(cmds) > max_commands:
+        room = max_commands - len(out)
+        if room <= 0:
             break
-        out.extend(cmds)
+        out.extend(cmds[:room])
     return out
 
 

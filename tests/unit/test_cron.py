@@ -222,8 +222,19 @@ PLAN_CASES = [
     # (name, jobs, marks, running, now, expected)
     ("nothing due yet", [job()], {}, {}, T0 + 59, []),
     ("on time", [job()], {}, {}, T0 + 60, [Fire("d1", T0 + 60, None)]),
-    ("late within the deadline", [job()], {}, {}, T0 + 120,
-     [Miss("d1", T0 + 60, T0 + 60, 1, "late", None), Fire("d1", T0 + 120, T0 + 60)]),
+    # forbid (the default) runs one at a time: an older on-time time is skipped
+    ("two due within the deadline", [job()], {}, {}, T0 + 120,
+     [Miss("d1", T0 + 60, T0 + 60, 1, "skipped", None), Fire("d1", T0 + 120, T0 + 60)]),
+    ("allow fires each on-time time", [job("d1", "@every 1s", concurrency="allow")],
+     {"d1": T0}, {"d1": ["x0"]}, T0 + 3,
+     [Fire("d1", T0 + 1, T0), Fire("d1", T0 + 2, T0 + 1), Fire("d1", T0 + 3, T0 + 2)]),
+    ("allow: late ones are one miss", [job(concurrency="allow", starting_deadline=70)],
+     {"d1": T0}, {}, T0 + 190,
+     [Miss("d1", T0 + 60, T0 + 60, 1, "late", T0), Fire("d1", T0 + 120, T0 + 60),
+      Fire("d1", T0 + 180, T0 + 120)]),
+    ("replace: the latest replaces", [job("d1", "@every 1s", concurrency="replace")],
+     {"d1": T0}, {"d1": ["x0"]}, T0 + 3,
+     [Miss("d1", T0 + 1, T0 + 2, 2, "skipped", T0), Fire("d1", T0 + 3, T0 + 2, ("x0",))]),
     ("already fired", [job()], {"d1": T0 + 60}, {}, T0 + 119, []),
     ("past the deadline: one miss", [job(starting_deadline=10)], {"d1": T0}, {}, T0 + 75,
      [Miss("d1", T0 + 60, T0 + 60, 1, "late", T0)]),
@@ -233,6 +244,9 @@ PLAN_CASES = [
      [job()], {"d1": T0}, {}, T0 + 86400 + 30,
      [Miss("d1", T0 + 60, T0 + 86400 - 60, 1439, "late", T0),
       Fire("d1", T0 + 86400, T0 + 86400 - 60)]),
+    ("long outage, allow", [job(concurrency="allow")], {"d1": T0}, {}, T0 + 86400 + 60,
+     [Miss("d1", T0 + 60, T0 + 86400 - 60, 1439, "late", T0),
+      Fire("d1", T0 + 86400, T0 + 86400 - 60), Fire("d1", T0 + 86460, T0 + 86400)]),
     ("forbid skips while running", [job()], {"d1": T0}, {"d1": ["x1"]}, T0 + 60,
      [Miss("d1", T0 + 60, T0 + 60, 1, "skipped", T0)]),
     ("allow fires while running", [job(concurrency="allow")], {"d1": T0}, {"d1": ["x1"]},
@@ -263,21 +277,21 @@ def test_cron_plan(name: str, jobs: list[CronJob], marks: dict, running: dict, n
     assert cron_plan(jobs, marks, running, now) == []
 
 
-def test_plan_is_bounded_and_keeps_a_jobs_commands_together() -> None:
+def test_plan_is_bounded_and_chains_a_jobs_commands() -> None:
     jobs = [job(f"d{i:03d}") for i in range(300)]
     marks = {j.deployment_id: T0 for j in jobs}
     now = T0 + 30 * 86400  # a month-long outage of 300 every-minute jobs
     first = cron_plan(jobs, marks, {}, now, max_commands=101)
-    assert len(first) == 100  # pairs: a miss then a fire, never split
-    assert all(isinstance(a, Miss) and isinstance(b, Fire) and a.deployment_id
-               == b.deployment_id for a, b in zip(first[::2], first[1::2], strict=True))
-    assert first[0].count == 30 * 1440 - 1
+    assert len(first) == 101  # per job: late miss, skipped miss, fire (any prefix is fine)
+    assert [type(c) for c in first[:3]] == [Miss, Miss, Fire]
+    assert (first[0].count, first[0].reason, first[1].reason) == (30 * 1440 - 2, "late",
+                                                                  "skipped")
     total, rounds = 0, 0
     while cmds := cron_plan(jobs, marks, {}, now):
         rounds += 1
         total += len(cmds)
-        apply_plan(cmds, marks, {})
-    assert (rounds, total) == (3, 600)
+        apply_plan(cmds, marks, {})  # checks each command's `after` chains on the last
+    assert (rounds, total) == (4, 900)
 
 
 def test_cronjob_of_a_stored_deployment() -> None:

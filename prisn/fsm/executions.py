@@ -627,15 +627,19 @@ def _parse_row(row: Any) -> Execution:
 
 
 # ---------------------------------------------------------------------- proposer side
-def cron_command(c: Fire | Miss, *, ts: str) -> dict[str, Any]:
-    """The log form of one cron plan command. Its key is derived from what it records and
-    the mark it was planned on (``cron-<dep>-<after>-<time>``), so a resend, or another
-    leader proposing the same, dedups, while a stale plan's refusal never holds the key a
-    current plan needs (the same key for another request would be a 422)."""
+def cron_command(c: Fire | Miss, *, ts: str, round_id: str) -> dict[str, Any]:
+    """The log form of one cron plan command. `round_id` names the plan it comes from
+    (e.g. ``<node>.<term>.<n>``, unique per round): the key is
+    ``cron-<round>-<dep>-<after>-<time>``, so a resend of the same proposal dedups, while a
+    command of another round is evaluated afresh. A key derived from the times alone would
+    not do: a chained command refused because its predecessor did not apply (409, which the
+    dedup table remembers) would answer that 409 forever once the mark does reach its
+    `after`, wedging the job. Two rounds proposing the same fire still make one execution
+    (the table answers the held one)."""
     after = "none" if c.after is None else c.after
     if isinstance(c, Fire):
         cmd: dict[str, Any] = {"v": COMMAND_VERSION, "op": "cron.fire",
-                               "key": check_key(f"cron-{c.deployment_id}-{after}-"
+                               "key": check_key(f"cron-{round_id}-{c.deployment_id}-{after}-"
                                                 f"{c.scheduled_at}"),
                                "ts": ts, "id": fire_id(c.deployment_id, c.scheduled_at),
                                "deployment_id": c.deployment_id,
@@ -644,7 +648,7 @@ def cron_command(c: Fire | Miss, *, ts: str) -> dict[str, Any]:
             cmd["cancel"] = list(c.cancel)
         return cmd
     return {"v": COMMAND_VERSION, "op": "cron.miss",
-            "key": check_key(f"cron-miss-{c.deployment_id}-{after}-{c.first}-{c.last}"),
-            "ts": ts,
-            "deployment_id": c.deployment_id, "first": c.first, "last": c.last,
+            "key": check_key(f"cron-{round_id}-{c.deployment_id}-{after}-{c.first}-"
+                             f"{c.last}"),
+            "ts": ts, "deployment_id": c.deployment_id, "first": c.first, "last": c.last,
             "count": c.count, "reason": c.reason, "after": c.after}

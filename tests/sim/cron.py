@@ -112,7 +112,8 @@ class CronSim(Sim):
         self.round.pop(n.id, None)
         store = self.stores[n.id]
         _, marks, running = store.cron_view()
-        cmds = [cron_command(c, ts=TS) for c in cron_plan(
+        rnd = f"{n.id}.{core.status().term}.{self.rid + 1}"
+        cmds = [cron_command(c, ts=TS, round_id=rnd) for c in cron_plan(
             self.jobs(store), marks, running, self.clock(n),
             max_commands=self.rng.choice([2, 8, 64]))]
         for ids in running.values() if self.stop_at is None else ():  # the runner's reports

@@ -31,6 +31,15 @@ def test_cron_sim(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         assert s.cron_stats["fires"] > 0, f"seed={seed}: {s.cron_stats}"
 
 
+def test_cron_sim_regressions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds that once failed. 108: a chained fire refused because its miss did not apply
+    was remembered under a key derived from its times alone, and answered that 409 forever
+    once the mark reached its `after` (the job stopped firing)."""
+    monkeypatch.setattr(executions, "MAX_MISSES", 100_000)
+    s = CronSim(108, SimConfig(nodes=3, crash_rate=0.03)).run()
+    assert s.cron_stats["checked"] >= 100, s.cron_stats
+
+
 def test_cron_sim_is_deterministic() -> None:
     a = CronSim(3, SimConfig(nodes=3, crash_rate=0.03)).run()
     b = CronSim(3, SimConfig(nodes=3, crash_rate=0.03)).run()

@@ -267,11 +267,13 @@ class ExecutionTable:
         self._missed.pop(deployment_id, None)
         self._misses.pop(deployment_id, None)
 
-    def _room(self, deployment_id: str) -> str | None:
-        if self._active.get(deployment_id, 0) >= self.history:
+    def _room(self, deployment_id: str, freed: int = 0) -> str | None:
+        """Why one more unfinished execution of the deployment does not fit (None: it
+        does), once `freed` of its unfinished ones are cancelled."""
+        if self._active.get(deployment_id, 0) - freed >= self.history:
             return f"deployment {deployment_id} already has {self.history} unfinished executions"
         cap = min(MAX_ACTIVE, self.max_executions)
-        if self._active_total >= cap:
+        if self._active_total - freed >= cap:
             return f"the cluster already has {cap} unfinished executions"
         return None
 
@@ -369,14 +371,14 @@ class ExecutionTable:
             return refused
         if exec_id in self._rows:
             return failure(Outcome.CONFLICT, f"execution id {exec_id} already exists")
-        ts_ms = ts_millis(ts)
-        for c in cancel:  # concurrency "replace": first stop the runs it replaces
-            old = self._rows.get(c)
-            if old is not None and old.deployment_id == dep_id and not old.terminal:
-                self._finish(old, CANCELLED, ts, ts_ms, error=f"replaced by {exec_id}")
-        why = self._room(dep_id)
+        replaced = [self._rows[c] for c in dict.fromkeys(cancel) if c in self._rows
+                    and self._rows[c].deployment_id == dep_id and not self._rows[c].terminal]
+        why = self._room(dep_id, len(replaced))
         if why is not None:
             return failure(Outcome.CONFLICT, why)
+        ts_ms = ts_millis(ts)
+        for old in replaced:  # concurrency "replace": first stop the runs it replaces
+            self._finish(old, CANCELLED, ts, ts_ms, error=f"replaced by {exec_id}")
         self._marks[dep_id] = at
         e = Execution(exec_id, dep_id, dep["namespace"], dep["name"], PENDING, None, None,
                       at, 1, ts, None, None, None, None, {}, [], DEFAULT_TIMEOUT)

@@ -401,3 +401,20 @@ def test_cron_failover_property(monkeypatch: pytest.MonkeyPatch) -> None:
         assert fired.get(t, 0) + missed.get(t, 0) == 1, f"seed={seed}: time {t}"
     assert set(fired) | set(missed) == set(handled), f"seed={seed}"
     assert proposals > refused
+
+
+def test_replace_at_the_cap_checks_room_before_cancelling() -> None:
+    f = Feeder(small_table(history=1, total=10))
+    _, c = f.create(name="c", schedule="@every 1s")
+    dep = c["id"]
+    fire(f, dep, T0, None)
+    first = fire_id(dep, T0)
+    # allow at the cap: refused, and nothing was cancelled
+    st, body = fire(f, dep, T0 + 1, T0)
+    assert st == 409 and "unfinished" in body["message"]
+    running = f.store.execution(first)
+    assert running is not None and running.status == "Pending"
+    # replace frees its own room: the old run is cancelled, the new one fires
+    assert fire(f, dep, T0 + 1, T0, (first,))[0] == 201
+    cancelled = f.store.execution(first)
+    assert cancelled is not None and cancelled.status == "Cancelled"

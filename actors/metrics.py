@@ -282,8 +282,35 @@ class PeerDropsCollector(Collector):
                                   "message type), or the Raft core's reason.", labels=["reason"])
         fam.add_metric(["malformed"], getattr(shell, "peer_dropped", 0) if shell else 0)
         fam.add_metric(["replicator_full"], getattr(shell, "repl_full", 0) if shell else 0)
-        for reason, n in sorted((getattr(core, "drops", None) or {}).items()):
-            fam.add_metric([str(reason)], n)
+        reasons: dict[str, int] = {}
+        for drops in (getattr(shell, "peer_drops", None), getattr(core, "drops", None)):
+            for reason, n in (drops or {}).items():  # codec: unknown_type, wire_version
+                reasons[str(reason)] = reasons.get(str(reason), 0) + n
+        for reason, n in sorted(reasons.items()):
+            fam.add_metric([reason], n)
+        yield fam
+
+
+class PeerWireCollector(Collector):
+    """Scrape-time `prisn_peer_wire_version{peer,version}`: 1 for the wire version
+    ("major.minor") each member was last heard speaking. `shell()` returns the raft actor's
+    ShellStats (``wire_versions``) or None before start; a member not heard from yet has no
+    series."""
+
+    def __init__(self, shell: Callable[[], Any]) -> None:
+        self._shell = shell
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            shell = self._shell()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        fam = GaugeMetricFamily("prisn_peer_wire_version", "1 for the wire version "
+                                "(major.minor) each peer was last heard speaking; a major "
+                                "other than this node's means its messages are dropped.",
+                                labels=["peer", "version"])
+        for peer, version in sorted((getattr(shell, "wire_versions", None) or {}).items()):
+            fam.add_metric([str(peer), str(version)], 1)
         yield fam
 
 

@@ -8,7 +8,11 @@ one log write and one AppendEntries per peer.
 
 Invariants:
 - Only messages of peer types are accepted from the peer socket; anything else, and any frame
-  the codec refuses, is dropped and counted, never raised.
+  the codec refuses, is dropped and counted (by reason: malformed, unknown_type, wire_version),
+  never raised.
+- The wire version each member speaks is learned from every frame it sends (`wire_versions`,
+  "major.minor"); only current members are kept, so the map is bounded by the membership. A
+  change is logged (a warning when the major differs: that peer's frames are all dropped).
 - `status` is an immutable snapshot replaced (never mutated) after every step; other threads
   read it without a lock.
 - `SnapSend` (snapshot chunk requests) go to the peer's replicator control inbox; the raft
@@ -38,9 +42,13 @@ from actors.base import Actor
 from actors.replicator import ReplicatorActor
 from prisn.messages import (
     PEER_TYPES,
+    WIRE_MINOR,
+    WIRE_VERSION,
     ForwardPropose,
     ForwardProposeBatch,
     JoinRequest,
+    LogsReply,
+    LogsRequest,
     Msg,
     Propose,
     ProposeBatch,
@@ -50,7 +58,8 @@ from prisn.messages import (
 )
 from prisn.raft.boot import Membership
 from prisn.raft.core import RaftCore
-from transport.codec import encode
+from prisn.workloads.logfetch import peer_error
+from transport.codec import DecodeError, VersionMismatch, decode_versioned, encode
 from transport.curve import SERVER_FAILURE_EVENTS, CurveKeys, HandshakeWatcher, PeerAuthStats
 from transport.mailbox import MailboxFull, bind_peer_inbox, tcp_endpoint
 
@@ -61,6 +70,15 @@ MAX_ADDR_REPLICATORS = 16
 REMOVED_LINGER_S = 10.0  # a removed member's replicator outlives its removal this long
 REPL_FULL_LOG_S = 10.0  # at most one warning per peer this often about a full replicator inbox
 FORWARD_BATCH_BYTES = 4 << 20  # data per ForwardProposeBatch frame (the peer cap is 16 MiB)
+# Peer log messages (issue 14): relayed between the local API and a member's raft shell;
+# the core never sees them.
+LOG_TYPES = (LogsRequest, LogsReply)
+
+
+def _members(st) -> dict[str, str]:
+    """Voters and learners of `st` (test doubles may carry no real Membership)."""
+    members = getattr(getattr(st, "membership", None), "members", None)
+    return members() if callable(members) else {}
 
 
 def _pack_forwards(dst: str, fwds: list[ForwardPropose]) -> Msg:
@@ -84,6 +102,8 @@ class ShellStats:
     # not applied yet (None when caught up)
     behind_since: float | None = None
     replicators: dict = field(default_factory=dict)  # peer -> (sent, dropped)
+    peer_drops: dict = field(default_factory=dict)  # codec reason (not malformed) -> count
+    wire_versions: dict = field(default_factory=dict)  # member -> "major.minor" it speaks
 
 
 class RaftActor(Actor):
@@ -114,6 +134,7 @@ class RaftActor(Actor):
         self._leader_changes = 0
         self._last_leader = self.status.leader_id
         self._peer_dropped = 0
+        self._wire: dict[str, str] = {}  # member -> "major.minor" of its latest frame
         self._unroutable = 0
         self._last_stats = 0.0
         self._behind_since: float | None = None
@@ -145,13 +166,56 @@ class RaftActor(Actor):
                         batch.append(Propose(src=m.src, dst="raft", rid=item[0], data=item[1]))
                     else:
                         self.decoder.dropped += 1
+            elif type(m) in LOG_TYPES:
+                self._relay_out(m)
             else:
                 batch.append(m)
 
+    def _relay_out(self, m: Msg) -> None:
+        """The local API's log request or reply -> the replicator of member `m.dst` (raft
+        thread, never blocks). Not a member (or an address-only peer): dropped, counted in
+        `unroutable`; the API's wait for the answer times out."""
+        r = None if m.dst.startswith("@") or m.dst == self.node_id else self._replicator_for(m.dst)
+        if r is None:
+            self._unroutable += 1
+            return
+        self._send_repl(r, r.actor_name, encode(m))
+
+    def _relay_in(self, m: Msg) -> None:
+        """A member's log request or reply -> the local API (raft thread, never blocks); one
+        not for this node and cluster, not from another member or malformed is dropped."""
+        st = self.status
+        why = peer_error(m, me=self.node_id, cluster=getattr(st, "cluster_id", ""),
+                         members=_members(st))
+        if why is not None:
+            self._peer_dropped += 1
+            log.debug("dropped %s from %r: %s", m.T, m.src[:80], why)
+            return
+        try:
+            self.outbox.send_nowait("api", encode(m))  # type: ignore[union-attr]
+        except MailboxFull:
+            self._peer_dropped += 1  # the asking node times out (503)
+
     def _peer_frames(self, frames: list[bytes]) -> None:
-        for m in self.decode_all(frames):
+        dec = self.decoder  # local and peer frames: one count, split by reason
+        max_bytes = dec.max_bytes
+        wire = self._wire
+        for f in frames:
+            try:
+                m, minor = decode_versioned(f, max_bytes)
+            except VersionMismatch as e:
+                dec.count(e)
+                self._learn_wire(e.src, f"{e.version}.{e.minor}")
+                continue
+            except DecodeError as e:
+                dec.count(e)
+                continue
+            if wire.get(m.src) != (v := f"{WIRE_VERSION}.{minor}"):
+                self._learn_wire(m.src, v)
             if type(m) is ForwardProposeBatch:
                 self._unpack_forwards(m)
+            elif type(m) in LOG_TYPES:
+                self._relay_in(m)
             elif m.T not in PEER_TYPES:
                 self._peer_dropped += 1
                 log.warning("dropped %s from the peer socket: not a peer message", m.T)
@@ -161,6 +225,19 @@ class RaftActor(Actor):
                             m.node_id[:80], m.addr[:80])
             else:
                 self._batch.append(m)
+
+    def _learn_wire(self, src: str, version: str) -> None:
+        """Record (and log) that member `src` speaks `version`; others are ignored."""
+        if src == self.node_id or src not in _members(self.status):
+            return
+        old = self._wire.get(src)
+        self._wire[src] = version
+        if not version.startswith(f"{WIRE_VERSION}."):
+            log.warning("peer %s speaks wire version %s, this node %d.%d: its messages are "
+                        "dropped", src, version, WIRE_VERSION, WIRE_MINOR)
+        elif old is not None or version != f"{WIRE_VERSION}.{WIRE_MINOR}":
+            log.info("peer %s speaks wire version %s (was %s; this node %d.%d)", src, version,
+                     old or "unknown", WIRE_VERSION, WIRE_MINOR)
 
     def _unpack_forwards(self, m: ForwardProposeBatch) -> None:
         """A follower's batch of forwarded writes -> the ForwardPropose messages it packs;
@@ -380,16 +457,26 @@ class RaftActor(Actor):
             self._expire_lingering(now)
         if now - self._last_stats >= 0.1:
             self._last_stats = now
+            peer_drops = {r: n for r, n in self.decoder.drops.items() if r != "malformed"}
             self.stats = ShellStats(
                 leader_changes=self._leader_changes,
-                peer_dropped=self._peer_dropped + self.decoder.dropped,
+                peer_dropped=self._peer_dropped + self.decoder.dropped - sum(peer_drops.values()),
                 unroutable=self._unroutable,
                 repl_full=self._repl_full,
                 lag_seconds=self._lags(st, now),
                 behind_since=self._behind(st, now),
                 replicators={p: (r.sent, r.dropped + self._repl_full_by.get(p, 0))
                              for p, r in self._replicators.items()},
+                peer_drops=peer_drops,
+                wire_versions=self._wire_versions(st),
             )
+
+    def _wire_versions(self, st) -> dict[str, str]:
+        """The learned versions of current members (forgets removed ones)."""
+        members = _members(st)
+        for gone in [p for p in self._wire if p not in members]:
+            del self._wire[gone]
+        return dict(self._wire)
 
     def _behind(self, st, now: float) -> float | None:
         """Not leader: since when commit_index has been ahead of applied_index."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -33,7 +35,10 @@ def _env(name: str) -> str:
     return "PRISN_" + name.upper().replace("-", "_")
 
 
-def _opt(name: str, **kw):
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _opt(name: str, **kw: Any) -> Callable[[F], F]:
     return click.option(f"--{name}", envvar=_env(name), show_envvar=True, **kw)
 
 
@@ -158,8 +163,8 @@ def build_config(kw: dict) -> ServerConfig:
         write_timeout=wt,
         log_level=str(kw["log_level"]).lower(),
         log_format=str(kw.get("log_format") or "text").lower(),
-        snapshot_threshold=int(kw.get("snapshot_threshold", 8192)),  # type: ignore[call-overload]
-        trailing_logs=int(kw.get("trailing_logs", 10240)),  # type: ignore[call-overload]
+        snapshot_threshold=int(kw.get("snapshot_threshold", 8192)),
+        trailing_logs=int(kw.get("trailing_logs", 10240)),
         snapshot_interval=_interval(str(kw.get("snapshot_interval", "30s"))),
         **_security(kw),
     )
@@ -196,12 +201,12 @@ def _security(kw: dict) -> dict:
             raise ConfigError(f"{flag} {path!r} is not a readable file")
     out["tls_cert"], out["tls_key"] = cert, key
     out["metrics_auth"] = bool(kw.get("metrics_auth", False))
-    rate = float(kw.get("rate_limit", 1000.0))  # type: ignore[arg-type]
+    rate = float(kw.get("rate_limit", 1000.0))
     if not math.isfinite(rate):
         raise ConfigError("--rate-limit must be a finite number of requests/s (0 = unlimited)")
     out["rate_limit"] = rate
-    out["rate_burst"] = int(kw.get("rate_burst", 2000))  # type: ignore[call-overload]
-    out["max_connections"] = int(kw.get("max_connections", 1024))  # type: ignore[call-overload]
+    out["rate_burst"] = int(kw.get("rate_burst", 2000))
+    out["max_connections"] = int(kw.get("max_connections", 1024))
     out["max_spec_bytes"] = parse_size(str(kw.get("max_spec_bytes") or "1MiB"),
                                        "--max-spec-bytes")
     from prisn.workloads.artifacts import HARD_MAX_ARTIFACT_BYTES  # only for the server
@@ -212,11 +217,11 @@ def _security(kw: dict) -> dict:
         raise ConfigError(f"--max-artifact-bytes must be at most {HARD_MAX_ARTIFACT_BYTES} "
                           "(12MiB): one artifact travels in one log entry")
     out["namespace_max_deployments"] = int(
-        kw.get("namespace_max_deployments", 100_000))  # type: ignore[call-overload]
+        kw.get("namespace_max_deployments", 100_000))
     out["namespace_max_bytes"] = parse_size(str(kw.get("namespace_max_bytes") or "256MiB"),
                                             "--namespace-max-bytes")
-    out["max_inflight"] = int(kw.get("max_inflight", 10000))  # type: ignore[call-overload]
-    out["max_conns_per_ip"] = int(kw.get("max_conns_per_ip", 128))  # type: ignore[call-overload]
+    out["max_inflight"] = int(kw.get("max_inflight", 10000))
+    out["max_conns_per_ip"] = int(kw.get("max_conns_per_ip", 128))
     out["cors_origins"] = parse_origins(str(kw.get("cors_origins") or ""))
     out["allowed_hosts"] = parse_hosts(str(kw.get("allowed_hosts") or ""))
     return out
@@ -256,6 +261,10 @@ _register_ops(cli)  # operator commands: cluster, deploy, status, scale, delete
 from prisn.cli_snapshot import register as _register_snapshot  # noqa: E402
 
 _register_snapshot(cli)  # prisn snapshot save | status | restore
+
+from prisn.cli_secrets import register as _register_secrets  # noqa: E402
+
+_register_secrets(cli)  # prisn secret create | list | get | rotate | delete
 
 
 def _interval(value: str) -> float:

@@ -3,7 +3,8 @@
 `register(cli)` adds them to the root group defined in `prisn.cli`:
 
     prisn cluster status | health | remove <id> [--yes] [--wait] | election <node>
-    prisn deploy <source> ... | status [name] | scale <name> <n> | delete <name>
+    prisn deploy <source> ... [--wait] | status [name] | scale <name> <n> [--wait]
+    prisn delete <name> [--wait] | logs <name> [--instance I] [-f] [--tail BYTES]
 
 Common options, accepted on the root group (``prisn --server X status``), on the `cluster`
 group and on every command (``prisn status --server X``); the innermost one given wins:
@@ -17,12 +18,14 @@ group and on every command (``prisn status --server X``); the innermost one give
 - ``--token``: bearer token sent as ``Authorization: Bearer <token>`` (``PRISN_TOKEN``).
 
 Exit status: 0 success; 1 the server refused the request (its ``message`` is printed), no
-server answered, or `cluster health` found the cluster unhealthy; 2 bad usage.
+server answered, `cluster health` found the cluster unhealthy, or a ``--wait`` ended without
+its condition (CrashLoopBackOff, Failed, or --timeout passed); 2 bad usage.
 Nothing heavy is imported here: the commands start fast.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -353,6 +356,12 @@ def cluster_election(ctx: click.Context, node_id: str, wait: bool) -> None:
 
 
 # ---------------------------------------------------------------------- deployments
+def _wait_option(what: str) -> Callable[[Callable], Callable]:
+    """The ``--wait/--no-wait`` flag of a write; its deadline is --timeout."""
+    return click.option("--wait/--no-wait", default=False,
+                        help=f"Wait (up to --timeout) until {what}.")
+
+
 def _env_pairs(values: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in values:
@@ -390,7 +399,7 @@ _DETAIL = ("id", "name", "namespace", "type", "runtime", "source", "artifact", "
 
 
 def _detail(d: dict[str, Any]) -> str:
-    keys = [k for k in _DETAIL if k in d] + [k for k in d if k not in _DETAIL]
+    keys = [k for k in _DETAIL if k in d] + [k for k in d if k not in _DETAIL and k != "status"]
     width = max(len(k) for k in keys) + 1
     lines = []
     for k in keys:
@@ -422,6 +431,7 @@ def _detail(d: dict[str, Any]) -> str:
 @click.option("--type", "type_", type=click.Choice(["job", "service", "cronjob"]),
               help="Deployment type [default: cronjob with --schedule, service with "
                    "--port, else job].")
+@_wait_option("every replica is ready; exit 1 on CrashLoopBackOff, Failed or --timeout")
 @click.option("--entry", metavar="FILE",
               help="For a directory SOURCE: the file to run, relative to it [default: the "
                    "first of main.py, index.js, main.sh].")
@@ -431,8 +441,8 @@ def _detail(d: dict[str, Any]) -> str:
 @click.pass_context
 def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | None,
            runtime: str | None, port: int | None, replicas: int | None, env: tuple[str, ...],
-           args: tuple[str, ...], schedule: str | None, type_: str | None, entry: str | None,
-           no_upload: bool) -> None:
+           args: tuple[str, ...], schedule: str | None, type_: str | None,
+           wait: bool, entry: str | None, no_upload: bool) -> None:
     """Deploy SOURCE: a local file or directory is packed, uploaded as an artifact and the
     deployment created or updated to run it; anything else is stored as given (a script
     path on the nodes, or text) and created."""
@@ -455,10 +465,12 @@ def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | N
     c = _client(ctx)
     if not upload:
         r = _call(lambda: c.create(spec, namespace=namespace))
-        if _json_out(ctx):
+        if _json_out(ctx) and not wait:
             _print_json(r.body)
         else:
-            click.echo(f"created {_summary(r.body)}")
+            click.echo(f"created {_summary(r.body)}", err=_json_out(ctx))
+        if wait:
+            _wait_ready(ctx, c, r.body)
         return
     from prisn.workloads.artifacts import ArtifactError, digest_of, pack_path
 
@@ -479,20 +491,22 @@ def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | N
         verb = "updated"
     except ClientError as e:
         raise click.ClickException(str(e)) from None
-    if _json_out(ctx):
+    if _json_out(ctx) and not wait:
         _print_json({**r.body, "artifact_upload": up.body})
     else:
         click.echo(f"uploaded artifact {digest[:12]} ({len(data)} bytes, "
-                   f"{'new' if up.status == 201 else 'already stored'})")
-        click.echo(f"{verb} {_summary(r.body)}, running {entry_file}")
+                   f"{'new' if up.status == 201 else 'already stored'})", err=_json_out(ctx))
+        click.echo(f"{verb} {_summary(r.body)}, running {entry_file}", err=_json_out(ctx))
+    if wait:
+        _wait_ready(ctx, c, r.body)
 
 
 def _all_deployments(c: Client, namespace: str | None, strong: bool) -> dict[str, Any]:
     items: list[dict[str, Any]] = []
     offset = 0
     while True:
-        page = _call(lambda off=offset: c.deployments(namespace=namespace, limit=PAGE,
-                                                      offset=off, strong=strong)).body
+        page = _call(functools.partial(c.deployments, namespace=namespace, limit=PAGE,
+                                       offset=offset, strong=strong)).body
         batch = page.get("items", [])
         items.extend(batch)
         total = int(page.get("total", len(items)))
@@ -511,7 +525,8 @@ def _all_deployments(c: Client, namespace: str | None, strong: bool) -> dict[str
 @common_options
 @click.pass_context
 def status(ctx: click.Context, name: str | None, namespace: str | None, strong: bool) -> None:
-    """List deployments, or show deployment NAME."""
+    """List deployments (with their phase and READY ready/desired), or show deployment NAME
+    with a table of its instances."""
     c = _client(ctx)
     if name is not None:
         d = _call(lambda: c.deployment(name, namespace=namespace, strong=strong)).body
@@ -519,6 +534,7 @@ def status(ctx: click.Context, name: str | None, namespace: str | None, strong: 
             _print_json(d)
         else:
             click.echo(_detail(d))
+            click.echo(_status_text(d))
         return
     listing = _all_deployments(c, namespace, strong)
     if _json_out(ctx):
@@ -528,43 +544,266 @@ def status(ctx: click.Context, name: str | None, namespace: str | None, strong: 
     if not items:
         click.echo("no deployments")
         return
-    rows = [[d.get("namespace"), d.get("name"), d.get("type"), d.get("replicas"),
-             d.get("port") or None, d.get("runtime"), d.get("schedule"), d.get("generation"),
-             d.get("updated_at")] for d in items]
-    click.echo(table(["NAMESPACE", "NAME", "TYPE", "REPLICAS", "PORT", "RUNTIME", "SCHEDULE",
-                      "GEN", "UPDATED"], rows))
+    rows = [[d.get("namespace"), d.get("name"), d.get("type"), d.get("replicas"), _ready(d),
+             _phase(d), d.get("port") or None, d.get("runtime"), d.get("schedule"),
+             d.get("generation"), d.get("updated_at")] for d in items]
+    click.echo(table(["NAMESPACE", "NAME", "TYPE", "REPLICAS", "READY", "PHASE", "PORT",
+                      "RUNTIME", "SCHEDULE", "GEN", "UPDATED"], rows))
+
+
+# ---------------------------------------------------------------------- workload status
+# A deployment's `status` (issue 14 part 5): {phase, desired_replicas, ready_replicas,
+# restarts, message, instances: [{id, node, state, pid, started_at, exit_code, restarts}]}.
+# Servers (or deployments) without one show "-" everywhere.
+WAIT_POLL_S = 0.25  # `--wait`: how often the deployment is read again
+FAILED_PHASES = frozenset({"CrashLoopBackOff", "Failed"})
+
+
+def _status_of(d: dict[str, Any]) -> dict[str, Any] | None:
+    st = d.get("status")
+    return st if isinstance(st, dict) else None
+
+
+def _instances(d: dict[str, Any]) -> list[dict[str, Any]]:
+    st = _status_of(d)
+    items = st.get("instances") if st is not None else None
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def _phase(d: dict[str, Any]) -> str | None:
+    st = _status_of(d)
+    phase = st.get("phase") if st is not None else None
+    return str(phase) if phase is not None else None
+
+
+def _ready(d: dict[str, Any]) -> str | None:
+    """``ready/desired``, or None (shown '-') without a status."""
+    st = _status_of(d)
+    if st is None or st.get("ready_replicas") is None:
+        return None
+    return f"{st.get('ready_replicas')}/{st.get('desired_replicas', d.get('replicas'))}"
+
+
+def _since(value: Any) -> str | None:
+    """An instance's `started_at` (Unix milliseconds, or an ISO text) as UTC ISO seconds."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value / 1000))
+        except (OverflowError, OSError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def _instance_rows(d: dict[str, Any]) -> list[list[Any]]:
+    return [[i.get("id"), i.get("node"), i.get("state"), i.get("pid"),
+             _since(i.get("started_at")), i.get("restarts"), i.get("exit_code")]
+            for i in _instances(d)]
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    """The phase line, the status message and the instance table of one deployment."""
+    st = _status_of(d)
+    if st is None:
+        return f"{'phase:'.ljust(11)} - (no status reported)"
+    lines = [f"{'phase:'.ljust(11)} {st.get('phase') or '-'}  READY {_ready(d) or '-'}  "
+             f"restarts {st.get('restarts', '-')}"]
+    if st.get("message"):
+        lines.append(f"{'message:'.ljust(11)} {st['message']}")
+    rows = _instance_rows(d)
+    lines.append("")
+    lines.append(table(["INSTANCE", "NODE", "STATE", "PID", "SINCE", "RESTARTS", "EXIT"], rows)
+                 if rows else "no instances")
+    return "\n".join(lines)
+
+
+def _progress(seen: dict[str, tuple[Any, ...]], d: dict[str, Any]) -> list[str]:
+    """One line per instance whose (node, state, pid) changed since `seen` (updated)."""
+    out = []
+    for i in _instances(d):
+        key = str(i.get("id"))
+        now = (i.get("node"), i.get("state"), i.get("pid"))
+        if seen.get(key) != now:
+            seen[key] = now
+            pid = f" pid {i['pid']}" if i.get("pid") is not None else ""
+            code = f" exit {i['exit_code']}" if i.get("exit_code") is not None else ""
+            out.append(f"  {key}: {i.get('state') or '-'} on {i.get('node') or '-'}{pid}{code}")
+    return out
+
+
+def _read_for_wait(c: Client, name: str, namespace: str) -> tuple[dict[str, Any] | None, str]:
+    """(the deployment or None if the server says 404, why it could not be read or "")."""
+    try:
+        r = c.deployment(name, namespace=namespace)
+    except ApiError as e:
+        if e.status == 404:
+            return None, ""
+        return {}, str(e)
+    except ClientError as e:
+        return {}, str(e)
+    return (r.body, "") if isinstance(r.body, dict) else ({}, f"HTTP {r.status}: not JSON")
+
+
+def _wait_ready(ctx: click.Context, c: Client, dep: dict[str, Any]) -> None:
+    """Poll deployment `dep` until its status says ready == desired (then print it, or its
+    JSON with -o json), or fail (exit 1, with the status message) on a phase in
+    FAILED_PHASES or when --timeout passes. Instance changes go to stderr as they happen.
+    A job or cron job without a status has nothing to wait for (exit 0 at once)."""
+    name, ns = str(dep.get("name")), str(dep.get("namespace") or "default")
+    deadline = time.monotonic() + c.timeout
+    seen: dict[str, tuple[Any, ...]] = {}
+    why = ""
+    while True:
+        d, err = _read_for_wait(c, name, ns)
+        if d is None:
+            raise click.ClickException(f"deployment {ns}/{name} was deleted while waiting")
+        st = _status_of(d) if d else None
+        if d:
+            for line in _progress(seen, d):
+                click.echo(line, err=True)
+        if st is not None:
+            desired = st.get("desired_replicas", d.get("replicas"))
+            ready = st.get("ready_replicas")
+            phase = st.get("phase")
+            if phase in FAILED_PHASES:
+                raise click.ClickException(
+                    f"{ns}/{name} is {phase} (READY {_ready(d)}): "
+                    f"{st.get('message') or 'no message'}")
+            if ready is not None and ready == desired:
+                break
+            why = f"READY {_ready(d) or '-'}, phase {phase or '-'}" + (
+                f": {st['message']}" if st.get("message") else "")
+        elif d and d.get("type", "service") != "service":
+            click.echo(f"{ns}/{name} is a {d.get('type')}: no instances to wait for",
+                       err=_json_out(ctx))
+            if _json_out(ctx):
+                _print_json(d)
+            return
+        elif d:
+            why = "the server reports no status for it"
+        else:
+            why = err
+        if time.monotonic() >= deadline:
+            raise click.ClickException(f"{ns}/{name} not ready after {c.timeout:g}s ({why})")
+        time.sleep(WAIT_POLL_S)  # polling the server's view with a deadline
+    if _json_out(ctx):
+        _print_json(d)
+    else:
+        click.echo(f"{ns}/{name} ready: {_ready(d)} ({_phase(d) or '-'})")
+
+
+def _wait_deleted(c: Client, name: str, ns: str) -> None:
+    """Poll until the server lists no instance of `ns/name`: a 404, or a status with no
+    instances (deadline: --timeout; exit 1 after it)."""
+    deadline = time.monotonic() + c.timeout
+    seen: dict[str, tuple[Any, ...]] = {}
+    while True:
+        d, err = _read_for_wait(c, name, ns)
+        if d is None:
+            return
+        if d:
+            for line in _progress(seen, d):
+                click.echo(line, err=True)
+            if _status_of(d) is not None and not _instances(d):
+                return
+        if time.monotonic() >= deadline:
+            left = len(_instances(d)) if d else "?"
+            raise click.ClickException(f"{ns}/{name} still lists {left} instance(s) after "
+                                       f"{c.timeout:g}s{f' ({err})' if err else ''}")
+        time.sleep(WAIT_POLL_S)  # polling the server's view with a deadline
 
 
 @click.command("scale")
 @click.argument("name")
 @click.argument("replicas", type=int)
 @click.option("--namespace", help="The deployment's namespace [default: default].")
+@_wait_option("every replica is ready; exit 1 on CrashLoopBackOff, Failed or --timeout")
 @common_options
 @click.pass_context
-def scale(ctx: click.Context, name: str, replicas: int, namespace: str | None) -> None:
+def scale(ctx: click.Context, name: str, replicas: int, namespace: str | None,
+          wait: bool) -> None:
     """Set the number of replicas of deployment NAME."""
     c = _client(ctx)
     d = _call(lambda: c.scale(name, replicas, namespace=namespace)).body
-    if _json_out(ctx):
+    if _json_out(ctx) and not wait:
         _print_json(d)
     else:
-        click.echo(f"scaled {_summary(d)}")
+        click.echo(f"scaled {_summary(d)}", err=_json_out(ctx))
+    if wait:
+        _wait_ready(ctx, c, d)
 
 
 @click.command("delete")
 @click.argument("name")
 @click.option("--namespace", help="The deployment's namespace [default: default].")
+@_wait_option("no instance of NAME is listed any more")
 @common_options
 @click.pass_context
-def delete(ctx: click.Context, name: str, namespace: str | None) -> None:
-    """Delete deployment NAME."""
+def delete(ctx: click.Context, name: str, namespace: str | None, wait: bool) -> None:
+    """Delete deployment NAME (its instances are stopped)."""
     c = _client(ctx)
     _call(lambda: c.delete(name, namespace=namespace))
     ns = namespace or "default"
+    if wait:
+        _wait_deleted(c, name, ns)
     if _json_out(ctx):
         _print_json({"deleted": name, "namespace": ns})
     else:
         click.echo(f"deleted {ns}/{name}")
+
+
+# ---------------------------------------------------------------------- logs
+LOGS_CHUNK = 1 << 20  # bytes asked per request (the server's cap)
+LOGS_MAX_CHUNKS = 10_000  # without -f: at most this many requests (the files are bounded)
+FOLLOW_POLL_S = 0.5  # -f: pause after an answer with no new output
+
+
+@click.command("logs")
+@click.argument("name")
+@click.option("--namespace", help="The deployment's namespace [default: default].")
+@click.option("--instance", "instance", metavar="I",
+              help="Instance: a replica index (0, 1, ...) or an instance id as `prisn status "
+                   "NAME` lists it [default: the lowest replica index].")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
+@click.option("--tail", type=click.IntRange(min=0), metavar="BYTES",
+              help="Start at the last BYTES bytes [default: everything kept].")
+@common_options
+@click.pass_context
+def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | None,
+         follow: bool, tail: int | None) -> None:
+    """Print the output (stdout and stderr) of an instance of deployment NAME, read through
+    any node: the server fetches it from the node that runs the instance. With -o json,
+    each chunk the server answers is one line of JSON."""
+    c = _client(ctx)
+    iid = instance
+    offset: int | None = None
+    as_json = _json_out(ctx)
+    try:
+        for n in range(LOGS_MAX_CHUNKS if not follow else sys.maxsize):
+            first = n == 0
+            chunk = _call(functools.partial(
+                c.logs, name, namespace=namespace, instance=iid, offset=offset,
+                tail=tail if first and offset is None else None, limit=LOGS_CHUNK,
+                follow=follow and not first)).body
+            data = chunk.get("data")
+            text = data if isinstance(data, str) else ""
+            nxt = chunk.get("next_offset")
+            if as_json:  # one object per line (JSON lines), for a pipe into jq
+                click.echo(json.dumps(chunk, separators=(",", ":")))
+            elif text:
+                click.echo(text, nl=False)
+            if iid is None and isinstance(chunk.get("instance"), str):
+                iid = chunk["instance"]  # keep reading the same instance
+            moved = isinstance(nxt, int) and nxt != offset and bool(text)
+            if isinstance(nxt, int):
+                offset = nxt
+            if not moved:
+                if not follow:
+                    break
+                time.sleep(FOLLOW_POLL_S)  # the server had nothing new: ask again shortly
+    except KeyboardInterrupt:
+        pass
 
 
 # ---------------------------------------------------------------------- registration
@@ -575,6 +814,6 @@ def register(root: click.Group) -> None:
         opt = click.Option(list(decls), **kw)
         if opt.name not in names:
             root.params.append(opt)
-    for cmd in (cluster, deploy, status, scale, delete):
+    for cmd in (cluster, deploy, status, scale, delete, logs):
         root.add_command(cmd)
 

@@ -355,6 +355,16 @@ class Client:
         return self.request("DELETE", f"/api/v1/deployments/{_seg(name)}",
                             query={"namespace": namespace})
 
+    def logs(self, name: str, *, namespace: str | None = None, instance: str | None = None,
+             offset: int | None = None, tail: int | None = None, limit: int | None = None,
+             follow: bool = False) -> Response:
+        """One chunk of an instance's output: ``{instance, node, offset, next_offset, data,
+        truncated}`` (GET /api/v1/deployments/{name}/logs)."""
+        return self.request("GET", f"/api/v1/deployments/{_seg(name)}/logs",
+                            query={"namespace": namespace, "instance": instance,
+                                   "offset": offset, "tail": tail, "limit": limit,
+                                   "follow": "true" if follow else None})
+
 
 def _retry_after(headers: dict[str, str]) -> float:
     """Seconds to wait before retrying a 503: its ``Retry-After`` (seconds; an HTTP date or

@@ -16,6 +16,7 @@ import logging
 import sys
 import threading
 import time
+import types
 from typing import Any
 
 LOG_FORMATS = ("text", "json")
@@ -100,7 +101,8 @@ def _json_hooks() -> None:
     logging.captureWarnings(True)
     crash = logging.getLogger("prisn.crash")
 
-    def main_hook(typ, value, tb) -> None:  # type: ignore[no-untyped-def]
+    def main_hook(typ: type[BaseException], value: BaseException,
+                  tb: types.TracebackType | None) -> None:
         if issubclass(typ, KeyboardInterrupt):
             sys.__excepthook__(typ, value, tb)
             return
@@ -111,7 +113,8 @@ def _json_hooks() -> None:
             return
         crash.critical("uncaught %s in thread %s: %s", args.exc_type.__name__,
                        args.thread.name if args.thread else "?", args.exc_value,
-                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+                       exc_info=(args.exc_type, args.exc_value,  # type: ignore[arg-type]
+                                 args.exc_traceback))  # exc_value: None only for odd raises
 
     sys.excepthook = main_hook
     threading.excepthook = thread_hook

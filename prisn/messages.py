@@ -4,8 +4,11 @@ Pure module: no I/O. The codec (`transport.codec`) is the only place where bytes
 objects; it checks each field against the annotation below, so a field may only use the types
 the codec knows: int, bool, str, bytes, None, and list/dict of those (see `FIELD_KINDS`).
 
-Envelope (one CBOR map per ZeroMQ frame 0): `v` wire version, `t` message type, then the
-message's own fields. `src`/`dst` are node ids on peer messages and actor names inside a node.
+Envelope (one CBOR map per ZeroMQ frame 0): `v` major wire version, `m` minor wire version
+(omitted while 0), `t` message type, then the message's own fields (never named v, m or t).
+Compatibility rule (docs/operations.md, "Rolling upgrade"): a minor version only adds
+optional fields or new message types, which older nodes ignore or drop; anything else is a
+new major version, which nodes of another major refuse. `src`/`dst` are node ids on peer messages and actor names inside a node.
 
 Log entries travel as `Entry` tuples ``[index, term, kind, data]`` (see `EntryKind`); `data` is
 opaque bytes to Raft and decoded only by the state machine.
@@ -13,11 +16,13 @@ opaque bytes to Raft and decoded only by the state machine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import Any, ClassVar, dataclass_transform
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
-WIRE_VERSION = 1
+WIRE_VERSION = 1  # major: a peer with another one is refused (dropped, counted, logged)
+WIRE_MINOR = 0  # minor: optional additions only; 0 is not written (byte-identical frames)
 
 # [index, term, kind, data]
 Entry = list
@@ -42,11 +47,14 @@ class Role(IntEnum):
 REGISTRY: dict[str, type[Msg]] = {}
 
 
+_M = TypeVar("_M", bound="Msg")
+
+
 @dataclass_transform(kw_only_default=True, frozen_default=True)
-def message(type_name: str):
+def message(type_name: str) -> Callable[[type[_M]], type[_M]]:
     """Class decorator: a frozen, slotted, keyword-only dataclass registered under `type_name`."""
 
-    def wrap(cls):
+    def wrap(cls: type[_M]) -> type[_M]:
         cls.T = type_name
         dc = dataclass(frozen=True, slots=True, kw_only=True)(cls)
         if type_name in REGISTRY:
@@ -517,6 +525,38 @@ class RunnerStatus(Msg):
     node: str
     reports: list
 
+# --------------------------------------------------------------------------- workloads: logs
+@message("logs.request")
+class LogsRequest(Msg):
+    """API of node `src` -> node `dst` (over the peer link, relayed by both raft shells): read
+    up to `limit` bytes of `instance`'s output from `offset`, or its last `tail` bytes (-1:
+    not given). Bounds: `prisn.workloads.logfetch.request_error`."""
+
+    cluster: str
+    rid: int
+    instance: str
+    offset: int = -1
+    tail: int = -1
+    limit: int = 1 << 20
+
+
+@message("logs.reply")
+class LogsReply(Msg):
+    """Node `src` -> the asking node `dst`: the answer to LogsRequest `rid`. `code` 200 with
+    bytes [`offset`, `next_offset`) in `data` (at most 1 MiB), else an HTTP status and
+    `reason`. `truncated`: the asked offset was older than what the files keep."""
+
+    cluster: str
+    rid: int
+    code: int = 200
+    reason: str = ""
+    instance: str = ""
+    offset: int = 0
+    next_offset: int = 0
+    truncated: bool = False
+    data: bytes = b""
+
+
 PEER_TYPES = frozenset(
     t for t, c in REGISTRY.items() if any(f.name == "cluster" for f in fields(c))
 )
@@ -537,6 +577,8 @@ _FIELDS: dict[type, tuple[str, ...]] = {}
 def to_map(msg: Msg) -> dict[str, Any]:
     """The envelope map of `msg` (not yet CBOR)."""
     d: dict[str, Any] = {"v": WIRE_VERSION, "t": msg.T}
+    if WIRE_MINOR:
+        d["m"] = WIRE_MINOR
     for name in fields_of(type(msg)):
         d[name] = getattr(msg, name)
     return d

@@ -19,18 +19,21 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import zmq
 
 from actors.api.actor import ApiActor, tls_context
 from actors.api.bridge import RaftNodeClient, build_status
+from actors.api.node import NodeStatus
 from actors.logstore import LogStoreActor
 from actors.metrics import (
     LogStoreCollector,
     NodeMetrics,
     PeerAuthCollector,
     PeerDropsCollector,
+    PeerWireCollector,
     SnapshotCollector,
 )
 from actors.raft import RaftActor
@@ -42,7 +45,9 @@ from prisn.config import ConfigError, ServerConfig
 from prisn.fsm.deployments import DeploymentStore
 from prisn.logs import setup_logging
 from prisn.messages import EntryKind, Role, TransferLeadership
+from prisn.raft.boot import BootState
 from prisn.raft.core import RaftCore, RaftOptions
+from prisn.secretbox import UNENCRYPTED_WARNING
 from prisn.snapshots import BootError, SnapshotStore, assemble_boot
 from prisn.storage import LogStorage, StorageError
 from transport.codec import encode
@@ -218,10 +223,10 @@ class Node:
 
         raft_holder: dict = {}
 
-        def raft_status():
+        def raft_status() -> Any:
             return raft_holder["raft"].status
 
-        def raft_stats():
+        def raft_stats() -> Any:
             return raft_holder["raft"].stats
 
         metrics = NodeMetrics(status=self.node_status, deployments=store.count)
@@ -230,12 +235,16 @@ class Node:
         metrics.registry.register(PeerDropsCollector(
             lambda: self.raft.stats if self.raft is not None else None,
             lambda: self.raft.status if self.raft is not None else None))
+        metrics.registry.register(PeerWireCollector(
+            lambda: self.raft.stats if self.raft is not None else None))
         self.metrics = metrics
 
+        def observe_fsync(seconds: float, entries: int) -> None:
+            metrics.observe_fsync(seconds)
+            metrics.observe_batch(entries)
+
         logstore = LogStoreActor(self.storage, self.ctx, cfg.node_id,
-                                 observe_fsync=lambda s, n: (metrics.observe_fsync(s),
-                                                             metrics.observe_batch(n)),
-                                 on_failure=fail)
+                                 observe_fsync=observe_fsync, on_failure=fail)
         metrics.registry.register(LogStoreCollector(lambda: logstore))
         sup.start(logstore)
         self.fsm = StateMachineActor(self.ctx, cfg.node_id, store, snapshots=snaps,
@@ -287,7 +296,7 @@ class Node:
                             max_body=cfg.max_body_bytes, config=cfg, on_failure=fail)
         sup.start(self.api)
 
-    def node_status(self):
+    def node_status(self) -> NodeStatus:
         """The API's NodeStatus (any thread; used by the metrics collector at scrape time)."""
         api = self.api
         if api is not None and api.client is not None:
@@ -382,7 +391,7 @@ def _founding(cfg: ServerConfig, addr: str, fresh: bool) -> dict:
     return out
 
 
-def _boot_cluster(boot) -> str:
+def _boot_cluster(boot: BootState) -> str:
     """The cluster id of the newest configuration in the recovered state ("" if none)."""
     for e in reversed(boot.entries):
         if e[2] == EntryKind.CONFIG:
@@ -458,7 +467,10 @@ def run(cfg: ServerConfig) -> int:
             log.warning("--cluster-key-file %s may be read by other users: chmod 600 it",
                         cfg.cluster_key_file)
         if not cfg.cluster:
-            log.info("--cluster-key-file is unused: this node is not clustered")
+            log.info("--cluster-key-file only encrypts secrets at rest: this node is not "
+                     "clustered")
+    else:
+        log.warning(UNENCRYPTED_WARNING)
     if (cfg.cluster and not (cfg.bootstrap or cfg.peers or cfg.force_new_cluster)
             and not (Path(cfg.data_dir) / "raft").exists()):
         # bad configuration: refuse before creating anything

@@ -373,7 +373,7 @@ def assemble_boot(stored: BootState, snap: SnapshotMeta | None) -> tuple[BootSta
     else:
         t = None
     commit = max(stored.commit, snap.index)
-    common = dict(term=stored.term, vote=stored.vote, commit=commit,
+    common: dict[str, Any] = dict(term=stored.term, vote=stored.vote, commit=commit,
                   snapshot_index=snap.index, snapshot_term=snap.term,
                   snapshot_membership=snap.membership, snapshot_file=snap.path,
                   snapshot_id=snap.checksum, snapshot_size=snap.size)

@@ -332,7 +332,7 @@ class LogStorage:
     def _entry_iter(self, fill_cache: bool = True) -> Any:
         ro = rocksdict.ReadOptions()
         ro.set_iterate_upper_bound(ENTRY_END)
-        ro.fill_cache(fill_cache)
+        ro.fill_cache(fill_cache)  # type: ignore[call-arg]  # the stub lacks the argument
         return self._db.iter(ro)
 
     def _scan_last(self) -> int:

@@ -9,36 +9,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import pty
+import select
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll `cond` until it returns a truthy value or `timeout` passes (then AssertionError)."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            v = cond()
-            if v:
-                return v
-        except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
-            last_exc = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+from tests.helpers import free_port, wait_for  # the shared helpers (re-exported)
 
 
 @dataclass
@@ -204,3 +185,42 @@ def leader_of(nodes: list[ServerProc], timeout: float = 15.0) -> ServerProc:
         return None
 
     return wait_for(agreed, timeout, "one agreed leader")
+
+
+CLI_TIMEOUT = 60
+
+
+def on_a_terminal(args: list[str], answer: str | None) -> tuple[int, str]:
+    """Run `prisn ARGS` with stdin, stdout and stderr on a pseudo-terminal; type `answer`
+    once the question appears (None: expect no question). (exit code, everything shown)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISN_")}
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "prisn.cli", *args], stdin=slave,
+                         stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    shown = b""
+    typed = False
+    deadline = time.monotonic() + CLI_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([master], [], [], 0.1)
+            if r:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = b""
+                if not chunk and p.poll() is not None:
+                    break
+                shown += chunk
+            elif p.poll() is not None:
+                break
+            if answer is not None and not typed and b"[y/N]" in shown:
+                os.write(master, answer.encode() + b"\n")
+                typed = True
+        code = p.wait(5)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    return code, shown.decode(errors="replace")

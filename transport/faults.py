@@ -28,6 +28,11 @@ Control file::
 - ``reorder``: probability that a frame is held back a further uniform(0, ``reorder_ms``) ms
   outside the FIFO, so frames sent after it overtake it.
 - ``drop``: probability that a frame is discarded (counted, as a full queue would be).
+- ``wire``: pretend the sender speaks a newer minor wire version (the rolling-upgrade test,
+  tests/unit/test_wire_compat.py): ``{"minor": 1, "extra": {"x_new": [1, "a"]},
+  "unknown_every": 5}`` rewrites every frame to carry ``m`` = minor and the extra fields,
+  and after every ``unknown_every``-th frame (0: never) sends a message of a type no node
+  knows (``x.future``, with the same extra fields). Counted as ``rewritten`` and ``unknown``.
 
 Every random choice comes from one `random.Random` per link, seeded with ``seed``, the node id
 and the peer, and re-seeded when the file's seed changes.
@@ -78,7 +83,7 @@ def maybe_wrap(actor: Any, sock: zmq.Socket) -> zmq.Socket:
 
 
 class LinkRule:
-    __slots__ = ("delay", "jitter", "dup", "reorder", "reorder_ms", "drop")
+    __slots__ = ("delay", "jitter", "dup", "reorder", "reorder_ms", "drop", "wire")
 
     def __init__(self, d: dict) -> None:
         self.delay = max(0.0, float(d.get("delay_ms", 0))) / 1000
@@ -87,10 +92,50 @@ class LinkRule:
         self.reorder = _prob(d.get("reorder", 0))
         self.reorder_ms = max(0.0, float(d.get("reorder_ms", 0))) / 1000
         self.drop = _prob(d.get("drop", 0))
+        w = d.get("wire")
+        self.wire = WireRewrite(w) if isinstance(w, dict) else None
 
     @property
     def idle(self) -> bool:
-        return not (self.delay or self.jitter or self.dup or self.reorder or self.drop)
+        return not (self.delay or self.jitter or self.dup or self.reorder or self.drop
+                    or self.wire)
+
+    @property
+    def faulty(self) -> bool:
+        """Anything but the wire rewrite."""
+        return bool(self.delay or self.jitter or self.dup or self.reorder or self.drop)
+
+
+UNKNOWN_TYPE = "x.future"
+
+
+class WireRewrite:
+    """A newer minor wire version's frames, made from this node's (the ``wire`` rule)."""
+
+    __slots__ = ("minor", "extra", "unknown_every")
+
+    def __init__(self, d: dict) -> None:
+        self.minor = max(0, int(d.get("minor", 1)))
+        extra = d.get("extra", {})
+        self.extra = dict(extra) if isinstance(extra, dict) else {}
+        self.unknown_every = max(0, int(d.get("unknown_every", 0)))
+
+    def rewrite(self, payload: bytes, n: int) -> list[bytes]:
+        """The frames to send for `payload`, the link's `n`-th frame (1-based)."""
+        import cbor2  # only the test-only path needs it here
+
+        d = cbor2.loads(payload)
+        if not isinstance(d, dict):
+            return [payload]
+        new = {**d, **self.extra}
+        if self.minor:
+            new["m"] = self.minor
+        out = [cbor2.dumps(new)]
+        if self.unknown_every and n % self.unknown_every == 0:
+            out.append(cbor2.dumps({"v": d.get("v"), "m": self.minor, "t": UNKNOWN_TYPE,
+                                    "src": d.get("src", ""), "dst": d.get("dst", ""),
+                                    "cluster": d.get("cluster", ""), **self.extra}))
+        return out
 
 
 def _prob(v: Any) -> float:
@@ -139,6 +184,7 @@ class FaultySocket(zmq.Socket):
     _stats_dirty: bool
     _next_stats: float
     _stats_path: str
+    _seq_wire: int
 
     def _setup(self, actor: Any, real: zmq.Socket, path: str) -> None:
         self._actor = actor
@@ -156,9 +202,10 @@ class FaultySocket(zmq.Socket):
         self._seq = 0
         self._fifo_due = 0.0
         self.stats = {"released": 0, "delayed": 0, "duplicated": 0, "reordered": 0, "dropped": 0,
-                      "held": 0}
+                      "held": 0, "rewritten": 0, "unknown": 0}
         self._stats_dirty = False
         self._next_stats = 0.0
+        self._seq_wire = 0
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self._src}__{peer}")
         self._stats_path = os.path.join(path + ".stats", safe + ".json")
         self._reseed(None)
@@ -204,13 +251,33 @@ class FaultySocket(zmq.Socket):
         self._rule = rule
 
     # ------------------------------------------------------------------ sending
-    def send(self, data: Any, flags: int = 0, copy: bool = True, track: bool = False,
-             **kw: Any) -> Any:
+    def send(self, data: Any, flags: int = 0, copy: bool = True,  # type: ignore[override]
+             track: bool = False, **kw: Any) -> Any:
         now = time.monotonic()
         self._reload(now)
         rule = self._rule
+        if rule is not None and rule.wire is not None:
+            self._seq_wire += 1
+            frames = rule.wire.rewrite(bytes(data), self._seq_wire)
+            self.stats["rewritten"] += 1
+            self.stats["unknown"] += len(frames) - 1
+            self._stats_dirty = True
+            if not rule.faulty and not self._heap:
+                for f in frames:
+                    self._send_now(f, flags, copy, track, **kw)
+                return None
+            for f in frames:
+                self._send_faulty(f, now, rule)
+            self.release(now)
+            return None
         if rule is None and not self._heap:
             return self._send_now(data, flags, copy, track, **kw)
+        self._send_faulty(data, now, rule)
+        self.release(now)
+        return None
+
+    def _send_faulty(self, data: Any, now: float, rule: LinkRule | None) -> None:
+        """Apply `rule`'s faults to one frame (held, duplicated or dropped; never sent here)."""
         if rule is None:
             self._hold(now, bytes(data), fifo=True)
         else:
@@ -218,7 +285,7 @@ class FaultySocket(zmq.Socket):
             self._stats_dirty = True
             if rule.drop and rng.random() < rule.drop:
                 self.stats["dropped"] += 1
-                return None
+                return
             copies = 2 if rule.dup and rng.random() < rule.dup else 1
             if copies == 2:
                 self.stats["duplicated"] += 1
@@ -235,8 +302,6 @@ class FaultySocket(zmq.Socket):
                     if delay:
                         self.stats["delayed"] += 1
                     self._hold(now + delay, payload, fifo=True)
-        self.release(now)
-        return None
 
     def _hold(self, due: float, payload: bytes, *, fifo: bool) -> None:
         if fifo:

@@ -26,6 +26,9 @@ from actors.api.quotas import Quotas
 from actors.base import Actor
 from actors.metrics import HttpLimitsCollector, InflightCollector, NodeMetrics
 from prisn.config import ConfigError, ServerConfig
+from prisn.fsm.secrets import SecretFactory
+from prisn.secretbox import SecretBox
+from transport.curve import read_key_file
 
 log = logging.getLogger("prisn.api")
 
@@ -122,6 +125,8 @@ class ApiActor(Actor):
     async def _start(self) -> None:
         self.client = self.client_factory()
         self.client.open()
+        if self.config is not None and self.config.data_dir:
+            self.client.log_dir = self.config.data_dir  # the runner's instance output
         auth = None
         if self.config is not None:
             auth = Authenticator(self.config.api_key, metrics_auth=self.config.metrics_auth)
@@ -143,6 +148,8 @@ class ApiActor(Actor):
         app.ctx.quotas = Quotas(cfg.max_spec_bytes, cfg.namespace_max_deployments,
                                 cfg.namespace_max_bytes,
                                 max_artifact_bytes=cfg.max_artifact_bytes)
+        if cfg.cluster_key_file:  # checked by `prisn.server.run` before the actors start
+            app.ctx.secrets = SecretFactory(SecretBox(read_key_file(cfg.cluster_key_file)))
         if 0 < cfg.rate_limit < math.inf:  # 0 (and inf) = unlimited: no limiter at all
             app.ctx.limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst)
         tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None

@@ -23,10 +23,11 @@ import asyncio
 import time
 from typing import Any
 
-from actors.api.app import DEFAULT_LIMIT, MAX_LIMIT, BaseHandler
 from actors.api.auth import READ, WRITE
 from actors.api.errors import BadRequest, NotFound
 from actors.api.guard import UnsupportedMediaType, has_body
+from actors.api.handler import BaseHandler
+from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT
 from prisn.fsm.artifacts import ArtifactFactory
 from prisn.fsm.commands import check_key, new_id
 from prisn.fsm.validation import ValidationError

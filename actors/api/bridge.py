@@ -11,6 +11,8 @@ deadline. Invariants:
   nothing is registered for a request that cannot be encoded (`BadRequest`).
 - A timed-out write may still commit later (its idempotency key makes a retry harmless); the
   503 message says so.
+- Concurrent strong reads share one ReadIndex (`BarrierBatch`): at most one is under way,
+  and a read only joins a batch whose ReadIndex has not been sent yet.
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zmq
 
 from actors.api.errors import BadRequest, Unavailable, consensus_error
-from actors.api.node import NodeInfo, NodeStatus
+from actors.api.node import BarrierBatch, NodeInfo, NodeStatus
 from prisn.fsm.commands import encode_entry
 from prisn.fsm.deployments import DeploymentStore
 from prisn.fsm.results import Result
 from prisn.messages import (
     Applied,
+    LogsReply,
+    LogsRequest,
     Msg,
     ProposeBatch,
     ReadIndex,
@@ -48,6 +52,9 @@ from transport.mailbox import bind_inbox
 
 log = logging.getLogger("prisn.api")
 
+MAX_LOG_SERVES = 16  # peers' log requests read at once on this node; more answer 503
+LOG_RESEND_S = 1.0  # a log request not answered yet is sent again this often
+MAX_LOCAL_READS = 4  # log file reads in the default executor at once (local and for peers)
 EXPIRY_SWEEP_S = 0.05  # how often expired waiters are failed (their deadline granularity)
 TIMEOUT_MESSAGE = "the write was not confirmed within {t:g}s"
 
@@ -87,6 +94,15 @@ class RaftNodeClient:
         self._ready_latched = False
         self._metrics = metrics
         self._tick_seconds = tick_seconds
+        # Log reads (issue 14): the data dir the runner writes instance output under (None:
+        # unknown, log reads answer 503), the node asked per pending LogsRequest rid (a reply
+        # from any other node is ignored) and the peers' requests being served.
+        self.log_dir: str | None = None
+        self._log_asks: dict[int, str] = {}
+        self._log_serves = 0
+        self._log_tasks: set[asyncio.Task] = set()  # referenced until done
+        self._log_reads: asyncio.Semaphore | None = None
+        self.barriers = BarrierBatch(self._read_index)
 
     # ------------------------------------------------------------------ lifecycle (IOLoop)
     def open(self) -> None:
@@ -148,6 +164,14 @@ class RaftNodeClient:
                 _, _, fut = heapq.heappop(heap)
                 if not fut.done():
                     fut.set_result(None)
+        elif isinstance(msg, LogsReply):
+            if self._log_asks.get(msg.rid) != msg.src:
+                return  # not an answer we wait for from that node
+            fut = self._waiters.pop(msg.rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, LogsRequest):
+            self._serve_logs(msg)
         elif isinstance(msg, Reply):
             fut = self._waiters.pop(msg.rid, None)
             if fut is None or fut.done():
@@ -243,7 +267,12 @@ class RaftNodeClient:
                 if fut is not None and not fut.done():
                     fut.set_exception(Unavailable("the raft actor's queue is full; retry"))
 
-    async def read_barrier(self, timeout: float) -> None:
+    def read_barrier(self, timeout: float) -> Awaitable[None]:
+        """The next shared barrier (`BarrierBatch`; `NodeClient.read_barrier`)."""
+        return self.barriers.join(timeout)
+
+    async def _read_index(self, timeout: float) -> None:
+        """One barrier: a ReadIndex to raft, then wait until this node applied its index."""
         deadline = time.monotonic() + timeout
         rid, fut = self._request(lambda rid: ReadIndex(src="api", dst="raft", rid=rid))
         msg = f"could not confirm leadership for a strong read within {timeout:g}s (no quorum?)"
@@ -277,6 +306,125 @@ class RaftNodeClient:
                               f"removal of {node_id} was not committed within {timeout:g}s")
         finally:
             self._waiters.pop(rid, None)
+
+    # ------------------------------------------------------------------ logs (issue 14)
+    async def read_logs(self, node: str, instance: str, *, offset: int | None,
+                        tail: int | None, limit: int, timeout: float) -> LogsReply:
+        """Up to `limit` bytes of `instance`'s output on `node`: read here when `node` is
+        this node, else asked of `node` over the peer link (a LogsRequest answered by its
+        LogsReply; Unavailable "node N did not answer" after `timeout`)."""
+        if node == self.node_id:
+            return await self._read_local(instance, offset, tail, limit, asker=node, rid=0)
+        st = self._raft_status()
+        membership = getattr(st, "membership", None)
+        if membership is None or node not in membership.members():
+            raise Unavailable(f"node {node} is not a member of this cluster")
+        if len(self._waiters) >= self._max_inflight:
+            raise Unavailable(f"too many requests in flight on this node ({self._max_inflight})")
+        rid = next(self._rids)
+        ask = _encoded(lambda: encode(LogsRequest(
+            src=self.node_id, dst=node, cluster=st.cluster_id, rid=rid, instance=instance,
+            offset=-1 if offset is None else offset, tail=-1 if tail is None else tail,
+            limit=limit)))
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        self._log_asks[rid] = node
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                # Peer sockets queue only on a live connection (IMMEDIATE): a request sent
+                # while the link to `node` is (re)connecting is lost, so it is sent again
+                # every LOG_RESEND_S until the deadline (a read: answering twice is
+                # harmless, the second reply finds no waiter).
+                self._send_raw(ask)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(f"node {node} did not answer within {timeout:g}s")
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), min(left, LOG_RESEND_S))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise Unavailable(
+                            f"node {node} did not answer within {timeout:g}s") from None
+        finally:
+            self._waiters.pop(rid, None)
+            self._log_asks.pop(rid, None)
+
+    def _send_raw(self, data: bytes) -> None:
+        """One encoded message to the raft actor, without waiting (Unavailable if full)."""
+        if self._to_raft is None:
+            raise Unavailable("node is shutting down")
+        try:
+            self._to_raft.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            raise Unavailable("the raft actor's queue is full; retry") from None
+
+    async def _read_local(self, instance: str, offset: int | None, tail: int | None,
+                          limit: int, *, asker: str, rid: int) -> LogsReply:
+        """Read this node's files for `instance` in the default executor (at most
+        MAX_LOCAL_READS at once); errors become the reply's code and reason."""
+        def reply(code: int, reason: str) -> LogsReply:
+            return LogsReply(src=self.node_id, dst=asker, cluster="", rid=rid, code=code,
+                             reason=reason, instance=instance)
+
+        if self.log_dir is None:
+            return reply(503, f"node {self.node_id} keeps no instance output")
+        from actors.runner import read_log  # the runner's file layout; imported when used
+
+        if self._log_reads is None:
+            self._log_reads = asyncio.Semaphore(MAX_LOCAL_READS)
+        async with self._log_reads:
+            try:
+                chunk = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: read_log(self.log_dir or "", instance, offset=offset,
+                                           tail=tail, limit=limit))
+            except ValueError as exc:
+                return reply(400, str(exc))
+            except OSError as exc:
+                return reply(500, f"cannot read the output of {instance} on "
+                                  f"{self.node_id}: {exc.strerror or exc}")
+        return LogsReply(src=self.node_id, dst=asker, cluster="", rid=rid, instance=instance,
+                         offset=chunk.offset, next_offset=chunk.next_offset,
+                         truncated=chunk.truncated, data=chunk.data)
+
+    def _serve_logs(self, m: LogsRequest) -> None:
+        """Answer a member's LogsRequest (already checked by the raft shell) with a LogsReply
+        sent back through raft; at most MAX_LOG_SERVES at once, more answer 503 at once."""
+        cluster = self._raft_status().cluster_id
+
+        def send(r: LogsReply) -> None:
+            r = LogsReply(src=self.node_id, dst=m.src, cluster=cluster, rid=m.rid,
+                          code=r.code, reason=r.reason[:1024], instance=r.instance,
+                          offset=r.offset, next_offset=r.next_offset, truncated=r.truncated,
+                          data=r.data)
+            if self._to_raft is None:
+                return
+            try:
+                self._to_raft.send(encode(r), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the asker times out (503)
+
+        if self._log_serves >= MAX_LOG_SERVES:
+            send(LogsReply(cluster="", rid=m.rid, code=503,
+                           reason=f"node {self.node_id} is busy serving logs"))
+            return
+        self._log_serves += 1
+
+        async def serve() -> None:
+            try:
+                send(await self._read_local(
+                    m.instance, None if m.offset < 0 else m.offset,
+                    None if m.tail < 0 else m.tail, m.limit, asker=m.src, rid=m.rid))
+            except Exception:  # noqa: BLE001 - a failed read must not kill the loop
+                log.exception("serving logs of %s to %s", m.instance, m.src)
+                send(LogsReply(cluster="", rid=m.rid, code=500,
+                               reason="internal error reading logs"))
+            finally:
+                self._log_serves -= 1
+
+        task = asyncio.ensure_future(serve())
+        self._log_tasks.add(task)
+        task.add_done_callback(self._log_tasks.discard)
 
     @property
     def inflight(self) -> int:

@@ -11,19 +11,36 @@ thread and set them on a future that the IOLoop awaits).
 
 from __future__ import annotations
 
+import json
+
 from tornado.web import HTTPError
 
 from actors.api.outcomes import error_string, http_status
 from prisn.outcomes import Outcome
 
 __all__ = ["ApiError", "BadRequest", "Conflict", "NotFound", "PayloadTooLarge", "Unavailable",
-           "error_body"]
+           "error_answer", "error_body", "error_json", "error_message"]
 
 
 def error_body(status: int | Outcome, message: str) -> dict[str, str]:
     """The API error shape for an outcome or an HTTP status: ``{"error", "message"}``. Every
     error body the API writes is built here (handlers, fast paths, connection refusals)."""
     return {"error": error_string(status), "message": message}
+
+
+def error_json(status: int | Outcome, message: str) -> bytes:
+    """An error body as bytes, exactly as every adapter writes it (`json.dumps` defaults)."""
+    return json.dumps(error_body(status, message)).encode()
+
+
+def error_message(exc: ApiError) -> str:
+    """What an error answer says: its message, else its reason phrase."""
+    return exc.message or error_string(exc.status)
+
+
+def error_answer(exc: ApiError) -> tuple[int, bytes]:
+    """The (status, body) of a raised error, as `BaseHandler.write_error` answers it."""
+    return exc.status, error_json(exc.status, error_message(exc))
 
 
 class ApiError(HTTPError):

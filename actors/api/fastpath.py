@@ -11,10 +11,10 @@ rate limiter allowing it) is served by `FastCreate`, a plain `GET /api/v1/deploy
 refused before its body is read (400/401/403/413/429), goes to the Application's own
 routing delegate, exactly as if this module did not exist.
 
-`FastCreate` answers with the same contract as `DeploymentsHandler.post`: the same command
-(`CommandFactory.create`), the same proposal path (`app.propose_command`), the same status
-codes, body bytes (the store's answer compact as `send_json`, a raised error as
-`write_error`), error shape `{"error", "message"}` and headers in the handler's order
+`FastCreate` is a thin adapter, as `DeploymentsHandler.post` is: it answers through the same
+shared operations (`actors.api.ops`: `request_id`, `parse_json`, `build` of
+`CommandFactory.create`, `propose_command`, `render`; errors as `errors.error_json`), so the
+same status codes, body bytes, error shape `{"error", "message"}` and headers in the handler's order
 (`fastread.write_response`: Server, Content-Type, Date, `X-Prisn-Node`, `X-Prisn-Leader`,
 `Retry-After` on 503, `X-Request-Id`, Content-Length), the same request metric. The HTTP
 tests run every create through it. What it saves: building a RequestHandler, Tornado's
@@ -25,24 +25,34 @@ write (measured: benchmarks/README.md).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tornado import httputil
 
-from actors.api.errors import ApiError, BadRequest
-from actors.api.fastread import error_bytes, fast_read, limiter_allows, request_id, write_response
-from actors.api.outcomes import error_string, http_status
-from prisn.fsm.validation import ValidationError
+from actors.api import ops
+from actors.api.errors import ApiError, error_answer, error_json
+from actors.api.fastread import fast_read, limiter_allows, write_response
+from actors.api.outcomes import http_status
 
 if TYPE_CHECKING:
-    from actors.api.app import ApiContext, PrisnApplication
+    from actors.api.context import ApiContext
 
 log = logging.getLogger("prisn.api")
 
 ROUTE = "/api/v1/deployments"
+
+
+class Routing(Protocol):
+    """What `Dispatch` needs of the Application (`actors.api.handler.PrisnApplication`)."""
+
+    ctx: ApiContext
+
+    def slow_request(self, server_conn: object,
+                     request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        """The Application's own routing delegate."""
+        ...
 
 
 def _fast_create_ok(ctx: ApiContext, start_line: httputil.RequestStartLine,
@@ -68,7 +78,7 @@ class Dispatch(httputil.HTTPMessageDelegate):
 
     __slots__ = ("_app", "_server_conn", "_request_conn", "_target")
 
-    def __init__(self, app: PrisnApplication, server_conn: object,
+    def __init__(self, app: Routing, server_conn: object,
                  request_conn: httputil.HTTPConnection) -> None:
         self._app = app
         self._server_conn = server_conn
@@ -117,7 +127,7 @@ class FastCreate(httputil.HTTPMessageDelegate):
         self._chunks: list[bytes] = []
         self._start = time.perf_counter()
         self._closed = False
-        self._rid = request_id(ctx, headers)
+        self._rid = ops.request_id(ctx, headers.get("X-Request-Id", ""))
 
     def headers_received(self, start_line: Any, headers: Any) -> None:
         return None
@@ -132,32 +142,26 @@ class FastCreate(httputil.HTTPMessageDelegate):
         self._closed = True
 
     async def _run(self) -> None:
-        from actors.api.app import parse_json, propose_command  # app imports this module
-
         ctx = self._ctx
         try:
-            body = parse_json(b"".join(self._chunks))
-            try:
-                command = ctx.commands.create(
-                    body, namespace=None, key=self._headers.get("Idempotency-Key"))
-            except ValidationError as exc:
-                raise BadRequest(exc.message) from None
-            outcome, answer = await propose_command(ctx, command)
+            body = ops.parse_json(b"".join(self._chunks))
+            key = self._headers.get("Idempotency-Key")
+            command = ops.build(lambda: ctx.commands.create(body, namespace=None, key=key))
+            outcome, answer = await ops.propose_command(ctx, command)
             status = http_status(outcome)
             # the store's answer (2xx, or e.g. its 409/422) as `BaseHandler.send_json`
-            data = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
+            data = ops.render(answer)
         except ApiError as exc:  # raised: as `BaseHandler.write_error` renders it
-            status = exc.status
-            data = error_bytes(status, exc.message or error_string(status))
+            status, data = error_answer(exc)
         except Exception:  # noqa: BLE001 - a bug answers 500, as Tornado's handler would
             log.exception("POST %s failed", ROUTE)
-            status, data = 500, error_bytes(500, "internal server error")
+            status, data = 500, error_json(500, "internal server error")
         self._respond(status, data)
 
     def _respond(self, status: int, data: bytes) -> None:
         ctx = self._ctx
         if not self._closed:
             write_response(self._conn, ctx, status, data, self._rid)
-        ctx.metrics.observe_request("POST", ROUTE, status, time.perf_counter() - self._start)
-        if status >= 500 and status != 503:
-            log.warning("%d POST %s", status, ROUTE)
+        seconds = time.perf_counter() - self._start
+        ctx.metrics.observe_request("POST", ROUTE, status, seconds)
+        ops.access_log(status, "POST", ROUTE, seconds)

@@ -10,15 +10,16 @@ no CORS allow list and an accepted Host (`RequestGuard.plain`), the rate limiter
 escaped or odd name, any other query, a body, auth on, over the rate) goes to the
 Application, exactly as if this module did not exist.
 
-`FastRead` answers with the same contract as `DeploymentHandler.get`, byte for byte but for
-the Date second and a generated X-Request-Id: ``X-Prisn-Consistency`` (stripped, lowercased)
-``strong`` waits for the same read barrier (`ctx.node.read_barrier(ctx.read_timeout)`, which
-a follower forwards to its leader), 503 + ``Retry-After: 1`` when it is unavailable or times
-out; a weak level (`app._WEAK_READS`) reads locally; anything else is 400. The strong reads
-that arrive in one IOLoop iteration share one barrier call, started after the last of them
-arrived (`_join_barrier`): the same guarantee, one ReadIndex round trip per batch. Then the local
-store's `get(namespace, name)`: 200 with the deployment (compact JSON) or 404. Errors are
-``{"error", "message"}`` as `BaseHandler.write_error` renders them (json.dumps defaults).
+`FastRead` is a thin adapter, as `DeploymentHandler.get` is, over the same shared operations
+(`actors.api.ops`), so it answers byte for byte as the handler does but for the Date second
+and a generated X-Request-Id: the consistency level (`ops.read_level`: ``strong``, a weak
+level, else 400); a strong read waits for the node client's shared read barrier
+(`ops.barrier`; the client batches concurrent strong reads onto one ReadIndex,
+`actors.api.node.BarrierBatch`, whichever adapter asks) and answers its failure as
+`ops.strong_read_error` (503 + ``Retry-After: 1``). Then the local store's
+`get(namespace, name)`: 200 with the deployment (`ops.render`) or 404
+(`ops.deployment_not_found`). Errors are `errors.error_json`, as `BaseHandler.write_error`
+writes them. Unlike the handler it waits for the barrier with a callback, not a coroutine.
 Headers as Tornado's RequestHandler sends them, in its order: Server, Content-Type, Date,
 X-Prisn-Node, X-Prisn-Leader, Retry-After (503), X-Request-Id, Content-Length; no ETag. The
 same request metric (``GET``, ``/api/v1/deployments/{name}``) and access log.
@@ -27,7 +28,6 @@ same request metric (``GET``, ``/api/v1/deployments/{name}``) and access log.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import string
 import time
@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any
 import tornado
 from tornado import httputil, iostream
 
-from actors.api.errors import ApiError, Unavailable, error_body
-from actors.api.outcomes import error_string
+from actors.api import ops
+from actors.api.errors import ApiError, Unavailable, error_answer, error_json
 from prisn.fsm.validation import ValidationError, validate_name
 
 if TYPE_CHECKING:
-    from actors.api.app import ApiContext
+    from actors.api.context import ApiContext
 
 log = logging.getLogger("prisn.api")
 
@@ -53,7 +53,6 @@ _NS_QUERY = "namespace="
 _PLAIN = frozenset(string.ascii_letters + string.digits + "-_")
 JSON_TYPE = "application/json; charset=UTF-8"
 SERVER = f"TornadoServer/{tornado.version}"  # what RequestHandler.clear() sends
-BAD_LEVEL = "X-Prisn-Consistency must be 'strong' or 'default'"
 
 
 class DateCache:
@@ -79,19 +78,6 @@ def limiter_allows(ctx: ApiContext, remote_ip: str, route: str) -> bool:
     a refusal is left to the Application, whose `check` answers and counts the 429."""
     limiter = ctx.limiter
     return limiter is None or not limiter.retry_after(remote_ip, route, count=False)
-
-
-def request_id(ctx: ApiContext, headers: httputil.HTTPHeaders) -> str:
-    """The client's X-Request-Id if sane (as `BaseHandler.prepare`), else a new one."""
-    rid = headers.get("X-Request-Id", "")
-    if not (0 < len(rid) <= 128 and rid.isascii() and rid.isprintable()):
-        rid = f"{ctx.node.node_id}-{next(ctx.request_ids)}"
-    return rid
-
-
-def error_bytes(status: int, message: str) -> bytes:
-    """An error body exactly as `BaseHandler.write_error` writes it."""
-    return json.dumps(error_body(status, message)).encode()
 
 
 def write_response(conn: httputil.HTTPConnection, ctx: ApiContext, status: int, data: bytes,
@@ -157,67 +143,6 @@ def fast_read(ctx: ApiContext, conn: httputil.HTTPConnection,
     return FastRead(ctx, conn, headers, uri, namespace, name)
 
 
-class ReadBarriers:
-    """One node's shared read barriers (`ApiContext.barriers`; IOLoop thread only): the
-    strong reads waiting for a call that has not started, and whether a call is under way
-    (at most one at a time)."""
-
-    __slots__ = ("pending", "in_flight")
-
-    def __init__(self) -> None:
-        self.pending: list[FastRead] | None = None
-        self.in_flight = False
-
-
-def _join_barrier(read: FastRead) -> None:
-    """Make `read` wait for the next read barrier call of its node. The strong reads that
-    arrive before that call starts share it: those of one IOLoop iteration when no call is
-    under way, else all those that arrive until the call under way ends (one call at a
-    time per node, as etcd's read loop: under load the batches grow instead of the calls).
-
-    Invariant: a read joins only a batch whose call has not started, so the call, and with it
-    the ReadIndex (commit index captured, leadership confirmed), comes after the read
-    arrived: exactly the guarantee of one call per read, for one ReadIndex per batch."""
-    ctx = read.ctx
-    barriers = ctx.barriers
-    if barriers.pending is None:
-        barriers.pending = []
-        if not barriers.in_flight:
-            asyncio.get_running_loop().call_soon(_start_barrier, ctx)
-    barriers.pending.append(read)
-
-
-def _start_barrier(ctx: ApiContext) -> None:
-    """Close the batch (a later read waits for the next call) and call the barrier once."""
-    barriers = ctx.barriers
-    batch, barriers.pending = barriers.pending, None
-    if not batch:
-        return
-    barriers.in_flight = True
-    task = asyncio.ensure_future(ctx.node.read_barrier(ctx.read_timeout))
-    task.add_done_callback(lambda t: _barrier_done(ctx, batch, t))
-
-
-def _barrier_done(ctx: ApiContext, batch: list[FastRead], task: asyncio.Future[None]) -> None:
-    """Answer the batch; the reads that queued meanwhile get the next call, or, when this
-    one failed (no leader, no quorum, timed out), the same answer at once: a later call
-    would most likely fail the same way, and each read must be answered within about
-    `read_timeout` of its arrival, not after two of them."""
-    barriers = ctx.barriers
-    barriers.in_flight = False
-    if barriers.pending:
-        if task.cancelled() or task.exception() is not None:
-            batch = batch + barriers.pending
-            barriers.pending = None
-        else:
-            _start_barrier(ctx)
-    for read in batch:
-        try:
-            read.barrier_done(task)
-        except Exception:  # noqa: BLE001 - one bad answer must not strand the rest
-            log.exception("GET %s failed", read.uri)
-
-
 class FastRead(httputil.HTTPMessageDelegate):
     """One plain read: barrier if strong, then the local store, then the answer (module doc).
     Invariant: answers exactly once and observes the request metric exactly once."""
@@ -233,8 +158,8 @@ class FastRead(httputil.HTTPMessageDelegate):
         self.uri = uri
         self._ns = namespace
         self._name = name
-        self._level = headers.get("X-Prisn-Consistency", "").strip().lower()
-        self._rid = request_id(ctx, headers)
+        self._level = headers.get("X-Prisn-Consistency")
+        self._rid = ops.request_id(ctx, headers.get("X-Request-Id", ""))
         # a 200 carries the leader known when the request came in, as the handler's does
         self._leader = ctx.node.current_leader() or ""
         self._start = time.perf_counter()
@@ -247,52 +172,51 @@ class FastRead(httputil.HTTPMessageDelegate):
         return None  # `fast_read` takes no request with a body
 
     def finish(self) -> None:
-        from actors.api.app import _WEAK_READS  # app imports this module
-
-        level = self._level
-        if level == "strong":
-            _join_barrier(self)
-        elif level in _WEAK_READS:
+        try:
+            strong = ops.read_level(self._level)
+        except ApiError as exc:  # a bad level: 400
+            self._respond(*error_answer(exc))
+            return
+        if not strong:
             self._read()
-        else:
-            self._respond(400, error_bytes(400, BAD_LEVEL))
+            return
+        barrier: asyncio.Future[None]
+        try:
+            barrier = asyncio.ensure_future(ops.barrier(self.ctx))
+        except Exception as exc:  # noqa: BLE001 - answered as a failed barrier
+            barrier = asyncio.get_running_loop().create_future()
+            barrier.set_exception(exc)
+        barrier.add_done_callback(self.barrier_done)
 
     def on_connection_close(self) -> None:
         self._closed = True
 
     def barrier_done(self, barrier: asyncio.Future[None]) -> None:
-        """The shared barrier ended: read, or answer its failure as
-        `BaseHandler.consistency` does."""
+        """The shared barrier ended: read, or answer its failure (`ops.strong_read_error`)
+        as `BaseHandler.consistency` does."""
         exc = (Unavailable("the read barrier was cancelled") if barrier.cancelled()
                else barrier.exception())
         if exc is None:
             self._read()
-        elif isinstance(exc, Unavailable):
-            self._respond(503, error_bytes(503, (
-                f"strong read unavailable: {exc.message}; retry, or read without "
-                "X-Prisn-Consistency: strong (possibly stale)")))
-        elif isinstance(exc, TimeoutError):
-            self._respond(503, error_bytes(
-                503, "strong read unavailable: read barrier timed out"))
-        elif isinstance(exc, ApiError):
-            self._respond(exc.status, error_bytes(
-                exc.status, exc.message or error_string(exc.status)))
+            return
+        err = ops.strong_read_error(exc)
+        if isinstance(err, ApiError):
+            self._respond(*error_answer(err))
         else:  # a bug answers 500, as Tornado's handler would
-            log.error("GET %s failed", self.uri, exc_info=exc)
-            self._respond(500, error_bytes(500, "internal server error"))
+            log.error("GET %s failed", self.uri, exc_info=err)
+            self._respond(500, error_json(500, "internal server error"))
 
     def _read(self) -> None:
         """Answer from the local store: 200 with the deployment, or 404."""
         try:
             dep = self.ctx.node.store.get(self._ns, self._name)
             if dep is None:
-                status, data = 404, error_bytes(404, f"deployment {self._name} not found")
+                status, data = error_answer(ops.deployment_not_found(self._name))
             else:
-                status = 200
-                data = json.dumps(dep, separators=(",", ":"), allow_nan=False).encode()
+                status, data = 200, ops.render(dep)
         except Exception:  # noqa: BLE001 - a bug answers 500, as Tornado's handler would
             log.exception("GET %s failed", self.uri)
-            status, data = 500, error_bytes(500, "internal server error")
+            status, data = 500, error_json(500, "internal server error")
         self._respond(status, data)
 
     def _respond(self, status: int, data: bytes) -> None:
@@ -301,6 +225,4 @@ class FastRead(httputil.HTTPMessageDelegate):
                            self._leader if status == 200 else None)
         seconds = time.perf_counter() - self._start
         self.ctx.metrics.observe_request("GET", ROUTE, status, seconds)
-        level = logging.WARNING if status >= 500 and status != 503 else logging.DEBUG
-        if log.isEnabledFor(level):
-            log.log(level, "%d GET %s %.1fms", status, self.uri, 1000.0 * seconds)
+        ops.access_log(status, "GET", self.uri, seconds)

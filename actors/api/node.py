@@ -3,14 +3,15 @@
 Every `NodeClient` method is called on the API IOLoop thread. The real client bridges to the
 raft actor over ZeroMQ (requests correlated by rid; results resolved on the IOLoop with
 `IOLoop.add_callback`); `FakeNodeClient` applies proposals straight to a `DeploymentStore`
-through the same encode/apply path, for tests.
+through the same encode/apply path, for tests. Both coalesce concurrent strong reads onto one
+barrier call (`BarrierBatch`), so every strong read, whichever route or adapter asks, shares it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -21,6 +22,89 @@ from prisn.fsm.results import Result
 from prisn.messages import EntryKind
 
 STATES: tuple[str, ...] = ("leader", "follower", "candidate", "learner")
+
+
+class BarrierBatch:
+    """One node's shared read barriers: concurrent strong reads share one barrier call.
+
+    Thread: the API IOLoop thread only. `join` returns the future of the next call; the
+    reads that join before that call starts share it: those of one IOLoop iteration when no
+    call is under way, else all those that arrive until the call under way ends (one call at
+    a time per node, as etcd's read loop: under load the batches grow instead of the calls).
+    A call takes the timeout of the read that opened its batch.
+
+    Invariants:
+    - a read joins only a batch whose call has not started, so the call, and with it the
+      ReadIndex (commit index captured, leadership confirmed), comes after the read arrived:
+      exactly the guarantee of one call per read, for one ReadIndex per batch;
+    - at most one call is under way; every joined future is resolved exactly once (a
+      cancelled call resolves its batch with `Unavailable`, never with a cancellation);
+    - when a call fails (no leader, no quorum, timed out) the reads queued behind it get the
+      same answer at once: a later call would most likely fail the same way, and each read
+      must be answered within about its timeout of its arrival, not after two of them.
+
+    The returned future is shared by its whole batch: await it through `asyncio.shield`
+    from a task that may be cancelled, never cancel it.
+    """
+
+    __slots__ = ("_call", "_pending", "_timeout", "in_flight", "joins", "calls")
+
+    def __init__(self, call: Callable[[float], Awaitable[None]]) -> None:
+        self._call = call  # one barrier round (ReadIndex, then the applied wait)
+        self._pending: asyncio.Future[None] | None = None  # the batch whose call waits
+        self._timeout = 0.0
+        self.in_flight = False  # a call is under way
+        self.joins = 0  # reads that joined a batch (for tests and metrics)
+        self.calls = 0  # calls started
+
+    @property
+    def pending(self) -> bool:
+        """Some reads wait for a call that has not started."""
+        return self._pending is not None
+
+    def join(self, timeout: float) -> asyncio.Future[None]:
+        """The future of the next barrier call (module doc): resolves to None once this node
+        has applied everything committed before the call, or fails (`Unavailable`, ...)."""
+        self.joins += 1
+        fut = self._pending
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = self._pending = loop.create_future()
+            self._timeout = timeout
+            if not self.in_flight:
+                loop.call_soon(self._start)
+        return fut
+
+    def _start(self) -> None:
+        """Close the batch (a later read waits for the next call) and call the barrier once."""
+        batch, self._pending = self._pending, None
+        if batch is None:
+            return
+        self.in_flight = True
+        self.calls += 1
+        task = asyncio.ensure_future(self._call(self._timeout))
+        task.add_done_callback(lambda t: self._done(batch, t))
+
+    def _done(self, batch: asyncio.Future[None], task: asyncio.Future[None]) -> None:
+        """Answer the batch; the reads that queued meanwhile get the next call, or the same
+        failure at once (class doc)."""
+        self.in_flight = False
+        exc = (Unavailable("the read barrier was cancelled") if task.cancelled()
+               else task.exception())
+        batches = [batch]
+        if self._pending is not None:
+            if exc is not None:
+                batches.append(self._pending)
+                self._pending = None
+            else:
+                self._start()
+        for fut in batches:
+            if fut.done():  # cancelled by a caller despite the class doc
+                continue
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +168,11 @@ class NodeClient(Protocol):
         """
         ...
 
-    async def read_barrier(self, timeout: float) -> None:
-        """ReadIndex: return once this node has applied everything committed before the call
-        and leadership was confirmed. Raises `Unavailable`."""
+    def read_barrier(self, timeout: float) -> Awaitable[None]:
+        """ReadIndex: resolves once this node has applied everything committed before the
+        call and leadership was confirmed; fails with `Unavailable` (or `TimeoutError`).
+        Concurrent calls share one barrier (`BarrierBatch`): the awaitable may be shared by
+        other reads, so never cancel it (await it through `asyncio.shield`)."""
         ...
 
     def status(self) -> NodeStatus:
@@ -110,8 +196,9 @@ class FakeNodeClient:
     Knobs (set from the test, on the IOLoop thread): `fail_writes` / `fail_reads` (a message:
     propose / read_barrier raise `Unavailable`), `hold_writes` (proposals wait for
     `release_writes()` or their timeout, which raises `Unavailable` without applying), `ready`,
-    `healthy`, `state`, `leader_id`, `nodes`. Records: `proposals`, `read_barriers`,
-    `transfers`, `removed`.
+    `healthy`, `state`, `leader_id`, `nodes`, `read_gate` (an `asyncio.Event`: barrier calls
+    wait for it). Records: `proposals`, `read_barriers` (barrier calls, after batching:
+    `barriers` is the `BarrierBatch`), `transfers`, `removed`.
     """
 
     def __init__(self, node_id: str = "node1", *, store: DeploymentStore | None = None,
@@ -134,6 +221,8 @@ class FakeNodeClient:
         self.hold_writes = False
         self.proposals: list[dict[str, Any]] = []
         self.read_barriers = 0
+        self.read_gate: asyncio.Event | None = None
+        self.barriers = BarrierBatch(self._read_index)
         self.transfers: list[str] = []
         self.removed: list[str] = []
         self._rid = itertools.count(1)
@@ -156,10 +245,16 @@ class FakeNodeClient:
         self.proposals.append(command)
         return result
 
-    async def read_barrier(self, timeout: float) -> None:
+    def read_barrier(self, timeout: float) -> Awaitable[None]:
+        return self.barriers.join(timeout)
+
+    async def _read_index(self, timeout: float) -> None:
+        """One barrier call (what `BarrierBatch` coalesces reads onto)."""
         if self.fail_reads is not None:
             raise Unavailable(self.fail_reads)
         self.read_barriers += 1
+        if self.read_gate is not None:
+            await asyncio.wait_for(self.read_gate.wait(), timeout)
 
     def status(self) -> NodeStatus:
         applied = self.store.applied_index

@@ -27,9 +27,9 @@ from typing import Any
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 
-from actors.api.app import BaseHandler
 from actors.api.auth import ADMIN
 from actors.api.errors import Unavailable
+from actors.api.handler import BaseHandler
 from prisn.backup import backup_head
 
 log = logging.getLogger("prisn.api")

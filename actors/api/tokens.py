@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.api.app import BaseHandler
 from actors.api.auth import ADMIN
 from actors.api.errors import BadRequest, Conflict, NotFound
+from actors.api.handler import BaseHandler
 from prisn.fsm.tokens import is_token_id, ts_millis
 from prisn.outcomes import Outcome
 

@@ -160,7 +160,7 @@ class ArtifactTable:
         the single mutation. ArtifactCommandError for a malformed command."""
         if cmd.get("op") != "artifact.put":
             raise ArtifactCommandError(f"unknown artifact op {cmd.get('op')!r}")
-        ts = cmd.get("ts")
+        ts: Any = cmd.get("ts")  # checked by the command's validation
         try:
             now = ts_millis(ts)
             digest = check_digest(cmd.get("digest"))

@@ -38,6 +38,13 @@ snapshotted exactly as before). Every command's `ts` then sweeps unreferenced ar
 snapshot with no artifacts is format 3 as before; with artifacts it is format 4 (format 3
 plus ``tables: {"artifacts": rows}``; a later table adds a key there, not a format).
 
+Secrets: the store also holds the secrets table (`prisn.fsm.secrets.SecretTable`):
+``secret.*`` commands go to it (their dedup fingerprint counts the request `digest`, not the
+freshly sealed `data`). A deployment may list secrets of its namespace in its optional
+``secrets`` field (present only when non-empty, after ``artifact``); each must be stored (400)
+and a listed secret cannot be deleted (409). Snapshots carry the table as
+``tables["secrets"]`` while secrets are stored.
+
 Executions: ``execution.*`` and ``cron.*`` commands go to the executions table
 (`prisn.fsm.executions`): job runs, cron fires (exactly one per scheduled time) and missed
 runs; deleting a deployment forgets its cron mark. Its section joins ``tables`` once used.
@@ -45,6 +52,7 @@ runs; deleting a deployment forgets its cron mark. Its section joins ``tables`` 
 
 from __future__ import annotations
 
+import builtins
 import gc
 import hashlib
 import heapq
@@ -68,6 +76,7 @@ from prisn.fsm.executions import (
 )
 from prisn.fsm.placements import PLACEMENT_OPS, PlacementCommandError, PlacementTable
 from prisn.fsm.results import Result, failure
+from prisn.fsm.secrets import SECRET_OPS, Secret, SecretCommandError, SecretTable
 from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
 from prisn.fsm.validation import (
     DEFAULT_REPLICAS,
@@ -84,6 +93,7 @@ from prisn.fsm.validation import (
     validate_replicas,
     validate_runtime,
     validate_schedule,
+    validate_secret_refs,
     validate_source,
     validate_type,
 )
@@ -99,12 +109,13 @@ SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer writt
 SNAPSHOT_FORMAT_REFS = 3
 # Format 4: format 3 plus "tables", a map of table name -> snapshot section, each written
 # only when used: "artifacts" (`ArtifactTable.rows`, while artifacts are stored) and
-# "placements" (`PlacementTable.section`, once the placements table was used: its seq > 0)
-# and "executions" (`ExecutionTable.section`, while it holds executions or cron marks).
+# "placements" (`PlacementTable.section`, once the placements table was used: its seq > 0).
 # A store without workloads writes format 3, byte for byte as before.
 SNAPSHOT_FORMAT_TABLES = 4
 SNAPSHOT_FORMAT_PLACEMENTS = SNAPSHOT_FORMAT_TABLES  # placements live in its "tables"
-TABLES: frozenset[str] = frozenset({"artifacts", "placements", "executions"})
+# "secrets" (`SecretTable.rows`, while secrets are stored) is a third key of "tables",
+# "executions" (`ExecutionTable.section`, while it holds executions or cron marks) a fourth.
+TABLES: frozenset[str] = frozenset({"artifacts", "placements", "secrets", "executions"})
 DEFAULT_DEDUP_CAPACITY = 100_000
 # The dedup table is bounded by the size of the answers it remembers too (`entry_size`):
 # without it, deleting large deployments freed nothing while their create answers stayed.
@@ -129,8 +140,11 @@ FIELDS: tuple[str, ...] = (
     "id", "name", "namespace", "type", "runtime", "source", "args", "env", "port", "replicas",
     "schedule", "generation", "created_at", "updated_at",
 )
-# A deployment that names an artifact has one more key, last (absent when it names none).
+# A deployment that names an artifact has one more key, last (absent when it names none);
+# one that lists secrets has ``secrets`` after that (absent when it lists none).
 FIELDS_ART: tuple[str, ...] = (*FIELDS, "artifact")
+FIELDS_SEC: tuple[str, ...] = (*FIELDS, "secrets")
+FIELDS_ART_SEC: tuple[str, ...] = (*FIELDS_ART, "secrets")
 # Spec fields a change compares (everything but identity, generation and timestamps).
 _SPEC_KEYS: tuple[str, ...] = ("type", "runtime", "source", "args", "env", "port", "replicas",
                                "schedule")
@@ -138,6 +152,9 @@ _SPEC_KEYS: tuple[str, ...] = ("type", "runtime", "source", "args", "env", "port
 # answer read back from a snapshot keeps it, as it always has.
 _CANON_FIELDS: tuple[str, ...] = tuple(sorted(FIELDS, key=lambda f: (len(f), f)))
 _CANON_FIELDS_ART: tuple[str, ...] = tuple(sorted(FIELDS_ART, key=lambda f: (len(f), f)))
+_SHAPES: dict[frozenset[str], tuple[tuple[str, ...], tuple[str, ...]]] = {
+    frozenset(f): (f, tuple(sorted(f, key=lambda k: (len(k), k))))
+    for f in (FIELDS, FIELDS_ART, FIELDS_SEC, FIELDS_ART_SEC)}
 # String fields many deployments hold equal values of: one object each (see `_RowDecoder`).
 _SHARED_FIELDS: tuple[str, ...] = ("namespace", "type", "runtime", "schedule", "created_at",
                                    "updated_at")
@@ -187,6 +204,8 @@ def _fingerprint(cmd: dict[str, Any]) -> bytes:
     counts (as `target`): the same key on another token is a 422, not the first answer."""
     core = {k: v for k, v in cmd.items() if k not in ("key", "ts", "id", "hash")}
     op = cmd.get("op")
+    if isinstance(op, str) and op in SECRET_OPS:  # fresh nonces per retry: `digest` counts
+        core.pop("data", None)
     if isinstance(op, str) and op in _TARGET_ID_OPS:  # op may be any garbage (a dict)
         core["target"] = cmd.get("id")
     try:
@@ -263,7 +282,7 @@ class _Index:
         if ns is None and typ is None:
             return self.all
         if typ is None:
-            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type]
+            return self.by_ns.get(ns, _EMPTY)  # type: ignore[arg-type, return-value]
         if ns is None:
             return self.by_type.get(typ, _EMPTY)
         return self.by_ns_type.get((ns, typ), _EMPTY)
@@ -303,6 +322,7 @@ class DeploymentStore:
         self._tokens = TokenTable()
         self._placements = PlacementTable()
         self._artifacts = ArtifactTable()
+        self._secrets = SecretTable()
         self._executions = ExecutionTable()
         self._applied = 0
         self.last_origin: tuple[str, int] = ("", 0)  # of the last COMMAND applied (see apply)
@@ -357,7 +377,7 @@ class DeploymentStore:
         except ValidationError as exc:
             result = failure(Outcome.INVALID, exc.message)
         except (CommandError, TokenCommandError, PlacementCommandError,
-                ArtifactCommandError, ExecutionCommandError) as exc:
+                ArtifactCommandError, SecretCommandError, ExecutionCommandError) as exc:
             result = failure(Outcome.INVALID, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = failure(Outcome.INTERNAL_ERROR,
@@ -389,6 +409,8 @@ class DeploymentStore:
             return self._placements.apply(cmd, self._lookup)
         if op in ARTIFACT_OPS:
             return self._artifacts.apply(cmd)
+        if op in SECRET_OPS:
+            return self._secrets.apply(cmd)
         if op in EXECUTION_OPS:
             return self._executions.apply(cmd, self._lookup, self._lookup_id)
         spec: dict[str, Any] = {}
@@ -410,6 +432,7 @@ class DeploymentStore:
             check_consistent(dep)
             dep = {f: dep[f] for f in FIELDS}
             self._set_artifact(dep, spec.get("artifact"))
+            self._set_secrets(dep, spec.get("secrets"))
             self._insert(dep)
             return Outcome.CREATED, dep
         if op not in ("replace", "patch", "scale", "delete"):
@@ -441,10 +464,16 @@ class DeploymentStore:
             artifact = spec.get("artifact")
         else:
             artifact = current.get("artifact")
-        if all(new[k] == current[k] for k in _SPEC_KEYS) and artifact == current.get("artifact"):
+        if op == "replace" or (op == "patch" and "secrets" in spec):
+            secrets = spec.get("secrets") or None
+        else:
+            secrets = current.get("secrets")
+        if (all(new[k] == current[k] for k in _SPEC_KEYS) and artifact == current.get("artifact")
+                and secrets == current.get("secrets")):
             return Outcome.OK, current
         dep = {**current, **{k: new[k] for k in _SPEC_KEYS}}
         self._set_artifact(dep, artifact)
+        self._set_secrets(dep, secrets)
         dep["generation"] = current["generation"] + 1
         dep["updated_at"] = ts
         self._replace(current, dep)
@@ -466,7 +495,16 @@ class DeploymentStore:
             self._artifacts.check_entry(artifact, dep["source"])
             dep["artifact"] = artifact
 
+    def _set_secrets(self, dep: dict[str, Any], secrets: list[str] | None) -> None:
+        """List `secrets` in `dep` (last key; none when empty); ValidationError (400) unless
+        each is stored in the deployment's namespace. Call after `_set_artifact`."""
+        dep.pop("secrets", None)
+        if secrets:
+            self._secrets.check_refs(dep["namespace"], secrets)
+            dep["secrets"] = list(secrets)
+
     def _insert(self, dep: dict[str, Any]) -> None:
+        self._secrets.ref(dep["namespace"], dep.get("secrets"), 1)
         self._artifacts.ref(dep.get("artifact"), 1)
         key = (dep["name"], dep["namespace"])
         self._deps[key] = dep
@@ -475,6 +513,7 @@ class DeploymentStore:
         _account(self._usage, dep, 1)
 
     def _remove(self, dep: dict[str, Any]) -> None:
+        self._secrets.ref(dep["namespace"], dep.get("secrets"), -1)
         self._artifacts.ref(dep.get("artifact"), -1)
         key = self._ids.pop(dep["id"])
         del self._deps[key]
@@ -482,6 +521,8 @@ class DeploymentStore:
         _account(self._usage, dep, -1)
 
     def _replace(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        self._secrets.ref(new["namespace"], new.get("secrets"), 1)
+        self._secrets.ref(old["namespace"], old.get("secrets"), -1)
         self._artifacts.ref(new.get("artifact"), 1)
         self._artifacts.ref(old.get("artifact"), -1)
         key = self._ids[new["id"]]
@@ -518,7 +559,8 @@ class DeploymentStore:
                 lists = [lst for lst in lists if lst]
                 total = sum(len(lst) for lst in lists)
                 merged = heapq.merge(*lists)
-                keys = list(itertools.islice(merged, offset, offset + limit))
+                keys: Sequence[tuple[str, str]] = list(
+                    itertools.islice(merged, offset, offset + limit))
             else:
                 selected = self._index.select(namespace, type)
                 total = len(selected)
@@ -547,7 +589,7 @@ class DeploymentStore:
         with self._lock:
             return self._tokens.get(token_id)
 
-    def tokens(self) -> list[Token]:
+    def tokens(self) -> builtins.list[Token]:
         """Every token record, ordered by name."""
         with self._lock:
             return self._tokens.tokens()
@@ -608,7 +650,8 @@ class DeploymentStore:
         with self._lock:
             return self._artifacts.info(digest)
 
-    def artifacts(self, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def artifacts(self, limit: int = 100,
+                  offset: int = 0) -> tuple[builtins.list[dict[str, Any]], int]:
         """A page of artifact records (no bytes) ordered by digest, and the total."""
         with self._lock:
             return self._artifacts.page(limit, offset)
@@ -617,6 +660,22 @@ class DeploymentStore:
         """(stored artifacts, their bytes)."""
         with self._lock:
             return len(self._artifacts), self._artifacts.total_bytes
+
+    def secret(self, namespace: str, name: str) -> Secret | None:
+        """The stored secret (immutable record, values as stored: maybe sealed), or None."""
+        with self._lock:
+            return self._secrets.get(namespace, name)
+
+    def secrets(self, namespaces: Collection[str] | None = None, limit: int = 100,
+                offset: int = 0) -> tuple[builtins.list[Secret], int]:
+        """A page of secrets ordered by (namespace, name), only in `namespaces` if given,
+        and the total matching."""
+        with self._lock:
+            return self._secrets.page(namespaces, limit, offset)
+
+    def secret_count(self, namespace: str) -> int:
+        with self._lock:
+            return self._secrets.count(namespace)
 
     # ------------------------------------------------------------------ snapshots
     def _state(self, refs: bool = True) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
@@ -636,6 +695,8 @@ class DeploymentStore:
                                        else self._artifacts.hash_rows())
             if self._placements.seq:
                 tables["placements"] = self._placements.section()
+            if len(self._secrets):
+                tables["secrets"] = self._secrets.rows()
             if self._executions.used:
                 tables["executions"] = self._executions.section()
             return self._state_locked(refs), tables
@@ -723,7 +784,7 @@ class DeploymentStore:
             with self._lock:
                 (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
                  self._applied, self._tokens, self._artifacts, self._placements,
-                 self._executions) = state
+                 self._secrets, self._executions) = state
                 self._usage, self._dedup_bytes = usage, dedup_bytes
                 self._trim_dedup()  # a snapshot of an older version may hold more
 
@@ -744,7 +805,7 @@ class DeploymentStore:
 
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
                      dict[str, DedupEntry], deque[str], int, TokenTable, ArtifactTable,
-                     PlacementTable, ExecutionTable]
+                     PlacementTable, SecretTable, ExecutionTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
              SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
                                               "tokens"}),
@@ -763,6 +824,8 @@ def _row_fields(raw: dict[Any, Any]) -> tuple[tuple[str, ...], tuple[str, ...]] 
         return FIELDS, _CANON_FIELDS
     if n == len(FIELDS_ART) and raw.keys() == _ROW_KEYS_ART:
         return FIELDS_ART, _CANON_FIELDS_ART
+    if n in (len(FIELDS_SEC), len(FIELDS_ART_SEC)) and "secrets" in raw:
+        return _SHAPES.get(frozenset(raw.keys()))
     return None
 
 
@@ -836,7 +899,8 @@ class _RowDecoder:
         entry = self.odd.get(id(dep))
         if entry is not None and entry[0] is dep:
             return entry[1]
-        return _CANON_FIELDS_ART if "artifact" in dep else _CANON_FIELDS
+        shape = _row_fields(dep)
+        return shape[1] if shape is not None else _CANON_FIELDS
 
 
 def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = None
@@ -911,10 +975,17 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
     if "placements" in tables:
         placements = PlacementTable.from_section(
             tables["placements"], lambda ns, name: deps.get((name, ns)))
+    secret_refs: dict[tuple[str, str], int] = {}
+    for dep in deps.values():
+        for sname in dep.get("secrets", ()):
+            skey = (dep["namespace"], sname)
+            secret_refs[skey] = secret_refs.get(skey, 0) + 1
+    secrets = SecretTable.from_rows(tables.get("secrets", []), secret_refs)
     executions = ExecutionTable()
     if "executions" in tables:
         executions = ExecutionTable.from_section(tables["executions"], ids)
-    return deps, ids, index, dedup, order, applied, tokens, artifacts, placements, executions
+    return (deps, ids, index, dedup, order, applied, tokens, artifacts, placements, secrets,
+            executions)
 
 
 def _parse_deployment(raw: Any) -> Deployment:
@@ -922,11 +993,14 @@ def _parse_deployment(raw: Any) -> Deployment:
     shape = _row_fields(raw) if type(raw) is dict else None
     if shape is None:
         raise ValueError(f"a deployment row must be a map of {', '.join(FIELDS)} "
-                         "(and optionally artifact)")
+                         "(and optionally artifact, secrets)")
     # a `_RowDecoder` row is already a new dict in FIELDS order (and nothing else holds it)
     dep = raw if tuple(raw) == shape[0] else {f: raw[f] for f in shape[0]}
     if "artifact" in dep:
         validate_artifact(dep["artifact"])
+    if "secrets" in dep:
+        if not dep["secrets"] or validate_secret_refs(dep["secrets"]) != dep["secrets"]:
+            raise ValueError("deployment secrets must be a non-empty list of distinct names")
     validate_name(dep["name"])
     validate_name(dep["namespace"], "namespace")
     validate_type(dep["type"])

@@ -241,7 +241,7 @@ class TokenTable:
         mutation. Raises `TokenCommandError` / `ValidationError` for a malformed command
         (the caller turns both into 400 and changes nothing)."""
         op = cmd.get("op")
-        ts = cmd.get("ts")
+        ts: Any = cmd.get("ts")  # a str once ts_millis accepts it
         ts_ms = ts_millis(ts)
         token_id = validate_token_id(cmd.get("id"))
         if op == "token.create":
@@ -317,7 +317,7 @@ _ROW_KEYS = frozenset({"id", "name", "role", "namespaces", "hash", "created_at",
 
 
 def _fields(tok: Token) -> dict[str, Any]:
-    return {f: getattr(tok, f) for f in Token.__slots__}  # type: ignore[attr-defined]
+    return {f: getattr(tok, f) for f in Token.__slots__}
 
 
 # ---------------------------------------------------------------------- proposer side

@@ -19,7 +19,7 @@ from prisn.workloads.cron import DESCRIPTORS, ScheduleError, normalize_schedule
 
 SPEC_FIELDS: frozenset[str] = frozenset(
     {"name", "source", "runtime", "port", "replicas", "args", "env", "schedule", "namespace",
-     "type", "artifact"}
+     "type", "artifact", "secrets"}
 )
 TYPES: tuple[str, ...] = ("job", "service", "cronjob")
 DEFAULT_NAMESPACE = "default"
@@ -146,6 +146,25 @@ def validate_artifact(value: Any) -> str:
     return value
 
 
+MAX_SECRET_REFS = 32  # secret names one deployment may list
+
+
+def validate_secret_refs(value: Any) -> list[str]:
+    """A deployment's `secrets`: a list of distinct secret names, at most MAX_SECRET_REFS.
+    Whether each is stored (in the deployment's namespace) is checked at apply."""
+    if not isinstance(value, list):
+        raise ValidationError("secrets", "must be a list of secret names")
+    if len(value) > MAX_SECRET_REFS:
+        raise ValidationError("secrets", f"must name at most {MAX_SECRET_REFS} secrets")
+    out: list[str] = []
+    for v in value:
+        validate_name(v, "secrets")
+        if v in out:
+            raise ValidationError("secrets", f"names {v} twice")
+        out.append(v)
+    return out
+
+
 def validate_runtime(value: Any) -> str:
     """A short token such as ``python3`` or ``node``: at most 32 characters."""
     if not isinstance(value, str):
@@ -213,7 +232,7 @@ def validate_schedule(value: Any) -> str:
 
 
 _OPTIONAL_NULLABLE = frozenset({"runtime", "schedule", "port", "replicas", "args", "env", "type",
-                                "artifact"})
+                                "artifact", "secrets"})
 _VALIDATORS = {
     "name": validate_name,
     "namespace": lambda v: validate_name(v, "namespace"),
@@ -226,6 +245,7 @@ _VALIDATORS = {
     "schedule": validate_schedule,
     "type": validate_type,
     "artifact": validate_artifact,
+    "secrets": validate_secret_refs,
 }
 
 

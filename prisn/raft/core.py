@@ -513,7 +513,7 @@ class RaftCore:
         stranger on an unkeyed peer port, a removed node, a learner not yet promoted) is
         dropped and counted as `forward_from_non_voter`, before it can change anything."""
         def guarded(m: Msg) -> None:
-            if m.src not in self._voters:  # type: ignore[attr-defined]
+            if m.src not in self._voters:
                 self._drop("forward_from_non_voter")
                 return
             handler(m)
@@ -1013,8 +1013,8 @@ class RaftCore:
         if self._own:
             # Our proposals not known committed may be lost with our term: propose them again
             # through the next leader (a copy that does commit is a no-op by idempotency key).
-            for r in self._own.values():
-                r.logged = True  # it may have been replicated: DISK_ERROR no longer true
+            for own in self._own.values():
+                own.logged = True  # it may have been replicated: DISK_ERROR no longer true
             self._pending.extendleft(reversed(list(self._own.values())))
             self._own = {}
 
@@ -1548,7 +1548,8 @@ class RaftCore:
         lid = self._leader_id
         self._fwd_next += 1
         fid = self._fwd_epoch | self._fwd_next
-        base = {"src": self.id, "dst": lid, "cluster": self._cluster, "term": self._term,
+        base: dict[str, Any] = {"src": self.id, "dst": lid, "cluster": self._cluster,
+                                "term": self._term,
                 "rid": fid}
         k = r.kind
         msg: Msg
@@ -1654,6 +1655,7 @@ class RaftCore:
         if not target or target == self.id:
             self._respond(origin, rid, True, Outcome.OK, "already leader")
             return
+        assert m is not None  # a target other than self is a member (checked above)
         if target not in m.voters:
             self._respond(origin, rid, False, Outcome.CONFLICT, f"{target} is a learner")
             return

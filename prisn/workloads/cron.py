@@ -400,7 +400,8 @@ def count_between(s: Schedule, a: int, b: int) -> int:
                     return _instant(datetime(d.year, d.month, d.day, s.hours[k // nm],
                                              s.minutes[k % nm]), tz)
 
-                k0 = _first(per_day, lambda k, top=top: inst(k) > top)
+                lower = top
+                k0 = _first(per_day, lambda k: inst(k) > lower)  # noqa: B023 - called here
                 k1 = _first(per_day, lambda k: inst(k) > b)
                 if k1 > k0:
                     n += k1 - k0

@@ -7,27 +7,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from actors.base import Actor
 from prisn.messages import Msg, Propose, StoreSynced, Tick
-from tests.conftest import unique_id
+from tests.helpers import unique_id, wait_until
 from transport.codec import decode, encode
 from transport.mailbox import bind_inbox, inproc_address
 
 
 def node_id(tag: str) -> str:
     return unique_id("base", tag)
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
 
 
 class Recorder(Actor):

@@ -36,6 +36,7 @@ from prisn.outcomes import Outcome
 from prisn.raft.boot import Membership
 from prisn.raft.progress import NEVER
 from prisn.raft.status import PeerStatus
+from tests.helpers import until
 from transport.codec import decode, encode
 from transport.mailbox import inproc_address
 
@@ -103,13 +104,6 @@ class Rig:
     def close_sockets(self) -> None:
         self.raft.close(0)
         self.to_api.close(0)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.001)
 
 
 def run(body: Callable[[Rig], Awaitable[None]], **kw: Any) -> Rig:
@@ -525,3 +519,91 @@ def test_build_status_just_joined_member_is_not_unreachable_and_healthy_agrees()
                       stats, applied=9, ready=True, uptime=0)
     assert [n.state for n in ns.nodes[1:3]] == ["unreachable", "unreachable"]
     assert not ns.healthy  # whatever quorum_ok says, it must agree with the printed states
+
+
+def test_concurrent_read_barriers_share_one_read_index() -> None:
+    """Strong reads of one loop turn send one ReadIndex; reads arriving while it is under
+    way wait for (and share) the next one, sent only when the first is answered."""
+    async def body(rig: Rig) -> None:
+        c = rig.client
+        first = [asyncio.ensure_future(c.read_barrier(5)) for _ in range(8)]
+        req = await rig.from_client()
+        assert isinstance(req, ReadIndex)
+        second = [asyncio.ensure_future(c.read_barrier(5)) for _ in range(5)]
+        await rig.nothing_more()  # one ReadIndex at a time
+        assert len(c._waiters) == 1
+        rig.push(Reply(src="raft", dst="api", rid=req.rid, ok=True, index=0))
+        assert await asyncio.gather(*first) == [None] * 8
+        req2 = await rig.from_client()
+        assert isinstance(req2, ReadIndex) and req2.rid != req.rid
+        rig.push(Reply(src="raft", dst="api", rid=req2.rid, ok=True, index=0))
+        assert await asyncio.gather(*second) == [None] * 5
+        await rig.nothing_more()
+        assert c._waiters == {} and (c.barriers.joins, c.barriers.calls) == (13, 2)
+
+
+# ---------------------------------------------------------------------- logs (issue 14)
+def test_a_log_read_resolves_only_with_the_asked_nodes_reply(tmp_path: Any) -> None:
+    """A LogsRequest goes to raft for the member asked, again while unanswered; a LogsReply
+    with its rid from any other node (or for a rid nobody waits for) is ignored; the asked
+    node's resolves it."""
+    from prisn.messages import LogsReply, LogsRequest
+    from prisn.raft.boot import Membership
+
+    async def body(rig: Rig) -> None:
+        rig.st = raft_status(membership=Membership(cluster="c", voters={
+            rig.node: "h:1", "n2": "h:2", "n3": "h:3"}))
+        task = asyncio.ensure_future(rig.client.read_logs(
+            "n2", "default.web.0.1", offset=5, tail=None, limit=100, timeout=10))
+        ask = await rig.from_client()
+        assert isinstance(ask, LogsRequest)
+        assert (ask.src, ask.dst, ask.cluster, ask.instance, ask.offset, ask.tail,
+                ask.limit) == (rig.node, "n2", "c", "default.web.0.1", 5, -1, 100)
+
+        def reply(src: str, rid: int, data: bytes) -> LogsReply:
+            return LogsReply(src=src, dst=rig.node, cluster="c", rid=rid, offset=5,
+                             next_offset=5 + len(data), data=data, instance="default.web.0.1")
+
+        rig.push(reply("n3", ask.rid, b"forged"))
+        rig.push(reply("n2", ask.rid + 1, b"stray"))
+        await rig.nothing_more()
+        assert not task.done()
+        # unanswered (a link still connecting loses it): the same request is sent again
+        again = await rig.from_client()
+        assert again == ask
+        rig.push(reply("n2", ask.rid, b"real"))
+        got = await task
+        assert got.data == b"real" and rig.client._waiters == {} and rig.client._log_asks == {}
+
+    run(body)
+
+
+def test_a_peers_log_request_is_answered_from_this_nodes_files(tmp_path: Any) -> None:
+    from prisn.messages import LogsReply, LogsRequest
+    from prisn.raft.boot import Membership
+
+    d = tmp_path / "instances" / "default.web.0.1"
+    d.mkdir(parents=True)
+    (d / "output.0.log").write_bytes(b"0123456789")
+
+    async def body(rig: Rig) -> None:
+        rig.st = raft_status(membership=Membership(cluster="c", voters={rig.node: "h:1",
+                                                                       "n2": "h:2"}))
+        rig.client.log_dir = str(tmp_path)
+        rig.push(LogsRequest(src="n2", dst=rig.node, cluster="c", rid=41,
+                             instance="default.web.0.1", offset=3, limit=4))
+        ans = await rig.from_client()
+        assert isinstance(ans, LogsReply)
+        assert (ans.src, ans.dst, ans.cluster, ans.rid, ans.code, ans.offset, ans.next_offset,
+                ans.data) == (rig.node, "n2", "c", 41, 200, 3, 7, b"3456")
+        rig.push(LogsRequest(src="n2", dst=rig.node, cluster="c", rid=42, instance="..",
+                             limit=4))
+        bad = await rig.from_client()
+        assert isinstance(bad, LogsReply) and bad.code == 400 and "bad instance id" in bad.reason
+        rig.client.log_dir = None
+        rig.push(LogsRequest(src="n2", dst=rig.node, cluster="c", rid=43, instance="x",
+                             limit=4))
+        none = await rig.from_client()
+        assert isinstance(none, LogsReply) and none.code == 503
+
+    run(body)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import cbor2
 import pytest
 import zmq
 
@@ -37,8 +38,10 @@ from prisn.messages import (
     Tick,
     VoteRequest,
     VoteResponse,
+    to_map,
 )
-from tests.conftest import unique_id
+from prisn.raft.boot import Membership
+from tests.helpers import unique_id
 from tests.procs import wait_for
 from transport.codec import encode
 from transport.fake import FakeOutbox
@@ -344,7 +347,24 @@ def test_garbage_peer_frames_are_counted(shell: Shell) -> None:
     assert shell.core.steps == [[ae("n1")]]
     shell.force_stats()
     shell.run([Tick()], peer=[encode(Tick())])  # stats are refreshed when the core steps
-    assert shell.actor.stats.peer_dropped == 5  # codec drops + type drops together
+    # codec drops + type drops together; another major wire version ({"v": 2}) by itself
+    assert shell.actor.stats.peer_dropped == 4
+    assert shell.actor.stats.peer_drops == {"wire_version": 1}
+
+
+def test_peer_wire_versions_are_learned_for_members_only(shell: Shell) -> None:
+    """Every frame tells which version its sender speaks; strangers are not recorded."""
+    shell.core.st = FakeStatus(membership=Membership(cluster="c", voters={"n1": "a", "n2": "b"},
+                                                     learners={"n4": "d"}))
+    shell.actor.status = shell.core.st
+    newer = cbor2.dumps({**to_map(ae("n0", src="n2")), "m": 3, "x_new": [1]})
+    other_major = cbor2.dumps({**to_map(ae("n0", src="n4")), "v": 2, "m": 1})
+    shell.run(peer=[encode(ae("n0")), newer, encode(ae("n0", src="n9")), other_major])
+    assert shell.core.steps == [[ae("n0"), ae("n0", src="n2"), ae("n0", src="n9")]]
+    shell.force_stats()
+    shell.run([Tick()])
+    assert shell.actor.stats.wire_versions == {"n1": "1.0", "n2": "1.3", "n4": "2.1"}
+    assert shell.actor.stats.peer_drops == {"wire_version": 1}
 
 
 def test_empty_batch_does_not_step_or_republish(shell: Shell) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ import zmq
 import actors.replicator as replicator_mod
 from actors.replicator import ReplicatorActor, replicator_name
 from prisn.messages import AppendEntries, Tick, VoteRequest
+from tests.helpers import free_port, wait_until
 from transport.codec import encode
 from transport.mailbox import inproc_address
 
@@ -27,19 +27,6 @@ _ids = itertools.count()
 
 def node_id(tag: str) -> str:
     return f"repl-{tag}-{os.getpid()}-{next(_ids)}"
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Rig:

@@ -33,21 +33,12 @@ from actors.runner import (
 )
 from prisn.messages import RunnerDesired
 from prisn.workloads.runner import RestartPolicy
+from tests.helpers import wait_until
 from tests.procs import free_port
 from transport.mailbox import Outbox
 
 REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count()
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def dead(pid: int) -> bool:

@@ -17,7 +17,7 @@ from actors.statemachine import StateMachineActor
 from prisn.fsm.commands import CommandFactory, encode_entry
 from prisn.fsm.deployments import DeploymentStore
 from prisn.messages import Applied, Apply, EntryKind, Msg, Tick
-from tests.conftest import unique_id
+from tests.helpers import unique_id
 from transport.codec import decode, encode
 from transport.fake import FakeOutbox
 from transport.mailbox import inproc_address

@@ -13,7 +13,7 @@ import zmq
 from actors.base import Actor
 from actors.supervisor import Supervisor
 from prisn.messages import Msg, Tick
-from tests.conftest import unique_id
+from tests.helpers import unique_id
 from transport.codec import encode
 from transport.mailbox import inproc_address
 

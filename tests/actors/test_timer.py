@@ -16,6 +16,7 @@ import zmq
 import actors.timer as timer_mod
 from actors.timer import TimerActor
 from prisn.messages import Tick
+from tests.helpers import wait_until
 from transport.codec import decode, encode
 from transport.mailbox import inproc_address
 
@@ -24,13 +25,6 @@ _ids = itertools.count()
 
 def node_id(tag: str) -> str:
     return f"timer-{tag}-{os.getpid()}-{next(_ids)}"
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
 
 
 class Rig:

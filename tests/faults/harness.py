@@ -51,6 +51,7 @@ from typing import Any
 
 from tests.faults import linearizability as lin
 from tests.faults.netns import Netns, ns_socket
+from tests.helpers import wait_until
 from tests.procs import Response, ServerProc, free_port
 
 FAULT_ENV = "PRISN_TEST_FAULTS"
@@ -334,17 +335,6 @@ class Cluster:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     n.proc.wait(5)
         return codes
-
-
-def wait_until(cond: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------------- recording

@@ -21,6 +21,8 @@ import socket
 import subprocess
 import threading
 
+import pytest
+
 CLONE_NEWNET = 0x40000000
 SUBNET = "10.211.7"
 NETNS_DIR = "/var/run/netns"
@@ -173,3 +175,15 @@ class Netns:
     def heal(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             self.apply({})
+
+
+_NETNS_SKIP: list[str | None] = []
+
+
+def _netns_or_skip() -> None:
+    """Skip the calling test unless network namespaces work here (checked once)."""
+    if not _NETNS_SKIP:
+        _NETNS_SKIP.append(available())
+        sweep_stale()
+    if _NETNS_SKIP[0] is not None:
+        pytest.skip(f"network namespaces unavailable: {_NETNS_SKIP[0]}")

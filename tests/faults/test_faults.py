@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from tests.faults import netns
 from tests.faults.harness import PARTITIONS, RunConfig, run
+from tests.faults.netns import _netns_or_skip
 
 
 def _seed(default: int) -> int:
@@ -24,17 +24,6 @@ def _check(cfg: RunConfig) -> None:
     report = run(cfg)
     assert report.as_expected, (f"{cfg.name} seed={cfg.seed} failed; history and data dirs "
                                 f"kept in {report.run_dir}:\n" + "\n".join(report.violations))
-
-
-_NETNS_SKIP: list[str | None] = []
-
-
-def _netns_or_skip() -> None:
-    if not _NETNS_SKIP:
-        _NETNS_SKIP.append(netns.available())
-        netns.sweep_stale()
-    if _NETNS_SKIP[0] is not None:
-        pytest.skip(f"network namespaces unavailable: {_NETNS_SKIP[0]}")
 
 
 # ------------------------------------------------------------------ CI profile

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.faults import netns
-from tests.faults.harness import Cluster, RunConfig, wait_until
-from tests.faults.test_faults import _netns_or_skip
+from tests.faults.harness import Cluster, RunConfig
+from tests.faults.netns import _netns_or_skip
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.netns
 

@@ -682,4 +682,3 @@ def test_recovery_from_the_loss_of_a_majority():
     assert [s.name for s in op.steps] == [
         "lose-majority", "recover-1-stop", "recover-2-pick", "recover-3-force-new-cluster",
         "recover-4-flag-left", "recover-4-drop-flag", "recover-5-add-n2", "recover-5-add-n3"]
-

@@ -12,7 +12,7 @@ import pytest
 import actors.api.fastpath as fastpath
 from actors.api.auth import Authenticator
 from actors.api.limits import RateLimiter
-from tests.http.test_http_api import SPEC, ApiCase
+from tests.http.cases import SPEC, ApiCase
 
 # Headers both paths set; Date/Server/Content-Length may legitimately differ.
 COMPARED = ("Content-Type", "X-Prisn-Node", "X-Prisn-Leader", "Retry-After")

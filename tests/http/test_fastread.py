@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,8 +15,8 @@ import actors.api.fastread as fastread
 from actors.api.auth import Authenticator
 from actors.api.errors import NotFound
 from actors.api.limits import RateLimiter
-from tests.http.test_http_api import SPEC, ApiCase
-from tests.http.test_http_metrics import value
+from tests.helpers import until
+from tests.http.cases import SPEC, ApiCase, value
 
 _DATE = re.compile(rb"\r\nDate: [^\r]*")
 STRONG = {"X-Prisn-Consistency": "strong"}
@@ -29,14 +28,6 @@ class Counting(fastread.FastRead):
     def __init__(self, *a: Any, **kw: Any) -> None:
         type(self).taken += 1
         super().__init__(*a, **kw)
-
-
-async def until(cond: Any, what: str, timeout: float = 5.0) -> None:
-    """Poll `cond()` on the running loop until true; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture(autouse=True)
@@ -264,85 +255,3 @@ class TestFastRead(ApiCase):
         outs = self.io_loop.run_sync(many)
         assert all(o.startswith(b"HTTP/1.1 200 ") and o.endswith(b"}") for o in outs)
         assert Counting.taken == 32 and 1 <= self.node.read_barriers - before <= 32
-
-
-class _Read:
-    """Stands in for a FastRead waiting for a barrier."""
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx, self.uri, self.outcome = ctx, "/x", "waiting"
-
-    def barrier_done(self, barrier: asyncio.Future[None]) -> None:
-        self.outcome = repr(barrier.exception())
-
-
-def test_a_barrier_is_shared_only_by_reads_that_arrived_before_it_started() -> None:
-    """One call at a time per node: reads that arrive while a call is under way wait for
-    the next one, which starts when it ends (never joining the call under way)."""
-    calls: list[asyncio.Event] = []
-
-    async def read_barrier(timeout: float) -> None:
-        gate = asyncio.Event()
-        calls.append(gate)
-        await gate.wait()
-
-    ctx = SimpleNamespace(node=SimpleNamespace(read_barrier=read_barrier), read_timeout=1.0,
-                          barriers=fastread.ReadBarriers())
-
-    async def main() -> None:
-        a, b = _Read(ctx), _Read(ctx)
-        fastread._join_barrier(a)  # type: ignore[arg-type]
-        fastread._join_barrier(b)  # type: ignore[arg-type]
-        await asyncio.sleep(0)  # the batch closes and its one call starts
-        c, d = _Read(ctx), _Read(ctx)
-        fastread._join_barrier(c)  # type: ignore[arg-type]  # too late: the next call
-        for _ in range(3):
-            await asyncio.sleep(0)
-        fastread._join_barrier(d)  # type: ignore[arg-type]  # still the next call
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert len(calls) == 1 and a.outcome == "waiting" and c.outcome == "waiting"
-        calls[0].set()
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert a.outcome == b.outcome == "None" and c.outcome == d.outcome == "waiting"
-        assert len(calls) == 2 and ctx.barriers.pending is None  # c, d share the 2nd call
-        calls[1].set()
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert c.outcome == d.outcome == "None"
-        assert ctx.barriers.pending is None and not ctx.barriers.in_flight
-
-    asyncio.run(main())
-
-
-def test_reads_queued_behind_a_failed_barrier_get_its_answer_at_once() -> None:
-    """Each read is answered within about read_timeout of its arrival: the reads queued
-    behind a call that failed share its failure rather than waiting for another call."""
-    calls: list[asyncio.Event] = []
-
-    async def read_barrier(timeout: float) -> None:
-        gate = asyncio.Event()
-        calls.append(gate)
-        await gate.wait()
-        raise TimeoutError
-
-    ctx = SimpleNamespace(node=SimpleNamespace(read_barrier=read_barrier), read_timeout=1.0,
-                          barriers=fastread.ReadBarriers())
-
-    async def main() -> None:
-        a = _Read(ctx)
-        fastread._join_barrier(a)  # type: ignore[arg-type]
-        await asyncio.sleep(0)
-        b = _Read(ctx)
-        fastread._join_barrier(b)  # type: ignore[arg-type]
-        for _ in range(3):
-            await asyncio.sleep(0)
-        calls[0].set()
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert a.outcome == b.outcome == "TimeoutError()"
-        assert len(calls) == 1 and ctx.barriers.pending is None
-        assert not ctx.barriers.in_flight
-
-    asyncio.run(main())

@@ -30,8 +30,8 @@ from tornado.httpserver import HTTPServer
 from actors.api.limits import LimitedHTTPServer, RateLimiter
 from prisn.fsm.commands import encode_entry
 from prisn.messages import EntryKind
-from tests.http.test_http_api import SPEC, ApiCase
-from tests.unit.test_fuzz_decoders import fuzz, mutate_map, weird
+from tests.http.cases import SPEC, ApiCase, parse
+from tests.strategies import fuzz, mutate_map, weird
 
 DEADLINE = 10.0
 
@@ -39,7 +39,8 @@ DEADLINE = 10.0
 ROUTES = ["/api/v1/deployments", "/api/v1/deployments/{}", "/api/v1/deployments/{}/scale",
           "/health", "/ready", "/metrics", "/api/v1/cluster/status", "/api/v1/cluster/health",
           "/api/v1/cluster/nodes/{}", "/api/v1/cluster/election", "/api/v1/openapi.json", "/{}",
-          "/api/v1/{}", "/api/v1/tokens", "/api/v1/tokens/{}", "/api/v1/tokens/{}/revoke"]
+          "/api/v1/{}", "/api/v1/tokens", "/api/v1/tokens/{}", "/api/v1/tokens/{}/revoke",
+          "/api/v1/secrets", "/api/v1/secrets/{}"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get", "TRACE", "BREW",
            "CONNECT", "P0ST"]
 
@@ -71,7 +72,9 @@ SERVED = [("GET", "/api/v1/deployments"), ("POST", "/api/v1/deployments"),
           ("GET", "/api/v1/cluster/health"), ("DELETE", "/api/v1/cluster/nodes/{}"),
           ("POST", "/api/v1/cluster/election"), ("POST", "/api/v1/tokens"),
           ("GET", "/api/v1/tokens"), ("POST", "/api/v1/tokens/{}/revoke"),
-          ("DELETE", "/api/v1/tokens/{}")]
+          ("DELETE", "/api/v1/tokens/{}"), ("POST", "/api/v1/secrets"),
+          ("GET", "/api/v1/secrets"), ("GET", "/api/v1/secrets/{}"),
+          ("PUT", "/api/v1/secrets/{}"), ("DELETE", "/api/v1/secrets/{}")]
 
 
 @st.composite
@@ -224,25 +227,6 @@ def raw_request(draw: st.DrawFn) -> tuple[str, bytes, bool]:
                                          b"5\r\nab\r\n", b"-1\r\n\r\n"]))
     lines.append(b"Connection: close")
     return method, b"\r\n".join(lines) + b"\r\n\r\n" + data, complete
-
-
-# ---------------------------------------------------------------------- response parsing
-def parse(raw: bytes) -> tuple[int, dict[str, str], bytes] | None:
-    """(status, headers, body) of the first non-1xx response in `raw`; None if empty."""
-    while raw:
-        head, sep, rest = raw.partition(b"\r\n\r\n")
-        assert sep, raw[:200]
-        status_line, *hdr_lines = head.decode("latin-1").split("\r\n")
-        status = int(status_line.split(" ", 2)[1])
-        headers = {}
-        for ln in hdr_lines:
-            k, _, v = ln.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        if 100 <= status < 200:
-            raw = rest
-            continue
-        return status, headers, rest
-    return None
 
 
 def deployments(store: Any) -> list[dict[str, Any]]:

@@ -3,120 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import socket
 from typing import Any
 
-from tornado.httpclient import HTTPResponse
-from tornado.httpserver import HTTPServer
-from tornado.testing import AsyncHTTPTestCase, gen_test
+from tornado.testing import gen_test
 
-from actors.api.app import make_app, make_server
 from actors.api.errors import Unavailable
-from actors.api.node import FakeNodeClient, NodeInfo
-from prisn.fsm.commands import CommandFactory
-
-JSON = {"Content-Type": "application/json"}
-SPEC: dict[str, Any] = {"name": "web", "source": "print('hi')", "port": 8080}
-
-
-def three_nodes() -> list[NodeInfo]:
-    return [
-        NodeInfo("node1", "10.0.0.1:7332", "leader"),
-        NodeInfo("node2", "10.0.0.2:7332", "follower", last_contact_seconds=0.05,
-                 lag_entries=0, lag_seconds=0.0, inflight_messages=1),
-        NodeInfo("node3", "10.0.0.3:7332", "follower", last_contact_seconds=0.07,
-                 lag_entries=3, lag_seconds=0.2, inflight_messages=0),
-        NodeInfo("node4", "10.0.0.4:7332", "learner"),
-    ]
-
-
-class ApiCase(AsyncHTTPTestCase):
-    """Base: a FakeNodeClient behind `make_app`; subclasses tune the knobs."""
-
-    write_timeout = 5.0
-    read_timeout = 5.0
-    max_body = 10 * 1024 * 1024
-    max_inflight = 10000
-
-    def get_app(self) -> Any:
-        self.node = FakeNodeClient("node1", nodes=three_nodes())
-        ids = (f"id-{n}" for n in itertools.count(1))
-        self.app = make_app(
-            self.node, write_timeout=self.write_timeout, read_timeout=self.read_timeout,
-            max_body=self.max_body, max_inflight=self.max_inflight,
-            commands=CommandFactory(clock=lambda: 1_700_000_000.0, new_id=lambda: next(ids)),
-        )
-        return self.app
-
-    def get_http_server(self) -> HTTPServer:
-        return make_server(self.app)
-
-    # ---------------------------------------------------------------- helpers
-    def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, Any, HTTPResponse]:
-        data: bytes | None = raw
-        if data is None and body is not None:
-            data = json.dumps(body).encode()
-        if data is None and method in ("POST", "PUT", "PATCH"):
-            data = b""
-        resp = self.fetch(path, method=method, body=data, headers={**JSON, **(headers or {})},
-                          raise_error=False, allow_nonstandard_methods=True)
-        parsed = json.loads(resp.body) if resp.body and resp.headers.get(
-            "Content-Type", "").startswith("application/json") else None
-        return resp.code, parsed, resp
-
-    def assert_error(self, code: int, body: Any, resp: HTTPResponse, reason: str,
-                     *, contains: str = "") -> None:
-        assert resp.code == code, (resp.code, body)
-        assert isinstance(body, dict), resp.body
-        assert body["error"] == reason, body
-        assert isinstance(body["message"], str) and body["message"], body
-        assert contains in body["message"], body
-        self.assert_node_headers(resp)
-
-    def assert_node_headers(self, resp: HTTPResponse) -> None:
-        assert resp.headers["X-Prisn-Node"] == "node1"
-        assert resp.headers["X-Prisn-Leader"] == (self.node.leader_id or "")
-
-    def raw_request(self, head: bytes, body: bytes = b"") -> bytes:
-        """Send `head` (+ `body`) on a plain socket; return everything until the server closes."""
-        with socket.create_connection(("127.0.0.1", self.get_http_port()), timeout=10) as s:
-            s.sendall(head + body)
-            chunks = []
-            while True:
-                try:
-                    data = s.recv(65536)
-                except ConnectionResetError:
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-        return b"".join(chunks)
-
-    def raw(self, req: bytes) -> bytes:
-        """Send `req` on a fresh connection from inside the IOLoop (the server answers while it
-        runs); everything the server answers until it closes."""
-        port = self.get_http_port()
-
-        async def send() -> bytes:
-            loop = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
-            s = socket.create_connection(("127.0.0.1", port))
-            s.setblocking(False)
-            await loop.sock_sendall(s, req)
-            out = b""
-            while chunk := await loop.sock_recv(s, 65536):
-                out += chunk
-            s.close()
-            return out
-
-        return self.io_loop.run_sync(send)
-
-    def create(self, **over: Any) -> dict[str, Any]:
-        code, body, _ = self.call("POST", "/api/v1/deployments", {**SPEC, **over})
-        assert code == 201, body
-        return body  # type: ignore[no-any-return]
+from tests.http.cases import JSON, SPEC, ApiCase
 
 
 class TestDeployments(ApiCase):

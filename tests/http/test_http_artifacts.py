@@ -11,8 +11,8 @@ from tornado.httpclient import HTTPResponse
 
 from actors.api.quotas import Quotas
 from prisn.workloads.artifacts import ArtifactFile, digest_of, pack
-from tests.http.test_http_api import ApiCase
-from tests.http.test_http_auth import AuthCase
+from tests.http.authcase import AuthCase
+from tests.http.cases import ApiCase
 
 OCTET = {"Content-Type": "application/octet-stream"}
 

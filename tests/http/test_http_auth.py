@@ -7,102 +7,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import HTTPResponse
-from tornado.httpserver import HTTPServer
 from tornado.testing import AsyncHTTPTestCase
 
-from actors.api.app import make_app, make_server
-from actors.api.auth import Authenticator
-from actors.api.node import FakeNodeClient, NodeInfo
-from prisn.fsm.commands import CommandFactory, format_ts
-from prisn.fsm.tokens import TokenFactory
+from actors.api.app import make_app
+from actors.api.node import FakeNodeClient
+from prisn.fsm.commands import format_ts
+from tests.http.authcase import KEY, T0, AuthCase, three_nodes
 
 JSON = {"Content-Type": "application/json"}
 
-KEY = "bootstrap-key-0123456789"
-T0 = 1_700_000_000.0
-SEED = 20240607
 
 
-def three_nodes() -> list[NodeInfo]:
-    return [NodeInfo("node1", "10.0.0.1:7332", "leader"),
-            NodeInfo("node2", "10.0.0.2:7332", "follower"),
-            NodeInfo("node3", "10.0.0.3:7332", "follower"),
-            NodeInfo("node4", "10.0.0.4:7332", "learner")]
 
 
-class AuthCase(AsyncHTTPTestCase):
-    """A FakeNodeClient behind `make_app` with an API key and a controllable clock."""
-
-    metrics_auth = False
-
-    def get_app(self) -> Any:
-        self.now = T0
-        self.node = FakeNodeClient("node1", nodes=three_nodes())
-        ids = (f"id-{n}" for n in itertools.count(1))
-        rng = random.Random(SEED)
-        self.app = make_app(
-            self.node,
-            commands=CommandFactory(clock=lambda: self.now, new_id=lambda: next(ids)),
-            auth=Authenticator(KEY, metrics_auth=self.metrics_auth, clock=lambda: self.now),
-            tokens=TokenFactory(clock=lambda: self.now, random_bytes=rng.randbytes),
-        )
-        return self.app
-
-    def get_http_server(self) -> HTTPServer:
-        return make_server(self.app)
-
-    def call(self, method: str, path: str, body: Any = None, *, auth: str | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, Any, HTTPResponse]:
-        data = None if body is None else json.dumps(body).encode()
-        if data is None and method in ("POST", "PUT", "PATCH"):
-            data = b""
-        h = {"Content-Type": "application/json", **(headers or {})}
-        if auth is not None:
-            h["Authorization"] = auth
-        resp = self.fetch(path, method=method, body=data, headers=h, raise_error=False,
-                          allow_nonstandard_methods=True)
-        parsed = json.loads(resp.body) if resp.body and resp.headers.get(
-            "Content-Type", "").startswith("application/json") else None
-        return resp.code, parsed, resp
-
-    def admin(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        code, out, _ = self.call(method, path, body, auth=f"Bearer {KEY}", **kw)
-        return code, out
-
-    def make_token(self, name: str, role: str, namespaces: list[str] | None = None,
-                   **extra: Any) -> tuple[str, str]:
-        """(id, secret) of a new token, created with the bootstrap key."""
-        body: dict[str, Any] = {"name": name, "role": role, **extra}
-        if namespaces is not None:
-            body["namespaces"] = namespaces
-        code, out = self.admin("POST", "/api/v1/tokens", body)
-        assert code == 201, out
-        return out["id"], out["secret"]
-
-    def failures(self) -> dict[str, float]:
-        _, _, resp = self.call("GET", "/metrics", auth=f"Bearer {KEY}")
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(resp.body.decode()):
-            for s in family.samples:
-                if s.name == "prisn_http_auth_failures_total":
-                    out[s.labels["reason"]] = s.value
-        return out
-
-    def assert_refused(self, code: int, body: Any, resp: HTTPResponse, status: int) -> None:
-        assert code == status, (code, body)
-        assert body["error"] == {401: "Unauthorized", 403: "Forbidden"}[status], body
-        assert isinstance(body["message"], str) and body["message"], body
-        assert resp.headers["X-Prisn-Node"] == "node1"
-        if status == 401:
-            assert resp.headers["WWW-Authenticate"].startswith("Bearer"), resp.headers
-        else:
-            assert "WWW-Authenticate" not in resp.headers
 
 
 # ---------------------------------------------------------------------- every role, every route
@@ -154,6 +74,9 @@ ROUTES: list[Route] = [
     Route("POST", "/api/v1/deployments/web/scale?namespace=team", {"replicas": 2}, "write",
           "team", 200),
     Route("POST", "/api/v1/deployments/other/scale", {"replicas": 2}, "write", "default", 200),
+    # jobs are never placed: an allowed caller gets past auth to the 404
+    Route("GET", "/api/v1/deployments/web/logs?namespace=team", None, "read", "team", 404),
+    Route("GET", "/api/v1/deployments/other/logs", None, "read", "default", 404),
     Route("GET", "/api/v1/tokens", None, "admin", None, 200),
     Route("POST", "/api/v1/tokens", {"name": "fresh", "role": "viewer", "namespaces": ["team"]},
           "admin", None, 201),
@@ -161,6 +84,18 @@ ROUTES: list[Route] = [
     Route("POST", "/api/v1/tokens/{dev}/revoke", None, "admin", None, 200),
     Route("DELETE", "/api/v1/tokens/{dev}", None, "admin", None, 204),
     Route("GET", "/api/v1/tokens/0000000000000000", None, "admin", None, 404),
+    Route("GET", "/api/v1/secrets", None, "read", None, 200),
+    Route("GET", "/api/v1/secrets?namespace=team", None, "read", "team", 200),
+    Route("POST", "/api/v1/secrets?namespace=team", {"name": "new", "data": {"K": "v"}},
+          "write", "team", 201),
+    Route("POST", "/api/v1/secrets", {"name": "new", "data": {"K": "v"}}, "write", "default",
+          201),
+    # values: developer and admin only (WRITE), in their namespaces
+    Route("GET", "/api/v1/secrets/db?namespace=team", None, "write", "team", 200),
+    Route("GET", "/api/v1/secrets/cfg", None, "write", "default", 200),
+    Route("PUT", "/api/v1/secrets/db?namespace=team", {"data": {"K": "v2"}}, "write", "team",
+          200),
+    Route("DELETE", "/api/v1/secrets/cfg", None, "write", "default", 204),
     Route("GET", "/api/v2/nowhere", None, "auth", None, 404),
     Route("DELETE", "/health", None, "auth", None, 405),
     Route("PUT", "/api/v1/tokens", {}, "auth", None, 405),
@@ -198,6 +133,10 @@ class TestEveryRoleOnEveryRoute(AuthCase):
         assert self.admin("POST", "/api/v1/deployments?namespace=team",
                           {"name": "web", "source": "x"})[0] == 201
         assert self.admin("POST", "/api/v1/deployments", {"name": "other", "source": "x"})[0] \
+            == 201
+        assert self.admin("POST", "/api/v1/secrets", {"name": "db", "namespace": "team",
+                                                      "data": {"K": "v"}})[0] == 201
+        assert self.admin("POST", "/api/v1/secrets", {"name": "cfg", "data": {"K": "v"}})[0] \
             == 201
         headers: dict[str, str] = {}
         self.ids: dict[str, str] = {}
@@ -252,7 +191,8 @@ class TestEveryRoleOnEveryRoute(AuthCase):
             if want in (401, 403):
                 self.assert_refused(code, body, resp, want)
                 assert self.snapshot_state() == before, f"refused but changed: {where}"
-            elif route.method == "GET" and want == 200 and "deployments" in path:
+            elif route.method == "GET" and want == 200 and ("deployments" in path
+                                                            or "secrets" in path):
                 items = body["items"] if "items" in body else [body]
                 for dep in items:
                     assert cred.namespaces is None or dep["namespace"] in cred.namespaces, where
@@ -574,3 +514,44 @@ def test_auth_failure_log_is_rate_limited_per_kind() -> None:
     assert len(records) == 2, records
     assert "10.0.0.9" in records[0] and "unknown id 1" in records[0]
     assert "4 more such refusals" in records[1], records
+
+
+class TestStrongReadsShareBarriersWithAuth(AuthCase):
+    """With an API key the fast paths are off, so every strong read goes through the Tornado
+    handlers: they must share read barriers too (the node client batches them)."""
+
+    N = 16
+
+    def test_concurrent_strong_reads_share_one_or_two_barriers(self) -> None:
+        import asyncio
+
+        assert self.admin("POST", "/api/v1/deployments", {"name": "web", "source": "x"})[0] == 201
+        _, secret = self.make_token("viewer", "viewer", ["*"])
+        port = self.get_http_port()
+        req = (f"GET /api/v1/deployments/web HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Authorization: Bearer {secret}\r\nX-Prisn-Consistency: strong\r\n"
+               f"Connection: close\r\n\r\n").encode()
+        node = self.node
+        before_calls, before_joins = node.read_barriers, node.barriers.joins
+
+        async def one() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(req)
+            out = await reader.read()
+            writer.close()
+            return out
+
+        async def many() -> list[bytes]:
+            node.read_gate = asyncio.Event()  # barrier calls wait until every read joined
+            tasks = [asyncio.ensure_future(one()) for _ in range(self.N)]
+            deadline = asyncio.get_running_loop().time() + 30
+            while node.barriers.joins - before_joins < self.N:
+                assert asyncio.get_running_loop().time() < deadline, "reads did not all join"
+                await asyncio.sleep(0.005)
+            node.read_gate.set()
+            return list(await asyncio.gather(*tasks))
+
+        outs = self.io_loop.run_sync(many, timeout=60)
+        assert all(o.startswith(b"HTTP/1.1 200 ") and o.endswith(b"}") for o in outs), outs
+        # the first read's call, then at most one more for every read queued behind it
+        assert 1 <= node.read_barriers - before_calls <= 2, node.read_barriers - before_calls

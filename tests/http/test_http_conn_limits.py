@@ -15,7 +15,8 @@ from tornado.testing import gen_test
 
 from actors.api.limits import PRESSURE, LimitedHTTPServer, client_key
 from actors.metrics import HttpLimitsCollector
-from tests.http.test_http_limits import DEADLINE, LimitsCase, until
+from tests.helpers import until
+from tests.http.cases import DEADLINE, LimitsCase
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 

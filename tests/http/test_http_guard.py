@@ -10,8 +10,7 @@ from typing import Any
 
 from actors.api.auth import Authenticator
 from actors.api.guard import RequestGuard
-from tests.http.test_fuzz_http import parse
-from tests.http.test_http_api import SPEC, ApiCase
+from tests.http.cases import SPEC, ApiCase, parse
 
 # (method, path, body) of every route that reads a body
 BODY_ROUTES = [

@@ -10,7 +10,7 @@ from typing import Any
 
 from tornado.testing import gen_test
 
-from tests.http.test_http_api import SPEC, ApiCase
+from tests.http.cases import SPEC, ApiCase
 
 LONE = "\ud800"
 

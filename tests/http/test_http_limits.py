@@ -10,43 +10,17 @@ import re
 from typing import Any
 
 from tornado.httpclient import HTTPClientError
-from tornado.httpserver import HTTPServer
 from tornado.testing import gen_test
 
 from actors.api.limits import (
     EXEMPT_ROUTES,
     HandshakeLogFilter,
-    LimitedHTTPServer,
     RateLimiter,
     TooManyRequests,
 )
 from actors.metrics import HttpLimitsCollector
-from tests.http.test_http_api import SPEC, ApiCase
-
-DEADLINE = 10.0  # seconds any awaited condition may take before the test fails
-
-
-class Clock:
-    """A manual monotonic clock."""
-
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
-
-
-async def until(cond: Any, what: str) -> None:
-    """Poll `cond()` on the test's IOLoop (yielding to the server) until true or DEADLINE."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+from tests.helpers import until
+from tests.http.cases import DEADLINE, SPEC, Clock, LimitsCase
 
 
 # ---------------------------------------------------------------------- bucket math
@@ -144,54 +118,6 @@ def test_handshake_log_filter_rate_limits_ssl_errors_only() -> None:
     clock.advance(10.0)
     r = rec("SSL Error on 3")
     assert f.filter(r) and "5 more" in r.getMessage()
-
-
-# ---------------------------------------------------------------------- over HTTP
-class LimitsCase(ApiCase):
-    """ApiCase behind a LimitedHTTPServer with a manual clock and no automatic sweep."""
-
-    rate = 1.0
-    burst = 2
-    max_connections = 100
-    max_header = 16384
-    sweep_interval = 0.0
-    idle_timeout = 60.0
-    body_timeout = 10.0
-    response_timeout: float | None = 30.0
-
-    def get_app(self) -> Any:
-        app = super().get_app()
-        self.clock = Clock()
-        if self.rate:
-            app.ctx.limiter = RateLimiter(self.rate, self.burst, clock=self.clock)
-        return app
-
-    def get_http_server(self) -> HTTPServer:
-        self.server = LimitedHTTPServer(
-            self.app, max_body_size=self.max_body, max_header_size=self.max_header,
-            max_connections=self.max_connections, idle_timeout=self.idle_timeout,
-            body_timeout=self.body_timeout, response_timeout=self.response_timeout,
-            sweep_interval=self.sweep_interval, clock=self.clock)
-        return self.server
-
-    async def fetch_async(self, path: str, **kw: Any) -> Any:
-        kw.setdefault("raise_error", False)
-        return await self.http_client.fetch(self.get_url(path), **kw)
-
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", self.get_http_port())
-
-    async def closed(self, reader: asyncio.StreamReader) -> bytes:
-        """Everything the server sends until it closes the connection (DEADLINE)."""
-        out = b""
-        try:
-            while True:
-                chunk = await asyncio.wait_for(reader.read(65536), DEADLINE)
-                if not chunk:
-                    return out
-                out += chunk
-        except ConnectionResetError:
-            return out
 
 
 class TestRateLimit(LimitsCase):

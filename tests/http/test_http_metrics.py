@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from tornado.testing import AsyncHTTPTestCase
 
 from actors.api.app import make_app
 from actors.api.node import FakeNodeClient, NodeInfo, NodeStatus
 from actors.metrics import NodeMetrics
-
-PROMTOOL = shutil.which("promtool")
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float | None:
-    return samples(text).get((name, tuple(sorted(labels.items()))))
-
-
-def promtool_check(text: str) -> None:
-    assert PROMTOOL is not None
-    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(),
-                          capture_output=True, timeout=60)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
+from tests.helpers import PROMTOOL, promtool_check
+from tests.http.cases import value
 
 
 class MetricsCase(AsyncHTTPTestCase):

@@ -26,7 +26,7 @@ from actors.api.auth import AUTHENTICATED, Authenticator
 from actors.api.node import FakeNodeClient
 from actors.api.tokens import TOKEN_ROUTES
 from prisn import __version__
-from tests.http.test_http_api import three_nodes
+from tests.http.cases import three_nodes
 from tests.openapi_doc import HTTP_METHODS, check_response, document, find_operation
 
 REGEN = "python3 -m actors.api.openapi"
@@ -197,6 +197,8 @@ BODIES: dict[str, Any] = {
     "patchDeployment": {"replicas": 2},
     "scaleDeployment": {"replicas": 2},
     "createToken": {"name": "probe", "role": "admin"},
+    "createSecret": {"name": "probe", "data": {"K": "v"}},
+    "rotateSecret": {"data": {"K": "v"}},
 }
 # parameter -> (where, a bad value, the start of the 400 message a handler that reads it gives)
 PROBES: dict[str, tuple[str, str, str]] = {

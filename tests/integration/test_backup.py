@@ -270,7 +270,7 @@ def test_restore_refuses_a_used_data_dir(backup, tmp_path) -> None:
 
 
 def test_save_shows_progress_on_a_terminal_only(cluster, backup, tmp_path) -> None:
-    from tests.integration.test_cli_writes import on_a_terminal
+    from tests.procs import on_a_terminal
 
     path = tmp_path / "tty.snap"
     env_token = ["--token", KEY]

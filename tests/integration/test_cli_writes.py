@@ -12,82 +12,25 @@
 
 from __future__ import annotations
 
-import json
-import os
-import pty
-import select
-import subprocess
-import sys
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from prisn.client import Client
-from tests.procs import ServerProc, leader_of, single_node, start_cluster, wait_for
+from tests.procs import (
+    ServerProc,
+    leader_of,
+    on_a_terminal,
+    single_node,
+    start_cluster,
+    wait_for,
+)
+from tests.scripted import DEP, UNAVAILABLE, Script, prisn
 
 FAST = ["--write-timeout", "2s", "--election-timeout", "500ms"]
-CLI_TIMEOUT = 60
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def prisn(*args: str, server: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISN_")}
-    return subprocess.run([sys.executable, "-m", "prisn.cli", "--server", server, *args],
-                          env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT,
-                          stdin=subprocess.DEVNULL)
-
-
-# ---------------------------------------------------------------------- a scripted server
-class Script(ThreadingHTTPServer):
-    """Answers each request with the next scripted (status, headers, body) for its method and
-    path (then 500), or with what a callable given instead of the list returns for the
-    server, and records (method, path, headers) of every request."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.answers: dict[tuple[str, str], list[tuple[int, dict[str, str], Any]]] = {}
-        self.seen: list[tuple[str, str, dict[str, str]]] = []
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Script
-
-    def _answer(self) -> None:
-        n = int(self.headers.get("Content-Length") or 0)
-        if n:
-            self.rfile.read(n)
-        path = self.path.split("?")[0]
-        self.server.seen.append((self.command, path, {k.lower(): v for k, v in
-                                                      self.headers.items()}))
-        queue = self.server.answers.get((self.command, path), [])
-        if callable(queue):  # an answer computed from what was seen so far
-            status, headers, body = queue(self.server)
-        else:
-            status, headers, body = queue.pop(0) if queue else (
-                500, {}, {"error": "x", "message": "no script"})
-        data = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _answer  # noqa: N815
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
@@ -101,10 +44,6 @@ def script():
         srv.server_close()
 
 
-UNAVAILABLE = (503, {"Retry-After": "0"},
-               {"error": "Service Unavailable", "message": "no quorum is available"})
-DEP = {"name": "app", "namespace": "default", "type": "job", "replicas": 1, "port": 0,
-       "generation": 1, "source": "app.py", "runtime": "python"}
 
 
 def test_a_write_is_keyed_and_a_503_retried_once_with_the_same_key(script) -> None:
@@ -170,42 +109,6 @@ def test_a_retried_create_gets_the_first_answer(tmp_path) -> None:
         assert first.status == again.status == 201 and first.body == again.body
     finally:
         n.stop()
-
-
-def on_a_terminal(args: list[str], answer: str | None) -> tuple[int, str]:
-    """Run `prisn ARGS` with stdin, stdout and stderr on a pseudo-terminal; type `answer`
-    once the question appears (None: expect no question). (exit code, everything shown)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISN_")}
-    master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "prisn.cli", *args], stdin=slave,
-                         stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    shown = b""
-    typed = False
-    deadline = time.monotonic() + CLI_TIMEOUT
-    try:
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([master], [], [], 0.1)
-            if r:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    chunk = b""
-                if not chunk and p.poll() is not None:
-                    break
-                shown += chunk
-            elif p.poll() is not None:
-                break
-            if answer is not None and not typed and b"[y/N]" in shown:
-                os.write(master, answer.encode() + b"\n")
-                typed = True
-        code = p.wait(5)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        os.close(master)
-    return code, shown.decode(errors="replace")
 
 
 @pytest.fixture(scope="module")

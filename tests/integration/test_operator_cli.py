@@ -110,8 +110,8 @@ def test_deployment_lifecycle_table_and_json(node):
                                                                              "app.py")
     # list: table and JSON
     table = ok(prisn("status", server=node)).splitlines()
-    assert table[0].split() == ["NAMESPACE", "NAME", "TYPE", "REPLICAS", "PORT", "RUNTIME",
-                                "SCHEDULE", "GEN", "UPDATED"]
+    assert table[0].split() == ["NAMESPACE", "NAME", "TYPE", "REPLICAS", "READY", "PHASE",
+                                "PORT", "RUNTIME", "SCHEDULE", "GEN", "UPDATED"]
     rows = {tuple(line.split()[:4]) for line in table[1:]}
     assert rows == {("default", "app", "service", "2"), ("ops", "nightly", "cronjob", "1")}
     listing = js(prisn("status", "-o", "json", server=node))

@@ -11,14 +11,16 @@ import zmq
 
 from prisn.fsm.commands import encode_entry
 from prisn.messages import AppendEntries, ForwardPropose, ForwardRequest, Propose, VoteRequest
-from tests.integration.test_cluster import _leader_of, _quick_start
-from tests.procs import wait_for
+from tests.procs import leader_of as _leader_of
+from tests.procs import start_cluster, wait_for
 from transport.codec import encode
+
+FAST = ["--write-timeout", "2s"]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    nodes = _quick_start(tmp_path_factory.mktemp("garbage"))
+    nodes = start_cluster(tmp_path_factory.mktemp("garbage"), FAST)
     try:
         yield nodes
     finally:

@@ -300,7 +300,7 @@ def test_docker_healthcheck_probe_speaks_https_when_tls_is_on(
     """The Dockerfile's HEALTHCHECK (read from the file) against a real TLS node (issue 16,
     item 6): healthy with PRISN_TLS_CERT set as in the container; the plain-HTTP probe it
     replaced fails against the same node."""
-    from tests.unit.test_deploy_compose import healthcheck_argv
+    from tests.deployfiles import healthcheck_argv
 
     argv = healthcheck_argv()
     assert argv[0] == "python"

@@ -28,7 +28,7 @@ from prisn.fsm.executions import cron_command, fire_id
 from prisn.fsm.tokens import ts_millis
 from prisn.messages import Propose
 from prisn.workloads.cron import CONCURRENCY, CronJob, cron_plan, parse_schedule
-from tests.sim.sim import UNITS_PER_TICK, Sim, SimConfig, SimNode
+from tests.raftsim.sim import UNITS_PER_TICK, Sim, SimConfig, SimNode
 
 BASE = 1_780_000_000  # epoch seconds at simulated time 0
 ROUND_TIMEOUT = 20  # ticks before a leader gives up waiting for its round to apply

@@ -29,7 +29,7 @@ from prisn.fsm.placements import batch_command
 from prisn.messages import Propose, ReadIndex
 from prisn.workloads.model import contact_ticks, live_nodes
 from prisn.workloads.scheduler import Plan, schedule
-from tests.sim.sim import UNITS_PER_TICK, Sim, SimConfig, SimNode
+from tests.raftsim.sim import UNITS_PER_TICK, Sim, SimConfig, SimNode
 
 NODE_DOWN_AFTER = 30  # ticks (election timeout is 10)
 ROUND_TIMEOUT = 20  # ticks before a leader gives up waiting for its round to apply

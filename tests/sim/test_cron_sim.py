@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from prisn.fsm import executions
+from tests.raftsim.sim import SimConfig
 from tests.sim.cron import CronSim
-from tests.sim.sim import SimConfig
 
 SCENARIOS = {
     "3-crashes": dict(nodes=3, crash_rate=0.03),

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.raftsim.sim import SimConfig
 from tests.sim.sched import SchedSim
-from tests.sim.sim import SimConfig
 
 SCENARIOS = {
     "3-static": dict(nodes=3),

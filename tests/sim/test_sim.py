@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from prisn.raft.core import RaftCore
-from tests.sim.sim import Sim, SimConfig, SimFailure
+from tests.raftsim.sim import Sim, SimConfig, SimFailure
 
 SCENARIOS = {
     "3-static": dict(nodes=3),
@@ -286,13 +286,12 @@ def test_checker_catches_speaking_before_persisting(broken, scenario) -> None:
     raise AssertionError(f"{broken.__name__} not caught in 300 seeds")
 
 
-
 def test_trace_digest_does_not_depend_on_the_hash_seed() -> None:
     """The recorded digests are compared across processes: a run must not depend on
     PYTHONHASHSEED (set or dict orders of strings reaching the trace)."""
     import subprocess
     import sys
-    code = ("from tests.sim.sim import Sim, SimConfig; print(Sim(7, SimConfig(nodes=3, "
+    code = ("from tests.raftsim.sim import Sim, SimConfig; print(Sim(7, SimConfig(nodes=3, "
             "membership_rate=0.05, snapshots=(5, 40))).run().trace.digest())")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env={**os.environ, "PYTHONHASHSEED": h},

@@ -11,7 +11,7 @@ import os
 import random
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ import zmq
 from actors.metrics import NodeMetrics, PeerAuthCollector
 from actors.replicator import ReplicatorActor, replicator_name
 from prisn.cli import main as cli_main
-from tests.conftest import unique_id
+from tests.helpers import unique_id, wait_until
 from transport.curve import (
     KEY_HEADER,
     SERVER_FAILURE_EVENTS,
@@ -55,13 +55,6 @@ def rng() -> Iterator[random.Random]:
 
 def secret(rng: random.Random) -> bytes:
     return rng.randbytes(32)
-
-
-def wait_until(pred: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what} (seed {SEED})"
-        time.sleep(0.005)
 
 
 # --------------------------------------------------------------------------- key file
@@ -457,4 +450,3 @@ def _try_send(sock: zmq.Socket, data: bytes) -> bool:
         return True
     except zmq.Again:
         return False
-

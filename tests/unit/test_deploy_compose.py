@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.deployfiles import dockerfile_instructions, healthcheck_argv, instr
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
@@ -75,44 +77,6 @@ def flag_value(args: list[str], name: str):
 def command_args(service: dict) -> list[str]:
     cmd = service["command"]
     return cmd.split() if isinstance(cmd, str) else list(cmd)
-
-
-def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
-    """[(INSTRUCTION, arguments)] with continuation lines joined."""
-    out: list[tuple[str, str]] = []
-    buf = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not buf and (not line or line.startswith("#")):
-            continue
-        if buf and line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            buf += line[:-1].rstrip() + " "
-            continue
-        line = buf + line
-        buf = ""
-        op, _, rest = line.partition(" ")
-        out.append((op.upper(), rest.strip()))
-    assert not buf, "dangling line continuation"
-    return out
-
-
-def instr(text: str, op: str) -> list[str]:
-    return [a for o, a in dockerfile_instructions(text) if o == op]
-
-
-def healthcheck_argv() -> list[str]:
-    (hc,) = instr(DOCKERFILE.read_text(), "HEALTHCHECK")
-    m = re.search(r"\bCMD\s+(\[.*\])\s*$", hc)
-    assert m, f"HEALTHCHECK must use the exec form: {hc}"
-    return json.loads(m.group(1))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

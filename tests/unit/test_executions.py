@@ -18,7 +18,7 @@ from prisn.fsm.commands import COMMAND_VERSION
 from prisn.fsm.deployments import SNAPSHOT_FORMAT_REFS, SNAPSHOT_FORMAT_TABLES, DeploymentStore
 from prisn.fsm.executions import MAX_MISSES, ExecutionTable, cron_command, fire_id
 from prisn.workloads.cron import CronJob, Fire, Miss, cron_plan, parse_schedule
-from tests.unit.test_fsm_deployments import Feeder
+from tests.feeder import Feeder
 
 TS = "2026-06-01T12:00:00.000Z"
 T0 = 1780315200  # 2026-06-01T12:00:00Z

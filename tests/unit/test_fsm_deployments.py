@@ -16,33 +16,7 @@ from hypothesis import strategies as st
 from prisn.fsm.commands import CommandFactory, decode_entry, encode_entry, format_ts
 from prisn.fsm.deployments import SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_REFS, DeploymentStore
 from prisn.messages import EntryKind
-
-
-class Feeder:
-    """Proposes commands into a store as consecutive COMMAND entries (a fake log)."""
-
-    def __init__(self, store: DeploymentStore | None = None) -> None:
-        self.store = store if store is not None else DeploymentStore()
-        ids = (f"id{n:06d}" for n in itertools.count(1))
-        ticks = itertools.count(1_700_000_000)
-        self.cf = CommandFactory(clock=lambda: float(next(ticks)), new_id=lambda: next(ids))
-        self.entries: list[tuple[int, int, bytes]] = []
-        self.rid = itertools.count(1)
-
-    def entry(self, kind: int, data: bytes) -> tuple[int, dict] | None:
-        index = self.store.applied_index + 1
-        self.entries.append((index, kind, data))
-        return self.store.apply(index, kind, data)
-
-    def run(self, command: dict) -> tuple[int, dict]:
-        result = self.entry(EntryKind.COMMAND, encode_entry("n1", next(self.rid), command))
-        assert result is not None
-        return result
-
-    def create(self, **spec: object) -> tuple[int, dict]:
-        spec.setdefault("source", "print(1)")
-        key = spec.pop("key", None)
-        return self.run(self.cf.create(spec, key=key))  # type: ignore[arg-type]
+from tests.feeder import Feeder
 
 
 def test_create_defaults_and_fields() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prisn.fsm.deployments import DeploymentStore, deployment_size
-from tests.unit.test_fsm_deployments import Feeder
+from tests.feeder import Feeder
 
 BIG = "x" * 100_000
 

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 import struct
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from prisn.fsm.commands import CommandError, CommandFactory, decode_entry, encode_entry
@@ -46,27 +44,8 @@ from prisn.snapshots import (
     read_snapshot,
 )
 from prisn.storage import ENTRY_PREFIX, K_COMPACT, K_HARD, LogStorage, StorageError, entry_key
-from tests.unit.test_codec import TYPES, strategy_for
+from tests.strategies import _LONG, FUZZ_SEED, TYPES, _Weird, fuzz, mutate_map, strategy_for, weird
 from transport.codec import DecodeError, Decoder, decode, encode
-
-# ---------------------------------------------------------------------- settings
-_LONG = int(os.environ.get("PRISN_FUZZ_EXAMPLES", "0") or 0)
-FUZZ_SEED = int(os.environ.get("PRISN_FUZZ_SEED", "0") or 0) or random.SystemRandom().randrange(
-    1, 2**32)
-
-
-def fuzz(ci_examples: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Hypothesis settings for one fuzz test: derandomized with `ci_examples` examples in
-    CI; with PRISN_FUZZ_EXAMPLES set, that many examples from the seed FUZZ_SEED."""
-    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
-        common: dict[str, Any] = dict(deadline=None, database=None, print_blob=True,
-                                      suppress_health_check=list(HealthCheck),
-                                      phases=[p for p in Phase if p is not Phase.explain])
-        if _LONG:
-            return seed(FUZZ_SEED)(settings(max_examples=_LONG, derandomize=False,
-                                            **common)(f))
-        return settings(max_examples=ci_examples, derandomize=True, **common)(f)
-    return wrap
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -76,52 +55,12 @@ def _announce_seed() -> None:
           else "fuzz: CI run (derandomized)")
 
 
-# ---------------------------------------------------------------------- mutations
-class _Weird:
-    """CBOR values a well-behaved encoder never sends where we expect plain data."""
-
-    VALUES: list[Any] = [
-        None, True, False, 0, -1, 1, 2**63, -(2**64), 2**200, 1.5, -0.0, math.inf, -math.inf,
-        math.nan, "", "x" * 300, "\udcff" * 0 + "é", b"", b"\x00" * 40, [], {}, [[[[[]]]]],
-        {"a": {"b": {"c": {}}}}, {1: 2}, {b"k": 1}, [None] * 20, cbor2.CBORTag(1, 0),
-        cbor2.CBORTag(0, "2020-01-01T00:00:00Z"), cbor2.CBORTag(258, [1, 2]),
-        cbor2.CBORTag(12345, b"x"), cbor2.CBORSimpleValue(99), cbor2.undefined,
-    ]
-
-
-weird = st.sampled_from(range(len(_Weird.VALUES))).map(_Weird.VALUES.__getitem__) | st.integers() | st.text(max_size=10) | st.binary(
-    max_size=10) | st.floats() | st.recursive(
-    st.none() | st.integers(-3, 3) | st.text(max_size=3),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-        st.text(max_size=3) | st.integers(-2, 2), inner, max_size=3), max_leaves=10)
-
-
 def _dumps(value: Any) -> bytes | None:
     """CBOR of `value`, or None when cbor2 cannot encode it (a mutation that cannot exist)."""
     try:
         return cbor2.dumps(value)
     except (cbor2.CBOREncodeError, ValueError, TypeError, OverflowError):
         return None
-
-
-@st.composite
-def mutate_map(draw: st.DrawFn, m: dict[Any, Any]) -> dict[Any, Any]:
-    """A structure-aware mutation of a decoded CBOR map: replace, drop or add entries, with
-    values of any type (type swaps), possibly several times."""
-    m = dict(m)
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["swap", "drop", "add", "swap", "nest"]))
-        keys = list(m)
-        if op == "swap" and keys:
-            m[draw(st.sampled_from(keys))] = draw(weird)
-        elif op == "drop" and keys:
-            del m[draw(st.sampled_from(keys))]
-        elif op == "nest" and keys:
-            k = draw(st.sampled_from(keys))
-            m[k] = [m[k]] if draw(st.booleans()) else {"x": m[k]}
-        else:
-            m[draw(st.text(max_size=6) | st.integers() | st.binary(max_size=3))] = draw(weird)
-    return m
 
 
 @st.composite

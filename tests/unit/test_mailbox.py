@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -11,7 +10,7 @@ import zmq
 
 import transport.mailbox as mailbox
 from prisn.messages import StoreSynced, Tick
-from tests.conftest import unique_id
+from tests.helpers import free_port, unique_id
 from transport.codec import decode
 from transport.mailbox import (
     PEER_HWM,
@@ -27,13 +26,6 @@ from transport.mailbox import (
 
 def node_id(tag: str) -> str:
     return unique_id("mb", tag)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound and released at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- tcp_endpoint

@@ -17,7 +17,7 @@ from prisn.fsm.results import STORED_LABELS
 from prisn.messages import EntryKind, ForwardReadIndex, ForwardResponse, ReadIndex
 from prisn.outcomes import INTERNAL_BASE, Outcome
 from prisn.raft.core import NOT_LEADER
-from tests.sim.manual import OPTS, Cluster
+from tests.raftsim.manual import OPTS, Cluster
 from transport.codec import decode, encode
 
 ROOT = Path(__file__).resolve().parents[2]

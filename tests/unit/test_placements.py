@@ -19,7 +19,7 @@ from prisn.fsm.placements import MAX_BATCH, batch_command
 from prisn.messages import EntryKind
 from prisn.workloads.model import Placement, Service, Slot
 from prisn.workloads.scheduler import Place, Unplace, schedule
-from tests.unit.test_fsm_deployments import Feeder
+from tests.feeder import Feeder
 
 TS = "2025-01-01T00:00:00.000Z"
 

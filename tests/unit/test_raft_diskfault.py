@@ -37,8 +37,8 @@ from prisn.messages import (
 from prisn.outcomes import Outcome
 from prisn.raft.boot import BootState
 from prisn.raft.core import DISK_ERROR, RaftCore
-from tests.sim.manual import OPTS, Cluster
-from tests.sim.sim import Disk
+from tests.raftsim.manual import OPTS, Cluster
+from tests.raftsim.sim import Disk
 
 NO_SPACE = "no space left on device"
 

@@ -19,7 +19,7 @@ from prisn.messages import (
 )
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.core import RaftCore, RaftOptions, encode_config
-from tests.sim.manual import Cluster
+from tests.raftsim.manual import Cluster
 
 OPTS = RaftOptions(heartbeat_ticks=2, election_ticks=10)
 MEM = Membership(cluster="c1", voters={"a": "A", "b": "B", "c": "C"})

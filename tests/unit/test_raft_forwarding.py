@@ -20,7 +20,7 @@ from prisn.messages import (
 )
 from prisn.outcomes import Outcome
 from prisn.raft.core import ACCEPTED, FORWARD_UNCONFIRMED, NOT_LEADER
-from tests.sim.manual import OPTS, Cluster
+from tests.raftsim.manual import OPTS, Cluster
 
 
 def three() -> Cluster:

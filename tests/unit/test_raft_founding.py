@@ -18,7 +18,7 @@ from prisn.messages import (
 )
 from prisn.raft.boot import BootState
 from prisn.raft.core import RaftCore
-from tests.sim.manual import OPTS
+from tests.raftsim.manual import OPTS
 
 
 def _founder(**kw) -> RaftCore:

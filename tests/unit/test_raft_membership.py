@@ -27,7 +27,7 @@ from prisn.messages import (
 from prisn.outcomes import Outcome
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.core import RaftCore, encode_config
-from tests.sim.manual import OPTS, Cluster
+from tests.raftsim.manual import OPTS, Cluster
 
 
 def three() -> Cluster:

@@ -14,34 +14,14 @@ from prisn.messages import (
     Propose,
     StoreAppend,
     StoreSynced,
-    Tick,
-    VoteResponse,
 )
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.core import RaftCore, RaftOptions, encode_config
 from prisn.raft.progress import quorum_index
-from tests.sim.manual import OPTS, Cluster
+from tests.raftsim.manual import OPTS, Cluster, win
 
 MEM5 = Membership(cluster="c1", voters={f"s{i}": f"S{i}" for i in range(1, 6)})
 CONF5 = [1, 1, int(EntryKind.CONFIG), encode_config(MEM5)]
-
-
-def win(core: RaftCore, others: list[str]) -> None:
-    """Drive `core` through pre-vote and vote to leadership with grants from `others`."""
-    for _ in range(40):
-        core.step([Tick()])
-        if core.status().pre_candidate:
-            break
-    term = core.term + 1
-    out = core.step([VoteResponse(src=o, dst=core.id, cluster="c1", term=term, granted=True,
-                                  pre=True) for o in others])
-    seqs = [m.seq for m in out if isinstance(m, StoreAppend)]
-    core.step([StoreSynced(seq=seqs[-1])])
-    out = core.step([VoteResponse(src=o, dst=core.id, cluster="c1", term=term, granted=True)
-                     for o in others])
-    assert core.is_leader
-    seqs = [m.seq for m in out if isinstance(m, StoreAppend)]
-    core.step([StoreSynced(seq=seqs[-1])])  # the NOOP is durable on the leader
 
 
 def ack(core: RaftCore, src: str, index: int) -> list:
@@ -151,7 +131,7 @@ def test_fast_backtracking_uses_hint():
     for nid, ents, term in (("a", lead_log, 3), ("b", lead_log, 3), ("c", stale, 2)):
         core = RaftCore(nid, c.addrs[nid], OPTS, random.Random(nid),
                         BootState(term=term, commit=1, entries=ents))
-        from tests.sim.manual import Node
+        from tests.raftsim.manual import Node
         c.nodes[nid] = Node(nid, core)
         c.nodes[nid].disk.entries = list(ents)
         c.route(c.nodes[nid], core.startup())

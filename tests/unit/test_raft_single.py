@@ -21,7 +21,7 @@ from prisn.messages import (
 from prisn.outcomes import Outcome
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.core import RaftCore, RaftOptions, static_cluster_id
-from tests.sim.sim import Disk
+from tests.raftsim.sim import Disk
 
 OPTS = RaftOptions(heartbeat_ticks=2, election_ticks=10)
 

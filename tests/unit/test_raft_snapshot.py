@@ -30,7 +30,7 @@ from prisn.messages import (
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.core import RaftCore, RaftOptions, encode_config
 from prisn.raft.progress import ProgressState
-from tests.unit.test_raft_replication import win
+from tests.raftsim.manual import win
 
 MEM = Membership(cluster="c1", voters={"n1": "A1", "n2": "A2", "n3": "A3"})
 OPTS = RaftOptions(heartbeat_ticks=2, election_ticks=10, trailing_logs=10,

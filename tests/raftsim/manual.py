@@ -11,9 +11,18 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from prisn.messages import Apply, Msg, Reply, StoreAppend, StoreSynced, Tick
+from prisn.messages import (
+    Apply,
+    Msg,
+    Reply,
+    StoreAppend,
+    StoreSynced,
+    Tick,
+    VoteResponse,
+)
+from prisn.raft.boot import BootState
 from prisn.raft.core import RaftCore, RaftOptions
-from tests.sim.sim import Disk
+from tests.raftsim.sim import Disk
 
 OPTS = RaftOptions(heartbeat_ticks=2, election_ticks=10, pre_vote=True, check_quorum=True)
 
@@ -42,7 +51,6 @@ class Cluster:
 
     def add(self, nid: str, mode: str = "static", members: dict[str, str] | None = None,
             **kw: Any) -> Node:
-        from prisn.raft.boot import BootState
         self.addrs.setdefault(nid, f"addr-{nid}")
         args: dict[str, Any] = dict(kw)
         if mode == "static":
@@ -135,3 +143,21 @@ class Cluster:
 
     def drop(self, pred: Callable[[Msg], bool]) -> None:
         self.queue = [m for m in self.queue if not pred(m)]
+
+
+def win(core: RaftCore, others: list[str]) -> None:
+    """Drive `core` through pre-vote and vote to leadership with grants from `others`."""
+    for _ in range(40):
+        core.step([Tick()])
+        if core.status().pre_candidate:
+            break
+    term = core.term + 1
+    out = core.step([VoteResponse(src=o, dst=core.id, cluster="c1", term=term, granted=True,
+                                  pre=True) for o in others])
+    seqs = [m.seq for m in out if isinstance(m, StoreAppend)]
+    core.step([StoreSynced(seq=seqs[-1])])
+    out = core.step([VoteResponse(src=o, dst=core.id, cluster="c1", term=term, granted=True)
+                     for o in others])
+    assert core.is_leader
+    seqs = [m.seq for m in out if isinstance(m, StoreAppend)]
+    core.step([StoreSynced(seq=seqs[-1])])  # the NOOP is durable on the leader

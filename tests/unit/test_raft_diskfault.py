@@ -1,7 +1,7 @@
 """Disk faults in the Raft core: `StoreFailed` (a log write failed: its outcome is unknown),
 `StoreRecovered` (the logstore can write again), `StoreFatal` is in test_raft_single.
 
-Invariants checked here (see the module doc of prisn/raft/core.py):
+Invariants checked here (see the module doc of prisn/raft/unstable.py):
 - a leader whose write fails steps down at once and never counts the failed write;
 - while the disk is broken: no StoreAppend, no vote granted, no append acknowledged, no
   campaign, proposals answered 507 with the reason;

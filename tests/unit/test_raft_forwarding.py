@@ -130,7 +130,7 @@ def test_forwards_during_an_aborted_transfer_are_appended_when_it_aborts() -> No
     c.drop(to_c)  # c never takes over
     c.step("b", [Propose(rid=7, data=b"w7")])
     c.settle(pred=lambda m: not to_c(m))
-    assert c.nodes["a"].core._transferee == "c"
+    assert c.nodes["a"].core._transfer.target == "c"
     assert copies(c, b"w7")["a"] == 0 and c.nodes["a"].core._held_fwd
     assert not c.nodes["b"].core._unacked  # held is confirmed: b does not fail it
     for _ in range(OPTS.election_ticks):
@@ -138,7 +138,7 @@ def test_forwards_during_an_aborted_transfer_are_appended_when_it_aborts() -> No
         c.tick("b")
         c.drop(to_c)
         c.settle(pred=lambda m: not to_c(m))
-    assert c.nodes["a"].core._transferee == "" and c.leader() == "a"
+    assert c.nodes["a"].core._transfer.target == "" and c.leader() == "a"
     commit_round(c, pred=lambda m: not to_c(m))
     assert copies(c, b"w7")["a"] == 1 and applied(c, "b", b"w7")
     assert not c.nodes["b"].replies

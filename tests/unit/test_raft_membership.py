@@ -439,3 +439,107 @@ def test_a_removed_node_never_rejoins_with_its_old_data():
     out = c.nodes["a"].core.step([JoinRequest(src="c", dst="a", cluster="", term=0,
                                               node_id="c", addr="addr-c", fresh=True)])
     assert [m.ok for m in out if isinstance(m, JoinResponse)] == [True]
+
+
+# ------------------------------------------------------------------ pure parts (membership.py)
+from prisn.raft.membership import (  # noqa: E402 - the pure parts, tested by table
+    MAX_CONFIG_BYTES,
+    MAX_MEMBER_FIELD,
+    MAX_MEMBERS,
+    change_problem,
+    changed_membership,
+    decode_config,
+    prune_configs,
+)
+
+M3 = Membership(cluster="c1", voters={"a": "A", "b": "B"}, learners={"l": "L"})
+
+
+@pytest.mark.parametrize("kind,node,addr,want", [
+    ("add", "x", "X", None),
+    ("add", "", "X", (False, Outcome.INVALID, "node id and address are required")),
+    ("add", "x", "", (False, Outcome.INVALID, "node id and address are required")),
+    ("add", "a", "A", (True, Outcome.OK, "already a member")),
+    ("add", "l", "L", (True, Outcome.OK, "already a member")),
+    ("add", "a", "A2", None),                   # a new address for a member
+    ("remove", "a", "", None),
+    ("remove", "l", "", None),
+    ("remove", "x", "", (False, Outcome.NOT_FOUND, "unknown node x")),
+    ("promote", "l", "", None),
+    ("rename", "a", "", (False, Outcome.INVALID, "unknown operation rename")),
+])
+def test_change_problem(kind, node, addr, want) -> None:
+    assert change_problem(M3, kind, node, addr) == want
+
+
+def test_change_problem_keeps_a_voter() -> None:
+    one = Membership(cluster="c1", voters={"a": "A"}, learners={"l": "L"})
+    assert change_problem(one, "remove", "a", "") == (False, Outcome.CONFLICT,
+                                                      "would leave no voter")
+    assert change_problem(one, "remove", "l", "") is None
+
+
+@pytest.mark.parametrize("kind,node,addr,voters,learners", [
+    ("add", "x", "X", {"a": "A", "b": "B"}, {"l": "L", "x": "X"}),   # joins as a learner
+    ("add", "a", "A2", {"a": "A2", "b": "B"}, {"l": "L"}),            # keeps its role
+    ("add", "l", "L2", {"a": "A", "b": "B"}, {"l": "L2"}),
+    ("remove", "b", "", {"a": "A"}, {"l": "L"}),
+    ("remove", "l", "", {"a": "A", "b": "B"}, {}),
+    ("promote", "l", "", {"a": "A", "b": "B", "l": "L"}, {}),
+])
+def test_changed_membership(kind, node, addr, voters, learners) -> None:
+    new = changed_membership(M3, kind, node, addr)
+    assert (new.cluster, new.voters, new.learners) == ("c1", voters, learners)
+    assert M3.voters == {"a": "A", "b": "B"} and M3.learners == {"l": "L"}  # unchanged
+
+
+@pytest.mark.parametrize("indexes,upto,left", [
+    ([], 5, []),
+    ([1], 5, [1]),
+    ([1, 4, 9], 5, [4, 9]),        # the one in force at 5 (4) stays
+    ([1, 4, 9], 4, [4, 9]),
+    ([1, 4, 9], 3, [1, 4, 9]),
+    ([1, 4, 9], 9, [9]),
+    ([1, 4, 9], 100, [9]),         # the newest always stays
+])
+def test_prune_configs(indexes, upto, left) -> None:
+    cfgs = [(i, M3) for i in indexes]
+    prune_configs(cfgs, upto)
+    assert [i for i, _ in cfgs] == left
+
+
+def _cbor(wire) -> bytes:
+    import cbor2
+    return cbor2.dumps(wire)
+
+
+GOOD = {"cluster": "c1", "voters": {"a": "A"}, "learners": {}}
+
+
+@pytest.mark.parametrize("data,problem", [
+    (encode_config(M3), ""),
+    (_cbor(GOOD), ""),
+    ("not bytes", "not bytes"),
+    (b"\xff", "not CBOR"),
+    (_cbor(GOOD) + b"\x00", "trailing bytes"),
+    (b"\xd9\x0f\xa0" + _cbor(GOOD), "tag 4000"),  # a tag around a good map
+    (b"x" * (MAX_CONFIG_BYTES + 1), "too large"),
+    (_cbor([1, 2]), "not a map"),
+    (_cbor({**GOOD, "extra": 1}), "keys must be"),
+    (_cbor({**GOOD, "cluster": ""}), "cluster id must be"),
+    (_cbor({**GOOD, "voters": {}}), "no voter"),
+    (_cbor({**GOOD, "voters": []}), "must be a map"),
+    (_cbor({**GOOD, "voters": {"a": 1}}), "address of"),
+    (_cbor({**GOOD, "voters": {"": "A"}}), "node id"),
+    (_cbor({**GOOD, "voters": {"a" * (MAX_MEMBER_FIELD + 1): "A"}}), "node id"),
+    (_cbor({**GOOD, "learners": {"a": "A"}}), "as voter and learner"),
+    (_cbor({**GOOD, "learners": {f"n{i}": "X" for i in range(MAX_MEMBERS)}}),
+     "more than"),
+])
+def test_decode_config(data, problem) -> None:
+    if not problem:
+        got = decode_config(data)
+        assert encode_config(got) == encode_config(decode_config(encode_config(got)))
+        return
+    with pytest.raises(ValueError, match=problem):
+        decode_config(data)

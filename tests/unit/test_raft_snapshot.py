@@ -325,3 +325,40 @@ def test_truncating_append_and_install_in_one_step_write_what_the_store_accepts(
     assert [e[0] for e in sa[0].entries] == list(range(21, 26))
     out = core.step([StoreSynced(seq=sa[0].seq)])
     assert [(r.success, r.index) for r in of(out, AppendResponse)] == [(True, 25)]
+
+
+# ------------------------------------------------------------------ pure parts (snapshot.py)
+from prisn.raft.snapshot import (  # noqa: E402 - the pure parts, tested by table
+    chunk_length,
+    compaction_point,
+    resume_offset,
+)
+
+
+@pytest.mark.parametrize("index,trailing,prev,force,want", [
+    (100, 10, 0, 0, (0, False)),          # the first snapshot: the previous one is the floor
+    (100, 10, 50, 0, (50, False)),        # never past the previous snapshot
+    (100, 10, 95, 0, (90, False)),        # keep `trailing` entries
+    (100, 200, 95, 0, (-100, False)),     # nothing to compact (the caller ignores <= start)
+    (100, 10, 0, 80, (80, True)),         # a forced compaction through 80 is due
+    (100, 10, 95, 80, (90, True)),        # already further than the force point
+    (100, 10, 0, 100, (100, True)),
+    (100, 10, 0, 120, (0, False)),        # the force point is later: wait for a newer one
+    (100, 0, 100, 0, (100, False)),       # never past the snapshot itself
+])
+def test_compaction_point(index, trailing, prev, force, want) -> None:
+    assert compaction_point(index, trailing, prev, force) == want
+
+
+@pytest.mark.parametrize("chunk,size,offset,want", [
+    (10, 100, 0, 10), (10, 100, 95, 5), (10, 100, 100, 0), (10, 100, 120, 0), (10, 5, 0, 5),
+])
+def test_chunk_length(chunk, size, offset, want) -> None:
+    assert chunk_length(chunk, size, offset) == want
+
+
+@pytest.mark.parametrize("nxt,size,want", [
+    (0, 100, 0), (40, 100, 40), (99, 100, 99), (100, 100, 0), (-1, 100, 0), (500, 100, 0),
+])
+def test_resume_offset(nxt, size, want) -> None:
+    assert resume_offset(nxt, size) == want

@@ -44,6 +44,10 @@ freshly sealed `data`). A deployment may list secrets of its namespace in its op
 ``secrets`` field (present only when non-empty, after ``artifact``); each must be stored (400)
 and a listed secret cannot be deleted (409). Snapshots carry the table as
 ``tables["secrets"]`` while secrets are stored.
+
+Executions: ``execution.*`` and ``cron.*`` commands go to the executions table
+(`prisn.fsm.executions`): job runs, cron fires (exactly one per scheduled time) and missed
+runs; deleting a deployment forgets its cron mark. Its section joins ``tables`` once used.
 """
 
 from __future__ import annotations
@@ -64,6 +68,12 @@ from sortedcontainers import SortedList
 
 from prisn.fsm.artifacts import ARTIFACT_OPS, Artifact, ArtifactCommandError, ArtifactTable
 from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
+from prisn.fsm.executions import (
+    EXECUTION_OPS,
+    Execution,
+    ExecutionCommandError,
+    ExecutionTable,
+)
 from prisn.fsm.instances import INSTANCE_OPS, InstanceCommandError, InstanceTable, instance_id
 from prisn.fsm.placements import PLACEMENT_OPS, PlacementCommandError, PlacementTable
 from prisn.fsm.results import Result, failure
@@ -105,8 +115,9 @@ SNAPSHOT_FORMAT_REFS = 3
 # A store without workloads writes format 3, byte for byte as before.
 SNAPSHOT_FORMAT_TABLES = 4
 SNAPSHOT_FORMAT_PLACEMENTS = SNAPSHOT_FORMAT_TABLES  # placements live in its "tables"
-# "secrets" (`SecretTable.rows`, while secrets are stored) is a third key of "tables".
-TABLES: frozenset[str] = frozenset({"artifacts", "placements", "secrets",
+# "secrets" (`SecretTable.rows`, while secrets are stored) is a third key of "tables",
+# "executions" (`ExecutionTable.section`, while it holds executions or cron marks) a fourth.
+TABLES: frozenset[str] = frozenset({"artifacts", "placements", "secrets", "executions",
                                    "instances", "nodes"})
 DEFAULT_DEDUP_CAPACITY = 100_000
 # The dedup table is bounded by the size of the answers it remembers too (`entry_size`):
@@ -185,7 +196,9 @@ def _default(field: str) -> Any:
     return type(value)() if isinstance(value, list | dict) else value
 
 
-_TARGET_ID_OPS = frozenset({"token.revoke", "token.delete"})  # their `id` is the target
+# their `id` is the target
+_TARGET_ID_OPS = frozenset({"token.revoke", "token.delete", "execution.update",
+                            "execution.cancel"})
 
 
 def _fingerprint(cmd: dict[str, Any]) -> bytes:
@@ -315,6 +328,7 @@ class DeploymentStore:
         self._artifacts = ArtifactTable()
         self._instances = InstanceTable()
         self._secrets = SecretTable()
+        self._executions = ExecutionTable()
         self._applied = 0
         self.last_origin: tuple[str, int] = ("", 0)  # of the last COMMAND applied (see apply)
 
@@ -369,7 +383,8 @@ class DeploymentStore:
         except ValidationError as exc:
             result = failure(Outcome.INVALID, exc.message)
         except (CommandError, TokenCommandError, PlacementCommandError,
-                ArtifactCommandError, SecretCommandError, InstanceCommandError) as exc:
+                ArtifactCommandError, SecretCommandError, ExecutionCommandError,
+                InstanceCommandError) as exc:
             result = failure(Outcome.INVALID, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = failure(Outcome.INTERNAL_ERROR,
@@ -405,6 +420,8 @@ class DeploymentStore:
             return self._artifacts.apply(cmd)
         if op in SECRET_OPS:
             return self._secrets.apply(cmd)
+        if op in EXECUTION_OPS:
+            return self._executions.apply(cmd, self._lookup, self._lookup_id)
         if op in INSTANCE_OPS:
             return self._instances.apply(cmd, self._placements.get)
         spec: dict[str, Any] = {}
@@ -444,6 +461,7 @@ class DeploymentStore:
         if op == "delete":
             self._remove(current)
             self._placements.drop(ns, name)
+            self._executions.forget(current["id"])
             return Outcome.DELETED, {}
         if op == "replace":
             new = _build(spec, None)
@@ -475,6 +493,10 @@ class DeploymentStore:
 
     def _lookup(self, namespace: str, name: str) -> Deployment | None:
         return self._deps.get((name, namespace))
+
+    def _lookup_id(self, dep_id: str) -> Deployment | None:
+        key = self._ids.get(dep_id)
+        return None if key is None else self._deps[key]
 
     def _set_artifact(self, dep: dict[str, Any], artifact: str | None) -> None:
         """Name `artifact` in `dep` (or none); ValidationError unless it is stored and holds
@@ -666,6 +688,28 @@ class DeploymentStore:
                     out.append((p, dict(dep)))
             return out
 
+    def executions(self, *, deployment_id: str | None = None, namespace: str | None = None,
+                   status: str | None = None, limit: int = 100, offset: int = 0,
+                   namespaces: Collection[str] | None = None) -> dict[str, Any]:
+        """A page of executions, newest first: ``{items, count, total, limit, offset}``."""
+        with self._lock:
+            return self._executions.page(deployment_id=deployment_id, namespace=namespace,
+                                         status=status, limit=limit, offset=offset,
+                                         namespaces=namespaces)
+
+    def execution(self, exec_id: str) -> Execution | None:
+        """One execution record (immutable; its `to_json()` is the API shape), or None."""
+        with self._lock:
+            return self._executions.get(exec_id)
+
+    def cron_view(self) -> tuple[DeploymentList, dict[str, int], dict[str, tuple[str, ...]]]:
+        """The cron plan's input, consistent (one lock): the cronjob deployments, the cron
+        marks and the unfinished executions per deployment id. The leader's cron thread."""
+        with self._lock:
+            keys = self._index.by_type.get("cronjob", _EMPTY)
+            deps = [self._deps[k] for k in keys]
+            return deps, self._executions.marks(), self._executions.running()
+
     def artifact(self, digest: str) -> Artifact | None:
         """The stored artifact with this digest, or None (immutable record)."""
         with self._lock:
@@ -723,6 +767,8 @@ class DeploymentStore:
                 tables["placements"] = self._placements.section()
             if len(self._secrets):
                 tables["secrets"] = self._secrets.rows()
+            if self._executions.used:
+                tables["executions"] = self._executions.section()
             tables.update(self._instances.sections())
             return self._state_locked(refs), tables
 
@@ -809,7 +855,7 @@ class DeploymentStore:
             with self._lock:
                 (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
                  self._applied, self._tokens, self._artifacts, self._placements,
-                 self._secrets, self._instances) = state
+                 self._secrets, self._executions, self._instances) = state
                 self._usage, self._dedup_bytes = usage, dedup_bytes
                 self._trim_dedup()  # a snapshot of an older version may hold more
 
@@ -830,10 +876,10 @@ class DeploymentStore:
 
 # Commands that never move or remove a placement: no instance row to prune after them.
 _NO_PLACEMENT_CHANGE = frozenset({"create", *TOKEN_OPS, *ARTIFACT_OPS, *SECRET_OPS,
-                                  *INSTANCE_OPS})
+                                  *EXECUTION_OPS, *INSTANCE_OPS})
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
                      dict[str, DedupEntry], deque[str], int, TokenTable, ArtifactTable,
-                     PlacementTable, SecretTable, InstanceTable]
+                     PlacementTable, SecretTable, ExecutionTable, InstanceTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
              SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
                                               "tokens"}),
@@ -1009,10 +1055,13 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
             skey = (dep["namespace"], sname)
             secret_refs[skey] = secret_refs.get(skey, 0) + 1
     secrets = SecretTable.from_rows(tables.get("secrets", []), secret_refs)
+    executions = ExecutionTable()
+    if "executions" in tables:
+        executions = ExecutionTable.from_section(tables["executions"], ids)
     instances = InstanceTable.from_sections(tables.get("instances"), tables.get("nodes"),
                                             placements.get)
     return (deps, ids, index, dedup, order, applied, tokens, artifacts, placements, secrets,
-            instances)
+            executions, instances)
 
 
 def _parse_deployment(raw: Any) -> Deployment:

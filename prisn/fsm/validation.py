@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from prisn.workloads.cron import DESCRIPTORS, ScheduleError, normalize_schedule
+
 SPEC_FIELDS: frozenset[str] = frozenset(
     {"name", "source", "runtime", "port", "replicas", "args", "env", "schedule", "namespace",
      "type", "artifact", "secrets"}
@@ -27,27 +29,13 @@ MAX_RUNTIME = 32
 MAX_REPLICAS = 1000
 MAX_ARGS = 1024
 MAX_ENV = 1024
-MAX_SCHEDULE = 256
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]*")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RUNTIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
-CRON_DESCRIPTORS: frozenset[str] = frozenset(
-    {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
-)
-_MONTHS = {m: i + 1 for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
-_DAYS = {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
-# (field name, low, high, names)
-_CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
-    ("minute", 0, 59, {}),
-    ("hour", 0, 23, {}),
-    ("day-of-month", 1, 31, {}),
-    ("month", 1, 12, _MONTHS),
-    ("day-of-week", 0, 7, _DAYS),  # 0 and 7 are both Sunday
-)
+CRON_DESCRIPTORS: frozenset[str] = frozenset(DESCRIPTORS)  # and "@every <duration>"
 
 
 class ValidationError(ValueError):
@@ -234,63 +222,13 @@ def check_env_text(spec: dict[str, Any]) -> None:
                                   "(\\0, \\n, \\r)")
 
 
-def _cron_value(text: str, low: int, high: int, names: dict[str, int], fname: str) -> int:
-    key = text.lower()
-    if key in names:
-        return names[key]
-    if not text.isdigit() or not text.isascii():
-        raise ValidationError("schedule", f"{fname} value {text!r} is not a number")
-    n = int(text)
-    if not low <= n <= high:
-        raise ValidationError("schedule", f"{fname} value {n} is outside {low}-{high}")
-    return n
-
-
-def _cron_field(text: str, low: int, high: int, names: dict[str, int], fname: str) -> None:
-    """One cron field: a comma list of ``*``, ``N``, ``A-B``, each optionally ``/STEP``."""
-    if not text:
-        raise ValidationError("schedule", f"{fname} is empty")
-    for item in text.split(","):
-        base, slash, step = item.partition("/")
-        if slash:
-            if not step.isdigit() or not step.isascii() or int(step) < 1:
-                raise ValidationError("schedule", f"{fname} step {step!r} must be a positive integer")
-            if int(step) > high:
-                raise ValidationError("schedule", f"{fname} step {step} is larger than {high}")
-        if base == "*":
-            continue
-        if not base:
-            raise ValidationError("schedule", f"{fname} has an empty item in {text!r}")
-        first, dash, last = base.partition("-")
-        a = _cron_value(first, low, high, names, fname)
-        if dash:
-            b = _cron_value(last, low, high, names, fname)
-            if a > b:
-                raise ValidationError("schedule", f"{fname} range {base} is reversed")
-
-
 def validate_schedule(value: Any) -> str:
-    """Five cron fields (minute hour day-of-month month day-of-week) or an @descriptor."""
-    if not isinstance(value, str):
-        raise ValidationError("schedule", "must be a string")
-    text = value.strip()
-    if not text or len(text) > MAX_SCHEDULE:
-        raise ValidationError("schedule", "must be a cron expression")
-    if text.startswith("@"):
-        if text.lower() not in CRON_DESCRIPTORS:
-            raise ValidationError(
-                "schedule", f"unknown descriptor {text!r}; use one of "
-                + ", ".join(sorted(CRON_DESCRIPTORS))
-            )
-        return text.lower()
-    parts = text.split()
-    if len(parts) != 5:
-        raise ValidationError(
-            "schedule", f"must have 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
-        )
-    for part, (fname, low, high, names) in zip(parts, _CRON_FIELDS, strict=True):
-        _cron_field(part, low, high, names, fname)
-    return " ".join(parts)
+    """Five cron fields (minute hour day-of-month month day-of-week), an @descriptor or
+    ``@every <duration>`` (`prisn.workloads.cron.parse_schedule`); the normalized text."""
+    try:
+        return normalize_schedule(value)
+    except ScheduleError as exc:
+        raise ValidationError("schedule", str(exc)) from None
 
 
 _OPTIONAL_NULLABLE = frozenset({"runtime", "schedule", "port", "replicas", "args", "env", "type",

@@ -152,6 +152,7 @@ GOOD_SCHEDULES = [
     "5/10 * * * *",
     "  0   12  *  *  sat  ",
     "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight", "@DAILY",
+    "@every 5m", "@every 1s", "@EVERY 1H30M", "0 0 30 2 *",
 ]
 
 BAD_SCHEDULES = [
@@ -177,7 +178,12 @@ BAD_SCHEDULES = [
     "* * * mon *",
     "-1 * * * *",
     "1- * * * *",
-    "@every 5m",
+    "@every",
+    "@every 0s",
+    "@every 5",
+    "@every 1.5s",
+    "@every 5m 1s",
+    "@every 30m1h",
     "@reboot",
     "@",
     "٣ * * * *",

@@ -49,6 +49,8 @@ REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                  0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+RUNNER_START_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+INSTANCE_STATES = ("Starting", "Running", "Exited", "CrashLoopBackOff")  # prisn.workloads.runner
 SNAPSHOT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -135,6 +137,9 @@ class NodeMetrics:
         self._snapshot = Histogram("prisn_snapshot_duration_seconds", "Duration of local "
                                    "state-machine snapshots, from copy to durable file.",
                                    buckets=SNAPSHOT_BUCKETS, registry=r)
+        self._runner_start = Histogram("prisn_runner_start_seconds", "Time the runner took "
+                                       "to start one instance's process (fork and exec).",
+                                       buckets=RUNNER_START_BUCKETS, registry=r)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         # the process (CPU, RSS, open fds, start time) and the interpreter (python_info)
         ProcessCollector(registry=r)
@@ -190,6 +195,10 @@ class NodeMetrics:
         """Snapshot writer thread: one local snapshot took `seconds` (copy to durable)."""
         self._snapshot.observe(seconds)
 
+    def observe_runner_start(self, seconds: float) -> None:
+        """Runner thread: starting one instance's process took `seconds`."""
+        self._runner_start.observe(seconds)
+
     def leader_changed(self) -> None:
         self._leader_changes.inc()
 
@@ -240,6 +249,35 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily("prisn_disk_error", "1 while the log cannot be written (writes "
                                 "get 507; the node retries by itself), else 0.",
                                 value=1 if getattr(st, "disk_error", "") else 0)
+
+
+class WorkloadsCollector(Collector):
+    """Scrape-time workload series: `prisn_instances{state}` (this node's instances by runner
+    state, every state present), `prisn_instance_restarts_total` (restarts of this node's
+    instances after unplanned exits) from the workloads actor, and
+    `prisn_scheduler_unplaced_instances` (replicas the leader's last round could not place;
+    0 on followers) from the scheduler shell. Either may return None (not running)."""
+
+    def __init__(self, workloads: Callable[[], Any], scheduler: Callable[[], Any]) -> None:
+        self._workloads, self._scheduler = workloads, scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            wl, sched = self._workloads(), self._scheduler()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        states = wl.instance_states() if wl is not None else {}
+        g = GaugeMetricFamily("prisn_instances", "Instances on this node by runner state.",
+                              labels=["state"])
+        for state in sorted(set(INSTANCE_STATES) | set(states)):
+            g.add_metric([state], states.get(state, 0))
+        yield g
+        yield CounterMetricFamily("prisn_instance_restarts", "Restarts of this node's "
+                                  "instances after unplanned exits.",
+                                  value=getattr(wl, "restarts_total", 0) if wl else 0)
+        yield GaugeMetricFamily("prisn_scheduler_unplaced_instances", "Service replicas the "
+                                "scheduler could not place in its last round (leader only).",
+                                value=getattr(sched, "unplaced", 0) if sched else 0)
 
 
 class LogStoreCollector(Collector):

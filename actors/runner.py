@@ -427,7 +427,7 @@ class RunnerActor(Actor):
                  log_max_bytes: int = LOG_MAX_BYTES, log_files_kept: int = LOG_FILES,
                  report_to: str = "", on_status: StatusCallback | None = None,
                  report_interval: float = 0.2, max_instances: int = MAX_INSTANCES,
-                 **kw: Any) -> None:
+                 observe_start: Callable[[float], None] | None = None, **kw: Any) -> None:
         super().__init__("runner", ctx, node_id, **kw)
         policy = policy or RestartPolicy()
         if stop_grace is not None:
@@ -440,6 +440,7 @@ class RunnerActor(Actor):
         self.on_status = on_status
         self.report_interval = report_interval
         self.max_instances = max_instances
+        self.observe_start = observe_start  # metrics: seconds one process start took
         self._procs: dict[str, subprocess.Popen[bytes]] = {}  # instance id -> process
         self._starts: dict[int, int | None] = {}  # pid -> /proc start time
         self._pending: dict[str, dict[str, Any]] = {}  # unsent reports, latest per id
@@ -488,9 +489,10 @@ class RunnerActor(Actor):
     # -------------------------------------------------------------------- messages
     def on_message(self, msg: Msg) -> None:
         if isinstance(msg, RunnerDesired):
-            self.set_desired(msg.instances)
+            ms = msg.stop_grace_ms
+            self.set_desired(msg.instances, ms / 1000 if ms >= 0 else None)
 
-    def set_desired(self, instances: list[Any]) -> None:
+    def set_desired(self, instances: list[Any], stop_grace: float | None = None) -> None:
         """The full desired list (wire dicts); malformed entries are skipped and counted."""
         specs: list[InstanceSpec] = []
         for d in instances[: self.max_instances]:
@@ -506,7 +508,7 @@ class RunnerActor(Actor):
             self.bad_desired += len(instances) - self.max_instances
             log.warning("runner: %d instances desired, only %d run", len(instances),
                         self.max_instances)
-        self._apply(*self.core.set_desired(specs, self._now()))
+        self._apply(*self.core.set_desired(specs, self._now(), stop_grace))
 
     def on_batch_end(self) -> None:
         self._tick()
@@ -567,6 +569,7 @@ class RunnerActor(Actor):
             env["PORT"] = str(spec.port)
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
         r, w = os.pipe()
+        t0 = time.perf_counter()
         try:
             p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=w,
                                  stderr=w, start_new_session=True, close_fds=True,
@@ -577,6 +580,8 @@ class RunnerActor(Actor):
             self.start_failures += 1
             return StartFailed(instance=spec.id, message=f"cannot start {argv[0]}: {e}", at=now)
         os.close(w)
+        if self.observe_start is not None:
+            self.observe_start(time.perf_counter() - t0)
         assert self._pump is not None
         self._pump.add(r, d)
         self._procs[spec.id] = p

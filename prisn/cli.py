@@ -116,6 +116,13 @@ def cli() -> None:
 @_opt("allowed-hosts", default="", help="Comma-separated extra Host names (name, *.domain) "
       "accepted while the API is open (no --api-key), besides the node's own names and IP "
       "addresses; * accepts any (no DNS-rebinding protection) [default: none].")
+@_opt("node-down-after", default="5s", show_default=True,
+      help="The leader places the instances of a node it has not heard from for this long on "
+      "other nodes; a node without a quorum for a bit less stops its own (fencing).")
+@_opt("stop-grace", default="10s", show_default=True,
+      help="Time an instance has to exit after SIGTERM before its process group is SIGKILLed.")
+@_opt("no-workloads", is_flag=True, default=False,
+      help="This node votes and serves the API but runs no instances (never placed on).")
 def server(**kw: object) -> None:
     """Run a prisn server node."""
     try:
@@ -167,7 +174,20 @@ def build_config(kw: dict) -> ServerConfig:
         trailing_logs=int(kw.get("trailing_logs", 10240)),
         snapshot_interval=_interval(str(kw.get("snapshot_interval", "30s"))),
         **_security(kw),
+        **_workloads(kw, et),
     )
+
+
+def _workloads(kw: dict, et: float) -> dict:
+    """--node-down-after (at least 4 election timeouts), --stop-grace, --no-workloads."""
+    nda = parse_duration(kw.get("node_down_after") or "5s", "--node-down-after")
+    if nda < 4 * et:
+        raise ConfigError("--node-down-after must be at least 4 election timeouts "
+                          f"({4 * et:g}s): a node is not down before an election could replace "
+                          "its leader")
+    return {"node_down_after": nda,
+            "stop_grace": parse_duration(kw.get("stop_grace") or "10s", "--stop-grace"),
+            "no_workloads": bool(kw.get("no_workloads", False))}
 
 
 def _security(kw: dict) -> dict:

@@ -63,6 +63,10 @@ class ServerConfig:
     namespace_max_deployments: int = 100_000
     max_artifact_bytes: int = 8 << 20  # one artifact upload (actors.api.artifacts)
     namespace_max_bytes: int = 256 << 20  # all deployments of one namespace
+    # Workloads (issue 14; actors.workloads, actors.scheduler)
+    node_down_after: float = 5.0  # the leader places a node's instances elsewhere after this
+    stop_grace: float = 10.0  # SIGTERM -> SIGKILL of an instance's process group
+    no_workloads: bool = False  # vote only: run no instances, never placed on
     extra: dict = field(default_factory=dict)
 
     @property
@@ -74,6 +78,24 @@ class ServerConfig:
         if host in ("", "0.0.0.0", "[::]", "::"):
             host = socket.gethostname()
         return f"{host}:{port}"
+
+    @property
+    def fence_after(self) -> float:
+        """Seconds without quorum contact after which this node stops its own instances:
+        `node_down_after` minus a margin of at least half of it and at least two (maximal,
+        randomized) election timeouts, but never below two election timeouts (an election
+        alone must not stop instances). See docs/operations.md "Workloads: placement,
+        failover and fencing"."""
+        nda, et = self.node_down_after, self.election_timeout
+        return max(2 * et, min(nda / 2, nda - 4 * et))
+
+    @property
+    def fence_grace(self) -> float:
+        """The stop grace of a fenced node's instances: what is left of the margin once the
+        fence is detected (one maximal election timeout late), capped by --stop-grace, so
+        they are gone (SIGKILL at worst) before the leader may place them elsewhere."""
+        nda, et = self.node_down_after, self.election_timeout
+        return max(0.0, min(self.stop_grace, nda - self.fence_after - 2 * et))
 
     @property
     def heartbeat_ticks(self) -> int:

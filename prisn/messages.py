@@ -511,9 +511,11 @@ class InstallSnapshotResponse(Msg):
 @message("runner.desired")
 class RunnerDesired(Msg):
     """-> runner: the FULL list of instances this node should run (level-triggered). Each is a
-    map {id, deployment, namespace, generation, runtime, source, cwd, env, args, port}."""
+    map {id, deployment, namespace, generation, runtime, source, cwd, env, args, port}.
+    `stop_grace_ms` >= 0 shortens the stop grace while fenced (negative: the node's)."""
 
     instances: list
+    stop_grace_ms: int = -1
 
 
 @message("runner.status")

@@ -35,11 +35,15 @@ from actors.metrics import (
     PeerDropsCollector,
     PeerWireCollector,
     SnapshotCollector,
+    WorkloadsCollector,
 )
 from actors.raft import RaftActor
+from actors.runner import RunnerActor
+from actors.scheduler import SchedulerActor
 from actors.statemachine import StateMachineActor
 from actors.supervisor import Supervisor
 from actors.timer import TimerActor
+from actors.workloads import WorkloadsActor
 from prisn import __version__
 from prisn.config import ConfigError, ServerConfig
 from prisn.fsm.deployments import DeploymentStore
@@ -47,9 +51,11 @@ from prisn.logs import setup_logging
 from prisn.messages import EntryKind, Role, TransferLeadership
 from prisn.raft.boot import BootState
 from prisn.raft.core import RaftCore, RaftOptions
-from prisn.secretbox import UNENCRYPTED_WARNING
+from prisn.raft.status import RaftStatus
+from prisn.secretbox import UNENCRYPTED_WARNING, SecretBox, opener
 from prisn.snapshots import BootError, SnapshotStore, assemble_boot
 from prisn.storage import LogStorage, StorageError
+from prisn.workloads.materialize import clear_stale
 from transport.codec import encode
 from transport.curve import (
     CurveKeys,
@@ -58,6 +64,7 @@ from transport.curve import (
     ZapHandler,
     load_keys,
     loosely_permitted,
+    read_key_file,
 )
 
 log = logging.getLogger("prisn.server")
@@ -154,6 +161,9 @@ class Node:
         self.raft: RaftActor | None = None
         self.api: ApiActor | None = None
         self.fsm: StateMachineActor | None = None
+        self.runner: RunnerActor | None = None
+        self.workloads: WorkloadsActor | None = None
+        self.scheduler: SchedulerActor | None = None
         self.seed = seed if seed is not None else secrets.randbits(64)
         self.curve = curve  # peer keys from --cluster-key-file (None: plaintext peers)
         self.peer_auth = PeerAuthStats()
@@ -295,6 +305,50 @@ class Node:
                             metrics=metrics, write_timeout=cfg.write_timeout,
                             max_body=cfg.max_body_bytes, config=cfg, on_failure=fail)
         sup.start(self.api)
+        self._start_workloads(data, store)
+
+    def _start_workloads(self, data: Path, store: DeploymentStore) -> None:
+        """After the API (they propose through it): the runner (unless --no-workloads), the
+        node-side controller and the scheduler shell (active only while leading)."""
+        cfg, sup, fail = self.cfg, self.sup, self.sup.on_failure
+        api, raft = self.api, self.raft
+        assert api is not None and raft is not None
+
+        def status() -> RaftStatus:  # the raft actor's published status (any thread)
+            return raft.status
+
+        box = SecretBox(read_key_file(cfg.cluster_key_file)) if cfg.cluster_key_file else None
+        wl = WorkloadsActor(self.ctx, cfg.node_id, store, raft_status=status,
+                            submit=api.submit, data_dir=data, fence_after=cfg.fence_after,
+                            fence_grace=cfg.fence_grace,
+                            runs_workloads=not cfg.no_workloads,
+                            write_timeout=cfg.write_timeout, decrypt=opener(box),
+                            barrier=api.barrier,
+                            on_failure=fail)
+        if not cfg.no_workloads:
+            removed = clear_stale(data)
+            if removed:
+                log.info("removed %d interrupted artifact materialization(s)", removed)
+            self.runner = RunnerActor(self.ctx, cfg.node_id, data, stop_grace=cfg.stop_grace,
+                                      on_status=wl.on_runner_status, on_failure=fail,
+                                      observe_start=self.metrics.observe_runner_start
+                                      if self.metrics is not None else None)
+            sup.start(self.runner)
+        else:
+            log.info("--no-workloads: this node runs no instances and is never placed on")
+        self.workloads = wl
+        sup.start(wl)
+        self.scheduler = SchedulerActor(self.ctx, cfg.node_id, store, raft_status=status,
+                                        submit=api.submit, tick_seconds=cfg.tick_interval,
+                                        node_down_after=cfg.node_down_after,
+                                        round_timeout=cfg.write_timeout, on_failure=fail)
+        sup.start(self.scheduler)
+        if self.metrics is not None:
+            self.metrics.registry.register(WorkloadsCollector(lambda: self.workloads,
+                                                              lambda: self.scheduler))
+        log.info("workloads: node down after %gs, fencing after %gs without quorum (stop "
+                 "grace %gs then), stop grace %gs", cfg.node_down_after, cfg.fence_after,
+                 cfg.fence_grace, cfg.stop_grace)
 
     def node_status(self) -> NodeStatus:
         """The API's NodeStatus (any thread; used by the metrics collector at scrape time)."""
@@ -338,6 +392,15 @@ class Node:
             push.close(0)
 
     def stop(self) -> None:
+        # The runner first, with room for its stop grace (the supervisor's join is shorter):
+        # its instances get SIGTERM, then SIGKILL after --stop-grace.
+        for actor in (self.scheduler, self.workloads):
+            if actor is not None:
+                actor.stop()
+                actor.join(5)
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner.join(self.cfg.stop_grace + 5)
         self.sup.stop_all()
         if any(a.is_alive() for a in self.sup.actors):
             log.error("some actors did not stop; leaving the ZeroMQ context for process exit")

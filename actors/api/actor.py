@@ -8,11 +8,13 @@ callbacks. `stop()` is thread-safe: it enters the loop only through `add_callbac
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 from tornado.ioloop import IOLoop
@@ -131,8 +133,9 @@ class ApiActor(Actor):
         if self.config is not None:
             auth = Authenticator(self.config.api_key, metrics_auth=self.config.metrics_auth)
             if not auth.enabled:
-                log.warning("no --api-key: the HTTP API is open to anyone who can reach it "
-                            "(set --api-key / PRISN_API_KEY, the same on every node)")
+                log.warning("no --api-key: the HTTP API is open to anyone who can reach it, "
+                            "who can then run code on the nodes as this server's user (set "
+                            "--api-key / PRISN_API_KEY, the same on every node)")
         cfg = self.config if self.config is not None else ServerConfig(node_id="", data_dir="")
         guard = RequestGuard.build(
             origins=cfg.cors_origins, allowed_hosts=cfg.allowed_hosts,
@@ -190,6 +193,33 @@ class ApiActor(Actor):
                      ", ".join(sorted(guard.hosts)))
         if guard.origins:
             log.info("CORS: browser requests allowed from %s", ", ".join(sorted(guard.origins)))
+
+    def submit(self, command: dict, timeout: float) -> concurrent.futures.Future | None:
+        """Any thread: propose `command` through this node's client, as a write of the API
+        does (forwarded to the leader, answered once applied here); a future of its
+        (Outcome, body), or None while the API is not serving. Used by the workload actors
+        (`actors.scheduler`, `actors.workloads`)."""
+        loop, client = self._loop, self.client
+        if loop is None or client is None or loop.is_closed() or self.stopping:
+            return None
+
+        async def propose() -> Any:
+            return await client.propose(command, timeout)
+
+        return asyncio.run_coroutine_threadsafe(propose(), loop)
+
+    def barrier(self, timeout: float) -> concurrent.futures.Future | None:
+        """Any thread: a linearizable read barrier (as a strong read waits for: leadership
+        confirmed by a quorum, then applied up to that read index here); a future that
+        resolves (None) or fails, or None while the API is not serving."""
+        loop, client = self._loop, self.client
+        if loop is None or client is None or loop.is_closed() or self.stopping:
+            return None
+
+        async def wait() -> None:  # read_barrier needs the running loop when called
+            await client.read_barrier(timeout)
+
+        return asyncio.run_coroutine_threadsafe(wait(), loop)
 
     def stop(self) -> None:
         super().stop()

@@ -91,6 +91,7 @@ class DeploymentsHandler(BaseHandler):
         items, total = self.ctx.node.store.list(namespace=namespace, type=typ, limit=limit,
                                                 offset=offset,
                                                 namespaces=self.principal.namespaces)
+        items = [ops.deployment_view(self.ctx, d) for d in items]
         self.send_json(200, {"items": items, "count": len(items), "total": total,
                              "limit": limit, "offset": offset})
 
@@ -129,7 +130,7 @@ class DeploymentHandler(BaseHandler):
             dep = None  # found by id elsewhere: ids do not leak across namespaces
         if dep is None:
             raise ops.deployment_not_found(name)
-        self.send_json(200, dep)
+        self.send_json(200, ops.deployment_view(self.ctx, dep))
 
     async def put(self, name: str) -> None:
         if self._refused:

@@ -213,7 +213,7 @@ class FastRead(httputil.HTTPMessageDelegate):
             if dep is None:
                 status, data = error_answer(ops.deployment_not_found(self._name))
             else:
-                status, data = 200, ops.render(dep)
+                status, data = 200, ops.render(ops.deployment_view(self.ctx, dep))
         except Exception:  # noqa: BLE001 - a bug answers 500, as Tornado's handler would
             log.exception("GET %s failed", self.uri)
             status, data = 500, error_json(500, "internal server error")

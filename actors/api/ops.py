@@ -159,6 +159,12 @@ def deployment_not_found(name: str) -> NotFound:
 
 
 # ---------------------------------------------------------------------------- answers
+def deployment_view(ctx: ApiContext, dep: dict[str, Any]) -> dict[str, Any]:
+    """A stored deployment as reads answer it (GET one, both paths, and the list): a
+    service gains its ``status`` (`DeploymentStore.with_status`, issue 14)."""
+    return ctx.node.store.with_status(dep)
+
+
 def render(body: Any) -> bytes:
     """A JSON answer body: compact, no NaN (`ValueError` for a value JSON cannot carry)."""
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()

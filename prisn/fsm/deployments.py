@@ -74,6 +74,7 @@ from prisn.fsm.executions import (
     ExecutionCommandError,
     ExecutionTable,
 )
+from prisn.fsm.instances import INSTANCE_OPS, InstanceCommandError, InstanceTable, instance_id
 from prisn.fsm.placements import PLACEMENT_OPS, PlacementCommandError, PlacementTable
 from prisn.fsm.results import Result, failure
 from prisn.fsm.secrets import SECRET_OPS, Secret, SecretCommandError, SecretTable
@@ -99,7 +100,7 @@ from prisn.fsm.validation import (
 )
 from prisn.messages import EntryKind
 from prisn.outcomes import WIRE_OUTCOMES, Outcome
-from prisn.workloads.model import Placement, Service
+from prisn.workloads.model import Placement, Service, phase_of
 
 SNAPSHOT_FORMAT = 1  # deployments and dedup table
 SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer written)
@@ -109,13 +110,15 @@ SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer writt
 SNAPSHOT_FORMAT_REFS = 3
 # Format 4: format 3 plus "tables", a map of table name -> snapshot section, each written
 # only when used: "artifacts" (`ArtifactTable.rows`, while artifacts are stored) and
-# "placements" (`PlacementTable.section`, once the placements table was used: its seq > 0).
+# "placements" (`PlacementTable.section`, once the placements table was used: its seq > 0),
+# "instances" and "nodes" (`InstanceTable.sections`, while they hold rows).
 # A store without workloads writes format 3, byte for byte as before.
 SNAPSHOT_FORMAT_TABLES = 4
 SNAPSHOT_FORMAT_PLACEMENTS = SNAPSHOT_FORMAT_TABLES  # placements live in its "tables"
 # "secrets" (`SecretTable.rows`, while secrets are stored) is a third key of "tables",
 # "executions" (`ExecutionTable.section`, while it holds executions or cron marks) a fourth.
-TABLES: frozenset[str] = frozenset({"artifacts", "placements", "secrets", "executions"})
+TABLES: frozenset[str] = frozenset({"artifacts", "placements", "secrets", "executions",
+                                   "instances", "nodes"})
 DEFAULT_DEDUP_CAPACITY = 100_000
 # The dedup table is bounded by the size of the answers it remembers too (`entry_size`):
 # without it, deleting large deployments freed nothing while their create answers stayed.
@@ -134,6 +137,7 @@ DedupRows = list[list[Any]]
 TokenRows = list[dict[str, Any]]
 PlacementList = list[Placement]  # module-level, as DeploymentList
 ServiceList = list[Service]
+PlacedList = list[tuple[Placement, Deployment]]
 TableRows = dict[str, Any]  # the extra tables of snapshot format 4, by name
 
 FIELDS: tuple[str, ...] = (
@@ -322,6 +326,7 @@ class DeploymentStore:
         self._tokens = TokenTable()
         self._placements = PlacementTable()
         self._artifacts = ArtifactTable()
+        self._instances = InstanceTable()
         self._secrets = SecretTable()
         self._executions = ExecutionTable()
         self._applied = 0
@@ -366,6 +371,7 @@ class DeploymentStore:
         except ValidationError as exc:
             return failure(Outcome.INVALID, f"command {exc.message}")
         fp = _fingerprint(cmd)
+        op = cmd.get("op")
         seen = self._dedup.get(key)
         if seen is not None:
             if seen[0] != fp:
@@ -377,12 +383,15 @@ class DeploymentStore:
         except ValidationError as exc:
             result = failure(Outcome.INVALID, exc.message)
         except (CommandError, TokenCommandError, PlacementCommandError,
-                ArtifactCommandError, SecretCommandError, ExecutionCommandError) as exc:
+                ArtifactCommandError, SecretCommandError, ExecutionCommandError,
+                InstanceCommandError) as exc:
             result = failure(Outcome.INVALID, str(exc))
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = failure(Outcome.INTERNAL_ERROR,
                              f"internal error applying command: {type(exc).__name__}")
         self._artifacts.sweep(cmd.get("ts"))  # after every command: deterministic GC
+        if not (type(op) is str and op in _NO_PLACEMENT_CHANGE):  # rows of unplaced: gone
+            self._instances.prune(self._placements.get)
         self._dedup[key] = (fp, result[0], result[1])
         self._dedup_order.append(key)
         self._dedup_bytes += _entry_size(result[1])
@@ -413,6 +422,8 @@ class DeploymentStore:
             return self._secrets.apply(cmd)
         if op in EXECUTION_OPS:
             return self._executions.apply(cmd, self._lookup, self._lookup_id)
+        if op in INSTANCE_OPS:
+            return self._instances.apply(cmd, self._placements.get)
         spec: dict[str, Any] = {}
         replicas = 0
         ts = _text(cmd, "ts", MAX_TS)
@@ -618,6 +629,65 @@ class DeploymentStore:
                         for k in keys for d in (self._deps[k],)]
             return sorted(services), self._placements.all()
 
+    def no_workload_nodes(self) -> frozenset[str]:
+        """Nodes recorded (``node.meta``) as running no workloads: never placed on."""
+        with self._lock:
+            return self._instances.no_workload_nodes()
+
+    def runs_workloads(self, node: str) -> bool:
+        """Whether `node` is eligible for placement (True unless it said otherwise)."""
+        with self._lock:
+            return self._instances.runs_workloads(node)
+
+    def with_status(self, dep: Deployment) -> Deployment:
+        """`dep` (a copy from `get` / `list`) with its ``status`` added when it is a service:
+        phase, desired and ready replicas, restarts, message and the placed instances with
+        their last reported state. Derived from the replicated tables, so every node that
+        applied the same entries answers the same. Any thread."""
+        if dep.get("type") != "service":
+            return dep
+        ns, name, replicas = dep["namespace"], dep["name"], dep["replicas"]
+        with self._lock:
+            placed = self._placements.of(ns, name)
+            rows = dict(self._instances.of(ns, name, replicas))
+        instances = []
+        ready = crash = restarts = 0
+        messages = []
+        for p in placed:
+            row = rows.get(p.slot)
+            if row is not None and row.epoch == p.epoch and row.node == p.node:
+                item = row.to_json(p.slot)
+                if row.message and row.state != "Running":
+                    messages.append(f"instance {p.slot.index}: {row.message}")
+            else:
+                item = {"id": instance_id(p.slot, p.epoch), "index": p.slot.index,
+                        "node": p.node, "state": "Pending", "pid": None, "started_at": None,
+                        "exit_code": None, "restarts": 0, "message": ""}
+            ready += item["state"] == "Running"
+            crash += item["state"] == "CrashLoopBackOff"
+            restarts += item["restarts"]
+            instances.append(item)
+        unplaced = replicas - len(placed)
+        if unplaced > 0:
+            why = (f"no live node without port {dep['port']} in use" if dep["port"]
+                   else "no live node that runs workloads")
+            messages.insert(0, f"{unplaced} of {replicas} replicas not placed ({why})")
+        status = {"phase": str(phase_of(replicas, ready, crash)), "desired_replicas": replicas,
+                  "ready_replicas": ready, "restarts": restarts,
+                  "message": "; ".join(messages)[:1024], "instances": instances}
+        return {**dep, "status": status}
+
+    def instances_on(self, node: str) -> PlacedList:
+        """The placements on `node` with their deployments (copies): what its runner should
+        run. Any thread."""
+        with self._lock:
+            out: PlacedList = []
+            for p in self._placements.on_node(node):
+                dep = self._deps.get((p.slot.name, p.slot.namespace))
+                if dep is not None:
+                    out.append((p, dict(dep)))
+            return out
+
     def executions(self, *, deployment_id: str | None = None, namespace: str | None = None,
                    status: str | None = None, limit: int = 100, offset: int = 0,
                    namespaces: Collection[str] | None = None) -> dict[str, Any]:
@@ -699,6 +769,7 @@ class DeploymentStore:
                 tables["secrets"] = self._secrets.rows()
             if self._executions.used:
                 tables["executions"] = self._executions.section()
+            tables.update(self._instances.sections())
             return self._state_locked(refs), tables
 
     def _state_locked(self, refs: bool) -> tuple[int, DeploymentList, DedupRows, TokenRows]:
@@ -784,7 +855,7 @@ class DeploymentStore:
             with self._lock:
                 (self._deps, self._ids, self._index, self._dedup, self._dedup_order,
                  self._applied, self._tokens, self._artifacts, self._placements,
-                 self._secrets, self._executions) = state
+                 self._secrets, self._executions, self._instances) = state
                 self._usage, self._dedup_bytes = usage, dedup_bytes
                 self._trim_dedup()  # a snapshot of an older version may hold more
 
@@ -803,9 +874,12 @@ class DeploymentStore:
         return hashlib.sha256(blob).hexdigest()
 
 
+# Commands that never move or remove a placement: no instance row to prune after them.
+_NO_PLACEMENT_CHANGE = frozenset({"create", *TOKEN_OPS, *ARTIFACT_OPS, *SECRET_OPS,
+                                  *EXECUTION_OPS, *INSTANCE_OPS})
 _ParsedState = tuple[dict[tuple[str, str], Deployment], dict[str, tuple[str, str]], _Index,
                      dict[str, DedupEntry], deque[str], int, TokenTable, ArtifactTable,
-                     PlacementTable, SecretTable, ExecutionTable]
+                     PlacementTable, SecretTable, ExecutionTable, InstanceTable]
 _TOP_KEYS = {SNAPSHOT_FORMAT: frozenset({"format", "applied", "deployments", "dedup"}),
              SNAPSHOT_FORMAT_REFS: frozenset({"format", "applied", "deployments", "dedup",
                                               "tokens"}),
@@ -984,8 +1058,10 @@ def _parse_snapshot(snap: Any, capacity: int, rows_hook: _RowDecoder | None = No
     executions = ExecutionTable()
     if "executions" in tables:
         executions = ExecutionTable.from_section(tables["executions"], ids)
+    instances = InstanceTable.from_sections(tables.get("instances"), tables.get("nodes"),
+                                            placements.get)
     return (deps, ids, index, dedup, order, applied, tokens, artifacts, placements, secrets,
-            executions)
+            executions, instances)
 
 
 def _parse_deployment(raw: Any) -> Deployment:

@@ -214,10 +214,17 @@ class RunnerCore:
         self._insts: dict[str, _Inst] = {}
         self.start_failures = 0  # counted StartFailed observations
         self.stale_exits = 0
+        self._grace: float | None = None  # a shorter stop grace while fencing
 
     # -------------------------------------------------------------------- inputs
-    def set_desired(self, specs: list[InstanceSpec], now: float) -> tuple[list[Action], list[Report]]:
-        """The full list of instances this node should run (duplicate ids: the last wins)."""
+    def set_desired(self, specs: list[InstanceSpec], now: float, stop_grace: float | None = None
+                    ) -> tuple[list[Action], list[Report]]:
+        """The full list of instances this node should run (duplicate ids: the last wins).
+        `stop_grace` (fencing: the instances must be gone before they may be replaced
+        elsewhere) shortens the policy's grace for stops while it is set; the next call
+        without it restores the policy's."""
+        self._grace = None if stop_grace is None else max(0.0, min(stop_grace,
+                                                                    self.policy.stop_grace))
         want = {s.id: s for s in specs}
         for iid, inst in self._insts.items():
             inst.desired = want.get(iid)
@@ -294,6 +301,11 @@ class RunnerCore:
                 inst.attempt += 1
         return actions, self._reports()
 
+    @property
+    def stop_grace(self) -> float:
+        """The grace a stop gets now (the policy's, or the shorter fencing one)."""
+        return self.policy.stop_grace if self._grace is None else self._grace
+
     def next_deadline(self) -> float | None:
         """The earliest time at which `tick` may act without a new input (a hint)."""
         p = self.policy
@@ -302,7 +314,7 @@ class RunnerCore:
             if inst.next_start is not None and inst.pid is None and not inst.starting:
                 out.append(inst.next_start)
             if inst.stop_at is not None and not inst.killed:
-                out.append(inst.stop_at + p.stop_grace)
+                out.append(inst.stop_at + self.stop_grace)
             if inst.pid is not None and inst.started_at is not None:
                 out.extend(inst.started_at + d
                            for d in (p.startup_grace, p.roll_settle, p.reset_after))
@@ -349,7 +361,7 @@ class RunnerCore:
             inst.stop_at = now
             actions.append(Stop(instance=inst.spec.id, pid=inst.pid, reason=why))
         elif not inst.killed and inst.stop_at is not None \
-                and now >= inst.stop_at + self.policy.stop_grace:
+                and now >= inst.stop_at + self.stop_grace:
             inst.killed = True
             actions.append(Kill(instance=inst.spec.id, pid=inst.pid))
 

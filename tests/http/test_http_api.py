@@ -23,7 +23,10 @@ class TestDeployments(ApiCase):
         for path in ("/api/v1/deployments/web", f"/api/v1/deployments/{dep['id']}",
                      "/api/v1/deployments/web?namespace=default"):
             code, got, resp = self.call("GET", path)
+            status = got.pop("status")  # reads of a service add its status (issue 14)
             assert (code, got) == (200, dep), path
+            assert status["phase"] == "Pending" and status["instances"] == []
+            assert "1 of 1 replicas not placed" in status["message"]
             self.assert_node_headers(resp)
 
     def test_get_missing_404(self) -> None:

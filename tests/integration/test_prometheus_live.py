@@ -171,7 +171,8 @@ def test_prometheus_sees_one_leader_before_and_after_failover(cluster, tmp_path)
         assert set(rules()) == {"PrisnNoLeader", "PrisnQuorumLost", "PrisnReplicationLag",
                                 "PrisnMultipleLeaders", "PrisnFrequentLeaderChanges",
                                 "PrisnFollowerOutOfContact", "PrisnLogDiskErrors",
-                                "PrisnSnapshotFailures", "PrisnNodeNotReady"}
+                                "PrisnSnapshotFailures", "PrisnNodeNotReady",
+                                "PrisnCrashLooping", "PrisnUnschedulable"}
         quiet = wait_for(lambda: (lambda rs: rs if all(r["health"] == "ok" and r["state"] ==
                                                        "inactive" for r in rs.values())
                                   else None)(rules()), 20, "all alert rules ok and inactive")

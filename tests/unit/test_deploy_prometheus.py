@@ -28,6 +28,8 @@ ALERT_NAMES = (
     "PrisnLogDiskErrors",
     "PrisnSnapshotFailures",
     "PrisnNodeNotReady",
+    "PrisnCrashLooping",
+    "PrisnUnschedulable",
 )
 SEVERITIES = {
     "PrisnNoLeader": "critical",
@@ -39,6 +41,8 @@ SEVERITIES = {
     "PrisnLogDiskErrors": "critical",
     "PrisnSnapshotFailures": "warning",
     "PrisnNodeNotReady": "warning",
+    "PrisnCrashLooping": "warning",
+    "PrisnUnschedulable": "warning",
 }
 SEED_ALERTS = ("PrisnNoLeader", "PrisnQuorumLost", "PrisnReplicationLag")
 
@@ -62,6 +66,9 @@ PLAIN_METRICS = {
     "prisn_snapshot_failures_total",
     "prisn_snapshots_taken_total",
     "prisn_build_info",
+    "prisn_instances",
+    "prisn_instance_restarts_total",
+    "prisn_scheduler_unplaced_instances",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
     "process_open_fds",
@@ -71,6 +78,7 @@ HISTOGRAMS = {
     "prisn_log_fsync_seconds",
     "prisn_api_request_duration_seconds",
     "prisn_snapshot_duration_seconds",
+    "prisn_runner_start_seconds",
 }
 PRISN_METRICS = (
     PLAIN_METRICS

@@ -295,3 +295,19 @@ def test_an_exit_by_signal_says_which() -> None:
     n.exit("web-0", code=-11)
     r = n.state("web-0")
     assert r.exit_code == -11 and r.message.startswith("killed by signal 11")
+
+
+def test_a_fencing_stop_uses_the_shorter_grace_and_the_next_list_restores_it() -> None:
+    n = Node(RestartPolicy(stop_grace=10))
+    n.desire(spec("a"), spec("b", dep="b"))
+    n.at(3)
+    n._run(n.core.set_desired([spec("b", dep="b")], n.now, stop_grace=0.5))  # fenced: a goes
+    assert n.core.stop_grace == 0.5
+    n.at(3.49)
+    assert n.of(Kill) == []
+    n.at(3.5)
+    assert [a for _, a in n.of(Kill)] == [Kill(instance="a", pid=100)]
+    n._run(n.core.set_desired([spec("b", dep="b")], n.now, stop_grace=99))  # capped
+    assert n.core.stop_grace == 10
+    n.desire()
+    assert n.core.stop_grace == 10

@@ -1,0 +1,324 @@
+"""The node-side workload controller: what this node's runner should run, and what it reports.
+
+Thread: its own actor thread (`prisn-workloads`), on every node (`RunnerActor` runs next to it
+unless the node was started with ``--no-workloads``). Each step (every `poll_ms`):
+- **node metadata**: while the store's record of this node (``node.meta``) differs from its
+  flag, propose it (bounded: one in flight, at most one a second);
+- **fencing**: `quorum_ok` of the published Raft status (a leader with a quorum active, or a
+  follower hearing from its leader) refreshes `_last_ok`; after `fence_after` seconds without
+  it the node is *fenced* and its runner is sent an empty desired list (the instances stop),
+  so that when the leader places them elsewhere (after `node_down_after` > `fence_after`) the
+  old copies are already stopped. A node starts fenced and unfences only when it has quorum
+  contact AND has applied everything committed it knows of (so a node that comes back does
+  not restart, for a moment, an instance its log has not yet seen move away);
+- **desired**: when the applied index or the fence changed (and every `resync` seconds), the
+  placements on this node joined with their deployments (artifacts materialized here via
+  `materialize.location`) become the runner's FULL desired list (`runner.desired`);
+- **reports**: the runner's batched status (its `on_status` callback, runner thread) is
+  coalesced per instance and proposed as one ``instance.report`` command at most every
+  `report_interval` seconds, one in flight: a crash loop costs at most one log entry per
+  node per interval.
+Never raises on a failed proposal or a bad artifact (logged; retried by the next step).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from actors.base import Actor
+from prisn.fsm.commands import format_ts
+from prisn.fsm.deployments import DeploymentStore
+from prisn.fsm.instances import MAX_REPORTS, instance_id, node_meta_command, report_command
+from prisn.fsm.secrets import SecretError, secret_env
+from prisn.messages import RunnerDesired
+from prisn.secretbox import Opener, SecretDecryptError
+from prisn.workloads.artifacts import ArtifactError
+from prisn.workloads.materialize import location
+
+log = logging.getLogger("prisn.workloads")
+
+Submit = Callable[[dict[str, Any], float], "concurrent.futures.Future | None"]
+MAX_PENDING = 4096  # coalesced reports waiting (one per instance id)
+
+
+def parse_instance_id(iid: str) -> tuple[str, str, int, int] | None:
+    """(namespace, name, index, epoch) of an id made by `instance_id`, else None (names
+    never hold a dot)."""
+    parts = iid.split(".")
+    if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[2]), int(parts[3])
+
+
+class WorkloadsActor(Actor):
+    """See the module doc. `fenced`, counters: read from any thread."""
+
+    poll_ms = 50
+
+    def __init__(self, ctx: zmq.Context, node_id: str, store: DeploymentStore, *,
+                 raft_status: Callable[[], Any], submit: Submit, data_dir: str | Path,
+                 fence_after: float, fence_grace: float = 0.0, runs_workloads: bool = True,
+                 report_interval: float = 1.0, resync: float = 2.0,
+                 write_timeout: float = 5.0, decrypt: Opener | None = None,
+                 barrier: Callable[[float], concurrent.futures.Future | None] | None = None,
+                 **kw: Any) -> None:
+        super().__init__("workloads", ctx, node_id, **kw)
+        self.store = store
+        self.raft_status = raft_status
+        self.submit = submit
+        self.data_dir = Path(data_dir)
+        self.fence_after = fence_after
+        self.fence_grace = fence_grace
+        self.runs_workloads = runs_workloads
+        self.report_interval = report_interval
+        self.resync = resync
+        self.write_timeout = write_timeout
+        self.decrypt = decrypt  # opens secret values (None: no secret can be injected)
+        self.barrier = barrier  # a linearizable read barrier (`ApiActor.barrier`)
+        self._barrier: concurrent.futures.Future | None = None
+        self._incarnation = os.urandom(4).hex()
+        self._keys = itertools.count(1)
+        self._meta: concurrent.futures.Future | None = None
+        self._meta_at = 0.0
+        self._report: concurrent.futures.Future | None = None
+        self._report_at = 0.0
+        self._report_items: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, Any]] = {}  # instance id -> latest runner report
+        self._last_ok: float | None = None  # last time quorum contact was seen
+        self.fenced = True
+        self._catch_up: int | None = None  # unfence once applied reaches it
+        self._sent: list[dict[str, Any]] | None = None
+        self._sent_view: tuple[int, bool] | None = None
+        self._sent_at = 0.0
+        self._bad: dict[str, str] = {}  # deployment key -> last materialize error logged
+        self.fences = 0
+        self._states: dict[str, str] = {}  # instance id -> last runner state (metrics)
+        self._restarts: dict[str, int] = {}
+        self.restarts_total = 0
+        self.reports_proposed = 0
+        self.reports_dropped = 0
+
+    # ------------------------------------------------------------------ runner callback
+    def on_runner_status(self, reports: list[dict[str, Any]]) -> None:
+        """The runner's batch (runner thread): kept, latest per instance, bounded."""
+        with self._lock:
+            for r in reports:
+                iid = r.get("id")
+                if not isinstance(iid, str):
+                    continue
+                self._account(iid, r)
+                if iid not in self._pending and len(self._pending) >= MAX_PENDING:
+                    self.reports_dropped += 1
+                    continue
+                self._pending[iid] = r
+
+    def _account(self, iid: str, r: dict[str, Any]) -> None:
+        """Metrics: the state of each instance this runner has, restarts counted once."""
+        state, restarts = r.get("state"), r.get("restarts")
+        if state == "Stopped":
+            self._states.pop(iid, None)
+            self._restarts.pop(iid, None)
+            return
+        if isinstance(state, str):
+            self._states[iid] = state
+        if isinstance(restarts, int):
+            prev = self._restarts.get(iid, 0)
+            if restarts > prev:
+                self.restarts_total += restarts - prev
+            self._restarts[iid] = restarts
+
+    def instance_states(self) -> dict[str, int]:
+        """Any thread: how many of this node's instances are in each runner state."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for state in self._states.values():
+                out[state] = out.get(state, 0) + 1
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def on_idle(self) -> None:
+        self.step()
+
+    def on_batch_end(self) -> None:
+        self.step()
+
+    def _key(self, what: str) -> str:
+        return f"{what}-{self.node_id}-{self._incarnation}-{next(self._keys)}"
+
+    @staticmethod
+    def _call(fn: Callable[..., concurrent.futures.Future | None], *args: Any
+              ) -> concurrent.futures.Future | None:
+        """`fn(*args)` (a propose or barrier of the API), None if it raised: a failure to
+        hand a request over is retried by a later step and never stops the node."""
+        try:
+            return fn(*args)
+        except Exception:
+            log.exception("workloads: cannot hand a request to the API")
+            return None
+
+    def step(self) -> None:
+        now = time.monotonic()
+        st = self.raft_status()
+        self._node_meta(now)
+        if not self.runs_workloads:
+            return
+        self._fence(now, st)
+        self._desired(now)
+        self._flush_reports(now)
+
+    def _node_meta(self, now: float) -> None:
+        if self.store.runs_workloads(self.node_id) == self.runs_workloads:
+            return
+        if self._meta is not None and not self._meta.done():
+            return
+        if now - self._meta_at < 1.0:
+            return
+        self._meta_at = now
+        cmd = node_meta_command(self.node_id, self.runs_workloads, key=self._key("meta"),
+                                ts=format_ts(time.time()))
+        self._meta = self._call(self.submit, cmd, self.write_timeout)
+
+    def _fence(self, now: float, st: Any) -> None:
+        ok = st is not None and st.quorum_ok
+        if ok:
+            self._last_ok = now
+        if self.fenced:
+            if not ok:
+                self._catch_up = self._barrier = None
+                return
+            if self.barrier is not None:
+                # Caught up = a read barrier passed: leadership confirmed by a quorum after
+                # contact came back, and everything committed before it applied here. The
+                # node's own commit index is not enough: a deposed leader coming back still
+                # holds its old one until its log matches the new leader's.
+                if self._barrier is None:
+                    self._barrier = self._call(self.barrier, self.write_timeout)
+                    return
+                if not self._barrier.done():
+                    return
+                done, self._barrier = self._barrier, None
+                if done.cancelled() or done.exception() is not None:
+                    return  # retried next step
+            else:  # no barrier (tests): the commit index known when contact came back
+                if self._catch_up is None:
+                    self._catch_up = st.commit_index
+                if self.store.applied_index < self._catch_up:
+                    return
+            self.fenced, self._catch_up = False, None
+            log.info("workloads: quorum contact, running what the log says")
+        elif self._last_ok is None or now - self._last_ok > self.fence_after:
+            self.fenced = True
+            self.fences += 1
+            log.warning("workloads: no quorum contact for %.1fs: stopping this node's "
+                        "instances (fencing; they may be placed elsewhere)", self.fence_after)
+
+    def _desired(self, now: float) -> None:
+        view = (self.store.applied_index, self.fenced)
+        if view == self._sent_view and now - self._sent_at < self.resync:
+            return
+        desired = [] if self.fenced else self._compute()
+        if desired != self._sent or now - self._sent_at >= self.resync:
+            self.send("runner", RunnerDesired(src="workloads", dst="runner", instances=desired,
+                                              stop_grace_ms=round(self.fence_grace * 1000)
+                                              if self.fenced else -1))
+            self._sent = desired
+            self._sent_at = now
+        self._sent_view = view
+
+    def _compute(self) -> list[dict[str, Any]]:
+        """This node's desired instances, by slot (runner wire form)."""
+        out: list[dict[str, Any]] = []
+
+        def artifact_bytes(digest: str) -> bytes | None:
+            a = self.store.artifact(digest)
+            return a.data if a is not None else None
+
+        for p, dep in self.store.instances_on(self.node_id):
+            try:
+                cwd, source = location(self.data_dir, dep, artifact_bytes)
+                env, generation = self._env(dep)
+            except (ArtifactError, OSError, SecretError, SecretDecryptError) as e:
+                key = f"{dep['namespace']}/{dep['name']}"
+                if self._bad.get(key) != str(e):
+                    self._bad[key] = str(e)
+                    log.warning("workloads: cannot run %s here: %s", key, e)
+                continue
+            out.append({"id": instance_id(p.slot, p.epoch), "deployment": dep["name"],
+                        "namespace": dep["namespace"], "generation": generation,
+                        "runtime": dep.get("runtime"), "source": source, "cwd": cwd,
+                        "env": env, "args": list(dep.get("args") or []),
+                        "port": dep.get("port") or 0})
+        return out
+
+    def _env(self, dep: dict[str, Any]) -> tuple[dict[str, str], int]:
+        """(environment, runner generation) of `dep`'s instances: the keys of the secrets it
+        lists (in order, a later secret wins), then its own `env` (wins over secrets). With
+        secrets the generation also carries a checksum of their values, so rotating a secret
+        restarts the instances (rolling, like a spec change). SecretError if one cannot be
+        opened here (no cluster key)."""
+        names = dep.get("secrets") or ()
+        user = dict(dep.get("env") or {})
+        if not names:
+            return user, dep["generation"]
+        if self.decrypt is None:
+            raise SecretError("this node cannot open secrets")
+        senv = secret_env(self.store, dep["namespace"], names, self.decrypt)
+        check = zlib.crc32(repr(sorted(senv.items())).encode())
+        return {**senv, **user}, (dep["generation"] << 32) | check
+
+    def _flush_reports(self, now: float) -> None:
+        if self._report is not None:
+            if not self._report.done():
+                return
+            try:
+                self._report.result()
+            except Exception as e:  # noqa: BLE001 - resent below unless superseded
+                log.debug("workloads: instance report not committed: %s", e)
+                with self._lock:
+                    for iid, r in self._report_items:
+                        self._pending.setdefault(iid, r)
+            self._report = None
+            self._report_items = []
+        if now - self._report_at < self.report_interval or self.fenced:
+            return
+        with self._lock:
+            if not self._pending:
+                return
+            items = list(self._pending.items())[:MAX_REPORTS]
+        reports = []
+        for iid, r in items:
+            parsed = parse_instance_id(iid)
+            if parsed is None or r.get("state") == "Stopped":
+                continue
+            ns, name, index, epoch = parsed
+            reports.append({"ns": ns, "name": name, "i": index, "epoch": epoch,
+                            "state": r.get("state"), "pid": r.get("pid"),
+                            "started_at": r.get("started_at"), "exit_code": r.get("exit_code"),
+                            "restarts": int(r.get("restarts") or 0),
+                            "message": str(r.get("message") or "")[:512]})
+        self._report_at = now
+        if reports:
+            cmd = report_command(self.node_id, reports, key=self._key("report"),
+                                 ts=format_ts(time.time()))
+            fut = self._call(self.submit, cmd, self.write_timeout)
+            if fut is None:
+                return
+            self._report = fut
+            self._report_items = items
+            self.reports_proposed += 1
+        with self._lock:
+            for iid, r in items:
+                if self._pending.get(iid) is r:
+                    del self._pending[iid]

@@ -1,0 +1,260 @@
+"""The workload shells' decisions, stepped by hand with a fake Raft status, a real store and
+a recording propose path (no threads started): the node-side controller fences without
+quorum contact and unfences only once caught up, sends the full desired list, coalesces
+and rate-bounds status reports, proposes node metadata; the scheduler shell runs rounds only
+while leading, one in flight, and counts members it has not heard from as down."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import zmq
+
+import actors.scheduler as sched_mod
+import actors.workloads as wl_mod
+from actors.scheduler import SchedulerActor
+from actors.workloads import WorkloadsActor, parse_instance_id
+from prisn.fsm.placements import batch_command
+from prisn.messages import Role
+from prisn.raft.boot import Membership
+from prisn.workloads.model import Slot
+from prisn.workloads.scheduler import Place
+from tests.feeder import Feeder
+
+TS = "2025-01-01T00:00:00.000Z"
+
+
+@dataclass
+class Peer:
+    last_contact_ticks: int
+
+
+@dataclass
+class Status:
+    role: Role = Role.FOLLOWER
+    term: int = 1
+    quorum_ok: bool = True
+    commit_index: int = 0
+    membership: Any = None
+    progress: dict = field(default_factory=dict)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Proposals:
+    def __init__(self) -> None:
+        self.cmds: list[dict] = []
+        self.futs: list[concurrent.futures.Future] = []
+
+    def __call__(self, cmd: dict, timeout: float) -> concurrent.futures.Future:
+        self.cmds.append(cmd)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self.futs.append(fut)
+        return fut
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(wl_mod.time, "monotonic", c)
+    monkeypatch.setattr(sched_mod.time, "monotonic", c)
+    return c
+
+
+def controller(f: Feeder, st: Status, props: Proposals, **kw: Any) -> tuple[WorkloadsActor, list]:
+    a = WorkloadsActor(zmq.Context.instance(), "n1", f.store, raft_status=lambda: st,
+                       submit=props, data_dir="/nonexistent", fence_after=1.0,
+                       fence_grace=0.3, **kw)
+    sent: list = []
+    a.send = lambda to, msg: sent.append((to, msg))  # type: ignore[method-assign]
+    return a, sent
+
+
+def placed_web(f: Feeder) -> None:
+    f.create(name="web", type="service", replicas=1, port=8080, source="/srv/web.py",
+             env={"MODE": "prod"})
+    f.run(batch_command([Place(Slot("default", "web", 0), "n1", None)], key="pl", ts=TS))
+
+
+def test_controller_fences_and_unfences_only_when_caught_up(clock: Clock) -> None:
+    f = Feeder()
+    placed_web(f)
+    st = Status(commit_index=f.store.applied_index + 5)  # behind what it knows is committed
+    props = Proposals()
+    a, sent = controller(f, st, props)
+    a.step()
+    assert a.fenced and sent[-1][1].instances == []  # starts fenced
+    for i in range(4):  # catching up while writes go on: the target is the commit index
+        f.create(name=f"x{i}")  # known when contact came back, not the moving one
+        st.commit_index = f.store.applied_index + 3
+        clock.t += 0.1
+        a.step()
+        assert a.fenced
+    f.create(name="x4")
+    st.commit_index = f.store.applied_index + 3
+    clock.t += 0.1
+    a.step()
+    assert not a.fenced
+    inst = sent[-1][1].instances
+    assert [i["id"] for i in inst] == ["default.web.0.1"] and inst[0]["port"] == 8080
+    assert inst[0]["env"] == {"MODE": "prod"} and inst[0]["source"] == "/srv/web.py"
+    assert sent[-1][1].stop_grace_ms == -1
+    # quorum contact lost: fenced after fence_after, stopped with the short grace
+    st.quorum_ok = False
+    clock.t += 0.9
+    a.step()
+    assert not a.fenced
+    clock.t += 0.2
+    a.step()
+    assert a.fenced and a.fences == 1
+    assert sent[-1][1].instances == [] and sent[-1][1].stop_grace_ms == 300
+    st.quorum_ok = True
+    st.commit_index = f.store.applied_index  # nothing new committed meanwhile
+    clock.t += 0.1
+    a.step()
+    assert not a.fenced and len(sent[-1][1].instances) == 1
+
+
+def test_controller_coalesces_reports_and_bounds_their_rate(clock: Clock) -> None:
+    f = Feeder()
+    placed_web(f)
+    st = Status(commit_index=f.store.applied_index)
+    props = Proposals()
+    a, _ = controller(f, st, props)
+    a.step()
+    base = {"id": "default.web.0.1", "pid": 10, "started_at": 1, "exit_code": None,
+            "message": ""}
+    for restarts in range(50):  # a crash loop: many reports of one instance
+        a.on_runner_status([{**base, "state": "Exited", "restarts": restarts}])
+    a.step()
+    reports = [c for c in props.cmds if c["op"] == "instance.report"]
+    assert len(reports) == 1 and len(reports[0]["reports"]) == 1
+    assert reports[0]["reports"][0]["restarts"] == 49  # the latest only
+    a.on_runner_status([{**base, "state": "Running", "restarts": 50}])
+    clock.t += 0.5
+    a.step()
+    assert len([c for c in props.cmds if c["op"] == "instance.report"]) == 1  # in flight
+    props.futs[-1].set_exception(RuntimeError("no quorum"))
+    clock.t += 0.6
+    a.step()
+    reports = [c for c in props.cmds if c["op"] == "instance.report"]
+    assert len(reports) == 2 and reports[1]["reports"][0]["state"] == "Running"
+    assert f.run(reports[1])[1] == {"recorded": 1, "dropped": 0}
+
+
+def test_no_workloads_node_proposes_its_metadata_and_runs_nothing(clock: Clock) -> None:
+    f = Feeder()
+    placed_web(f)
+    props = Proposals()
+    a, sent = controller(f, Status(), props, runs_workloads=False)
+    a.step()
+    assert sent == [] and [c["op"] for c in props.cmds] == ["node.meta"]
+    a.step()
+    assert len(props.cmds) == 1  # one in flight
+    f.run(props.cmds[0])
+    clock.t += 2
+    a.step()
+    assert len(props.cmds) == 1 and not f.store.runs_workloads("n1")
+
+
+def test_parse_instance_id() -> None:
+    assert parse_instance_id("ns.web.2.17") == ("ns", "web", 2, 17)
+    assert parse_instance_id("web-0") is None and parse_instance_id("a.b.c.d") is None
+
+
+def test_scheduler_rounds_only_while_leading_one_in_flight(clock: Clock) -> None:
+    f = Feeder()
+    f.create(name="web", type="service", replicas=2, port=0)
+    members = Membership(cluster="c", voters={"n1": "a1", "n2": "a2", "n3": "a3"},
+                         learners={})
+    st = Status(role=Role.FOLLOWER, membership=members,
+                progress={"n2": Peer(0), "n3": Peer(10**9)})
+    props = Proposals()
+    s = SchedulerActor(zmq.Context.instance(), "n1", f.store, raft_status=lambda: st,
+                       submit=props, tick_seconds=0.01, node_down_after=1.0)
+    s.step()
+    assert props.cmds == [] and not s.leading
+    st.role = Role.LEADER
+    s.step()
+    # a new leader gives everyone a full node_down_after: n3 counts as live at first
+    assert len(props.cmds) == 1
+    nodes = sorted(d["node"] for d in props.cmds[0]["decisions"])
+    assert len(nodes) == 2 and len(set(nodes)) == 2
+    clock.t += 0.1
+    s.step()
+    assert len(props.cmds) == 1  # one round in flight
+    props.futs[0].set_result((200, {}))  # answered, but not applied (it was refused)
+    clock.t += 2.0  # now n3 was not heard from for longer than node_down_after
+    s.step()
+    assert len(props.cmds) == 2
+    assert all(d["node"] in ("n1", "n2") for d in props.cmds[1]["decisions"])
+    f.run(props.cmds[1])
+    props.futs[1].set_result((200, {}))
+    clock.t += 0.1
+    s.step()
+    assert len(props.cmds) == 2 and s.unplaced == 0  # settled: nothing to do
+    f.run({"v": 1, "op": "node.meta", "key": "m", "ts": TS, "node": "n2", "workloads": False})
+    clock.t += 0.1
+    s.step()
+    assert [d["node"] for d in props.cmds[2]["decisions"]] == ["n1"]  # moved off n2
+
+
+def test_controller_injects_secrets_and_a_rotation_changes_the_generation(
+        clock: Clock) -> None:
+    from prisn.fsm.secrets import SecretFactory
+    from prisn.secretbox import SecretBox, opener
+
+    box = SecretBox(b"k" * 32)
+    f = Feeder()
+    sf = SecretFactory(box)
+    f.run(sf.create({"name": "db", "data": {"PASSWORD": "s3cret", "MODE": "secret"}}))
+    f.create(name="web", type="service", replicas=1, port=0, secrets=["db"],
+             env={"MODE": "prod"})
+    f.run(batch_command([Place(Slot("default", "web", 0), "n1", None)], key="pl", ts=TS))
+    st = Status(commit_index=f.store.applied_index)
+    a, sent = controller(f, st, Proposals(), decrypt=opener(box))
+    a.step()
+    (inst,) = sent[-1][1].instances
+    assert inst["env"] == {"PASSWORD": "s3cret", "MODE": "prod"}  # its own env wins
+    gen = inst["generation"]
+    f.run(sf.update("db", {"data": {"PASSWORD": "n3w"}}))
+    clock.t += 0.1
+    a.step()
+    (inst,) = sent[-1][1].instances
+    assert inst["env"] == {"PASSWORD": "n3w", "MODE": "prod"} and inst["generation"] != gen
+    # a node that cannot open them runs nothing of that deployment (and says so in its log)
+    b, sent_b = controller(f, st, Proposals(), decrypt=opener(None))
+    b.step()
+    assert sent_b[-1][1].instances == []
+
+
+def test_controller_unfences_only_after_a_read_barrier(clock: Clock) -> None:
+    """With the node's read barrier (the server's wiring): contact alone is not enough (a
+    deposed leader's own commit index is stale), a barrier that fails is retried."""
+    f = Feeder()
+    placed_web(f)
+    st = Status(commit_index=0)  # stale: it would pass the fallback check at once
+    barriers = Proposals()
+    a, sent = controller(f, st, Proposals(), barrier=lambda t: barriers({}, t))
+    a.step()
+    assert a.fenced and len(barriers.futs) == 1
+    clock.t += 0.1
+    a.step()
+    assert a.fenced and len(barriers.futs) == 1  # one in flight
+    barriers.futs[0].set_exception(RuntimeError("no quorum"))
+    a.step()
+    assert a.fenced
+    a.step()
+    assert len(barriers.futs) == 2
+    barriers.futs[1].set_result(None)
+    a.step()
+    assert not a.fenced and len(sent[-1][1].instances) == 1

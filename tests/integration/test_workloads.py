@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from benchmarks.workloads import IDLE, WEB, answer, processes, running_status
 from tests.procs import ServerProc, free_port, leader_of, start_cluster, wait_for
 
 FAULT_ENV = "PRISN_TEST_FAULTS"
@@ -25,54 +25,7 @@ NDA = 2.0  # --node-down-after
 EXTRA = ["--node-down-after", f"{NDA:g}s", "--stop-grace", "1s", "--write-timeout", "5s"]
 WAIT = 60.0
 
-WEB = """\
-import http.server
-import os
-
-
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = (os.environ["PRISN_NODE"] + " " + os.environ["PRISN_INSTANCE"]).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
-http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"""
-IDLE = "import time\nwhile True:\n    time.sleep(1)\n"
 CRASH = "import sys\nprint('failing on purpose', flush=True)\nsys.exit(3)\n"
-
-
-def processes(deployment: str) -> list[tuple[int, str]]:
-    """(pid, PRISN_NODE) of every live process whose environment names `deployment`."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            env = (d / "environ").read_bytes().split(b"\0")
-            state = (d / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == b"Z":
-            continue
-        kv = dict(e.split(b"=", 1) for e in env if b"=" in e)
-        if kv.get(b"PRISN_DEPLOYMENT") == deployment.encode():
-            out.append((int(d.name), kv.get(b"PRISN_NODE", b"").decode()))
-    return sorted(out)
-
-
-def answer(port: int) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-            return r.read().decode()
-    except OSError:
-        return None
 
 
 def status(node: ServerProc, name: str) -> dict:
@@ -87,8 +40,7 @@ def running(node: ServerProc, name: str, n: int) -> dict | None:
         s = status(node, name)
     except (OSError, AssertionError):
         return None
-    ok = [i for i in s["instances"] if i["state"] == "Running"]
-    return s if len(ok) == n and s["ready_replicas"] == n else None
+    return running_status(s, n)
 
 
 def create(node: ServerProc, name: str, source: Path, *, replicas: int = 1,

@@ -290,7 +290,7 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -306,6 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.trials < 0 or args.services < 0 or args.window <= 0 or args.settle < 0:
         p.error("--trials/--services must be >= 0, --window > 0, --settle >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="prisn-bench-wl-") as tmp:
         doc = run(args, Path(tmp))
     print(render(doc))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_workloads
 from benchmarks.workloads import IDLE, WEB, answer, processes, running_status
 from tests.procs import ServerProc, free_port, leader_of, start_cluster, wait_for
 
@@ -313,56 +314,13 @@ def test_a_no_workloads_node_votes_but_is_never_placed_on(cluster: list[ServerPr
     wait_for(lambda: processes("idle") == [], WAIT, "idle gone")
 
 
-def _failover_trial(nodes: list[ServerProc], name: str, script: Path) -> tuple[float, float]:
-    """(deploy -> Running, SIGKILL of its node -> replacement Running) of one service."""
-    for n in nodes:
-        if not n.alive():
-            n.restart().wait_ready(WAIT)
-    leader = leader_of(nodes)
-    port = free_port()
-    t0 = time.monotonic()
-    create(leader, name, script, port=port)
-    s = wait_for(lambda: running(leader, name, 1), WAIT, "running")
-    deploy = time.monotonic() - t0
-    victim = next(n for n in nodes if n.node_id == s["instances"][0]["node"])
-    others = [n for n in nodes if n is not victim]
-    t0 = time.monotonic()
-    victim.kill()
-    victim.wait_exit()
-
-    def moved() -> bool:
-        for n in others:
-            st = running(n, name, 1)
-            if st and st["instances"][0]["node"] != victim.node_id:
-                return answer(port) is not None
-        return False
-
-    wait_for(moved, WAIT, "replacement")
-    failover = time.monotonic() - t0
-    r = others[0].req("DELETE", f"/api/v1/deployments/{name}", timeout=15)
-    assert r.status == 204
-    return deploy, failover
-
-
 @pytest.mark.soak
-def test_failover_figures_over_many_trials(tmp_path: Path, scripts: dict[str, Path]) -> None:
+def test_failover_figures_over_many_trials(tmp_path: Path) -> None:
     """Soak (not in CI): SIGKILL the node running a one-replica service, 20 times, on a fresh
-    3-node cluster; prints p50/p99 of SIGKILL -> replacement Running (status and answering)
-    and of deploy -> first instance Running."""
-    nodes = start_cluster(tmp_path / "soak", EXTRA)
-    try:
-        figures = [_failover_trial(nodes, f"soak{trial}", scripts["web"])
-                   for trial in range(20)]
-    finally:
-        for n in nodes:
-            n.stop()
-    deploys = sorted(d for d, _ in figures)
-    failover = sorted(f for _, f in figures)
-
-    def pct(xs: list[float], q: float) -> float:
-        return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-    print(f"deploy -> Running p50 {pct(deploys, .5):.2f}s p99 {pct(deploys, .99):.2f}s; "
-          f"SIGKILL -> replacement Running p50 {pct(failover, .5):.2f}s "
-          f"p99 {pct(failover, .99):.2f}s (node down after {NDA:g}s, {len(failover)} trials)")
-    assert pct(failover, .5) < NDA + 5
+    3-node cluster (benchmarks/bench_workloads.py's trials); prints p50/p99 of SIGKILL ->
+    replacement Running (status and answering) and of deploy -> first instance Running."""
+    doc = bench_workloads.run(bench_workloads.parse_args(
+        ["--trials", "20", "--services", "0", "--node-down-after", f"{NDA:g}s"]), tmp_path)
+    print(bench_workloads.render(doc))
+    assert doc["left_behind"] == 0
+    assert doc["failover_s"]["p50"] < NDA + 5

@@ -122,7 +122,8 @@ def failover_trial(cluster: PrisnCluster, name: str, script: Path) -> Trial:
     new_node = wait_until(moved, WAIT, f"{name} replacement", interval=0.02)
     failover = time.monotonic() - t0
     delete(others, name)
-    wait_until(lambda: True if not processes(name) else None, WAIT, f"{name} stopped")
+    wait_until(lambda: True if not processes(name, str(script.parent)) else None, WAIT,
+               f"{name} stopped")
     cluster.restart(victim)
     cluster.wait_healthy(WAIT)
     return Trial(name, round(deploy, 3), round(failover, 3), victim.node_id,
@@ -167,7 +168,7 @@ def at_rest(cluster: PrisnCluster, services: int, script: Path, window: float,
     created = time.monotonic() - t0
 
     def all_up() -> bool | None:
-        mine = [p for p in instance_processes() if p[1].startswith(prefix)]
+        mine = [p for p in instance_processes(str(script.parent)) if p[1].startswith(prefix)]
         return True if len({d for _, d, _ in mine}) == services == len(mine) else None
 
     wait_until(all_up, WAIT + services, "every instance process up", interval=0.5)
@@ -183,7 +184,7 @@ def at_rest(cluster: PrisnCluster, services: int, script: Path, window: float,
 
     def per_node() -> dict[str, list[int]]:
         out: dict[str, list[int]] = {n.node_id: [] for n in cluster.nodes}
-        for pid, dep, node in instance_processes():
+        for pid, dep, node in instance_processes(str(script.parent)):
             if dep.startswith(prefix) and node in out:
                 out[node].append(pid)
         return out
@@ -256,7 +257,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             doc["failover_s"] = summary([t.failover_s for t in trials])
         if args.services:
             doc["at_rest"] = at_rest(cluster, args.services, idle, args.window, args.settle)
-    left = [p for p in instance_processes() if p[1].startswith(("fo-", "rest-"))]
+    left = instance_processes(str(workdir))
     doc["left_behind"] = len(left)
     doc["load_after"] = load_line()
     return doc

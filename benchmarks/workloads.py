@@ -33,10 +33,13 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever(
 IDLE = "import time\nwhile True:\n    time.sleep(1)\n"
 
 
-def instance_processes() -> list[tuple[int, str, str]]:
+def instance_processes(under: str | None = None) -> list[tuple[int, str, str]]:
     """(pid, PRISN_DEPLOYMENT, PRISN_NODE) of every live (non-zombie) process that has
-    PRISN_DEPLOYMENT in its environment, sorted by pid."""
+    PRISN_DEPLOYMENT in its environment, sorted by pid. With `under`, only those whose
+    command line contains it (e.g. the directory of this run's scripts: other sessions on
+    the same machine may run instances of the same names)."""
     out = []
+    needle = under.encode() if under is not None else None
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -47,6 +50,12 @@ def instance_processes() -> list[tuple[int, str, str]]:
             continue
         if state == b"Z":
             continue
+        if needle is not None:
+            try:
+                if needle not in (d / "cmdline").read_bytes():
+                    continue
+            except OSError:
+                continue
         kv = dict(e.split(b"=", 1) for e in env if b"=" in e)
         dep = kv.get(b"PRISN_DEPLOYMENT")
         if dep is not None:
@@ -54,9 +63,10 @@ def instance_processes() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-def processes(deployment: str) -> list[tuple[int, str]]:
-    """(pid, PRISN_NODE) of every live process whose environment names `deployment`."""
-    return [(pid, node) for pid, dep, node in instance_processes() if dep == deployment]
+def processes(deployment: str, under: str | None = None) -> list[tuple[int, str]]:
+    """(pid, PRISN_NODE) of every live process whose environment names `deployment` (and,
+    with `under`, whose command line contains it)."""
+    return [(pid, node) for pid, dep, node in instance_processes(under) if dep == deployment]
 
 
 def answer(port: int, timeout: float = 2.0) -> str | None:

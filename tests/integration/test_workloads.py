@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import bench_workloads
-from benchmarks.workloads import IDLE, WEB, answer, processes, running_status
+from benchmarks.workloads import IDLE, WEB, answer, running_status
+from benchmarks.workloads import processes as _processes
 from tests.procs import ServerProc, free_port, leader_of, start_cluster, wait_for
 
 FAULT_ENV = "PRISN_TEST_FAULTS"
@@ -27,6 +28,16 @@ EXTRA = ["--node-down-after", f"{NDA:g}s", "--stop-grace", "1s", "--write-timeou
 WAIT = 60.0
 
 CRASH = "import sys\nprint('failing on purpose', flush=True)\nsys.exit(3)\n"
+
+
+# this module's scripts directory (set by the `scripts` fixture): only the instances started
+# from it are ours; other sessions on the machine may run deployments of the same names
+_SCRIPTS_DIR: list[str] = []
+
+
+def processes(deployment: str) -> list[tuple[int, str]]:
+    """(pid, PRISN_NODE) of this module's live instance processes of `deployment`."""
+    return _processes(deployment, _SCRIPTS_DIR[0] if _SCRIPTS_DIR else None)
 
 
 def status(node: ServerProc, name: str) -> dict:
@@ -65,6 +76,7 @@ def scripts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, text in (("web", WEB), ("idle", IDLE), ("crash", CRASH)):
         (d / f"{name}.py").write_text(text)
         out[name] = d / f"{name}.py"
+    _SCRIPTS_DIR[:] = [str(d)]
     return out
 
 

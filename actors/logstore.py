@@ -50,7 +50,7 @@ from prisn.messages import (
     StoreResume,
     StoreSynced,
 )
-from prisn.storage import LogStorage, StorageCorrupt, StorageFormatError
+from prisn.storage import LogStore, StorageCorrupt, StorageFormatError
 
 log = logging.getLogger("prisn.logstore")
 
@@ -68,9 +68,9 @@ def describe(exc: BaseException) -> str:
 
 
 class LogStoreActor(Actor):
-    """Shell around `LogStorage`: batch, write once, answer raft once (see module doc)."""
+    """Shell around a `LogStore` (RocksDB's `LogStorage`, or the in-memory twin): batch, write once, answer raft once (see module doc)."""
 
-    def __init__(self, storage: LogStorage, ctx: zmq.Context, node_id: str,
+    def __init__(self, storage: LogStore, ctx: zmq.Context, node_id: str,
                  observe_fsync: FsyncObserver | None = None,
                  on_failure: FailureHook | None = None, *, retry_min: float = 0.1,
                  retry_max: float = 1.0,

@@ -55,6 +55,12 @@ class MemoryDisk:
     full: bool = False  # fault: mutations fail, reopen fails
     land: bool = False  # fault: a failing mutation still reaches the disk
     writes: int = 0  # successful durable mutations (for tests)
+    changes: int = 0  # mutations that reached the disk (successful or landed): a version
+
+    def copy(self) -> MemoryDisk:
+        """An independent image with the same contents (and no faults)."""
+        return MemoryDisk(hard=self.hard, compact=self.compact, entries=dict(self.entries),
+                          membership=self.membership)
 
 
 class MemoryLogStorage:
@@ -112,10 +118,12 @@ class MemoryLogStorage:
         if d.full:
             if d.land:
                 mutate(d)
+                d.changes += 1
             self._broken = f"OSError: {_NO_SPACE}"
             self._outcomes = [(self._compact_index, self._compact_term, self._last), landed]
             raise OSError(errno.ENOSPC, _NO_SPACE)
         mutate(d)
+        d.changes += 1
         d.writes += 1
 
     def write(self, requests: Sequence[StoreAppend]) -> None:

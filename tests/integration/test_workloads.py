@@ -48,13 +48,20 @@ IDLE = "import time\nwhile True:\n    time.sleep(1)\n"
 CRASH = "import sys\nprint('failing on purpose', flush=True)\nsys.exit(3)\n"
 
 
+SCRIPT_DIRS: list[bytes] = []  # this module's scripts dir (other runs on the machine differ)
+
+
 def processes(deployment: str) -> list[tuple[int, str]]:
-    """(pid, PRISN_NODE) of every live process whose environment names `deployment`."""
+    """(pid, PRISN_NODE) of every live process whose environment names `deployment` and whose
+    command line runs one of this module's scripts (not another test run's on the machine)."""
     out = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
+            cmdline = (d / "cmdline").read_bytes()
+            if not any(sd in cmdline for sd in SCRIPT_DIRS):
+                continue
             env = (d / "environ").read_bytes().split(b"\0")
             state = (d / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except OSError:
@@ -108,6 +115,7 @@ def scale(node: ServerProc, name: str, replicas: int) -> None:
 @pytest.fixture(scope="module")
 def scripts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("scripts")
+    SCRIPT_DIRS.append(str(d).encode())
     out = {}
     for name, text in (("web", WEB), ("idle", IDLE), ("crash", CRASH)):
         (d / f"{name}.py").write_text(text)

@@ -46,6 +46,7 @@ from prisn.secretbox import Opener, SecretDecryptError
 from prisn.workloads.artifacts import ArtifactError
 from prisn.workloads.materialize import location
 
+BARRIER_S = 1.0  # the unfencing read barrier's timeout (seconds)
 log = logging.getLogger("prisn.workloads")
 
 Submit = Callable[[dict[str, Any], float], "concurrent.futures.Future | None"]
@@ -191,7 +192,12 @@ class WorkloadsActor(Actor):
         self._meta = self._call(self.submit, cmd, self.write_timeout)
 
     def _fence(self, now: float, st: Any) -> None:
-        ok = st is not None and st.quorum_ok
+        # a learner is not in quorum yet: it stays fenced (its forwarded read barrier would
+        # be dropped by the leader and hold this node's shared barrier batch, so every
+        # strong read behind it, for a whole timeout)
+        mem = getattr(st, "membership", None) if st is not None else None
+        learner = mem is not None and self.node_id in getattr(mem, "learners", ())
+        ok = st is not None and st.quorum_ok and not learner
         if ok:
             self._last_ok = now
         if self.fenced:
@@ -204,7 +210,9 @@ class WorkloadsActor(Actor):
                 # node's own commit index is not enough: a deposed leader coming back still
                 # holds its old one until its log matches the new leader's.
                 if self._barrier is None:
-                    self._barrier = self._call(self.barrier, self.write_timeout)
+                    # short: it shares the node's barrier batch with the API's strong reads,
+                    # which must never wait behind a long one (retried next step)
+                    self._barrier = self._call(self.barrier, min(BARRIER_S, self.write_timeout))
                     return
                 if not self._barrier.done():
                     return

@@ -101,6 +101,7 @@ from prisn.fsm.validation import (
 from prisn.messages import EntryKind
 from prisn.outcomes import WIRE_OUTCOMES, Outcome
 from prisn.workloads.model import Placement, Service, phase_of
+from prisn.workloads.roll import SlotReport
 
 SNAPSHOT_FORMAT = 1  # deployments and dedup table
 SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer written)
@@ -676,6 +677,20 @@ class DeploymentStore:
                   "ready_replicas": ready, "restarts": restarts,
                   "message": "; ".join(messages)[:1024], "instances": instances}
         return {**dep, "status": status}
+
+    def roll_slots(self, namespace: str, name: str) -> dict[int, SlotReport | None]:
+        """Each placed slot index of a deployment -> its last report as the roll rule reads
+        it (`prisn.workloads.roll`; None: placed, not reported yet). Any thread."""
+        with self._lock:
+            placed = self._placements.of(namespace, name)
+            rows = dict(self._instances.of(namespace, name, 1 + max(
+                (p.slot.index for p in placed), default=-1)))
+        out: dict[int, SlotReport | None] = {}
+        for p in placed:
+            r = rows.get(p.slot)
+            out[p.slot.index] = (SlotReport(r.generation, r.state, r.started_at, r.at)
+                                 if r is not None else None)
+        return out
 
     def instances_on(self, node: str) -> PlacedList:
         """The placements on `node` with their deployments (copies): what its runner should

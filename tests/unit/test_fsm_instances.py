@@ -118,8 +118,14 @@ def test_rows_keep_generation_and_report_time_for_the_roll() -> None:
     slots = f.store.roll_slots("default", "web")
     assert slots == {0: SlotReport(7, "Running", 1_700_000_000_000, 1_700_000_003_000),
                      1: None}
-    s = f.store.with_status(f.store.get("default", "web"))["status"]
-    assert s["instances"][0]["generation"] == 7
+    dep = f.store.get("default", "web")
+    s = f.store.with_status(dep)["status"]
+    assert s["instances"][0]["generation"] == 7 and s["instances"][1]["generation"] is None
+    assert s["observed_generation"] is None and s["updated_replicas"] == 0  # slot 1 unreported
+    f.run(report_command("n2", [{**rep(1, 2), "generation": dep["generation"]}], key="r3",
+                         ts=TS))
+    s = f.store.with_status(dep)["status"]
+    assert s["observed_generation"] == min(7, dep["generation"]) and s["updated_replicas"] == 1
     st, body = f.run(report_command("n1", [{**rep(0, 1), "generation": -1}], key="r2", ts=TS))
     assert st == 400
 

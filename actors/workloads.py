@@ -14,10 +14,18 @@ unless the node was started with ``--no-workloads``). Each step (every `poll_ms`
 - **desired**: when the applied index or the fence changed (and every `resync` seconds), the
   placements on this node joined with their deployments (artifacts materialized here via
   `materialize.location`) become the runner's FULL desired list (`runner.desired`);
+- **rolling update, cluster-wide**: an instance this controller already sent with another
+  generation keeps that (old) spec until `prisn.workloads.roll.may_run` allows its slot the
+  new one, i.e. until every placed lower slot of the deployment reports Running at the new
+  generation for `roll_min_ready` seconds (read from the log: report ts - started_at). The
+  runner restarts an instance only when its spec changes, so the deployment's slots switch
+  one at a time across nodes. An instance never sent before (new slot, moved, restarted
+  node) starts with the new spec: it has no old copy serving;
 - **reports**: the runner's batched status (its `on_status` callback, runner thread) is
   coalesced per instance and proposed as one ``instance.report`` command at most every
   `report_interval` seconds, one in flight: a crash loop costs at most one log entry per
-  node per interval.
+  node per interval. An instance Running for `roll_min_ready` is reported once more then
+  (same fields, a later ts) so the log shows it settled and the roll can go on.
 Never raises on a failed proposal or a bad artifact (logged; retried by the next step).
 """
 
@@ -45,6 +53,7 @@ from prisn.messages import RunnerDesired
 from prisn.secretbox import Opener, SecretDecryptError
 from prisn.workloads.artifacts import ArtifactError
 from prisn.workloads.materialize import location
+from prisn.workloads.roll import ROLL_MIN_READY_MS, may_run
 
 BARRIER_S = 1.0  # the unfencing read barrier's timeout (seconds)
 log = logging.getLogger("prisn.workloads")
@@ -73,7 +82,7 @@ class WorkloadsActor(Actor):
                  report_interval: float = 1.0, resync: float = 2.0,
                  write_timeout: float = 5.0, decrypt: Opener | None = None,
                  barrier: Callable[[float], concurrent.futures.Future | None] | None = None,
-                 **kw: Any) -> None:
+                 roll_min_ready: float = ROLL_MIN_READY_MS / 1000, **kw: Any) -> None:
         super().__init__("workloads", ctx, node_id, **kw)
         self.store = store
         self.raft_status = raft_status
@@ -86,6 +95,10 @@ class WorkloadsActor(Actor):
         self.resync = resync
         self.write_timeout = write_timeout
         self.decrypt = decrypt  # opens secret values (None: no secret can be injected)
+        self.roll_min_ready_ms = max(0, round(roll_min_ready * 1000))
+        self._specs: dict[str, dict[str, Any]] = {}  # instance id -> last spec sent
+        self._latest: dict[str, dict[str, Any]] = {}  # instance id -> last runner report
+        self._confirmed: dict[str, tuple[Any, Any]] = {}  # id -> (generation, started_at)
         self.barrier = barrier  # a linearizable read barrier (`ApiActor.barrier`)
         self._barrier: concurrent.futures.Future | None = None
         self._incarnation = os.urandom(4).hex()
@@ -120,6 +133,11 @@ class WorkloadsActor(Actor):
                 if not isinstance(iid, str):
                     continue
                 self._account(iid, r)
+                if r.get("state") == "Stopped":
+                    self._latest.pop(iid, None)
+                    self._confirmed.pop(iid, None)
+                elif iid in self._latest or len(self._latest) < MAX_PENDING:
+                    self._latest[iid] = r
                 if iid not in self._pending and len(self._pending) >= MAX_PENDING:
                     self.reports_dropped += 1
                     continue
@@ -177,6 +195,7 @@ class WorkloadsActor(Actor):
             return
         self._fence(now, st)
         self._desired(now)
+        self._confirm_settled(time.time())
         self._flush_reports(now)
 
     def _node_meta(self, now: float) -> None:
@@ -245,9 +264,26 @@ class WorkloadsActor(Actor):
             self._sent_at = now
         self._sent_view = view
 
+    def _confirm_settled(self, wall: float) -> None:
+        """Re-report (once per process) each instance Running for `roll_min_ready`: its
+        report's ts then proves in the log that it settled (module doc: rolling update)."""
+        ms = wall * 1000
+        with self._lock:
+            for iid, r in self._latest.items():
+                started = r.get("started_at")
+                if r.get("state") != "Running" or not isinstance(started, int):
+                    continue
+                mark = (r.get("generation"), started)
+                if self._confirmed.get(iid) == mark or ms - started < self.roll_min_ready_ms:
+                    continue
+                self._confirmed[iid] = mark
+                self._pending.setdefault(iid, r)
+
     def _compute(self) -> list[dict[str, Any]]:
-        """This node's desired instances, by slot (runner wire form)."""
+        """This node's desired instances, by slot (runner wire form); an instance whose
+        slot may not take its deployment's new generation yet keeps the spec last sent."""
         out: list[dict[str, Any]] = []
+        slots: dict[tuple[str, str], Any] = {}
 
         def artifact_bytes(digest: str) -> bytes | None:
             a = self.store.artifact(digest)
@@ -263,11 +299,20 @@ class WorkloadsActor(Actor):
                     self._bad[key] = str(e)
                     log.warning("workloads: cannot run %s here: %s", key, e)
                 continue
-            out.append({"id": instance_id(p.slot, p.epoch), "deployment": dep["name"],
-                        "namespace": dep["namespace"], "generation": generation,
-                        "runtime": dep.get("runtime"), "source": source, "cwd": cwd,
-                        "env": env, "args": list(dep.get("args") or []),
-                        "port": dep.get("port") or 0})
+            iid = instance_id(p.slot, p.epoch)
+            spec = {"id": iid, "deployment": dep["name"], "namespace": dep["namespace"],
+                    "generation": generation, "runtime": dep.get("runtime"), "source": source,
+                    "cwd": cwd, "env": env, "args": list(dep.get("args") or []),
+                    "port": dep.get("port") or 0}
+            prev = self._specs.get(iid)
+            if prev is not None and prev["generation"] != generation:
+                key = (dep["namespace"], dep["name"])
+                if key not in slots:
+                    slots[key] = self.store.roll_slots(*key)
+                if not may_run(p.slot.index, generation, slots[key], self.roll_min_ready_ms):
+                    spec = prev  # the roll has not reached this slot: keep the old copy
+            out.append(spec)
+        self._specs = {d["id"]: d for d in out}
         return out
 
     def _env(self, dep: dict[str, Any]) -> tuple[dict[str, str], int]:
@@ -315,6 +360,7 @@ class WorkloadsActor(Actor):
                             "state": r.get("state"), "pid": r.get("pid"),
                             "started_at": r.get("started_at"), "exit_code": r.get("exit_code"),
                             "restarts": int(r.get("restarts") or 0),
+                            "generation": max(0, int(r.get("generation") or 0)),
                             "message": str(r.get("message") or "")[:512]})
         self._report_at = now
         if reports:

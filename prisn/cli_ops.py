@@ -645,8 +645,19 @@ def _read_for_wait(c: Client, name: str, namespace: str) -> tuple[dict[str, Any]
     return (r.body, "") if isinstance(r.body, dict) else ({}, f"HTTP {r.status}: not JSON")
 
 
+def _rolled(d: dict[str, Any], st: dict[str, Any]) -> bool:
+    """True unless the status says an instance still runs an older generation than the
+    deployment's (a rolling update under way). A server whose status has no
+    ``observed_generation`` cannot say: True. No replica desired: nothing to roll."""
+    if "observed_generation" not in st or not st.get("desired_replicas", d.get("replicas")):
+        return True
+    return st.get("observed_generation") == d.get("generation")
+
+
 def _wait_ready(ctx: click.Context, c: Client, dep: dict[str, Any]) -> None:
-    """Poll deployment `dep` until its status says ready == desired (then print it, or its
+    """Poll deployment `dep` until its status says ready == desired and, when the server
+    reports ``observed_generation``, every instance runs the deployment's generation (a
+    rolling update is done), then print it (or its
     JSON with -o json), or fail (exit 1, with the status message) on a phase in
     FAILED_PHASES or when --timeout passes. Instance changes go to stderr as they happen.
     A job or cron job without a status has nothing to wait for (exit 0 at once)."""
@@ -670,10 +681,13 @@ def _wait_ready(ctx: click.Context, c: Client, dep: dict[str, Any]) -> None:
                 raise click.ClickException(
                     f"{ns}/{name} is {phase} (READY {_ready(d)}): "
                     f"{st.get('message') or 'no message'}")
-            if ready is not None and ready == desired:
+            rolled = _rolled(d, st)
+            if ready is not None and ready == desired and rolled:
                 break
             why = f"READY {_ready(d) or '-'}, phase {phase or '-'}" + (
-                f": {st['message']}" if st.get("message") else "")
+                f": {st['message']}" if st.get("message") else "") + (
+                "" if rolled else f"; instances at generation {st.get('observed_generation')}"
+                f", deployment at {d.get('generation')}")
         elif d and d.get("type", "service") != "service":
             click.echo(f"{ns}/{name} is a {d.get('type')}: no instances to wait for",
                        err=_json_out(ctx))

@@ -101,6 +101,7 @@ from prisn.fsm.validation import (
 from prisn.messages import EntryKind
 from prisn.outcomes import WIRE_OUTCOMES, Outcome
 from prisn.workloads.model import Placement, Service, phase_of
+from prisn.workloads.roll import SlotReport
 
 SNAPSHOT_FORMAT = 1  # deployments and dedup table
 SNAPSHOT_FORMAT_TOKENS = 2  # format 1 plus "tokens" (read only: no longer written)
@@ -642,7 +643,10 @@ class DeploymentStore:
     def with_status(self, dep: Deployment) -> Deployment:
         """`dep` (a copy from `get` / `list`) with its ``status`` added when it is a service:
         phase, desired and ready replicas, restarts, message and the placed instances with
-        their last reported state. Derived from the replicated tables, so every node that
+        their last reported state and spec generation; ``updated_replicas`` (Running at the
+        deployment's generation) and ``observed_generation`` (the lowest generation a placed
+        instance runs; null while one has not reported or none is placed): a rolling
+        update is done when it equals ``generation`` and ready equals desired. Derived from the replicated tables, so every node that
         applied the same entries answers the same. Any thread."""
         if dep.get("type") != "service":
             return dep
@@ -651,18 +655,28 @@ class DeploymentStore:
             placed = self._placements.of(ns, name)
             rows = dict(self._instances.of(ns, name, replicas))
         instances = []
-        ready = crash = restarts = 0
+        ready = crash = restarts = updated = 0
+        observed: int | None = None
+        unreported = False
         messages = []
+        # the runner generation of a deployment with secrets also carries a checksum of their
+        # values in its low 32 bits (`actors.workloads`): the spec generation is the rest
+        shift = 32 if dep.get("secrets") else 0
         for p in placed:
             row = rows.get(p.slot)
             if row is not None and row.epoch == p.epoch and row.node == p.node:
                 item = row.to_json(p.slot)
+                item["generation"] = row.generation >> shift
                 if row.message and row.state != "Running":
                     messages.append(f"instance {p.slot.index}: {row.message}")
+                observed = (item["generation"] if observed is None
+                            else min(observed, item["generation"]))
             else:
                 item = {"id": instance_id(p.slot, p.epoch), "index": p.slot.index,
                         "node": p.node, "state": "Pending", "pid": None, "started_at": None,
-                        "exit_code": None, "restarts": 0, "message": ""}
+                        "exit_code": None, "restarts": 0, "message": "", "generation": None}
+                unreported = True
+            updated += item["state"] == "Running" and item["generation"] == dep["generation"]
             ready += item["state"] == "Running"
             crash += item["state"] == "CrashLoopBackOff"
             restarts += item["restarts"]
@@ -673,9 +687,25 @@ class DeploymentStore:
                    else "no live node that runs workloads")
             messages.insert(0, f"{unplaced} of {replicas} replicas not placed ({why})")
         status = {"phase": str(phase_of(replicas, ready, crash)), "desired_replicas": replicas,
-                  "ready_replicas": ready, "restarts": restarts,
+                  "ready_replicas": ready, "updated_replicas": updated,
+                  "observed_generation": None if unreported else observed,
+                  "restarts": restarts,
                   "message": "; ".join(messages)[:1024], "instances": instances}
         return {**dep, "status": status}
+
+    def roll_slots(self, namespace: str, name: str) -> dict[int, SlotReport | None]:
+        """Each placed slot index of a deployment -> its last report as the roll rule reads
+        it (`prisn.workloads.roll`; None: placed, not reported yet). Any thread."""
+        with self._lock:
+            placed = self._placements.of(namespace, name)
+            rows = dict(self._instances.of(namespace, name, 1 + max(
+                (p.slot.index for p in placed), default=-1)))
+        out: dict[int, SlotReport | None] = {}
+        for p in placed:
+            r = rows.get(p.slot)
+            out[p.slot.index] = (SlotReport(r.generation, r.state, r.started_at, r.at)
+                                 if r is not None else None)
+        return out
 
     def instances_on(self, node: str) -> PlacedList:
         """The placements on `node` with their deployments (copies): what its runner should

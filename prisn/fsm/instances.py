@@ -6,7 +6,7 @@ command: `v`, `op`, `key`, `ts`):
 
     {"v": 1, "op": "instance.report", "key": K, "ts": T, "node": NODE,
      "reports": [{"ns", "name", "i", "epoch", "state", "pid", "started_at", "exit_code",
-                  "restarts", "message"}, ...]}            (1..MAX_REPORTS)
+                  "restarts", "message", "generation"?}, ...]}   (1..MAX_REPORTS)
     {"v": 1, "op": "node.meta", "key": K, "ts": T, "node": NODE, "workloads": BOOL}
 
 `instance.report` is proposed by the node that runs the instances (batched and rate-bounded
@@ -16,6 +16,11 @@ After every other command the store prunes rows whose placement no longer matche
 table never describes an instance that should not exist. `node.meta` records whether a node
 runs workloads (`--no-workloads` nodes propose ``false`` at start); a node never recorded is
 eligible.
+
+Each row also keeps the runner generation the instance runs (`generation`, 0 when a report
+carries none) and `at`, the command's `ts` in Unix ms: with `started_at` (the same node's
+clock) it tells how long the instance had been up when it was reported, which the
+cluster-wide roll (`prisn.workloads.roll`) reads from the log, never from a local clock.
 
 Threads: no lock; the owner calls it under its lock. Rows are immutable.
 """
@@ -29,6 +34,7 @@ from typing import Any
 from prisn.fsm.commands import COMMAND_VERSION
 from prisn.fsm.placements import MAX_NODE_ID, PlacementCommandError, _parse_decision
 from prisn.fsm.results import Result
+from prisn.fsm.tokens import TokenCommandError, ts_millis
 from prisn.fsm.validation import is_int
 from prisn.outcomes import Outcome
 from prisn.workloads.model import Placement, Slot
@@ -58,12 +64,14 @@ class InstanceRow:
     exit_code: int | None
     restarts: int
     message: str
+    generation: int = 0  # the runner generation it runs
+    at: int | None = None  # Unix ms: the ts of the command that recorded it
 
     def to_json(self, slot: Slot) -> dict[str, Any]:
         return {"id": instance_id(slot, self.epoch), "index": slot.index, "node": self.node,
                 "state": self.state, "pid": self.pid, "started_at": self.started_at,
                 "exit_code": self.exit_code, "restarts": self.restarts,
-                "message": self.message}
+                "message": self.message, "generation": self.generation}
 
 
 def instance_id(slot: Slot, epoch: int) -> str:
@@ -85,7 +93,7 @@ def _node(v: Any) -> str:
     return v
 
 
-def _parse_row(raw: Any, node: str) -> tuple[Slot, InstanceRow]:
+def _parse_row(raw: Any, node: str, at: int | None = None) -> tuple[Slot, InstanceRow]:
     if type(raw) is not dict:
         raise InstanceCommandError("a report must be a map")
     try:
@@ -106,10 +114,13 @@ def _parse_row(raw: Any, node: str) -> tuple[Slot, InstanceRow]:
     message = raw.get("message", "")
     if type(message) is not str:
         raise InstanceCommandError("report message must be a string")
+    generation: Any = raw.get("generation", 0)
+    if not is_int(generation) or not 0 <= generation <= MAX_INT:
+        raise InstanceCommandError("report generation must be a non-negative integer")
     return slot, InstanceRow(node, int(epoch), state, _opt_int(raw.get("pid"), "pid", 0),
                              _opt_int(raw.get("started_at"), "started_at", 0),
                              _opt_int(raw.get("exit_code"), "exit_code"), int(restarts),
-                             message[:MAX_MESSAGE])
+                             message[:MAX_MESSAGE], int(generation), at)
 
 
 class InstanceTable:
@@ -136,7 +147,11 @@ class InstanceTable:
         reports = cmd.get("reports")
         if type(reports) is not list or not 0 < len(reports) <= MAX_REPORTS:
             raise InstanceCommandError(f"reports must be a list of 1..{MAX_REPORTS} maps")
-        parsed = [_parse_row(r, node) for r in reports]  # all checked before any change
+        try:
+            at: int | None = ts_millis(cmd.get("ts"))
+        except TokenCommandError:
+            at = None  # no usable ts: the row cannot prove how long it ran
+        parsed = [_parse_row(r, node, at) for r in reports]  # all checked before any change
         recorded = dropped = 0
         for slot, row in parsed:
             p = placement_of(slot)
@@ -179,12 +194,13 @@ class InstanceTable:
     # ------------------------------------------------------------------ snapshots
     def sections(self) -> dict[str, Any]:
         """The non-empty snapshot tables: "instances" rows by slot ``[ns, name, index, node,
-        epoch, state, pid, started_at, exit_code, restarts, message]`` and "nodes" rows
+        epoch, state, pid, started_at, exit_code, restarts, message, generation, at]`` and "nodes" rows
         ``[node, workloads]`` by node."""
         out: dict[str, Any] = {}
         if self._rows:
             out["instances"] = [[s.namespace, s.name, s.index, r.node, r.epoch, r.state,
-                                 r.pid, r.started_at, r.exit_code, r.restarts, r.message]
+                                 r.pid, r.started_at, r.exit_code, r.restarts, r.message,
+                                 r.generation, r.at]
                                 for s, r in self.all()]
         if self._nodes:
             out["nodes"] = [[n, self._nodes[n]] for n in sorted(self._nodes)]
@@ -197,15 +213,17 @@ class InstanceTable:
         have stored (a row whose slot is not placed on its node with its epoch)."""
         table = cls()
         for raw in instances if instances is not None else []:
-            if type(raw) is not list or len(raw) != 11:
+            if type(raw) is not list or len(raw) != 13:
                 raise ValueError("an instance row is not [ns, name, index, node, epoch, state, "
-                                 "pid, started_at, exit_code, restarts, message]")
-            ns, name, i, node, epoch, state, pid, st, code, restarts, msg = raw
+                                 "pid, started_at, exit_code, restarts, message, generation, "
+                                 "at]")
+            ns, name, i, node, epoch, state, pid, st, code, restarts, msg, gen, at = raw
             try:
                 slot, row = _parse_row({"ns": ns, "name": name, "i": i, "epoch": epoch,
                                         "state": state, "pid": pid, "started_at": st,
                                         "exit_code": code, "restarts": restarts,
-                                        "message": msg}, _node(node))
+                                        "message": msg, "generation": gen}, _node(node),
+                                       _opt_int(at, "at", 0))
             except InstanceCommandError as exc:
                 raise ValueError(str(exc)) from None
             p = placement_of(slot)

@@ -258,3 +258,78 @@ def test_controller_unfences_only_after_a_read_barrier(clock: Clock) -> None:
     barriers.futs[1].set_result(None)
     a.step()
     assert not a.fenced and len(sent[-1][1].instances) == 1
+
+
+def test_controller_rolls_its_slot_only_after_lower_slots_settled_in_the_log(
+        clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slot 1 (on n1) keeps the old spec while slot 0 (on n2) has not reported Running at the
+    new generation for roll_min_ready (report ts - started_at, both from the log)."""
+    f = Feeder()
+    f.create(name="web", type="service", replicas=2, port=0, source="/srv/web.py",
+             env={"MODE": "a"})
+    f.run(batch_command([Place(Slot("default", "web", 0), "n2", None),
+                         Place(Slot("default", "web", 1), "n1", None)], key="pl", ts=TS))
+    st = Status(commit_index=f.store.applied_index)
+    a, sent = controller(f, st, Proposals(), roll_min_ready=3.0)
+    a.step()
+    (old,) = sent[-1][1].instances
+    assert old["id"] == "default.web.1.2" and old["env"] == {"MODE": "a"}
+    f.run(f.cf.patch("web", {"env": {"MODE": "b"}}))
+    new_gen = f.store.get("default", "web")["generation"]
+    assert new_gen != old["generation"]
+    clock.t += 0.1
+    a.step()
+    assert sent[-1][1].instances == [old]  # slot 0 has not rolled yet
+
+    def slot0(state: str, gen: int, ran_ms: int, key: str) -> None:
+        started = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+        ts = f"2025-01-01T00:00:{ran_ms // 1000:02d}.{ran_ms % 1000:03d}Z"
+        f.run({"v": 1, "op": "instance.report", "key": key, "ts": ts, "node": "n2",
+               "reports": [{"ns": "default", "name": "web", "i": 0, "epoch": 1, "state": state,
+                            "pid": 5, "started_at": started, "exit_code": None, "restarts": 0,
+                            "message": "", "generation": gen}]})
+        clock.t += 2.5  # past the resync as well
+        a.step()
+
+    slot0("Running", new_gen, 1000, "r1")
+    assert sent[-1][1].instances == [old]  # up 1 s only
+    slot0("CrashLoopBackOff", new_gen, 9000, "r2")
+    assert sent[-1][1].instances == [old]  # a crash-looping new generation holds the roll
+    slot0("Running", new_gen, 3000, "r3")
+    (inst,) = sent[-1][1].instances
+    assert inst["env"] == {"MODE": "b"} and inst["generation"] == new_gen
+    # once switched, it stays switched (the spec sent is the new one)
+    slot0("Running", new_gen - 1, 9000, "r4")
+    assert sent[-1][1].instances[0]["generation"] == new_gen
+
+
+def test_controller_reports_again_once_an_instance_ran_roll_min_ready(
+        clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    wall = [1_000.0]
+    monkeypatch.setattr(wl_mod.time, "time", lambda: wall[0])
+    f = Feeder()
+    placed_web(f)
+    props = Proposals()
+    a, _ = controller(f, Status(commit_index=f.store.applied_index), props, roll_min_ready=3.0)
+    a.step()
+    r = {"id": "default.web.0.1", "state": "Running", "pid": 10, "started_at": 1_000_000,
+         "exit_code": None, "restarts": 0, "message": "", "generation": 4}
+    a.on_runner_status([r])
+
+    def at(t: float) -> int:
+        if props.futs and not props.futs[-1].done():
+            props.futs[-1].set_result((200, {}))
+        wall[0] = t
+        clock.t += 1.1
+        a.step()
+        return len([c for c in props.cmds if c["op"] == "instance.report"])
+
+    assert at(1_000.5) == 1  # the runner's report
+    assert at(1_002.0) == 1  # up 2 s: nothing new
+    assert at(1_003.0) == 2  # up 3 s: reported once more (a later ts proves it settled)
+    assert props.cmds[-1]["reports"][0]["generation"] == 4
+    assert props.cmds[-1]["ts"] == "1970-01-01T00:16:43.000Z"
+    assert at(1_010.0) == 2  # only once per process
+    a.on_runner_status([{**r, "started_at": 1_011_000}])  # restarted: a new process
+    assert at(1_012.0) == 3
+    assert at(1_014.0) == 4

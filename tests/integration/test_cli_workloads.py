@@ -174,6 +174,31 @@ def test_wait_on_a_job_without_a_status_returns_at_once(script) -> None:
     assert p.stdout.splitlines()[-1] == "default/app is a job: no instances to wait for"
 
 
+def test_deploy_wait_holds_until_every_instance_runs_the_new_generation(script) -> None:
+    """An update: 2/2 ready at once (the old copies), but done only once observed_generation
+    reaches the deployment's generation (the rolling update finished)."""
+    def rolling(observed: int | None, ready: int = 2) -> dict[str, Any]:
+        d = dep("Running" if ready == 2 else "Degraded", ready, generation=2,
+                instances=[inst(0, "running"), inst(1, "running", node="n3", pid=4001)])
+        d["status"].update(observed_generation=observed, updated_replicas=0)
+        return d
+
+    script.answers[("POST", "/api/v1/deployments")] = [(201, {}, rolling(1))]
+    script.answers[("GET", PATH)] = seq((200, {}, rolling(1)), (200, {}, rolling(1, 1)),
+                                        (200, {}, rolling(1)), (200, {}, rolling(2)))
+    p = prisn("deploy", "app.py", "--port", "8080", "--replicas", "2", "--wait",
+              server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1] == "default/app ready: 2/2 (Running)"
+    assert len(queries(script, PATH)) == 4  # not done at the first 2/2
+    script.answers[("POST", "/api/v1/deployments")] = [(201, {}, rolling(1))]
+    script.answers[("GET", PATH)] = seq((200, {}, rolling(1)))
+    p = prisn("deploy", "app.py", "--port", "8080", "--replicas", "2", "--wait",
+              "--timeout", "1", server=script.addr)
+    assert p.returncode == 1
+    assert "instances at generation 1, deployment at 2" in p.stderr
+
+
 def test_scale_wait_json_prints_the_ready_deployment(script) -> None:
     script.answers[("POST", "/api/v1/deployments/app/scale")] = [(200, {}, dep("Degraded", 1))]
     ready = dep("Running", 3, desired=3, instances=[inst(i, "running") for i in range(3)])

@@ -113,7 +113,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, scripts: dict[str, Path], 
     yield nodes
     for n in nodes:
         n.stop()
-    for dep in ("web", "idle", "crasher", "fail"):
+    for dep in ("web", "idle", "crasher", "fail", "roller"):
         assert processes(dep) == [], f"{dep} left processes behind"
 
 
@@ -300,6 +300,69 @@ def test_a_partitioned_node_fences_before_its_replacement_starts(
     r = back.req("DELETE", "/api/v1/deployments/web", timeout=15)
     assert r.status == 204
     wait_for(lambda: processes("web") == [], WAIT, "web gone")
+
+
+def env_of(pid: int) -> dict[bytes, bytes]:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    return dict(e.split(b"=", 1) for e in env if b"=" in e)
+
+
+def test_update_rolls_one_instance_at_a_time_across_nodes(cluster: list[ServerProc],
+                                                          scripts: dict[str, Path]) -> None:
+    """3 port-less replicas, one per node; an env update restarts them one at a time, slot
+    by slot, each only after the previous one ran at the new generation for a few seconds:
+    ready_replicas never drops below 2 (never 0), and at no sample do two instances run
+    something other than Running, nor two slots lack a process."""
+    leader = leader_of(cluster)
+    r = leader.req("POST", "/api/v1/deployments", {
+        "name": "roller", "type": "service", "source": str(scripts["idle"]), "port": 0,
+        "replicas": 3, "env": {"MODE": "a"}}, timeout=15)
+    assert r.status == 201, r.body
+    s = wait_for(lambda: running(leader, "roller", 3), WAIT, "roller 3 running")
+    assert len({i["node"] for i in s["instances"]}) == 3
+    gen0 = s["observed_generation"]
+    r = leader.req("PATCH", "/api/v1/deployments/roller", {"env": {"MODE": "b"}}, timeout=15)
+    assert r.status == 200, r.body
+    gen1 = r.json()["generation"]
+    assert gen1 > gen0
+    samples: list[tuple[float, dict]] = []
+    min_procs = 3
+    switched: dict[int, float] = {}  # slot -> when status first showed it at gen1
+    t0 = time.monotonic()
+    deadline = t0 + WAIT
+    while True:
+        s = status(cluster[1], "roller")
+        now = time.monotonic() - t0
+        samples.append((now, s))
+        for i in s["instances"]:
+            if i["generation"] == gen1:
+                switched.setdefault(i["index"], now)
+        min_procs = min(min_procs, len(processes("roller")))
+        if s["observed_generation"] == gen1 and s["ready_replicas"] == 3:
+            break
+        assert time.monotonic() < deadline, f"roll not done: {s}"
+        time.sleep(0.05)  # sampling interval of the observation, not a wait for a condition
+    took = time.monotonic() - t0
+    ready = [x["ready_replicas"] for _, x in samples]
+    not_running = [sum(i["state"] != "Running" for i in x["instances"]) for _, x in samples]
+    assert min(ready) >= 2, ready  # never zero, never two down at once
+    assert max(not_running) <= 1, not_running
+    assert min_procs >= 2  # at most one slot without a process at any sample
+    # slot by slot, each after the previous had run a while at the new generation
+    assert sorted(switched) == [0, 1, 2]
+    assert switched[0] < switched[1] < switched[2], switched
+    # (3 s of roll_min_ready, less the lag of the status: a loose bound on a loaded machine)
+    assert switched[1] - switched[0] >= 1.0 and switched[2] - switched[1] >= 1.0, switched
+    # every process now runs the new env
+    pids = processes("roller")
+    assert len(pids) == 3 and all(env_of(p).get(b"MODE") == b"b" for p, _ in pids)
+    print(f"rolling update of 3 replicas on 3 nodes: {took:.1f}s, switch times {switched}")
+    r = leader.req("DELETE", "/api/v1/deployments/roller", timeout=15)
+    assert r.status == 204
+    wait_for(lambda: processes("roller") == [], WAIT, "roller gone")
 
 
 def test_a_no_workloads_node_votes_but_is_never_placed_on(cluster: list[ServerProc],

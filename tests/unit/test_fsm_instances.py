@@ -13,6 +13,7 @@ from prisn.fsm.deployments import SNAPSHOT_FORMAT_TABLES, DeploymentStore
 from prisn.fsm.instances import instance_id, node_meta_command, report_command
 from prisn.fsm.placements import batch_command
 from prisn.workloads.model import Slot
+from prisn.workloads.roll import SlotReport
 from prisn.workloads.scheduler import Place
 from tests.feeder import Feeder
 
@@ -110,9 +111,28 @@ def test_malformed_commands_change_nothing(cmd: dict) -> None:
     assert before != f.store.state_hash()  # only the dedup table remembered the refusal
 
 
+def test_rows_keep_generation_and_report_time_for_the_roll() -> None:
+    f = setup()
+    f.run(report_command("n1", [{**rep(0, 1), "generation": 7}], key="r1",
+                         ts="2023-11-14T22:13:23.000Z"))
+    slots = f.store.roll_slots("default", "web")
+    assert slots == {0: SlotReport(7, "Running", 1_700_000_000_000, 1_700_000_003_000),
+                     1: None}
+    dep = f.store.get("default", "web")
+    s = f.store.with_status(dep)["status"]
+    assert s["instances"][0]["generation"] == 7 and s["instances"][1]["generation"] is None
+    assert s["observed_generation"] is None and s["updated_replicas"] == 0  # slot 1 unreported
+    f.run(report_command("n2", [{**rep(1, 2), "generation": dep["generation"]}], key="r3",
+                         ts=TS))
+    s = f.store.with_status(dep)["status"]
+    assert s["observed_generation"] == min(7, dep["generation"]) and s["updated_replicas"] == 1
+    st, body = f.run(report_command("n1", [{**rep(0, 1), "generation": -1}], key="r2", ts=TS))
+    assert st == 400
+
+
 def _golden_store() -> DeploymentStore:
     f = setup()
-    f.run(report_command("n1", [rep(0, 1)], key="r1", ts=TS))
+    f.run(report_command("n1", [{**rep(0, 1), "generation": 3}], key="r1", ts=TS))
     f.run(report_command("n2", [rep(1, 2, "Exited", exit_code=-9, restarts=2)], key="r2",
                          ts=TS))
     f.run(node_meta_command("n3", False, key="m1", ts=TS))
@@ -149,4 +169,6 @@ def test_restore_refuses_bad_rows(mutate) -> None:  # noqa: ANN001
         other.restore(cbor2.dumps(snap, canonical=True))
 
 
-GOLDEN_4 = "914d2f662ad06bcbd646793fdcb160e9e275062350935e0ed7ea7b9e257c9920"
+# Changed when rows gained `generation` and `at` (the rolling update): the instances table is
+# new in this release, so no stored snapshot holds the old row shape.
+GOLDEN_4 = "01cb79d29dea82b053aff845af25d140006c9953ca102b325fb9257a4e453e7c"

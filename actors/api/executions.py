@@ -23,8 +23,9 @@ from typing import Any
 
 from actors.api.artifacts import _int_arg
 from actors.api.auth import READ, WRITE
-from actors.api.errors import BadRequest, NotFound
+from actors.api.errors import ApiError, BadRequest, NotFound, Unavailable
 from actors.api.handler import BaseHandler
+from actors.api.logs import PEER_TIMEOUT
 from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT
 from prisn.fsm.commands import COMMAND_VERSION, check_key, format_ts, new_id
 from prisn.fsm.executions import DEFAULT_TIMEOUT, MAX_TIMEOUT, STATUSES
@@ -37,6 +38,7 @@ from prisn.fsm.validation import (
     validate_name,
 )
 from prisn.outcomes import Outcome
+from prisn.workloads.logfetch import MAX_LOG_REPLY
 
 WAIT_GRACE = 30.0  # seconds a synchronous run may wait beyond its timeout (placement, start)
 POLL_SECONDS = 0.05  # how often a synchronous run looks at the local store
@@ -173,6 +175,33 @@ class ExecutionHandler(_ExecutionBase):
         self.send_json(200, self.visible(exec_id).to_json())
 
 
+class ExecutionLogsHandler(_ExecutionBase):
+    """``{"stdout", "stderr", "node", "truncated"}``: the last `MAX_LOG_REPLY` bytes of the
+    execution's output, read on the node that ran it (here, or over the peer link as
+    deployment logs are). The runner gives a process one pipe for both streams, so
+    everything is in ``stdout`` and ``stderr`` is empty. 404 before a node was assigned;
+    503 when that node does not answer (its output is not replicated)."""
+
+    ROUTE = "/api/v1/executions/{id}/logs"
+    AUTH = {"GET": READ}
+
+    async def get(self, exec_id: str) -> None:
+        await self.consistency()
+        e = self.visible(exec_id)
+        if e.node is None:
+            raise NotFound(f"execution {e.id} has not been placed on a node yet")
+        reader = getattr(self.ctx.node, "read_logs", None)
+        if reader is None:
+            raise Unavailable("this node cannot read execution output")
+        reply = await reader(e.node, f"x.{e.id}.{e.attempt}", offset=None,
+                             tail=MAX_LOG_REPLY, limit=MAX_LOG_REPLY, timeout=PEER_TIMEOUT)
+        if reply.code != 200:
+            raise ApiError(reply.reason or f"node {e.node} refused the log read",
+                           status=reply.code)
+        self.send_json(200, {"stdout": reply.data.decode("utf-8", "replace"), "stderr": "",
+                             "node": e.node, "truncated": bool(reply.truncated)})
+
+
 class ExecutionCancelHandler(_ExecutionBase):
     ROUTE = "/api/v1/executions/{id}/cancel"
     AUTH = {"POST": WRITE}
@@ -194,5 +223,6 @@ class ExecutionCancelHandler(_ExecutionBase):
 EXECUTION_ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"/api/v1/executions/?", ExecutionsHandler),
     (r"/api/v1/executions/([^/]+)/cancel/?", ExecutionCancelHandler),
+    (r"/api/v1/executions/([^/]+)/logs/?", ExecutionLogsHandler),
     (r"/api/v1/executions/([^/]+)/?", ExecutionHandler),
 ]

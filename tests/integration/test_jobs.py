@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.test_workloads import processes
 from tests.procs import ServerProc, leader_of, start_cluster, wait_for
+from tests.scripted import prisn
 
 EXTRA = ["--node-down-after", "2s", "--stop-grace", "1s", "--write-timeout", "5s"]
 WAIT = 60.0
@@ -141,3 +142,25 @@ def test_every_second_cron_fires_once_per_time_across_a_leader_sigkill(
     r = leader_of(rest).req("DELETE", "/api/v1/deployments/tick", timeout=15)
     assert r.status == 204, r.body
     old.restart().wait_ready(WAIT)
+
+
+def test_cli_run_prints_the_output_and_exits_with_the_job_exit_code(
+        cluster: list[ServerProc]) -> None:
+    server = f"127.0.0.1:{cluster[0].http_port}"
+    p = prisn("run", "ok", "-e", "A=1", server=server)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "hello from a job\n" and "Completed" in p.stderr
+    p = prisn("run", "fail", server=server)
+    assert p.returncode == 3 and "failing" in p.stdout, (p.stdout, p.stderr)
+    p = prisn("run", "sleep", "--async", server=server)
+    assert p.returncode == 0, p.stderr
+    exec_id = p.stdout.strip()
+    p = prisn("cancel", exec_id, server=server)
+    assert p.returncode == 0 and "Cancelled" in p.stdout, (p.stdout, p.stderr)
+    p = prisn("executions", "fail", server=server)
+    assert p.returncode == 0 and "Failed" in p.stdout and "Completed" not in p.stdout
+    p = prisn("execution", exec_id, server=server)
+    assert p.returncode == 0 and "status: Cancelled" in p.stdout
+    wait_for(lambda: processes("sleep") == [], WAIT, "cancelled process stopped")
+    p = prisn("run", "nope", server=server)
+    assert p.returncode == 1 and "not found" in p.stderr

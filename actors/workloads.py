@@ -83,6 +83,7 @@ class _Run:
     orphan: bool = False  # Running in the log, unknown here: report it Failed
     fut: concurrent.futures.Future | None = None
     sent_at: float = -1e9
+    sent: str = ""  # the status last proposed (a resend of it waits a second)
 
     @property
     def iid(self) -> str:
@@ -377,8 +378,6 @@ class WorkloadsActor(Actor):
             if not run.fut.done():
                 return
             run.fut = None
-        if now - run.sent_at < 1.0:
-            return
         inflight = sum(1 for r in self._runs.values()
                        if r.fut is not None and not r.fut.done())
         if inflight >= MAX_EXEC_INFLIGHT:
@@ -402,7 +401,9 @@ class WorkloadsActor(Actor):
                                  node=self.node_id, started_at=started)
         else:
             return
-        run.sent_at = now
+        if cmd["status"] == run.sent and now - run.sent_at < 1.0:
+            return  # not applied yet (or refused): resend at most once a second
+        run.sent, run.sent_at = cmd["status"], now
         run.fut = self._call(self.submit, cmd, self.write_timeout)
         self.exec_updates += 1
 

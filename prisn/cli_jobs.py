@@ -100,7 +100,7 @@ def run(ctx: click.Context, name: str, env: tuple[str, ...], args: tuple[str, ..
 
 
 def _get(c: Client, exec_id: str) -> dict:
-    return _call(lambda: c.request("GET", f"{PATH}/{_seg(exec_id)}")).body  # type: ignore[no-any-return]
+    return _call(lambda: c.request("GET", f"{PATH}/{_seg(exec_id)}")).body
 
 
 def _rows(items: list[dict]) -> list[list]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_workloads import processes
 from tests.procs import ServerProc, leader_of, start_cluster, wait_for
 from tests.scripted import prisn
 
@@ -44,6 +44,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
         n.stop()
     for dep in SCRIPTS:
         assert processes(dep) == [], f"{dep} left processes behind"
+
+
+def processes(deployment: str) -> list[int]:
+    """Pids of live processes whose environment names `deployment` (PRISN_DEPLOYMENT)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+            state = (d / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != b"Z" and f"PRISN_DEPLOYMENT={deployment}".encode() in env:
+            out.append(int(d.name))
+    return sorted(out)
 
 
 def execution(node: ServerProc, exec_id: str) -> dict:

@@ -50,7 +50,8 @@ from prisn.messages import (
     StoreResume,
     StoreSynced,
 )
-from prisn.storage import LogStorage, StorageCorrupt, StorageFormatError
+from prisn.storage import LogStore, StorageCorrupt, StorageFormatError
+from prisn.storage_policy import RetryPolicy
 
 log = logging.getLogger("prisn.logstore")
 
@@ -68,9 +69,9 @@ def describe(exc: BaseException) -> str:
 
 
 class LogStoreActor(Actor):
-    """Shell around `LogStorage`: batch, write once, answer raft once (see module doc)."""
+    """Shell around a `LogStore` (RocksDB's `LogStorage`, or the in-memory twin): batch, write once, answer raft once (see module doc)."""
 
-    def __init__(self, storage: LogStorage, ctx: zmq.Context, node_id: str,
+    def __init__(self, storage: LogStore, ctx: zmq.Context, node_id: str,
                  observe_fsync: FsyncObserver | None = None,
                  on_failure: FailureHook | None = None, *, retry_min: float = 0.1,
                  retry_max: float = 1.0,
@@ -97,8 +98,7 @@ class LogStoreActor(Actor):
         self.compacted_to = storage.first_index() - 1  # the log's compaction point
         self._last_seq = 0  # highest StoreAppend seq seen (what a StoreFailed must cover)
         self._deferred: list[StoreCompact | StoreReset] = []
-        self._retry_delay = retry_min
-        self._retry_at = 0.0
+        self._retry = RetryPolicy(retry_min, retry_max)  # when to reopen + probe (pure)
         self._last_warn = 0.0
 
     # ------------------------------------------------------------------ hooks
@@ -190,32 +190,32 @@ class LogStoreActor(Actor):
                   self.retry_min, self.retry_max,
                   extra={"event": "log_write_failed", "error": reason})
         self.send("raft", StoreFailed(seq=seq, reason=reason))
-        self._retry_delay = self.retry_min
-        self._retry_at = self.clock() + self.retry_min
+        self._retry.failed(self.clock())
 
     def _maybe_retry(self) -> None:
         """FAILED and the backoff expired: reopen + probe; RECOVERED on success."""
         if self.failed is None or self.recovered or self.fatal is not None:
             return
         now = self.clock()
-        if now < self._retry_at:
+        if not self._retry.due(now):
             return
         try:
             self.storage.reopen()
             self.storage.probe()
         except (StorageCorrupt, StorageFormatError) as e:
             self.fatal = f"{type(e).__name__}: {e}"
+            self._retry.fatal()
             log.critical("logstore: the log store cannot be trusted after reopening: %s",
                          self.fatal)
             self.send("raft", StoreFatal(reason=self.fatal))
             return
         except Exception as e:  # still full / still failing: back off
             self.retries += 1
-            self._retry_delay = min(self._retry_delay * 2, self.retry_max)
-            self._retry_at = now + self._retry_delay
+            self._retry.attempt_failed(now)
             self._warn("still cannot write the log (%d attempts): %s", self.retries, describe(e))
             return
         self.recovered = True
+        self._retry.recovered()
         self.recoveries += 1
         self.compacted_to = self.storage.first_index() - 1
         log.warning("logstore: the log can be written again (after: %s); resuming", self.failed)

@@ -63,6 +63,7 @@ from prisn.messages import (
 from prisn.raft.boot import Membership
 from prisn.raft.core import decode_config
 from prisn.snapshots import SnapshotError, SnapshotMeta, SnapshotStore
+from prisn.storage_policy import SnapshotTimer
 from transport.mailbox import Outbox
 
 log = logging.getLogger("prisn.fsm")
@@ -102,10 +103,10 @@ class StateMachineActor(Actor):
         # the whole state, so under sustained writes take one at most every `min_interval`
         # seconds (the log grows by threshold-or-more entries in between).
         self.min_interval = max(0.0, min_interval)
-        self._last_snapshot_at = time.monotonic()
+        # when to snapshot: a pure core (prisn.storage_policy) fed this thread's clock
+        self._timer = SnapshotTimer(self.threshold, self.min_interval, time.monotonic())
         self._term = snapshot_term  # term of the last applied entry
         self._membership = membership  # configuration in force at the applied index
-        self._force_at = 0
         self._writer: _SnapshotWriter | None = None
         # Held by this thread while it changes the store together with `_term` and
         # `_membership` (one Apply message, one snapshot install), and by `capture` (any
@@ -159,7 +160,7 @@ class StateMachineActor(Actor):
             if self._on_chunk(m):
                 batch.applied = True
         elif isinstance(m, SnapshotRequest):
-            self._force_at = max(self._force_at, m.index)
+            self._timer.force(max(self._timer.force_at, m.index))
 
     def capture(self) -> tuple[int, int, Membership | None, Callable[[], bytes]]:
         """(applied index, its term, the membership in force there, encoder) of the applied
@@ -213,18 +214,14 @@ class StateMachineActor(Actor):
     # ------------------------------------------------------------------ local snapshots
     def _maybe_snapshot(self) -> None:
         w = self._writer
-        if w is None or w.busy:
+        if w is None:
             return
-        applied = self.store.applied_index
-        due = (applied - self.snapshot_index >= self.threshold
-               and time.monotonic() - self._last_snapshot_at >= self.min_interval)
-        forced = self._force_at and applied >= self._force_at and applied > self.snapshot_index
-        if not (due or forced):
+        if not self._timer.decide(applied=self.store.applied_index,
+                                  snapshot_index=self.snapshot_index, busy=w.busy,
+                                  now=time.monotonic()):
             return
-        self._last_snapshot_at = time.monotonic()
         t0 = time.perf_counter()
         index, encode = self.store.snapshot_capture()
-        self._force_at = 0 if forced else self._force_at
         w.submit(_Job(index, self._term, self._membership, encode, t0))
 
     def snapshot_written(self, job: _Job, size: int, seconds: float) -> None:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import cbor2
 import rocksdict
@@ -83,6 +83,39 @@ class StorageCorrupt(StorageError):
 
 class StorageBroken(StorageError):
     """An earlier write failed; the store must be closed and reopened."""
+
+
+class LogStore(Protocol):
+    """What the logstore actor (actors/logstore.py) uses of a log store: exactly these
+    operations. Implemented by `LogStorage` (RocksDB) and `prisn.memstore.MemoryLogStorage`
+    (the in-memory twin); tests/unit/test_storage_contract.py runs one table of cases
+    against both. Every mutation is atomic and durable when it returns; after a failed one
+    every mutation raises `StorageBroken` until `reopen` succeeds."""
+
+    def first_index(self) -> int:
+        """Index of the first stored entry (compact index + 1)."""
+        ...
+
+    def write(self, requests: Sequence[StoreAppend]) -> None:
+        """Append/truncate and set the hard state of `requests`, as one durable batch."""
+        ...
+
+    def compact_prefix(self, upto_index: int) -> None:
+        """Delete entries <= `upto_index` (a durable snapshot covers them)."""
+        ...
+
+    def reset_to(self, index: int, term: int) -> bool:
+        """An installed snapshot (`index`, `term`) becomes the start of the log."""
+        ...
+
+    def reopen(self) -> None:
+        """Close and open again after a failure; `StorageOpenError` to retry later,
+        `StorageCorrupt` / `StorageFormatError` when the store cannot be trusted."""
+        ...
+
+    def probe(self) -> None:
+        """A durable write that changes nothing: proves the disk takes writes again."""
+        ...
 
 
 def entry_key(index: int) -> bytes:

@@ -23,9 +23,14 @@ the next sync of its logstore fails instead: a random prefix of the unsynced wri
 (a failed write's outcome is unknown), the rest is void, StoreFailed goes to the core.
 Modelled like `actors/logstore.py`: until the core's StoreResume every later StoreAppend is
 void and StoreCompact/StoreReset are deferred; once the disk works again StoreRecovered goes
-to the core. Extra checks: a core with a broken disk never leads and never emits a
-StoreAppend; StoreResume only after StoreRecovered; and the core's re-sent suffix must fit
-the disk as it really is (the model refuses a write that would leave a gap).
+to the core. The disk is `prisn.memstore`'s twin of the RocksDB store (same contract, see
+tests/unit/test_storage_contract.py): a failure breaks it, and the logstore's retry core
+(`prisn.storage_policy.RetryPolicy`, `SimConfig.disk_retry`) schedules reopen + probe
+attempts until the disk has room again; local snapshots are timed by the state machine's
+`SnapshotTimer`. Extra checks: a core with a broken disk never leads and never emits a
+StoreAppend; StoreResume only after StoreRecovered; the core's re-sent suffix must fit the
+disk as it really is (the twin refuses a write that would leave a gap), and right after a
+StoreResume the disk plus the announced writes must equal the core's in-memory log.
 
 Snapshots (`SimConfig.snapshots`): each node's modelled state machine is a hash chain over the
 entries it applied; it snapshots itself every random threshold of applied entries (a real
@@ -49,6 +54,7 @@ from typing import Any
 
 import cbor2
 
+from prisn.memstore import MemoryDisk, MemoryLogStorage
 from prisn.messages import (
     AddNode,
     AppendEntries,
@@ -83,6 +89,8 @@ from prisn.messages import (
 from prisn.raft.boot import BootState, Membership
 from prisn.raft.core import RaftCore, RaftOptions, decode_config
 from prisn.snapshots import BootError, SnapshotMeta, assemble_boot, encode_snapshot
+from prisn.storage import StorageBroken, StorageError, StorageOpenError
+from prisn.storage_policy import RetryPolicy, SnapshotTimer
 
 UNITS_PER_TICK = 10
 
@@ -115,42 +123,78 @@ class SimConfig:
     snapshots: tuple[int, int] | None = None  # per-node snapshot threshold range (None: off)
     fsm_delay: int = 30  # units: snapshot writes and chunk answers take up to this long
     trailing_logs: int = -1  # with snapshots: entries kept behind a snapshot (-1: random)
+    snapshot_interval: int = 0  # units: the fsm's min_interval between snapshots
+    disk_retry: tuple[int, int] = (UNITS_PER_TICK, 8 * UNITS_PER_TICK)  # logstore backoff
     opts: RaftOptions = field(default_factory=lambda: RaftOptions(
         heartbeat_ticks=3, election_ticks=10, max_append_entries=16, max_inflight=8,
         pending_ticks=200))
 
 
 class Disk:
-    """The durable log of one node: what StoreAppends (and compactions) reached before a
-    crash. Entries start after the compaction point (`start`, `start_term`)."""
+    """The durable log of one node: the in-memory twin of the RocksDB store
+    (`prisn.memstore.MemoryLogStorage`, held to the same contract as `LogStorage` by
+    tests/unit/test_storage_contract.py) over a `MemoryDisk` that survives crashes. Entries
+    start after the compaction point (`start`, `start_term`). A write the store refuses (a
+    gap, compacted entries) is a `SimFailure`: the core sent what the real store refuses."""
 
-    def __init__(self) -> None:
-        self.term = 0
-        self.vote = ""
-        self.commit = 0
-        self.entries: list[list] = []
-        self.start = 0
-        self.start_term = 0
+    def __init__(self, mem: MemoryDisk | None = None) -> None:
+        self.store = MemoryLogStorage(mem)
+        self._entries: list[list] = []
+        self._version = -1
+
+    @property
+    def mem(self) -> MemoryDisk:
+        return self.store.disk
+
+    @property
+    def term(self) -> int:
+        return self.mem.hard[0]
+
+    @property
+    def vote(self) -> str:
+        return self.mem.hard[1]
+
+    @property
+    def commit(self) -> int:
+        return self.mem.hard[2]
+
+    @property
+    def start(self) -> int:
+        return self.mem.compact[0]
+
+    @property
+    def start_term(self) -> int:
+        return self.mem.compact[1]
 
     @property
     def last(self) -> int:
-        return self.start + len(self.entries)
+        return self.start + len(self.entries)  # the stored log is contiguous
+
+    @property
+    def entries(self) -> list[list]:
+        """The stored entries ``[index, term, kind, data]`` in order (cached per version)."""
+        if self._version != self.mem.changes:
+            ents = self.mem.entries
+            self._entries = [[i, *ents[i]] for i in sorted(ents)]
+            self._version = self.mem.changes
+        return self._entries
+
+    @entries.setter
+    def entries(self, value: list[list]) -> None:
+        """Test setup: the stored entries become `value` (contiguous after `start`)."""
+        self.mem.entries = {e[0]: (e[1], e[2], bytes(e[3])) for e in value}
+        self.mem.changes += 1
+        self.store = MemoryLogStorage(self.mem)
+
+    def copy(self) -> Disk:
+        """An independent disk with the same contents (the checker's mirrors)."""
+        return Disk(self.mem.copy())
 
     def write(self, sa: StoreAppend) -> None:
-        if sa.truncate_from:
-            if sa.truncate_from <= self.start:
-                raise SimFailure(f"disk: truncate at {sa.truncate_from} <= compacted {self.start}")
-            del self.entries[sa.truncate_from - 1 - self.start:]
-        for e in sa.entries:
-            i = e[0]
-            if i <= self.start:
-                raise SimFailure(f"disk: write of compacted entry {i} (start {self.start})")
-            if i <= self.last:
-                del self.entries[i - 1 - self.start:]
-            if i != self.last + 1:
-                raise SimFailure(f"disk: non-contiguous write at {i}, have {self.last}")
-            self.entries.append(e)
-        self.term, self.vote, self.commit = sa.term, sa.vote, sa.commit
+        try:
+            self.store.write([sa])
+        except ValueError as e:
+            raise SimFailure(f"disk: {e}") from None
 
     def apply_op(self, op: Msg) -> None:
         if type(op) is StoreAppend:
@@ -161,29 +205,32 @@ class Disk:
             self.reset(op.index, op.term)  # type: ignore[attr-defined]
 
     def compact(self, upto: int) -> None:
-        """Like `LogStorage.compact_prefix`."""
-        if upto <= self.start:
-            return
-        if upto > self.last:
-            raise SimFailure(f"disk: compact to {upto} beyond last {self.last}")
-        self.start_term = self.entries[upto - self.start - 1][1]
-        del self.entries[:upto - self.start]
-        self.start = upto
+        """`LogStore.compact_prefix`."""
+        try:
+            self.store.compact_prefix(upto)
+        except ValueError as e:
+            raise SimFailure(f"disk: {e}") from None
 
     def reset(self, index: int, term: int) -> None:
-        """Like `LogStorage.reset_to`."""
-        if index <= self.start:
+        """`LogStore.reset_to`."""
+        self.store.reset_to(index, term)
+
+    def fault(self) -> None:
+        """The disk fills up: the logstore's next write fails and breaks the store."""
+        self.mem.full = True
+        try:
+            self.store.probe()
+        except OSError:
             return
-        if index <= self.last and self.entries[index - self.start - 1][1] == term:
-            self.compact(index)
-            return
-        self.entries = []
-        self.start, self.start_term = index, term
+        raise SimFailure("disk: a write on a full disk succeeded")
+
+    def crash(self) -> None:
+        """The process dies: a new handle on the same disk (what was made durable)."""
+        self.store = self.store.crash()
+        self.mem.full = False  # the restarted node's disk can be written (as before)
 
     def boot(self) -> BootState:
-        return BootState(term=self.term, vote=self.vote, commit=self.commit,
-                         entries=list(self.entries), snapshot_index=self.start,
-                         snapshot_term=self.start_term)
+        return self.store.load()
 
 
 @dataclass
@@ -249,6 +296,8 @@ class SimNode:
         self.threshold = 0
         self.snap_busy = False
         self.snap_index = 0  # newest local snapshot the fsm knows of
+        self.timer: SnapshotTimer | None = None  # the fsm actor's snapshot timing core
+        self.retry = RetryPolicy(0, 0)  # the logstore actor's retry core (per incarnation)
         # disk faults: "ok" | "failing" (the next sync fails) | "failed" | "recovered"
         self.store_state = "ok"
         self.fail_until = 0
@@ -314,7 +363,7 @@ class Sim:
         self.steps = 0
         self.removed: set[str] = set()
         self.stats = {"crashes": 0, "partitions": 0, "truncations": 0, "leaders": 0}
-        self.disk_stats = {"failures": 0, "landed": 0, "voided": 0, "recoveries": 0,
+        self.disk_stats = {"failures": 0, "landed": 0, "voided": 0, "recoveries": 0, "retries": 0,
                            "resumes": 0, "deferred": 0, "leader_stepdowns": 0}
         self.hash_at: dict[int, bytes] = {0: b""}
         self.snap_stats = {"taken": 0, "installed": 0, "compactions": 0, "chunks": 0,
@@ -349,6 +398,9 @@ class Sim:
         n.leader_term = 0
         n.snap_busy = False
         n.store_state, n.deferred, n.max_seq, n.void_upto = "ok", [], 0, 0
+        n.timer = SnapshotTimer(n.threshold, self.cfg.snapshot_interval, last_started=self.now)
+        lo, hi = self.cfg.disk_retry
+        n.retry = RetryPolicy(lo, hi)
         boot = n.disk.boot()
         snap = n.snaps[-1] if n.snaps else None
         try:
@@ -390,6 +442,7 @@ class Sim:
                 del buf[self.rng.randrange(len(buf) + 1):]
         n.core = None
         n.unsynced = []
+        n.disk.crash()
 
     def step(self, n: SimNode, msgs: list[Msg]) -> None:
         core = n.core
@@ -414,6 +467,7 @@ class Sim:
         core = n.core
         assert core is not None
         cfg = self.cfg
+        resumed = False
         for m in out:
             t = type(m)
             if t is StoreCompact or t is StoreReset:
@@ -436,6 +490,7 @@ class Sim:
                 if n.store_state != "recovered":
                     self.fail(f"{n.id} sent StoreResume while its store is {n.store_state}")
                 n.store_state = "ok"
+                resumed = True
                 self.disk_stats["resumes"] += 1
                 for op in n.deferred:
                     n.disk.apply_op(op)
@@ -472,6 +527,8 @@ class Sim:
                     self.forwarded.add((cmd["o"], cmd["r"]))
                 self.check_speak(n, m)
                 self.send(n, m)
+        if resumed:  # the re-sent suffix must rebuild the in-memory log on the twin's disk
+            self.check_log_against_registry(n)
         self.check_node(n)
 
     def disk_fails(self, n: SimNode, seq: int) -> None:
@@ -492,11 +549,32 @@ class Sim:
             else:
                 n.deferred.append(op)
         n.unsynced = []
+        n.disk.fault()  # the store is broken: it must be reopened
         n.store_state = "failed"
         n.void_upto = n.max_seq
         self.trace.append(f"{self.now} DISK FAILED {n.id} at seq {seq} ({k}/{len(items)} "
                           f"operations landed)")
         self.at(max(n.fail_until, self.now + 1), "disk_ok", (n.id, n.incarnation))
+        n.retry.failed(self.now)
+        self.at(int(n.retry.retry_at), "disk_retry", (n.id, n.incarnation))
+
+    def disk_retry(self, n: SimNode) -> bool:
+        """The logstore's retry (reopen + probe), when its backoff core says it is due.
+        True when the store recovered (StoreRecovered goes to the core)."""
+        if not n.retry.due(self.now):
+            return False
+        try:
+            n.disk.store.reopen()
+            n.disk.store.probe()
+        except (StorageOpenError, StorageBroken, OSError):
+            n.retry.attempt_failed(self.now)
+            self.disk_stats["retries"] += 1
+            self.at(int(n.retry.retry_at), "disk_retry", (n.id, n.incarnation))
+            return False
+        except StorageError as e:
+            self.fail(f"{n.id}: the log store cannot be trusted after reopening: {e}")
+        n.retry.recovered()
+        return True
 
     def send(self, n: SimNode, m: Msg) -> None:
         dst = m.dst
@@ -559,9 +637,7 @@ class Sim:
 
     def count_reset_over_tail(self, n: SimNode, m: StoreReset) -> None:
         """A snapshot install that replaces a longer log disagreeing at its index."""
-        mirror = Disk()
-        mirror.entries = list(n.disk.entries)
-        mirror.start, mirror.start_term = n.disk.start, n.disk.start_term
+        mirror = n.disk.copy()
         for op in n.unsynced:
             mirror.apply_op(op)
         if mirror.last > m.index and m.index > mirror.start and (
@@ -711,9 +787,7 @@ class Sim:
         core = n.core
         if core is None or core.disk_error or n.store_state in ("failed", "recovered"):
             return  # what the core holds in memory waits for the write after the recovery
-        mirror = Disk()
-        mirror.entries = list(n.disk.entries)
-        mirror.start, mirror.start_term = n.disk.start, n.disk.start_term
+        mirror = n.disk.copy()
         for sa in n.unsynced:
             mirror.apply_op(sa)
         if ([e[:2] for e in mirror.entries] != [e[:2] for e in core.log.entries()]
@@ -881,10 +955,17 @@ class Sim:
                     batch[nid].append(lm)
                 elif kind == "snap_write":
                     self.snap_written(*payload)
-                elif kind == "disk_ok":
+                elif kind == "disk_ok":  # the disk has room again
                     nid, inc = payload
                     n = self.nodes[nid]
-                    if n.core is None or n.incarnation != inc or n.store_state != "failed":
+                    if n.core is None or n.incarnation != inc:
+                        continue
+                    n.disk.mem.full = False
+                elif kind == "disk_retry":
+                    nid, inc = payload
+                    n = self.nodes[nid]
+                    if (n.core is None or n.incarnation != inc or n.store_state != "failed"
+                            or not self.disk_retry(n)):
                         continue
                     n.store_state = "recovered"
                     self.disk_stats["recoveries"] += 1
@@ -1035,10 +1116,12 @@ class Sim:
             self.fail(f"state machine hash differs on {n.id} at {i}")
 
     def maybe_snapshot(self, n: SimNode) -> None:
-        if not n.threshold or n.snap_busy:
+        """The state-machine actor's decision (prisn.storage_policy.SnapshotTimer)."""
+        if not n.threshold or n.timer is None:
             return
         applied = n.next_apply - 1
-        if applied - n.snap_index < n.threshold:
+        if not n.timer.decide(applied=applied, snapshot_index=n.snap_index, busy=n.snap_busy,
+                              now=self.now):
             return
         n.snap_busy = True
         snap = make_snap(applied, n.fsm_term, n.fsm_membership, n.fsm_hash)

@@ -6,6 +6,7 @@ scheduled times, one execution each across a SIGKILL of the leader."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -221,3 +222,37 @@ def test_an_execution_on_a_node_that_dies_becomes_lost_and_is_not_rerun(
     wait_for(lambda: victim.status().get("leader"), WAIT, "victim rejoined")
     assert execution(victim, exec_id)["status"] == "Lost"
     assert processes("sleep") == []  # not re-run on any node
+
+
+@pytest.mark.soak
+def test_soak_one_execution_per_scheduled_time_over_100_times_with_leader_kills(
+        cluster: list[ServerProc]) -> None:
+    """The issue's figure: at least 100 scheduled times of an @every 1s job with a leader
+    SIGKILL (and restart) every ~15 s; one execution per scheduled time."""
+    src = str(cluster[0].scripts / "tick.py")  # type: ignore[attr-defined]
+    r = leader_of(cluster).req("POST", "/api/v1/deployments",
+                               {"name": "soaktick", "type": "cronjob", "source": src,
+                                "schedule": "@every 1s"}, timeout=15)
+    assert r.status == 201, r.body
+
+    def scheduled(node: ServerProc) -> list[int]:
+        r = node.req("GET", "/api/v1/executions?limit=1000", timeout=10)
+        return [_epoch(e["scheduled_at"]) for e in r.json()["items"]
+                if e["name"] == "soaktick"]
+
+    t0 = time.monotonic()
+    kills = 0
+    while time.monotonic() - t0 < 130:
+        time.sleep(15)  # noqa: the fault schedule, not a wait for a condition
+        old = leader_of(cluster, timeout=30)
+        old.kill()
+        old.wait_exit()
+        kills += 1
+        old.restart().wait_ready(WAIT)
+    times = scheduled(live(cluster))
+    counts = Counter(times)
+    span = max(times) - min(times) + 1
+    print(f"soak: {len(times)} fires over {span} scheduled times, {kills} leader kills")
+    assert span >= 100 and all(c == 1 for c in counts.values()), counts.most_common(3)
+    r = leader_of(cluster).req("DELETE", "/api/v1/deployments/soaktick", timeout=15)
+    assert r.status == 204

@@ -243,7 +243,7 @@ def test_soak_one_execution_per_scheduled_time_over_100_times_with_leader_kills(
     t0 = time.monotonic()
     kills = 0
     while time.monotonic() - t0 < 130:
-        time.sleep(15)  # noqa: the fault schedule, not a wait for a condition
+        time.sleep(15)  # the fault schedule (a kill every 15 s), not a wait for a condition
         old = leader_of(cluster, timeout=30)
         old.kill()
         old.wait_exit()

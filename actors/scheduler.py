@@ -12,7 +12,12 @@ when something relevant changed (an applied entry, the live set) or `period` sec
   (`ApiActor.submit`), one round in flight: the next round waits for its answer (or
   `round_timeout`). Placements are log entries, so a new leader continues from the state
   its predecessor got committed; nothing here survives a leadership change but counters.
-Never raises on a failed proposal (logged, the next round recomputes).
+- executions (`prisn.workloads.jobs.assign_plan`): Pending ones are assigned to a live node,
+  those of a node that is down are recorded Lost, as ``execution.update`` commands;
+- cron (`prisn.workloads.cron.cron_plan` over `DeploymentStore.cron_view`, the leader's
+  clock, UTC): fires and misses as ``cron.fire`` / ``cron.miss`` commands, chained on the
+  mark they were planned on (a stale plan changes nothing).
+Each kind has one round in flight. Never raises on a failed proposal (logged, the next round recomputes).
 """
 
 from __future__ import annotations
@@ -30,8 +35,12 @@ import zmq
 from actors.base import Actor
 from prisn.fsm.commands import format_ts
 from prisn.fsm.deployments import DeploymentStore
+from prisn.fsm.executions import cron_command
 from prisn.fsm.placements import batch_command
+from prisn.fsm.tokens import TokenCommandError, ts_millis
 from prisn.messages import Role
+from prisn.workloads.cron import ScheduleError, cron_plan, cronjob_of
+from prisn.workloads.jobs import assign_plan, update_command
 from prisn.workloads.model import contact_ticks, live_nodes
 from prisn.workloads.scheduler import schedule
 
@@ -58,8 +67,9 @@ class SchedulerActor(Actor):
         self.period = period
         self.round_timeout = round_timeout
         self._lead: tuple[int, float] | None = None  # (term, monotonic start) while leading
-        self._inflight: concurrent.futures.Future | None = None
-        self._deadline = 0.0
+        # round name -> (its proposals, deadline): one round of each kind in flight
+        self._rounds: dict[str, tuple[list[concurrent.futures.Future], float]] = {}
+        self._bad_cron: dict[str, str] = {}  # deployment id -> last planning error logged
         self._last_round = 0.0
         self._last_view: tuple[int, frozenset[str]] | None = None
         self._keys = itertools.count(1)
@@ -69,6 +79,8 @@ class SchedulerActor(Actor):
         self.commands = 0
         self.unplaced = 0  # slots the last round could not place (0 unless leading)
         self.leading = False
+        self.exec_updates = 0  # execution assignments / Lost records proposed
+        self.cron_commands = 0  # cron fires and misses proposed
 
     def on_idle(self) -> None:
         self.step()
@@ -88,43 +100,102 @@ class SchedulerActor(Actor):
             self._last_view = None
             log.info("scheduler: active (leader of term %d)", st.term)
         self.leading = True
-        fut = self._inflight
-        if fut is not None:
-            if not fut.done() and now < self._deadline:
-                return
-            self._inflight = None
-            if fut.done():
-                try:
-                    fut.result()
-                except Exception as e:  # noqa: BLE001 - the next round recomputes
-                    log.info("scheduler: round not committed: %s", e)
-            else:
-                fut.cancel()
         leader_ticks = int((now - self._lead[1]) / self.tick_seconds)
         ticks = contact_ticks({p: s.last_contact_ticks for p, s in st.progress.items()},
                               leader_ticks, self.node_id)
         eligible = set(st.membership.members()) - self.store.no_workload_nodes()
         live = live_nodes(ticks, eligible, self.down_ticks)
         view = (self.store.applied_index, live)
-        if view == self._last_view and now - self._last_round < self.period:
+        due = view != self._last_view or now - self._last_round >= self.period
+        if not due:
             return
         self._last_view, self._last_round = view, now
+        self._placement_round(now, st.term, live)
+        self._jobs_round(now, st.term, live)
+        self._cron_round(now, st.term)
+
+    def _busy(self, name: str, now: float) -> bool:
+        """Whether round `name` still waits for its proposals (errors logged once done)."""
+        futs, deadline = self._rounds.get(name, ([], 0.0))
+        if any(not f.done() for f in futs) and now < deadline:
+            return True
+        for f in futs:
+            if not f.done():
+                f.cancel()
+                continue
+            try:
+                f.result()
+            except Exception as e:  # noqa: BLE001 - the next round recomputes
+                log.info("scheduler: %s round not committed: %s", name, e)
+        self._rounds.pop(name, None)
+        return False
+
+    def _propose(self, name: str, now: float, cmds: list[dict[str, Any]]) -> int:
+        """Hand `cmds` to the API in order (one round of `name`); how many were taken."""
+        futs = []
+        for cmd in cmds:
+            try:
+                fut = self.submit(cmd, self.round_timeout)
+            except Exception:  # a failure to hand it over is retried next round
+                log.exception("scheduler: cannot hand a %s round to the API", name)
+                fut = None
+            if fut is None:
+                break
+            futs.append(fut)
+        if futs:
+            self._rounds[name] = (futs, now + self.round_timeout)
+        return len(futs)
+
+    def _key(self, what: str, term: int) -> str:
+        return f"{what}-{self.node_id}-{self._incarnation}-{term}-{next(self._keys)}"
+
+    def _placement_round(self, now: float, term: int, live: frozenset[str]) -> None:
+        if self._busy("placement", now):
+            return
         services, placements = self.store.schedule_view()
         plan = schedule(services, placements, live)
         self.unplaced = len(plan.unschedulable)
         if not plan.commands:
             return
-        key = f"sched-{self.node_id}-{self._incarnation}-{st.term}-{next(self._keys)}"
-        cmd = batch_command(plan.commands, key=key, ts=format_ts(time.time()))
-        try:
-            fut = self.submit(cmd, self.round_timeout)
-        except Exception:  # a failure to hand it over is retried next round
-            log.exception("scheduler: cannot hand a round to the API")
-            fut = None
-        if fut is None:
+        cmd = batch_command(plan.commands, key=self._key("sched", term),
+                            ts=format_ts(time.time()))
+        if self._propose("placement", now, [cmd]):
+            self.rounds += 1
+            self.commands += len(plan.commands)
+            log.debug("scheduler: round %d proposes %d command(s), live %s", self.rounds,
+                      len(plan.commands), sorted(live))
+
+    def _jobs_round(self, now: float, term: int, live: frozenset[str]) -> None:
+        """Assign Pending executions to live nodes; record those of dead nodes Lost."""
+        if self._busy("jobs", now):
             return
-        self._inflight, self._deadline = fut, now + self.round_timeout
-        self.rounds += 1
-        self.commands += len(plan.commands)
-        log.debug("scheduler: round %d proposes %d command(s), live %s", self.rounds,
-                  len(plan.commands), sorted(live))
+        ups = assign_plan(self.store.unfinished_executions(), live)
+        ts = format_ts(time.time())
+        cmds = [update_command(u.id, u.attempt, u.status, key=self._key("exec", term), ts=ts,
+                               node=u.node, error=u.error) for u in ups]
+        self.exec_updates += self._propose("jobs", now, cmds)
+
+    def _cron_round(self, now: float, term: int) -> None:
+        """Fire (or record missed) the cron times due by the leader's clock (UTC)."""
+        if self._busy("cron", now):
+            return
+        deps, marks, running = self.store.cron_view()
+        jobs = []
+        for dep in deps:
+            try:
+                since = ts_millis(dep["created_at"]) // 1000
+                jobs.append(cronjob_of(dep, since=since))
+            except (ScheduleError, TokenCommandError, KeyError, TypeError, ValueError) as e:
+                if self._bad_cron.get(dep.get("id", "")) != str(e):
+                    self._bad_cron[str(dep.get("id", ""))] = str(e)
+                    log.warning("scheduler: cron job %s/%s cannot be planned: %s",
+                                dep.get("namespace"), dep.get("name"), e)
+        if not jobs:
+            return
+        plan = cron_plan(jobs, marks, running, int(time.time()))
+        if not plan:
+            return
+        ts = format_ts(time.time())
+        round_id = f"{self.node_id}.{self._incarnation}.{term}.{next(self._keys)}"
+        cmds = [cron_command(c, ts=ts, round_id=round_id) for c in plan]
+        self.cron_commands += self._propose("cron", now, cmds)

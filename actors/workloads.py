@@ -26,6 +26,16 @@ unless the node was started with ``--no-workloads``). Each step (every `poll_ms`
   `report_interval` seconds, one in flight: a crash loop costs at most one log entry per
   node per interval. An instance Running for `roll_min_ready` is reported once more then
   (same fields, a later ts) so the log shows it settled and the roll can go on.
+- **executions** (issue 15): each unfinished execution the log assigns to this node is one
+  more desired instance, id ``x.<execution id>.<attempt>``, with ``restart: never`` (the
+  runner starts it once); its reports are turned, level-triggered against the store, into
+  ``execution.update`` commands: Running (with started_at) once the process is up, then
+  Completed (exit code 0) or Failed (its exit code; "timed out" when it outlived its
+  `timeout`, after which it is dropped from the desired list, so the runner stops it). An
+  execution the log finishes otherwise (Cancelled, Lost) is dropped from the desired list:
+  the runner stops it. An execution the log says Running here that this controller does
+  not know (the node restarted mid-run) is reported Failed, never started again. At most
+  `MAX_EXEC_INFLIGHT` updates in flight, each resent at most once a second until applied.
 Never raises on a failed proposal or a bad artifact (logged; retried by the next step).
 """
 
@@ -39,6 +49,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +58,13 @@ import zmq
 from actors.base import Actor
 from prisn.fsm.commands import format_ts
 from prisn.fsm.deployments import DeploymentStore
+from prisn.fsm.executions import COMPLETED, FAILED, PENDING, RUNNING
 from prisn.fsm.instances import MAX_REPORTS, instance_id, node_meta_command, report_command
 from prisn.fsm.secrets import SecretError, secret_env
 from prisn.messages import RunnerDesired
 from prisn.secretbox import Opener, SecretDecryptError
 from prisn.workloads.artifacts import ArtifactError
+from prisn.workloads.jobs import update_command
 from prisn.workloads.materialize import location
 from prisn.workloads.roll import ROLL_MIN_READY_MS, may_run
 
@@ -60,6 +73,31 @@ log = logging.getLogger("prisn.workloads")
 
 Submit = Callable[[dict[str, Any], float], "concurrent.futures.Future | None"]
 MAX_PENDING = 4096  # coalesced reports waiting (one per instance id)
+MAX_EXEC_INFLIGHT = 32  # execution updates in flight
+EXEC_PREFIX = "x."  # runner ids of executions: x.<execution id>.<attempt>
+
+
+@dataclass
+class _Run:
+    """This node's view of one execution it runs (controller thread only)."""
+
+    id: str
+    attempt: int
+    timeout: float
+    started_ms: int | None = None  # Unix ms the process started (runner report)
+    up_at: float | None = None  # monotonic time it was first seen up (timeout base)
+    finished: bool = False
+    exit_code: int | None = None
+    message: str = ""
+    timed_out: bool = False
+    orphan: bool = False  # Running in the log, unknown here: report it Failed
+    fut: concurrent.futures.Future | None = None
+    sent_at: float = -1e9
+    sent: str = ""  # the status last proposed (a resend of it waits a second)
+
+    @property
+    def iid(self) -> str:
+        return f"{EXEC_PREFIX}{self.id}.{self.attempt}"
 
 
 def parse_instance_id(iid: str) -> tuple[str, str, int, int] | None:
@@ -123,6 +161,9 @@ class WorkloadsActor(Actor):
         self.restarts_total = 0
         self.reports_proposed = 0
         self.reports_dropped = 0
+        self._runs: dict[str, _Run] = {}  # execution id -> this node's run (controller)
+        self._exec_reports: dict[str, dict[str, Any]] = {}  # runner id -> latest report
+        self.exec_updates = 0
 
     # ------------------------------------------------------------------ runner callback
     def on_runner_status(self, reports: list[dict[str, Any]]) -> None:
@@ -131,6 +172,10 @@ class WorkloadsActor(Actor):
             for r in reports:
                 iid = r.get("id")
                 if not isinstance(iid, str):
+                    continue
+                if iid.startswith(EXEC_PREFIX):
+                    if iid in self._exec_reports or len(self._exec_reports) < MAX_PENDING:
+                        self._exec_reports[iid] = r
                     continue
                 self._account(iid, r)
                 if r.get("state") == "Stopped":
@@ -194,6 +239,7 @@ class WorkloadsActor(Actor):
         if not self.runs_workloads:
             return
         self._fence(now, st)
+        self._jobs(now)
         self._desired(now)
         self._confirm_settled(time.time())
         self._flush_reports(now)
@@ -313,7 +359,106 @@ class WorkloadsActor(Actor):
                     spec = prev  # the roll has not reached this slot: keep the old copy
             out.append(spec)
         self._specs = {d["id"]: d for d in out}
+        for run in self._runs.values():
+            if run.finished or run.timed_out or run.orphan:
+                continue
+            e = self.store.execution(run.id)
+            dep = None if e is None else self.store.get(e.namespace, e.name)
+            if e is None or dep is None or dep["id"] != e.deployment_id:
+                continue
+            try:
+                cwd, source = location(self.data_dir, dep, artifact_bytes)
+                env, _gen = self._env(dep)
+            except (ArtifactError, OSError, SecretError, SecretDecryptError) as err:
+                run.finished, run.message = True, f"cannot run here: {err}"[:512]
+                continue
+            out.append({"id": run.iid, "deployment": dep["name"],
+                        "namespace": dep["namespace"], "generation": 0,
+                        "runtime": dep.get("runtime"), "source": source, "cwd": cwd,
+                        "env": {**env, **e.env},
+                        "args": list(e.args or dep.get("args") or []), "port": 0,
+                        "restart": "never"})
         return out
+
+    # ------------------------------------------------------------------ executions
+    def _jobs(self, now: float) -> None:
+        """Track this node's executions and report them (module doc)."""
+        changed = False
+        for e in self.store.unfinished_executions():
+            if e.node != self.node_id:
+                continue
+            run = self._runs.get(e.id)
+            if run is None or run.attempt != e.attempt:
+                run = _Run(e.id, e.attempt, float(e.timeout), orphan=e.status == RUNNING)
+                if run.orphan:
+                    run.message = "the node restarted while it ran"
+                self._runs[e.id] = run
+                changed = True
+        with self._lock:
+            reports, self._exec_reports = self._exec_reports, {}
+        by_iid = {r.iid: r for r in self._runs.values()}
+        for iid, r in reports.items():
+            run = by_iid.get(iid)
+            if run is None or run.finished:
+                continue
+            if run.started_ms is None and isinstance(r.get("started_at"), int):
+                run.started_ms = r["started_at"]
+            if r.get("pid") is not None and run.up_at is None:
+                run.up_at = now
+            if r.get("state") in ("Exited", "Stopped", "CrashLoopBackOff"):
+                run.finished = True
+                code = r.get("exit_code")
+                run.exit_code = max(-255, min(255, code)) if isinstance(code, int) else None
+                run.message = str(r.get("message") or "")[:512]
+        for run in self._runs.values():
+            if (not run.finished and not run.timed_out and run.up_at is not None
+                    and now - run.up_at > run.timeout):
+                run.timed_out, changed = True, True
+                log.info("workloads: execution %s timed out after %gs", run.id, run.timeout)
+        for exec_id in list(self._runs):
+            run = self._runs[exec_id]
+            e = self.store.execution(exec_id)
+            if e is None or e.terminal or e.attempt != run.attempt or e.node != self.node_id:
+                del self._runs[exec_id]  # finished (or cancelled, lost): the runner stops it
+                changed = True
+                continue
+            self._report_run(now, run, e.status)
+        if changed:
+            self._sent_view = None  # the desired list changes: send it this step
+
+    def _report_run(self, now: float, run: _Run, status: str) -> None:
+        if run.fut is not None:
+            if not run.fut.done():
+                return
+            run.fut = None
+        inflight = sum(1 for r in self._runs.values()
+                       if r.fut is not None and not r.fut.done())
+        if inflight >= MAX_EXEC_INFLIGHT:
+            return
+        ts = format_ts(time.time())
+        started = None if run.started_ms is None else format_ts(run.started_ms / 1000)
+        if run.orphan or (run.timed_out and run.finished) or run.finished:
+            if run.orphan:
+                new, error = FAILED, run.message
+            elif run.timed_out:
+                new, error = FAILED, "timed out"
+            elif run.exit_code == 0:
+                new, error = COMPLETED, None
+            else:
+                new, error = FAILED, run.message or "failed"
+            cmd = update_command(run.id, run.attempt, new, key=self._key("exec"), ts=ts,
+                                 node=self.node_id, exit_code=run.exit_code,
+                                 started_at=started, completed_at=ts, error=error)
+        elif run.started_ms is not None and status == PENDING:
+            cmd = update_command(run.id, run.attempt, RUNNING, key=self._key("exec"), ts=ts,
+                                 node=self.node_id, started_at=started)
+        else:
+            return
+        if cmd["status"] == run.sent and now - run.sent_at < 1.0:
+            return  # not applied yet (or refused): resend at most once a second
+        run.sent, run.sent_at = cmd["status"], now
+        run.fut = self._call(self.submit, cmd, self.write_timeout)
+        self.exec_updates += 1
 
     def _env(self, dep: dict[str, Any]) -> tuple[dict[str, str], int]:
         """(environment, runner generation) of `dep`'s instances: the keys of the secrets it

@@ -286,6 +286,10 @@ from prisn.cli_secrets import register as _register_secrets  # noqa: E402
 
 _register_secrets(cli)  # prisn secret create | list | get | rotate | delete
 
+from prisn.cli_jobs import register as _register_jobs  # noqa: E402
+
+_register_jobs(cli)  # prisn run | executions | execution | cancel
+
 
 def _interval(value: str) -> float:
     """`--snapshot-interval`: a duration, or 0 for none."""

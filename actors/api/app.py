@@ -43,6 +43,7 @@ from actors.api.errors import (
     Unavailable,
     error_body,
 )
+from actors.api.executions import EXECUTION_ROUTES
 from actors.api.guard import RequestGuard
 from actors.api.handler import BaseHandler, PrisnApplication
 from actors.api.handler import log_request as _log_request  # the name make_app uses
@@ -359,7 +360,8 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
     if metrics is None:
         metrics = NodeMetrics(status=node.status, deployments=node.store.count)
     app = PrisnApplication(
-        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES + SECRET_ROUTES + LOG_ROUTES,
+        ROUTES + TOKEN_ROUTES + SNAPSHOT_ROUTES + ARTIFACT_ROUTES + SECRET_ROUTES + LOG_ROUTES
+        + EXECUTION_ROUTES,
         default_handler_class=NotFoundHandler, log_function=_log_request,
         serve_traceback=False, compress_response=False,
     )

@@ -732,6 +732,12 @@ class DeploymentStore:
         with self._lock:
             return self._executions.get(exec_id)
 
+    def unfinished_executions(self) -> tuple[Execution, ...]:
+        """Every Pending or Running execution (the leader's assignment and the node
+        controllers' input; records are immutable). Any thread."""
+        with self._lock:
+            return tuple(self._executions.unfinished())
+
     def cron_view(self) -> tuple[DeploymentList, dict[str, int], dict[str, tuple[str, ...]]]:
         """The cron plan's input, consistent (one lock): the cronjob deployments, the cron
         marks and the unfinished executions per deployment id. The leader's cron thread."""

@@ -521,6 +521,12 @@ class ExecutionTable:
         return {dep: tuple(i for i in self._by_dep[dep] if not self._rows[i].terminal)
                 for dep in sorted(self._active)}
 
+    def unfinished(self) -> list[Execution]:
+        """Every unfinished (Pending or Running) execution, by deployment id, then oldest
+        first. O(history x deployments with unfinished executions)."""
+        return [self._rows[i] for dep in sorted(self._active) for i in self._by_dep[dep]
+                if not self._rows[i].terminal]
+
     def fire_of(self, deployment_id: str, scheduled_at: int) -> Execution | None:
         """The execution fired for that scheduled time, if held."""
         exec_id = self._fires.get((deployment_id, scheduled_at))

@@ -24,6 +24,9 @@ Per instance (a replica slot placed on this node):
   being replaced. A new generation that never settles (it crashes) holds the roll: the old
   copies keep serving.
 - `restarts` counts restarts after unplanned exits only (not stops for an update).
+- `restart: never` (run-once jobs, an execution): the first exit (or a start that failed) is
+  final: the instance stays `Exited` with its exit code (None for a failed start) and is not
+  started again while it stays desired; a stop still works as for a service.
 Exits are matched by pid: an exit of a pid that is not the instance's current one is stale
 and ignored.
 """
@@ -72,6 +75,7 @@ class InstanceSpec:
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
     port: int = 0
+    restart: str = "always"  # "always" (services) | "never" (run-once jobs)
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> InstanceSpec:
@@ -94,9 +98,13 @@ class InstanceSpec:
             raise ValueError(f"instance {iid}: runtime must be a string")
         if not isinstance(gen, int) or not isinstance(port, int) or isinstance(port, bool):
             raise ValueError(f"instance {iid}: generation and port must be integers")
+        restart = d.get("restart") or "always"
+        if restart not in ("always", "never"):
+            raise ValueError(f"instance {iid}: restart must be always or never")
         return cls(id=iid, deployment=dep, namespace=str(d.get("namespace") or "default"),
                    generation=gen, runtime=runtime or None, source=str(d.get("source") or ""),
-                   cwd=str(d.get("cwd") or ""), env=dict(env), args=tuple(args), port=port)
+                   cwd=str(d.get("cwd") or ""), env=dict(env), args=tuple(args), port=port,
+                   restart=restart)
 
 
 # ------------------------------------------------------------------------------ observations
@@ -202,6 +210,7 @@ class _Inst:
     killed: bool = False
     updating: bool = False  # stopped to take a new generation
     crashed: bool = False  # the next start is a restart after an unplanned exit
+    done: bool = False  # restart never: it ran (or failed to start) once, never again
     message: str = ""
     last: Report | None = None
 
@@ -287,7 +296,8 @@ class RunnerCore:
         for insts in by_dep.values():
             self._roll(insts, now, actions)
         for inst in self._insts.values():
-            if inst.desired is None or inst.stopping or inst.pid is not None or inst.starting:
+            if inst.desired is None or inst.stopping or inst.pid is not None or inst.starting \
+                    or inst.done:
                 continue
             if inst.next_start is None:
                 inst.next_start = now
@@ -311,7 +321,8 @@ class RunnerCore:
         p = self.policy
         out: list[float] = []
         for inst in self._insts.values():
-            if inst.next_start is not None and inst.pid is None and not inst.starting:
+            if inst.next_start is not None and inst.pid is None and not inst.starting \
+                    and not inst.done:
                 out.append(inst.next_start)
             if inst.stop_at is not None and not inst.killed:
                 out.append(inst.stop_at + self.stop_grace)
@@ -341,6 +352,12 @@ class RunnerCore:
             inst.next_start = at  # an update restarts at once
             inst.updating = False
             inst.crashed = False
+            return
+        if inst.spec.restart == "never":
+            inst.done = True
+            inst.next_start = None
+            inst.state = EXITED
+            inst.message = message
             return
         if ran >= p.reset_after:
             inst.streak = 0

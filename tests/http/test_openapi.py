@@ -199,6 +199,7 @@ BODIES: dict[str, Any] = {
     "createToken": {"name": "probe", "role": "admin"},
     "createSecret": {"name": "probe", "data": {"K": "v"}},
     "rotateSecret": {"data": {"K": "v"}},
+    "createExecution": {"name": "probe"},
 }
 # parameter -> (where, a bad value, the start of the 400 message a handler that reads it gives)
 PROBES: dict[str, tuple[str, str, str]] = {

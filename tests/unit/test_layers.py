@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSITION_ROOT = {"prisn.server", "prisn.cli", "prisn.cli_ops", "prisn.cli_snapshot",
-                    "prisn.cli_secrets"}
+                    "prisn.cli_secrets", "prisn.cli_jobs"}
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:

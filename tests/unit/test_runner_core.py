@@ -311,3 +311,34 @@ def test_a_fencing_stop_uses_the_shorter_grace_and_the_next_list_restores_it() -
     assert n.core.stop_grace == 10
     n.desire()
     assert n.core.stop_grace == 10
+
+
+def test_restart_never_runs_once_and_keeps_its_exit_code() -> None:
+    n = Node()
+    n.desire(spec("job-0", "job", restart="never"))
+    n.at(n.now + 0.5)
+    n.exit("job-0", 3)
+    r = n.state("job-0")
+    assert r.state == EXITED and r.exit_code == 3 and r.restarts == 0
+    for _ in range(5):  # however long it waits, and the same list again: no second start
+        n.at(n.now + 60)
+        n.desire(spec("job-0", "job", restart="never"))
+    assert len(n.starts()) == 1 and n.core.next_deadline() is None
+    n.desire()  # removed: forgotten (nothing to stop)
+    assert n.core.instances() == []
+
+
+def test_restart_never_start_failure_is_final() -> None:
+    n = Node(fail_starts="no such file")
+    n.desire(spec("job-0", "job", restart="never"))
+    n.at(n.now + 60)
+    r = n.state("job-0")
+    assert r.state == EXITED and r.exit_code is None and "no such file" in r.message
+    assert len(n.starts()) == 1
+
+
+def test_restart_must_be_always_or_never() -> None:
+    with pytest.raises(ValueError, match="restart"):
+        InstanceSpec.from_wire({"id": "a", "deployment": "b", "restart": "sometimes"})
+    assert InstanceSpec.from_wire({"id": "a", "deployment": "b",
+                                   "restart": "never"}).restart == "never"

@@ -1,0 +1,169 @@
+"""`prisn run | executions | execution | cancel` (main thread; issue 15).
+
+    prisn run NAME [--env K=V ...] [--arg A ...] [--job-timeout S] [--async] [--namespace NS]
+        runs job NAME once: waits (state changes on stderr), prints its output, exits with
+        its exit code (1 when it has none: timed out, cancelled, lost); --async prints the
+        execution id and returns at once
+    prisn executions [NAME] [--status S] [--namespace NS]   newest first
+    prisn execution ID                                      one execution
+    prisn cancel ID                                         cancel an unfinished one
+
+The wait polls ``GET /api/v1/executions/{id}`` (so no HTTP request outlives the client's
+timeout); interrupting it (Ctrl-C) cancels nothing. Every failure is one line on stderr,
+exit 1 (usage errors exit 2).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from urllib.parse import quote
+
+import click
+
+from prisn.cli_ops import _call, _client, _env_pairs, _json_out, _print_json, common_options, table
+from prisn.client import Client
+
+PATH = "/api/v1/executions"
+TERMINAL = ("Completed", "Failed", "Lost", "Cancelled")
+POLL = 0.2  # seconds between looks while waiting
+WAIT_GRACE = 60.0  # seconds the wait may take beyond the execution's timeout
+
+_NAMESPACE = click.option("--namespace", help="The deployment's namespace [default: default].")
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+@click.command("run")
+@click.argument("name")
+@click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE",
+              help="Environment for this run (repeatable; wins over the deployment's).")
+@click.option("--arg", "args", multiple=True, help="Arguments replacing the deployment's "
+              "(repeatable).")
+@click.option("--job-timeout", "timeout", type=click.IntRange(1, 7 * 86400), default=None,
+              help="Seconds before the run is killed [default: 600].")
+@click.option("--async", "run_async", is_flag=True, help="Print the execution id and return.")
+@_NAMESPACE
+@common_options
+@click.pass_context
+def run(ctx: click.Context, name: str, env: tuple[str, ...], args: tuple[str, ...],
+        timeout: int | None, run_async: bool, namespace: str | None) -> None:
+    """Run job NAME once and exit with its exit code."""
+    body: dict = {"name": name, "async": True}
+    if env:
+        body["env"] = _env_pairs(env)
+    if args:
+        body["args"] = list(args)
+    if timeout is not None:
+        body["timeout"] = timeout
+    c = _client(ctx)
+    r = _call(lambda: c.request("POST", PATH, body, query={"namespace": namespace}))
+    e = r.body
+    if run_async:
+        if _json_out(ctx):
+            _print_json(e)
+        else:
+            click.echo(e["id"])
+        return
+    deadline = time.monotonic() + (timeout or 600) + WAIT_GRACE
+    seen = None
+    while True:
+        state = (e["status"], e.get("node"))
+        if state != seen:
+            seen = state
+            where = f" on {e['node']}" if e.get("node") else ""
+            click.echo(f"execution {e['id']}: {e['status']}{where}", err=True)
+        if e["status"] in TERMINAL:
+            break
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"execution {e['id']} is still {e['status']}; "
+                                       f"see prisn execution {e['id']}")
+        time.sleep(POLL)
+        e = _get(c, e["id"])
+    if e.get("node"):
+        out = c.request("GET", f"{PATH}/{_seg(e['id'])}/logs", allow=(404, 503))
+        if out.status == 200 and isinstance(out.body, dict):
+            sys.stdout.write(out.body.get("stdout", ""))
+            sys.stdout.flush()
+        else:
+            click.echo(f"prisn: output not available (HTTP {out.status})", err=True)
+    if _json_out(ctx):
+        _print_json(e)
+    if e["status"] != "Completed" and e.get("error"):
+        click.echo(f"execution {e['id']}: {e['error']}", err=True)
+    code = e.get("exit_code")
+    # sys.exit, not ctx.exit: with standalone_mode off click returns ctx.exit's code unused
+    sys.exit(code if isinstance(code, int) and 0 < code <= 255 and e["status"] == "Failed"
+             else (0 if e["status"] == "Completed" else 1))
+
+
+def _get(c: Client, exec_id: str) -> dict:
+    return _call(lambda: c.request("GET", f"{PATH}/{_seg(exec_id)}")).body
+
+
+def _rows(items: list[dict]) -> list[list]:
+    return [[e["id"], e["namespace"], e["name"], e["status"], e.get("exit_code"),
+             e.get("node"), e.get("scheduled_at") or "", e.get("created_at"),
+             e.get("duration_ms")] for e in items]
+
+
+_HEADERS = ("ID", "NAMESPACE", "NAME", "STATUS", "EXIT", "NODE", "SCHEDULED", "CREATED",
+            "MS")
+
+
+@click.command("executions")
+@click.argument("name", required=False)
+@click.option("--status", "status_", help="Only executions in this status.")
+@_NAMESPACE
+@common_options
+@click.pass_context
+def executions(ctx: click.Context, name: str | None, status_: str | None,
+               namespace: str | None) -> None:
+    """List executions (of deployment NAME), newest first."""
+    c = _client(ctx)
+    query: dict = {"namespace": namespace, "status": status_, "limit": 1000}
+    if name is not None:
+        dep = _call(lambda: c.request("GET", f"/api/v1/deployments/{_seg(name)}",
+                                      query={"namespace": namespace})).body
+        query["deployment_id"] = dep["id"]
+    r = _call(lambda: c.request("GET", PATH, query=query))
+    if _json_out(ctx):
+        _print_json(r.body)
+        return
+    click.echo(table(_HEADERS, _rows(r.body["items"])))
+
+
+@click.command("execution")
+@click.argument("exec_id", metavar="ID")
+@common_options
+@click.pass_context
+def execution(ctx: click.Context, exec_id: str) -> None:
+    """Show one execution."""
+    c = _client(ctx)
+    r = _call(lambda: c.request("GET", f"{PATH}/{_seg(exec_id)}"))
+    if _json_out(ctx):
+        _print_json(r.body)
+        return
+    for k, v in r.body.items():
+        click.echo(f"{k}: {'' if v is None else v}")
+
+
+@click.command("cancel")
+@click.argument("exec_id", metavar="ID")
+@common_options
+@click.pass_context
+def cancel(ctx: click.Context, exec_id: str) -> None:
+    """Cancel an unfinished execution."""
+    c = _client(ctx)
+    r = _call(lambda: c.request("POST", f"{PATH}/{_seg(exec_id)}/cancel"))
+    if _json_out(ctx):
+        _print_json(r.body)
+    else:
+        click.echo(f"execution {r.body['id']}: {r.body['status']}")
+
+
+def register(root: click.Group) -> None:
+    for cmd in (run, executions, execution, cancel):
+        root.add_command(cmd)

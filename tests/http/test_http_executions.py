@@ -1,0 +1,105 @@
+"""Execution routes against FakeNodeClient: async create (202 Pending), a synchronous create
+answered once the execution is terminal, list filters and shape, get, cancel, 404/409/400s
+that propose nothing, and Idempotency-Key (a retry answers the same execution)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prisn.fsm.commands import COMMAND_VERSION
+from tests.http.cases import ApiCase
+
+JOB = {"name": "j", "type": "job", "source": "print('hi')"}
+
+
+class TestExecutions(ApiCase):
+    def job(self) -> dict[str, Any]:
+        return self.create(**{**JOB, "port": 0})
+
+    def test_async_create_list_get_cancel(self) -> None:
+        dep = self.job()
+        code, e, resp = self.call("POST", "/api/v1/executions",
+                                  {"name": "j", "async": True, "env": {"A": "1"},
+                                   "args": ["x"], "timeout": 30})
+        assert code == 202, e
+        assert e["status"] == "Pending" and e["deployment_id"] == dep["id"]
+        assert e["namespace"] == "default" and e["name"] == "j" and e["attempt"] == 1
+        assert "env" not in e and "args" not in e
+        self.assert_node_headers(resp)
+        code, e2, _ = self.call("POST", "/api/v1/executions",
+                                {"deployment_id": dep["id"], "async": True})
+        assert code == 202 and e2["id"] != e["id"]
+        code, page, _ = self.call("GET", "/api/v1/executions")
+        assert code == 200 and set(page) == {"items", "count", "total", "limit", "offset"}
+        assert [i["id"] for i in page["items"]] == [e2["id"], e["id"]]  # newest first
+        code, page, _ = self.call("GET", f"/api/v1/executions?deployment_id={dep['id']}"
+                                  "&status=Pending&limit=1&offset=1")
+        assert [i["id"] for i in page["items"]] == [e["id"]] and page["total"] == 2
+        code, page, _ = self.call("GET", "/api/v1/executions?namespace=other")
+        assert page["total"] == 0
+        code, one, _ = self.call("GET", f"/api/v1/executions/{e['id']}")
+        assert code == 200 and one == e
+        code, done, _ = self.call("POST", f"/api/v1/executions/{e['id']}/cancel")
+        assert code == 200 and done["status"] == "Cancelled"
+        code, out, resp = self.call("POST", f"/api/v1/executions/{e['id']}/cancel")
+        self.assert_error(409, out, resp, "Conflict", contains="already Cancelled")
+        code, page, _ = self.call("GET", "/api/v1/executions?status=Cancelled")
+        assert [i["id"] for i in page["items"]] == [e["id"]]
+
+    def test_sync_create_answers_the_finished_execution(self) -> None:
+        self.job()
+        node = self.node
+
+        async def run_it() -> None:  # the node's part: report Running, then Completed
+            while not node.store.executions()["items"]:
+                await asyncio.sleep(0.01)
+            eid = node.store.executions()["items"][0]["id"]
+            for n, (status, extra) in enumerate((("Running", {"node": "node1"}),
+                                                 ("Completed", {"exit_code": 0}))):
+                await node.propose({"v": COMMAND_VERSION, "op": "execution.update",
+                                    "key": f"u{n}", "ts": "2026-06-01T12:00:00.000Z",
+                                    "id": eid, "status": status, "attempt": 1, **extra}, 5)
+
+        self.io_loop.add_callback(run_it)
+        code, e, _ = self.call("POST", "/api/v1/executions", {"name": "j"})
+        assert code == 200, e
+        assert e["status"] == "Completed" and e["exit_code"] == 0 and e["node"] == "node1"
+
+    def test_idempotency_key_answers_the_same_execution(self) -> None:
+        self.job()
+        key = {"Idempotency-Key": "run-1"}
+        code, e, _ = self.call("POST", "/api/v1/executions", {"name": "j", "async": True},
+                               headers=key)
+        assert code == 202
+        code, again, _ = self.call("POST", "/api/v1/executions",
+                                   {"name": "j", "async": True}, headers=key)
+        assert code == 202 and again["id"] == e["id"]
+        assert self.call("GET", "/api/v1/executions")[1]["total"] == 1
+
+    def test_refusals_change_nothing(self) -> None:
+        self.job()
+        self.create(name="web")
+        before = len(self.node.proposals)
+        for body, text in (({}, "exactly one"), ({"name": "j", "deployment_id": "x"},
+                                                 "exactly one"),
+                           ({"name": "j", "other": 1}, "unknown field"),
+                           ({"name": "j", "timeout": 0}, "timeout"),
+                           ({"name": "j", "async": "yes"}, "async"),
+                           ({"name": "j", "env": {"1A": "x"}}, "env"),
+                           ({"name": "j", "args": [1]}, "args"),
+                           ([1], "object")):
+            code, out, resp = self.call("POST", "/api/v1/executions", body)
+            self.assert_error(400, out, resp, "Bad Request", contains=text)
+        assert len(self.node.proposals) == before
+        code, out, resp = self.call("POST", "/api/v1/executions", {"name": "nope"})
+        self.assert_error(404, out, resp, "Not Found", contains="nope")
+        code, out, resp = self.call("POST", "/api/v1/executions", {"name": "web"})
+        self.assert_error(409, out, resp, "Conflict", contains="not a job")
+        for method, path in (("GET", "/api/v1/executions/nope"),
+                             ("POST", "/api/v1/executions/nope/cancel")):
+            code, out, resp = self.call(method, path)
+            self.assert_error(404, out, resp, "Not Found", contains="nope")
+        code, out, resp = self.call("GET", "/api/v1/executions?status=Done")
+        self.assert_error(400, out, resp, "Bad Request", contains="status")
+        assert self.call("GET", "/api/v1/executions")[1]["total"] == 0

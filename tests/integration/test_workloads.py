@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_workloads
+from benchmarks.workloads import IDLE, WEB, answer, running_status
+from benchmarks.workloads import processes as _processes
 from tests.procs import ServerProc, free_port, leader_of, start_cluster, wait_for
 
 FAULT_ENV = "PRISN_TEST_FAULTS"
@@ -25,61 +27,17 @@ NDA = 2.0  # --node-down-after
 EXTRA = ["--node-down-after", f"{NDA:g}s", "--stop-grace", "1s", "--write-timeout", "5s"]
 WAIT = 60.0
 
-WEB = """\
-import http.server
-import os
-
-
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = (os.environ["PRISN_NODE"] + " " + os.environ["PRISN_INSTANCE"]).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
-http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"""
-IDLE = "import time\nwhile True:\n    time.sleep(1)\n"
 CRASH = "import sys\nprint('failing on purpose', flush=True)\nsys.exit(3)\n"
 
 
-SCRIPT_DIRS: list[bytes] = []  # this module's scripts dir (other runs on the machine differ)
+# this module's scripts directory (set by the `scripts` fixture): only the instances started
+# from it are ours; other sessions on the machine may run deployments of the same names
+_SCRIPTS_DIR: list[str] = []
 
 
 def processes(deployment: str) -> list[tuple[int, str]]:
-    """(pid, PRISN_NODE) of every live process whose environment names `deployment` and whose
-    command line runs one of this module's scripts (not another test run's on the machine)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmdline = (d / "cmdline").read_bytes()
-            if not any(sd in cmdline for sd in SCRIPT_DIRS):
-                continue
-            env = (d / "environ").read_bytes().split(b"\0")
-            state = (d / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == b"Z":
-            continue
-        kv = dict(e.split(b"=", 1) for e in env if b"=" in e)
-        if kv.get(b"PRISN_DEPLOYMENT") == deployment.encode():
-            out.append((int(d.name), kv.get(b"PRISN_NODE", b"").decode()))
-    return sorted(out)
-
-
-def answer(port: int) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-            return r.read().decode()
-    except OSError:
-        return None
+    """(pid, PRISN_NODE) of this module's live instance processes of `deployment`."""
+    return _processes(deployment, _SCRIPTS_DIR[0] if _SCRIPTS_DIR else None)
 
 
 def status(node: ServerProc, name: str) -> dict:
@@ -94,8 +52,7 @@ def running(node: ServerProc, name: str, n: int) -> dict | None:
         s = status(node, name)
     except (OSError, AssertionError):
         return None
-    ok = [i for i in s["instances"] if i["state"] == "Running"]
-    return s if len(ok) == n and s["ready_replicas"] == n else None
+    return running_status(s, n)
 
 
 def create(node: ServerProc, name: str, source: Path, *, replicas: int = 1,
@@ -115,11 +72,11 @@ def scale(node: ServerProc, name: str, replicas: int) -> None:
 @pytest.fixture(scope="module")
 def scripts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("scripts")
-    SCRIPT_DIRS.append(str(d).encode())
     out = {}
     for name, text in (("web", WEB), ("idle", IDLE), ("crash", CRASH)):
         (d / f"{name}.py").write_text(text)
         out[name] = d / f"{name}.py"
+    _SCRIPTS_DIR[:] = [str(d)]
     return out
 
 
@@ -432,57 +389,13 @@ def test_a_no_workloads_node_votes_but_is_never_placed_on(cluster: list[ServerPr
     wait_for(lambda: processes("idle") == [], WAIT, "idle gone")
 
 
-def _failover_trial(nodes: list[ServerProc], name: str, script: Path) -> tuple[float, float]:
-    """(deploy -> Running, SIGKILL of its node -> replacement Running) of one service."""
-    for n in nodes:
-        if not n.alive():
-            n.restart().wait_ready(WAIT)
-    leader = leader_of(nodes)
-    port = free_port()
-    t0 = time.monotonic()
-    create(leader, name, script, port=port)
-    s = wait_for(lambda: running(leader, name, 1), WAIT, "running")
-    deploy = time.monotonic() - t0
-    victim = next(n for n in nodes if n.node_id == s["instances"][0]["node"])
-    others = [n for n in nodes if n is not victim]
-    t0 = time.monotonic()
-    victim.kill()
-    victim.wait_exit()
-
-    def moved() -> bool:
-        for n in others:
-            st = running(n, name, 1)
-            if st and st["instances"][0]["node"] != victim.node_id:
-                return answer(port) is not None
-        return False
-
-    wait_for(moved, WAIT, "replacement")
-    failover = time.monotonic() - t0
-    r = others[0].req("DELETE", f"/api/v1/deployments/{name}", timeout=15)
-    assert r.status == 204
-    return deploy, failover
-
-
 @pytest.mark.soak
-def test_failover_figures_over_many_trials(tmp_path: Path, scripts: dict[str, Path]) -> None:
+def test_failover_figures_over_many_trials(tmp_path: Path) -> None:
     """Soak (not in CI): SIGKILL the node running a one-replica service, 20 times, on a fresh
-    3-node cluster; prints p50/p99 of SIGKILL -> replacement Running (status and answering)
-    and of deploy -> first instance Running."""
-    nodes = start_cluster(tmp_path / "soak", EXTRA)
-    try:
-        figures = [_failover_trial(nodes, f"soak{trial}", scripts["web"])
-                   for trial in range(20)]
-    finally:
-        for n in nodes:
-            n.stop()
-    deploys = sorted(d for d, _ in figures)
-    failover = sorted(f for _, f in figures)
-
-    def pct(xs: list[float], q: float) -> float:
-        return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-    print(f"deploy -> Running p50 {pct(deploys, .5):.2f}s p99 {pct(deploys, .99):.2f}s; "
-          f"SIGKILL -> replacement Running p50 {pct(failover, .5):.2f}s "
-          f"p99 {pct(failover, .99):.2f}s (node down after {NDA:g}s, {len(failover)} trials)")
-    assert pct(failover, .5) < NDA + 5
-
+    3-node cluster (benchmarks/bench_workloads.py's trials); prints p50/p99 of SIGKILL ->
+    replacement Running (status and answering) and of deploy -> first instance Running."""
+    doc = bench_workloads.run(bench_workloads.parse_args(
+        ["--trials", "20", "--services", "0", "--node-down-after", f"{NDA:g}s"]), tmp_path)
+    print(bench_workloads.render(doc))
+    assert doc["left_behind"] == 0
+    assert doc["failover_s"]["p50"] < NDA + 5

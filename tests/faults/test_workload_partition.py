@@ -126,7 +126,10 @@ def test_a_partitioned_node_in_a_namespace_fences_before_its_replacement_starts(
                 if new_up is None and nodes - {holder}:
                     new_up = now
                 time.sleep(0.01)  # the /proc sampling period, not a wait for a condition
-            assert old_gone is not None and new_up is not None, (old_gone, new_up)
+            assert new_up is not None, f"no replacement started within {WAIT:g}s"
+            assert old_gone is not None, (
+                f"the partitioned node's instance (pid {old_pid}) still ran "
+                f"{time.monotonic() - new_up:.1f}s after its replacement started: not fenced")
             proc_overlap = old_gone - new_up
 
             new = wait_for(lambda: next((i for n in survivors

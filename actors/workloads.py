@@ -68,7 +68,7 @@ from prisn.workloads.jobs import update_command
 from prisn.workloads.materialize import location
 from prisn.workloads.roll import ROLL_MIN_READY_MS, may_run
 
-BARRIER_S = 1.0  # the unfencing read barrier's timeout (seconds)
+BARRIER_S = 2.0  # the unfencing read barrier's timeout (seconds; retried next step)
 log = logging.getLogger("prisn.workloads")
 
 Submit = Callable[[dict[str, Any], float], "concurrent.futures.Future | None"]

@@ -216,8 +216,8 @@ class ApiActor(Actor):
         if loop is None or client is None or loop.is_closed() or self.stopping:
             return None
 
-        async def wait() -> None:  # read_barrier needs the running loop when called
-            await client.read_barrier(timeout)
+        async def wait() -> None:  # its own barrier: a failure here answers no API read
+            await client.solo_barrier(timeout)
 
         return asyncio.run_coroutine_threadsafe(wait(), loop)
 

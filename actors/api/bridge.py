@@ -271,6 +271,10 @@ class RaftNodeClient:
         """The next shared barrier (`BarrierBatch`; `NodeClient.read_barrier`)."""
         return self.barriers.join(timeout)
 
+    async def solo_barrier(self, timeout: float) -> None:
+        """A barrier outside the shared batch (`NodeClient.solo_barrier`)."""
+        await self._read_index(timeout)
+
     async def _read_index(self, timeout: float) -> None:
         """One barrier: a ReadIndex to raft, then wait until this node applied its index."""
         deadline = time.monotonic() + timeout

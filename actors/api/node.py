@@ -175,6 +175,12 @@ class NodeClient(Protocol):
         other reads, so never cancel it (await it through `asyncio.shield`)."""
         ...
 
+    async def solo_barrier(self, timeout: float) -> None:
+        """A barrier of its own, outside the shared batch: for the node's internal callers
+        (the workload controller's unfencing), whose failure must never become the answer
+        of the API's strong reads that would have shared it."""
+        ...
+
     def status(self) -> NodeStatus:
         """The current status (may be called at every scrape and health probe)."""
         ...
@@ -247,6 +253,9 @@ class FakeNodeClient:
 
     def read_barrier(self, timeout: float) -> Awaitable[None]:
         return self.barriers.join(timeout)
+
+    async def solo_barrier(self, timeout: float) -> None:
+        await self._read_index(timeout)
 
     async def _read_index(self, timeout: float) -> None:
         """One barrier call (what `BarrierBatch` coalesces reads onto)."""

@@ -29,6 +29,7 @@ from actors.api.bridge import RaftNodeClient, build_status
 from actors.api.node import NodeStatus
 from actors.logstore import LogStoreActor
 from actors.metrics import (
+    ExecutionsCollector,
     LogStoreCollector,
     NodeMetrics,
     PeerAuthCollector,
@@ -346,6 +347,7 @@ class Node:
         if self.metrics is not None:
             self.metrics.registry.register(WorkloadsCollector(lambda: self.workloads,
                                                               lambda: self.scheduler))
+            self.metrics.registry.register(ExecutionsCollector(store.execution_stats))
         log.info("workloads: node down after %gs, fencing after %gs without quorum (stop "
                  "grace %gs then), stop grace %gs", cfg.node_down_after, cfg.fence_after,
                  cfg.fence_grace, cfg.stop_grace)

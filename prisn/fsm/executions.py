@@ -82,6 +82,9 @@ MAX_NODE_ID = 128
 MAX_ERROR = 1024
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 MAX_COUNT = (1 << 63) - 1
+# `prisn_execution_duration_seconds` buckets (upper bounds, seconds; +Inf implied)
+DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+                                       1800.0, 3600.0)
 
 Lookup = Callable[[str, str], dict[str, Any] | None]  # (namespace, name) -> deployment
 LookupId = Callable[[str], dict[str, Any] | None]  # deployment id -> deployment
@@ -212,6 +215,13 @@ class ExecutionTable:
         self._marks: dict[str, int] = {}
         self._missed: dict[str, int] = {}  # deployment id -> scheduled times missed in all
         self._misses: dict[str, deque[tuple[int, int, int, str, str]]] = {}
+        # metrics only, in memory (not in snapshots; a restart or snapshot install resets
+        # them, as a counter reset): cron fires applied, the lag of the latest fire to start,
+        # durations of the executions this node saw finish (per-bucket counts, sum, count)
+        self.fires_applied = 0
+        self.last_fire_lag: float | None = None
+        self._dur_buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self._dur_sum = 0.0
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -238,6 +248,15 @@ class ExecutionTable:
         self._count_active(old, -1)
         self._rows[e.id] = e
         self._count_active(e, 1)
+        if e.terminal and not old.terminal and e.duration_ms is not None:
+            secs = e.duration_ms / 1000
+            i = next((i for i, b in enumerate(DURATION_BUCKETS) if secs <= b),
+                     len(DURATION_BUCKETS))
+            self._dur_buckets[i] += 1
+            self._dur_sum += secs
+        if (e.scheduled_at is not None and old.started_at is None
+                and e.started_at is not None):
+            self.last_fire_lag = ts_millis(e.started_at) / 1000 - e.scheduled_at
 
     def _insert(self, e: Execution) -> None:
         self._rows[e.id] = e
@@ -380,6 +399,7 @@ class ExecutionTable:
         for old in replaced:  # concurrency "replace": first stop the runs it replaces
             self._finish(old, CANCELLED, ts, ts_ms, error=f"replaced by {exec_id}")
         self._marks[dep_id] = at
+        self.fires_applied += 1
         e = Execution(exec_id, dep_id, dep["namespace"], dep["name"], PENDING, None, None,
                       at, 1, ts, None, None, None, None, {}, [], DEFAULT_TIMEOUT)
         self._insert(e)
@@ -511,6 +531,25 @@ class ExecutionTable:
         items = [e.to_json() for e in matching[offset:offset + limit]]
         return {"items": items, "count": len(items), "total": len(matching), "limit": limit,
                 "offset": offset}
+
+    def stats(self) -> dict[str, Any]:
+        """The metrics' view: ``by_status`` (executions held, every status present),
+        ``fires`` (cron fires applied here), ``missed`` (scheduled times recorded missed, of
+        the deployments that exist), ``lag`` (started_at - scheduled_at of the latest cron
+        execution to start, seconds; None: none seen), ``buckets`` (cumulative
+        [(upper bound, count)], +Inf last), ``sum`` and ``count`` of the finished
+        executions' durations seen here. O(executions held)."""
+        by_status = dict.fromkeys(STATUSES, 0)
+        for e in self._rows.values():
+            by_status[e.status] += 1
+        cumulative, n = [], 0
+        for bound, c in zip((*DURATION_BUCKETS, float("inf")), self._dur_buckets,
+                            strict=True):
+            n += c
+            cumulative.append((bound, n))
+        return {"by_status": by_status, "fires": self.fires_applied,
+                "missed": sum(self._missed.values()), "lag": self.last_fire_lag,
+                "buckets": cumulative, "sum": self._dur_sum, "count": n}
 
     def marks(self) -> dict[str, int]:
         """Per cron deployment id, the latest scheduled time handled (the cron plan's input)."""

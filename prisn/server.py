@@ -342,7 +342,8 @@ class Node:
         self.scheduler = SchedulerActor(self.ctx, cfg.node_id, store, raft_status=status,
                                         submit=api.submit, tick_seconds=cfg.tick_interval,
                                         node_down_after=cfg.node_down_after,
-                                        round_timeout=cfg.write_timeout, on_failure=fail)
+                                        round_timeout=cfg.write_timeout, on_failure=fail,
+                                        execution_history=cfg.execution_history)
         sup.start(self.scheduler)
         if self.metrics is not None:
             self.metrics.registry.register(WorkloadsCollector(lambda: self.workloads,

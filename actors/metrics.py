@@ -31,6 +31,7 @@ from prometheus_client import (
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     UnknownMetricFamily,
 )
@@ -441,3 +442,51 @@ class HttpLimitsCollector(Collector):
         yield slow
         yield CounterMetricFamily("prisn_http_idle_closed", "Keep-alive HTTP connections closed "
                                   "after sitting idle for the idle timeout.", value=s.idle_closed)
+
+
+class ExecutionsCollector(Collector):
+    """Scrape-time execution and cron series from the state machine's executions table
+    (`stats()`: `DeploymentStore.execution_stats`, read under the store lock on the API
+    thread; None before start). Every node applies the same log, so every node reports the
+    same table; the in-memory counts (fires, durations, lag) restart at 0 with the node or
+    a snapshot install (a counter reset).
+
+    - `prisn_executions_total{status}` (untyped, like prisn_deployments_total: a current
+      count, not a counter) executions the table holds by status, every status present;
+    - `prisn_execution_duration_seconds` histogram of executions this node saw finish;
+    - `prisn_cron_fires_total` cron fires this node applied;
+    - `prisn_cron_missed_total` scheduled times recorded missed (the table's totals of the
+      cron deployments that exist: deleting one removes its share);
+    - `prisn_scheduler_lag_seconds` started_at - scheduled_at of the latest cron execution
+      to start (absent until one has)."""
+
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            st = self._stats()
+        except Exception:  # a scrape must not fail because the node is stopping
+            return
+        if st is None:
+            return
+        fam = UnknownMetricFamily("prisn_executions_total", "Executions held in the "
+                                  "replicated table (newest --execution-history per "
+                                  "deployment), by status.", labels=["status"])
+        for status, n in st["by_status"].items():
+            fam.add_metric([status], n)
+        yield fam
+        yield HistogramMetricFamily(
+            "prisn_execution_duration_seconds", "Duration (started to finished) of the "
+            "executions this node saw finish.",
+            buckets=[("+Inf" if b == float("inf") else repr(float(b)), n)
+                     for b, n in st["buckets"]], sum_value=st["sum"])
+        yield CounterMetricFamily("prisn_cron_fires", "Cron fires (executions created for a "
+                                  "scheduled time) this node applied.", value=st["fires"])
+        yield CounterMetricFamily("prisn_cron_missed", "Scheduled times of cron jobs recorded "
+                                  "missed (no leader in time, or skipped by concurrency "
+                                  "forbid).", value=st["missed"])
+        if st["lag"] is not None:
+            yield GaugeMetricFamily("prisn_scheduler_lag_seconds", "How late the latest cron "
+                                    "execution started: started_at - scheduled_at.",
+                                    value=st["lag"])

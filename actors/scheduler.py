@@ -35,7 +35,7 @@ import zmq
 from actors.base import Actor
 from prisn.fsm.commands import format_ts
 from prisn.fsm.deployments import DeploymentStore
-from prisn.fsm.executions import cron_command
+from prisn.fsm.executions import DEFAULT_HISTORY, cron_command
 from prisn.fsm.placements import batch_command
 from prisn.fsm.tokens import TokenCommandError, ts_millis
 from prisn.messages import Role
@@ -57,7 +57,7 @@ class SchedulerActor(Actor):
     def __init__(self, ctx: zmq.Context, node_id: str, store: DeploymentStore, *,
                  raft_status: Callable[[], Any], submit: Submit, tick_seconds: float,
                  node_down_after: float, period: float = 0.5, round_timeout: float = 5.0,
-                 **kw: Any) -> None:
+                 execution_history: int = DEFAULT_HISTORY, **kw: Any) -> None:
         super().__init__("scheduler", ctx, node_id, **kw)
         self.store = store
         self.raft_status = raft_status
@@ -66,6 +66,7 @@ class SchedulerActor(Actor):
         self.down_ticks = max(1, round(node_down_after / tick_seconds))
         self.period = period
         self.round_timeout = round_timeout
+        self.execution_history = execution_history  # carried in every cron fire
         self._lead: tuple[int, float] | None = None  # (term, monotonic start) while leading
         # round name -> (its proposals, deadline): one round of each kind in flight
         self._rounds: dict[str, tuple[list[concurrent.futures.Future], float]] = {}
@@ -197,5 +198,6 @@ class SchedulerActor(Actor):
             return
         ts = format_ts(time.time())
         round_id = f"{self.node_id}.{self._incarnation}.{term}.{next(self._keys)}"
-        cmds = [cron_command(c, ts=ts, round_id=round_id) for c in plan]
+        cmds = [cron_command(c, ts=ts, round_id=round_id, history=self.execution_history)
+                for c in plan]
         self.cron_commands += self._propose("cron", now, cmds)

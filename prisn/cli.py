@@ -107,6 +107,10 @@ def cli() -> None:
 @_opt("max-inflight", default=10000, show_default=True, type=click.IntRange(1, 1_000_000),
       help="Writes (and strong reads, elections, removals) waiting for raft per node; more "
       "are refused with 503 and /ready reports the node not ready.")
+@_opt("execution-history", default=1000, show_default=True,
+      type=click.IntRange(1, 100_000), help="Executions kept per deployment (older finished "
+      "ones are pruned). Carried in the commands that create executions: set it the same "
+      "on every node, or the bound follows whichever node proposed.")
 @_opt("max-conns-per-ip", default=128, show_default=True, type=click.IntRange(min=1),
       help="Open HTTP connections per client address (IPv6: per /64); more are refused 429. "
       "Raise it behind a reverse proxy.")
@@ -242,6 +246,7 @@ def _security(kw: dict) -> dict:
                                             "--namespace-max-bytes")
     out["max_inflight"] = int(kw.get("max_inflight", 10000))
     out["max_conns_per_ip"] = int(kw.get("max_conns_per_ip", 128))
+    out["execution_history"] = int(kw.get("execution_history", 1000))
     out["cors_origins"] = parse_origins(str(kw.get("cors_origins") or ""))
     out["allowed_hosts"] = parse_hosts(str(kw.get("allowed_hosts") or ""))
     return out

@@ -1,9 +1,11 @@
-"""`prisn run | executions | execution | cancel` (main thread; issue 15).
+"""`prisn run | trigger | executions | execution | cancel` (main thread; issue 15).
 
     prisn run NAME [--env K=V ...] [--arg A ...] [--job-timeout S] [--async] [--namespace NS]
         runs job NAME once: waits (state changes on stderr), prints its output, exits with
         its exit code (1 when it has none: timed out, cancelled, lost); --async prints the
         execution id and returns at once
+    prisn trigger NAME [--wait] [-e K=V ...] [--arg A ...] [--job-timeout S]
+        the same run; without --wait it prints the execution id and returns (``run --async``)
     prisn executions [NAME] [--status S] [--namespace NS]   newest first
     prisn execution ID                                      one execution
     prisn cancel ID                                         cancel an unfinished one
@@ -15,6 +17,8 @@ exit 1 (usage errors exit 2).
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
 import time
 from urllib.parse import quote
@@ -51,6 +55,31 @@ def _seg(value: str) -> str:
 def run(ctx: click.Context, name: str, env: tuple[str, ...], args: tuple[str, ...],
         timeout: int | None, run_async: bool, namespace: str | None) -> None:
     """Run job NAME once and exit with its exit code."""
+    _run(ctx, name, env, args, timeout, run_async, namespace)
+
+
+@click.command("trigger")
+@click.argument("name")
+@click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE",
+              help="Environment for this run (repeatable; wins over the deployment's).")
+@click.option("--arg", "args", multiple=True, help="Arguments replacing the deployment's "
+              "(repeatable).")
+@click.option("--job-timeout", "timeout", type=click.IntRange(1, 7 * 86400), default=None,
+              help="Seconds before the run is killed [default: 600].")
+@click.option("--wait", is_flag=True, help="Show its state changes and output, and exit "
+              "with its exit code.")
+@_NAMESPACE
+@common_options
+@click.pass_context
+def trigger(ctx: click.Context, name: str, env: tuple[str, ...], args: tuple[str, ...],
+            timeout: int | None, wait: bool, namespace: str | None) -> None:
+    """Start an execution of job (or cron job) NAME now; print its id, or with --wait
+    follow it to the end (as `prisn run NAME`)."""
+    _run(ctx, name, env, args, timeout, not wait, namespace)
+
+
+def _run(ctx: click.Context, name: str, env: tuple[str, ...], args: tuple[str, ...],
+         timeout: int | None, run_async: bool, namespace: str | None) -> None:
     body: dict = {"name": name, "async": True}
     if env:
         body["env"] = _env_pairs(env)
@@ -164,6 +193,56 @@ def cancel(ctx: click.Context, exec_id: str) -> None:
         click.echo(f"execution {r.body['id']}: {r.body['status']}")
 
 
+# ---------------------------------------------------------------------- logs EXEC_ID
+EXEC_ID_RE = re.compile(r"[0-9a-f]{32}")  # `new_id` and `fire_id`: 32 lowercase hex digits
+
+
+def looks_like_execution(arg: str) -> bool:
+    """Whether `arg` has an execution id's shape (a deployment may be named so too: the
+    caller tries the execution first and falls back to the deployment on 404)."""
+    return EXEC_ID_RE.fullmatch(arg) is not None
+
+
+def execution_logs(ctx: click.Context, c: Client, exec_id: str, follow: bool) -> bool:
+    """`prisn logs EXEC_ID [-f]`: print the execution's output; with `follow`, keep reading
+    until it is finished (the reply is the last 64 KiB: only what extends the text printed
+    so far is printed). False, printing nothing, when there is no such execution."""
+    r = _call(lambda: c.request("GET", f"{PATH}/{_seg(exec_id)}", allow=(404,)))
+    if r.status == 404:
+        return False
+    e = r.body
+    printed = ""
+    deadline = time.monotonic() + int(e.get("timeout") or 600) + WAIT_GRACE
+    try:
+        while True:
+            done = e["status"] in TERMINAL
+            if e.get("node"):
+                allow = (404, 503) if follow and not done else ()
+                out = _call(functools.partial(c.request, "GET",
+                                              f"{PATH}/{_seg(exec_id)}/logs", allow=allow))
+                if out.status == 200 and isinstance(out.body, dict):
+                    if _json_out(ctx) and not follow:
+                        _print_json(out.body)
+                        return True
+                    text = out.body.get("stdout", "")
+                    new = text[len(printed):] if text.startswith(printed) else text
+                    if new:
+                        sys.stdout.write(new)
+                        sys.stdout.flush()
+                    printed = text
+            if not follow or done:
+                if not e.get("node") and not follow:
+                    raise click.ClickException(f"execution {exec_id} has not been placed "
+                                               "on a node yet")
+                return True
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"execution {exec_id} is still {e['status']}")
+            time.sleep(POLL)
+            e = _get(c, exec_id)
+    except KeyboardInterrupt:
+        return True
+
+
 def register(root: click.Group) -> None:
-    for cmd in (run, executions, execution, cancel):
+    for cmd in (run, trigger, executions, execution, cancel):
         root.add_command(cmd)

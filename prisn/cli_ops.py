@@ -426,6 +426,9 @@ def _detail(d: dict[str, Any]) -> str:
               help="Environment variable (repeatable).")
 @click.option("--arg", "args", multiple=True, metavar="ARG",
               help="Argument passed to the script (repeatable, in order).")
+@click.option("--secret", "secrets", multiple=True, metavar="NAME",
+              help="Secret whose keys are injected as environment variables on start "
+                   "(repeatable; the deployment's `secrets`).")
 @click.option("--schedule", help="Cron schedule (five fields or @hourly, @daily, ...): "
               "makes it a cronjob.")
 @click.option("--type", "type_", type=click.Choice(["job", "service", "cronjob"]),
@@ -441,8 +444,8 @@ def _detail(d: dict[str, Any]) -> str:
 @click.pass_context
 def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | None,
            runtime: str | None, port: int | None, replicas: int | None, env: tuple[str, ...],
-           args: tuple[str, ...], schedule: str | None, type_: str | None,
-           wait: bool, entry: str | None, no_upload: bool) -> None:
+           args: tuple[str, ...], secrets: tuple[str, ...], schedule: str | None,
+           type_: str | None, wait: bool, entry: str | None, no_upload: bool) -> None:
     """Deploy SOURCE: a local file or directory is packed, uploaded as an artifact and the
     deployment created or updated to run it; anything else is stored as given (a script
     path on the nodes, or text) and created."""
@@ -462,6 +465,8 @@ def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | N
         spec["env"] = _env_pairs(env)
     if args:
         spec["args"] = list(args)
+    if secrets:
+        spec["secrets"] = list(dict.fromkeys(secrets))  # in order, each once
     c = _client(ctx)
     if not upload:
         r = _call(lambda: c.create(spec, namespace=namespace))
@@ -774,7 +779,7 @@ FOLLOW_POLL_S = 0.5  # -f: pause after an answer with no new output
 
 
 @click.command("logs")
-@click.argument("name")
+@click.argument("name", metavar="NAME|EXEC_ID")
 @click.option("--namespace", help="The deployment's namespace [default: default].")
 @click.option("--instance", "instance", metavar="I",
               help="Instance: a replica index (0, 1, ...) or an instance id as `prisn status "
@@ -788,8 +793,15 @@ def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | N
          follow: bool, tail: int | None) -> None:
     """Print the output (stdout and stderr) of an instance of deployment NAME, read through
     any node: the server fetches it from the node that runs the instance. With -o json,
-    each chunk the server answers is one line of JSON."""
+    each chunk the server answers is one line of JSON. NAME may be an execution id (32 hex
+    digits): then that execution's output is printed (-f: until it is finished); a
+    deployment of that name is read only when there is no such execution."""
     c = _client(ctx)
+    if instance is None and tail is None:
+        from prisn.cli_jobs import execution_logs, looks_like_execution
+
+        if looks_like_execution(name) and execution_logs(ctx, c, name, follow):
+            return
     iid = instance
     offset: int | None = None
     as_json = _json_out(ctx)

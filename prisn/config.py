@@ -52,6 +52,8 @@ class ServerConfig:
     rate_burst: int = 2000  # bucket size per client address
     max_connections: int = 1024  # open HTTP connections per node; more are closed at accept
     max_inflight: int = 10_000  # requests waiting for raft per node; more are a 503 at once
+    # executions kept per deployment; carried in the commands that create executions
+    execution_history: int = 1000
     max_conns_per_ip: int = 128  # open HTTP connections per client address (IPv6: per /64)
     cors_origins: tuple[str, ...] = ()  # origins allowed cross-site; any other Origin is a 403
     allowed_hosts: tuple[str, ...] = ()  # extra Host names accepted with auth off ("*": any)

@@ -29,6 +29,7 @@ from actors.api.bridge import RaftNodeClient, build_status
 from actors.api.node import NodeStatus
 from actors.logstore import LogStoreActor
 from actors.metrics import (
+    ExecutionsCollector,
     LogStoreCollector,
     NodeMetrics,
     PeerAuthCollector,
@@ -341,11 +342,13 @@ class Node:
         self.scheduler = SchedulerActor(self.ctx, cfg.node_id, store, raft_status=status,
                                         submit=api.submit, tick_seconds=cfg.tick_interval,
                                         node_down_after=cfg.node_down_after,
-                                        round_timeout=cfg.write_timeout, on_failure=fail)
+                                        round_timeout=cfg.write_timeout, on_failure=fail,
+                                        execution_history=cfg.execution_history)
         sup.start(self.scheduler)
         if self.metrics is not None:
             self.metrics.registry.register(WorkloadsCollector(lambda: self.workloads,
                                                               lambda: self.scheduler))
+            self.metrics.registry.register(ExecutionsCollector(store.execution_stats))
         log.info("workloads: node down after %gs, fencing after %gs without quorum (stop "
                  "grace %gs then), stop grace %gs", cfg.node_down_after, cfg.fence_after,
                  cfg.fence_grace, cfg.stop_grace)

@@ -34,6 +34,7 @@ class Script(ThreadingHTTPServer):
         self.answers: dict[tuple[str, str], list[tuple[int, dict[str, str], Any]]] = {}
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         self.targets: list[str] = []  # every request's path with its query string
+        self.bodies: list[Any] = []  # every request's JSON body (None: none or not JSON)
 
     @property
     def addr(self) -> str:
@@ -45,8 +46,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         n = int(self.headers.get("Content-Length") or 0)
-        if n:
-            self.rfile.read(n)
+        raw = self.rfile.read(n) if n else b""
+        try:
+            self.server.bodies.append(json.loads(raw) if raw else None)
+        except ValueError:
+            self.server.bodies.append(None)
         path = self.path.split("?")[0]
         self.server.targets.append(self.path)
         self.server.seen.append((self.command, path, {k.lower(): v for k, v in

@@ -144,7 +144,8 @@ class ApiActor(Actor):
             check_hosts=auth is None or not auth.enabled)
         app = make_app(self.client, metrics=self.metrics, write_timeout=self.write_timeout,
                        max_body=self.max_body, auth=auth, guard=guard,
-                       max_inflight=cfg.max_inflight)
+                       max_inflight=cfg.max_inflight,
+                       execution_history=cfg.execution_history)
         client, api_ctx = self.client, app.ctx
         self.metrics.registry.register(InflightCollector(
             lambda: (api_ctx.inflight, client.inflight, api_ctx.max_inflight)))

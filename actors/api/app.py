@@ -55,6 +55,7 @@ from actors.api.snapshot import SNAPSHOT_ROUTES
 from actors.api.tokens import TOKEN_ROUTES
 from actors.metrics import NodeMetrics
 from prisn.fsm.commands import CommandFactory
+from prisn.fsm.executions import DEFAULT_HISTORY
 from prisn.fsm.tokens import TokenFactory
 from prisn.fsm.validation import TYPES
 
@@ -351,7 +352,8 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
              metrics: NodeMetrics | None = None,
              commands: CommandFactory | None = None, auth: Authenticator | None = None,
              tokens: TokenFactory | None = None,
-             guard: RequestGuard | None = None) -> PrisnApplication:
+             guard: RequestGuard | None = None,
+             execution_history: int = DEFAULT_HISTORY) -> PrisnApplication:
     """The API application for `node`. Without `metrics`, a `NodeMetrics` is made from
     `node.status` and `node.store.count` (reach it as ``app.ctx.metrics``). Without `auth`
     (or with an `Authenticator` that has no API key) the API is open. Without `guard`, bodies
@@ -370,7 +372,7 @@ def make_app(node: NodeClient, *, write_timeout: float = 5.0, read_timeout: floa
         write_timeout=write_timeout, read_timeout=read_timeout, max_body=max_body,
         max_inflight=max_inflight, auth=auth or Authenticator(),
         tokens=tokens or TokenFactory(), guard=guard or RequestGuard(),
-        openapi=openapi.document_bytes(),
+        openapi=openapi.document_bytes(), execution_history=execution_history,
     )
     return app
 

@@ -17,6 +17,7 @@ from actors.api.node import NodeClient
 from actors.api.quotas import Quotas
 from actors.metrics import NodeMetrics
 from prisn.fsm.commands import CommandFactory
+from prisn.fsm.executions import DEFAULT_HISTORY
 from prisn.fsm.secrets import SecretFactory
 from prisn.fsm.tokens import TokenFactory
 
@@ -44,4 +45,6 @@ class ApiContext:
     openapi: bytes = b""  # GET /api/v1/openapi.json (`actors.api.openapi.document_bytes`)
     # seals secret values with the cluster key (None box: plain text); `actors.api.secrets`
     secrets: SecretFactory = field(default_factory=SecretFactory)
+    # --execution-history: the per-deployment bound carried in `execution.create` commands
+    execution_history: int = DEFAULT_HISTORY
 

@@ -28,7 +28,7 @@ from actors.api.handler import BaseHandler
 from actors.api.logs import PEER_TIMEOUT
 from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT
 from prisn.fsm.commands import COMMAND_VERSION, check_key, format_ts, new_id
-from prisn.fsm.executions import DEFAULT_TIMEOUT, MAX_TIMEOUT, STATUSES
+from prisn.fsm.executions import DEFAULT_HISTORY, DEFAULT_TIMEOUT, MAX_TIMEOUT, STATUSES
 from prisn.fsm.validation import (
     DEFAULT_NAMESPACE,
     ValidationError,
@@ -46,9 +46,11 @@ _FIELDS = frozenset({"deployment_id", "name", "namespace", "env", "args", "timeo
 
 
 def create_command(body: Any, *, namespace: str | None, key: str | None,
-                   clock: Any = time.time, make_id: Any = new_id) -> tuple[dict[str, Any], bool]:
+                   clock: Any = time.time, make_id: Any = new_id,
+                   history: int = DEFAULT_HISTORY) -> tuple[dict[str, Any], bool]:
     """(the ``execution.create`` command, async?) for a request body; ValidationError (400)
-    for a bad one. The namespace is the query's, else the body's, else ``default``."""
+    for a bad one. `history` (this node's --execution-history) travels in the command
+    unless it is the default. The namespace is the query's, else the body's, else ``default``."""
     if not isinstance(body, dict):
         raise ValidationError("body", "must be a JSON object")
     unknown = sorted(set(body) - _FIELDS)
@@ -85,6 +87,8 @@ def create_command(body: Any, *, namespace: str | None, key: str | None,
         cmd["args"] = validate_args(body["args"])
     if "timeout" in body:
         cmd["timeout"] = int(timeout)
+    if history != DEFAULT_HISTORY:
+        cmd["history"] = history
     return cmd, run_async
 
 
@@ -139,7 +143,8 @@ class ExecutionsHandler(_ExecutionBase):
         def build() -> dict[str, Any]:
             cmd, run_async[0] = create_command(
                 body, namespace=ns, key=key,
-                clock=getattr(cf, "_clock", time.time), make_id=getattr(cf, "_new_id", new_id))
+                clock=getattr(cf, "_clock", time.time), make_id=getattr(cf, "_new_id", new_id),
+                history=self.ctx.execution_history)
             self.require_namespace(cmd["ns"], write=True)
             return cmd
 

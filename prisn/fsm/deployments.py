@@ -732,6 +732,11 @@ class DeploymentStore:
         with self._lock:
             return self._executions.get(exec_id)
 
+    def execution_stats(self) -> dict[str, Any]:
+        """`ExecutionTable.stats()` (the metrics' view). Any thread (the API's, at scrape)."""
+        with self._lock:
+            return self._executions.stats()
+
     def unfinished_executions(self) -> tuple[Execution, ...]:
         """Every Pending or Running execution (the leader's assignment and the node
         controllers' input; records are immutable). Any thread."""

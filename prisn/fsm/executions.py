@@ -6,9 +6,10 @@ entry payload; envelope as for deployments: `v`, `op`, `key`, `ts`; `ts` is RFC 
 milliseconds):
 
     {"v": 1, "op": "execution.create", "key": K, "ts": T, "id": ID, "ns": NS,
-     "deployment_id": D | "name": N, ["env": {..}], ["args": [..]], ["timeout": S]}
+     "deployment_id": D | "name": N, ["env": {..}], ["args": [..]], ["timeout": S],
+     ["history": H]}
     {"v": 1, "op": "cron.fire", "key": K, "ts": T, "id": ID, "deployment_id": D,
-     "scheduled_at": EPOCH_S, "after": EPOCH_S | None, ["cancel": [ID, ...]]}
+     "scheduled_at": EPOCH_S, "after": EPOCH_S | None, ["cancel": [ID, ...]], ["history": H]}
     {"v": 1, "op": "cron.miss", "key": K, "ts": T, "deployment_id": D, "first": EPOCH_S,
      "last": EPOCH_S, "count": N, "reason": "late" | "skipped", "after": EPOCH_S | None}
     {"v": 1, "op": "execution.update", "key": K, "ts": T, "id": ID, "status": S,
@@ -30,8 +31,10 @@ Pending (assign a node), Running, or any terminal status; Running -> terminal; F
 update names the attempt it reports on (a report on an older attempt is refused) and, once
 the execution has a node, that node (a report from another node is refused).
 
-Bounds (constants: every node must evict the same rows): at most `history` executions per
-deployment and `max_executions` in all; an insert evicts the oldest *terminal* execution (of
+Bounds (every node must evict the same rows): at most `history` executions per deployment
+(the proposer's --execution-history, carried in the command that creates the execution, so
+the bound is the log's and not each node's flag; absent: `DEFAULT_HISTORY`) and
+`max_executions` in all; an insert evicts the oldest *terminal* execution (of
 the deployment, then globally, in creation order). A new execution is refused (409) when the
 deployment already has `history` unfinished ones or the table `MAX_ACTIVE`. At most
 `MAX_MISSES` miss records per deployment (oldest dropped; the total missed count is kept).
@@ -82,12 +85,16 @@ MAX_NODE_ID = 128
 MAX_ERROR = 1024
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 MAX_COUNT = (1 << 63) - 1
+MAX_HISTORY = 100_000  # --execution-history at most (= MAX_EXECUTIONS)
+# `prisn_execution_duration_seconds` buckets (upper bounds, seconds; +Inf implied)
+DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+                                       1800.0, 3600.0)
 
 Lookup = Callable[[str, str], dict[str, Any] | None]  # (namespace, name) -> deployment
 LookupId = Callable[[str], dict[str, Any] | None]  # deployment id -> deployment
 
 _ENVELOPE = frozenset({"v", "op", "key", "ts"})
-_CREATE_OPT = frozenset({"env", "args", "timeout"})
+_CREATE_OPT = frozenset({"env", "args", "timeout", "history"})
 _UPDATE_OPT = frozenset({"exit_code", "node", "started_at", "completed_at", "error"})
 _ROW_LEN = 17
 
@@ -187,6 +194,14 @@ def _keys(cmd: dict[str, Any], required: frozenset[str], optional: frozenset[str
                    + (f" and optionally {', '.join(sorted(optional))}" if optional else ""))
 
 
+def _history(cmd: dict[str, Any], default: int) -> int:
+    """The command's per-deployment bound (`history`), else `default`."""
+    h = cmd.get("history", default)
+    if not is_int(h) or not 1 <= h <= MAX_HISTORY:
+        raise _bad(f"field 'history' must be 1..{MAX_HISTORY}")
+    return int(h)
+
+
 def fire_id(deployment_id: str, scheduled_at: int) -> str:
     """The execution id of a cron fire: 32 hex digits derived from its key, so every leader
     proposing the same fire proposes the same id."""
@@ -212,6 +227,13 @@ class ExecutionTable:
         self._marks: dict[str, int] = {}
         self._missed: dict[str, int] = {}  # deployment id -> scheduled times missed in all
         self._misses: dict[str, deque[tuple[int, int, int, str, str]]] = {}
+        # metrics only, in memory (not in snapshots; a restart or snapshot install resets
+        # them, as a counter reset): cron fires applied, the lag of the latest fire to start,
+        # durations of the executions this node saw finish (per-bucket counts, sum, count)
+        self.fires_applied = 0
+        self.last_fire_lag: float | None = None
+        self._dur_buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self._dur_sum = 0.0
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -238,15 +260,27 @@ class ExecutionTable:
         self._count_active(old, -1)
         self._rows[e.id] = e
         self._count_active(e, 1)
+        if e.terminal and not old.terminal and e.duration_ms is not None:
+            secs = e.duration_ms / 1000
+            i = next((i for i, b in enumerate(DURATION_BUCKETS) if secs <= b),
+                     len(DURATION_BUCKETS))
+            self._dur_buckets[i] += 1
+            self._dur_sum += secs
+        if (e.scheduled_at is not None and old.started_at is None
+                and e.started_at is not None):
+            self.last_fire_lag = ts_millis(e.started_at) / 1000 - e.scheduled_at
 
-    def _insert(self, e: Execution) -> None:
+    def _insert(self, e: Execution, history: int | None = None) -> None:
+        """Add `e`, then evict down to `history` (default: the table's) executions of its
+        deployment and `max_executions` in all."""
+        history = self.history if history is None else history
         self._rows[e.id] = e
         self._by_dep.setdefault(e.deployment_id, deque()).append(e.id)
         if e.scheduled_at is not None:
             self._fires[(e.deployment_id, e.scheduled_at)] = e.id
         self._count_active(e, 1)
         ids = self._by_dep[e.deployment_id]
-        while len(ids) > self.history:  # room was checked: a terminal one exists
+        while len(ids) > history:  # room was checked: a terminal one exists
             self._evict(next(i for i in ids if self._rows[i].terminal))
         while len(self._rows) > self.max_executions:
             self._evict(next(i for i, x in self._rows.items() if x.terminal))
@@ -267,11 +301,11 @@ class ExecutionTable:
         self._missed.pop(deployment_id, None)
         self._misses.pop(deployment_id, None)
 
-    def _room(self, deployment_id: str, freed: int = 0) -> str | None:
-        """Why one more unfinished execution of the deployment does not fit (None: it
-        does), once `freed` of its unfinished ones are cancelled."""
-        if self._active.get(deployment_id, 0) - freed >= self.history:
-            return f"deployment {deployment_id} already has {self.history} unfinished executions"
+    def _room(self, deployment_id: str, history: int, freed: int = 0) -> str | None:
+        """Why one more unfinished execution of the deployment does not fit under its bound
+        `history` (None: it does), once `freed` of its unfinished ones are cancelled."""
+        if self._active.get(deployment_id, 0) - freed >= history:
+            return f"deployment {deployment_id} already has {history} unfinished executions"
         cap = min(MAX_ACTIVE, self.max_executions)
         if self._active_total - freed >= cap:
             return f"the cluster already has {cap} unfinished executions"
@@ -315,6 +349,7 @@ class ExecutionTable:
         timeout = cmd.get("timeout", DEFAULT_TIMEOUT)
         if not is_int(timeout) or not 1 <= timeout <= MAX_TIMEOUT:
             raise ValidationError("timeout", f"must be 1..{MAX_TIMEOUT} seconds")
+        history = _history(cmd, self.history)
         if by_id:
             dep = lookup_id(_id(cmd["deployment_id"], "deployment_id"))
             if dep is not None and dep["namespace"] != ns:
@@ -330,12 +365,12 @@ class ExecutionTable:
             return failure(Outcome.CONFLICT, f"{what} is a {dep['type']}, not a job")
         if exec_id in self._rows:
             return failure(Outcome.CONFLICT, f"execution id {exec_id} already exists")
-        why = self._room(dep["id"])
+        why = self._room(dep["id"], history)
         if why is not None:
             return failure(Outcome.CONFLICT, why)
         e = Execution(exec_id, dep["id"], dep["namespace"], dep["name"], PENDING, None, None,
                       None, 1, ts, None, None, None, None, env, args, timeout)
-        self._insert(e)
+        self._insert(e, history)
         return Outcome.CREATED, e.to_json()
 
     def _cron_dep(self, cmd: dict[str, Any], lookup_id: LookupId
@@ -351,7 +386,8 @@ class ExecutionTable:
 
     def _fire(self, cmd: dict[str, Any], ts: str, lookup_id: LookupId) -> Result:
         _keys(cmd, frozenset({"id", "deployment_id", "scheduled_at", "after"}),
-              frozenset({"cancel"}))
+              frozenset({"cancel", "history"}))
+        history = _history(cmd, self.history)
         after = None if cmd["after"] is None else _epoch(cmd["after"], "after")
         exec_id = _id(cmd["id"])
         at = _epoch(cmd["scheduled_at"], "scheduled_at")
@@ -373,16 +409,17 @@ class ExecutionTable:
             return failure(Outcome.CONFLICT, f"execution id {exec_id} already exists")
         replaced = [self._rows[c] for c in dict.fromkeys(cancel) if c in self._rows
                     and self._rows[c].deployment_id == dep_id and not self._rows[c].terminal]
-        why = self._room(dep_id, len(replaced))
+        why = self._room(dep_id, history, len(replaced))
         if why is not None:
             return failure(Outcome.CONFLICT, why)
         ts_ms = ts_millis(ts)
         for old in replaced:  # concurrency "replace": first stop the runs it replaces
             self._finish(old, CANCELLED, ts, ts_ms, error=f"replaced by {exec_id}")
         self._marks[dep_id] = at
+        self.fires_applied += 1
         e = Execution(exec_id, dep_id, dep["namespace"], dep["name"], PENDING, None, None,
                       at, 1, ts, None, None, None, None, {}, [], DEFAULT_TIMEOUT)
-        self._insert(e)
+        self._insert(e, history)
         return Outcome.CREATED, e.to_json()
 
     def _miss(self, cmd: dict[str, Any], ts: str, lookup_id: LookupId) -> Result:
@@ -512,6 +549,25 @@ class ExecutionTable:
         return {"items": items, "count": len(items), "total": len(matching), "limit": limit,
                 "offset": offset}
 
+    def stats(self) -> dict[str, Any]:
+        """The metrics' view: ``by_status`` (executions held, every status present),
+        ``fires`` (cron fires applied here), ``missed`` (scheduled times recorded missed, of
+        the deployments that exist), ``lag`` (started_at - scheduled_at of the latest cron
+        execution to start, seconds; None: none seen), ``buckets`` (cumulative
+        [(upper bound, count)], +Inf last), ``sum`` and ``count`` of the finished
+        executions' durations seen here. O(executions held)."""
+        by_status = dict.fromkeys(STATUSES, 0)
+        for e in self._rows.values():
+            by_status[e.status] += 1
+        cumulative, n = [], 0
+        for bound, c in zip((*DURATION_BUCKETS, float("inf")), self._dur_buckets,
+                            strict=True):
+            n += c
+            cumulative.append((bound, n))
+        return {"by_status": by_status, "fires": self.fires_applied,
+                "missed": sum(self._missed.values()), "lag": self.last_fire_lag,
+                "buckets": cumulative, "sum": self._dur_sum, "count": n}
+
     def marks(self) -> dict[str, int]:
         """Per cron deployment id, the latest scheduled time handled (the cron plan's input)."""
         return dict(self._marks)
@@ -571,7 +627,7 @@ class ExecutionTable:
                 if e.scheduled_at is not None and (e.deployment_id,
                                                    e.scheduled_at) in table._fires:
                     raise ValueError(f"execution {e.id} repeats a cron fire")
-                table._insert(e)
+                table._insert(e, MAX_HISTORY)  # bounded when applied: evict nothing here
             for row in raw["marks"]:
                 if type(row) is not list or len(row) != 3:
                     raise ValueError("a mark row is not [deployment, mark, missed]")
@@ -635,7 +691,8 @@ def _parse_row(row: Any) -> Execution:
 
 
 # ---------------------------------------------------------------------- proposer side
-def cron_command(c: Fire | Miss, *, ts: str, round_id: str) -> dict[str, Any]:
+def cron_command(c: Fire | Miss, *, ts: str, round_id: str,
+                 history: int = DEFAULT_HISTORY) -> dict[str, Any]:
     """The log form of one cron plan command. `round_id` names the plan it comes from
     (e.g. ``<node>.<term>.<n>``, unique per round): the key is
     ``cron-<round>-<dep>-<after>-<time>``, so a resend of the same proposal dedups, while a
@@ -643,7 +700,8 @@ def cron_command(c: Fire | Miss, *, ts: str, round_id: str) -> dict[str, Any]:
     not do: a chained command refused because its predecessor did not apply (409, which the
     dedup table remembers) would answer that 409 forever once the mark does reach its
     `after`, wedging the job. Two rounds proposing the same fire still make one execution
-    (the table answers the held one)."""
+    (the table answers the held one). A fire carries `history` (the proposer's
+    --execution-history) unless it is the default."""
     after = "none" if c.after is None else c.after
     if isinstance(c, Fire):
         cmd: dict[str, Any] = {"v": COMMAND_VERSION, "op": "cron.fire",
@@ -654,6 +712,8 @@ def cron_command(c: Fire | Miss, *, ts: str, round_id: str) -> dict[str, Any]:
                                "scheduled_at": c.scheduled_at, "after": c.after}
         if c.cancel:
             cmd["cancel"] = list(c.cancel)
+        if history != DEFAULT_HISTORY:  # absent means the default: the same log as before
+            cmd["history"] = history
         return cmd
     return {"v": COMMAND_VERSION, "op": "cron.miss",
             "key": check_key(f"cron-{round_id}-{c.deployment_id}-{after}-{c.first}-"

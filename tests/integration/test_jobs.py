@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.procs import ServerProc, leader_of, start_cluster, wait_for
 from tests.scripted import prisn
@@ -190,6 +191,22 @@ def test_cli_run_prints_the_output_and_exits_with_the_job_exit_code(
     wait_for(lambda: processes("sleep") == [], WAIT, "cancelled process stopped")
     p = prisn("run", "nope", server=server)
     assert p.returncode == 1 and "not found" in p.stderr
+    # the forms: trigger [--wait], logs EXEC_ID; and the execution metrics
+    p = prisn("trigger", "fail", "--wait", server=server)
+    assert p.returncode == 3 and "failing" in p.stdout, (p.stdout, p.stderr)
+    p = prisn("trigger", "ok", server=server)
+    assert p.returncode == 0, p.stderr
+    exec_id = p.stdout.strip()
+    wait_for(lambda: cluster[0].req("GET", f"/api/v1/executions/{exec_id}").json().get(
+        "status") == "Completed", WAIT, "the triggered run completes")
+    p = prisn("logs", exec_id, server=server)
+    assert p.returncode == 0 and p.stdout == "hello from a job\n", (p.stdout, p.stderr)
+    text = cluster[0].req("GET", "/metrics").body.decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("prisn_executions_total", (("status", "Completed"),))] >= 2
+    assert samples[("prisn_executions_total", (("status", "Cancelled"),))] >= 1
+    assert samples[("prisn_execution_duration_seconds_count", ())] >= 3
 
 
 def test_an_execution_on_a_node_that_dies_becomes_lost_and_is_not_rerun(

@@ -30,6 +30,7 @@ ALERT_NAMES = (
     "PrisnNodeNotReady",
     "PrisnCrashLooping",
     "PrisnUnschedulable",
+    "PrisnCronMissed",
 )
 SEVERITIES = {
     "PrisnNoLeader": "critical",
@@ -43,6 +44,7 @@ SEVERITIES = {
     "PrisnNodeNotReady": "warning",
     "PrisnCrashLooping": "warning",
     "PrisnUnschedulable": "warning",
+    "PrisnCronMissed": "warning",
 }
 SEED_ALERTS = ("PrisnNoLeader", "PrisnQuorumLost", "PrisnReplicationLag")
 
@@ -69,6 +71,10 @@ PLAIN_METRICS = {
     "prisn_instances",
     "prisn_instance_restarts_total",
     "prisn_scheduler_unplaced_instances",
+    "prisn_executions_total",
+    "prisn_cron_fires_total",
+    "prisn_cron_missed_total",
+    "prisn_scheduler_lag_seconds",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
     "process_open_fds",
@@ -79,6 +85,7 @@ HISTOGRAMS = {
     "prisn_api_request_duration_seconds",
     "prisn_snapshot_duration_seconds",
     "prisn_runner_start_seconds",
+    "prisn_execution_duration_seconds",
 }
 PRISN_METRICS = (
     PLAIN_METRICS

@@ -1,0 +1,127 @@
+"""The job CLI forms of issue 15 (`deploy --type/--schedule/--secret`, `trigger`, `logs
+EXEC_ID`) as real CLI processes against a scripted HTTP server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.scripted import DEP, Script, prisn
+
+pytestmark = pytest.mark.timeout(120)
+
+EXECS = "/api/v1/executions"
+EID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def script() -> Iterator[Script]:
+    srv = Script()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def ex(status: str, node: str | None = "n2", exit_code: int | None = None) -> dict[str, Any]:
+    return {"id": EID, "deployment_id": "d1", "namespace": "default", "name": "app",
+            "status": status, "exit_code": exit_code, "node": node, "scheduled_at": None,
+            "attempt": 1, "created_at": "2026-12-04T20:00:00.000Z", "started_at": None,
+            "completed_at": None, "duration_ms": None, "error": None}
+
+
+def seq(*answers: tuple[int, dict, Any]):
+    """A scripted answer that goes through `answers` and then repeats the last one."""
+    left = list(answers)
+
+    def next_answer(_srv: Script) -> tuple[int, dict, Any]:
+        return left.pop(0) if len(left) > 1 else left[0]
+
+    return next_answer
+
+
+def body_of(srv: Script, method: str, path: str) -> Any:
+    return next(b for (m, p, _h), b in zip(srv.seen, srv.bodies, strict=True)
+                if m == method and p == path)
+
+
+def test_deploy_passes_type_schedule_and_secrets_into_the_spec(script) -> None:
+    script.answers[("POST", "/api/v1/deployments")] = [(201, {}, {**DEP, "type": "cronjob"})]
+    p = prisn("deploy", "/srv/tick.py", "--no-upload", "--type", "cronjob", "--schedule",
+              "@every 5s", "--secret", "db", "--secret", "api", "--secret", "db",
+              server=script.addr)
+    assert p.returncode == 0, p.stderr
+    spec = body_of(script, "POST", "/api/v1/deployments")
+    assert spec["type"] == "cronjob" and spec["schedule"] == "@every 5s"
+    assert spec["secrets"] == ["db", "api"]
+    p = prisn("deploy", "x.py", "--no-upload", "--type", "daemon", server=script.addr)
+    assert p.returncode == 2  # not a type
+
+
+def test_trigger_without_wait_prints_the_id(script) -> None:
+    script.answers[("POST", EXECS)] = [(202, {}, ex("Pending", node=None))]
+    p = prisn("trigger", "app", "-e", "K=V", server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == EID
+    assert body_of(script, "POST", EXECS) == {"name": "app", "async": True, "env": {"K": "V"}}
+
+
+def test_trigger_wait_shows_states_and_exits_with_the_job_exit_code(script) -> None:
+    script.answers[("POST", EXECS)] = [(202, {}, ex("Pending", node=None))]
+    script.answers[("GET", f"{EXECS}/{EID}")] = seq(
+        (200, {}, ex("Running")), (200, {}, ex("Failed", exit_code=3)))
+    script.answers[("GET", f"{EXECS}/{EID}/logs")] = [(200, {}, {"stdout": "boom\n",
+                                                                 "stderr": ""})]
+    p = prisn("trigger", "app", "--wait", server=script.addr)
+    assert p.returncode == 3, p.stderr
+    assert p.stdout == "boom\n"
+    assert "Pending" in p.stderr and "Running on n2" in p.stderr and "Failed" in p.stderr
+
+
+def test_logs_of_an_execution_id(script) -> None:
+    script.answers[("GET", f"{EXECS}/{EID}")] = [(200, {}, ex("Completed", exit_code=0))]
+    script.answers[("GET", f"{EXECS}/{EID}/logs")] = [(200, {}, {"stdout": "hi\n",
+                                                                 "stderr": ""})]
+    p = prisn("logs", EID, server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "hi\n"
+    assert not any("/deployments/" in path for _m, path, _h in script.seen)
+
+
+def test_logs_follow_of_an_execution_prints_new_output_until_it_finishes(script) -> None:
+    script.answers[("GET", f"{EXECS}/{EID}")] = seq(
+        (200, {}, ex("Pending", node=None)), (200, {}, ex("Running")),
+        (200, {}, ex("Running")), (200, {}, ex("Completed", exit_code=0)))
+    script.answers[("GET", f"{EXECS}/{EID}/logs")] = seq(
+        (200, {}, {"stdout": "a\n", "stderr": ""}), (200, {}, {"stdout": "a\nb\n",
+                                                               "stderr": ""}),
+        (200, {}, {"stdout": "a\nb\nc\n", "stderr": ""}))
+    p = prisn("logs", EID, "-f", server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "a\nb\nc\n"
+
+
+def test_logs_of_an_id_shaped_name_without_such_execution_reads_the_deployment(
+        script) -> None:
+    script.answers[("GET", f"{EXECS}/{EID}")] = [(404, {}, {"error": "Not Found",
+                                                            "message": "not found"})]
+    script.answers[("GET", f"/api/v1/deployments/{EID}/logs")] = [
+        (200, {}, {"data": "dep\n", "offset": 0, "next_offset": 4,
+                   "instance": f"default/{EID}/0"}),
+        (200, {}, {"data": "", "offset": 4, "next_offset": 4,
+                   "instance": f"default/{EID}/0"})]
+    p = prisn("logs", EID, server=script.addr)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "dep\n"
+
+
+def test_logs_of_an_unplaced_execution_says_so(script) -> None:
+    script.answers[("GET", f"{EXECS}/{EID}")] = [(200, {}, ex("Pending", node=None))]
+    p = prisn("logs", EID, server=script.addr)
+    assert p.returncode == 1
+    assert "not been placed" in p.stderr

@@ -172,7 +172,7 @@ def test_prometheus_sees_one_leader_before_and_after_failover(cluster, tmp_path)
                                 "PrisnMultipleLeaders", "PrisnFrequentLeaderChanges",
                                 "PrisnFollowerOutOfContact", "PrisnLogDiskErrors",
                                 "PrisnSnapshotFailures", "PrisnNodeNotReady",
-                                "PrisnCrashLooping", "PrisnUnschedulable"}
+                                "PrisnCrashLooping", "PrisnUnschedulable", "PrisnCronMissed"}
         quiet = wait_for(lambda: (lambda rs: rs if all(r["health"] == "ok" and r["state"] ==
                                                        "inactive" for r in rs.values())
                                   else None)(rules()), 20, "all alert rules ok and inactive")

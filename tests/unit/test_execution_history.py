@@ -4,43 +4,15 @@ same rows; the flag, its environment variable and its default."""
 
 from __future__ import annotations
 
-import itertools
-
 from click.testing import CliRunner
 
 from actors.api.executions import create_command
 from prisn.cli import cli
 from prisn.config import ServerConfig
-from prisn.fsm.commands import COMMAND_VERSION
 from prisn.fsm.executions import DEFAULT_HISTORY, ExecutionTable, cron_command
 from prisn.workloads.cron import Fire
+from tests.execfeed import T0, TS, cmd, fire, setup, update
 from tests.feeder import Feeder
-
-TS = "2026-06-01T12:00:00.000Z"
-T0 = 1780315200  # 2026-06-01T12:00:00Z
-_keys = itertools.count(1)
-
-
-def cmd(op: str, **fields: object) -> dict:
-    return {"v": COMMAND_VERSION, "op": op, "key": f"k{next(_keys)}",
-            "ts": fields.pop("ts", TS), **fields}
-
-
-def setup() -> tuple[Feeder, str, str]:
-    """A store with a job `j` and a cronjob `c` (ids returned)."""
-    f = Feeder()
-    _, j = f.create(name="j")
-    _, c = f.create(name="c", schedule="@every 1s")
-    return f, j["id"], c["id"]
-
-
-def fire(f: Feeder, dep: str, at: int, after: int | None) -> tuple[int, dict]:
-    return f.run(cron_command(Fire(dep, at, after, ()), ts=TS, round_id=f"r{next(_keys)}"))
-
-
-def update(f: Feeder, exec_id: str, status: str, attempt: int = 1, **kw: object
-           ) -> tuple[int, dict]:
-    return f.run(cmd("execution.update", id=exec_id, status=status, attempt=attempt, **kw))
 
 
 def store_with(history: int) -> Feeder:

@@ -6,7 +6,6 @@ golden digest), restore checks, and a seeded leader-failover property of the cro
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import random
 
@@ -14,45 +13,19 @@ import cbor2
 import pytest
 
 from prisn.fsm import executions
-from prisn.fsm.commands import COMMAND_VERSION
 from prisn.fsm.deployments import SNAPSHOT_FORMAT_REFS, SNAPSHOT_FORMAT_TABLES, DeploymentStore
 from prisn.fsm.executions import MAX_MISSES, ExecutionTable, cron_command, fire_id
-from prisn.workloads.cron import CronJob, Fire, Miss, cron_plan, parse_schedule
+from prisn.workloads.cron import CronJob, Fire, cron_plan, parse_schedule
+from tests.execfeed import T0, TS, cmd, fire, miss, reset_keys, round_id, update
+from tests.execfeed import setup as jobs_store
 from tests.feeder import Feeder
-
-TS = "2026-06-01T12:00:00.000Z"
-T0 = 1780315200  # 2026-06-01T12:00:00Z
-_keys = itertools.count(1)
-
-
-def cmd(op: str, **fields: object) -> dict:
-    return {"v": COMMAND_VERSION, "op": op, "key": f"k{next(_keys)}",
-            "ts": fields.pop("ts", TS), **fields}
 
 
 def setup() -> tuple[Feeder, str, str]:
-    """A store with a job `j` and a cronjob `c` (ids returned)."""
-    f = Feeder()
-    _, j = f.create(name="j")
-    _, c = f.create(name="c", schedule="@every 1s")
+    """A store with a job `j`, a cronjob `c` (ids returned) and a service `web`."""
+    f, j, c = jobs_store()
     f.create(name="web", port=8080)
-    return f, j["id"], c["id"]
-
-
-def fire(f: Feeder, dep: str, at: int, after: int | None, cancel: tuple[str, ...] = ()
-         ) -> tuple[int, dict]:
-    return f.run(cron_command(Fire(dep, at, after, cancel), ts=TS, round_id=f"r{next(_keys)}"))
-
-
-def miss(f: Feeder, dep: str, first: int, last: int, after: int | None, count: int = 1,
-         reason: str = "late") -> tuple[int, dict]:
-    return f.run(cron_command(Miss(dep, first, last, count, reason, after), ts=TS,
-                              round_id=f"r{next(_keys)}"))
-
-
-def update(f: Feeder, exec_id: str, status: str, attempt: int = 1, **kw: object
-           ) -> tuple[int, dict]:
-    return f.run(cmd("execution.update", id=exec_id, status=status, attempt=attempt, **kw))
+    return f, j, c
 
 
 def test_create_by_name_and_id_and_the_json_shape() -> None:
@@ -259,8 +232,7 @@ def test_eviction_keeps_unfinished_and_is_deterministic() -> None:
 
 
 def populated() -> Feeder:
-    global _keys
-    _keys = itertools.count(1)  # the same keys whatever ran before (the golden digest)
+    reset_keys()  # the same keys whatever ran before (the golden digest)
     f, _, c = setup()
     f.run(cmd("execution.create", id="e1", ns="default", name="j", env={"K": "v"}))
     update(f, "e1", "Running", node="n1", started_at=TS)
@@ -351,7 +323,7 @@ def test_cron_failover_property(monkeypatch: pytest.MonkeyPatch) -> None:
     def plan_of(view: tuple[dict, dict], at: int) -> list[dict]:
         job = CronJob(dep["id"], sched, starting_deadline=rng.choice([0, 5, 60]),
                       since=since, concurrency=rng.choice(["allow", "forbid", "replace"]))
-        rnd = f"r{next(_keys)}"
+        rnd = round_id()
         return [cron_command(c, ts=TS, round_id=rnd) for c in cron_plan([job], view[0], view[1], at,
                                                          max_commands=rng.choice([1, 2, 8]))]
 

@@ -83,8 +83,8 @@ class DeploymentsHandler(BaseHandler):
 
     async def get(self) -> None:
         await self.consistency()
-        limit = self._int_arg("limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
-        offset = self._int_arg("offset", 0, 0, None)
+        limit = self.int_arg("limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        offset = self.int_arg("offset", 0, 0, None)
         namespace = self.namespace_arg()
         typ = self.get_query_argument("type", None) or None
         if typ is not None and typ not in TYPES:
@@ -104,19 +104,6 @@ class DeploymentsHandler(BaseHandler):
         ns = self.namespace_arg()
         await self.propose(lambda: self.ctx.commands.create(
             body, namespace=ns, key=self.idempotency_key()))
-
-    def _int_arg(self, name: str, default: int, low: int, high: int | None) -> int:
-        raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = low - 1
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise BadRequest(f"{name}: must be an integer {bound}")
-        return value
 
 
 class DeploymentHandler(BaseHandler):

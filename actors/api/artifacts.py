@@ -54,20 +54,6 @@ def _check(data: bytes, limit: int) -> tuple[str, str | None]:
     return digest, None
 
 
-def _int_arg(handler: BaseHandler, name: str, default: int, low: int, high: int | None) -> int:
-    raw = handler.get_query_argument(name, None)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise BadRequest(f"{name}: must be an integer {bound}")
-    return value
-
-
 class ArtifactsHandler(BaseHandler):
     ROUTE = "/api/v1/artifacts"
     AUTH = {"GET": READ, "POST": WRITE}
@@ -84,8 +70,8 @@ class ArtifactsHandler(BaseHandler):
 
     async def get(self) -> None:
         await self.consistency()
-        limit = _int_arg(self, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
-        offset = _int_arg(self, "offset", 0, 0, None)
+        limit = self.int_arg("limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        offset = self.int_arg("offset", 0, 0, None)
         items, total = self.ctx.node.store.artifacts(limit, offset)
         self.send_json(200, {"items": items, "count": len(items), "total": total,
                              "limit": limit, "offset": offset})

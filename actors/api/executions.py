@@ -21,7 +21,6 @@ import asyncio
 import time
 from typing import Any
 
-from actors.api.artifacts import _int_arg
 from actors.api.auth import READ, WRITE
 from actors.api.errors import ApiError, BadRequest, NotFound, Unavailable
 from actors.api.handler import BaseHandler
@@ -117,8 +116,8 @@ class ExecutionsHandler(_ExecutionBase):
 
     async def get(self) -> None:
         await self.consistency()
-        limit = _int_arg(self, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
-        offset = _int_arg(self, "offset", 0, 0, None)
+        limit = self.int_arg("limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        offset = self.int_arg("offset", 0, 0, None)
         ns = self.namespace_arg()
         status = self.get_query_argument("status", None) or None
         if status is not None and status not in STATUSES:

@@ -305,6 +305,21 @@ class BaseHandler(RequestHandler):
         except ValidationError as exc:
             raise BadRequest(exc.message) from None
 
+    def int_arg(self, name: str, default: int, low: int, high: int | None) -> int:
+        """The integer query argument `name` (`default` when absent or empty), within
+        [low, high] (no upper bound when `high` is None); 400 naming the bounds otherwise."""
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise BadRequest(f"{name}: must be an integer {bound}")
+        return value
+
     async def consistency(self) -> None:
         """Honour ``X-Prisn-Consistency`` (`ops.read_level`): a strong read waits for the node
         client's shared read barrier (`ops.strong_read`: 503 if unavailable)."""

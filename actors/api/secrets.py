@@ -19,7 +19,6 @@ import logging
 import time
 from typing import Any
 
-from actors.api.artifacts import _int_arg
 from actors.api.auth import READ, WRITE
 from actors.api.errors import ApiError, NotFound, PayloadTooLarge
 from actors.api.handler import BaseHandler
@@ -70,8 +69,8 @@ class SecretsHandler(_SecretBase):
 
     async def get(self) -> None:
         await self.consistency()
-        limit = _int_arg(self, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
-        offset = _int_arg(self, "offset", 0, 0, None)
+        limit = self.int_arg("limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
+        offset = self.int_arg("offset", 0, 0, None)
         ns = self.namespace_arg()
         scope = [ns] if ns is not None else self.principal.namespaces
         page, total = self.ctx.node.store.secrets(scope, limit, offset)

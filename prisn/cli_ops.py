@@ -803,28 +803,32 @@ def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | N
         if looks_like_execution(name) and execution_logs(ctx, c, name, follow):
             return
     iid = instance
-    offset: int | None = None
+    offsets: dict[str, int | None] = {"stdout": None, "stderr": None}
     as_json = _json_out(ctx)
     try:
         for n in range(LOGS_MAX_CHUNKS if not follow else sys.maxsize):
             first = n == 0
-            chunk = _call(functools.partial(
-                c.logs, name, namespace=namespace, instance=iid, offset=offset,
-                tail=tail if first and offset is None else None, limit=LOGS_CHUNK,
-                follow=follow and not first)).body
-            data = chunk.get("data")
-            text = data if isinstance(data, str) else ""
-            nxt = chunk.get("next_offset")
-            if as_json:  # one object per line (JSON lines), for a pipe into jq
-                click.echo(json.dumps(chunk, separators=(",", ":")))
-            elif text:
-                click.echo(text, nl=False)
-            if iid is None and isinstance(chunk.get("instance"), str):
-                iid = chunk["instance"]  # keep reading the same instance
-            moved = isinstance(nxt, int) and nxt != offset and bool(text)
-            if isinstance(nxt, int):
-                offset = nxt
-            if not moved:
+            moved = False
+            for stream in ("stdout", "stderr"):  # stdout to stdout, stderr to stderr
+                offset = offsets[stream]
+                chunk = _call(functools.partial(
+                    c.logs, name, namespace=namespace, instance=iid, offset=offset,
+                    tail=tail if offset is None else None, limit=LOGS_CHUNK,
+                    stream=stream)).body
+                data = chunk.get("data")
+                text = data if isinstance(data, str) else ""
+                nxt = chunk.get("next_offset")
+                if as_json:  # one object per line (JSON lines), for a pipe into jq
+                    click.echo(json.dumps(chunk, separators=(",", ":")))
+                elif text:
+                    click.echo(text, nl=False, err=stream == "stderr")
+                if iid is None and isinstance(chunk.get("instance"), str):
+                    iid = chunk["instance"]  # keep reading the same instance
+                if isinstance(nxt, int) and nxt != offset and bool(text):
+                    moved = True
+                if isinstance(nxt, int):
+                    offsets[stream] = nxt
+            if not moved and not first:
                 if not follow:
                     break
                 time.sleep(FOLLOW_POLL_S)  # the server had nothing new: ask again shortly

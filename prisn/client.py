@@ -357,13 +357,14 @@ class Client:
 
     def logs(self, name: str, *, namespace: str | None = None, instance: str | None = None,
              offset: int | None = None, tail: int | None = None, limit: int | None = None,
-             follow: bool = False) -> Response:
-        """One chunk of an instance's output: ``{instance, node, offset, next_offset, data,
-        truncated}`` (GET /api/v1/deployments/{name}/logs)."""
+             follow: bool = False, stream: str | None = None) -> Response:
+        """One chunk of an instance's output `stream` (None: the server's default, stdout):
+        ``{instance, node, stream, offset, next_offset, data, truncated}``
+        (GET /api/v1/deployments/{name}/logs)."""
         return self.request("GET", f"/api/v1/deployments/{_seg(name)}/logs",
                             query={"namespace": namespace, "instance": instance,
                                    "offset": offset, "tail": tail, "limit": limit,
-                                   "follow": "true" if follow else None})
+                                   "follow": "true" if follow else None, "stream": stream})
 
 
 def _retry_after(headers: dict[str, str]) -> float:

@@ -14,7 +14,8 @@ milliseconds):
      "last": EPOCH_S, "count": N, "reason": "late" | "skipped", "after": EPOCH_S | None}
     {"v": 1, "op": "execution.update", "key": K, "ts": T, "id": ID, "status": S,
      "attempt": A, ["exit_code": I], ["node": NODE], ["started_at": T], ["completed_at": T],
-     ["error": TEXT]}
+     ["error": TEXT], ["stdout": TEXT], ["stderr": TEXT], ["stdout_truncated": B],
+     ["stderr_truncated": B]}
     {"v": 1, "op": "execution.cancel", "key": K, "ts": T, "id": ID}
 
 Exactly once per scheduled time: each cron deployment has a *mark*, the latest scheduled time
@@ -40,6 +41,12 @@ deployment already has `history` unfinished ones or the table `MAX_ACTIVE`. At m
 `MAX_MISSES` miss records per deployment (oldest dropped; the total missed count is kept).
 Deleting a deployment drops its mark and misses (`forget`); its executions stay until evicted.
 
+Output (the node's last `MAX_OUTPUT` bytes of each stream, secrets redacted by the
+proposer): only a terminal update may carry it; the execution keeps it while terminal (a
+retry back to Pending drops it) and never shows it in `to_json` (list rows stay light).
+At most `MAX_OUTPUT_TOTAL` bytes of output in all: past it, the output of the oldest
+executions (creation order) holding some is dropped, on every node the same.
+
 Threads: no lock; `DeploymentStore` calls it under its lock (apply on the state-machine
 thread, queries on any). `Execution` records are immutable (an update stores a new one).
 """
@@ -47,6 +54,7 @@ thread, queries on any). `Execution` records are immutable (an update stores a n
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -86,6 +94,9 @@ MAX_ERROR = 1024
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 MAX_COUNT = (1 << 63) - 1
 MAX_HISTORY = 100_000  # --execution-history at most (= MAX_EXECUTIONS)
+MAX_OUTPUT = 64 << 10  # UTF-8 bytes of each stream a terminal update may carry
+MAX_OUTPUT_TOTAL = 256 << 20  # bytes of output held in all (oldest dropped first)
+OUTPUT_FIELDS: tuple[str, ...] = ("stdout", "stderr", "stdout_truncated", "stderr_truncated")
 # `prisn_execution_duration_seconds` buckets (upper bounds, seconds; +Inf implied)
 DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
                                        1800.0, 3600.0)
@@ -96,6 +107,7 @@ LookupId = Callable[[str], dict[str, Any] | None]  # deployment id -> deployment
 _ENVELOPE = frozenset({"v", "op", "key", "ts"})
 _CREATE_OPT = frozenset({"env", "args", "timeout", "history"})
 _UPDATE_OPT = frozenset({"exit_code", "node", "started_at", "completed_at", "error"})
+_UPDATE_OPT = _UPDATE_OPT | frozenset(OUTPUT_FIELDS)  # the output of a terminal update
 _ROW_LEN = 17
 
 
@@ -125,10 +137,30 @@ class Execution:
     env: dict[str, str]  # overrides of the deployment's (on-demand runs only)
     args: list[str]  # replace the deployment's when not empty (on-demand runs only)
     timeout: int
+    # the last output of a terminal execution, as its node reported it (None: none held)
+    stdout: str | None = None
+    stderr: str | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def has_output(self) -> bool:
+        return self.stdout is not None or self.stderr is not None
+
+    @property
+    def output_bytes(self) -> int:
+        """UTF-8 bytes of the output held (what `MAX_OUTPUT_TOTAL` counts)."""
+        return sum(len(t.encode()) for t in (self.stdout, self.stderr) if t is not None)
+
+    def output(self) -> dict[str, Any]:
+        """``{stdout, stderr, stdout_truncated, stderr_truncated}`` (texts "" when None)."""
+        return {"stdout": self.stdout or "", "stderr": self.stderr or "",
+                "stdout_truncated": self.stdout_truncated,
+                "stderr_truncated": self.stderr_truncated}
 
     def to_json(self) -> dict[str, Any]:
         """The API shape (no env or args: they may hold what the caller keeps private)."""
@@ -145,7 +177,9 @@ class Execution:
         return [self.id, self.deployment_id, self.namespace, self.name, self.status,
                 self.exit_code, self.node, self.scheduled_at, self.attempt, self.created_at,
                 self.started_at, self.completed_at, self.duration_ms, self.error,
-                dict(sorted(self.env.items())), list(self.args), self.timeout]
+                dict(sorted(self.env.items())), list(self.args), self.timeout,
+                *([self.stdout, self.stderr, self.stdout_truncated, self.stderr_truncated]
+                  if self.has_output else [])]  # without output: the older row, unchanged
 
 
 # ---------------------------------------------------------------------- field checks
@@ -202,6 +236,27 @@ def _history(cmd: dict[str, Any], default: int) -> int:
     return int(h)
 
 
+def _output(src: dict[str, Any], terminal: bool) -> dict[str, Any]:
+    """The output fields of a command or row (absent: none), checked: texts of at most
+    `MAX_OUTPUT` UTF-8 bytes or None, boolean flags; only a terminal status carries any."""
+    out = {f: src[f] for f in OUTPUT_FIELDS if src.get(f) is not None}
+    if not out:
+        return {}
+    if not terminal:
+        raise _bad("only a terminal execution.update carries output")
+    for f in ("stdout", "stderr"):
+        v = out.get(f)
+        if v is not None and (type(v) is not str or len(v) > MAX_OUTPUT
+                              or len(v.encode("utf-8", "replace")) > MAX_OUTPUT):
+            raise _bad(f"field {f!r} must be text of at most {MAX_OUTPUT} UTF-8 bytes")
+    for f in ("stdout_truncated", "stderr_truncated"):
+        if type(out.get(f, False)) is not bool:
+            raise _bad(f"field {f!r} must be a boolean")
+    if out.get("stdout") is None and out.get("stderr") is None:
+        raise _bad("output flags without stdout or stderr")
+    return out
+
+
 def fire_id(deployment_id: str, scheduled_at: int) -> str:
     """The execution id of a cron fire: 32 hex digits derived from its key, so every leader
     proposing the same fire proposes the same id."""
@@ -227,6 +282,11 @@ class ExecutionTable:
         self._marks: dict[str, int] = {}
         self._missed: dict[str, int] = {}  # deployment id -> scheduled times missed in all
         self._misses: dict[str, deque[tuple[int, int, int, str, str]]] = {}
+        self._seq: dict[str, int] = {}  # execution id -> creation sequence (output order)
+        self._next_seq = 0
+        self._output_heap: list[tuple[int, str]] = []  # (seq, id) of rows with output; lazy
+        self.output_total = 0  # UTF-8 bytes of output held (bounded by `max_output`)
+        self.max_output = MAX_OUTPUT_TOTAL
         # metrics only, in memory (not in snapshots; a restart or snapshot install resets
         # them, as a counter reset): cron fires applied, the lag of the latest fire to start,
         # durations of the executions this node saw finish (per-bucket counts, sum, count)
@@ -257,9 +317,15 @@ class ExecutionTable:
     def _store(self, e: Execution) -> None:
         """Replace a stored execution by its new version (same id, same position)."""
         old = self._rows[e.id]
+        if not e.terminal and e.has_output:  # a retry: the output was the old attempt's
+            e = replace(e, stdout=None, stderr=None, stdout_truncated=False,
+                        stderr_truncated=False)
         self._count_active(old, -1)
+        self._account_output(old, -1)
         self._rows[e.id] = e
         self._count_active(e, 1)
+        self._account_output(e, 1)
+        self._bound_output()
         if e.terminal and not old.terminal and e.duration_ms is not None:
             secs = e.duration_ms / 1000
             i = next((i for i, b in enumerate(DURATION_BUCKETS) if secs <= b),
@@ -275,6 +341,9 @@ class ExecutionTable:
         deployment and `max_executions` in all."""
         history = self.history if history is None else history
         self._rows[e.id] = e
+        self._seq[e.id] = self._next_seq
+        self._next_seq += 1
+        self._account_output(e, 1)
         self._by_dep.setdefault(e.deployment_id, deque()).append(e.id)
         if e.scheduled_at is not None:
             self._fires[(e.deployment_id, e.scheduled_at)] = e.id
@@ -285,8 +354,36 @@ class ExecutionTable:
         while len(self._rows) > self.max_executions:
             self._evict(next(i for i, x in self._rows.items() if x.terminal))
 
+    def _account_output(self, e: Execution, sign: int) -> None:
+        """Count `e`'s output in (+1) or out (-1) of `output_total`; a row gaining output
+        joins the drop order (creation order)."""
+        if not e.has_output:
+            return
+        self.output_total += sign * e.output_bytes
+        if sign > 0:
+            heapq.heappush(self._output_heap, (self._seq[e.id], e.id))
+
+    def _bound_output(self) -> None:
+        """Drop the output of the oldest executions holding some until at most `max_output`
+        bytes are held. Deterministic: creation order, replicated data only."""
+        heap = self._output_heap
+        while self.output_total > self.max_output and heap:
+            _, exec_id = heapq.heappop(heap)
+            e = self._rows.get(exec_id)
+            if e is None or not e.has_output:
+                continue  # lazily deleted: evicted, or its output already dropped
+            self.output_total -= e.output_bytes
+            self._rows[exec_id] = replace(e, stdout=None, stderr=None, stdout_truncated=False,
+                                          stderr_truncated=False)
+        if len(heap) > 2 * len(self._rows) + 64:  # lazily deleted entries: rebuild
+            self._output_heap = [(self._seq[i], i) for i, x in self._rows.items()
+                                 if x.has_output]
+            heapq.heapify(self._output_heap)
+
     def _evict(self, exec_id: str) -> None:
         e = self._rows.pop(exec_id)
+        self._seq.pop(exec_id, None)
+        self._account_output(e, -1)
         ids = self._by_dep[e.deployment_id]
         ids.remove(exec_id)
         if not ids:
@@ -473,6 +570,7 @@ class ExecutionTable:
         status, attempt = cmd["status"], cmd["attempt"]
         if type(status) is not str or status not in STATUSES:
             raise _bad(f"field 'status' must be one of {', '.join(STATUSES)}")
+        output = _output(cmd, status in TERMINAL)
         if not is_int(attempt) or not 1 <= attempt <= MAX_ATTEMPT:
             raise _bad(f"field 'attempt' must be 1..{MAX_ATTEMPT}")
         exit_code = cmd.get("exit_code")
@@ -520,6 +618,8 @@ class ExecutionTable:
             new = replace(e, status=status, node=node or e.node, exit_code=exit_code,
                           started_at=start_text, completed_at=done_text, duration_ms=dur,
                           error=error if error is not None else e.error)
+        if output:
+            new = replace(new, **output)
         self._store(new)
         return Outcome.OK, new.to_json()
 
@@ -621,7 +721,7 @@ class ExecutionTable:
         table = cls()
         try:
             for row in raw["rows"]:
-                e = _parse_row(row)
+                e = _parse_row_output(row)
                 if e.id in table._rows:
                     raise ValueError(f"execution {e.id} is a duplicate")
                 if e.scheduled_at is not None and (e.deployment_id,
@@ -659,6 +759,17 @@ class ExecutionTable:
         except (ExecutionCommandError, ValidationError) as exc:
             raise ValueError(str(exc)) from None
         return table
+
+
+def _parse_row_output(row: Any) -> Execution:
+    """A row of `Execution.row`: the older 17 values, or those and the 4 output values."""
+    if type(row) is list and len(row) == _ROW_LEN + len(OUTPUT_FIELDS):
+        e = _parse_row(row[:_ROW_LEN])
+        out = _output(dict(zip(OUTPUT_FIELDS, row[_ROW_LEN:], strict=True)), e.terminal)
+        if not out:
+            raise ValueError("an execution row with output fields holds no output")
+        return replace(e, **out)
+    return _parse_row(row)
 
 
 def _parse_row(row: Any) -> Execution:

@@ -36,6 +36,10 @@ unless the node was started with ``--no-workloads``). Each step (every `poll_ms`
   the runner stops it. An execution the log says Running here that this controller does
   not know (the node restarted mid-run) is reported Failed, never started again. At most
   `MAX_EXEC_INFLIGHT` updates in flight, each resent at most once a second until applied.
+  The terminal update carries the last `MAX_OUTPUT` bytes of each stream of the run (read
+  from the runner's files once, when the run is seen finished), with the values of the
+  secrets injected into it replaced by ``***`` (`prisn.workloads.output`), so the result
+  and its output survive this node (they go through Raft, never a secret value).
 Never raises on a failed proposal or a bad artifact (logged; retried by the next step).
 """
 
@@ -58,7 +62,7 @@ import zmq
 from actors.base import Actor
 from prisn.fsm.commands import format_ts
 from prisn.fsm.deployments import DeploymentStore
-from prisn.fsm.executions import COMPLETED, FAILED, PENDING, RUNNING
+from prisn.fsm.executions import COMPLETED, FAILED, MAX_OUTPUT, PENDING, RUNNING
 from prisn.fsm.instances import MAX_REPORTS, instance_id, node_meta_command, report_command
 from prisn.fsm.secrets import SecretError, secret_env
 from prisn.messages import RunnerDesired
@@ -66,6 +70,7 @@ from prisn.secretbox import Opener, SecretDecryptError
 from prisn.workloads.artifacts import ArtifactError
 from prisn.workloads.jobs import update_command
 from prisn.workloads.materialize import location
+from prisn.workloads.output import redact, secret_values, tail_text
 from prisn.workloads.roll import ROLL_MIN_READY_MS, may_run
 
 BARRIER_S = 2.0  # the unfencing read barrier's timeout (seconds; retried next step)
@@ -94,6 +99,8 @@ class _Run:
     fut: concurrent.futures.Future | None = None
     sent_at: float = -1e9
     sent: str = ""  # the status last proposed (a resend of it waits a second)
+    secrets: tuple[bytes, ...] = ()  # values of the secrets injected (redacted in output)
+    output: dict[str, Any] | None = None  # the output tails of the terminal update
 
     @property
     def iid(self) -> str:
@@ -369,6 +376,7 @@ class WorkloadsActor(Actor):
             try:
                 cwd, source = location(self.data_dir, dep, artifact_bytes)
                 env, _gen = self._env(dep)
+                run.secrets = self._secret_values(dep)
             except (ArtifactError, OSError, SecretError, SecretDecryptError) as err:
                 run.finished, run.message = True, f"cannot run here: {err}"[:512]
                 continue
@@ -449,6 +457,7 @@ class WorkloadsActor(Actor):
             cmd = update_command(run.id, run.attempt, new, key=self._key("exec"), ts=ts,
                                  node=self.node_id, exit_code=run.exit_code,
                                  started_at=started, completed_at=ts, error=error)
+            cmd.update(self._run_output(run))
         elif run.started_ms is not None and status == PENDING:
             cmd = update_command(run.id, run.attempt, RUNNING, key=self._key("exec"), ts=ts,
                                  node=self.node_id, started_at=started)
@@ -475,6 +484,40 @@ class WorkloadsActor(Actor):
         senv = secret_env(self.store, dep["namespace"], names, self.decrypt)
         check = zlib.crc32(repr(sorted(senv.items())).encode())
         return {**senv, **user}, (dep["generation"] << 32) | check
+
+    def _secret_values(self, dep: dict[str, Any]) -> tuple[bytes, ...]:
+        """The values of the secrets `dep` injects (`secret_values`: redactable ones)."""
+        names = dep.get("secrets") or ()
+        if not names or self.decrypt is None:
+            return ()
+        return secret_values(secret_env(self.store, dep["namespace"], names,
+                                        self.decrypt).values())
+
+    def _run_output(self, run: _Run) -> dict[str, Any]:
+        """The output fields of `run`'s terminal update (read once, then kept for resends):
+        per stream the last `MAX_OUTPUT` bytes, secrets redacted (module doc)."""
+        if run.output is None:
+            from actors.runner import STREAMS, read_log  # the runner's file layout
+
+            keep = max((len(v) for v in run.secrets), default=1) - 1
+            out: dict[str, Any] = {}
+            for stream in STREAMS:
+                try:
+                    chunk = read_log(self.data_dir, run.iid, tail=MAX_OUTPUT + keep,
+                                     limit=MAX_OUTPUT + keep, stream=stream)
+                except (OSError, ValueError) as e:
+                    log.warning("workloads: cannot read the %s of %s: %s", stream, run.iid, e)
+                    continue
+                cut = chunk.offset > 0 or chunk.truncated
+                data = redact(chunk.data, run.secrets)
+                if cut:  # it may start inside a secret value: drop what could be its end
+                    data = data[keep:]
+                text, truncated = tail_text(data, MAX_OUTPUT, cut=cut)
+                out[stream] = text
+                if truncated:
+                    out[f"{stream}_truncated"] = True
+            run.output = out
+        return run.output
 
     def _flush_reports(self, now: float) -> None:
         if self._report is not None:

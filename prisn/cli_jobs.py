@@ -9,6 +9,7 @@
     prisn executions [NAME] [--status S] [--namespace NS]   newest first
     prisn execution ID                                      one execution
     prisn cancel ID                                         cancel an unfinished one
+    prisn logs EXEC_ID [-f]      its output, stdout to stdout, stderr to stderr (-f: follow)
 
 The wait polls ``GET /api/v1/executions/{id}`` (so no HTTP request outlives the client's
 timeout); interrupting it (Ctrl-C) cancels nothing. Every failure is one line on stderr,
@@ -18,6 +19,7 @@ exit 1 (usage errors exit 2).
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sys
 import time
@@ -26,7 +28,7 @@ from urllib.parse import quote
 import click
 
 from prisn.cli_ops import _call, _client, _env_pairs, _json_out, _print_json, common_options, table
-from prisn.client import Client
+from prisn.client import Client, ClientError
 
 PATH = "/api/v1/executions"
 TERMINAL = ("Completed", "Failed", "Lost", "Cancelled")
@@ -114,8 +116,7 @@ def _run(ctx: click.Context, name: str, env: tuple[str, ...], args: tuple[str, .
     if e.get("node"):
         out = c.request("GET", f"{PATH}/{_seg(e['id'])}/logs", allow=(404, 503))
         if out.status == 200 and isinstance(out.body, dict):
-            sys.stdout.write(out.body.get("stdout", ""))
-            sys.stdout.flush()
+            _write_streams(out.body)
         else:
             click.echo(f"prisn: output not available (HTTP {out.status})", err=True)
     if _json_out(ctx):
@@ -204,43 +205,46 @@ def looks_like_execution(arg: str) -> bool:
 
 
 def execution_logs(ctx: click.Context, c: Client, exec_id: str, follow: bool) -> bool:
-    """`prisn logs EXEC_ID [-f]`: print the execution's output; with `follow`, keep reading
-    until it is finished (the reply is the last 64 KiB: only what extends the text printed
-    so far is printed). False, printing nothing, when there is no such execution."""
+    """`prisn logs EXEC_ID [-f]`: print the execution's output, stdout to stdout and stderr
+    to stderr; with `follow`, stream it (``GET .../logs?follow=true``, newline-delimited
+    JSON) until the execution is finished; with -o json, print the answer (follow: each
+    line) as JSON. False, printing nothing, when there is no such execution."""
     r = _call(lambda: c.request("GET", f"{PATH}/{_seg(exec_id)}", allow=(404,)))
     if r.status == 404:
         return False
-    e = r.body
-    printed = ""
-    deadline = time.monotonic() + int(e.get("timeout") or 600) + WAIT_GRACE
-    try:
-        while True:
-            done = e["status"] in TERMINAL
-            if e.get("node"):
-                allow = (404, 503) if follow and not done else ()
-                out = _call(functools.partial(c.request, "GET",
-                                              f"{PATH}/{_seg(exec_id)}/logs", allow=allow))
-                if out.status == 200 and isinstance(out.body, dict):
-                    if _json_out(ctx) and not follow:
-                        _print_json(out.body)
-                        return True
-                    text = out.body.get("stdout", "")
-                    new = text[len(printed):] if text.startswith(printed) else text
-                    if new:
-                        sys.stdout.write(new)
-                        sys.stdout.flush()
-                    printed = text
-            if not follow or done:
-                if not e.get("node") and not follow:
-                    raise click.ClickException(f"execution {exec_id} has not been placed "
-                                               "on a node yet")
-                return True
-            if time.monotonic() > deadline:
-                raise click.ClickException(f"execution {exec_id} is still {e['status']}")
-            time.sleep(POLL)
-            e = _get(c, exec_id)
-    except KeyboardInterrupt:
+    if not follow:
+        e = r.body
+        if not e.get("node") and e.get("status") not in TERMINAL:
+            raise click.ClickException(f"execution {exec_id} has not been placed on a node "
+                                       "yet")
+        out = _call(functools.partial(c.request, "GET", f"{PATH}/{_seg(exec_id)}/logs"))
+        if _json_out(ctx):
+            _print_json(out.body)
+            return True
+        _write_streams(out.body)
         return True
+    try:
+        for line in c.json_lines(f"{PATH}/{_seg(exec_id)}/logs", query={"follow": "true"}):
+            if _json_out(ctx):
+                click.echo(json.dumps(line, separators=(",", ":")))
+            elif "stream" in line:
+                _write_streams({line["stream"]: line.get("data", "")})
+            if "status" in line and not _json_out(ctx) and line["status"] not in TERMINAL:
+                raise click.ClickException(f"execution {exec_id} is still {line['status']}")
+    except ClientError as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        pass
+    return True
+
+
+def _write_streams(body: dict) -> None:
+    """Write the ``stdout`` and ``stderr`` texts of `body` to this process's own."""
+    for name, f in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        text = body.get(name)
+        if isinstance(text, str) and text:
+            f.write(text)
+            f.flush()
 
 
 def register(root: click.Group) -> None:

@@ -27,7 +27,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
@@ -302,6 +302,52 @@ class Client:
                 raise Unreachable(self.url, f"download broke off after {done} of {total} "
                                   "bytes")
             return hdrs
+        finally:
+            conn.close()
+
+    def json_lines(self, path: str, *, query: dict[str, Any] | None = None
+                   ) -> Iterator[dict[str, Any]]:
+        """GET `path` and yield each line of its newline-delimited JSON body as it arrives
+        (a streamed answer such as an execution log follow; a line that is not an object is
+        skipped). `ApiError` for a status outside 2xx, `Unreachable` when no server answers
+        or nothing arrives for `timeout` seconds (the server sends a line at least every
+        10 s)."""
+        ep = self.endpoint
+        target = ep.prefix + path
+        q = {k: v for k, v in (query or {}).items() if v is not None}
+        if q:
+            target += "?" + urlencode(q)
+        h = {"Accept": "application/x-ndjson", "User-Agent": "prisn-cli", **self._auth}
+        if self._tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                ep.host, ep.port, timeout=self.timeout, context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=self.timeout)
+        try:
+            try:
+                conn.request("GET", target, headers=h)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise Unreachable(self.url, str(e) or type(e).__name__) from None
+            hdrs = {k.lower(): v for k, v in resp.getheaders()}
+            if not 200 <= resp.status < 300:
+                raw = resp.read(1 << 20)
+                parsed = _parse_body(raw, hdrs.get("content-type", ""))
+                raise ApiError(resp.status, _message(resp.status, parsed, raw), parsed, hdrs)
+            while True:
+                try:
+                    line = resp.readline(4 << 20)
+                except (OSError, http.client.HTTPException) as e:
+                    raise Unreachable(self.url, f"the stream broke off: "
+                                      f"{e or type(e).__name__}") from None
+                if not line:
+                    return
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    yield obj
         finally:
             conn.close()
 

@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 from actors.api.auth import READ, WRITE
-from actors.api.errors import ApiError, BadRequest, NotFound, Unavailable
+from actors.api.errors import BadRequest, NotFound
+from actors.api.exec_logs import execution_logs, follow_execution
 from actors.api.handler import BaseHandler
-from actors.api.logs import PEER_TIMEOUT
 from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT
 from prisn.fsm.commands import COMMAND_VERSION, check_key, format_ts, new_id
 from prisn.fsm.executions import DEFAULT_HISTORY, DEFAULT_TIMEOUT, MAX_TIMEOUT, STATUSES
@@ -37,7 +37,6 @@ from prisn.fsm.validation import (
     validate_name,
 )
 from prisn.outcomes import Outcome
-from prisn.workloads.logfetch import MAX_LOG_REPLY
 
 WAIT_GRACE = 30.0  # seconds a synchronous run may wait beyond its timeout (placement, start)
 POLL_SECONDS = 0.05  # how often a synchronous run looks at the local store
@@ -180,30 +179,24 @@ class ExecutionHandler(_ExecutionBase):
 
 
 class ExecutionLogsHandler(_ExecutionBase):
-    """``{"stdout", "stderr", "node", "truncated"}``: the last `MAX_LOG_REPLY` bytes of the
-    execution's output, read on the node that ran it (here, or over the peer link as
-    deployment logs are). The runner gives a process one pipe for both streams, so
-    everything is in ``stdout`` and ``stderr`` is empty. 404 before a node was assigned;
-    503 when that node does not answer (its output is not replicated)."""
+    """``{"stdout", "stderr", "node", "truncated", "stdout_truncated", "stderr_truncated",
+    "source"}`` of one execution (`execution_logs`); ``?follow=true`` streams it
+    (`follow_execution`). 404 before a node was assigned; 503 when the output is only on a
+    node that does not answer."""
 
     ROUTE = "/api/v1/executions/{id}/logs"
     AUTH = {"GET": READ}
 
     async def get(self, exec_id: str) -> None:
         await self.consistency()
+        raw = (self.get_query_argument("follow", None) or "").lower()
+        if raw not in ("", "true", "false", "1", "0"):
+            raise BadRequest("follow: must be true or false")
         e = self.visible(exec_id)
-        if e.node is None:
-            raise NotFound(f"execution {e.id} has not been placed on a node yet")
-        reader = getattr(self.ctx.node, "read_logs", None)
-        if reader is None:
-            raise Unavailable("this node cannot read execution output")
-        reply = await reader(e.node, f"x.{e.id}.{e.attempt}", offset=None,
-                             tail=MAX_LOG_REPLY, limit=MAX_LOG_REPLY, timeout=PEER_TIMEOUT)
-        if reply.code != 200:
-            raise ApiError(reply.reason or f"node {e.node} refused the log read",
-                           status=reply.code)
-        self.send_json(200, {"stdout": reply.data.decode("utf-8", "replace"), "stderr": "",
-                             "node": e.node, "truncated": bool(reply.truncated)})
+        if raw in ("true", "1"):
+            await follow_execution(self, e)
+            return
+        self.send_json(200, await execution_logs(self, e))
 
 
 class ExecutionCancelHandler(_ExecutionBase):

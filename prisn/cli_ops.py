@@ -804,12 +804,14 @@ def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | N
             return
     iid = instance
     offsets: dict[str, int | None] = {"stdout": None, "stderr": None}
+    ended = {"stdout": False, "stderr": False}  # without -f: read to the end, once each
     as_json = _json_out(ctx)
     try:
-        for n in range(LOGS_MAX_CHUNKS if not follow else sys.maxsize):
-            first = n == 0
+        for _ in range(LOGS_MAX_CHUNKS if not follow else sys.maxsize):
             moved = False
             for stream in ("stdout", "stderr"):  # stdout to stdout, stderr to stderr
+                if ended[stream]:
+                    continue
                 offset = offsets[stream]
                 chunk = _call(functools.partial(
                     c.logs, name, namespace=namespace, instance=iid, offset=offset,
@@ -824,13 +826,18 @@ def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | N
                     click.echo(text, nl=False, err=stream == "stderr")
                 if iid is None and isinstance(chunk.get("instance"), str):
                     iid = chunk["instance"]  # keep reading the same instance
+                start = chunk.get("offset")
+                full = (isinstance(nxt, int) and isinstance(start, int)
+                        and nxt - start >= LOGS_CHUNK)
                 if isinstance(nxt, int) and nxt != offset and bool(text):
                     moved = True
                 if isinstance(nxt, int):
                     offsets[stream] = nxt
-            if not moved and not first:
-                if not follow:
-                    break
+                if not follow and not full:
+                    ended[stream] = True  # a short chunk: the end of what is kept
+            if not follow and all(ended.values()):
+                break
+            if follow and not moved:
                 time.sleep(FOLLOW_POLL_S)  # the server had nothing new: ask again shortly
     except KeyboardInterrupt:
         pass

@@ -3,6 +3,7 @@ EXEC_ID`) as real CLI processes against a scripted HTTP server."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -93,17 +94,31 @@ def test_logs_of_an_execution_id(script) -> None:
     assert not any("/deployments/" in path for _m, path, _h in script.seen)
 
 
-def test_logs_follow_of_an_execution_prints_new_output_until_it_finishes(script) -> None:
-    script.answers[("GET", f"{EXECS}/{EID}")] = seq(
-        (200, {}, ex("Pending", node=None)), (200, {}, ex("Running")),
-        (200, {}, ex("Running")), (200, {}, ex("Completed", exit_code=0)))
-    script.answers[("GET", f"{EXECS}/{EID}/logs")] = seq(
-        (200, {}, {"stdout": "a\n", "stderr": ""}), (200, {}, {"stdout": "a\nb\n",
-                                                               "stderr": ""}),
-        (200, {}, {"stdout": "a\nb\nc\n", "stderr": ""}))
+def test_logs_follow_of_an_execution_streams_both_streams_until_it_finishes(script) -> None:
+    script.answers[("GET", f"{EXECS}/{EID}")] = [(200, {}, ex("Running"))]
+    lines = [{"stream": "stdout", "data": "a\n"}, {}, {"stream": "stderr", "data": "oops\n"},
+             {"stream": "stdout", "data": "b\n"},
+             {"status": "Completed", "exit_code": 0, "error": None, "node": "n2"}]
+    script.answers[("GET", f"{EXECS}/{EID}/logs")] = [
+        (200, {}, b"".join(json.dumps(x).encode() + b"\n" for x in lines))]
     p = prisn("logs", EID, "-f", server=script.addr)
     assert p.returncode == 0, p.stderr
-    assert p.stdout == "a\nb\nc\n"
+    assert (p.stdout, p.stderr) == ("a\nb\n", "oops\n")
+    assert f"{EXECS}/{EID}/logs?follow=true" in script.targets
+    # a follow that ends before the execution does (its timeout) says so
+    script.answers[("GET", f"{EXECS}/{EID}")] = [(200, {}, ex("Running"))]
+    script.answers[("GET", f"{EXECS}/{EID}/logs")] = [
+        (200, {}, json.dumps({"status": "Running", "exit_code": None}).encode() + b"\n")]
+    p = prisn("logs", EID, "-f", server=script.addr)
+    assert p.returncode == 1 and "still Running" in p.stderr
+
+
+def test_logs_of_an_execution_write_stderr_to_stderr(script) -> None:
+    script.answers[("GET", f"{EXECS}/{EID}")] = [(200, {}, ex("Failed", exit_code=3))]
+    script.answers[("GET", f"{EXECS}/{EID}/logs")] = [(200, {}, {"stdout": "out\n",
+                                                                 "stderr": "err\n"})]
+    p = prisn("logs", EID, server=script.addr)
+    assert p.returncode == 0 and (p.stdout, p.stderr) == ("out\n", "err\n")
 
 
 def test_logs_of_an_id_shaped_name_without_such_execution_reads_the_deployment(

@@ -787,15 +787,18 @@ FOLLOW_POLL_S = 0.5  # -f: pause after an answer with no new output
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
 @click.option("--tail", type=click.IntRange(min=0), metavar="BYTES",
               help="Start at the last BYTES bytes [default: everything kept].")
+@click.option("--stream", type=click.Choice(["stdout", "stderr"]), default="stdout",
+              show_default=True, help="Which output of a deployment's instance to print "
+              "(stderr is printed to stderr). An execution prints both.")
 @common_options
 @click.pass_context
 def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | None,
-         follow: bool, tail: int | None) -> None:
-    """Print the output (stdout and stderr) of an instance of deployment NAME, read through
-    any node: the server fetches it from the node that runs the instance. With -o json,
-    each chunk the server answers is one line of JSON. NAME may be an execution id (32 hex
-    digits): then that execution's output is printed (-f: until it is finished); a
-    deployment of that name is read only when there is no such execution."""
+         follow: bool, tail: int | None, stream: str) -> None:
+    """Print the output of an instance of deployment NAME (its stdout, or --stream stderr),
+    read through any node: the server fetches it from the node that runs the instance. With
+    -o json, each chunk the server answers is one line of JSON. NAME may be an execution id
+    (32 hex digits): then that execution's output is printed, both streams (-f: until it is
+    finished); a deployment of that name is read only when there is no such execution."""
     c = _client(ctx)
     if instance is None and tail is None:
         from prisn.cli_jobs import execution_logs, looks_like_execution
@@ -803,41 +806,31 @@ def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | N
         if looks_like_execution(name) and execution_logs(ctx, c, name, follow):
             return
     iid = instance
-    offsets: dict[str, int | None] = {"stdout": None, "stderr": None}
-    ended = {"stdout": False, "stderr": False}  # without -f: read to the end, once each
+    offset: int | None = None
     as_json = _json_out(ctx)
     try:
-        for _ in range(LOGS_MAX_CHUNKS if not follow else sys.maxsize):
-            moved = False
-            for stream in ("stdout", "stderr"):  # stdout to stdout, stderr to stderr
-                if ended[stream]:
-                    continue
-                offset = offsets[stream]
-                chunk = _call(functools.partial(
-                    c.logs, name, namespace=namespace, instance=iid, offset=offset,
-                    tail=tail if offset is None else None, limit=LOGS_CHUNK,
-                    stream=stream)).body
-                data = chunk.get("data")
-                text = data if isinstance(data, str) else ""
-                nxt = chunk.get("next_offset")
-                if as_json:  # one object per line (JSON lines), for a pipe into jq
-                    click.echo(json.dumps(chunk, separators=(",", ":")))
-                elif text:
-                    click.echo(text, nl=False, err=stream == "stderr")
-                if iid is None and isinstance(chunk.get("instance"), str):
-                    iid = chunk["instance"]  # keep reading the same instance
-                start = chunk.get("offset")
-                full = (isinstance(nxt, int) and isinstance(start, int)
-                        and nxt - start >= LOGS_CHUNK)
-                if isinstance(nxt, int) and nxt != offset and bool(text):
-                    moved = True
-                if isinstance(nxt, int):
-                    offsets[stream] = nxt
-                if not follow and not full:
-                    ended[stream] = True  # a short chunk: the end of what is kept
-            if not follow and all(ended.values()):
-                break
-            if follow and not moved:
+        for n in range(LOGS_MAX_CHUNKS if not follow else sys.maxsize):
+            first = n == 0
+            chunk = _call(functools.partial(
+                c.logs, name, namespace=namespace, instance=iid, offset=offset,
+                tail=tail if first and offset is None else None, limit=LOGS_CHUNK,
+                follow=follow and not first,
+                stream=None if stream == "stdout" else stream)).body
+            data = chunk.get("data")
+            text = data if isinstance(data, str) else ""
+            nxt = chunk.get("next_offset")
+            if as_json:  # one object per line (JSON lines), for a pipe into jq
+                click.echo(json.dumps(chunk, separators=(",", ":")))
+            elif text:
+                click.echo(text, nl=False, err=stream == "stderr")
+            if iid is None and isinstance(chunk.get("instance"), str):
+                iid = chunk["instance"]  # keep reading the same instance
+            moved = isinstance(nxt, int) and nxt != offset and bool(text)
+            if isinstance(nxt, int):
+                offset = nxt
+            if not moved:
+                if not follow:
+                    break
                 time.sleep(FOLLOW_POLL_S)  # the server had nothing new: ask again shortly
     except KeyboardInterrupt:
         pass

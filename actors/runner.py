@@ -25,6 +25,10 @@ Invariants:
   against the start time, so a reused pid is left alone) BEFORE starting anything.
 - Nothing a user's process does can fail the actor: a missing entry file, an unknown runtime,
   an exec failure become a `StartFailed` observation (a status with a clear message, counted).
+- An exit is observed (and reported) only once the pump has read both pipes of the process
+  to their end (at most `DRAIN_MAX` seconds after the exit): a report of an exited process
+  comes after its last output is in the files (an execution's result carries its tail).
+  Until then its pid is reaped but no signal is sent to it.
 - Status reports are batched: at most one `runner.status` (and one `on_status` call) per
   `report_interval`, the latest report per instance.
 """
@@ -76,6 +80,7 @@ MAX_INSTANCES = 4096  # per node; more in one desired list are ignored (and logg
 READ_MAX = 1 << 20  # at most this many bytes per `read_log` call
 TICK_MIN = 0.02  # seconds between two looks at the children (a busy inbox ticks often)
 MAX_ID = 200  # characters in an instance id
+DRAIN_MAX = 1.0  # seconds an exit waits for the pump to read the pipes to their end
 
 RUNTIMES: dict[str, str] = {
     "python": sys.executable or "python3", "python3": sys.executable or "python3",
@@ -340,6 +345,8 @@ class LogPump(threading.Thread):
         os.set_blocking(self._wake_w, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
+        self._open: dict[Path, int] = {}  # directory -> pipes added and not yet at EOF
+        self._dirs: dict[int, Path] = {}  # fd -> its directory (pump thread)
         self._new: list[tuple[int, Path, str]] = []
         self._closing = False
         self.write_errors = 0
@@ -348,7 +355,23 @@ class LogPump(threading.Thread):
         """Pump `fd` (read end of a pipe; closed by the pump) into `stream`'s log files."""
         with self._lock:
             self._new.append((fd, directory, stream))
+            self._open[directory] = self._open.get(directory, 0) + 1
         self._wake()
+
+    def pending(self, directory: Path) -> int:
+        """Pipes into `directory`'s logs not yet read to their end (any thread)."""
+        with self._lock:
+            return self._open.get(directory, 0)
+
+    def _closed(self, directory: Path | None) -> None:
+        if directory is None:
+            return
+        with self._lock:
+            n = self._open.get(directory, 0) - 1
+            if n > 0:
+                self._open[directory] = n
+            else:
+                self._open.pop(directory, None)
 
     def _wake(self) -> None:
         try:
@@ -368,12 +391,14 @@ class LogPump(threading.Thread):
                 with self._lock:
                     new, self._new = self._new, []
                 for fd, d, stream in new:
+                    self._dirs[fd] = d
                     try:
                         logs[fd] = RotatingLog(d, self.max_bytes, self.files, stream)
                         self._sel.register(fd, selectors.EVENT_READ, None)
                     except OSError:
                         log.exception("runner: cannot open the log in %s", d)
                         os.close(fd)
+                        self._closed(self._dirs.pop(fd, None))
                 for key, _ in self._sel.select(1.0):
                     fd = key.fd
                     if fd == self._wake_r:
@@ -428,6 +453,7 @@ class LogPump(threading.Thread):
                 lg.close()
             except OSError:
                 pass
+        self._closed(self._dirs.pop(fd, None))
 
 
 # ------------------------------------------------------------------------------ the actor
@@ -461,6 +487,8 @@ class RunnerActor(Actor):
         self._procs: dict[str, subprocess.Popen[bytes]] = {}  # instance id -> process
         self._starts: dict[int, int | None] = {}  # pid -> /proc start time
         self._pending: dict[str, dict[str, Any]] = {}  # unsent reports, latest per id
+        # reaped, exit not yet observed: id -> (pid, code, exit time, give up at)
+        self._draining: dict[str, tuple[int, int | None, float, float]] = {}
         self._last_flush = 0.0
         self._last_tick = 0.0
         self._mono0 = time.monotonic()
@@ -550,10 +578,24 @@ class RunnerActor(Actor):
         for iid, p in list(self._procs.items()):
             if _exited(p.pid):
                 code = self._reap(iid, p)
+                at = self._now()
+                self._draining[iid] = (p.pid, code, at, at + DRAIN_MAX)
+        for iid, (pid, code, at, until) in list(self._draining.items()):
+            if self._drained(iid) or self._now() >= until:
+                del self._draining[iid]
                 self._apply(*self.core.observe(
-                    Exited(instance=iid, pid=p.pid, code=code, at=self._now()), self._now()))
+                    Exited(instance=iid, pid=pid, code=code, at=at), self._now()))
         self._apply(*self.core.tick(self._now()))
         self._flush()
+
+    def _drained(self, iid: str) -> bool:
+        """Whether the pump has read the pipes of instance `iid` to their end."""
+        if self._pump is None:
+            return True
+        try:
+            return self._pump.pending(instance_dir(self.data_dir, iid)) == 0
+        except ValueError:
+            return True
 
     def _apply(self, actions: list[Any], reports: list[Report]) -> None:
         for r in reports:
@@ -565,10 +607,10 @@ class RunnerActor(Actor):
             if isinstance(a, Start):
                 obs = self._start(a.spec)
                 self._apply(*self.core.observe(obs, self._now()))
-            elif isinstance(a, Stop):
-                _signal_group(a.pid, signal.SIGTERM)
-            elif isinstance(a, Kill):
-                _signal_group(a.pid, signal.SIGKILL)
+            elif isinstance(a, (Stop, Kill)):
+                if any(d[0] == a.pid for d in self._draining.values()):
+                    continue  # reaped already: its pid may belong to another process now
+                _signal_group(a.pid, signal.SIGTERM if isinstance(a, Stop) else signal.SIGKILL)
 
     def _start(self, spec: InstanceSpec) -> Started | StartFailed:
         """Start `spec`'s process; never raises for anything the user's spec or code does."""

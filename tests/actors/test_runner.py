@@ -454,3 +454,23 @@ def test_stopping_the_runner_stops_every_instance(tmp_path: Path, scripts: Path)
     assert r.runner.failure is None
     assert all(dead(p) for p in pids)
     assert '"groups": []' in (tmp_path / "data" / "instances" / "procs.json").read_text()
+
+
+def test_an_exit_is_reported_after_its_output_is_in_the_files(rig: Callable[..., Rig],
+                                                               scripts: Path) -> None:
+    """A process of another session holding the pipes writes after the leader exits: the
+    exit is observed once the pipes reached their end, so its output is in the files when
+    the report comes (an execution's result carries that tail)."""
+    write(scripts, "late.py", """
+        import os, subprocess, sys
+        subprocess.Popen([sys.executable, "-c",
+                          "import sys, time; time.sleep(0.4); print('late', flush=True); "
+                          "print('late err', file=sys.stderr, flush=True)"],
+                         start_new_session=True)
+        print('early', flush=True)
+    """)
+    r = rig()
+    r.desire({"id": "late-0", "source": "late.py", "restart": "never"})
+    wait_until(lambda: r.state("late-0") == "Exited", what="the exit")
+    assert read_log(r.data_dir, "late-0").data == b"early\nlate\n"
+    assert read_log(r.data_dir, "late-0", stream="stderr").data == b"late err\n"

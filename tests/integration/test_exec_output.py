@@ -72,7 +72,9 @@ def _logs(node: ServerProc, exec_id: str) -> tuple[int, Any]:
 def _follow(node: ServerProc, exec_id: str) -> list[dict]:
     conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=60)
     try:
-        conn.request("GET", f"/api/v1/executions/{exec_id}/logs?follow=true")
+        # strong: this node may not have applied the create yet (a local read would 404)
+        conn.request("GET", f"/api/v1/executions/{exec_id}/logs?follow=true",
+                     headers={"X-Prisn-Consistency": "strong"})
         resp = conn.getresponse()
         assert resp.status == 200, resp.read()
         assert resp.getheader("Content-Type", "").startswith("application/x-ndjson")

@@ -65,7 +65,8 @@ def _run(node: ServerProc, name: str) -> dict:
 
 
 def _logs(node: ServerProc, exec_id: str) -> tuple[int, Any]:
-    r = node.req("GET", f"/api/v1/executions/{exec_id}/logs", timeout=20)
+    r = node.req("GET", f"/api/v1/executions/{exec_id}/logs", timeout=20,
+                 headers={"X-Prisn-Consistency": "strong"})
     return r.status, r.json()
 
 

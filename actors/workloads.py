@@ -70,7 +70,7 @@ from prisn.secretbox import Opener, SecretDecryptError
 from prisn.workloads.artifacts import ArtifactError
 from prisn.workloads.jobs import update_command
 from prisn.workloads.materialize import location
-from prisn.workloads.output import redact, secret_values, tail_text
+from prisn.workloads.output import read_extra, redacted_tail, secret_values
 from prisn.workloads.roll import ROLL_MIN_READY_MS, may_run
 
 BARRIER_S = 2.0  # the unfencing read barrier's timeout (seconds; retried next step)
@@ -499,20 +499,17 @@ class WorkloadsActor(Actor):
         if run.output is None:
             from actors.runner import STREAMS, read_log  # the runner's file layout
 
-            keep = max((len(v) for v in run.secrets), default=1) - 1
+            extra = read_extra(run.secrets)
             out: dict[str, Any] = {}
             for stream in STREAMS:
                 try:
-                    chunk = read_log(self.data_dir, run.iid, tail=MAX_OUTPUT + keep,
-                                     limit=MAX_OUTPUT + keep, stream=stream)
+                    chunk = read_log(self.data_dir, run.iid, tail=MAX_OUTPUT + extra,
+                                     limit=MAX_OUTPUT + extra, stream=stream)
                 except (OSError, ValueError) as e:
                     log.warning("workloads: cannot read the %s of %s: %s", stream, run.iid, e)
                     continue
-                cut = chunk.offset > 0 or chunk.truncated
-                data = redact(chunk.data, run.secrets)
-                if cut:  # it may start inside a secret value: drop what could be its end
-                    data = data[keep:]
-                text, truncated = tail_text(data, MAX_OUTPUT, cut=cut)
+                text, truncated = redacted_tail(chunk.data, MAX_OUTPUT, run.secrets,
+                                                cut=chunk.offset > 0 or chunk.truncated)
                 out[stream] = text
                 if truncated:
                     out[f"{stream}_truncated"] = True

@@ -40,7 +40,7 @@ from actors.api.logs import PEER_TIMEOUT
 from prisn.fsm.secrets import SecretError, secret_env
 from prisn.secretbox import SecretDecryptError, opener
 from prisn.workloads.logfetch import MAX_LOG_REPLY, STREAMS
-from prisn.workloads.output import Redactor, redact, secret_values, tail_text
+from prisn.workloads.output import Redactor, read_extra, redacted_tail, secret_values
 
 LIVE_TAIL = MAX_LOG_REPLY // 2  # bytes of each stream answered from the node
 FOLLOW_POLL = 0.25  # seconds between two reads while following
@@ -87,19 +87,16 @@ async def execution_logs(h: Any, e: Any) -> dict[str, Any]:
         raise NotFound(f"execution {e.id} has not been placed on a node yet")
     reader = _reader(h)
     secrets = live_secrets(h, e)
-    keep = max((len(v) for v in secrets), default=1) - 1
+    extra = read_extra(secrets)
     body: dict[str, Any] = {"node": e.node, "source": "node"}
     for stream in STREAMS:
-        reply = await reader(e.node, runner_iid(e), offset=None, tail=LIVE_TAIL + keep,
-                             limit=LIVE_TAIL + keep, timeout=PEER_TIMEOUT, stream=stream)
+        reply = await reader(e.node, runner_iid(e), offset=None, tail=LIVE_TAIL + extra,
+                             limit=LIVE_TAIL + extra, timeout=PEER_TIMEOUT, stream=stream)
         if reply.code != 200:
             raise ApiError(reply.reason or f"node {e.node} refused the log read",
                            status=reply.code)
-        cut = reply.offset > 0 or reply.truncated
-        data = redact(reply.data, secrets)
-        if cut:  # it may start inside a secret value: drop what could be its end
-            data = data[keep:]
-        body[stream], body[f"{stream}_truncated"] = tail_text(data, LIVE_TAIL, cut=cut)
+        body[stream], body[f"{stream}_truncated"] = redacted_tail(
+            reply.data, LIVE_TAIL, secrets, cut=reply.offset > 0 or reply.truncated)
     body["truncated"] = body["stdout_truncated"] or body["stderr_truncated"]
     return body
 

@@ -54,6 +54,24 @@ def tail_text(data: bytes, limit: int, *, cut: bool = False) -> tuple[str, bool]
     return text, truncated
 
 
+def read_extra(secrets: tuple[bytes, ...]) -> int:
+    """Bytes to read before a tail so that a value cut by its start can be dropped whole:
+    one less than the longest value (0 without secrets)."""
+    return max((len(v) for v in secrets), default=1) - 1
+
+
+def redacted_tail(data: bytes, limit: int, secrets: tuple[bytes, ...], *,
+                  cut: bool) -> tuple[str, bool]:
+    """`tail_text` of `data` with `secrets` redacted. `data` is the last `limit` +
+    `read_extra(secrets)` bytes of a stream; `cut`: the stream has bytes before it. Then
+    its first `read_extra` bytes may be the end of a value whose start was not read: they
+    are dropped after redacting (a value wholly read is already ``***``)."""
+    data = redact(data, secrets)
+    if cut:
+        data = data[read_extra(secrets):]
+    return tail_text(data, limit, cut=cut)
+
+
 class Redactor:
     """Redacts one stream given in chunks (see the module doc). Owned by one task."""
 

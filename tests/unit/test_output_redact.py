@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import random
 
-from prisn.workloads.output import MIN_SECRET, Redactor, redact, secret_values, tail_text
+from prisn.workloads.output import (
+    MIN_SECRET,
+    Redactor,
+    read_extra,
+    redact,
+    redacted_tail,
+    secret_values,
+    tail_text,
+)
 
 
 def test_values_shorter_than_the_minimum_are_left_alone() -> None:
@@ -47,3 +55,17 @@ def test_tail_text_cuts_at_a_character_boundary_and_stays_within_the_limit() -> 
     assert cut and len(text.encode()) <= 30 and set(text) == {"\ufffd"}
     assert tail_text(b"", 10) == ("", False)
     assert tail_text(b"abc", 10, cut=True) == ("abc", True)
+
+
+def test_a_tail_whose_read_starts_inside_a_value_shows_none_of_it() -> None:
+    secrets = secret_values(["s3cr3t-value", "pin"])  # "pin": too short, not redacted
+    limit = 30
+    extra = read_extra(secrets)
+    assert extra == len("s3cr3t-value") - 1
+    for before in range(0, 40):  # the read window starts before, inside, after the value
+        stream = b"q" * before + b"s3cr3t-value" + b"z" * 25 + b"pin"
+        window = stream[-(limit + extra):]
+        text, truncated = redacted_tail(window, limit, secrets, cut=len(window) < len(stream))
+        assert set(text) <= set("qz*pin"), (before, text)
+        assert text.endswith("zpin") and len(text.encode()) <= limit
+    assert redacted_tail(b"a s3cr3t-value", 60, secrets, cut=False) == ("a ***", False)

@@ -493,13 +493,35 @@ class WorkloadsActor(Actor):
         return secret_values(secret_env(self.store, dep["namespace"], names,
                                         self.decrypt).values())
 
+    def _run_secrets(self, exec_id: str) -> tuple[bytes, ...]:
+        """The redactable secret values of the execution's deployment as stored now (none if
+        the execution or its deployment is gone); SecretError/SecretDecryptError when they
+        do not open here."""
+        e = self.store.execution(exec_id)
+        dep = None if e is None else self.store.get(e.namespace, e.name)
+        if e is None or dep is None or dep["id"] != e.deployment_id:
+            return ()
+        if dep.get("secrets") and self.decrypt is None:
+            raise SecretError("this node cannot open secrets")
+        return self._secret_values(dep)
+
     def _run_output(self, run: _Run) -> dict[str, Any]:
         """The output fields of `run`'s terminal update (read once, then kept for resends):
-        per stream the last `MAX_OUTPUT` bytes, secrets redacted (module doc)."""
+        per stream the last `MAX_OUTPUT` bytes, with the secret values injected into the run
+        and those of its deployment now redacted (module doc); none at all when those do
+        not open here (never an unredacted output)."""
         if run.output is None:
             from actors.runner import STREAMS, read_log  # the runner's file layout
 
-            extra = read_extra(run.secrets)
+            try:  # the values injected, and the current ones (rotated, or an orphan's)
+                secrets = tuple(sorted(set(run.secrets) | set(self._run_secrets(run.id)),
+                                       key=lambda v: (-len(v), v)))
+            except (SecretError, SecretDecryptError) as e:
+                log.warning("workloads: no output recorded for %s: its secrets do not open "
+                            "here (%s)", run.iid, e)
+                run.output = {}
+                return run.output
+            extra = read_extra(secrets)
             out: dict[str, Any] = {}
             for stream in STREAMS:
                 try:
@@ -508,7 +530,7 @@ class WorkloadsActor(Actor):
                 except (OSError, ValueError) as e:
                     log.warning("workloads: cannot read the %s of %s: %s", stream, run.iid, e)
                     continue
-                text, truncated = redacted_tail(chunk.data, MAX_OUTPUT, run.secrets,
+                text, truncated = redacted_tail(chunk.data, MAX_OUTPUT, secrets,
                                                 cut=chunk.offset > 0 or chunk.truncated)
                 out[stream] = text
                 if truncated:

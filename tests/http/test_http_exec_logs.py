@@ -19,7 +19,7 @@ from prisn.fsm.secrets import SecretFactory
 from prisn.secretbox import SecretBox
 from tests.execfeed import cmd, update
 from tests.feeder import Feeder
-from tests.http.test_http_logs import LogNode
+from tests.lognode import LogNode
 
 SECRET = "hunter2-very-secret"
 IID = "x.e1.1"

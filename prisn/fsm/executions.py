@@ -97,6 +97,12 @@ _ENVELOPE = frozenset({"v", "op", "key", "ts"})
 _CREATE_OPT = frozenset({"env", "args", "timeout", "history"})
 _UPDATE_OPT = frozenset({"exit_code", "node", "started_at", "completed_at", "error"})
 _ROW_LEN = 17
+_ROW_LEN_RETRY = 19  # with [retries, past attempts]
+MAX_RETRIES = 10  # = validation.MAX_RETRIES
+# One attempt: (attempt, node, status, exit_code, started_at, completed_at, error)
+Attempt = tuple[int, "str | None", str, "int | None", "str | None", "str | None", "str | None"]
+ATTEMPT_FIELDS: tuple[str, ...] = ("attempt", "node", "status", "exit_code", "started_at",
+                                   "completed_at", "error")
 
 
 class ExecutionCommandError(ValueError):
@@ -125,10 +131,26 @@ class Execution:
     env: dict[str, str]  # overrides of the deployment's (on-demand runs only)
     args: list[str]  # replace the deployment's when not empty (on-demand runs only)
     timeout: int
+    # retries (issue 15): how many more attempts a Failed or Lost one gets, fixed when it is
+    # created (the deployment's `retries` as applied); `past`: the attempts before the
+    # current one, oldest first, as `Attempt` tuples. Both empty/0: the row and the JSON
+    # are exactly as before retries existed.
+    retries: int = 0
+    past: tuple[Attempt, ...] = ()
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    def attempt_record(self) -> Attempt:
+        """The current attempt as an `Attempt` tuple."""
+        return (self.attempt, self.node, self.status, self.exit_code, self.started_at,
+                self.completed_at, self.error)
+
+    def attempts_json(self) -> list[dict[str, Any]]:
+        """Every attempt so far, the current one last (at most ``retries + 1``)."""
+        return [dict(zip(ATTEMPT_FIELDS, a, strict=True))
+                for a in (*self.past, self.attempt_record())]
 
     def to_json(self) -> dict[str, Any]:
         """The API shape (no env or args: they may hold what the caller keeps private)."""
@@ -139,13 +161,24 @@ class Execution:
                                  else format_ts(self.scheduled_at)),
                 "attempt": self.attempt, "created_at": self.created_at,
                 "started_at": self.started_at, "completed_at": self.completed_at,
-                "duration_ms": self.duration_ms, "error": self.error}
+                "duration_ms": self.duration_ms, "error": self.error,
+                **self._retry_json()}
+
+    def _retry_json(self) -> dict[str, Any]:
+        """``retries`` and ``attempts`` of an execution that may retry (else nothing: the
+        JSON of one without retries is what it always was)."""
+        if not self.retries and not self.past:
+            return {}
+        return {"retries": self.retries, "attempts": self.attempts_json()}
 
     def row(self) -> list[Any]:
-        return [self.id, self.deployment_id, self.namespace, self.name, self.status,
-                self.exit_code, self.node, self.scheduled_at, self.attempt, self.created_at,
-                self.started_at, self.completed_at, self.duration_ms, self.error,
-                dict(sorted(self.env.items())), list(self.args), self.timeout]
+        row = [self.id, self.deployment_id, self.namespace, self.name, self.status,
+               self.exit_code, self.node, self.scheduled_at, self.attempt, self.created_at,
+               self.started_at, self.completed_at, self.duration_ms, self.error,
+               dict(sorted(self.env.items())), list(self.args), self.timeout]
+        if self.retries or self.past:  # else the row of before retries, byte for byte
+            row += [self.retries, [list(a) for a in self.past]]
+        return row
 
 
 # ---------------------------------------------------------------------- field checks
@@ -369,7 +402,8 @@ class ExecutionTable:
         if why is not None:
             return failure(Outcome.CONFLICT, why)
         e = Execution(exec_id, dep["id"], dep["namespace"], dep["name"], PENDING, None, None,
-                      None, 1, ts, None, None, None, None, env, args, timeout)
+                      None, 1, ts, None, None, None, None, env, args, timeout,
+                      retries=_retries_of(dep))
         self._insert(e, history)
         return Outcome.CREATED, e.to_json()
 
@@ -418,7 +452,8 @@ class ExecutionTable:
         self._marks[dep_id] = at
         self.fires_applied += 1
         e = Execution(exec_id, dep_id, dep["namespace"], dep["name"], PENDING, None, None,
-                      at, 1, ts, None, None, None, None, {}, [], DEFAULT_TIMEOUT)
+                      at, 1, ts, None, None, None, None, {}, [], DEFAULT_TIMEOUT,
+                      retries=_retries_of(dep))
         self._insert(e, history)
         return Outcome.CREATED, e.to_json()
 
@@ -520,6 +555,7 @@ class ExecutionTable:
             new = replace(e, status=status, node=node or e.node, exit_code=exit_code,
                           started_at=start_text, completed_at=done_text, duration_ms=dur,
                           error=error if error is not None else e.error)
+            new = _requeued(new)
         self._store(new)
         return Outcome.OK, new.to_json()
 
@@ -661,11 +697,58 @@ class ExecutionTable:
         return table
 
 
+def _retries_of(dep: dict[str, Any]) -> int:
+    """The retries a new execution of stored deployment `dep` gets (its `retries`, else 0)."""
+    n = dep.get("retries", 0)
+    return int(n) if is_int(n) and 0 <= n <= MAX_RETRIES else 0
+
+
+def _requeued(e: Execution) -> Execution:
+    """`e` just ended Failed or Lost: with attempts left (``attempt <= retries``) it is
+    queued again (Pending, attempt + 1, no node: the leader places it, preferring another
+    node), the ended attempt kept in `past`; else `e` as it is. Deterministic."""
+    if e.status not in (FAILED, LOST) or e.attempt > e.retries or e.attempt >= MAX_ATTEMPT:
+        return e
+    return replace(e, status=PENDING, attempt=e.attempt + 1, node=None, exit_code=None,
+                   started_at=None, completed_at=None, duration_ms=None, error=None,
+                   past=(*e.past, e.attempt_record()))
+
+
+def _parse_attempts(raw: Any, retries: Any, attempt: int) -> tuple[int, tuple[Attempt, ...]]:
+    """(retries, past attempts) of a snapshot row's tail; ValueError unless apply could have
+    stored them (attempts 1, 2, ... before the current one, each ended Failed or Lost)."""
+    if not is_int(retries) or not 0 <= retries <= MAX_RETRIES or type(raw) is not list:
+        raise ValueError("execution retries must be 0..10 with a list of past attempts")
+    past: list[Attempt] = []
+    for i, a in enumerate(raw, 1):
+        if type(a) is not list or len(a) != len(ATTEMPT_FIELDS):
+            raise ValueError("a past attempt is a list of "
+                             + ", ".join(ATTEMPT_FIELDS))
+        n, node, status, code, started, completed, error = a
+        if n != i or status not in (FAILED, LOST) or type(status) is not str:
+            raise ValueError("past attempts must be numbered from 1 and Failed or Lost")
+        if code is not None and (not is_int(code) or not -255 <= code <= 255):
+            raise ValueError("a past attempt's exit_code must be -255..255 or null")
+        if error is not None and (type(error) is not str or len(error) > MAX_ERROR):
+            raise ValueError("a past attempt's error must be a short string or null")
+        for t, f in ((started, "started_at"), (completed, "completed_at")):
+            if t is not None:
+                _ts(t, f)
+        past.append((n, None if node is None else _node(node), status, code, started,
+                     completed, error))
+    if len(past) > retries or len(past) > attempt - 1 or (
+            not retries and not past):
+        raise ValueError("past attempts must be the attempts before the current one, at "
+                         "most retries")
+    return int(retries), tuple(past)
+
+
 def _parse_row(row: Any) -> Execution:
-    if type(row) is not list or len(row) != _ROW_LEN:
-        raise ValueError(f"an execution row is a list of {_ROW_LEN} values")
+    if type(row) is not list or len(row) not in (_ROW_LEN, _ROW_LEN_RETRY):
+        raise ValueError(f"an execution row is a list of {_ROW_LEN} or {_ROW_LEN_RETRY} "
+                         "values")
     (exec_id, dep_id, ns, name, status, exit_code, node, at, attempt, created, started,
-     completed, dur, error, env, args, timeout) = row
+     completed, dur, error, env, args, timeout) = row[:_ROW_LEN]
     if type(status) is not str or status not in STATUSES:
         raise ValueError("execution status is not one of " + ", ".join(STATUSES))
     if exit_code is not None and (not is_int(exit_code) or not -255 <= exit_code <= 255):
@@ -687,7 +770,8 @@ def _parse_row(row: Any) -> Execution:
                      None if node is None else _node(node),
                      None if at is None else _epoch(at, "scheduled_at"), attempt, created,
                      started, completed, dur, error, validate_env(env), validate_args(args),
-                     timeout)
+                     timeout, *_parse_attempts(row[_ROW_LEN + 1], row[_ROW_LEN], attempt)
+                     if len(row) == _ROW_LEN_RETRY else (0, ()))
 
 
 # ---------------------------------------------------------------------- proposer side

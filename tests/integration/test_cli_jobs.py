@@ -63,6 +63,19 @@ def test_deploy_passes_type_schedule_and_secrets_into_the_spec(script) -> None:
     assert p.returncode == 2  # not a type
 
 
+def test_deploy_passes_the_run_settings_into_the_spec(script) -> None:
+    script.answers[("POST", "/api/v1/deployments")] = [(201, {}, {**DEP, "type": "cronjob"})]
+    p = prisn("deploy", "/srv/tick.py", "--no-upload", "--schedule", "0 9 * * *",
+              "--retries", "2", "--concurrency", "allow", "--timezone", "Europe/Paris",
+              "--starting-deadline", "30", server=script.addr)
+    assert p.returncode == 0, p.stderr
+    spec = body_of(script, "POST", "/api/v1/deployments")
+    assert (spec["retries"], spec["concurrency"], spec["timezone"],
+            spec["starting_deadline"]) == (2, "allow", "Europe/Paris", 30)
+    p = prisn("deploy", "x.py", "--no-upload", "--concurrency", "often", server=script.addr)
+    assert p.returncode == 2  # not a choice
+
+
 def test_trigger_without_wait_prints_the_id(script) -> None:
     script.answers[("POST", EXECS)] = [(202, {}, ex("Pending", node=None))]
     p = prisn("trigger", "app", "-e", "K=V", server=script.addr)

@@ -31,6 +31,16 @@ Pending (assign a node), Running, or any terminal status; Running -> terminal; F
 update names the attempt it reports on (a report on an older attempt is refused) and, once
 the execution has a node, that node (a report from another node is refused).
 
+Retries: an execution gets `retries` (0..10) when it is created, from its deployment as
+applied at that log position (its ``retries`` spec field, absent: 0), so every node agrees
+and later spec changes do not touch it. An update that ends an attempt Failed or Lost while
+``attempt <= retries`` stores, in the same apply, the next attempt instead: Pending,
+``attempt + 1``, no node (the leader places it), the ended attempt appended to `past`
+(at most `retries` of them). Cancelled and Completed are final. The JSON and the snapshot
+row of an execution with ``retries == 0`` and no past attempts are exactly as before
+(17 values); otherwise the row has two more, ``retries`` and the past attempts as lists
+(`ATTEMPT_FIELDS`), and the JSON ``retries`` and ``attempts`` (past and current).
+
 Bounds (every node must evict the same rows): at most `history` executions per deployment
 (the proposer's --execution-history, carried in the command that creates the execution, so
 the bound is the log's and not each node's flag; absent: `DEFAULT_HISTORY`) and

@@ -182,7 +182,7 @@ class Execution:
         return {"retries": self.retries, "attempts": self.attempts_json()}
 
     def row(self) -> list[Any]:
-        row = [self.id, self.deployment_id, self.namespace, self.name, self.status,
+        row: list[Any] = [self.id, self.deployment_id, self.namespace, self.name, self.status,
                self.exit_code, self.node, self.scheduled_at, self.attempt, self.created_at,
                self.started_at, self.completed_at, self.duration_ms, self.error,
                dict(sorted(self.env.items())), list(self.args), self.timeout]

@@ -467,7 +467,12 @@ class WorkloadsActor(Actor):
                 return False
             if outcome is not None and outcome != Outcome.OK:
                 log.info("workloads: claim of execution %s refused: %s", run.id, body)
-        if status != PENDING or self.fenced or now - run.claim_at < 1.0:
+        if status == RUNNING and run.claim is None:  # never claimed here: an earlier run's
+            run.orphan, run.message = True, "the node restarted while it ran"
+            return False
+        # Running with a claim sent: it may be this claim with its answer lost; the resend
+        # is answered from the dedup table (OK if it was this one, else 409)
+        if status not in (PENDING, RUNNING) or self.fenced or now - run.claim_at < 1.0:
             return False
         inflight = sum(1 for r in self._runs.values()
                        if (r.fut is not None and not r.fut.done())

@@ -130,3 +130,27 @@ def test_an_execution_running_here_unknown_to_this_incarnation_is_reported_lost(
     st, e = f.run(lost)  # with retries: 1 it is queued again for another attempt
     assert st == 200 and (e["status"], e["attempt"]) == ("Pending", 2)
     assert e["attempts"][0]["status"] == "Lost"
+
+
+def test_a_claim_whose_answer_was_lost_is_recognized_by_its_resend(
+        clock: Clock, tmp_path: Any) -> None:
+    """The claim committed and applied but its answer failed (a leader change): the same
+    command is resent, the dedup table answers it as committed, and the process starts."""
+    f, a, sent, props = setup(tmp_path)
+    a.step()
+    (claim,) = [c for c in props.cmds if c["op"] == "execution.update"]
+    assert f.run(claim)[0] == 200
+    props.futs[-1].set_exception(TimeoutError("no answer"))
+    clock.t += 0.1
+    a.step()
+    assert exec_instances(sent) == []
+    clock.t += 1.1
+    a.step()
+    assert len(props.cmds) == 2  # resent once
+    resend = props.cmds[-1]
+    assert resend == claim
+    props.futs[-1].set_result(f.run(resend))  # the remembered answer: OK, Running
+    clock.t += 0.1
+    a.step()
+    assert exec_instances(sent) == ["x.e1.1"]
+    assert not [c for c in props.cmds if c.get("status") == "Lost"]

@@ -110,6 +110,37 @@ def test_a_job_whose_node_dies_mid_run_is_retried_on_another_node(
     print(f"claim commit (trigger -> start overhead), ms: {sorted(claim_latencies(cluster))}")
 
 
+def test_a_node_restarted_mid_run_does_not_run_it_again_and_the_retry_does(
+        cluster: list[ServerProc]) -> None:
+    """SIGKILL and an immediate restart of the running node: attempt 1 ends Lost (the node
+    reports the execution it no longer runs, or the leader saw it down first), attempt 2
+    runs once, anywhere; attempt 1 never runs again."""
+    d: Path = cluster[0].scripts  # type: ignore[attr-defined]
+    counter = d / "flaky2.runs"
+    r = leader_of(cluster).req("POST", "/api/v1/deployments",
+                               {"name": "flaky2", "type": "job", "source": str(d / "flaky.py"),
+                                "retries": 1, "env": {"RUNS": str(counter)}}, timeout=15)
+    assert r.status == 201, r.body
+    leader = leader_of(cluster)
+    r = leader.req("POST", "/api/v1/executions", {"name": "flaky2", "async": True},
+                   timeout=15)
+    exec_id = r.json()["id"]
+    e = wait_for(lambda: (x := execution(leader, exec_id))["status"] == "Running"
+                 and runs(counter) == 1 and x, WAIT, "first attempt running")
+    victim = next(n for n in cluster if n.node_id == e["node"])
+    victim.kill()
+    victim.wait_exit()
+    victim.restart().wait_ready(WAIT)
+    done = wait_for(lambda: (x := execution(leader_of(cluster, timeout=30), exec_id))[
+        "status"] == "Completed" and x, WAIT, "the retry completes")
+    first = done["attempts"][0]
+    assert first["status"] == "Lost" and first["node"] == victim.node_id, done
+    assert first["error"] in ("the node restarted while it ran",
+                              f"node {victim.node_id} went down"), first
+    assert done["attempt"] == 2 and runs(counter) == 2
+    print(f"restarted node: attempt 1 {first['error']!r}")
+
+
 def test_a_failing_job_with_two_retries_runs_three_times_and_ends_failed(
         cluster: list[ServerProc]) -> None:
     counter = job(cluster, "failing", retries=2)

@@ -140,8 +140,8 @@ class Log:
                          "name": "main", **extra})
 
     def finish(self, exec_id: str, status: str = "Completed") -> None:
-        for n, (st, extra) in enumerate((("Pending", {"node": "n1"}), ("Running", {}),
-                                         (status, {"exit_code": 0}))):
+        for st, extra in (("Pending", {"node": "n1"}), ("Running", {}),
+                          (status, {"exit_code": 0})):
             code, body = self.run({"v": COMMAND_VERSION, "op": "execution.update",
                                    "key": next(self.keys), "ts": format_ts(self.now),
                                    "id": exec_id, "status": st, "attempt": 1, **extra})

@@ -150,3 +150,15 @@ class TestAdhocExecutions(ApiCase):
         self.assert_error(413, out, resp, "Request Entity Too Large",
                           contains="--max-spec-bytes")
         assert len(self.node.proposals) == before
+
+    def test_idempotency_key_answers_the_same_adhoc_execution(self) -> None:
+        key = {"Idempotency-Key": "adhoc-1"}
+        body = {"source": "echo hi", "runtime": "bash", "async": True}
+        code, e, _ = self.call("POST", "/api/v1/executions", body, headers=key)
+        assert code == 202, e
+        code, again, _ = self.call("POST", "/api/v1/executions", body, headers=key)
+        assert code == 202 and again["id"] == e["id"]
+        assert self.call("GET", "/api/v1/executions")[1]["total"] == 1
+        code, out, resp = self.call("POST", "/api/v1/executions",
+                                    {**body, "source": "echo other"}, headers=key)
+        assert code == 422, out

@@ -35,8 +35,8 @@ unless the node was started with ``--no-workloads``). Each step (every `poll_ms`
   execution the log finishes otherwise (Cancelled, Lost) is dropped from the desired list:
   the runner stops it. An ad-hoc execution (no deployment) runs its own artifact, entry
   and runtime, with only its own env and args. An execution the log says Running here
-  that this controller does not know (the node restarted mid-run) is reported Failed, never started again. At most
-  `MAX_EXEC_INFLIGHT` updates in flight, each resent at most once a second until applied.
+  that this controller does not know (the node restarted mid-run) is reported Failed,
+  never started again. At most `MAX_EXEC_INFLIGHT` updates in flight, each resent at most once a second until applied.
 Never raises on a failed proposal or a bad artifact (logged; retried by the next step).
 """
 

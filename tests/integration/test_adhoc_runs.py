@@ -104,3 +104,32 @@ def test_inline_source_async_answers_202_then_completes(cluster: list[ServerProc
     assert r.status == 200 and r.json()["exit_code"] == 2, r.body
     r = cluster[0].req("POST", "/api/v1/executions", {"source": "x"}, timeout=15)
     assert r.status == 400 and "runtime" in r.json()["message"], r.body
+
+
+def _processes(name: str) -> list[int]:
+    """Pids of live processes whose environment names `name` (PRISN_DEPLOYMENT)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+            state = (d / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != b"Z" and f"PRISN_DEPLOYMENT={name}".encode() in env:
+            out.append(int(d.name))
+    return out
+
+
+def test_cancel_stops_an_adhoc_run(cluster: list[ServerProc]) -> None:
+    body = {"source": "import time\ntime.sleep(120)\n", "entry": "sleeper.py",
+            "async": True}
+    r = cluster[0].req("POST", "/api/v1/executions", body, timeout=15)
+    assert r.status == 202 and r.json()["name"] == "sleeper", r.body
+    exec_id = r.json()["id"]
+    wait_for(lambda: execution(cluster[0], exec_id)["status"] == "Running", WAIT, "running")
+    wait_for(lambda: len(_processes("sleeper")) == 1, WAIT, "its process")
+    r = cluster[1].req("POST", f"/api/v1/executions/{exec_id}/cancel", timeout=15)
+    assert r.status == 200 and r.json()["status"] == "Cancelled", r.body
+    wait_for(lambda: _processes("sleeper") == [], WAIT, "the cancelled process stopped")

@@ -41,8 +41,9 @@ unless the node was started with ``--no-workloads``). Each step (every `poll_ms`
   Completed (exit code 0) or Failed (its exit code; "timed out" when it outlived its
   `timeout`, after which it is dropped from the desired list, so the runner stops it). An
   execution the log finishes otherwise (Cancelled, Lost) is dropped from the desired list:
-  the runner stops it. No claim is proposed while fenced. At most `MAX_EXEC_INFLIGHT`
-  updates in flight, each resent at most once a second until applied.
+  the runner stops it. An ad-hoc execution (no deployment) runs its own artifact, entry
+  and runtime, with only its own env and args. No claim is proposed while fenced. At most
+  `MAX_EXEC_INFLIGHT` updates in flight, each resent at most once a second until applied.
 Never raises on a failed proposal or a bad artifact (logged; retried by the next step).
 """
 
@@ -376,8 +377,8 @@ class WorkloadsActor(Actor):
             if run.finished or run.timed_out or run.orphan or not run.claimed:
                 continue
             e = self.store.execution(run.id)
-            dep = None if e is None else self.store.get(e.namespace, e.name)
-            if e is None or dep is None or dep["id"] != e.deployment_id:
+            dep = None if e is None else self._exec_dep(e)
+            if e is None or dep is None:
                 continue
             try:
                 cwd, source = location(self.data_dir, dep, artifact_bytes)
@@ -394,6 +395,16 @@ class WorkloadsActor(Actor):
         return out
 
     # ------------------------------------------------------------------ executions
+    def _exec_dep(self, e: Any) -> dict[str, Any] | None:
+        """What execution `e` runs, as a deployment-shaped map: its deployment (None when
+        that is gone or replaced by another of the same name), or for an ad-hoc run (no
+        deployment) its artifact, entry and runtime, with no env, args or secrets."""
+        if e.deployment_id is None:
+            return {"name": e.name, "namespace": e.namespace, "artifact": e.artifact,
+                    "source": e.entry, "runtime": e.runtime, "generation": 0}
+        dep = self.store.get(e.namespace, e.name)
+        return dep if dep is not None and dep["id"] == e.deployment_id else None
+
     def _jobs(self, now: float) -> None:
         """Track this node's executions and report them (module doc)."""
         changed = False

@@ -398,7 +398,8 @@ class DeploymentStore:
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = failure(Outcome.INTERNAL_ERROR,
                              f"internal error applying command: {type(exc).__name__}")
-        self._artifacts.sweep(cmd.get("ts"))  # after every command: deterministic GC
+        # after every command: deterministic GC (unfinished ad-hoc runs pin their artifacts)
+        self._artifacts.sweep(cmd.get("ts"), self._executions.pins)
         if not (type(op) is str and op in _NO_PLACEMENT_CHANGE):  # rows of unplaced: gone
             self._instances.prune(self._placements.get)
         self._dedup[key] = (fp, result[0], result[1])
@@ -426,11 +427,12 @@ class DeploymentStore:
         if op in PLACEMENT_OPS:
             return self._placements.apply(cmd, self._lookup)
         if op in ARTIFACT_OPS:
-            return self._artifacts.apply(cmd)
+            return self._artifacts.apply(cmd, self._executions.pins)
         if op in SECRET_OPS:
             return self._secrets.apply(cmd)
         if op in EXECUTION_OPS:
-            return self._executions.apply(cmd, self._lookup, self._lookup_id)
+            return self._executions.apply(cmd, self._lookup, self._lookup_id,
+                                          self._artifacts.check_entry)
         if op in INSTANCE_OPS:
             return self._instances.apply(cmd, self._placements.get)
         spec: dict[str, Any] = {}

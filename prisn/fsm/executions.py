@@ -8,6 +8,9 @@ milliseconds):
     {"v": 1, "op": "execution.create", "key": K, "ts": T, "id": ID, "ns": NS,
      "deployment_id": D | "name": N, ["env": {..}], ["args": [..]], ["timeout": S],
      ["history": H]}
+    {"v": 1, "op": "execution.create", "key": K, "ts": T, "id": ID, "ns": NS,
+     "artifact": DIGEST, "entry": PATH, "runtime": R, "name": N, [env, args, timeout,
+     history as above]}                                  (an ad-hoc run, no deployment)
     {"v": 1, "op": "cron.fire", "key": K, "ts": T, "id": ID, "deployment_id": D,
      "scheduled_at": EPOCH_S, "after": EPOCH_S | None, ["cancel": [ID, ...]], ["history": H]}
     {"v": 1, "op": "cron.miss", "key": K, "ts": T, "deployment_id": D, "first": EPOCH_S,
@@ -50,6 +53,13 @@ deployment already has `history` unfinished ones or the table `MAX_ACTIVE`. At m
 `MAX_MISSES` miss records per deployment (oldest dropped; the total missed count is kept).
 Deleting a deployment drops its mark and misses (`forget`); its executions stay until evicted.
 
+Ad-hoc executions (``prisn run SCRIPT``, inline ``source``): a create naming an `artifact`
+(stored, holding `entry`: checked at apply, 400 otherwise) instead of a deployment. Their
+`deployment_id` is None; they are bounded like a deployment's, per namespace (group key
+``/<namespace>``, which no deployment id can be). While unfinished, each pins its artifact:
+`pins` (digest -> unfinished ad-hoc executions naming it, derived from the rows, so a
+restored table has the same) keeps the artifact table's sweep from dropping it.
+
 Threads: no lock; `DeploymentStore` calls it under its lock (apply on the state-machine
 thread, queries on any). `Execution` records are immutable (an update stores a new one).
 """
@@ -71,8 +81,10 @@ from prisn.fsm.validation import (
     validate_args,
     validate_env,
     validate_name,
+    validate_runtime,
 )
 from prisn.outcomes import Outcome
+from prisn.workloads.artifacts import ArtifactError, check_path, is_digest
 from prisn.workloads.cron import Fire, Miss
 
 EXECUTION_OPS: tuple[str, ...] = ("execution.create", "execution.update", "execution.cancel",
@@ -105,14 +117,22 @@ LookupId = Callable[[str], dict[str, Any] | None]  # deployment id -> deployment
 
 _ENVELOPE = frozenset({"v", "op", "key", "ts"})
 _CREATE_OPT = frozenset({"env", "args", "timeout", "history"})
+_ADHOC_KEYS = frozenset({"id", "ns", "artifact", "entry", "runtime", "name"})
 _UPDATE_OPT = frozenset({"exit_code", "node", "started_at", "completed_at", "error"})
 _ROW_LEN = 17
-_ROW_LEN_RETRY = 19  # with [retries, past attempts]
+_ADHOC_ROW_LEN = _ROW_LEN + 3  # an ad-hoc row adds [artifact, entry, runtime]
+_RETRY_LEN = 2  # a row of an execution that may retry ends with [retries, past attempts]
 MAX_RETRIES = 10  # = validation.MAX_RETRIES
 # One attempt: (attempt, node, status, exit_code, started_at, completed_at, error)
 Attempt = tuple[int, "str | None", str, "int | None", "str | None", "str | None", "str | None"]
 ATTEMPT_FIELDS: tuple[str, ...] = ("attempt", "node", "status", "exit_code", "started_at",
                                    "completed_at", "error")
+ADHOC_GROUP = "/"  # prefix of an ad-hoc group key: "/<namespace>" (ids never hold "/")
+CheckArtifact = Callable[[str, str], None]  # (digest, entry) -> None, ValidationError if not
+
+
+def _no_artifacts(digest: str, entry: str) -> None:
+    raise ValidationError("artifact", "this table was given no artifact table")
 
 
 class ExecutionCommandError(ValueError):
@@ -125,7 +145,7 @@ class Execution:
     (epoch seconds), None for an on-demand run. Times are RFC 3339 strings."""
 
     id: str
-    deployment_id: str
+    deployment_id: str | None  # None: an ad-hoc run (`artifact`, `entry`, `runtime` set)
     namespace: str
     name: str
     status: str
@@ -141,6 +161,9 @@ class Execution:
     env: dict[str, str]  # overrides of the deployment's (on-demand runs only)
     args: list[str]  # replace the deployment's when not empty (on-demand runs only)
     timeout: int
+    artifact: str | None = None  # ad-hoc runs only: the artifact, file and runtime to run
+    entry: str | None = None
+    runtime: str | None = None
     # retries (issue 15): how many more attempts a Failed or Lost one gets, fixed when it is
     # created (the deployment's `retries` as applied); `past`: the attempts before the
     # current one, oldest first, as `Attempt` tuples. Both empty/0: the row and the JSON
@@ -162,6 +185,19 @@ class Execution:
         return [dict(zip(ATTEMPT_FIELDS, a, strict=True))
                 for a in (*self.past, self.attempt_record())]
 
+    def _retry_json(self) -> dict[str, Any]:
+        """``retries`` and ``attempts`` of an execution that may retry (else nothing: the
+        JSON of one without retries is what it always was)."""
+        if not self.retries and not self.past:
+            return {}
+        return {"retries": self.retries, "attempts": self.attempts_json()}
+
+    @property
+    def group(self) -> str:
+        """The key its history bound counts under: its deployment id, or ``/<namespace>``."""
+        return (self.deployment_id if self.deployment_id is not None
+                else ADHOC_GROUP + self.namespace)
+
     def to_json(self) -> dict[str, Any]:
         """The API shape (no env or args: they may hold what the caller keeps private)."""
         return {"id": self.id, "deployment_id": self.deployment_id,
@@ -172,20 +208,18 @@ class Execution:
                 "attempt": self.attempt, "created_at": self.created_at,
                 "started_at": self.started_at, "completed_at": self.completed_at,
                 "duration_ms": self.duration_ms, "error": self.error,
+                **({} if self.artifact is None else
+                   {"artifact": self.artifact, "entry": self.entry, "runtime": self.runtime}),
                 **self._retry_json()}
 
-    def _retry_json(self) -> dict[str, Any]:
-        """``retries`` and ``attempts`` of an execution that may retry (else nothing: the
-        JSON of one without retries is what it always was)."""
-        if not self.retries and not self.past:
-            return {}
-        return {"retries": self.retries, "attempts": self.attempts_json()}
-
     def row(self) -> list[Any]:
-        row: list[Any] = [self.id, self.deployment_id, self.namespace, self.name, self.status,
-               self.exit_code, self.node, self.scheduled_at, self.attempt, self.created_at,
-               self.started_at, self.completed_at, self.duration_ms, self.error,
-               dict(sorted(self.env.items())), list(self.args), self.timeout]
+        row: list[Any] = [self.id, self.deployment_id, self.namespace, self.name,
+                          self.status, self.exit_code, self.node, self.scheduled_at,
+                          self.attempt, self.created_at, self.started_at, self.completed_at,
+                          self.duration_ms, self.error, dict(sorted(self.env.items())),
+                          list(self.args), self.timeout]
+        if self.artifact is not None:
+            row += [self.artifact, self.entry, self.runtime]
         if self.retries or self.past:  # else the row of before retries, byte for byte
             row += [self.retries, [list(a) for a in self.past]]
         return row
@@ -267,6 +301,7 @@ class ExecutionTable:
         self._fires: dict[tuple[str, int], str] = {}  # (deployment id, scheduled_at) -> id
         self._active: dict[str, int] = {}  # deployment id -> unfinished executions
         self._active_total = 0
+        self.pins: dict[str, int] = {}  # artifact digest -> unfinished ad-hoc runs naming it
         self._marks: dict[str, int] = {}
         self._missed: dict[str, int] = {}  # deployment id -> scheduled times missed in all
         self._misses: dict[str, deque[tuple[int, int, int, str, str]]] = {}
@@ -290,11 +325,9 @@ class ExecutionTable:
     def _count_active(self, e: Execution, sign: int) -> None:
         if e.terminal:
             return
-        n = self._active.get(e.deployment_id, 0) + sign
-        if n:
-            self._active[e.deployment_id] = n
-        else:
-            self._active.pop(e.deployment_id, None)
+        _bump(self._active, e.group, sign)
+        if e.artifact is not None:
+            _bump(self.pins, e.artifact, sign)
         self._active_total += sign
 
     def _store(self, e: Execution) -> None:
@@ -318,11 +351,11 @@ class ExecutionTable:
         deployment and `max_executions` in all."""
         history = self.history if history is None else history
         self._rows[e.id] = e
-        self._by_dep.setdefault(e.deployment_id, deque()).append(e.id)
+        self._by_dep.setdefault(e.group, deque()).append(e.id)
         if e.scheduled_at is not None:
-            self._fires[(e.deployment_id, e.scheduled_at)] = e.id
+            self._fires[(e.group, e.scheduled_at)] = e.id
         self._count_active(e, 1)
-        ids = self._by_dep[e.deployment_id]
+        ids = self._by_dep[e.group]
         while len(ids) > history:  # room was checked: a terminal one exists
             self._evict(next(i for i in ids if self._rows[i].terminal))
         while len(self._rows) > self.max_executions:
@@ -330,12 +363,12 @@ class ExecutionTable:
 
     def _evict(self, exec_id: str) -> None:
         e = self._rows.pop(exec_id)
-        ids = self._by_dep[e.deployment_id]
+        ids = self._by_dep[e.group]
         ids.remove(exec_id)
         if not ids:
-            del self._by_dep[e.deployment_id]
+            del self._by_dep[e.group]
         if e.scheduled_at is not None:
-            self._fires.pop((e.deployment_id, e.scheduled_at), None)
+            self._fires.pop((e.group, e.scheduled_at), None)
         self._count_active(e, -1)
 
     def forget(self, deployment_id: str) -> None:
@@ -348,6 +381,9 @@ class ExecutionTable:
         """Why one more unfinished execution of the deployment does not fit under its bound
         `history` (None: it does), once `freed` of its unfinished ones are cancelled."""
         if self._active.get(deployment_id, 0) - freed >= history:
+            if deployment_id.startswith(ADHOC_GROUP):
+                return (f"namespace {deployment_id[1:]} already has {history} unfinished "
+                        "ad-hoc executions")
             return f"deployment {deployment_id} already has {history} unfinished executions"
         cap = min(MAX_ACTIVE, self.max_executions)
         if self._active_total - freed >= cap:
@@ -355,13 +391,18 @@ class ExecutionTable:
         return None
 
     # ------------------------------------------------------------------ apply
-    def apply(self, cmd: dict[str, Any], lookup: Lookup, lookup_id: LookupId) -> Result:
+    def apply(self, cmd: dict[str, Any], lookup: Lookup, lookup_id: LookupId,
+              check_artifact: CheckArtifact = _no_artifacts) -> Result:
         """Run one command (`op` in EXECUTION_OPS). ExecutionCommandError (or
-        ValidationError) for a malformed command, nothing changed; otherwise its result."""
+        ValidationError) for a malformed command, nothing changed; otherwise its result.
+        `check_artifact(digest, entry)` raises ValidationError unless that artifact is
+        stored and holds that file (ad-hoc creates)."""
         if cmd.get("v") != COMMAND_VERSION:
             raise _bad(f"unsupported command version {cmd.get('v')!r}")
         ts, ts_ms = _ts(cmd.get("ts"), "ts")
         op = cmd.get("op")
+        if op == "execution.create" and "artifact" in cmd:
+            return self._create_adhoc(cmd, ts, check_artifact)
         if op == "execution.create":
             return self._create(cmd, ts, lookup, lookup_id)
         if op == "cron.fire":
@@ -414,6 +455,37 @@ class ExecutionTable:
         e = Execution(exec_id, dep["id"], dep["namespace"], dep["name"], PENDING, None, None,
                       None, 1, ts, None, None, None, None, env, args, timeout,
                       retries=_retries_of(dep))
+        self._insert(e, history)
+        return Outcome.CREATED, e.to_json()
+
+    def _create_adhoc(self, cmd: dict[str, Any], ts: str,
+                      check_artifact: CheckArtifact) -> Result:
+        """An execution of an artifact's `entry` with `runtime`, tied to no deployment."""
+        _keys(cmd, _ADHOC_KEYS, _CREATE_OPT)
+        exec_id = _id(cmd["id"])
+        ns = validate_name(cmd["ns"], "namespace")
+        name = validate_name(cmd["name"])
+        artifact, entry, runtime = _adhoc_fields(cmd["artifact"], cmd["entry"],
+                                                 cmd["runtime"])
+        env = validate_env(cmd.get("env", {}))
+        args = validate_args(cmd.get("args", []))
+        timeout = cmd.get("timeout", DEFAULT_TIMEOUT)
+        if not is_int(timeout) or not 1 <= timeout <= MAX_TIMEOUT:
+            raise ValidationError("timeout", f"must be 1..{MAX_TIMEOUT} seconds")
+        history = _history(cmd, self.history)
+        try:
+            check_artifact(artifact, entry)
+        except ValidationError as exc:
+            if exc.field != "source":
+                raise
+            raise ValidationError("entry", exc.message.removeprefix("source: ")) from None
+        if exec_id in self._rows:
+            return failure(Outcome.CONFLICT, f"execution id {exec_id} already exists")
+        why = self._room(ADHOC_GROUP + ns, history)
+        if why is not None:
+            return failure(Outcome.CONFLICT, why)
+        e = Execution(exec_id, None, ns, name, PENDING, None, None, None, 1, ts, None, None,
+                      None, None, env, args, int(timeout), artifact, entry, runtime)
         self._insert(e, history)
         return Outcome.CREATED, e.to_json()
 
@@ -582,9 +654,10 @@ class ExecutionTable:
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         allowed = None if namespaces is None else frozenset(namespaces)
-        if deployment_id is not None:
-            source: Iterable[Execution] = (self._rows[i] for i in
-                                           reversed(self._by_dep.get(deployment_id, ())))
+        if deployment_id is not None and deployment_id.startswith(ADHOC_GROUP):
+            source: Iterable[Execution] = ()  # not a deployment id: ad-hoc groups stay hidden
+        elif deployment_id is not None:
+            source = (self._rows[i] for i in reversed(self._by_dep.get(deployment_id, ())))
         else:
             source = reversed(self._rows.values())
         matching = [e for e in source
@@ -621,7 +694,7 @@ class ExecutionTable:
     def running(self) -> dict[str, tuple[str, ...]]:
         """Per deployment id with unfinished executions, their ids oldest first."""
         return {dep: tuple(i for i in self._by_dep[dep] if not self._rows[i].terminal)
-                for dep in sorted(self._active)}
+                for dep in sorted(self._active) if not dep.startswith(ADHOC_GROUP)}
 
     def unfinished(self) -> list[Execution]:
         """Every unfinished (Pending or Running) execution, by deployment id, then oldest
@@ -670,7 +743,7 @@ class ExecutionTable:
                 e = _parse_row(row)
                 if e.id in table._rows:
                     raise ValueError(f"execution {e.id} is a duplicate")
-                if e.scheduled_at is not None and (e.deployment_id,
+                if e.scheduled_at is not None and (e.group,
                                                    e.scheduled_at) in table._fires:
                     raise ValueError(f"execution {e.id} repeats a cron fire")
                 table._insert(e, MAX_HISTORY)  # bounded when applied: evict nothing here
@@ -705,6 +778,26 @@ class ExecutionTable:
         except (ExecutionCommandError, ValidationError) as exc:
             raise ValueError(str(exc)) from None
         return table
+
+
+def _bump(counts: dict[str, int], key: str, sign: int) -> None:
+    """counts[key] += sign, dropping keys that reach 0."""
+    n = counts.get(key, 0) + sign
+    if n:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
+
+
+def _adhoc_fields(artifact: Any, entry: Any, runtime: Any) -> tuple[str, str, str]:
+    """(artifact digest, entry path, runtime) of an ad-hoc run, checked (ValidationError)."""
+    if not is_digest(artifact):
+        raise ValidationError("artifact", "must be a SHA-256 digest (64 lowercase hex digits)")
+    try:
+        entry = check_path(entry, "entry")
+    except ArtifactError as exc:
+        raise ValidationError("entry", f"must be a safe relative file path ({exc})") from None
+    return artifact, entry, validate_runtime(runtime)
 
 
 def _retries_of(dep: dict[str, Any]) -> int:
@@ -754,11 +847,23 @@ def _parse_attempts(raw: Any, retries: Any, attempt: int) -> tuple[int, tuple[At
 
 
 def _parse_row(row: Any) -> Execution:
-    if type(row) is not list or len(row) not in (_ROW_LEN, _ROW_LEN_RETRY):
-        raise ValueError(f"an execution row is a list of {_ROW_LEN} or {_ROW_LEN_RETRY} "
-                         "values")
+    # an ad-hoc run has no deployment, so no retries: never both tails
+    lengths = (_ROW_LEN, _ADHOC_ROW_LEN, _ROW_LEN + _RETRY_LEN)
+    if type(row) is not list or len(row) not in lengths:
+        raise ValueError("an execution row is a list of "
+                         + ", ".join(map(str, lengths)) + " values")
+    tail: list[Any] = []
+    if len(row) == _ROW_LEN + _RETRY_LEN:  # [retries, past attempts] last
+        tail, row = row[-_RETRY_LEN:], row[:-_RETRY_LEN]
+    adhoc = row[_ROW_LEN:]
     (exec_id, dep_id, ns, name, status, exit_code, node, at, attempt, created, started,
      completed, dur, error, env, args, timeout) = row[:_ROW_LEN]
+    if adhoc:
+        if dep_id is not None or at is not None:
+            raise ValueError("an ad-hoc execution row has no deployment and no cron time")
+        adhoc = list(_adhoc_fields(*adhoc))
+    elif dep_id is None:
+        raise ValueError("an execution row without a deployment must name an artifact")
     if type(status) is not str or status not in STATUSES:
         raise ValueError("execution status is not one of " + ", ".join(STATUSES))
     if exit_code is not None and (not is_int(exit_code) or not -255 <= exit_code <= 255):
@@ -775,13 +880,14 @@ def _parse_row(row: Any) -> Execution:
         if t is not None:
             _ts(t, f)
     _ts(created, "created_at")
-    return Execution(_id(exec_id), _id(dep_id, "deployment_id"),
+    retries, past = (0, ()) if not tail else _parse_attempts(tail[1], tail[0], attempt)
+    artifact, entry, runtime = adhoc if adhoc else (None, None, None)
+    return Execution(_id(exec_id), None if dep_id is None else _id(dep_id, "deployment_id"),
                      validate_name(ns, "namespace"), validate_name(name), status, exit_code,
                      None if node is None else _node(node),
                      None if at is None else _epoch(at, "scheduled_at"), attempt, created,
                      started, completed, dur, error, validate_env(env), validate_args(args),
-                     timeout, *_parse_attempts(row[_ROW_LEN + 1], row[_ROW_LEN], attempt)
-                     if len(row) == _ROW_LEN_RETRY else (0, ()))
+                     timeout, artifact, entry, runtime, retries, past)
 
 
 # ---------------------------------------------------------------------- proposer side

@@ -28,13 +28,21 @@ unless the node was started with ``--no-workloads``). Each step (every `poll_ms`
   (same fields, a later ts) so the log shows it settled and the roll can go on.
 - **executions** (issue 15): each unfinished execution the log assigns to this node is one
   more desired instance, id ``x.<execution id>.<attempt>``, with ``restart: never`` (the
-  runner starts it once); its reports are turned, level-triggered against the store, into
-  ``execution.update`` commands: Running (with started_at) once the process is up, then
+  runner starts it once). **Claim before start** (at most once per attempt): the
+  controller first proposes Running for (execution, attempt) — the claim, one command
+  resent unchanged (same key: a resend that already committed is answered from the dedup
+  table) — and the instance joins the desired list only once the claim's own answer says it
+  applied (OK, Running, this attempt; the answer comes once applied here). A claim refused
+  because the execution already runs here (an earlier incarnation of this node claimed it)
+  makes it an orphan. So a node that crashes between start and report finds, when it
+  returns, its own Running execution it is not running: reported Lost ("the node restarted
+  while it ran"; retries then apply), never started again. The reports of the process are
+  turned, level-triggered against the store, into the terminal ``execution.update``:
   Completed (exit code 0) or Failed (its exit code; "timed out" when it outlived its
   `timeout`, after which it is dropped from the desired list, so the runner stops it). An
   execution the log finishes otherwise (Cancelled, Lost) is dropped from the desired list:
-  the runner stops it. An execution the log says Running here that this controller does
-  not know (the node restarted mid-run) is reported Failed, never started again. At most
+  the runner stops it. An ad-hoc execution (no deployment) runs its own artifact, entry
+  and runtime, with only its own env and args. No claim is proposed while fenced. At most
   `MAX_EXEC_INFLIGHT` updates in flight, each resent at most once a second until applied.
   The terminal update carries the last `MAX_OUTPUT` bytes of each stream of the run (read
   from the runner's files once, when the run is seen finished), with the values of the
@@ -62,10 +70,11 @@ import zmq
 from actors.base import Actor
 from prisn.fsm.commands import format_ts
 from prisn.fsm.deployments import DeploymentStore
-from prisn.fsm.executions import COMPLETED, FAILED, MAX_OUTPUT, PENDING, RUNNING
+from prisn.fsm.executions import COMPLETED, FAILED, LOST, MAX_OUTPUT, PENDING, RUNNING
 from prisn.fsm.instances import MAX_REPORTS, instance_id, node_meta_command, report_command
 from prisn.fsm.secrets import SecretError, secret_env
 from prisn.messages import RunnerDesired
+from prisn.outcomes import Outcome
 from prisn.secretbox import Opener, SecretDecryptError
 from prisn.workloads.artifacts import ArtifactError
 from prisn.workloads.jobs import update_command
@@ -95,7 +104,12 @@ class _Run:
     exit_code: int | None = None
     message: str = ""
     timed_out: bool = False
-    orphan: bool = False  # Running in the log, unknown here: report it Failed
+    orphan: bool = False  # Running in the log, not claimed here: report it Lost
+    claimed: bool = False  # this controller's claim (Running) applied: the process may start
+    claim: dict[str, Any] | None = None  # the claim command (resent unchanged)
+    claim_fut: concurrent.futures.Future | None = None
+    claim_at: float = -1e9  # monotonic time of its last send
+    claim_first: float | None = None  # monotonic time of its first send (latency)
     fut: concurrent.futures.Future | None = None
     sent_at: float = -1e9
     sent: str = ""  # the status last proposed (a resend of it waits a second)
@@ -367,11 +381,11 @@ class WorkloadsActor(Actor):
             out.append(spec)
         self._specs = {d["id"]: d for d in out}
         for run in self._runs.values():
-            if run.finished or run.timed_out or run.orphan:
+            if run.finished or run.timed_out or run.orphan or not run.claimed:
                 continue
             e = self.store.execution(run.id)
-            dep = None if e is None else self.store.get(e.namespace, e.name)
-            if e is None or dep is None or dep["id"] != e.deployment_id:
+            dep = None if e is None else self._exec_dep(e)
+            if e is None or dep is None:
                 continue
             try:
                 cwd, source = location(self.data_dir, dep, artifact_bytes)
@@ -389,6 +403,16 @@ class WorkloadsActor(Actor):
         return out
 
     # ------------------------------------------------------------------ executions
+    def _exec_dep(self, e: Any) -> dict[str, Any] | None:
+        """What execution `e` runs, as a deployment-shaped map: its deployment (None when
+        that is gone or replaced by another of the same name), or for an ad-hoc run (no
+        deployment) its artifact, entry and runtime, with no env, args or secrets."""
+        if e.deployment_id is None:
+            return {"name": e.name, "namespace": e.namespace, "artifact": e.artifact,
+                    "source": e.entry, "runtime": e.runtime, "generation": 0}
+        dep = self.store.get(e.namespace, e.name)
+        return dep if dep is not None and dep["id"] == e.deployment_id else None
+
     def _jobs(self, now: float) -> None:
         """Track this node's executions and report them (module doc)."""
         changed = False
@@ -430,9 +454,59 @@ class WorkloadsActor(Actor):
                 del self._runs[exec_id]  # finished (or cancelled, lost): the runner stops it
                 changed = True
                 continue
+            if not run.claimed and not run.orphan:
+                changed |= self._claim(now, run, e.status)
+                continue
             self._report_run(now, run, e.status)
         if changed:
             self._sent_view = None  # the desired list changes: send it this step
+
+    def _claim(self, now: float, run: _Run, status: str) -> bool:
+        """Propose, or follow, `run`'s claim (module doc); True once it applied (the process
+        may start: the desired list changes)."""
+        if run.claim_fut is not None:
+            if not run.claim_fut.done():
+                return False
+            fut, run.claim_fut = run.claim_fut, None
+            try:
+                outcome, body = fut.result()
+            except Exception as e:  # noqa: BLE001 - not committed (yet): resent unchanged
+                log.debug("workloads: claim of execution %s not answered: %s", run.id, e)
+                outcome, body = None, None
+            if (outcome == Outcome.OK and isinstance(body, dict)
+                    and body.get("status") == RUNNING and body.get("attempt") == run.attempt):
+                run.claimed = True
+                waited = 1000 * (now - (run.claim_first or now))
+                log.info("workloads: claimed execution %s attempt %d (%.0f ms)", run.id,
+                         run.attempt, waited)
+                return True
+            if outcome == Outcome.CONFLICT and status == RUNNING:
+                # Running here, but not by this claim: an earlier incarnation's
+                run.orphan, run.message = True, "the node restarted while it ran"
+                return False
+            if outcome is not None and outcome != Outcome.OK:
+                log.info("workloads: claim of execution %s refused: %s", run.id, body)
+        if status == RUNNING and run.claim is None:  # never claimed here: an earlier run's
+            run.orphan, run.message = True, "the node restarted while it ran"
+            return False
+        # Running with a claim sent: it may be this claim with its answer lost; the resend
+        # is answered from the dedup table (OK if it was this one, else 409)
+        if status not in (PENDING, RUNNING) or self.fenced or now - run.claim_at < 1.0:
+            return False
+        inflight = sum(1 for r in self._runs.values()
+                       if (r.fut is not None and not r.fut.done())
+                       or (r.claim_fut is not None and not r.claim_fut.done()))
+        if inflight >= MAX_EXEC_INFLIGHT:
+            return False
+        if run.claim is None:
+            ts = format_ts(time.time())
+            run.claim = update_command(run.id, run.attempt, RUNNING, key=self._key("claim"),
+                                       ts=ts, node=self.node_id, started_at=ts)
+            run.claim_first = now
+        run.claim_at = now
+        run.claim_fut = self._call(self.submit, run.claim, self.write_timeout)
+        self.exec_updates += 1
+        return False
 
     def _report_run(self, now: float, run: _Run, status: str) -> None:
         if run.fut is not None:
@@ -447,7 +521,7 @@ class WorkloadsActor(Actor):
         started = None if run.started_ms is None else format_ts(run.started_ms / 1000)
         if run.orphan or (run.timed_out and run.finished) or run.finished:
             if run.orphan:
-                new, error = FAILED, run.message
+                new, error = LOST, run.message
             elif run.timed_out:
                 new, error = FAILED, "timed out"
             elif run.exit_code == 0:
@@ -458,9 +532,6 @@ class WorkloadsActor(Actor):
                                  node=self.node_id, exit_code=run.exit_code,
                                  started_at=started, completed_at=ts, error=error)
             cmd.update(self._run_output(run))
-        elif run.started_ms is not None and status == PENDING:
-            cmd = update_command(run.id, run.attempt, RUNNING, key=self._key("exec"), ts=ts,
-                                 node=self.node_id, started_at=started)
         else:
             return
         if cmd["status"] == run.sent and now - run.sent_at < 1.0:
@@ -498,8 +569,8 @@ class WorkloadsActor(Actor):
         the execution or its deployment is gone); SecretError/SecretDecryptError when they
         do not open here."""
         e = self.store.execution(exec_id)
-        dep = None if e is None else self.store.get(e.namespace, e.name)
-        if e is None or dep is None or dep["id"] != e.deployment_id:
+        dep = None if e is None else self._exec_dep(e)
+        if dep is None:
             return ()
         if dep.get("secrets") and self.decrypt is None:
             raise SecretError("this node cannot open secrets")

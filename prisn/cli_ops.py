@@ -395,7 +395,8 @@ def _summary(d: dict[str, Any]) -> str:
 
 
 _DETAIL = ("id", "name", "namespace", "type", "runtime", "source", "artifact", "args", "env",
-           "port", "replicas", "schedule", "generation", "created_at", "updated_at")
+           "port", "replicas", "schedule", "retries", "concurrency", "timezone",
+           "starting_deadline", "generation", "created_at", "updated_at")
 
 
 def _detail(d: dict[str, Any]) -> str:
@@ -434,6 +435,15 @@ def _detail(d: dict[str, Any]) -> str:
 @click.option("--type", "type_", type=click.Choice(["job", "service", "cronjob"]),
               help="Deployment type [default: cronjob with --schedule, service with "
                    "--port, else job].")
+@click.option("--retries", type=int, metavar="N",
+              help="Jobs and cron jobs: run a Failed or Lost execution again, up to N "
+                   "(0-10) times [default: 0].")
+@click.option("--concurrency", type=click.Choice(["allow", "forbid", "replace"]),
+              help="Cron jobs: what a fire does while a run is unfinished [default: forbid].")
+@click.option("--timezone", metavar="ZONE",
+              help="Cron jobs: IANA zone of the schedule, e.g. Europe/Paris [default: UTC].")
+@click.option("--starting-deadline", "starting_deadline", type=int, metavar="SECONDS",
+              help="Cron jobs: how late a missed fire may still start [default: 60].")
 @_wait_option("every replica is ready; exit 1 on CrashLoopBackOff, Failed or --timeout")
 @click.option("--entry", metavar="FILE",
               help="For a directory SOURCE: the file to run, relative to it [default: the "
@@ -445,7 +455,9 @@ def _detail(d: dict[str, Any]) -> str:
 def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | None,
            runtime: str | None, port: int | None, replicas: int | None, env: tuple[str, ...],
            args: tuple[str, ...], secrets: tuple[str, ...], schedule: str | None,
-           type_: str | None, wait: bool, entry: str | None, no_upload: bool) -> None:
+           type_: str | None, retries: int | None, concurrency: str | None,
+           timezone: str | None, starting_deadline: int | None, wait: bool,
+           entry: str | None, no_upload: bool) -> None:
     """Deploy SOURCE: a local file or directory is packed, uploaded as an artifact and the
     deployment created or updated to run it; anything else is stored as given (a script
     path on the nodes, or text) and created."""
@@ -458,7 +470,9 @@ def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | N
             raise click.UsageError("--name is required: no name can be derived from SOURCE")
     spec: dict[str, Any] = {"name": name, "source": source}
     for key, value in (("runtime", runtime), ("port", port), ("replicas", replicas),
-                       ("schedule", schedule), ("type", type_)):
+                       ("schedule", schedule), ("type", type_), ("retries", retries),
+                       ("concurrency", concurrency), ("timezone", timezone),
+                       ("starting_deadline", starting_deadline)):
         if value is not None:
             spec[key] = value
     if env:

@@ -339,7 +339,7 @@ def test_controller_reports_again_once_an_instance_ran_roll_min_ready(
 def test_a_terminal_update_carries_the_redacted_output_or_none(
         clock: Clock, tmp_path: Any, can_open: bool) -> None:
     """An execution the log says runs here that this controller does not know (the node
-    restarted) is reported Failed with the output its files hold, the deployment's secret
+    restarted) is reported Lost with the output its files hold, the deployment's secret
     values redacted; a node that cannot open them records no output at all."""
     from actors.runner import instance_dir
     from prisn.fsm.secrets import SecretFactory
@@ -364,7 +364,7 @@ def test_a_terminal_update_carries_the_redacted_output_or_none(
     a.send = lambda to, msg: None  # type: ignore[method-assign]
     a.step()
     (upd,) = [c for c in props.cmds if c["op"] == "execution.update"]
-    assert upd["status"] == "Failed"
+    assert upd["status"] == "Lost"
     if can_open:
         assert (upd["stdout"], upd["stderr"]) == ("pw=***\n", "oops ***\n")
     else:

@@ -30,6 +30,8 @@ SCRIPTS = {
             "print('to stderr', file=sys.stderr, flush=True)\nsys.exit(3)\n",
     "slow": "import sys, time\nprint('first', flush=True)\ntime.sleep(1.5)\n"
             "print('second', file=sys.stderr, flush=True)\n",
+    "big": "import sys\nsys.stdout.buffer.write(b'\\xc3\\xa9' * 100000 + b'END\\n')\n"
+           "sys.stdout.flush()\n",
     "leak": "import os, sys\nv = os.environ['TOKEN']\nprint('token=' + v, flush=True)\n"
             "print('err token=' + v, file=sys.stderr, flush=True)\n",
 }
@@ -123,6 +125,15 @@ def test_streams_follow_secrets_and_output_surviving_its_node(tmp_path: Path) ->
             assert value not in json.dumps(body)
         lines = _follow(nodes[1], e["id"])  # terminal already: from the record
         assert "".join(x.get("data", "") for x in lines) == "token=***\nerr token=***\n"
+
+        # a large output: the record keeps the last 64 KiB, cut at a character boundary
+        e = _run(nodes[2], "big")
+        assert e["status"] == "Completed", e
+        code, body = _logs(nodes[0], e["id"])
+        assert code == 200 and body["source"] == "record", body
+        assert body["stdout_truncated"] and body["stdout"].endswith("\u00e9END\n")
+        assert 60 << 10 < len(body["stdout"].encode()) <= 64 << 10
+        assert set(body["stdout"][:-4]) == {"\u00e9"}  # no half character at the cut
 
         # exit 3, both streams; then the node that ran it dies
         e = _run(nodes[1], "both")

@@ -8,7 +8,9 @@ key answers the same execution). With ``async: true`` it answers 202 with the Pe
 execution at once; otherwise it waits on this node's applied state (polling the local store,
 never proposing anything more) until the execution is terminal and answers 200 with it. The
 wait is bounded by the execution's `timeout` plus `WAIT_GRACE` (time to be placed and
-started); past it the answer is 202 with the execution as it stands. A client that goes away
+started); past it the answer is 202 with the execution as it stands. The wait is a
+`limits.response_wait`, so the connection limiter's response deadline (about 20 s) does not
+cut a run that takes longer; it applies to sending the answer. A client that goes away
 cancels nothing: the execution lives in the log, not in the request.
 
 Ad-hoc runs (no deployment): a body with ``source`` (the script's text) or ``artifact`` (an
@@ -32,6 +34,7 @@ from actors.api.auth import READ, WRITE
 from actors.api.errors import BadRequest, NotFound, PayloadTooLarge
 from actors.api.exec_logs import execution_logs, follow_execution
 from actors.api.handler import BaseHandler
+from actors.api.limits import response_wait
 from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT
 from prisn.fsm.artifacts import ArtifactFactory
 from prisn.fsm.commands import COMMAND_VERSION, check_key, format_ts, new_id
@@ -264,17 +267,22 @@ class ExecutionsHandler(_ExecutionBase):
         if run_async:
             self.send_json(202, out)
             return
-        deadline = time.monotonic() + int(body.get("timeout", DEFAULT_TIMEOUT)) + WAIT_GRACE
+        wait = int(body.get("timeout", DEFAULT_TIMEOUT)) + WAIT_GRACE
+        deadline = time.monotonic() + wait
         exec_id = out["id"]
-        while True:
-            e = self.ctx.node.store.execution(exec_id)
-            if e is not None and e.terminal:
-                self.send_json(200, e.to_json())
-                return
-            if time.monotonic() >= deadline:
-                self.send_json(202, out if e is None else e.to_json())
-                return
-            await asyncio.sleep(POLL_SECONDS)
+        conn = self.request.connection
+        # waiting, not writing: the connection limiter's response clock starts at the answer
+        with response_wait(getattr(conn, "stream", None), wait + POLL_SECONDS):
+            while True:
+                e = self.ctx.node.store.execution(exec_id)
+                if e is not None and e.terminal:
+                    status, answer = 200, e.to_json()
+                    break
+                if time.monotonic() >= deadline:
+                    status, answer = 202, out if e is None else e.to_json()
+                    break
+                await asyncio.sleep(POLL_SECONDS)
+        self.send_json(status, answer)
 
 
     async def _put_artifact(self, digest: str, data: bytes, af: ArtifactFactory) -> bool:

@@ -15,8 +15,10 @@
   (``header``, ``body``, ``busy``, ``idle``) with the time the phase began, and ONE periodic
   sweep (every `sweep_interval`) closes a connection whose request has not fully arrived
   within `body_timeout` (headers and body together, TLS handshake included for a new
-  connection), whose response is not done within `response_timeout`, or that sat idle between
-  requests for `idle_timeout` -- or only `pressure_idle_timeout` while the node holds at
+  connection), whose response is not done within `response_timeout` (counted from the
+  last `response_progress` of a streamed answer, and from the end of a `response_wait` of a
+  handler that awaits its result longer: a waiting handler is not a stalled reader), or
+  that sat idle between requests for `idle_timeout` -- or only `pressure_idle_timeout` while the node holds at
   least `PRESSURE` (75%) of `max_connections`, so idle keep-alive connections give their
   slots back quickly when slots run short. Tornado's own header/body timeouts are switched
   off: they wrap every read in `gen.with_timeout`, a timer per request on the hot path.
@@ -35,7 +37,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +162,24 @@ def response_progress(stream: IOStream | None) -> None:
     held = _TRACKED.get(stream)
     if held is not None and held[0].phase == BUSY:
         held[0].since = held[1]()
+
+
+@contextmanager
+def response_wait(stream: IOStream | None, seconds: float) -> Iterator[None]:
+    """The handler awaits its result for up to `seconds` before it writes anything (a
+    synchronous run waiting for its execution, a backup being encoded): while inside, the
+    response clock stands `seconds` ahead, so the sweep does not take a handler that is
+    waiting for a client that is not reading; it still cuts one that waits longer than it
+    said (plus `response_timeout`). On leaving, the clock restarts from then: sending the
+    answer gets the usual `response_timeout`, so a client that stops reading is still cut.
+    A stream this server does not track is ignored. API IOLoop thread."""
+    held = _TRACKED.get(stream) if stream is not None else None
+    if held is not None and held[0].phase == BUSY:
+        held[0].since = max(held[0].since, held[1]() + seconds)
+    try:
+        yield
+    finally:
+        response_progress(stream)
 
 
 class _Tracked(httputil.HTTPMessageDelegate):

@@ -12,7 +12,10 @@ Invariants: admin only when auth is on; at most one backup is in flight per node
 (another gets 503 with Retry-After) and held until it is sent; the response is written in
 1 MiB chunks, each flushed before the next (a slow reader holds at most about one chunk in
 Tornado's buffer), and a reader that takes no chunk for `STALL_SECONDS` is cut off, so a
-stalled client cannot hold the slot forever.
+stalled client cannot hold the slot forever. The connection limiter's response deadline
+(`response_timeout`, about 20 s) counts from the end of the capture (a `response_wait` of at
+most `PREPARE_SECONDS`) and restarts after every chunk the client took
+(`response_progress`): a large backup to a reading client is not cut.
 What the file covers: the state this node has applied (on a follower possibly slightly
 behind the leader; ``X-Prisn-Consistency: strong`` first waits for a read barrier, so that
 it covers every write acknowledged before the request).
@@ -30,12 +33,14 @@ from tornado.iostream import StreamClosedError
 from actors.api.auth import ADMIN
 from actors.api.errors import Unavailable
 from actors.api.handler import BaseHandler
+from actors.api.limits import response_progress, response_wait
 from prisn.backup import backup_head
 
 log = logging.getLogger("prisn.api")
 
 CHUNK = 1 << 20
 STALL_SECONDS = 60  # a reader that takes no chunk for this long is cut off
+PREPARE_SECONDS = 600  # capture + encode may take this long before the limiter cuts
 
 
 class SnapshotHandler(BaseHandler):
@@ -60,12 +65,15 @@ class SnapshotHandler(BaseHandler):
     async def _send(self, source: Any) -> None:
         await self.consistency()
         loop = IOLoop.current()
+        stream = getattr(self.request.connection, "stream", None)
         # the capture takes the state machine's lock (held while it applies a batch) and
-        # copies every row reference: not on the IOLoop thread
-        index, term, membership, encode = await loop.run_in_executor(None, source)
-        data: bytes = await loop.run_in_executor(None, encode)
-        head, digest = await loop.run_in_executor(
-            None, backup_head, index, term, membership, data)
+        # copies every row reference: not on the IOLoop thread. A large state takes longer
+        # than the limiter's response deadline: this node is working, the client waits.
+        with response_wait(stream, PREPARE_SECONDS):
+            index, term, membership, encode = await loop.run_in_executor(None, source)
+            data: bytes = await loop.run_in_executor(None, encode)
+            head, digest = await loop.run_in_executor(
+                None, backup_head, index, term, membership, data)
         size = len(head) + len(data) + len(digest)
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Length", str(size))
@@ -82,6 +90,7 @@ class SnapshotHandler(BaseHandler):
             for off in range(0, len(view), CHUNK):
                 self.write(bytes(view[off:off + CHUNK]))
                 await asyncio.wait_for(self.flush(), STALL_SECONDS)
+                response_progress(stream)  # the client took the chunk: not a stalled reader
             self.write(digest)
             await asyncio.wait_for(self.flush(), STALL_SECONDS)
         except StreamClosedError:

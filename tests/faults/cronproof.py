@@ -44,7 +44,8 @@ NDA = 2.0  # --node-down-after: an execution on a dead or paused node becomes Lo
 WAIT = 45.0
 KINDS = ("kill", "pause", "partition")
 NAME = "cronproof"
-SCRIPT = "echo tick\n"  # the job: one cheap bash process per fire
+# the job: one cheap bash process per fire, leaving one empty file per run it really was
+SCRIPT = ': > "$MARKS/$PRISN_INSTANCE@$PRISN_NODE@$$"\n'
 NET_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 
@@ -125,6 +126,37 @@ def check_cron(node: str, since: int, cron: dict[str, Any], scheduled: list[int]
     return out
 
 
+def check_runs(executions: list[dict[str, Any]], runs: list[str]) -> list[str]:
+    """The processes behind the records (no retries asked): each execution ran at most once
+    (one ``x.<id>.<attempt>@<node>@<pid>`` mark file), on the node it names; a Completed one
+    exactly once; no process ran for an execution the log does not hold. `runs` is read
+    once no execution is unfinished. Pure."""
+    v: list[str] = []
+    by_id = {e["id"]: e for e in executions}
+    seen: dict[str, list[tuple[str, str]]] = {}
+    for name in runs:
+        iid, _, rest = name.partition("@")
+        node = rest.partition("@")[0]
+        parts = iid.split(".")
+        if len(parts) != 3 or parts[0] != "x":
+            v.append(f"run mark {name!r} is not an execution's")
+            continue
+        seen.setdefault(parts[1], []).append((parts[2], node))
+    for exec_id, ran in sorted(seen.items()):
+        e = by_id.get(exec_id)
+        if e is None:
+            v.append(f"a process ran for {exec_id}, which the log does not hold")
+        elif len(ran) > 1:
+            v.append(f"execution {exec_id} ({e['scheduled_at']}) ran {len(ran)} times: {ran}")
+        elif ran[0] != (str(e["attempt"]), e["node"]):
+            v.append(f"execution {exec_id} ran as {ran[0]}, the log says attempt "
+                     f"{e['attempt']} on {e['node']}")
+    for e in executions:
+        if e["status"] == "Completed" and e["id"] not in seen:
+            v.append(f"execution {e['id']} is Completed but no process of it ran")
+    return v
+
+
 # ---------------------------------------------------------------------------------- the run
 class CronCluster(Cluster):
     """The fault suite's cluster with the workload flags the cron job needs."""
@@ -142,6 +174,8 @@ class ProofReport:
     events: Counter
     checks: list[CronCheck]
     statuses: Counter
+    runs: int
+    run_violations: list[str]
     seconds: float
     log: list[str]
 
@@ -150,7 +184,8 @@ class ProofReport:
         return (f"cron exactly-once seed={self.seed} {'netns' if self.netns else 'loopback'}:"
                 f" {c.times} scheduled times {c.window[0]}..{c.window[1]}, {c.fires} fired, "
                 f"missed {dict(sorted(c.missed.items()))} in {c.records} record(s)"
-                f"{' (pruned)' if c.pruned else ''}; executions {dict(self.statuses)}; "
+                f"{' (pruned)' if c.pruned else ''}; executions {dict(self.statuses)}, "
+                f"{self.runs} processes; "
                 f"nemesis {dict(self.events)}"
                 + (f"; skipped: {'; '.join(self.skipped)}" if self.skipped else "")
                 + f"; {self.seconds:.0f}s")
@@ -245,6 +280,8 @@ def run_cron_proof(tmp: Path, seed: int, target: int, cap_s: float,
     script = tmp / "scripts" / "tick.sh"
     script.parent.mkdir()
     script.write_text(SCRIPT)
+    marks = tmp / "runs"
+    marks.mkdir()
     cluster = CronCluster(cfg, tmp, control, net)
     events: Counter = Counter()
     log: list[str] = []
@@ -254,7 +291,7 @@ def run_cron_proof(tmp: Path, seed: int, target: int, cap_s: float,
         cluster.start()
         r = _leader(cluster).req("POST", "/api/v1/deployments", {
             "name": NAME, "type": "cronjob", "source": str(script),
-            "schedule": "@every 1s"}, timeout=15)
+            "schedule": "@every 1s", "env": {"MARKS": str(marks)}}, timeout=15)
         assert r.status == 201, r.body
         dep = r.json()
         since = epoch(dep["created_at"])
@@ -278,22 +315,33 @@ def run_cron_proof(tmp: Path, seed: int, target: int, cap_s: float,
             wait_until(lambda n=n: (m := _get(n, f"/api/v1/deployments/{NAME}", True)[
                 "cron"]["handled_through"]) and epoch(m) >= end, WAIT,
                 f"{n.node_id} handled the times past the nemesis", interval=0.1)
+        # paused (replicas 0: no more fires), and every execution finished, the records and
+        # the processes' marks can be compared
+        r = _leader(cluster).req("POST", f"/api/v1/deployments/{NAME}/scale",
+                                 {"replicas": 0}, timeout=15)
+        assert r.status == 200, r.body
+        path = f"/api/v1/executions?deployment_id={dep['id']}&limit=1000"
+        wait_until(lambda: all(e["status"] not in ("Pending", "Running")
+                               for e in _get(cluster.nodes[0], path, strong=True)["items"]),
+                   WAIT, "every execution finished", interval=0.2, ignore=NET_ERRORS)
+        runs = sorted(p.name for p in marks.iterdir())
         checks, statuses = [], Counter()
+        run_violations: list[str] = []
         for n in cluster.nodes:
             d = _get(n, f"/api/v1/deployments/{NAME}", strong=True)
-            page = _get(n, f"/api/v1/executions?deployment_id={d['id']}&limit=1000",
-                        strong=True)
+            page = _get(n, path, strong=True)
             assert page["total"] == page["count"], "more executions than one page"
             items = page["items"]
             checks.append(check_cron(n.node_id, since, d["cron"],
                                      [epoch(e["scheduled_at"]) for e in items]))
             if not statuses:
                 statuses = Counter(e["status"] for e in items)
+                run_violations = check_runs(items, runs)
         r = _leader(cluster).req("DELETE", f"/api/v1/deployments/{NAME}", timeout=15)
         assert r.status == 204, r.body
     finally:
         cluster.stop_all(graceful=False)
         if net is not None:
             net.teardown()
-    return ProofReport(seed, use_ns, skipped, events, checks, statuses,
-                       time.monotonic() - started, log)
+    return ProofReport(seed, use_ns, skipped, events, checks, statuses, len(runs),
+                       run_violations, time.monotonic() - started, log)

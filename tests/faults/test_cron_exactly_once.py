@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.cronproof import check_cron, run_cron_proof
+from tests.faults.cronproof import check_cron, check_runs, run_cron_proof
 
 
 def _seed(default: int) -> int:
@@ -25,6 +25,7 @@ def _prove(tmp_path: Path, seed: int, target: int, cap_s: float) -> None:
     for c in report.checks:
         assert not c.violations, (f"seed={seed} node {c.node}: " + "; ".join(c.violations[:20]))
         assert c.times >= target - 5, (c.node, c.window)
+    assert not report.run_violations, f"seed={seed}: " + "; ".join(report.run_violations[:20])
     assert sum(report.events.values()) >= 3, report.events
 
 
@@ -82,3 +83,16 @@ def test_pruned_records_narrow_the_window_to_the_oldest_kept_one() -> None:
     cron = _cron(T + 10, [(T + 6, T + 6, "skipped")], missed=3)  # two older ones pruned
     c = check_cron("n1", T, cron, [T + 1, T + 5, T + 7, T + 8, T + 9, T + 10])
     assert c.pruned and c.window == (T + 6, T + 10) and c.violations == []
+
+
+def test_the_run_check_rejects_a_second_process_a_phantom_and_a_silent_completion() -> None:
+    ex = [{"id": "a", "status": "Completed", "attempt": 1, "node": "n1", "scheduled_at": "t1"},
+          {"id": "b", "status": "Lost", "attempt": 1, "node": "n2", "scheduled_at": "t2"},
+          {"id": "c", "status": "Completed", "attempt": 1, "node": "n3", "scheduled_at": "t3"}]
+    good = ["x.a.1@n1@10", "x.c.1@n3@12"]  # b was lost before it started: fine
+    assert check_runs(ex, good) == []
+    assert check_runs(ex, [*good, "x.b.1@n2@11"]) == []  # lost while running: fine too
+    assert "ran 2 times" in check_runs(ex, [*good, "x.a.1@n2@13"])[0]
+    assert "does not hold" in check_runs(ex, [*good, "x.z.1@n1@14"])[0]
+    assert "no process of it ran" in check_runs(ex, ["x.a.1@n1@10"])[0]
+    assert "the log says" in check_runs(ex, ["x.a.1@n2@10", "x.c.1@n3@12"])[0]

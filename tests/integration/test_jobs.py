@@ -168,6 +168,14 @@ def test_every_second_cron_fires_once_per_time_across_a_leader_sigkill(
     print(f"cron fires: {len(times)}, gaps {gaps}")
     wait_for(lambda: sum(e["status"] == "Completed" for e in _fires(rest[0])) >= 4, WAIT,
              "fires complete")
+    strong = {"X-Prisn-Consistency": "strong"}  # each time fired once or recorded missed
+    dep = rest[0].req("GET", "/api/v1/deployments/tick", headers=strong, timeout=10).json()
+    page = rest[0].req("GET", f"/api/v1/executions?deployment_id={dep['id']}&limit=1000",
+                       headers=strong, timeout=10).json()
+    check = check_cron(rest[0].node_id, _epoch(dep["created_at"]), dep["cron"],
+                       [_epoch(e["scheduled_at"]) for e in page["items"]])
+    assert not check.violations and check.times >= len(times), (check.violations[:20],
+                                                                 check.window)
     r = leader_of(rest).req("DELETE", "/api/v1/deployments/tick", timeout=15)
     assert r.status == 204, r.body
     old.restart().wait_ready(WAIT)

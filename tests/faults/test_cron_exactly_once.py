@@ -35,6 +35,7 @@ def test_one_execution_per_scheduled_time_under_kills_pauses_and_partitions(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(600)
 def test_soak_one_execution_per_scheduled_time_over_300_times(tmp_path: Path) -> None:
     _prove(tmp_path, _seed(1516), target=300, cap_s=400)
 

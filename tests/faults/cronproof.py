@@ -8,7 +8,13 @@ shell script, and cycles a seeded nemesis through the leader until the job's log
 - ``pause``: SIGSTOP the leader for longer than the longest election timeout, then SIGCONT
   (it wakes believing it leads, with a stale view and a clock that jumped);
 - ``partition``: nft drops both ways between the leader's namespace and the others (netns
-  only: skipped, and said so, when namespaces do not work here).
+  only: skipped, and said so, when namespaces do not work here);
+- ``quorum``: SIGKILL the leader and SIGSTOP a follower for 2-5 s: no leader at all for that
+  long, so the next leader catches up over several scheduled times at once (the three
+  above heal within an election timeout, faster than the 1 s period, and so never make a
+  leader fire across a gap);
+- ``outage`` (once, at half the target, when `outage_s` is given): the same for
+  `outage_s` seconds, past the 60 s starting deadline, so times are recorded ``late``.
 Each fault is healed, and every member is back and voting, before the next one.
 
 Then, with strong reads on every node, `check_cron` proves the guarantee on that node's
@@ -42,7 +48,7 @@ ELECTION_MS = 300  # the flag; the randomized timeout is up to twice it
 HEARTBEAT_MS = 60
 NDA = 2.0  # --node-down-after: an execution on a dead or paused node becomes Lost
 WAIT = 45.0
-KINDS = ("kill", "pause", "partition")
+KINDS = ("kill", "pause", "partition", "quorum")
 NAME = "cronproof"
 # the job: one cheap bash process per fire, leaving one empty file per run it really was
 SCRIPT = ': > "$MARKS/$PRISN_INSTANCE@$PRISN_NODE@$$"\n'
@@ -219,7 +225,7 @@ def _settle(cluster: Cluster) -> None:
 
 
 def _fault(kind: str, cluster: Cluster, net: netns.Netns | None, rng: random.Random,
-           log: list[str], t0: float) -> None:
+           log: list[str], t0: float, outage_s: float | None = None) -> None:
     """Inject one `kind` fault on the current leader and heal it (every member back)."""
     leader = _leader(cluster)
     at = f"{time.monotonic() - t0:6.1f}s"
@@ -241,6 +247,24 @@ def _fault(kind: str, cluster: Cluster, net: netns.Netns | None, rng: random.Ran
         time.sleep(hold)  # the fault's length, not a wait for a condition
         leader.kill(signal.SIGCONT)
         cluster.paused.discard(leader.node_id)
+    elif kind in ("quorum", "outage"):
+        follower = rng.choice([n for n in cluster.nodes if n is not leader])
+        leader.kill(signal.SIGKILL)
+        leader.wait_exit(15)
+        cluster.expected_down.add(leader.node_id)
+        cluster.paused.add(follower.node_id)
+        follower.kill(signal.SIGSTOP)
+        hold = rng.uniform(2.0, 5.0) if outage_s is None else outage_s
+        time.sleep(hold)  # the fault's length, not a wait for a condition
+        follower.kill(signal.SIGCONT)
+        cluster.paused.discard(follower.node_id)
+        leader.restart()
+        cluster.expected_down.discard(leader.node_id)
+        leader.wait_ready(WAIT)
+        hold_note = f"+{follower.node_id} stopped"
+        log.append(f"{at} {kind} {leader.node_id} killed {hold_note} {hold:.1f}s")
+        _settle(cluster)
+        return
     elif kind == "partition":
         assert net is not None
         me = cluster.slot_of[leader.node_id]
@@ -258,9 +282,11 @@ def _fault(kind: str, cluster: Cluster, net: netns.Netns | None, rng: random.Ran
 
 
 def run_cron_proof(tmp: Path, seed: int, target: int, cap_s: float,
-                   kinds: tuple[str, ...] = KINDS) -> ProofReport:
+                   kinds: tuple[str, ...] = KINDS,
+                   outage_s: float | None = None) -> ProofReport:
     """See the module doc: `target` scheduled times handled under the nemesis (at most
-    `cap_s` seconds of it), then the strong-read checks on every node."""
+    `cap_s` seconds of it; with `outage_s`, one leaderless stretch that long at half the
+    target), then the strong-read checks on every node."""
     started = time.monotonic()
     rng = random.Random(f"{seed}:cron-nemesis")
     why_not = netns.available()
@@ -302,6 +328,10 @@ def run_cron_proof(tmp: Path, seed: int, target: int, cap_s: float,
             if time.monotonic() - t0 > cap_s:
                 raise AssertionError(f"only {mark - since} of {target} scheduled times "
                                      f"handled in {cap_s:g}s of nemesis")
+            if outage_s is not None and not events["outage"] and mark - since >= target // 2:
+                _fault("outage", cluster, net, rng, log, t0, outage_s)
+                events["outage"] += 1
+                continue
             if not order:
                 order = list(kinds)
                 rng.shuffle(order)

@@ -17,8 +17,9 @@ def _seed(default: int) -> int:
     return int(os.environ.get("PRISN_FAULT_SEED") or default)
 
 
-def _prove(tmp_path: Path, seed: int, target: int, cap_s: float) -> None:
-    report = run_cron_proof(tmp_path, seed, target, cap_s)
+def _prove(tmp_path: Path, seed: int, target: int, cap_s: float,
+           outage_s: float | None = None) -> None:
+    report = run_cron_proof(tmp_path, seed, target, cap_s, outage_s=outage_s)
     print("\n" + report.line())
     for line in report.log:
         print("  " + line)
@@ -37,7 +38,8 @@ def test_one_execution_per_scheduled_time_under_kills_pauses_and_partitions(
 @pytest.mark.soak
 @pytest.mark.timeout(600)
 def test_soak_one_execution_per_scheduled_time_over_300_times(tmp_path: Path) -> None:
-    _prove(tmp_path, _seed(1516), target=300, cap_s=400)
+    _prove(tmp_path, _seed(1516), target=300, cap_s=420, outage_s=65)
+    # (one leaderless stretch past the 60 s starting deadline: `late` records too)
 
 
 # ------------------------------------------------------------------ the checker itself

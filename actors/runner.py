@@ -5,8 +5,13 @@ A thin shell around `prisn.workloads.runner.RunnerCore` (the decisions). Threads
   records file and all signals; it handles `runner.desired` (the FULL list of instances this
   node should run, level-triggered) and ticks the core every `poll_ms` (exits are found with
   `waitid(WNOHANG | WNOWAIT)` each tick: the loop never blocks on a child);
-- one log pump thread reads every instance's output pipe (stdout and stderr share it) and
-  writes it to bounded, rotated files `<data-dir>/instances/<id>/output.<offset>.log`.
+- one log pump thread reads every instance's two output pipes (stdout and stderr, one each)
+  and writes them to bounded, rotated files `<data-dir>/instances/<id>/<stream>.<offset>.log`
+  (`stream` is ``stdout`` or ``stderr``). Each stream gets half of the per-instance bound
+  (`log_max_bytes` / 2 per file, `log_files_kept` files), so an instance keeps at most
+  `log_max_bytes` x `log_files_kept` bytes in all, as when both streams shared one pipe.
+  Files ``output.<offset>.log`` written by older versions (both streams mixed) are read as
+  ``stdout`` while no ``stdout`` file exists, and are otherwise left alone.
 
 Invariants:
 - Every instance runs in its own session and process group (`start_new_session`); signals go
@@ -20,6 +25,10 @@ Invariants:
   against the start time, so a reused pid is left alone) BEFORE starting anything.
 - Nothing a user's process does can fail the actor: a missing entry file, an unknown runtime,
   an exec failure become a `StartFailed` observation (a status with a clear message, counted).
+- An exit is observed (and reported) only once the pump has read both pipes of the process
+  to their end (at most `DRAIN_MAX` seconds after the exit): a report of an exited process
+  comes after its last output is in the files (an execution's result carries its tail).
+  Until then its pid is reaped but no signal is sent to it.
 - Status reports are batched: at most one `runner.status` (and one `on_status` call) per
   `report_interval`, the latest report per instance.
 """
@@ -63,12 +72,15 @@ from prisn.workloads.runner import (
 log = logging.getLogger("prisn.runner")
 
 PR_SET_PDEATHSIG = 1
-LOG_MAX_BYTES = 10 << 20  # per file
-LOG_FILES = 2  # files kept per instance (the current one included)
+LOG_MAX_BYTES = 10 << 20  # per file of both streams together (each stream: half)
+LOG_FILES = 2  # files kept per stream of an instance (the current one included)
+STREAMS = ("stdout", "stderr")
+LEGACY_STREAM = "output"  # the one mixed stream of older versions (read as stdout)
 MAX_INSTANCES = 4096  # per node; more in one desired list are ignored (and logged)
 READ_MAX = 1 << 20  # at most this many bytes per `read_log` call
 TICK_MIN = 0.02  # seconds between two looks at the children (a busy inbox ticks often)
 MAX_ID = 200  # characters in an instance id
+DRAIN_MAX = 1.0  # seconds an exit waits for the pump to read the pipes to their end
 
 RUNTIMES: dict[str, str] = {
     "python": sys.executable or "python3", "python3": sys.executable or "python3",
@@ -193,17 +205,18 @@ def resolve_command(spec: InstanceSpec) -> tuple[list[str], str]:
 
 # ------------------------------------------------------------------------------ log files
 class RotatingLog:
-    """Appends to `<dir>/output.<offset>.log`, where `offset` is the stream offset of the
+    """Appends to `<dir>/<stream>.<offset>.log`, where `offset` is the stream offset of the
     file's first byte; a file never grows past `max_bytes` (a larger write is split); at most
     `files` files are kept. Offsets keep growing across rotations and restarts. Pump thread."""
 
     def __init__(self, directory: Path, max_bytes: int = LOG_MAX_BYTES,
-                 files: int = LOG_FILES) -> None:
+                 files: int = LOG_FILES, stream: str = "stdout") -> None:
         self.dir = directory
+        self.stream = stream
         self.max_bytes = max(1, max_bytes)
         self.files = max(1, files)
         self.dir.mkdir(parents=True, exist_ok=True)
-        existing = log_files(self.dir)
+        existing = log_files(self.dir, stream)
         if existing:
             self.start, path = existing[-1]
             self.size = path.stat().st_size
@@ -212,7 +225,7 @@ class RotatingLog:
         self._f = open(self._path(self.start), "ab")  # noqa: SIM115 - closed in close()
 
     def _path(self, start: int) -> Path:
-        return self.dir / f"output.{start}.log"
+        return self.dir / f"{self.stream}.{start}.log"
 
     def write(self, data: bytes) -> None:
         while data:
@@ -230,7 +243,7 @@ class RotatingLog:
         self.start += self.size
         self.size = 0
         self._f = open(self._path(self.start), "ab")  # noqa: SIM115
-        for _, old in log_files(self.dir)[:-self.files]:
+        for _, old in log_files(self.dir, self.stream)[:-self.files]:
             try:
                 old.unlink()
             except OSError:
@@ -240,8 +253,8 @@ class RotatingLog:
         self._f.close()
 
 
-def log_files(directory: Path) -> list[tuple[int, Path]]:
-    """(start offset, path) of the log files in `directory`, oldest first."""
+def log_files(directory: Path, stream: str = "stdout") -> list[tuple[int, Path]]:
+    """(start offset, path) of the log files of `stream` in `directory`, oldest first."""
     out = []
     try:
         names = os.listdir(directory)
@@ -249,7 +262,7 @@ def log_files(directory: Path) -> list[tuple[int, Path]]:
         return []
     for n in names:
         parts = n.split(".")
-        if len(parts) == 3 and parts[0] == "output" and parts[2] == "log" and parts[1].isdigit():
+        if len(parts) == 3 and parts[0] == stream and parts[2] == "log" and parts[1].isdigit():
             out.append((int(parts[1]), directory / n))
     return sorted(out)
 
@@ -275,10 +288,18 @@ def instance_dir(data_dir: str | Path, instance: str) -> Path:
 
 
 def read_log(data_dir: str | Path, instance: str, *, offset: int | None = None,
-             tail: int | None = None, limit: int = READ_MAX) -> LogChunk:
-    """Read an instance's output: from `offset` (follow: pass the last `next_offset`), or the
-    last `tail` bytes, or from the oldest byte kept; at most `limit` bytes. Any thread."""
-    files = log_files(instance_dir(data_dir, instance))
+             tail: int | None = None, limit: int = READ_MAX,
+             stream: str = "stdout") -> LogChunk:
+    """Read one stream (`STREAMS`) of an instance's output: from `offset` (follow: pass the
+    last `next_offset`), or the last `tail` bytes, or from the oldest byte kept; at most
+    `limit` bytes. ``stdout`` of an instance that has only an older version's mixed
+    ``output`` files reads those. ValueError for an unknown stream. Any thread."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown stream {stream!r:.20} (stdout or stderr)")
+    directory = instance_dir(data_dir, instance)
+    files = log_files(directory, stream)
+    if not files and stream == "stdout":
+        files = log_files(directory, LEGACY_STREAM)
     sizes = []
     for start, path in files:
         try:
@@ -324,14 +345,33 @@ class LogPump(threading.Thread):
         os.set_blocking(self._wake_w, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
-        self._new: list[tuple[int, Path]] = []
+        self._open: dict[Path, int] = {}  # directory -> pipes added and not yet at EOF
+        self._dirs: dict[int, Path] = {}  # fd -> its directory (pump thread)
+        self._new: list[tuple[int, Path, str]] = []
         self._closing = False
         self.write_errors = 0
 
-    def add(self, fd: int, directory: Path) -> None:
+    def add(self, fd: int, directory: Path, stream: str = "stdout") -> None:
+        """Pump `fd` (read end of a pipe; closed by the pump) into `stream`'s log files."""
         with self._lock:
-            self._new.append((fd, directory))
+            self._new.append((fd, directory, stream))
+            self._open[directory] = self._open.get(directory, 0) + 1
         self._wake()
+
+    def pending(self, directory: Path) -> int:
+        """Pipes into `directory`'s logs not yet read to their end (any thread)."""
+        with self._lock:
+            return self._open.get(directory, 0)
+
+    def _closed(self, directory: Path | None) -> None:
+        if directory is None:
+            return
+        with self._lock:
+            n = self._open.get(directory, 0) - 1
+            if n > 0:
+                self._open[directory] = n
+            else:
+                self._open.pop(directory, None)
 
     def _wake(self) -> None:
         try:
@@ -350,13 +390,15 @@ class LogPump(threading.Thread):
             while not self._closing:
                 with self._lock:
                     new, self._new = self._new, []
-                for fd, d in new:
+                for fd, d, stream in new:
+                    self._dirs[fd] = d
                     try:
-                        logs[fd] = RotatingLog(d, self.max_bytes, self.files)
+                        logs[fd] = RotatingLog(d, self.max_bytes, self.files, stream)
                         self._sel.register(fd, selectors.EVENT_READ, None)
                     except OSError:
                         log.exception("runner: cannot open the log in %s", d)
                         os.close(fd)
+                        self._closed(self._dirs.pop(fd, None))
                 for key, _ in self._sel.select(1.0):
                     fd = key.fd
                     if fd == self._wake_r:
@@ -411,6 +453,7 @@ class LogPump(threading.Thread):
                 lg.close()
             except OSError:
                 pass
+        self._closed(self._dirs.pop(fd, None))
 
 
 # ------------------------------------------------------------------------------ the actor
@@ -444,6 +487,8 @@ class RunnerActor(Actor):
         self._procs: dict[str, subprocess.Popen[bytes]] = {}  # instance id -> process
         self._starts: dict[int, int | None] = {}  # pid -> /proc start time
         self._pending: dict[str, dict[str, Any]] = {}  # unsent reports, latest per id
+        # reaped, exit not yet observed: id -> (pid, code, exit time, give up at)
+        self._draining: dict[str, tuple[int, int | None, float, float]] = {}
         self._last_flush = 0.0
         self._last_tick = 0.0
         self._mono0 = time.monotonic()
@@ -465,7 +510,8 @@ class RunnerActor(Actor):
                         self.leftovers_killed)
         self._write_records()
         self._preexec = _pdeathsig_preexec(os.getpid())
-        self._pump = LogPump(self.log_max_bytes, self.log_files_kept)
+        # each stream half of the per-instance bound (module doc)
+        self._pump = LogPump(max(1, self.log_max_bytes // len(STREAMS)), self.log_files_kept)
         self._pump.start()
 
     def on_stop(self) -> None:
@@ -532,10 +578,24 @@ class RunnerActor(Actor):
         for iid, p in list(self._procs.items()):
             if _exited(p.pid):
                 code = self._reap(iid, p)
+                at = self._now()
+                self._draining[iid] = (p.pid, code, at, at + DRAIN_MAX)
+        for iid, (pid, code, at, until) in list(self._draining.items()):
+            if self._drained(iid) or self._now() >= until:
+                del self._draining[iid]
                 self._apply(*self.core.observe(
-                    Exited(instance=iid, pid=p.pid, code=code, at=self._now()), self._now()))
+                    Exited(instance=iid, pid=pid, code=code, at=at), self._now()))
         self._apply(*self.core.tick(self._now()))
         self._flush()
+
+    def _drained(self, iid: str) -> bool:
+        """Whether the pump has read the pipes of instance `iid` to their end."""
+        if self._pump is None:
+            return True
+        try:
+            return self._pump.pending(instance_dir(self.data_dir, iid)) == 0
+        except ValueError:
+            return True
 
     def _apply(self, actions: list[Any], reports: list[Report]) -> None:
         for r in reports:
@@ -547,10 +607,10 @@ class RunnerActor(Actor):
             if isinstance(a, Start):
                 obs = self._start(a.spec)
                 self._apply(*self.core.observe(obs, self._now()))
-            elif isinstance(a, Stop):
-                _signal_group(a.pid, signal.SIGTERM)
-            elif isinstance(a, Kill):
-                _signal_group(a.pid, signal.SIGKILL)
+            elif isinstance(a, (Stop, Kill)):
+                if any(d[0] == a.pid for d in self._draining.values()):
+                    continue  # reaped already: its pid may belong to another process now
+                _signal_group(a.pid, signal.SIGTERM if isinstance(a, Stop) else signal.SIGKILL)
 
     def _start(self, spec: InstanceSpec) -> Started | StartFailed:
         """Start `spec`'s process; never raises for anything the user's spec or code does."""
@@ -568,22 +628,25 @@ class RunnerActor(Actor):
         if spec.port:
             env["PORT"] = str(spec.port)
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
-        r, w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         t0 = time.perf_counter()
         try:
-            p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=w,
-                                 stderr=w, start_new_session=True, close_fds=True,
+            p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_w,
+                                 stderr=err_w, start_new_session=True, close_fds=True,
                                  preexec_fn=self._preexec)  # noqa: PLW1509 - see _pdeathsig
         except (OSError, ValueError, subprocess.SubprocessError) as e:
-            os.close(r)
-            os.close(w)
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
             self.start_failures += 1
             return StartFailed(instance=spec.id, message=f"cannot start {argv[0]}: {e}", at=now)
-        os.close(w)
+        os.close(out_w)
+        os.close(err_w)
         if self.observe_start is not None:
             self.observe_start(time.perf_counter() - t0)
         assert self._pump is not None
-        self._pump.add(r, d)
+        self._pump.add(out_r, d, "stdout")
+        self._pump.add(err_r, d, "stderr")
         self._procs[spec.id] = p
         self._starts[p.pid] = proc_start_time(p.pid)
         self._write_records()

@@ -13,7 +13,8 @@ when something relevant changed (an applied entry, the live set) or `period` sec
   `round_timeout`). Placements are log entries, so a new leader continues from the state
   its predecessor got committed; nothing here survives a leadership change but counters.
 - executions (`prisn.workloads.jobs.assign_plan`): Pending ones are assigned to a live node,
-  those of a node that is down are recorded Lost, as ``execution.update`` commands;
+  those of a node that is down are recorded Lost, as ``execution.update`` commands (a Lost
+  attempt with retries left comes back Pending from the table and is placed again);
 - cron (`prisn.workloads.cron.cron_plan` over `DeploymentStore.cron_view`, the leader's
   clock, UTC): fires and misses as ``cron.fire`` / ``cron.miss`` commands, chained on the
   mark they were planned on (a stale plan changes nothing).

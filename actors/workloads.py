@@ -28,14 +28,26 @@ unless the node was started with ``--no-workloads``). Each step (every `poll_ms`
   (same fields, a later ts) so the log shows it settled and the roll can go on.
 - **executions** (issue 15): each unfinished execution the log assigns to this node is one
   more desired instance, id ``x.<execution id>.<attempt>``, with ``restart: never`` (the
-  runner starts it once); its reports are turned, level-triggered against the store, into
-  ``execution.update`` commands: Running (with started_at) once the process is up, then
+  runner starts it once). **Claim before start** (at most once per attempt): the
+  controller first proposes Running for (execution, attempt) — the claim, one command
+  resent unchanged (same key: a resend that already committed is answered from the dedup
+  table) — and the instance joins the desired list only once the claim's own answer says it
+  applied (OK, Running, this attempt; the answer comes once applied here). A claim refused
+  because the execution already runs here (an earlier incarnation of this node claimed it)
+  makes it an orphan. So a node that crashes between start and report finds, when it
+  returns, its own Running execution it is not running: reported Lost ("the node restarted
+  while it ran"; retries then apply), never started again. The reports of the process are
+  turned, level-triggered against the store, into the terminal ``execution.update``:
   Completed (exit code 0) or Failed (its exit code; "timed out" when it outlived its
   `timeout`, after which it is dropped from the desired list, so the runner stops it). An
   execution the log finishes otherwise (Cancelled, Lost) is dropped from the desired list:
-  the runner stops it. An execution the log says Running here that this controller does
-  not know (the node restarted mid-run) is reported Failed, never started again. At most
+  the runner stops it. An ad-hoc execution (no deployment) runs its own artifact, entry
+  and runtime, with only its own env and args. No claim is proposed while fenced. At most
   `MAX_EXEC_INFLIGHT` updates in flight, each resent at most once a second until applied.
+  The terminal update carries the last `MAX_OUTPUT` bytes of each stream of the run (read
+  from the runner's files once, when the run is seen finished), with the values of the
+  secrets injected into it replaced by ``***`` (`prisn.workloads.output`), so the result
+  and its output survive this node (they go through Raft, never a secret value).
 Never raises on a failed proposal or a bad artifact (logged; retried by the next step).
 """
 
@@ -58,14 +70,16 @@ import zmq
 from actors.base import Actor
 from prisn.fsm.commands import format_ts
 from prisn.fsm.deployments import DeploymentStore
-from prisn.fsm.executions import COMPLETED, FAILED, PENDING, RUNNING
+from prisn.fsm.executions import COMPLETED, FAILED, LOST, MAX_OUTPUT, PENDING, RUNNING
 from prisn.fsm.instances import MAX_REPORTS, instance_id, node_meta_command, report_command
 from prisn.fsm.secrets import SecretError, secret_env
 from prisn.messages import RunnerDesired
+from prisn.outcomes import Outcome
 from prisn.secretbox import Opener, SecretDecryptError
 from prisn.workloads.artifacts import ArtifactError
 from prisn.workloads.jobs import update_command
 from prisn.workloads.materialize import location
+from prisn.workloads.output import read_extra, redacted_tail, secret_values
 from prisn.workloads.roll import ROLL_MIN_READY_MS, may_run
 
 BARRIER_S = 2.0  # the unfencing read barrier's timeout (seconds; retried next step)
@@ -90,10 +104,17 @@ class _Run:
     exit_code: int | None = None
     message: str = ""
     timed_out: bool = False
-    orphan: bool = False  # Running in the log, unknown here: report it Failed
+    orphan: bool = False  # Running in the log, not claimed here: report it Lost
+    claimed: bool = False  # this controller's claim (Running) applied: the process may start
+    claim: dict[str, Any] | None = None  # the claim command (resent unchanged)
+    claim_fut: concurrent.futures.Future | None = None
+    claim_at: float = -1e9  # monotonic time of its last send
+    claim_first: float | None = None  # monotonic time of its first send (latency)
     fut: concurrent.futures.Future | None = None
     sent_at: float = -1e9
     sent: str = ""  # the status last proposed (a resend of it waits a second)
+    secrets: tuple[bytes, ...] = ()  # values of the secrets injected (redacted in output)
+    output: dict[str, Any] | None = None  # the output tails of the terminal update
 
     @property
     def iid(self) -> str:
@@ -360,15 +381,16 @@ class WorkloadsActor(Actor):
             out.append(spec)
         self._specs = {d["id"]: d for d in out}
         for run in self._runs.values():
-            if run.finished or run.timed_out or run.orphan:
+            if run.finished or run.timed_out or run.orphan or not run.claimed:
                 continue
             e = self.store.execution(run.id)
-            dep = None if e is None else self.store.get(e.namespace, e.name)
-            if e is None or dep is None or dep["id"] != e.deployment_id:
+            dep = None if e is None else self._exec_dep(e)
+            if e is None or dep is None:
                 continue
             try:
                 cwd, source = location(self.data_dir, dep, artifact_bytes)
                 env, _gen = self._env(dep)
+                run.secrets = self._secret_values(dep)
             except (ArtifactError, OSError, SecretError, SecretDecryptError) as err:
                 run.finished, run.message = True, f"cannot run here: {err}"[:512]
                 continue
@@ -381,6 +403,16 @@ class WorkloadsActor(Actor):
         return out
 
     # ------------------------------------------------------------------ executions
+    def _exec_dep(self, e: Any) -> dict[str, Any] | None:
+        """What execution `e` runs, as a deployment-shaped map: its deployment (None when
+        that is gone or replaced by another of the same name), or for an ad-hoc run (no
+        deployment) its artifact, entry and runtime, with no env, args or secrets."""
+        if e.deployment_id is None:
+            return {"name": e.name, "namespace": e.namespace, "artifact": e.artifact,
+                    "source": e.entry, "runtime": e.runtime, "generation": 0}
+        dep = self.store.get(e.namespace, e.name)
+        return dep if dep is not None and dep["id"] == e.deployment_id else None
+
     def _jobs(self, now: float) -> None:
         """Track this node's executions and report them (module doc)."""
         changed = False
@@ -422,9 +454,59 @@ class WorkloadsActor(Actor):
                 del self._runs[exec_id]  # finished (or cancelled, lost): the runner stops it
                 changed = True
                 continue
+            if not run.claimed and not run.orphan:
+                changed |= self._claim(now, run, e.status)
+                continue
             self._report_run(now, run, e.status)
         if changed:
             self._sent_view = None  # the desired list changes: send it this step
+
+    def _claim(self, now: float, run: _Run, status: str) -> bool:
+        """Propose, or follow, `run`'s claim (module doc); True once it applied (the process
+        may start: the desired list changes)."""
+        if run.claim_fut is not None:
+            if not run.claim_fut.done():
+                return False
+            fut, run.claim_fut = run.claim_fut, None
+            try:
+                outcome, body = fut.result()
+            except Exception as e:  # noqa: BLE001 - not committed (yet): resent unchanged
+                log.debug("workloads: claim of execution %s not answered: %s", run.id, e)
+                outcome, body = None, None
+            if (outcome == Outcome.OK and isinstance(body, dict)
+                    and body.get("status") == RUNNING and body.get("attempt") == run.attempt):
+                run.claimed = True
+                waited = 1000 * (now - (run.claim_first or now))
+                log.info("workloads: claimed execution %s attempt %d (%.0f ms)", run.id,
+                         run.attempt, waited)
+                return True
+            if outcome == Outcome.CONFLICT and status == RUNNING:
+                # Running here, but not by this claim: an earlier incarnation's
+                run.orphan, run.message = True, "the node restarted while it ran"
+                return False
+            if outcome is not None and outcome != Outcome.OK:
+                log.info("workloads: claim of execution %s refused: %s", run.id, body)
+        if status == RUNNING and run.claim is None:  # never claimed here: an earlier run's
+            run.orphan, run.message = True, "the node restarted while it ran"
+            return False
+        # Running with a claim sent: it may be this claim with its answer lost; the resend
+        # is answered from the dedup table (OK if it was this one, else 409)
+        if status not in (PENDING, RUNNING) or self.fenced or now - run.claim_at < 1.0:
+            return False
+        inflight = sum(1 for r in self._runs.values()
+                       if (r.fut is not None and not r.fut.done())
+                       or (r.claim_fut is not None and not r.claim_fut.done()))
+        if inflight >= MAX_EXEC_INFLIGHT:
+            return False
+        if run.claim is None:
+            ts = format_ts(time.time())
+            run.claim = update_command(run.id, run.attempt, RUNNING, key=self._key("claim"),
+                                       ts=ts, node=self.node_id, started_at=ts)
+            run.claim_first = now
+        run.claim_at = now
+        run.claim_fut = self._call(self.submit, run.claim, self.write_timeout)
+        self.exec_updates += 1
+        return False
 
     def _report_run(self, now: float, run: _Run, status: str) -> None:
         if run.fut is not None:
@@ -439,7 +521,7 @@ class WorkloadsActor(Actor):
         started = None if run.started_ms is None else format_ts(run.started_ms / 1000)
         if run.orphan or (run.timed_out and run.finished) or run.finished:
             if run.orphan:
-                new, error = FAILED, run.message
+                new, error = LOST, run.message
             elif run.timed_out:
                 new, error = FAILED, "timed out"
             elif run.exit_code == 0:
@@ -449,9 +531,7 @@ class WorkloadsActor(Actor):
             cmd = update_command(run.id, run.attempt, new, key=self._key("exec"), ts=ts,
                                  node=self.node_id, exit_code=run.exit_code,
                                  started_at=started, completed_at=ts, error=error)
-        elif run.started_ms is not None and status == PENDING:
-            cmd = update_command(run.id, run.attempt, RUNNING, key=self._key("exec"), ts=ts,
-                                 node=self.node_id, started_at=started)
+            cmd.update(self._run_output(run))
         else:
             return
         if cmd["status"] == run.sent and now - run.sent_at < 1.0:
@@ -475,6 +555,59 @@ class WorkloadsActor(Actor):
         senv = secret_env(self.store, dep["namespace"], names, self.decrypt)
         check = zlib.crc32(repr(sorted(senv.items())).encode())
         return {**senv, **user}, (dep["generation"] << 32) | check
+
+    def _secret_values(self, dep: dict[str, Any]) -> tuple[bytes, ...]:
+        """The values of the secrets `dep` injects (`secret_values`: redactable ones)."""
+        names = dep.get("secrets") or ()
+        if not names or self.decrypt is None:
+            return ()
+        return secret_values(secret_env(self.store, dep["namespace"], names,
+                                        self.decrypt).values())
+
+    def _run_secrets(self, exec_id: str) -> tuple[bytes, ...]:
+        """The redactable secret values of the execution's deployment as stored now (none if
+        the execution or its deployment is gone); SecretError/SecretDecryptError when they
+        do not open here."""
+        e = self.store.execution(exec_id)
+        dep = None if e is None else self._exec_dep(e)
+        if dep is None:
+            return ()
+        if dep.get("secrets") and self.decrypt is None:
+            raise SecretError("this node cannot open secrets")
+        return self._secret_values(dep)
+
+    def _run_output(self, run: _Run) -> dict[str, Any]:
+        """The output fields of `run`'s terminal update (read once, then kept for resends):
+        per stream the last `MAX_OUTPUT` bytes, with the secret values injected into the run
+        and those of its deployment now redacted (module doc); none at all when those do
+        not open here (never an unredacted output)."""
+        if run.output is None:
+            from actors.runner import STREAMS, read_log  # the runner's file layout
+
+            try:  # the values injected, and the current ones (rotated, or an orphan's)
+                secrets = tuple(sorted(set(run.secrets) | set(self._run_secrets(run.id)),
+                                       key=lambda v: (-len(v), v)))
+            except (SecretError, SecretDecryptError) as e:
+                log.warning("workloads: no output recorded for %s: its secrets do not open "
+                            "here (%s)", run.iid, e)
+                run.output = {}
+                return run.output
+            extra = read_extra(secrets)
+            out: dict[str, Any] = {}
+            for stream in STREAMS:
+                try:
+                    chunk = read_log(self.data_dir, run.iid, tail=MAX_OUTPUT + extra,
+                                     limit=MAX_OUTPUT + extra, stream=stream)
+                except (OSError, ValueError) as e:
+                    log.warning("workloads: cannot read the %s of %s: %s", stream, run.iid, e)
+                    continue
+                text, truncated = redacted_tail(chunk.data, MAX_OUTPUT, secrets,
+                                                cut=chunk.offset > 0 or chunk.truncated)
+                out[stream] = text
+                if truncated:
+                    out[f"{stream}_truncated"] = True
+            run.output = out
+        return run.output
 
     def _flush_reports(self, now: float) -> None:
         if self._report is not None:

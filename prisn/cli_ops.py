@@ -395,7 +395,8 @@ def _summary(d: dict[str, Any]) -> str:
 
 
 _DETAIL = ("id", "name", "namespace", "type", "runtime", "source", "artifact", "args", "env",
-           "port", "replicas", "schedule", "generation", "created_at", "updated_at")
+           "port", "replicas", "schedule", "retries", "concurrency", "timezone",
+           "starting_deadline", "generation", "created_at", "updated_at")
 
 
 def _detail(d: dict[str, Any]) -> str:
@@ -434,6 +435,15 @@ def _detail(d: dict[str, Any]) -> str:
 @click.option("--type", "type_", type=click.Choice(["job", "service", "cronjob"]),
               help="Deployment type [default: cronjob with --schedule, service with "
                    "--port, else job].")
+@click.option("--retries", type=int, metavar="N",
+              help="Jobs and cron jobs: run a Failed or Lost execution again, up to N "
+                   "(0-10) times [default: 0].")
+@click.option("--concurrency", type=click.Choice(["allow", "forbid", "replace"]),
+              help="Cron jobs: what a fire does while a run is unfinished [default: forbid].")
+@click.option("--timezone", metavar="ZONE",
+              help="Cron jobs: IANA zone of the schedule, e.g. Europe/Paris [default: UTC].")
+@click.option("--starting-deadline", "starting_deadline", type=int, metavar="SECONDS",
+              help="Cron jobs: how late a missed fire may still start [default: 60].")
 @_wait_option("every replica is ready; exit 1 on CrashLoopBackOff, Failed or --timeout")
 @click.option("--entry", metavar="FILE",
               help="For a directory SOURCE: the file to run, relative to it [default: the "
@@ -445,7 +455,9 @@ def _detail(d: dict[str, Any]) -> str:
 def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | None,
            runtime: str | None, port: int | None, replicas: int | None, env: tuple[str, ...],
            args: tuple[str, ...], secrets: tuple[str, ...], schedule: str | None,
-           type_: str | None, wait: bool, entry: str | None, no_upload: bool) -> None:
+           type_: str | None, retries: int | None, concurrency: str | None,
+           timezone: str | None, starting_deadline: int | None, wait: bool,
+           entry: str | None, no_upload: bool) -> None:
     """Deploy SOURCE: a local file or directory is packed, uploaded as an artifact and the
     deployment created or updated to run it; anything else is stored as given (a script
     path on the nodes, or text) and created."""
@@ -458,7 +470,9 @@ def deploy(ctx: click.Context, source: str, name: str | None, namespace: str | N
             raise click.UsageError("--name is required: no name can be derived from SOURCE")
     spec: dict[str, Any] = {"name": name, "source": source}
     for key, value in (("runtime", runtime), ("port", port), ("replicas", replicas),
-                       ("schedule", schedule), ("type", type_)):
+                       ("schedule", schedule), ("type", type_), ("retries", retries),
+                       ("concurrency", concurrency), ("timezone", timezone),
+                       ("starting_deadline", starting_deadline)):
         if value is not None:
             spec[key] = value
     if env:
@@ -787,15 +801,18 @@ FOLLOW_POLL_S = 0.5  # -f: pause after an answer with no new output
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
 @click.option("--tail", type=click.IntRange(min=0), metavar="BYTES",
               help="Start at the last BYTES bytes [default: everything kept].")
+@click.option("--stream", type=click.Choice(["stdout", "stderr"]), default="stdout",
+              show_default=True, help="Which output of a deployment's instance to print "
+              "(stderr is printed to stderr). An execution prints both.")
 @common_options
 @click.pass_context
 def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | None,
-         follow: bool, tail: int | None) -> None:
-    """Print the output (stdout and stderr) of an instance of deployment NAME, read through
-    any node: the server fetches it from the node that runs the instance. With -o json,
-    each chunk the server answers is one line of JSON. NAME may be an execution id (32 hex
-    digits): then that execution's output is printed (-f: until it is finished); a
-    deployment of that name is read only when there is no such execution."""
+         follow: bool, tail: int | None, stream: str) -> None:
+    """Print the output of an instance of deployment NAME (its stdout, or --stream stderr),
+    read through any node: the server fetches it from the node that runs the instance. With
+    -o json, each chunk the server answers is one line of JSON. NAME may be an execution id
+    (32 hex digits): then that execution's output is printed, both streams (-f: until it is
+    finished); a deployment of that name is read only when there is no such execution."""
     c = _client(ctx)
     if instance is None and tail is None:
         from prisn.cli_jobs import execution_logs, looks_like_execution
@@ -811,14 +828,15 @@ def logs(ctx: click.Context, name: str, namespace: str | None, instance: str | N
             chunk = _call(functools.partial(
                 c.logs, name, namespace=namespace, instance=iid, offset=offset,
                 tail=tail if first and offset is None else None, limit=LOGS_CHUNK,
-                follow=follow and not first)).body
+                follow=follow and not first,
+                stream=None if stream == "stdout" else stream)).body
             data = chunk.get("data")
             text = data if isinstance(data, str) else ""
             nxt = chunk.get("next_offset")
             if as_json:  # one object per line (JSON lines), for a pipe into jq
                 click.echo(json.dumps(chunk, separators=(",", ":")))
             elif text:
-                click.echo(text, nl=False)
+                click.echo(text, nl=False, err=stream == "stderr")
             if iid is None and isinstance(chunk.get("instance"), str):
                 iid = chunk["instance"]  # keep reading the same instance
             moved = isinstance(nxt, int) and nxt != offset and bool(text)

@@ -27,7 +27,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
@@ -305,6 +305,52 @@ class Client:
         finally:
             conn.close()
 
+    def json_lines(self, path: str, *, query: dict[str, Any] | None = None
+                   ) -> Iterator[dict[str, Any]]:
+        """GET `path` and yield each line of its newline-delimited JSON body as it arrives
+        (a streamed answer such as an execution log follow; a line that is not an object is
+        skipped). `ApiError` for a status outside 2xx, `Unreachable` when no server answers
+        or nothing arrives for `timeout` seconds (the server sends a line at least every
+        10 s)."""
+        ep = self.endpoint
+        target = ep.prefix + path
+        q = {k: v for k, v in (query or {}).items() if v is not None}
+        if q:
+            target += "?" + urlencode(q)
+        h = {"Accept": "application/x-ndjson", "User-Agent": "prisn-cli", **self._auth}
+        if self._tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                ep.host, ep.port, timeout=self.timeout, context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=self.timeout)
+        try:
+            try:
+                conn.request("GET", target, headers=h)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise Unreachable(self.url, str(e) or type(e).__name__) from None
+            hdrs = {k.lower(): v for k, v in resp.getheaders()}
+            if not 200 <= resp.status < 300:
+                raw = resp.read(1 << 20)
+                parsed = _parse_body(raw, hdrs.get("content-type", ""))
+                raise ApiError(resp.status, _message(resp.status, parsed, raw), parsed, hdrs)
+            while True:
+                try:
+                    line = resp.readline(4 << 20)
+                except (OSError, http.client.HTTPException) as e:
+                    raise Unreachable(self.url, f"the stream broke off: "
+                                      f"{e or type(e).__name__}") from None
+                if not line:
+                    return
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    yield obj
+        finally:
+            conn.close()
+
     # ------------------------------------------------------------------ cluster
     def cluster_status(self) -> Response:
         return self.request("GET", "/api/v1/cluster/status")
@@ -357,13 +403,14 @@ class Client:
 
     def logs(self, name: str, *, namespace: str | None = None, instance: str | None = None,
              offset: int | None = None, tail: int | None = None, limit: int | None = None,
-             follow: bool = False) -> Response:
-        """One chunk of an instance's output: ``{instance, node, offset, next_offset, data,
-        truncated}`` (GET /api/v1/deployments/{name}/logs)."""
+             follow: bool = False, stream: str | None = None) -> Response:
+        """One chunk of an instance's output `stream` (None: the server's default, stdout):
+        ``{instance, node, stream, offset, next_offset, data, truncated}``
+        (GET /api/v1/deployments/{name}/logs)."""
         return self.request("GET", f"/api/v1/deployments/{_seg(name)}/logs",
                             query={"namespace": namespace, "instance": instance,
                                    "offset": offset, "tail": tail, "limit": limit,
-                                   "follow": "true" if follow else None})
+                                   "follow": "true" if follow else None, "stream": stream})
 
 
 def _retry_after(headers: dict[str, str]) -> float:

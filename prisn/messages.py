@@ -531,8 +531,9 @@ class RunnerStatus(Msg):
 @message("logs.request")
 class LogsRequest(Msg):
     """API of node `src` -> node `dst` (over the peer link, relayed by both raft shells): read
-    up to `limit` bytes of `instance`'s output from `offset`, or its last `tail` bytes (-1:
-    not given). Bounds: `prisn.workloads.logfetch.request_error`."""
+    up to `limit` bytes of `instance`'s output `stream` (stdout | stderr; absent, from an
+    older node: stdout) from `offset`, or its last `tail` bytes (-1: not given). Bounds:
+    `prisn.workloads.logfetch.request_error`."""
 
     cluster: str
     rid: int
@@ -540,6 +541,7 @@ class LogsRequest(Msg):
     offset: int = -1
     tail: int = -1
     limit: int = 1 << 20
+    stream: str = "stdout"
 
 
 @message("logs.reply")

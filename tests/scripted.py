@@ -61,9 +61,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             status, headers, body = queue.pop(0) if queue else (
                 500, {}, {"error": "x", "message": "no script"})
-        data = b"" if body is None else json.dumps(body).encode()
+        raw_lines = isinstance(body, bytes)  # a streamed answer (newline-delimited JSON)
+        data = body if raw_lines else b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type",
+                         "application/x-ndjson" if raw_lines else "application/json")
         self.send_header("Content-Length", str(len(data)))
         for k, v in headers.items():
             self.send_header(k, v)

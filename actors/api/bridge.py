@@ -313,12 +313,14 @@ class RaftNodeClient:
 
     # ------------------------------------------------------------------ logs (issue 14)
     async def read_logs(self, node: str, instance: str, *, offset: int | None,
-                        tail: int | None, limit: int, timeout: float) -> LogsReply:
-        """Up to `limit` bytes of `instance`'s output on `node`: read here when `node` is
-        this node, else asked of `node` over the peer link (a LogsRequest answered by its
-        LogsReply; Unavailable "node N did not answer" after `timeout`)."""
+                        tail: int | None, limit: int, timeout: float,
+                        stream: str = "stdout") -> LogsReply:
+        """Up to `limit` bytes of `instance`'s output `stream` on `node`: read here when
+        `node` is this node, else asked of `node` over the peer link (a LogsRequest answered
+        by its LogsReply; Unavailable "node N did not answer" after `timeout`)."""
         if node == self.node_id:
-            return await self._read_local(instance, offset, tail, limit, asker=node, rid=0)
+            return await self._read_local(instance, offset, tail, limit, asker=node, rid=0,
+                                          stream=stream)
         st = self._raft_status()
         membership = getattr(st, "membership", None)
         if membership is None or node not in membership.members():
@@ -329,7 +331,7 @@ class RaftNodeClient:
         ask = _encoded(lambda: encode(LogsRequest(
             src=self.node_id, dst=node, cluster=st.cluster_id, rid=rid, instance=instance,
             offset=-1 if offset is None else offset, tail=-1 if tail is None else tail,
-            limit=limit)))
+            limit=limit, stream=stream)))
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
         self._log_asks[rid] = node
@@ -364,8 +366,9 @@ class RaftNodeClient:
             raise Unavailable("the raft actor's queue is full; retry") from None
 
     async def _read_local(self, instance: str, offset: int | None, tail: int | None,
-                          limit: int, *, asker: str, rid: int) -> LogsReply:
-        """Read this node's files for `instance` in the default executor (at most
+                          limit: int, *, asker: str, rid: int,
+                          stream: str = "stdout") -> LogsReply:
+        """Read this node's files of `instance`'s `stream` in the default executor (at most
         MAX_LOCAL_READS at once); errors become the reply's code and reason."""
         def reply(code: int, reason: str) -> LogsReply:
             return LogsReply(src=self.node_id, dst=asker, cluster="", rid=rid, code=code,
@@ -381,7 +384,7 @@ class RaftNodeClient:
             try:
                 chunk = await asyncio.get_running_loop().run_in_executor(
                     None, lambda: read_log(self.log_dir or "", instance, offset=offset,
-                                           tail=tail, limit=limit))
+                                           tail=tail, limit=limit, stream=stream))
             except ValueError as exc:
                 return reply(400, str(exc))
             except OSError as exc:
@@ -418,7 +421,8 @@ class RaftNodeClient:
             try:
                 send(await self._read_local(
                     m.instance, None if m.offset < 0 else m.offset,
-                    None if m.tail < 0 else m.tail, m.limit, asker=m.src, rid=m.rid))
+                    None if m.tail < 0 else m.tail, m.limit, asker=m.src, rid=m.rid,
+                    stream=m.stream))
             except Exception:  # noqa: BLE001 - a failed read must not kill the loop
                 log.exception("serving logs of %s to %s", m.instance, m.src)
                 send(LogsReply(cluster="", rid=m.rid, code=500,

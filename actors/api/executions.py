@@ -11,6 +11,13 @@ wait is bounded by the execution's `timeout` plus `WAIT_GRACE` (time to be place
 started); past it the answer is 202 with the execution as it stands. A client that goes away
 cancels nothing: the execution lives in the log, not in the request.
 
+Ad-hoc runs (no deployment): a body with ``source`` (the script's text) or ``artifact`` (an
+uploaded artifact's digest) plus ``entry``/``runtime`` runs that code once. For ``source``
+this node packs the text into a one-file artifact (`prisn.workloads.adhoc`) and proposes an
+``artifact.put`` (dedup by digest; a touch when already stored) before the
+``execution.create`` naming ``artifact``, ``entry`` and ``runtime``: the log entry of the
+execution stays small and the bytes go through the artifact table's checks and bounds.
+
 Permissions: list and get need READ in the execution's namespace (an execution elsewhere is a
 404: ids do not leak across namespaces); create and cancel need WRITE there.
 """
@@ -22,10 +29,11 @@ import time
 from typing import Any
 
 from actors.api.auth import READ, WRITE
-from actors.api.errors import ApiError, BadRequest, NotFound, Unavailable
+from actors.api.errors import BadRequest, NotFound, PayloadTooLarge
+from actors.api.exec_logs import execution_logs, follow_execution
 from actors.api.handler import BaseHandler
-from actors.api.logs import PEER_TIMEOUT
 from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT
+from prisn.fsm.artifacts import ArtifactFactory
 from prisn.fsm.commands import COMMAND_VERSION, check_key, format_ts, new_id
 from prisn.fsm.executions import DEFAULT_HISTORY, DEFAULT_TIMEOUT, MAX_TIMEOUT, STATUSES
 from prisn.fsm.validation import (
@@ -35,13 +43,23 @@ from prisn.fsm.validation import (
     validate_args,
     validate_env,
     validate_name,
+    validate_runtime,
 )
 from prisn.outcomes import Outcome
-from prisn.workloads.logfetch import MAX_LOG_REPLY
+from prisn.workloads.adhoc import default_entry, default_name, infer_runtime, inline_artifact
+from prisn.workloads.artifacts import (
+    DEFAULT_MAX_ARTIFACT_BYTES,
+    ArtifactError,
+    check_digest,
+    check_path,
+)
 
 WAIT_GRACE = 30.0  # seconds a synchronous run may wait beyond its timeout (placement, start)
 POLL_SECONDS = 0.05  # how often a synchronous run looks at the local store
-_FIELDS = frozenset({"deployment_id", "name", "namespace", "env", "args", "timeout", "async"})
+_FIELDS = frozenset({"deployment_id", "name", "namespace", "env", "args", "timeout", "async",
+                     "source", "artifact", "entry", "runtime"})
+_ADHOC_ONLY = ("entry", "runtime")
+DEFAULT_MAX_SOURCE_BYTES = 1 << 20  # --max-spec-bytes' default
 
 
 def create_command(body: Any, *, namespace: str | None, key: str | None,
@@ -49,14 +67,44 @@ def create_command(body: Any, *, namespace: str | None, key: str | None,
                    history: int = DEFAULT_HISTORY) -> tuple[dict[str, Any], bool]:
     """(the ``execution.create`` command, async?) for a request body; ValidationError (400)
     for a bad one. `history` (this node's --execution-history) travels in the command
-    unless it is the default. The namespace is the query's, else the body's, else ``default``."""
+    unless it is the default. The namespace is the query's, else the body's, else ``default``.
+    (`build_create` also gives an inline source's artifact.)"""
+    cmd, run_async, _data = build_create(body, namespace=namespace, key=key, clock=clock,
+                                         make_id=make_id, history=history)
+    return cmd, run_async
+
+
+def build_create(body: Any, *, namespace: str | None, key: str | None,
+                 clock: Any = time.time, make_id: Any = new_id,
+                 history: int = DEFAULT_HISTORY,
+                 max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES,
+                 max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+                 ) -> tuple[dict[str, Any], bool, bytes | None]:
+    """`create_command`'s (command, async?) plus, for an inline ``source``, the archive the
+    command's ``artifact`` names (to be put first; None otherwise). ValidationError (400)
+    for a bad body; PayloadTooLarge (413) for a source over `max_source_bytes`
+    (--max-spec-bytes) or an archive over `max_artifact_bytes` (--max-artifact-bytes)."""
     if not isinstance(body, dict):
         raise ValidationError("body", "must be a JSON object")
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
         raise ValidationError(unknown[0], "unknown field")
-    if ("deployment_id" in body) == ("name" in body):
+    adhoc = "source" in body or "artifact" in body
+    if adhoc:
+        if "source" in body and "artifact" in body:
+            raise ValidationError("source", "give either source or artifact, not both")
+        if "deployment_id" in body:
+            raise ValidationError("deployment_id", "an ad-hoc run (source or artifact) "
+                                  "names no deployment")
+    elif "deployment_id" not in body and "name" not in body:
+        raise ValidationError("body", "either deployment_id/name or source (or artifact) is "
+                              "required: exactly one of them")
+    elif "deployment_id" in body and "name" in body:
         raise ValidationError("name", "exactly one of name and deployment_id is required")
+    else:
+        extra = [f for f in _ADHOC_ONLY if f in body]
+        if extra:
+            raise ValidationError(extra[0], "only for an ad-hoc run (with source or artifact)")
     ns = namespace
     if "namespace" in body:
         body_ns = validate_name(body["namespace"], "namespace")
@@ -73,7 +121,10 @@ def create_command(body: Any, *, namespace: str | None, key: str | None,
     cmd: dict[str, Any] = {"v": COMMAND_VERSION, "op": "execution.create",
                            "key": check_key(key) if key is not None else make_id(),
                            "ts": format_ts(clock()), "id": make_id(), "ns": ns}
-    if "deployment_id" in body:
+    data = None
+    if adhoc:
+        data = _adhoc(body, cmd, max_source_bytes, max_artifact_bytes)
+    elif "deployment_id" in body:
         dep_id = body["deployment_id"]
         if type(dep_id) is not str or not 0 < len(dep_id) <= 64 or "/" in dep_id:
             raise ValidationError("deployment_id", "must be a deployment id")
@@ -88,7 +139,60 @@ def create_command(body: Any, *, namespace: str | None, key: str | None,
         cmd["timeout"] = int(timeout)
     if history != DEFAULT_HISTORY:
         cmd["history"] = history
-    return cmd, run_async
+    return cmd, run_async, data
+
+
+def _adhoc(body: dict[str, Any], cmd: dict[str, Any], max_source_bytes: int,
+           max_artifact_bytes: int) -> bytes | None:
+    """Fill `cmd`'s ``artifact``, ``entry``, ``runtime`` and ``name`` from an ad-hoc body;
+    the inline source's archive (None for ``artifact``). The runtime is the body's, else
+    the entry's extension's; without either it is a 400."""
+    entry = body.get("entry")
+    if entry is not None:
+        try:
+            entry = check_path(entry, "entry")
+        except ArtifactError as exc:
+            raise ValidationError("entry", f"must be a safe relative file path ({exc})"
+                                  ) from None
+    runtime = body.get("runtime")
+    if runtime is not None:
+        runtime = validate_runtime(runtime)
+    data = None
+    if "source" in body:
+        source = body["source"]
+        if type(source) is not str or not source:
+            raise ValidationError("source", "must be the script's text (a non-empty string)")
+        size = len(source.encode("utf-8", "surrogatepass"))
+        if size > max_source_bytes:
+            raise PayloadTooLarge(f"source of {size} bytes exceeds --max-spec-bytes "
+                                  f"({max_source_bytes}); upload it as an artifact "
+                                  "(prisn run FILE) and name it with artifact")
+        if runtime is None and (entry is None or infer_runtime(entry) is None):
+            raise ValidationError("runtime", "required with an inline source, unless entry "
+                                  "is a file name whose extension tells it (.py, .js, .sh)")
+        if entry is None:
+            entry = default_entry(runtime)
+        try:
+            data, digest = inline_artifact(source, entry)
+        except (UnicodeEncodeError, ArtifactError) as exc:
+            raise ValidationError("source", f"cannot be packed: {exc}") from None
+        if len(data) > max_artifact_bytes:
+            raise PayloadTooLarge(f"the source's artifact of {len(data)} bytes exceeds "
+                                  f"--max-artifact-bytes ({max_artifact_bytes})")
+    else:
+        try:
+            digest = check_digest(body["artifact"], "artifact")
+        except ArtifactError as exc:
+            raise ValidationError("artifact", str(exc).removeprefix("artifact: ")) from None
+        if entry is None:
+            raise ValidationError("entry", "required with artifact: the file to run in it")
+    runtime = runtime or infer_runtime(entry)
+    if runtime is None:
+        raise ValidationError("runtime", f"required: the extension of entry {entry[:80]!r} "
+                              "does not tell it (.py, .js, .sh)")
+    cmd.update(artifact=digest, entry=entry, runtime=runtime,
+               name=validate_name(body["name"]) if "name" in body else default_name(entry))
+    return data
 
 
 class _ExecutionBase(BaseHandler):
@@ -137,24 +241,27 @@ class ExecutionsHandler(_ExecutionBase):
         key = self.checked_key()
         body = self.json_body()
         cf = self.ctx.commands
-        run_async = [False]
-
-        def build() -> dict[str, Any]:
-            cmd, run_async[0] = create_command(
-                body, namespace=ns, key=key,
-                clock=getattr(cf, "_clock", time.time), make_id=getattr(cf, "_new_id", new_id),
-                history=self.ctx.execution_history)
-            self.require_namespace(cmd["ns"], write=True)
-            return cmd
-
-        result = await self.commit(build)
+        clock, make_id = getattr(cf, "_clock", time.time), getattr(cf, "_new_id", new_id)
+        try:
+            cmd, run_async, data = build_create(
+                body, namespace=ns, key=key, clock=clock, make_id=make_id,
+                history=self.ctx.execution_history,
+                max_source_bytes=self.ctx.quotas.max_spec_bytes,
+                max_artifact_bytes=self.ctx.quotas.max_artifact_bytes)
+        except ValidationError as exc:
+            raise BadRequest(exc.message) from None
+        self.require_namespace(cmd["ns"], write=True)
+        if data is not None and not await self._put_artifact(cmd["artifact"], data,
+                                                             ArtifactFactory(clock, make_id)):
+            return
+        result = await self.commit(lambda: cmd)
         if result is None:
             return
         status, out = result
         if status != Outcome.CREATED:
             self.send_json(status, out)
             return
-        if run_async[0]:
+        if run_async:
             self.send_json(202, out)
             return
         deadline = time.monotonic() + int(body.get("timeout", DEFAULT_TIMEOUT)) + WAIT_GRACE
@@ -170,6 +277,28 @@ class ExecutionsHandler(_ExecutionBase):
             await asyncio.sleep(POLL_SECONDS)
 
 
+    async def _put_artifact(self, digest: str, data: bytes, af: ArtifactFactory) -> bool:
+        """Make sure the inline source's artifact is stored (and its upload grace renewed):
+        a touch when this node holds it (the full put if that answers 404), else the full
+        put. False when it failed (the error was sent; nothing else is proposed)."""
+        if self.ctx.node.store.artifact(digest) is not None:
+            result = await self.commit(lambda: af.put(digest, None))
+            if result is None:
+                return False
+            if result[0] in (200, 201):
+                return True
+            if result[0] != 404:
+                self.send_json(*result)
+                return False
+        result = await self.commit(lambda: af.put(digest, data))
+        if result is None:
+            return False
+        if result[0] not in (200, 201):
+            self.send_json(*result)
+            return False
+        return True
+
+
 class ExecutionHandler(_ExecutionBase):
     ROUTE = "/api/v1/executions/{id}"
     AUTH = {"GET": READ}
@@ -180,30 +309,24 @@ class ExecutionHandler(_ExecutionBase):
 
 
 class ExecutionLogsHandler(_ExecutionBase):
-    """``{"stdout", "stderr", "node", "truncated"}``: the last `MAX_LOG_REPLY` bytes of the
-    execution's output, read on the node that ran it (here, or over the peer link as
-    deployment logs are). The runner gives a process one pipe for both streams, so
-    everything is in ``stdout`` and ``stderr`` is empty. 404 before a node was assigned;
-    503 when that node does not answer (its output is not replicated)."""
+    """``{"stdout", "stderr", "node", "truncated", "stdout_truncated", "stderr_truncated",
+    "source"}`` of one execution (`execution_logs`); ``?follow=true`` streams it
+    (`follow_execution`). 404 before a node was assigned; 503 when the output is only on a
+    node that does not answer."""
 
     ROUTE = "/api/v1/executions/{id}/logs"
     AUTH = {"GET": READ}
 
     async def get(self, exec_id: str) -> None:
         await self.consistency()
+        raw = (self.get_query_argument("follow", None) or "").lower()
+        if raw not in ("", "true", "false", "1", "0"):
+            raise BadRequest("follow: must be true or false")
         e = self.visible(exec_id)
-        if e.node is None:
-            raise NotFound(f"execution {e.id} has not been placed on a node yet")
-        reader = getattr(self.ctx.node, "read_logs", None)
-        if reader is None:
-            raise Unavailable("this node cannot read execution output")
-        reply = await reader(e.node, f"x.{e.id}.{e.attempt}", offset=None,
-                             tail=MAX_LOG_REPLY, limit=MAX_LOG_REPLY, timeout=PEER_TIMEOUT)
-        if reply.code != 200:
-            raise ApiError(reply.reason or f"node {e.node} refused the log read",
-                           status=reply.code)
-        self.send_json(200, {"stdout": reply.data.decode("utf-8", "replace"), "stderr": "",
-                             "node": e.node, "truncated": bool(reply.truncated)})
+        if raw in ("true", "1"):
+            await follow_execution(self, e)
+            return
+        self.send_json(200, await execution_logs(self, e))
 
 
 class ExecutionCancelHandler(_ExecutionBase):

@@ -33,6 +33,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -140,6 +141,24 @@ class _Conn:
         self.stream = stream
         self.phase = phase
         self.since = since
+
+
+# stream -> (its connection's phase record, the server's clock): for `response_progress`
+_TRACKED: weakref.WeakKeyDictionary[IOStream, tuple[_Conn, Callable[[], float]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def response_progress(stream: IOStream | None) -> None:
+    """A streamed response (chunked, e.g. a log follow) made progress: the client took what
+    was written so far (call it after a completed ``flush``). Its `response_timeout` then
+    counts from now, so a long stream to a reading client is not cut, while one whose client
+    stops reading still is (its flush never completes). A stream this server does not track
+    is ignored. API IOLoop thread."""
+    if stream is None:
+        return
+    held = _TRACKED.get(stream)
+    if held is not None and held[0].phase == BUSY:
+        held[0].since = held[1]()
 
 
 class _Tracked(httputil.HTTPMessageDelegate):
@@ -276,6 +295,7 @@ class LimitedHTTPServer(HTTPServer):
         if c is None:  # first request: its clock runs from the accept (TLS handshake included)
             c = self._conns[server_conn] = _Conn(server_conn.stream,  # type: ignore[attr-defined]
                                                  HEADER, self._clock())
+            _TRACKED[c.stream] = (c, self._clock)
         else:
             c.phase = IDLE
             c.since = self._clock()

@@ -12,6 +12,9 @@ Invariants:
   UTF-8 replaced by U+FFFD; `offset`/`next_offset` count bytes of the stream (follow by
   asking again from `next_offset`).
 - A node that does not answer within `PEER_TIMEOUT` is a 503 naming it; nothing is retried.
+- ``stream=stdout|stderr`` picks the stream (default ``stdout``; each has its own offsets).
+  Before the runner kept the streams apart, stderr was mixed into the one stream this
+  route served; now it is asked for with ``stream=stderr``.
 - ``follow=true`` waits (up to `FOLLOW_WAIT` seconds, re-reading every `FOLLOW_POLL`) for
   output past `offset` before answering, possibly with none: a long poll, still JSON.
 """
@@ -24,7 +27,13 @@ import time
 from actors.api.auth import READ
 from actors.api.errors import ApiError, BadRequest, NotFound, Unavailable
 from actors.api.handler import BaseHandler
-from prisn.workloads.logfetch import MAX_LOG_REPLY, chunk_json, find_instance, runner_id
+from prisn.workloads.logfetch import (
+    MAX_LOG_REPLY,
+    STREAMS,
+    chunk_json,
+    find_instance,
+    runner_id,
+)
 
 PEER_TIMEOUT = 5.0  # seconds a node has to answer a log request
 FOLLOW_WAIT = 5.0  # follow=true: longest wait for new output
@@ -44,6 +53,9 @@ class LogsHandler(BaseHandler):
         if limit > MAX_LOG_REPLY:
             raise BadRequest(f"limit: must be an integer between 1 and {MAX_LOG_REPLY}")
         follow = self._bool("follow")
+        stream = self.get_query_argument("stream", None) or "stdout"
+        if stream not in STREAMS:
+            raise BadRequest("stream: must be stdout or stderr")
         store = self.ctx.node.store
         dep = store.get(self.namespace_arg(), name)
         if dep is not None and dep["name"] != name:
@@ -67,7 +79,7 @@ class LogsHandler(BaseHandler):
         deadline = time.monotonic() + FOLLOW_WAIT
         while True:
             reply = await reader(node, instance, offset=offset, tail=tail, limit=limit,
-                                 timeout=PEER_TIMEOUT)
+                                 timeout=PEER_TIMEOUT, stream=stream)
             if reply.code != 200:
                 raise ApiError(reply.reason or f"node {node} refused the log read",
                                status=reply.code)
@@ -76,7 +88,7 @@ class LogsHandler(BaseHandler):
                 break
             await asyncio.sleep(FOLLOW_POLL)  # long poll: read again shortly
         self.send_json(200, chunk_json(instance, node, reply.offset, reply.data,
-                                       reply.truncated))
+                                       reply.truncated, stream))
 
     def _int(self, name: str) -> int | None:
         raw = self.get_query_argument(name, None)

@@ -20,8 +20,10 @@ Garbage collection (deterministic: a function of the log only, no clock read):
 - A put arms a grace: the artifact is kept unreferenced until ``ts + GRACE_MS`` (the put's own
   `ts`), so an upload survives until the deployment that names it arrives. A deployment
   write that references it clears the grace (it is then kept by its references only).
-- `sweep(ts)` runs after every applied command with that command's `ts`: it drops every
-  artifact with no reference whose grace ends at or before `ts`. So deleting (or repointing)
+- `sweep(ts, pinned)` runs after every applied command with that command's `ts`: it drops
+  every artifact with no reference whose grace ends at or before `ts`, except those in
+  `pinned` (the digests unfinished ad-hoc executions run from: `ExecutionTable.pins`, a
+  function of the replicated executions table, so every node pins the same). So deleting (or repointing)
   the last deployment that used an artifact drops it in that same entry, everywhere; an
   upload nobody deploys is dropped by the first command at least `GRACE_MS` after it.
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,9 +140,10 @@ class ArtifactTable:
         if delta > 0:
             self._grace[digest] = 0
 
-    def sweep(self, ts: Any) -> list[str]:
+    def sweep(self, ts: Any, pinned: Container[str] = ()) -> list[str]:
         """Drop every unreferenced artifact whose grace ended at or before `ts` (a command's
-        timestamp; an invalid one sweeps nothing). The dropped digests, sorted."""
+        timestamp; an invalid one sweeps nothing) and that is not `pinned`. The dropped
+        digests, sorted."""
         if len(self._refs) == len(self._rows):
             return []  # every artifact is referenced: the common case, O(1)
         try:
@@ -148,16 +151,18 @@ class ArtifactTable:
         except TokenCommandError:
             return []
         dropped = [d for d in sorted(self._rows)
-                   if d not in self._refs and self._grace.get(d, 0) <= now]
+                   if d not in self._refs and self._grace.get(d, 0) <= now
+                   and d not in pinned]
         for d in dropped:
             self._total -= self._rows.pop(d).size
             self._grace.pop(d, None)
         return dropped
 
     # ------------------------------------------------------------------ apply
-    def apply(self, cmd: dict[str, Any]) -> Result:
+    def apply(self, cmd: dict[str, Any], pinned: Container[str] = ()) -> Result:
         """Run one artifact command (see the module docstring). Every check happens before
-        the single mutation. ArtifactCommandError for a malformed command."""
+        the single mutation. ArtifactCommandError for a malformed command. `pinned`: as for
+        `sweep`."""
         if cmd.get("op") != "artifact.put":
             raise ArtifactCommandError(f"unknown artifact op {cmd.get('op')!r}")
         ts: Any = cmd.get("ts")  # checked by the command's validation
@@ -189,7 +194,7 @@ class ArtifactTable:
             files = file_names(data)
         except ArtifactError as exc:
             return failure(Outcome.INVALID, str(exc))
-        self.sweep(ts)  # room first: expired uploads go before the bounds are checked
+        self.sweep(ts, pinned)  # room first: expired uploads go before the bounds are checked
         if len(self._rows) >= MAX_ARTIFACTS:
             return failure(Outcome.DISK_ERROR, f"the cluster holds {len(self._rows)} artifacts, the limit "
                              f"({MAX_ARTIFACTS}); delete deployments that use old ones")

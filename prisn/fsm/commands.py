@@ -41,6 +41,7 @@ from prisn.fsm.validation import (
     DEFAULT_NAMESPACE,
     ValidationError,
     check_env_text,
+    check_timezone_known,
     normalize_spec,
     validate_name,
     validate_replicas,
@@ -181,6 +182,7 @@ class CommandFactory:
         """POST /deployments: `body` is the full spec (name and source required)."""
         spec = normalize_spec(body, partial=False)
         check_env_text(spec)
+        check_timezone_known(spec)
         ns, name = resolve_target(spec, name=None, namespace=namespace)
         cmd = self._base("create", key, ns, name)
         cmd["id"] = self._new_id()
@@ -194,6 +196,7 @@ class CommandFactory:
             body = {**body, "name": name}
         spec = normalize_spec(body, partial=False)
         check_env_text(spec)
+        check_timezone_known(spec)
         ns, target = resolve_target(spec, name=name, namespace=namespace)
         cmd = self._base("replace", key, ns, target)
         cmd["spec"] = _strip_target(spec)
@@ -204,6 +207,7 @@ class CommandFactory:
         """PATCH /deployments/{name}: `body` is any subset of the spec fields."""
         spec = normalize_spec(body, partial=True)
         check_env_text(spec)
+        check_timezone_known(spec)
         ns, target = resolve_target(spec, name=name, namespace=namespace)
         cmd = self._base("patch", key, ns, target)
         cmd["spec"] = _strip_target(spec)

@@ -87,11 +87,14 @@ from prisn.fsm.secrets import SECRET_OPS, Secret, SecretCommandError, SecretTabl
 from prisn.fsm.tokens import TOKEN_OPS, Token, TokenCommandError, TokenTable
 from prisn.fsm.validation import (
     DEFAULT_REPLICAS,
+    POLICY_FIELDS,
     ValidationError,
     check_consistent,
+    check_policy,
     infer_type,
     is_int,
     normalize_spec,
+    policy_of,
     validate_args,
     validate_artifact,
     validate_env,
@@ -163,9 +166,14 @@ _SPEC_KEYS: tuple[str, ...] = ("type", "runtime", "source", "args", "env", "port
 # answer read back from a snapshot keeps it, as it always has.
 _CANON_FIELDS: tuple[str, ...] = tuple(sorted(FIELDS, key=lambda f: (len(f), f)))
 _CANON_FIELDS_ART: tuple[str, ...] = tuple(sorted(FIELDS_ART, key=lambda f: (len(f), f)))
+# Run settings (`validation.POLICY_FIELDS`: retries, concurrency, timezone,
+# starting_deadline) follow, each present only when not its default, in that order: a
+# deployment that sets none is stored, answered and snapshotted exactly as before.
+_OPTIONAL_KEYS: tuple[str, ...] = ("artifact", "secrets", *POLICY_FIELDS)
 _SHAPES: dict[frozenset[str], tuple[tuple[str, ...], tuple[str, ...]]] = {
     frozenset(f): (f, tuple(sorted(f, key=lambda k: (len(k), k))))
-    for f in (FIELDS, FIELDS_ART, FIELDS_SEC, FIELDS_ART_SEC)}
+    for f in (FIELDS + tuple(k for i, k in enumerate(_OPTIONAL_KEYS) if mask >> i & 1)
+              for mask in range(1 << len(_OPTIONAL_KEYS)))}
 # String fields many deployments hold equal values of: one object each (see `_RowDecoder`).
 _SHARED_FIELDS: tuple[str, ...] = ("namespace", "type", "runtime", "schedule", "created_at",
                                    "updated_at")
@@ -396,7 +404,8 @@ class DeploymentStore:
         except Exception as exc:  # a bug must not become a poison pill for every node
             result = failure(Outcome.INTERNAL_ERROR,
                              f"internal error applying command: {type(exc).__name__}")
-        self._artifacts.sweep(cmd.get("ts"))  # after every command: deterministic GC
+        # after every command: deterministic GC (unfinished ad-hoc runs pin their artifacts)
+        self._artifacts.sweep(cmd.get("ts"), self._executions.pins)
         if not (type(op) is str and op in _NO_PLACEMENT_CHANGE):  # rows of unplaced: gone
             self._instances.prune(self._placements.get)
         self._dedup[key] = (fp, result[0], result[1])
@@ -424,11 +433,12 @@ class DeploymentStore:
         if op in PLACEMENT_OPS:
             return self._placements.apply(cmd, self._lookup)
         if op in ARTIFACT_OPS:
-            return self._artifacts.apply(cmd)
+            return self._artifacts.apply(cmd, self._executions.pins)
         if op in SECRET_OPS:
             return self._secrets.apply(cmd)
         if op in EXECUTION_OPS:
-            return self._executions.apply(cmd, self._lookup, self._lookup_id)
+            return self._executions.apply(cmd, self._lookup, self._lookup_id,
+                                          self._artifacts.check_entry)
         if op in INSTANCE_OPS:
             return self._instances.apply(cmd, self._placements.get)
         spec: dict[str, Any] = {}
@@ -448,9 +458,11 @@ class DeploymentStore:
             dep.update(id=dep_id, name=name, namespace=ns, generation=1, created_at=ts,
                        updated_at=ts)
             check_consistent(dep)
+            policy = _checked_policy(dep["type"], spec, None)
             dep = {f: dep[f] for f in FIELDS}
             self._set_artifact(dep, spec.get("artifact"))
             self._set_secrets(dep, spec.get("secrets"))
+            dep.update(policy)
             self._insert(dep)
             return Outcome.CREATED, dep
         if op not in ("replace", "patch", "scale", "delete"):
@@ -478,6 +490,7 @@ class DeploymentStore:
             new = {k: current[k] for k in _SPEC_KEYS}
             new["replicas"] = replicas
         check_consistent(new)
+        policy = _checked_policy(new["type"], spec, None if op == "replace" else current)
         if op == "replace" or (op == "patch" and "artifact" in spec):
             artifact = spec.get("artifact")
         else:
@@ -487,11 +500,14 @@ class DeploymentStore:
         else:
             secrets = current.get("secrets")
         if (all(new[k] == current[k] for k in _SPEC_KEYS) and artifact == current.get("artifact")
-                and secrets == current.get("secrets")):
+                and secrets == current.get("secrets")
+                and policy == {f: current[f] for f in POLICY_FIELDS if f in current}):
             return Outcome.OK, current
-        dep = {**current, **{k: new[k] for k in _SPEC_KEYS}}
+        dep = {f: current[f] for f in FIELDS}
+        dep.update({k: new[k] for k in _SPEC_KEYS})
         self._set_artifact(dep, artifact)
         self._set_secrets(dep, secrets)
+        dep.update(policy)
         dep["generation"] = current["generation"] + 1
         dep["updated_at"] = ts
         self._replace(current, dep)
@@ -964,7 +980,7 @@ def _row_fields(raw: dict[Any, Any]) -> tuple[tuple[str, ...], tuple[str, ...]] 
         return FIELDS, _CANON_FIELDS
     if n == len(FIELDS_ART) and raw.keys() == _ROW_KEYS_ART:
         return FIELDS_ART, _CANON_FIELDS_ART
-    if n in (len(FIELDS_SEC), len(FIELDS_ART_SEC)) and "secrets" in raw:
+    if n > len(FIELDS):
         return _SHAPES.get(frozenset(raw.keys()))
     return None
 
@@ -1135,7 +1151,7 @@ def _parse_deployment(raw: Any) -> Deployment:
     shape = _row_fields(raw) if type(raw) is dict else None
     if shape is None:
         raise ValueError(f"a deployment row must be a map of {', '.join(FIELDS)} "
-                         "(and optionally artifact, secrets)")
+                         f"(and optionally {', '.join(_OPTIONAL_KEYS)})")
     # a `_RowDecoder` row is already a new dict in FIELDS order (and nothing else holds it)
     dep = raw if tuple(raw) == shape[0] else {f: raw[f] for f in shape[0]}
     if "artifact" in dep:
@@ -1156,6 +1172,10 @@ def _parse_deployment(raw: Any) -> Deployment:
     if dep["schedule"] is not None:
         validate_schedule(dep["schedule"])
     check_consistent(dep)
+    stored = {f: dep[f] for f in POLICY_FIELDS if f in dep}
+    if policy_of(normalize_spec(stored, partial=True), None) != stored:
+        raise ValueError("deployment run settings must be valid and not their defaults")
+    check_policy(dep["type"], stored)
     for field, limit in (("id", MAX_ID), ("created_at", MAX_TS), ("updated_at", MAX_TS)):
         value = dep[field]
         if type(value) is not str or not 0 < len(value) <= limit:
@@ -1190,6 +1210,16 @@ def _read_body(value: Any, depth: int, hook: _RowDecoder) -> Any:
     elif t not in (str, int, bool, type(None)):
         raise ValueError(f"dedup result body holds a {t.__name__}")
     return value
+
+
+def _checked_policy(typ: str, spec: dict[str, Any], current: Deployment | None
+                    ) -> dict[str, Any]:
+    """The run settings (non-default ones, in order) of a deployment of type `typ` built
+    from `spec` over `current`; ValidationError (400) when one is set or named on a type it
+    means nothing for (`validation.check_policy`)."""
+    policy = policy_of(spec, current)
+    check_policy(typ, policy, [f for f in POLICY_FIELDS if spec.get(f) is not None])
+    return policy
 
 
 def _spec_of(cmd: dict[str, Any]) -> dict[str, Any]:

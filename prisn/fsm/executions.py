@@ -8,13 +8,17 @@ milliseconds):
     {"v": 1, "op": "execution.create", "key": K, "ts": T, "id": ID, "ns": NS,
      "deployment_id": D | "name": N, ["env": {..}], ["args": [..]], ["timeout": S],
      ["history": H]}
+    {"v": 1, "op": "execution.create", "key": K, "ts": T, "id": ID, "ns": NS,
+     "artifact": DIGEST, "entry": PATH, "runtime": R, "name": N, [env, args, timeout,
+     history as above]}                                  (an ad-hoc run, no deployment)
     {"v": 1, "op": "cron.fire", "key": K, "ts": T, "id": ID, "deployment_id": D,
      "scheduled_at": EPOCH_S, "after": EPOCH_S | None, ["cancel": [ID, ...]], ["history": H]}
     {"v": 1, "op": "cron.miss", "key": K, "ts": T, "deployment_id": D, "first": EPOCH_S,
      "last": EPOCH_S, "count": N, "reason": "late" | "skipped", "after": EPOCH_S | None}
     {"v": 1, "op": "execution.update", "key": K, "ts": T, "id": ID, "status": S,
      "attempt": A, ["exit_code": I], ["node": NODE], ["started_at": T], ["completed_at": T],
-     ["error": TEXT]}
+     ["error": TEXT], ["stdout": TEXT], ["stderr": TEXT], ["stdout_truncated": B],
+     ["stderr_truncated": B]}
     {"v": 1, "op": "execution.cancel", "key": K, "ts": T, "id": ID}
 
 Exactly once per scheduled time: each cron deployment has a *mark*, the latest scheduled time
@@ -31,6 +35,16 @@ Pending (assign a node), Running, or any terminal status; Running -> terminal; F
 update names the attempt it reports on (a report on an older attempt is refused) and, once
 the execution has a node, that node (a report from another node is refused).
 
+Retries: an execution gets `retries` (0..10) when it is created, from its deployment as
+applied at that log position (its ``retries`` spec field, absent: 0), so every node agrees
+and later spec changes do not touch it. An update that ends an attempt Failed or Lost while
+``attempt <= retries`` stores, in the same apply, the next attempt instead: Pending,
+``attempt + 1``, no node (the leader places it), the ended attempt appended to `past`
+(at most `retries` of them). Cancelled and Completed are final. The JSON and the snapshot
+row of an execution with ``retries == 0`` and no past attempts are exactly as before
+(17 values); otherwise the row has two more, ``retries`` and the past attempts as lists
+(`ATTEMPT_FIELDS`), and the JSON ``retries`` and ``attempts`` (past and current).
+
 Bounds (every node must evict the same rows): at most `history` executions per deployment
 (the proposer's --execution-history, carried in the command that creates the execution, so
 the bound is the log's and not each node's flag; absent: `DEFAULT_HISTORY`) and
@@ -40,6 +54,20 @@ deployment already has `history` unfinished ones or the table `MAX_ACTIVE`. At m
 `MAX_MISSES` miss records per deployment (oldest dropped; the total missed count is kept).
 Deleting a deployment drops its mark and misses (`forget`); its executions stay until evicted.
 
+Ad-hoc executions (``prisn run SCRIPT``, inline ``source``): a create naming an `artifact`
+(stored, holding `entry`: checked at apply, 400 otherwise) instead of a deployment. Their
+`deployment_id` is None; they are bounded like a deployment's, per namespace (group key
+``/<namespace>``, which no deployment id can be). While unfinished, each pins its artifact:
+`pins` (digest -> unfinished ad-hoc executions naming it, derived from the rows, so a
+restored table has the same) keeps the artifact table's sweep from dropping it.
+
+Output (the node's last `MAX_OUTPUT` bytes of each stream, secrets redacted by the
+proposer): only a terminal update may carry it; the execution keeps it while terminal (a
+retry back to Pending drops it) and never shows it in `to_json` (list rows stay light).
+In a snapshot row it is one trailing map (no other row field is a map there). At most
+`MAX_OUTPUT_TOTAL` bytes of output in all: past it, the output of the oldest executions
+(creation order) holding some is dropped, on every node the same.
+
 Threads: no lock; `DeploymentStore` calls it under its lock (apply on the state-machine
 thread, queries on any). `Execution` records are immutable (an update stores a new one).
 """
@@ -47,6 +75,7 @@ thread, queries on any). `Execution` records are immutable (an update stores a n
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -61,8 +90,10 @@ from prisn.fsm.validation import (
     validate_args,
     validate_env,
     validate_name,
+    validate_runtime,
 )
 from prisn.outcomes import Outcome
+from prisn.workloads.artifacts import ArtifactError, check_path, is_digest
 from prisn.workloads.cron import Fire, Miss
 
 EXECUTION_OPS: tuple[str, ...] = ("execution.create", "execution.update", "execution.cancel",
@@ -86,6 +117,9 @@ MAX_ERROR = 1024
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 MAX_COUNT = (1 << 63) - 1
 MAX_HISTORY = 100_000  # --execution-history at most (= MAX_EXECUTIONS)
+MAX_OUTPUT = 64 << 10  # UTF-8 bytes of each stream a terminal update may carry
+MAX_OUTPUT_TOTAL = 256 << 20  # bytes of output held in all (oldest dropped first)
+OUTPUT_FIELDS: tuple[str, ...] = ("stdout", "stderr", "stdout_truncated", "stderr_truncated")
 # `prisn_execution_duration_seconds` buckets (upper bounds, seconds; +Inf implied)
 DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
                                        1800.0, 3600.0)
@@ -95,8 +129,23 @@ LookupId = Callable[[str], dict[str, Any] | None]  # deployment id -> deployment
 
 _ENVELOPE = frozenset({"v", "op", "key", "ts"})
 _CREATE_OPT = frozenset({"env", "args", "timeout", "history"})
+_ADHOC_KEYS = frozenset({"id", "ns", "artifact", "entry", "runtime", "name"})
 _UPDATE_OPT = frozenset({"exit_code", "node", "started_at", "completed_at", "error"})
+_UPDATE_OPT = _UPDATE_OPT | frozenset(OUTPUT_FIELDS)  # the output of a terminal update
 _ROW_LEN = 17
+_ADHOC_ROW_LEN = _ROW_LEN + 3  # an ad-hoc row adds [artifact, entry, runtime]
+_RETRY_LEN = 2  # a row of an execution that may retry ends with [retries, past attempts]
+MAX_RETRIES = 10  # = validation.MAX_RETRIES
+# One attempt: (attempt, node, status, exit_code, started_at, completed_at, error)
+Attempt = tuple[int, "str | None", str, "int | None", "str | None", "str | None", "str | None"]
+ATTEMPT_FIELDS: tuple[str, ...] = ("attempt", "node", "status", "exit_code", "started_at",
+                                   "completed_at", "error")
+ADHOC_GROUP = "/"  # prefix of an ad-hoc group key: "/<namespace>" (ids never hold "/")
+CheckArtifact = Callable[[str, str], None]  # (digest, entry) -> None, ValidationError if not
+
+
+def _no_artifacts(digest: str, entry: str) -> None:
+    raise ValidationError("artifact", "this table was given no artifact table")
 
 
 class ExecutionCommandError(ValueError):
@@ -109,7 +158,7 @@ class Execution:
     (epoch seconds), None for an on-demand run. Times are RFC 3339 strings."""
 
     id: str
-    deployment_id: str
+    deployment_id: str | None  # None: an ad-hoc run (`artifact`, `entry`, `runtime` set)
     namespace: str
     name: str
     status: str
@@ -125,10 +174,62 @@ class Execution:
     env: dict[str, str]  # overrides of the deployment's (on-demand runs only)
     args: list[str]  # replace the deployment's when not empty (on-demand runs only)
     timeout: int
+    artifact: str | None = None  # ad-hoc runs only: the artifact, file and runtime to run
+    entry: str | None = None
+    runtime: str | None = None
+    # retries (issue 15): how many more attempts a Failed or Lost one gets, fixed when it is
+    # created (the deployment's `retries` as applied); `past`: the attempts before the
+    # current one, oldest first, as `Attempt` tuples. Both empty/0: the row and the JSON
+    # are exactly as before retries existed.
+    retries: int = 0
+    past: tuple[Attempt, ...] = ()
+    # the last output of a terminal execution, as its node reported it (None: none held)
+    stdout: str | None = None
+    stderr: str | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def has_output(self) -> bool:
+        return self.stdout is not None or self.stderr is not None
+
+    @property
+    def output_bytes(self) -> int:
+        """UTF-8 bytes of the output held (what `MAX_OUTPUT_TOTAL` counts)."""
+        return sum(len(t.encode()) for t in (self.stdout, self.stderr) if t is not None)
+
+    def output(self) -> dict[str, Any]:
+        """``{stdout, stderr, stdout_truncated, stderr_truncated}`` (texts "" when None)."""
+        return {"stdout": self.stdout or "", "stderr": self.stderr or "",
+                "stdout_truncated": self.stdout_truncated,
+                "stderr_truncated": self.stderr_truncated}
+
+    def attempt_record(self) -> Attempt:
+        """The current attempt as an `Attempt` tuple."""
+        return (self.attempt, self.node, self.status, self.exit_code, self.started_at,
+                self.completed_at, self.error)
+
+    def attempts_json(self) -> list[dict[str, Any]]:
+        """Every attempt so far, the current one last (at most ``retries + 1``)."""
+        return [dict(zip(ATTEMPT_FIELDS, a, strict=True))
+                for a in (*self.past, self.attempt_record())]
+
+    def _retry_json(self) -> dict[str, Any]:
+        """``retries`` and ``attempts`` of an execution that may retry (else nothing: the
+        JSON of one without retries is what it always was)."""
+        if not self.retries and not self.past:
+            return {}
+        return {"retries": self.retries, "attempts": self.attempts_json()}
+
+    @property
+    def group(self) -> str:
+        """The key its history bound counts under: its deployment id, or ``/<namespace>``."""
+        return (self.deployment_id if self.deployment_id is not None
+                else ADHOC_GROUP + self.namespace)
 
     def to_json(self) -> dict[str, Any]:
         """The API shape (no env or args: they may hold what the caller keeps private)."""
@@ -139,13 +240,24 @@ class Execution:
                                  else format_ts(self.scheduled_at)),
                 "attempt": self.attempt, "created_at": self.created_at,
                 "started_at": self.started_at, "completed_at": self.completed_at,
-                "duration_ms": self.duration_ms, "error": self.error}
+                "duration_ms": self.duration_ms, "error": self.error,
+                **({} if self.artifact is None else
+                   {"artifact": self.artifact, "entry": self.entry, "runtime": self.runtime}),
+                **self._retry_json()}
 
     def row(self) -> list[Any]:
-        return [self.id, self.deployment_id, self.namespace, self.name, self.status,
-                self.exit_code, self.node, self.scheduled_at, self.attempt, self.created_at,
-                self.started_at, self.completed_at, self.duration_ms, self.error,
-                dict(sorted(self.env.items())), list(self.args), self.timeout]
+        row: list[Any] = [self.id, self.deployment_id, self.namespace, self.name,
+                          self.status, self.exit_code, self.node, self.scheduled_at,
+                          self.attempt, self.created_at, self.started_at, self.completed_at,
+                          self.duration_ms, self.error, dict(sorted(self.env.items())),
+                          list(self.args), self.timeout]
+        if self.artifact is not None:
+            row += [self.artifact, self.entry, self.runtime]
+        if self.retries or self.past:  # else the row of before retries, byte for byte
+            row += [self.retries, [list(a) for a in self.past]]
+        if self.has_output:  # one trailing map; without output the row is as before
+            row.append({f: getattr(self, f) for f in OUTPUT_FIELDS})
+        return row
 
 
 # ---------------------------------------------------------------------- field checks
@@ -202,6 +314,27 @@ def _history(cmd: dict[str, Any], default: int) -> int:
     return int(h)
 
 
+def _output(src: dict[str, Any], terminal: bool) -> dict[str, Any]:
+    """The output fields of a command or row (absent: none), checked: texts of at most
+    `MAX_OUTPUT` UTF-8 bytes or None, boolean flags; only a terminal status carries any."""
+    out = {f: src[f] for f in OUTPUT_FIELDS if src.get(f) is not None}
+    if not out:
+        return {}
+    if not terminal:
+        raise _bad("only a terminal execution.update carries output")
+    for f in ("stdout", "stderr"):
+        v = out.get(f)
+        if v is not None and (type(v) is not str or len(v) > MAX_OUTPUT
+                              or len(v.encode("utf-8", "replace")) > MAX_OUTPUT):
+            raise _bad(f"field {f!r} must be text of at most {MAX_OUTPUT} UTF-8 bytes")
+    for f in ("stdout_truncated", "stderr_truncated"):
+        if type(out.get(f, False)) is not bool:
+            raise _bad(f"field {f!r} must be a boolean")
+    if out.get("stdout") is None and out.get("stderr") is None:
+        raise _bad("output flags without stdout or stderr")
+    return out
+
+
 def fire_id(deployment_id: str, scheduled_at: int) -> str:
     """The execution id of a cron fire: 32 hex digits derived from its key, so every leader
     proposing the same fire proposes the same id."""
@@ -224,9 +357,15 @@ class ExecutionTable:
         self._fires: dict[tuple[str, int], str] = {}  # (deployment id, scheduled_at) -> id
         self._active: dict[str, int] = {}  # deployment id -> unfinished executions
         self._active_total = 0
+        self.pins: dict[str, int] = {}  # artifact digest -> unfinished ad-hoc runs naming it
         self._marks: dict[str, int] = {}
         self._missed: dict[str, int] = {}  # deployment id -> scheduled times missed in all
         self._misses: dict[str, deque[tuple[int, int, int, str, str]]] = {}
+        self._seq: dict[str, int] = {}  # execution id -> creation sequence (output order)
+        self._next_seq = 0
+        self._output_heap: list[tuple[int, str]] = []  # (seq, id) of rows with output; lazy
+        self.output_total = 0  # UTF-8 bytes of output held (bounded by `max_output`)
+        self.max_output = MAX_OUTPUT_TOTAL
         # metrics only, in memory (not in snapshots; a restart or snapshot install resets
         # them, as a counter reset): cron fires applied, the lag of the latest fire to start,
         # durations of the executions this node saw finish (per-bucket counts, sum, count)
@@ -247,19 +386,23 @@ class ExecutionTable:
     def _count_active(self, e: Execution, sign: int) -> None:
         if e.terminal:
             return
-        n = self._active.get(e.deployment_id, 0) + sign
-        if n:
-            self._active[e.deployment_id] = n
-        else:
-            self._active.pop(e.deployment_id, None)
+        _bump(self._active, e.group, sign)
+        if e.artifact is not None:
+            _bump(self.pins, e.artifact, sign)
         self._active_total += sign
 
     def _store(self, e: Execution) -> None:
         """Replace a stored execution by its new version (same id, same position)."""
         old = self._rows[e.id]
+        if not e.terminal and e.has_output:  # a retry: the output was the old attempt's
+            e = replace(e, stdout=None, stderr=None, stdout_truncated=False,
+                        stderr_truncated=False)
         self._count_active(old, -1)
+        self._account_output(old, -1)
         self._rows[e.id] = e
         self._count_active(e, 1)
+        self._account_output(e, 1)
+        self._bound_output()
         if e.terminal and not old.terminal and e.duration_ms is not None:
             secs = e.duration_ms / 1000
             i = next((i for i, b in enumerate(DURATION_BUCKETS) if secs <= b),
@@ -275,24 +418,55 @@ class ExecutionTable:
         deployment and `max_executions` in all."""
         history = self.history if history is None else history
         self._rows[e.id] = e
-        self._by_dep.setdefault(e.deployment_id, deque()).append(e.id)
+        self._seq[e.id] = self._next_seq
+        self._next_seq += 1
+        self._account_output(e, 1)
+        self._by_dep.setdefault(e.group, deque()).append(e.id)
         if e.scheduled_at is not None:
-            self._fires[(e.deployment_id, e.scheduled_at)] = e.id
+            self._fires[(e.group, e.scheduled_at)] = e.id
         self._count_active(e, 1)
-        ids = self._by_dep[e.deployment_id]
+        ids = self._by_dep[e.group]
         while len(ids) > history:  # room was checked: a terminal one exists
             self._evict(next(i for i in ids if self._rows[i].terminal))
         while len(self._rows) > self.max_executions:
             self._evict(next(i for i, x in self._rows.items() if x.terminal))
 
+    def _account_output(self, e: Execution, sign: int) -> None:
+        """Count `e`'s output in (+1) or out (-1) of `output_total`; a row gaining output
+        joins the drop order (creation order)."""
+        if not e.has_output:
+            return
+        self.output_total += sign * e.output_bytes
+        if sign > 0:
+            heapq.heappush(self._output_heap, (self._seq[e.id], e.id))
+
+    def _bound_output(self) -> None:
+        """Drop the output of the oldest executions holding some until at most `max_output`
+        bytes are held. Deterministic: creation order, replicated data only."""
+        heap = self._output_heap
+        while self.output_total > self.max_output and heap:
+            _, exec_id = heapq.heappop(heap)
+            e = self._rows.get(exec_id)
+            if e is None or not e.has_output:
+                continue  # lazily deleted: evicted, or its output already dropped
+            self.output_total -= e.output_bytes
+            self._rows[exec_id] = replace(e, stdout=None, stderr=None, stdout_truncated=False,
+                                          stderr_truncated=False)
+        if len(heap) > 2 * len(self._rows) + 64:  # lazily deleted entries: rebuild
+            self._output_heap = [(self._seq[i], i) for i, x in self._rows.items()
+                                 if x.has_output]
+            heapq.heapify(self._output_heap)
+
     def _evict(self, exec_id: str) -> None:
         e = self._rows.pop(exec_id)
-        ids = self._by_dep[e.deployment_id]
+        self._seq.pop(exec_id, None)
+        self._account_output(e, -1)
+        ids = self._by_dep[e.group]
         ids.remove(exec_id)
         if not ids:
-            del self._by_dep[e.deployment_id]
+            del self._by_dep[e.group]
         if e.scheduled_at is not None:
-            self._fires.pop((e.deployment_id, e.scheduled_at), None)
+            self._fires.pop((e.group, e.scheduled_at), None)
         self._count_active(e, -1)
 
     def forget(self, deployment_id: str) -> None:
@@ -305,6 +479,9 @@ class ExecutionTable:
         """Why one more unfinished execution of the deployment does not fit under its bound
         `history` (None: it does), once `freed` of its unfinished ones are cancelled."""
         if self._active.get(deployment_id, 0) - freed >= history:
+            if deployment_id.startswith(ADHOC_GROUP):
+                return (f"namespace {deployment_id[1:]} already has {history} unfinished "
+                        "ad-hoc executions")
             return f"deployment {deployment_id} already has {history} unfinished executions"
         cap = min(MAX_ACTIVE, self.max_executions)
         if self._active_total - freed >= cap:
@@ -312,13 +489,18 @@ class ExecutionTable:
         return None
 
     # ------------------------------------------------------------------ apply
-    def apply(self, cmd: dict[str, Any], lookup: Lookup, lookup_id: LookupId) -> Result:
+    def apply(self, cmd: dict[str, Any], lookup: Lookup, lookup_id: LookupId,
+              check_artifact: CheckArtifact = _no_artifacts) -> Result:
         """Run one command (`op` in EXECUTION_OPS). ExecutionCommandError (or
-        ValidationError) for a malformed command, nothing changed; otherwise its result."""
+        ValidationError) for a malformed command, nothing changed; otherwise its result.
+        `check_artifact(digest, entry)` raises ValidationError unless that artifact is
+        stored and holds that file (ad-hoc creates)."""
         if cmd.get("v") != COMMAND_VERSION:
             raise _bad(f"unsupported command version {cmd.get('v')!r}")
         ts, ts_ms = _ts(cmd.get("ts"), "ts")
         op = cmd.get("op")
+        if op == "execution.create" and "artifact" in cmd:
+            return self._create_adhoc(cmd, ts, check_artifact)
         if op == "execution.create":
             return self._create(cmd, ts, lookup, lookup_id)
         if op == "cron.fire":
@@ -369,7 +551,39 @@ class ExecutionTable:
         if why is not None:
             return failure(Outcome.CONFLICT, why)
         e = Execution(exec_id, dep["id"], dep["namespace"], dep["name"], PENDING, None, None,
-                      None, 1, ts, None, None, None, None, env, args, timeout)
+                      None, 1, ts, None, None, None, None, env, args, timeout,
+                      retries=_retries_of(dep))
+        self._insert(e, history)
+        return Outcome.CREATED, e.to_json()
+
+    def _create_adhoc(self, cmd: dict[str, Any], ts: str,
+                      check_artifact: CheckArtifact) -> Result:
+        """An execution of an artifact's `entry` with `runtime`, tied to no deployment."""
+        _keys(cmd, _ADHOC_KEYS, _CREATE_OPT)
+        exec_id = _id(cmd["id"])
+        ns = validate_name(cmd["ns"], "namespace")
+        name = validate_name(cmd["name"])
+        artifact, entry, runtime = _adhoc_fields(cmd["artifact"], cmd["entry"],
+                                                 cmd["runtime"])
+        env = validate_env(cmd.get("env", {}))
+        args = validate_args(cmd.get("args", []))
+        timeout = cmd.get("timeout", DEFAULT_TIMEOUT)
+        if not is_int(timeout) or not 1 <= timeout <= MAX_TIMEOUT:
+            raise ValidationError("timeout", f"must be 1..{MAX_TIMEOUT} seconds")
+        history = _history(cmd, self.history)
+        try:
+            check_artifact(artifact, entry)
+        except ValidationError as exc:
+            if exc.field != "source":
+                raise
+            raise ValidationError("entry", exc.message.removeprefix("source: ")) from None
+        if exec_id in self._rows:
+            return failure(Outcome.CONFLICT, f"execution id {exec_id} already exists")
+        why = self._room(ADHOC_GROUP + ns, history)
+        if why is not None:
+            return failure(Outcome.CONFLICT, why)
+        e = Execution(exec_id, None, ns, name, PENDING, None, None, None, 1, ts, None, None,
+                      None, None, env, args, int(timeout), artifact, entry, runtime)
         self._insert(e, history)
         return Outcome.CREATED, e.to_json()
 
@@ -418,7 +632,8 @@ class ExecutionTable:
         self._marks[dep_id] = at
         self.fires_applied += 1
         e = Execution(exec_id, dep_id, dep["namespace"], dep["name"], PENDING, None, None,
-                      at, 1, ts, None, None, None, None, {}, [], DEFAULT_TIMEOUT)
+                      at, 1, ts, None, None, None, None, {}, [], DEFAULT_TIMEOUT,
+                      retries=_retries_of(dep))
         self._insert(e, history)
         return Outcome.CREATED, e.to_json()
 
@@ -473,6 +688,7 @@ class ExecutionTable:
         status, attempt = cmd["status"], cmd["attempt"]
         if type(status) is not str or status not in STATUSES:
             raise _bad(f"field 'status' must be one of {', '.join(STATUSES)}")
+        output = _output(cmd, status in TERMINAL)
         if not is_int(attempt) or not 1 <= attempt <= MAX_ATTEMPT:
             raise _bad(f"field 'attempt' must be 1..{MAX_ATTEMPT}")
         exit_code = cmd.get("exit_code")
@@ -520,6 +736,9 @@ class ExecutionTable:
             new = replace(e, status=status, node=node or e.node, exit_code=exit_code,
                           started_at=start_text, completed_at=done_text, duration_ms=dur,
                           error=error if error is not None else e.error)
+            if output:
+                new = replace(new, **output)
+            new = _requeued(new)
         self._store(new)
         return Outcome.OK, new.to_json()
 
@@ -536,9 +755,10 @@ class ExecutionTable:
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         allowed = None if namespaces is None else frozenset(namespaces)
-        if deployment_id is not None:
-            source: Iterable[Execution] = (self._rows[i] for i in
-                                           reversed(self._by_dep.get(deployment_id, ())))
+        if deployment_id is not None and deployment_id.startswith(ADHOC_GROUP):
+            source: Iterable[Execution] = ()  # not a deployment id: ad-hoc groups stay hidden
+        elif deployment_id is not None:
+            source = (self._rows[i] for i in reversed(self._by_dep.get(deployment_id, ())))
         else:
             source = reversed(self._rows.values())
         matching = [e for e in source
@@ -579,7 +799,7 @@ class ExecutionTable:
     def running(self) -> dict[str, tuple[str, ...]]:
         """Per deployment id with unfinished executions, their ids oldest first."""
         return {dep: tuple(i for i in self._by_dep[dep] if not self._rows[i].terminal)
-                for dep in sorted(self._active)}
+                for dep in sorted(self._active) if not dep.startswith(ADHOC_GROUP)}
 
     def unfinished(self) -> list[Execution]:
         """Every unfinished (Pending or Running) execution, by deployment id, then oldest
@@ -625,10 +845,10 @@ class ExecutionTable:
         table = cls()
         try:
             for row in raw["rows"]:
-                e = _parse_row(row)
+                e = _parse_row_output(row)
                 if e.id in table._rows:
                     raise ValueError(f"execution {e.id} is a duplicate")
-                if e.scheduled_at is not None and (e.deployment_id,
+                if e.scheduled_at is not None and (e.group,
                                                    e.scheduled_at) in table._fires:
                     raise ValueError(f"execution {e.id} repeats a cron fire")
                 table._insert(e, MAX_HISTORY)  # bounded when applied: evict nothing here
@@ -665,11 +885,104 @@ class ExecutionTable:
         return table
 
 
+def _bump(counts: dict[str, int], key: str, sign: int) -> None:
+    """counts[key] += sign, dropping keys that reach 0."""
+    n = counts.get(key, 0) + sign
+    if n:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
+
+
+def _adhoc_fields(artifact: Any, entry: Any, runtime: Any) -> tuple[str, str, str]:
+    """(artifact digest, entry path, runtime) of an ad-hoc run, checked (ValidationError)."""
+    if not is_digest(artifact):
+        raise ValidationError("artifact", "must be a SHA-256 digest (64 lowercase hex digits)")
+    try:
+        entry = check_path(entry, "entry")
+    except ArtifactError as exc:
+        raise ValidationError("entry", f"must be a safe relative file path ({exc})") from None
+    return artifact, entry, validate_runtime(runtime)
+
+
+def _retries_of(dep: dict[str, Any]) -> int:
+    """The retries a new execution of stored deployment `dep` gets (its `retries`, else 0)."""
+    n = dep.get("retries", 0)
+    return int(n) if is_int(n) and 0 <= n <= MAX_RETRIES else 0
+
+
+def _requeued(e: Execution) -> Execution:
+    """`e` just ended Failed or Lost: with attempts left (``attempt <= retries``) it is
+    queued again (Pending, attempt + 1, no node: the leader places it, preferring another
+    node), the ended attempt kept in `past`; else `e` as it is. Deterministic."""
+    if e.status not in (FAILED, LOST) or e.attempt > e.retries or e.attempt >= MAX_ATTEMPT:
+        return e
+    return replace(e, status=PENDING, attempt=e.attempt + 1, node=None, exit_code=None,
+                   started_at=None, completed_at=None, duration_ms=None, error=None,
+                   past=(*e.past, e.attempt_record()))
+
+
+def _parse_attempts(raw: Any, retries: Any, attempt: int) -> tuple[int, tuple[Attempt, ...]]:
+    """(retries, past attempts) of a snapshot row's tail; ValueError unless apply could have
+    stored them (attempts 1, 2, ... before the current one, each ended Failed or Lost)."""
+    if not is_int(retries) or not 0 <= retries <= MAX_RETRIES or type(raw) is not list:
+        raise ValueError("execution retries must be 0..10 with a list of past attempts")
+    past: list[Attempt] = []
+    for i, a in enumerate(raw, 1):
+        if type(a) is not list or len(a) != len(ATTEMPT_FIELDS):
+            raise ValueError("a past attempt is a list of "
+                             + ", ".join(ATTEMPT_FIELDS))
+        n, node, status, code, started, completed, error = a
+        if n != i or status not in (FAILED, LOST) or type(status) is not str:
+            raise ValueError("past attempts must be numbered from 1 and Failed or Lost")
+        if code is not None and (not is_int(code) or not -255 <= code <= 255):
+            raise ValueError("a past attempt's exit_code must be -255..255 or null")
+        if error is not None and (type(error) is not str or len(error) > MAX_ERROR):
+            raise ValueError("a past attempt's error must be a short string or null")
+        for t, f in ((started, "started_at"), (completed, "completed_at")):
+            if t is not None:
+                _ts(t, f)
+        past.append((n, None if node is None else _node(node), status, code, started,
+                     completed, error))
+    if len(past) > retries or len(past) > attempt - 1 or (
+            not retries and not past):
+        raise ValueError("past attempts must be the attempts before the current one, at "
+                         "most retries")
+    return int(retries), tuple(past)
+
+
+def _parse_row_output(row: Any) -> Execution:
+    """A row of `Execution.row`: `_parse_row`'s, with an output map last or not."""
+    if type(row) is list and len(row) > _ROW_LEN and type(row[-1]) is dict:
+        e = _parse_row(row[:-1])
+        raw = row[-1]
+        if not raw.keys() <= set(OUTPUT_FIELDS):
+            raise ValueError("an execution row's output map has unknown fields")
+        out = _output(raw, e.terminal)
+        if not out:
+            raise ValueError("an execution row with an output map holds no output")
+        return replace(e, **out)
+    return _parse_row(row)
+
+
 def _parse_row(row: Any) -> Execution:
-    if type(row) is not list or len(row) != _ROW_LEN:
-        raise ValueError(f"an execution row is a list of {_ROW_LEN} values")
+    # an ad-hoc run has no deployment, so no retries: never both tails
+    lengths = (_ROW_LEN, _ADHOC_ROW_LEN, _ROW_LEN + _RETRY_LEN)
+    if type(row) is not list or len(row) not in lengths:
+        raise ValueError("an execution row is a list of "
+                         + ", ".join(map(str, lengths)) + " values")
+    tail: list[Any] = []
+    if len(row) == _ROW_LEN + _RETRY_LEN:  # [retries, past attempts] last
+        tail, row = row[-_RETRY_LEN:], row[:-_RETRY_LEN]
+    adhoc = row[_ROW_LEN:]
     (exec_id, dep_id, ns, name, status, exit_code, node, at, attempt, created, started,
-     completed, dur, error, env, args, timeout) = row
+     completed, dur, error, env, args, timeout) = row[:_ROW_LEN]
+    if adhoc:
+        if dep_id is not None or at is not None:
+            raise ValueError("an ad-hoc execution row has no deployment and no cron time")
+        adhoc = list(_adhoc_fields(*adhoc))
+    elif dep_id is None:
+        raise ValueError("an execution row without a deployment must name an artifact")
     if type(status) is not str or status not in STATUSES:
         raise ValueError("execution status is not one of " + ", ".join(STATUSES))
     if exit_code is not None and (not is_int(exit_code) or not -255 <= exit_code <= 255):
@@ -686,12 +999,14 @@ def _parse_row(row: Any) -> Execution:
         if t is not None:
             _ts(t, f)
     _ts(created, "created_at")
-    return Execution(_id(exec_id), _id(dep_id, "deployment_id"),
+    retries, past = (0, ()) if not tail else _parse_attempts(tail[1], tail[0], attempt)
+    artifact, entry, runtime = adhoc if adhoc else (None, None, None)
+    return Execution(_id(exec_id), None if dep_id is None else _id(dep_id, "deployment_id"),
                      validate_name(ns, "namespace"), validate_name(name), status, exit_code,
                      None if node is None else _node(node),
                      None if at is None else _epoch(at, "scheduled_at"), attempt, created,
                      started, completed, dur, error, validate_env(env), validate_args(args),
-                     timeout)
+                     timeout, artifact, entry, runtime, retries, past)
 
 
 # ---------------------------------------------------------------------- proposer side

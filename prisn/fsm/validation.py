@@ -15,12 +15,34 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from prisn.workloads.cron import DESCRIPTORS, ScheduleError, normalize_schedule
+from prisn.workloads.cron import (
+    _TZ_RE,
+    CONCURRENCY,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_STARTING_DEADLINE,
+    DEFAULT_TIMEZONE,
+    DESCRIPTORS,
+    MAX_STARTING_DEADLINE,
+    MAX_TIMEZONE,
+    ScheduleError,
+    check_timezone,
+    normalize_schedule,
+)
 
+# Run settings (issue 15): optional, stored in a deployment only when not their default.
+POLICY_FIELDS: tuple[str, ...] = ("retries", "concurrency", "timezone", "starting_deadline")
 SPEC_FIELDS: frozenset[str] = frozenset(
     {"name", "source", "runtime", "port", "replicas", "args", "env", "schedule", "namespace",
-     "type", "artifact", "secrets"}
+     "type", "artifact", "secrets", *POLICY_FIELDS}
 )
+MAX_RETRIES = 10
+POLICY_DEFAULTS: dict[str, Any] = {"retries": 0, "concurrency": DEFAULT_CONCURRENCY,
+                                   "timezone": DEFAULT_TIMEZONE,
+                                   "starting_deadline": DEFAULT_STARTING_DEADLINE}
+# the deployment types each run setting means something for
+POLICY_TYPES: dict[str, frozenset[str]] = {
+    "retries": frozenset({"job", "cronjob"}), "concurrency": frozenset({"cronjob"}),
+    "timezone": frozenset({"cronjob"}), "starting_deadline": frozenset({"cronjob"})}
 TYPES: tuple[str, ...] = ("job", "service", "cronjob")
 DEFAULT_NAMESPACE = "default"
 DEFAULT_REPLICAS = 1
@@ -231,8 +253,75 @@ def validate_schedule(value: Any) -> str:
         raise ValidationError("schedule", str(exc)) from None
 
 
+def validate_retries(value: Any) -> int:
+    """How many times a failed or lost execution is run again: an integer 0..10."""
+    if not is_int(value) or not 0 <= value <= MAX_RETRIES:
+        raise ValidationError("retries", f"must be an integer 0..{MAX_RETRIES}")
+    return int(value)
+
+
+def validate_concurrency(value: Any) -> str:
+    """A cron job's overlap rule: allow, forbid or replace."""
+    if not isinstance(value, str) or value not in CONCURRENCY:
+        raise ValidationError("concurrency", f"must be one of {', '.join(CONCURRENCY)}")
+    return value
+
+
+def validate_timezone(value: Any) -> str:
+    """An IANA zone name by its syntax only (``Europe/Paris``): whether this node's tz
+    database knows it is checked on the proposer (`check_timezone_known`), never in apply,
+    where nodes with different tz databases would otherwise diverge."""
+    if (not isinstance(value, str) or not 0 < len(value) <= MAX_TIMEZONE
+            or not _TZ_RE.fullmatch(value)):
+        raise ValidationError("timezone", "must be an IANA name such as UTC or Europe/Paris")
+    return value
+
+
+def validate_starting_deadline(value: Any) -> int:
+    """How late (seconds) a missed cron run may still start: 0..366 days."""
+    if not is_int(value) or not 0 <= value <= MAX_STARTING_DEADLINE:
+        raise ValidationError("starting_deadline",
+                              f"must be an integer 0..{MAX_STARTING_DEADLINE} (seconds)")
+    return int(value)
+
+
+def check_timezone_known(spec: dict[str, Any]) -> None:
+    """Proposer side only (`CommandFactory`, like `check_env_text`): a normalized spec's
+    `timezone` is one this node's tz database knows (400 otherwise)."""
+    tz = spec.get("timezone")
+    if isinstance(tz, str):
+        try:
+            check_timezone(tz)
+        except ScheduleError as exc:
+            raise ValidationError("timezone", str(exc)) from None
+
+
+def policy_of(spec: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    """The run settings of a deployment built from normalized `spec` over `current` (None:
+    a full spec, absent fields default; `None` in `spec` resets one): only those not at
+    their default, in `POLICY_FIELDS` order."""
+    out: dict[str, Any] = {}
+    for f in POLICY_FIELDS:
+        if f in spec:
+            value = spec[f]
+        else:
+            value = None if current is None else current.get(f)
+        if value is not None and value != POLICY_DEFAULTS[f]:
+            out[f] = value
+    return out
+
+
+def check_policy(typ: str, policy: dict[str, Any], given: Any = ()) -> None:
+    """Run settings only on the types they mean something for (400 naming the field): a
+    stored non-default one, or one the request names (`given`, even at its default)."""
+    for f in POLICY_FIELDS:
+        if (f in policy or f in given) and typ not in POLICY_TYPES[f]:
+            raise ValidationError(f, f"is only allowed for type "
+                                  f"{' or '.join(sorted(POLICY_TYPES[f]))}, not {typ}")
+
+
 _OPTIONAL_NULLABLE = frozenset({"runtime", "schedule", "port", "replicas", "args", "env", "type",
-                                "artifact", "secrets"})
+                                "artifact", "secrets", *POLICY_FIELDS})
 _VALIDATORS = {
     "name": validate_name,
     "namespace": lambda v: validate_name(v, "namespace"),
@@ -246,6 +335,10 @@ _VALIDATORS = {
     "type": validate_type,
     "artifact": validate_artifact,
     "secrets": validate_secret_refs,
+    "retries": validate_retries,
+    "concurrency": validate_concurrency,
+    "timezone": validate_timezone,
+    "starting_deadline": validate_starting_deadline,
 }
 
 

@@ -5,7 +5,9 @@ Pure: no clock, no threads (the callers pass time and the live set); any thread.
 The leader (`actors.scheduler`) runs `assign_plan` every round over the unfinished
 executions: a Pending execution without a node is assigned (Pending -> Pending with a node)
 to the live node that has the fewest unfinished executions (ties: the smallest node id); an
-unfinished execution whose node is not live is recorded `Lost` (never re-run silently). The
+unfinished execution whose node is not live is recorded `Lost` (never re-run silently). A
+retry (an execution the table queued again after a Failed or Lost attempt, `retries` > 0)
+goes preferably to a live node none of its earlier attempts ran on. The
 node's controller (`actors.workloads`) reports Running and the terminal statuses itself.
 Every update names the attempt it is about, so a stale plan is refused by the table (409).
 """
@@ -52,7 +54,8 @@ def assign_plan(unfinished: Iterable[Execution], live: Collection[str], *,
             continue
         if e.status != PENDING or not load:
             continue
-        node = min(load, key=lambda n: (load[n], n))
+        tried = {a[1] for a in e.past}  # a retry prefers a node it has not failed on
+        node = min(load, key=lambda n: (n in tried, load[n], n))
         load[node] += 1
         out.append(Update(e.id, e.attempt, PENDING, node=node))
     return out

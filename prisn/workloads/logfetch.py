@@ -16,6 +16,7 @@ MAX_INSTANCE_ID = 200  # characters, as the runner's `MAX_ID`
 MAX_REASON = 1024  # characters of an error reason
 MAX_OFFSET = (1 << 63) - 1
 MAX_NODE_ID = 128
+STREAMS = ("stdout", "stderr")  # as the runner's `actors.runner.STREAMS`
 
 
 def runner_id(p: Placement) -> str:
@@ -47,6 +48,8 @@ def request_error(m: LogsRequest) -> str | None:
         return "offset and tail must be -1 (none) or at least 0"
     if not 0 < m.limit <= MAX_LOG_REPLY:
         return f"limit must be 1-{MAX_LOG_REPLY}"
+    if m.stream not in STREAMS:
+        return "stream must be stdout or stderr"
     return None
 
 
@@ -78,8 +81,9 @@ def peer_error(m: Msg, *, me: str, cluster: str, members: Any) -> str | None:
 
 
 def chunk_json(instance: str, node: str, offset: int, data: bytes,
-               truncated: bool) -> dict[str, Any]:
-    """The HTTP answer of one chunk: `data` as text (invalid UTF-8 becomes U+FFFD)."""
-    return {"instance": instance, "node": node, "offset": offset,
+               truncated: bool, stream: str = "stdout") -> dict[str, Any]:
+    """The HTTP answer of one chunk of `stream`: `data` as text (invalid UTF-8 becomes
+    U+FFFD)."""
+    return {"instance": instance, "node": node, "stream": stream, "offset": offset,
             "next_offset": offset + len(data), "truncated": truncated,
             "data": data.decode("utf-8", "replace")}

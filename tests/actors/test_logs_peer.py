@@ -112,12 +112,14 @@ def pair(tmp_path: Path) -> Iterator[tuple[Node, Node, str, zmq.Context]]:
         ctx.term()
 
 
-def write_output(data_dir: Path, instance: str, chunks: dict[int, bytes]) -> None:
-    """Files as the runner writes them: instances/<quoted id>/output.<offset>.log."""
+def write_output(data_dir: Path, instance: str, chunks: dict[int, bytes],
+                 stream: str = "output") -> None:
+    """Files as the runner writes them: instances/<quoted id>/<stream>.<offset>.log
+    (``output``: the mixed stream of older versions, read as stdout)."""
     d = instance_dir(data_dir, instance)
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     for start, data in chunks.items():
-        (d / f"output.{start}.log").write_bytes(data)
+        (d / f"{stream}.{start}.log").write_bytes(data)
 
 
 def run(body: Any, *nodes: Node) -> None:
@@ -138,6 +140,7 @@ def test_logs_of_an_instance_on_node_b_are_read_through_node_a(pair) -> None:
     a, b, _c, _ctx = pair
     raw = b"listening on 8080\n" + bytes([0xff, 0xfe]) + b" bad utf-8\n"
     write_output(b.data_dir, INSTANCE, {0: b"old line\n", 9: raw})
+    write_output(b.data_dir, INSTANCE, {0: b"Traceback\n"}, "stderr")
     os.makedirs(a.data_dir, exist_ok=True)  # A holds nothing for it
     f = Feeder(a.client.store)
     f.create(name="web", port=8080, replicas=2)
@@ -156,6 +159,9 @@ def test_logs_of_an_instance_on_node_b_are_read_through_node_a(pair) -> None:
         r = await a.client.read_logs(b.nid, INSTANCE, offset=None, tail=len(raw), limit=5,
                                      timeout=20)
         assert (r.offset, r.data) == (9, raw[:5])
+        r = await a.client.read_logs(b.nid, INSTANCE, offset=None, tail=None,
+                                     limit=1 << 20, timeout=20, stream="stderr")
+        assert (r.code, r.data, r.next_offset) == (200, b"Traceback\n", 10)
         # the HTTP route of A
         app = make_app(a.client)
         server = make_server(app)
@@ -175,6 +181,10 @@ def test_logs_of_an_instance_on_node_b_are_read_through_node_a(pair) -> None:
             got["unplaced"] = (resp.code, json.loads(resp.body))
             resp = await http.fetch(base + "?limit=2000000", raise_error=False)
             got["limit"] = (resp.code, json.loads(resp.body))
+            resp = await http.fetch(base + "?instance=1&stream=stderr", raise_error=False)
+            got["stderr"] = (resp.code, json.loads(resp.body))
+            resp = await http.fetch(base + "?instance=1&stream=all", raise_error=False)
+            got["badstream"] = (resp.code, json.loads(resp.body))
         finally:
             server.stop()
             http.close()
@@ -182,7 +192,7 @@ def test_logs_of_an_instance_on_node_b_are_read_through_node_a(pair) -> None:
     run(body, a, b)
     code, chunk = got["one"]
     assert code == 200, chunk
-    assert chunk == {"instance": INSTANCE, "node": b.nid, "offset": 0,
+    assert chunk == {"instance": INSTANCE, "node": b.nid, "stream": "stdout", "offset": 0,
                      "next_offset": 9 + len(raw), "truncated": False,
                      "data": (b"old line\n" + raw).decode("utf-8", "replace")}
     assert "\ufffd" in chunk["data"]
@@ -195,6 +205,10 @@ def test_logs_of_an_instance_on_node_b_are_read_through_node_a(pair) -> None:
     code, err = got["unplaced"]
     assert code == 404 and "instance 7 of deployment default/web" in err["message"]
     assert got["limit"][0] == 400 and "limit" in got["limit"][1]["message"]
+    code, chunk = got["stderr"]
+    assert (code, chunk["stream"], chunk["data"], chunk["next_offset"]) == (
+        200, "stderr", "Traceback\n", 10)
+    assert got["badstream"][0] == 400 and "stream" in got["badstream"][1]["message"]
     assert a.core.stepped == [] and b.core.stepped == []  # the raft cores never see them
 
 

@@ -341,23 +341,40 @@ def test_log_files_rotate_at_their_bound_and_follow_by_offset(
         time.sleep(1000)
     """)
     bound = 64 << 10
-    r = rig(log_max_bytes=bound, log_files_kept=2)
+    r = rig(log_max_bytes=2 * bound, log_files_kept=2)  # each stream: half of it per file
     r.desire({"id": "l-0", "source": "chatty.py"})
-    total = 6000 * 53 + len("the end\n")
-    wait_until(lambda: read_log(r.data_dir, "l-0", tail=0).next_offset >= total,
+    total = 6000 * 53
+    wait_until(lambda: read_log(r.data_dir, "l-0", tail=0).next_offset >= total
+               and read_log(r.data_dir, "l-0", tail=0, stream="stderr").next_offset > 0,
                what="all the output")
     d = r.data_dir / "instances" / "l-0"
     files = log_files(d)
     assert len(files) == 2 and all(p.stat().st_size <= bound for _, p in files)
     assert files[-1][0] + files[-1][1].stat().st_size == total
     tail = read_log(r.data_dir, "l-0", tail=100)
-    assert tail.data.endswith(b"line 005999 " + b"x" * 40 + b"\nthe end\n")
+    assert tail.data.endswith(b"line 005999 " + b"x" * 40 + b"\n")
     assert len(tail.data) == 100 and tail.next_offset == total
+    err = read_log(r.data_dir, "l-0", stream="stderr")
+    assert (err.data, err.offset, err.next_offset) == (b"the end\n", 0, 8)
+    assert [p.name for _, p in log_files(d, "stderr")] == ["stderr.0.log"]
     old = read_log(r.data_dir, "l-0", offset=0)
     assert old.truncated and old.offset == files[0][0] and old.data
     assert read_log(r.data_dir, "l-0", offset=total).data == b""
     mid = read_log(r.data_dir, "l-0", offset=total - 8, limit=4)
-    assert (mid.data, mid.next_offset) == (b"the ", total - 4)
+    assert (mid.data, mid.next_offset) == (b"x" * 4, total - 4)
+    with pytest.raises(ValueError):
+        read_log(r.data_dir, "l-0", stream="both")
+
+
+def test_logs_an_older_version_wrote_read_as_stdout(tmp_path: Path) -> None:
+    d = tmp_path / "instances" / "old-0"
+    d.mkdir(parents=True)
+    (d / "output.0.log").write_bytes(b"mixed ")
+    (d / "output.6.log").write_bytes(b"streams\n")
+    assert read_log(tmp_path, "old-0").data == b"mixed streams\n"
+    assert read_log(tmp_path, "old-0", stream="stderr").data == b""
+    (d / "stdout.0.log").write_bytes(b"new\n")  # a process of this version took over
+    assert read_log(tmp_path, "old-0").data == b"new\n"
 
 
 def test_a_new_generation_rolls_one_instance_at_a_time(rig: Callable[..., Rig],
@@ -437,3 +454,23 @@ def test_stopping_the_runner_stops_every_instance(tmp_path: Path, scripts: Path)
     assert r.runner.failure is None
     assert all(dead(p) for p in pids)
     assert '"groups": []' in (tmp_path / "data" / "instances" / "procs.json").read_text()
+
+
+def test_an_exit_is_reported_after_its_output_is_in_the_files(rig: Callable[..., Rig],
+                                                               scripts: Path) -> None:
+    """A process of another session holding the pipes writes after the leader exits: the
+    exit is observed once the pipes reached their end, so its output is in the files when
+    the report comes (an execution's result carries that tail)."""
+    write(scripts, "late.py", """
+        import os, subprocess, sys
+        subprocess.Popen([sys.executable, "-c",
+                          "import sys, time; time.sleep(0.4); print('late', flush=True); "
+                          "print('late err', file=sys.stderr, flush=True)"],
+                         start_new_session=True)
+        print('early', flush=True)
+    """)
+    r = rig()
+    r.desire({"id": "late-0", "source": "late.py", "restart": "never"})
+    wait_until(lambda: r.state("late-0") == "Exited", what="the exit")
+    assert read_log(r.data_dir, "late-0").data == b"early\nlate\n"
+    assert read_log(r.data_dir, "late-0", stream="stderr").data == b"late err\n"

@@ -333,3 +333,40 @@ def test_controller_reports_again_once_an_instance_ran_roll_min_ready(
     a.on_runner_status([{**r, "started_at": 1_011_000}])  # restarted: a new process
     assert at(1_012.0) == 3
     assert at(1_014.0) == 4
+
+
+@pytest.mark.parametrize("can_open", [True, False])
+def test_a_terminal_update_carries_the_redacted_output_or_none(
+        clock: Clock, tmp_path: Any, can_open: bool) -> None:
+    """An execution the log says runs here that this controller does not know (the node
+    restarted) is reported Lost with the output its files hold, the deployment's secret
+    values redacted; a node that cannot open them records no output at all."""
+    from actors.runner import instance_dir
+    from prisn.fsm.secrets import SecretFactory
+    from prisn.secretbox import SecretBox, opener
+    from tests.execfeed import cmd, update
+
+    box = SecretBox(b"k" * 32)
+    f = Feeder()
+    f.run(SecretFactory(box).create({"name": "db", "data": {"PASSWORD": "s3cret-pw"}}))
+    f.create(name="j", type="job", source="/srv/j.py", secrets=["db"])
+    assert f.run(cmd("execution.create", id="e1", ns="default", name="j"))[0] == 201
+    assert update(f, "e1", "Running", node="n1")[0] == 200
+    d = instance_dir(tmp_path, "x.e1.1")
+    d.mkdir(parents=True)
+    (d / "stdout.0.log").write_bytes(b"pw=s3cret-pw\n")
+    (d / "stderr.0.log").write_bytes(b"oops s3cret-pw\n")
+    st = Status(commit_index=f.store.applied_index)
+    props = Proposals()
+    a = WorkloadsActor(zmq.Context.instance(), "n1", f.store, raft_status=lambda: st,
+                       submit=props, data_dir=tmp_path, fence_after=1.0,
+                       decrypt=opener(box if can_open else None))
+    a.send = lambda to, msg: None  # type: ignore[method-assign]
+    a.step()
+    (upd,) = [c for c in props.cmds if c["op"] == "execution.update"]
+    assert upd["status"] == "Lost"
+    if can_open:
+        assert (upd["stdout"], upd["stderr"]) == ("pw=***\n", "oops ***\n")
+    else:
+        assert "stdout" not in upd and "stderr" not in upd
+    assert "s3cret-pw" not in repr(upd)

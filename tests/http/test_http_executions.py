@@ -103,3 +103,62 @@ class TestExecutions(ApiCase):
         code, out, resp = self.call("GET", "/api/v1/executions?status=Done")
         self.assert_error(400, out, resp, "Bad Request", contains="status")
         assert self.call("GET", "/api/v1/executions")[1]["total"] == 0
+
+
+class TestAdhocExecutions(ApiCase):
+    """Ad-hoc runs (no deployment): an inline source is put as an artifact, then the
+    execution names it; refusals propose nothing; sizes are bounded."""
+
+    def test_inline_source_puts_an_artifact_then_creates_the_execution(self) -> None:
+        code, e, _ = self.call("POST", "/api/v1/executions",
+                               {"source": "print('hi')\n", "runtime": "python3",
+                                "async": True, "namespace": "team"})
+        assert code == 202, e
+        assert e["deployment_id"] is None and e["name"] == "main"
+        assert (e["entry"], e["runtime"], e["namespace"]) == ("main.py", "python3", "team")
+        ops = [p.get("op") for p in self.node.proposals[-2:]]
+        assert ops == ["artifact.put", "execution.create"]
+        assert self.node.store.artifact(e["artifact"]) is not None
+        # the same text again: a touch (no bytes through the log), a new execution
+        code, e2, _ = self.call("POST", "/api/v1/executions",
+                                {"source": "print('hi')\n", "entry": "main.py",
+                                 "async": True, "namespace": "team", "name": "again"})
+        assert code == 202 and e2["artifact"] == e["artifact"] and e2["name"] == "again"
+        assert "data" not in self.node.proposals[-2]
+        code, page, _ = self.call("GET", "/api/v1/executions?namespace=team")
+        assert [i["id"] for i in page["items"]] == [e2["id"], e["id"]]
+        # an uploaded artifact named directly
+        code, e3, _ = self.call("POST", "/api/v1/executions",
+                                {"artifact": e["artifact"], "entry": "main.py",
+                                 "async": True})
+        assert code == 202 and e3["name"] == "main" and e3["namespace"] == "default"
+        code, out, resp = self.call("POST", "/api/v1/executions",
+                                    {"artifact": "ab" * 32, "entry": "main.py"})
+        self.assert_error(400, out, resp, "Bad Request", contains="not stored")
+
+    def test_bad_and_oversized_bodies_propose_nothing(self) -> None:
+        before = len(self.node.proposals)
+        for body, text in (({}, "either deployment_id/name or source"),
+                           ({"source": "print(1)"}, "runtime"),
+                           ({"source": "x", "runtime": "bash", "deployment_id": "d"},
+                            "no deployment"),
+                           ({"artifact": "ab" * 32}, "entry")):
+            code, out, resp = self.call("POST", "/api/v1/executions", body)
+            self.assert_error(400, out, resp, "Bad Request", contains=text)
+        big = {"source": "x" * (1 << 20) + "y", "runtime": "bash"}
+        code, out, resp = self.call("POST", "/api/v1/executions", big)
+        self.assert_error(413, out, resp, "Request Entity Too Large",
+                          contains="--max-spec-bytes")
+        assert len(self.node.proposals) == before
+
+    def test_idempotency_key_answers_the_same_adhoc_execution(self) -> None:
+        key = {"Idempotency-Key": "adhoc-1"}
+        body = {"source": "echo hi", "runtime": "bash", "async": True}
+        code, e, _ = self.call("POST", "/api/v1/executions", body, headers=key)
+        assert code == 202, e
+        code, again, _ = self.call("POST", "/api/v1/executions", body, headers=key)
+        assert code == 202 and again["id"] == e["id"]
+        assert self.call("GET", "/api/v1/executions")[1]["total"] == 1
+        code, out, resp = self.call("POST", "/api/v1/executions",
+                                    {**body, "source": "echo other"}, headers=key)
+        assert code == 422, out

@@ -14,42 +14,15 @@ from tornado.testing import AsyncHTTPTestCase
 
 import actors.api.logs as logs_mod
 from actors.api.app import make_app, make_server
-from actors.api.errors import Unavailable
-from actors.api.node import FakeNodeClient
 from prisn.fsm.commands import CommandFactory
 from prisn.fsm.placements import batch_command
 from prisn.messages import LogsReply
 from prisn.workloads.model import Slot
 from prisn.workloads.scheduler import Place
 from tests.feeder import Feeder
+from tests.lognode import LogNode
 
 BASE = "/api/v1/deployments/web/logs"
-
-
-class LogNode(FakeNodeClient):
-    """A FakeNodeClient whose `read_logs` answers from `outputs` (instance -> bytes) and
-    records each call; `refuse` makes it answer that (code, reason)."""
-
-    def __init__(self) -> None:
-        super().__init__("node1")
-        self.outputs: dict[str, bytes] = {}
-        self.calls: list[dict[str, Any]] = []
-        self.refuse: tuple[int, str] | None = None
-        self.raise_unavailable: str | None = None
-
-    async def read_logs(self, node: str, instance: str, *, offset: int | None,
-                        tail: int | None, limit: int, timeout: float) -> LogsReply:
-        self.calls.append({"node": node, "instance": instance, "offset": offset,
-                           "tail": tail, "limit": limit})
-        if self.raise_unavailable:
-            raise Unavailable(self.raise_unavailable)
-        if self.refuse:
-            return LogsReply(cluster="", rid=0, code=self.refuse[0], reason=self.refuse[1])
-        data = self.outputs.get(instance, b"")
-        start = offset if offset is not None else max(0, len(data) - tail) if tail else 0
-        piece = data[start:start + limit]
-        return LogsReply(cluster="", rid=0, instance=instance, offset=start,
-                         next_offset=start + len(piece), data=piece)
 
 
 class LogsCase(AsyncHTTPTestCase):
@@ -77,20 +50,26 @@ class LogsCase(AsyncHTTPTestCase):
         self.node.outputs["default.web.1.2"] = b"hello\n\xff"
         code, body = self.get(BASE)
         assert code == 200
-        assert body == {"instance": "default.web.1.2", "node": "node2", "offset": 0,
-                        "next_offset": 7, "truncated": False, "data": "hello\n\ufffd"}
+        assert body == {"instance": "default.web.1.2", "node": "node2", "stream": "stdout",
+                        "offset": 0, "next_offset": 7, "truncated": False,
+                        "data": "hello\n\ufffd"}
         assert self.get(BASE + "?instance=2")[1]["node"] == "node3"
         assert self.get(BASE + "?instance=default/web/2&offset=0&limit=3")[0] == 200
         assert self.node.calls[-1] == {"node": "node3", "instance": "default.web.2.1",
-                                       "offset": 0, "tail": None, "limit": 3}
+                                       "offset": 0, "tail": None, "limit": 3,
+                                       "stream": "stdout"}
         assert self.get(BASE + "?instance=default.web.2.1")[1]["node"] == "node3"
         code, body = self.get(BASE + "?tail=2")
         assert (body["offset"], body["data"]) == (5, "\n\ufffd")
         assert self.node.calls[0]["limit"] == logs_mod.MAX_LOG_REPLY
+        self.node.outputs[("default.web.1.2", "stderr")] = b"Traceback\n"
+        code, body = self.get(BASE + "?stream=stderr")
+        assert (code, body["stream"], body["data"]) == (200, "stderr", "Traceback\n")
+        assert self.node.calls[-1]["stream"] == "stderr"
 
     def test_bad_parameters_are_400_and_ask_no_node(self) -> None:
         for q in ("offset=-1", "offset=x", "tail=1.5", "limit=0", "limit=1048577",
-                  "follow=maybe", "namespace=-bad"):
+                  "follow=maybe", "namespace=-bad", "stream=all"):
             code, body = self.get(f"{BASE}?{q}")
             assert code == 400, (q, body)
             assert body["error"] == "Bad Request" and body["message"], body

@@ -249,6 +249,13 @@ def test_logs_prints_everything_kept_then_stops(script) -> None:
     assert [json.loads(line)["next_offset"] for line in p.stdout.splitlines()] == [8]
 
 
+def test_logs_stream_stderr_asks_for_it_and_prints_to_stderr(script) -> None:
+    script.answers[("GET", LOGS)] = seq(chunk(0, "Traceback\n"), chunk(10, ""))
+    p = prisn("logs", "app", "--stream", "stderr", server=script.addr)
+    assert p.returncode == 0 and (p.stdout, p.stderr) == ("", "Traceback\n"), p.stderr
+    assert all(x["stream"] == ["stderr"] for x in queries(script, LOGS))
+
+
 def test_logs_instance_index_and_tail(script) -> None:
     script.answers[("GET", LOGS)] = seq(chunk(90, "last\n", "default/app/1"),
                                         chunk(95, "", "default/app/1"))

@@ -39,7 +39,7 @@ def rep(**kw: object) -> LogsReply:
 
 def test_both_are_peer_messages_and_round_trip() -> None:
     assert {"logs.request", "logs.reply"} <= PEER_TYPES
-    for m in (req(), req(offset=5, tail=-1, limit=1), rep(), rep(code=503, reason="busy",
+    for m in (req(), req(offset=5, tail=-1, limit=1), req(stream="stderr"), rep(), rep(code=503, reason="busy",
                                                                   data=b"", next_offset=10),
               rep(data=b"\x00\xff" * 1000, next_offset=2010, truncated=True)):
         assert decode(encode(m)) == m
@@ -54,6 +54,7 @@ def test_both_are_peer_messages_and_round_trip() -> None:
     (req(tail=-5), "offset and tail"),
     (req(limit=0), "limit"),
     (req(limit=MAX_LOG_REPLY + 1), "limit"),
+    (req(stream="both"), "stream"),
 ])
 def test_request_bounds(m: LogsRequest, why: str) -> None:
     assert why in (request_error(m) or "")
@@ -116,9 +117,18 @@ def test_garbage_frames_are_dropped_never_raised() -> None:
 def test_chunk_json_replaces_invalid_utf8() -> None:
     data = "héllo\n".encode() + b"\xff\xc3"
     body = chunk_json("default/web/0", "n2", 40, data, truncated=True)
-    assert body == {"instance": "default/web/0", "node": "n2", "offset": 40,
-                    "next_offset": 40 + len(data), "truncated": True,
+    assert body == {"instance": "default/web/0", "node": "n2", "stream": "stdout",
+                    "offset": 40, "next_offset": 40 + len(data), "truncated": True,
                     "data": "héllo\n\ufffd\ufffd"}
+    assert chunk_json("i", "n2", 0, b"", False, "stderr")["stream"] == "stderr"
+
+
+def test_a_request_without_a_stream_reads_stdout() -> None:
+    """An older node's request has no `stream` field: it asks for stdout."""
+    raw = cbor2.dumps({"v": WIRE_VERSION, "t": "logs.request", "src": "a", "dst": "b",
+                       "cluster": "c", "rid": 1, "instance": "i"})
+    m = Decoder("t").try_decode(raw)
+    assert isinstance(m, LogsRequest) and m.stream == "stdout" and request_error(m) is None
 
 
 def test_instances_are_found_by_index_slot_or_runner_id() -> None:

@@ -74,6 +74,12 @@ from benchmarks.report import (
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WAIT = 120.0  # any one wait for a condition (a loaded, shared machine)
 TERMINAL = ("Completed", "Failed", "Lost", "Cancelled")
+# where a fire's time goes: scheduled time -> the fire's proposal (the execution's
+# created_at, the leader's clock) -> the process's stamp -> the Completed proposal
+# (completed_at, the running node's clock; all nodes share this machine's clock)
+STAGES = {"due_to_fire": "scheduled_at -> fire proposed (created_at)",
+          "fire_to_process": "fire proposed -> process stamp (commit, assignment, start)",
+          "process_to_completed": "process stamp -> Completed proposed (completed_at)"}
 FIRES, MISSED = "prisn_cron_fires_total", "prisn_cron_missed_total"
 
 
@@ -125,15 +131,17 @@ def on_demand(cluster: PrisnCluster, workdir: Path, runs: int) -> dict[str, Any]
 
 # --------------------------------------------------------------------------- (b) cron load
 def cron_load(cluster: PrisnCluster, workdir: Path, jobs: int, window: float,
-              settle: float) -> dict[str, Any]:
+              settle: float, concurrency: str | None = None) -> dict[str, Any]:
     """Part (b): `jobs` `@every 1s` cron deployments measured over `window` s."""
     leader = cluster.wait_healthy(WAIT)
     stamps, script = workdir / "cron.stamps", workdir / "cron.sh"
     script.write_text(stamp_script(stamps))
     names = [f"cr-{i:03d}" for i in range(jobs)]
     c0 = time.monotonic()
-    deps = [create_deployment(leader, {"name": n, "type": "cronjob", "source": str(script),
-                                       "schedule": "@every 1s"}) for n in names]
+    spec: dict[str, Any] = {"type": "cronjob", "source": str(script), "schedule": "@every 1s"}
+    if concurrency:
+        spec["concurrency"] = concurrency
+    deps = [create_deployment(leader, {"name": n, **spec}) for n in names]
     created = time.monotonic() - c0
     time.sleep(settle)  # let the first fires start before the window (not a condition wait)
     leader = cluster.wait_for_leader(WAIT)
@@ -173,6 +181,7 @@ def cron_load(cluster: PrisnCluster, workdir: Path, jobs: int, window: float,
     grace = time.monotonic() - g0
     st = read_stamps(stamps)
     api_late, proc_late, not_started = [], [], 0
+    stages: dict[str, list[float]] = {k: [] for k in STAGES}
     per_time: Counter[tuple[str, int]] = Counter()
     for e in fires:
         s = epoch(e["scheduled_at"])
@@ -183,8 +192,16 @@ def cron_load(cluster: PrisnCluster, workdir: Path, jobs: int, window: float,
             not_started += 1
             continue
         api_late.append(started - s)
-        if e["id"] in st:
-            proc_late.append(st[e["id"]] - s)
+        created, done, stamp = epoch(e.get("created_at")), epoch(e.get("completed_at")), \
+            st.get(e["id"])
+        if stamp is not None:
+            proc_late.append(stamp - s)
+        if created is not None:
+            stages["due_to_fire"].append(created - s)
+            if stamp is not None:
+                stages["fire_to_process"].append(stamp - created)
+        if done is not None and stamp is not None:
+            stages["process_to_completed"].append(done - stamp)
     expected = jobs * len(times)
     nodes = []
     for n in cluster.nodes:
@@ -199,7 +216,7 @@ def cron_load(cluster: PrisnCluster, workdir: Path, jobs: int, window: float,
                                            cluster.alive_nodes()) else None,
                    WAIT, f"delete {n}", interval=0.5)
     return {
-        "jobs": jobs, "create_s": round(created, 2), "window_s": round(elapsed, 2),
+        "jobs": jobs, "concurrency": concurrency or "default", "create_s": round(created, 2), "window_s": round(elapsed, 2),
         "scheduled_times": len(times), "expected_fires": expected, "fires": len(fires),
         "fires_per_s": round(len(fires) / elapsed, 1),
         "missing": sum(1 for d in deps for t in times if per_time[(d["id"], t)] == 0),
@@ -208,6 +225,7 @@ def cron_load(cluster: PrisnCluster, workdir: Path, jobs: int, window: float,
         "fires_metric": round(m1.get(FIRES, 0) - m0.get(FIRES, 0)),
         "not_started": not_started, "grace_s": round(grace, 1),
         "api_lateness_ms": ms(api_late), "process_lateness_ms": ms(proc_late),
+        "stages_ms": {k: ms(v) for k, v in stages.items()},
         "leader_changed": leader_end is not leader, "nodes": nodes,
     }
 
@@ -329,7 +347,8 @@ def render(doc: dict[str, Any]) -> str:
                 markdown_table(["ms", "p50", "p99", "max"], rows)]
     cr = doc.get("cron")
     if cr:
-        out += ["", f"{cr['jobs']} cron jobs `@every 1s`, {cr['window_s']:.0f} s window "
+        out += ["", f"{cr['jobs']} cron jobs `@every 1s` (concurrency {cr['concurrency']}), "
+                f"{cr['window_s']:.0f} s window "
                 f"({cr['scheduled_times']} scheduled times, created in {cr['create_s']:.1f} s"
                 f"{', leader changed' if cr['leader_changed'] else ''}): fires "
                 f"**{cr['fires']}** of {cr['expected_fires']} = **{cr['fires_per_s']}/s**, "
@@ -340,7 +359,10 @@ def render(doc: dict[str, Any]) -> str:
                 markdown_table(["lateness, ms", "p50", "p99", "max"], [
                     [label, *(fmt(cr[key][k]) for k in ("p50", "p99", "max"))]
                     for label, key in (("started_at - scheduled_at (API)", "api_lateness_ms"),
-                                       ("process stamp - scheduled_at", "process_lateness_ms"))]),
+                                       ("process stamp - scheduled_at", "process_lateness_ms"))]
+                    + [[f"stage: {label}", *(fmt(cr["stages_ms"][key][k])
+                                              for k in ("p50", "p99", "max"))]
+                       for key, label in STAGES.items()]),
                 "", markdown_table(
                     ["node", "server CPU % of a core", "its job processes' CPU %",
                      "fires run"],

@@ -192,14 +192,14 @@ def cron_load(cluster: PrisnCluster, workdir: Path, jobs: int, window: float,
             not_started += 1
             continue
         api_late.append(started - s)
-        created, done, stamp = epoch(e.get("created_at")), epoch(e.get("completed_at")), \
+        fired, done, stamp = epoch(e.get("created_at")), epoch(e.get("completed_at")), \
             st.get(e["id"])
         if stamp is not None:
             proc_late.append(stamp - s)
-        if created is not None:
-            stages["due_to_fire"].append(created - s)
+        if fired is not None:
+            stages["due_to_fire"].append(fired - s)
             if stamp is not None:
-                stages["fire_to_process"].append(stamp - created)
+                stages["fire_to_process"].append(stamp - fired)
         if done is not None and stamp is not None:
             stages["process_to_completed"].append(done - stamp)
     expected = jobs * len(times)

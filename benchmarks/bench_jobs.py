@@ -27,7 +27,7 @@ the execution) and `$EPOCHREALTIME` (its own start, as seen by bash) to a file.
       scheduled time from the first fire to the last, the executions per time (must be 1,
       or 0 when recorded missed: prisn_cron_missed_total) and the process stamps per time;
       per failover the same for the times from 2 s before the kill to 3 s after the new
-      leader was known.
+      leader was known, and how many of those executions ended Lost (their node died).
 Percentiles are nearest rank (with fewer than 100 samples p99 is the max). `--runs 0`,
 `--cron-jobs 0` or `--failovers 0` skips a part; `--quick` is the CI size (5 runs, 10 cron
 jobs for 5 s, 1 failover). Prints markdown tables; `--json` also writes everything. Exit
@@ -279,10 +279,12 @@ def failovers(cluster: PrisnCluster, workdir: Path, k: int) -> dict[str, Any]:
     missed_total = round(metric_values(leader, (MISSED,)).get(MISSED, 0))
     delete_deployment(leader, "fo-tick")
     counts: Counter[int] = Counter()
+    lost: Counter[int] = Counter()
     for e in items:
         s = epoch(e.get("scheduled_at"))
         if s is not None:
             counts[int(s)] += 1
+            lost[int(s)] += e.get("status") == "Lost"
     stamped = stamp_counts(stamps)
     starts: Counter[int] = Counter()
     for e in items:
@@ -296,7 +298,8 @@ def failovers(cluster: PrisnCluster, workdir: Path, k: int) -> dict[str, Any]:
         return {"times": len(ts), "one": sum(1 for t in ts if counts[t] == 1),
                 "none": sum(1 for t in ts if counts[t] == 0),
                 "more": sum(1 for t in ts if counts[t] > 1),
-                "ran_twice": sum(1 for t in ts if starts[t] > 1)}
+                "ran_twice": sum(1 for t in ts if starts[t] > 1),
+                "lost": sum(lost[t] for t in ts)}
 
     for r in rounds:
         r.update(tally(max(first, int(r["kill"]) - 2), min(last, int(r["new_leader_known"]) + 3)))
@@ -373,17 +376,18 @@ def render(doc: dict[str, Any]) -> str:
     if fo:
         rows = [[str(i + 1), f"{r['victim']} -> {r['new_leader']}", fmt(r["election_s"], 2),
                  str(r["times"]), str(r["one"]), str(r["more"]), str(r["none"]),
-                 str(r["missed_recorded"]), str(r["ran_twice"])]
+                 str(r["missed_recorded"]), str(r["lost"]), str(r["ran_twice"])]
                 for i, r in enumerate(fo["rounds"])]
         a = fo["all"]
         rows.append(["all", "", "", str(a["times"]), str(a["one"]), str(a["more"]),
-                     str(a["none"]), str(fo["missed_total"]), str(a["ran_twice"])])
+                     str(a["none"]), str(fo["missed_total"]), str(a["lost"]),
+                     str(a["ran_twice"])])
         out += ["", f"leader SIGKILLs under one `@every 1s` cron job: {fo['failovers']} "
                 f"({fo['executions']} executions); per failover the scheduled times from 2 s "
                 "before the kill to 3 s after the new leader", "",
                 markdown_table(["failover", "leader", "kill -> new leader s", "times",
                                 "1 execution", "> 1", "0", "recorded missed",
-                                "process ran twice"], rows)]
+                                "of them Lost", "process ran twice"], rows)]
     out += ["", "exactly one execution per scheduled time: "
             + ("**NO**" if failed(doc) else "yes")]
     return "\n".join(out)

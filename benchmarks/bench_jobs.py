@@ -56,6 +56,7 @@ from benchmarks.jobs import (
     delete_deployment,
     epoch,
     executions_of,
+    machine_ticks,
     metric_values,
     read_stamps,
     stamp_counts,
@@ -147,10 +148,12 @@ def cron_load(cluster: PrisnCluster, workdir: Path, jobs: int, window: float,
     leader = cluster.wait_for_leader(WAIT)
     m0 = metric_values(leader, (FIRES, MISSED))
     cpu0 = {n.node_id: cpu_ticks(n.pid or 0) for n in cluster.nodes}
+    mach0 = machine_ticks()
     w0, ws = time.monotonic(), time.time()
     time.sleep(window)  # the measurement window itself
     we, elapsed = time.time(), time.monotonic() - w0
     cpu1 = {n.node_id: cpu_ticks(n.pid or 0) for n in cluster.nodes}
+    mach1 = machine_ticks()
     leader_end = cluster.wait_for_leader(WAIT)
     m1 = metric_values(leader_end, (FIRES, MISSED))
     times = list(range(math.ceil(ws), math.ceil(we)))  # scheduled times inside the window
@@ -227,6 +230,7 @@ def cron_load(cluster: PrisnCluster, workdir: Path, jobs: int, window: float,
         "api_lateness_ms": ms(api_late), "process_lateness_ms": ms(proc_late),
         "stages_ms": {k: ms(v) for k, v in stages.items()},
         "leader_changed": leader_end is not leader, "nodes": nodes,
+        "machine_cpu_pct": round(100 * (mach1[0] - mach0[0]) / max(1, mach1[1] - mach0[1]), 1),
     }
 
 
@@ -358,7 +362,8 @@ def render(doc: dict[str, Any]) -> str:
                 f"missing {cr['missing']}, duplicates {cr['duplicates']}, "
                 f"prisn_cron_missed_total +{cr['missed_metric']}, "
                 f"prisn_cron_fires_total +{cr['fires_metric']}, not started "
-                f"{cr['not_started']} after {cr['grace_s']} s", "",
+                f"{cr['not_started']} after {cr['grace_s']} s; the machine's CPUs were "
+                f"{cr['machine_cpu_pct']} % busy (all processes)", "",
                 markdown_table(["lateness, ms", "p50", "p99", "max"], [
                     [label, *(fmt(cr[key][k]) for k in ("p50", "p99", "max"))]
                     for label, key in (("started_at - scheduled_at (API)", "api_lateness_ms"),

@@ -130,3 +130,10 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     except OSError:
         return 0, 0
     return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from the first line of /proc/stat
+    (idle and iowait count as not busy)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)

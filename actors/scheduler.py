@@ -73,6 +73,7 @@ class SchedulerActor(Actor):
         self._rounds: dict[str, tuple[list[concurrent.futures.Future], float]] = {}
         self._bad_cron: dict[str, str] = {}  # deployment id -> last planning error logged
         self._last_round = 0.0
+        self._cron_second = 0  # the wall second (UTC epoch) of the last cron round
         self._last_view: tuple[int, frozenset[str]] | None = None
         self._keys = itertools.count(1)
         self._incarnation = os.urandom(4).hex()
@@ -109,9 +110,15 @@ class SchedulerActor(Actor):
         live = live_nodes(ticks, eligible, self.down_ticks)
         view = (self.store.applied_index, live)
         due = view != self._last_view or now - self._last_round >= self.period
+        second = int(time.time())
         if not due:
+            # cron times are whole seconds of this clock: plan them as soon as one begins
+            # (within poll_ms), not up to `period` later on a quiet cluster
+            if second != self._cron_second:
+                self._cron_second = second
+                self._cron_round(now, st.term)
             return
-        self._last_view, self._last_round = view, now
+        self._last_view, self._last_round, self._cron_second = view, now, second
         self._placement_round(now, st.term, live)
         self._jobs_round(now, st.term, live)
         self._cron_round(now, st.term)

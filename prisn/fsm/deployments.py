@@ -67,7 +67,13 @@ import cbor2
 from sortedcontainers import SortedList
 
 from prisn.fsm.artifacts import ARTIFACT_OPS, Artifact, ArtifactCommandError, ArtifactTable
-from prisn.fsm.commands import COMMAND_VERSION, CommandError, check_key, decode_entry
+from prisn.fsm.commands import (
+    COMMAND_VERSION,
+    CommandError,
+    check_key,
+    decode_entry,
+    format_ts,
+)
 from prisn.fsm.executions import (
     EXECUTION_OPS,
     Execution,
@@ -663,7 +669,11 @@ class DeploymentStore:
         deployment's generation) and ``observed_generation`` (the lowest generation a placed
         instance runs; null while one has not reported or none is placed): a rolling
         update is done when it equals ``generation`` and ready equals desired. Derived from the replicated tables, so every node that
-        applied the same entries answers the same. Any thread."""
+        applied the same entries answers the same. Any thread.
+
+        A cronjob gains ``cron`` instead (`cron_status`)."""
+        if dep.get("type") == "cronjob":
+            return {**dep, "cron": self.cron_status(dep["id"])}
         if dep.get("type") != "service":
             return dep
         ns, name, replicas = dep["namespace"], dep["name"], dep["replicas"]
@@ -708,6 +718,21 @@ class DeploymentStore:
                   "restarts": restarts,
                   "message": "; ".join(messages)[:1024], "instances": instances}
         return {**dep, "status": status}
+
+    def cron_status(self, deployment_id: str) -> dict[str, Any]:
+        """A cron job's replicated schedule bookkeeping (issue 15): ``handled_through`` (the
+        latest scheduled time fired or recorded missed, RFC 3339; null before the first),
+        ``missed`` (scheduled times recorded missed in all) and ``misses`` (the last
+        `MAX_MISSES` miss records ``{first, last, count, reason, recorded_at}``, oldest
+        first). Every scheduled time after the deployment's creation and up to
+        ``handled_through`` has exactly one execution with that ``scheduled_at`` or lies in
+        exactly one miss record (as long as the records were not pruned: ``missed`` equals
+        the sum of their counts). Any thread."""
+        with self._lock:
+            mark = self._executions.mark_of(deployment_id)
+            missed, rows = self._executions.misses(deployment_id)
+        return {"handled_through": None if mark is None else format_ts(mark),
+                "missed": missed, "misses": rows}
 
     def roll_slots(self, namespace: str, name: str) -> dict[int, SlotReport | None]:
         """Each placed slot index of a deployment -> its last report as the roll rule reads

@@ -792,6 +792,10 @@ class ExecutionTable:
         """Per cron deployment id, the latest scheduled time handled (the cron plan's input)."""
         return dict(self._marks)
 
+    def mark_of(self, deployment_id: str) -> int | None:
+        """The deployment's mark (latest scheduled time handled), None before its first."""
+        return self._marks.get(deployment_id)
+
     def running(self) -> dict[str, tuple[str, ...]]:
         """Per deployment id with unfinished executions, their ids oldest first."""
         return {dep: tuple(i for i in self._by_dep[dep] if not self._rows[i].terminal)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.faults.cronproof import check_cron
 from tests.procs import ServerProc, leader_of, start_cluster, wait_for
 from tests.scripted import prisn
 
@@ -167,6 +168,14 @@ def test_every_second_cron_fires_once_per_time_across_a_leader_sigkill(
     print(f"cron fires: {len(times)}, gaps {gaps}")
     wait_for(lambda: sum(e["status"] == "Completed" for e in _fires(rest[0])) >= 4, WAIT,
              "fires complete")
+    strong = {"X-Prisn-Consistency": "strong"}  # each time fired once or recorded missed
+    dep = rest[0].req("GET", "/api/v1/deployments/tick", headers=strong, timeout=10).json()
+    page = rest[0].req("GET", f"/api/v1/executions?deployment_id={dep['id']}&limit=1000",
+                       headers=strong, timeout=10).json()
+    check = check_cron(rest[0].node_id, _epoch(dep["created_at"]), dep["cron"],
+                       [_epoch(e["scheduled_at"]) for e in page["items"]])
+    assert not check.violations and check.times >= len(times), (check.violations[:20],
+                                                                 check.window)
     r = leader_of(rest).req("DELETE", "/api/v1/deployments/tick", timeout=15)
     assert r.status == 204, r.body
     old.restart().wait_ready(WAIT)
@@ -273,5 +282,17 @@ def test_soak_one_execution_per_scheduled_time_over_100_times_with_leader_kills(
     span = max(times) - min(times) + 1
     print(f"soak: {len(times)} fires over {span} scheduled times, {kills} leader kills")
     assert span >= 100 and all(c == 1 for c in counts.values()), counts.most_common(3)
+    # and every scheduled time since the creation has its fire or lies in a miss record
+    # (strong reads; tests/faults/test_cron_exactly_once.py adds pauses and partitions)
+    node = live(cluster)
+    strong = {"X-Prisn-Consistency": "strong"}
+    dep = node.req("GET", "/api/v1/deployments/soaktick", headers=strong, timeout=10).json()
+    page = node.req("GET", f"/api/v1/executions?deployment_id={dep['id']}&limit=1000",
+                    headers=strong, timeout=10).json()
+    check = check_cron(node.node_id, _epoch(dep["created_at"]), dep["cron"],
+                       [_epoch(e["scheduled_at"]) for e in page["items"]])
+    print(f"soak: {check.times} scheduled times checked, {check.fires} fired, "
+          f"missed {check.missed}")
+    assert not check.violations, check.violations[:20]
     r = leader_of(cluster).req("DELETE", "/api/v1/deployments/soaktick", timeout=15)
     assert r.status == 204

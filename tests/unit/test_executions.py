@@ -391,3 +391,28 @@ def test_replace_at_the_cap_checks_room_before_cancelling() -> None:
     st, e = fire(f, dep, T0 + 1, T0, (first,))
     assert st == 201
     assert [x["id"] for x in f.store.executions(deployment_id=dep)["items"]] == [e["id"]]
+
+
+def test_a_cronjob_read_shows_what_its_schedule_handled() -> None:
+    """The deployment read view (`with_status`) of a cronjob carries the mark and the miss
+    records, so a client can check exactly-once: every time up to ``handled_through`` has
+    one fire or lies in one miss. Other types do not get it."""
+    f, j, c = setup()
+    dep = f.store.with_status(f.store.get("default", "c"))
+    assert dep["cron"] == {"handled_through": None, "missed": 0, "misses": []}
+    assert fire(f, c, T0, None)[0] == 201
+    assert miss(f, c, T0 + 1, T0 + 3, T0, count=3, reason="late")[0] == 200
+    assert fire(f, c, T0 + 4, T0 + 3)[0] == 201
+    assert miss(f, c, T0 + 5, T0 + 5, T0 + 4, reason="skipped")[0] == 200
+    cron = f.store.with_status(f.store.get("default", "c"))["cron"]
+    assert cron == {"handled_through": "2026-06-01T12:00:05.000Z", "missed": 4, "misses": [
+        {"first": "2026-06-01T12:00:01.000Z", "last": "2026-06-01T12:00:03.000Z",
+         "count": 3, "reason": "late", "recorded_at": TS},
+        {"first": "2026-06-01T12:00:05.000Z", "last": "2026-06-01T12:00:05.000Z",
+         "count": 1, "reason": "skipped", "recorded_at": TS}]}
+    assert "cron" not in f.store.with_status(f.store.get("default", "j"))
+    assert "cron" not in f.store.with_status(f.store.get("default", "web"))
+    # the list answers the same view
+    listed = {d["name"]: d for d in f.store.list(namespace="default", type="cronjob",
+                                                 limit=10, offset=0)[0]}
+    assert f.store.with_status(listed["c"])["cron"] == cron

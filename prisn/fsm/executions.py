@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -271,16 +272,21 @@ def _text(value: Any, field: str, limit: int) -> str:
     return value
 
 
+# one C-level scan instead of a Python loop per character (`\s` is exactly str.isspace)
+_BAD_ID = re.compile(r"[\s/]")
+_BAD_NODE = re.compile(r"[\s/@]")
+
+
 def _id(value: Any, field: str = "id") -> str:
     v = _text(value, field, MAX_ID)
-    if any(c.isspace() or c in "/" for c in v):
+    if _BAD_ID.search(v):
         raise _bad(f"field {field!r} must not hold spaces or '/'")
     return v
 
 
 def _node(value: Any) -> str:
     v = _text(value, "node", MAX_NODE_ID)
-    if any(c.isspace() or c in "/@" for c in v):
+    if _BAD_NODE.search(v):
         raise _bad("field 'node' must be a node id")
     return v
 
@@ -356,6 +362,9 @@ class ExecutionTable:
         self._by_dep: dict[str, deque[str]] = {}
         self._fires: dict[tuple[str, int], str] = {}  # (deployment id, scheduled_at) -> id
         self._active: dict[str, int] = {}  # deployment id -> unfinished executions
+        # deployment id -> ids of its unfinished executions (a set kept as a dict; order is
+        # not kept: readers sort by `_seq`). Exactly the non-terminal rows of `_rows`.
+        self._open: dict[str, dict[str, None]] = {}
         self._active_total = 0
         self.pins: dict[str, int] = {}  # artifact digest -> unfinished ad-hoc runs naming it
         self._marks: dict[str, int] = {}
@@ -387,6 +396,13 @@ class ExecutionTable:
         if e.terminal:
             return
         _bump(self._active, e.group, sign)
+        if sign > 0:
+            self._open.setdefault(e.group, {})[e.id] = None
+        else:
+            ids = self._open[e.group]
+            del ids[e.id]
+            if not ids:
+                del self._open[e.group]
         if e.artifact is not None:
             _bump(self.pins, e.artifact, sign)
         self._active_total += sign
@@ -798,14 +814,19 @@ class ExecutionTable:
 
     def running(self) -> dict[str, tuple[str, ...]]:
         """Per deployment id with unfinished executions, their ids oldest first."""
-        return {dep: tuple(i for i in self._by_dep[dep] if not self._rows[i].terminal)
-                for dep in sorted(self._active) if not dep.startswith(ADHOC_GROUP)}
+        return {dep: tuple(self._open_ids(dep))
+                for dep in sorted(self._open) if not dep.startswith(ADHOC_GROUP)}
+
+    def _open_ids(self, group: str) -> list[str]:
+        """Ids of the group's unfinished executions, oldest (creation sequence) first."""
+        return sorted(self._open[group], key=self._seq.__getitem__)
 
     def unfinished(self) -> list[Execution]:
         """Every unfinished (Pending or Running) execution, by deployment id, then oldest
-        first. O(history x deployments with unfinished executions)."""
-        return [self._rows[i] for dep in sorted(self._active) for i in self._by_dep[dep]
-                if not self._rows[i].terminal]
+        first. O(u log u) in the u unfinished executions (the `_open` index), not in the
+        history held."""
+        rows = self._rows
+        return [rows[i] for dep in sorted(self._open) for i in self._open_ids(dep)]
 
     def fire_of(self, deployment_id: str, scheduled_at: int) -> Execution | None:
         """The execution fired for that scheduled time, if held."""

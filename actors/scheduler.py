@@ -38,14 +38,20 @@ from prisn.fsm.commands import format_ts
 from prisn.fsm.deployments import DeploymentStore
 from prisn.fsm.executions import DEFAULT_HISTORY, cron_command
 from prisn.fsm.placements import batch_command
-from prisn.fsm.tokens import TokenCommandError, ts_millis
+from prisn.fsm.tokens import ts_millis
 from prisn.messages import Role
-from prisn.workloads.cron import ScheduleError, cron_plan, cronjob_of
+from prisn.workloads.cron import CronJobCache, cron_plan
 from prisn.workloads.jobs import assign_plan, update_command
 from prisn.workloads.model import contact_ticks, live_nodes
 from prisn.workloads.scheduler import schedule
 
 log = logging.getLogger("prisn.scheduler")
+
+
+def _created_s(dep: Any) -> int:
+    """A cronjob deployment's `created_at`, epoch seconds (its cron `since`);
+    TokenCommandError (a ValueError) or KeyError if it has none usable."""
+    return ts_millis(dep["created_at"]) // 1000
 
 Submit = Callable[[dict[str, Any], float], "concurrent.futures.Future | None"]
 
@@ -72,6 +78,8 @@ class SchedulerActor(Actor):
         # round name -> (its proposals, deadline): one round of each kind in flight
         self._rounds: dict[str, tuple[list[concurrent.futures.Future], float]] = {}
         self._bad_cron: dict[str, str] = {}  # deployment id -> last planning error logged
+        # parsed schedules and created_at per cronjob deployment version (cron thread)
+        self._cron_jobs = CronJobCache(_created_s)
         self._last_round = 0.0
         self._cron_second = 0  # the wall second (UTC epoch) of the last cron round
         self._last_view: tuple[int, frozenset[str]] | None = None
@@ -189,16 +197,12 @@ class SchedulerActor(Actor):
         if self._busy("cron", now):
             return
         deps, marks, running = self.store.cron_view()
-        jobs = []
-        for dep in deps:
-            try:
-                since = ts_millis(dep["created_at"]) // 1000
-                jobs.append(cronjob_of(dep, since=since))
-            except (ScheduleError, TokenCommandError, KeyError, TypeError, ValueError) as e:
-                if self._bad_cron.get(dep.get("id", "")) != str(e):
-                    self._bad_cron[str(dep.get("id", ""))] = str(e)
-                    log.warning("scheduler: cron job %s/%s cannot be planned: %s",
-                                dep.get("namespace"), dep.get("name"), e)
+        jobs, bad = self._cron_jobs.jobs(deps)
+        for dep, e in bad:
+            if self._bad_cron.get(dep.get("id", "")) != str(e):
+                self._bad_cron[str(dep.get("id", ""))] = str(e)
+                log.warning("scheduler: cron job %s/%s cannot be planned: %s",
+                            dep.get("namespace"), dep.get("name"), e)
         if not jobs:
             return
         plan = cron_plan(jobs, marks, running, int(time.time()))

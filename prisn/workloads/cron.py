@@ -566,3 +566,46 @@ def cronjob_of(dep: Mapping[str, object], since: int) -> CronJob:
                    starting_deadline=(DEFAULT_STARTING_DEADLINE if deadline is None
                                       else deadline),  # type: ignore[arg-type]
                    paused=dep.get("replicas") == 0, since=since)
+
+
+# the deployment fields `cronjob_of` and the caller's `since_of` read: equal fields, equal job
+_JOB_FIELDS = ("id", "created_at", "schedule", "timezone", "concurrency",
+               "starting_deadline", "replicas")
+
+
+class CronJobCache:
+    """`cronjob_of` per cronjob deployment, reused while the fields it reads are equal, so
+    a cron round re-parses (schedule, `created_at`) only new or changed deployments. Holds
+    the jobs of the last call's deployments only (bounded by them). One thread: the
+    leader's scheduler."""
+
+    def __init__(self, since_of: Callable[[Mapping[str, object]], int]) -> None:
+        self._since_of = since_of
+        self._jobs: dict[tuple[object, ...], CronJob] = {}
+
+    def jobs(self, deps: Iterable[Mapping[str, object]]
+             ) -> tuple[list[CronJob], list[tuple[Mapping[str, object], Exception]]]:
+        """(the jobs of `deps` in order, the (deployment, error) of those that cannot be
+        planned: ScheduleError, KeyError, TypeError, ValueError from `cronjob_of` or
+        `since_of`; errors are not cached)."""
+        fresh: dict[tuple[object, ...], CronJob] = {}
+        jobs: list[CronJob] = []
+        bad: list[tuple[Mapping[str, object], Exception]] = []
+        for dep in deps:
+            key: tuple[object, ...] | None = tuple(dep.get(k) for k in _JOB_FIELDS)
+            try:
+                hash(key)
+            except TypeError:
+                key = None  # an unhashable field: parse every time
+            job = None if key is None else self._jobs.get(key)
+            if job is None:
+                try:
+                    job = cronjob_of(dep, since=self._since_of(dep))
+                except (ScheduleError, KeyError, TypeError, ValueError) as e:
+                    bad.append((dep, e))
+                    continue
+            if key is not None:
+                fresh[key] = job
+            jobs.append(job)
+        self._jobs = fresh
+        return jobs, bad

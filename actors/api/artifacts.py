@@ -12,6 +12,10 @@ The write is an ``artifact.put`` through Raft (forwarded by a follower like any 
 this node already holds the digest, it proposes a put without the bytes (which renews the
 artifact's grace) and falls back to the full put if that answers 404 (collected meanwhile).
 
+A download is written in 1 MiB chunks paced by the client (`actors.api.download`): a
+client that keeps reading is not cut by the limiter's response deadline however long the
+download takes; one that takes nothing for `STALL_SECONDS` is closed.
+
 Permissions (`actors.api.auth`): upload needs WRITE (developer or admin), reads need READ.
 Artifacts are cluster-wide, not namespaced: any reader may fetch one whose digest it knows
 and the listing shows every artifact (docs/security.md).
@@ -24,6 +28,7 @@ import time
 from typing import Any
 
 from actors.api.auth import READ, WRITE
+from actors.api.download import STALL_SECONDS, send_chunked
 from actors.api.errors import BadRequest, NotFound
 from actors.api.guard import UnsupportedMediaType, has_body
 from actors.api.handler import BaseHandler
@@ -129,7 +134,9 @@ class ArtifactHandler(BaseHandler):
             raise NotFound(f"artifact {digest} not found")
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("X-Prisn-Digest", digest)
-        self.finish(art.data)
+        self.set_header("Content-Length", str(len(art.data)))
+        await send_chunked(self, (art.data,), what=f"artifact {digest} download",
+                           stall=STALL_SECONDS)
 
 
 ARTIFACT_ROUTES: list[tuple[str, type[BaseHandler]]] = [

@@ -10,12 +10,12 @@ magic, format, header (index, term, membership, length) and SHA-256 trailer, als
 
 Invariants: admin only when auth is on; at most one backup is in flight per node
 (another gets 503 with Retry-After) and held until it is sent; the response is written in
-1 MiB chunks, each flushed before the next (a slow reader holds at most about one chunk in
-Tornado's buffer), and a reader that takes no chunk for `STALL_SECONDS` is cut off, so a
-stalled client cannot hold the slot forever. The connection limiter's response deadline
-(`response_timeout`, about 20 s) counts from the end of the capture (a `response_wait` of at
-most `PREPARE_SECONDS`) and restarts after every chunk the client took
-(`response_progress`): a large backup to a reading client is not cut.
+1 MiB chunks by `actors.api.download.send_chunked`, each flushed before the next (a slow
+reader holds at most about one chunk in Tornado's buffer), and a reader that takes no chunk
+for `STALL_SECONDS` is cut off, so a stalled client cannot hold the slot forever. The
+connection limiter's response deadline (`response_timeout`, about 20 s) counts from the end
+of the capture (a `response_wait` of at most `PREPARE_SECONDS`) and restarts after every
+chunk the client took (`response_progress`): a large backup to a reading client is not cut.
 What the file covers: the state this node has applied (on a follower possibly slightly
 behind the leader; ``X-Prisn-Consistency: strong`` first waits for a read barrier, so that
 it covers every write acknowledged before the request).
@@ -23,23 +23,20 @@ it covers every write acknowledged before the request).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from tornado.ioloop import IOLoop
-from tornado.iostream import StreamClosedError
 
 from actors.api.auth import ADMIN
+from actors.api.download import STALL_SECONDS, send_chunked
 from actors.api.errors import Unavailable
 from actors.api.handler import BaseHandler
-from actors.api.limits import response_progress, response_wait
+from actors.api.limits import response_wait
 from prisn.backup import backup_head
 
 log = logging.getLogger("prisn.api")
 
-CHUNK = 1 << 20
-STALL_SECONDS = 60  # a reader that takes no chunk for this long is cut off
 PREPARE_SECONDS = 600  # capture + encode may take this long before the limiter cuts
 
 
@@ -84,25 +81,8 @@ class SnapshotHandler(BaseHandler):
         self.set_header("X-Prisn-Snapshot-Sha256", digest.hex())
         log.info("online snapshot at index %d (term %d, %d bytes) sent to %s", index, term,
                  size, self.request.remote_ip, extra={"index": index, "term": term})
-        view = memoryview(data)
-        try:
-            self.write(head)
-            for off in range(0, len(view), CHUNK):
-                self.write(bytes(view[off:off + CHUNK]))
-                await asyncio.wait_for(self.flush(), STALL_SECONDS)
-                response_progress(stream)  # the client took the chunk: not a stalled reader
-            self.write(digest)
-            await asyncio.wait_for(self.flush(), STALL_SECONDS)
-        except StreamClosedError:
-            log.info("online snapshot at index %d: the client went away", index)
-            return
-        except TimeoutError:
-            log.warning("online snapshot at index %d: the client read nothing for %d s; "
-                        "closing the connection", index, STALL_SECONDS)
-            if self.request.connection is not None:
-                self.request.connection.close()  # type: ignore[attr-defined]
-            return
-        self.finish()
+        await send_chunked(self, (head, data, digest), what=f"online snapshot at index {index}",
+                           stall=STALL_SECONDS)
 
 
 SNAPSHOT_ROUTES: list[tuple[str, type[BaseHandler]]] = [

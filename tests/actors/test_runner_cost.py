@@ -150,3 +150,11 @@ def test_the_which_cache_is_bounded_keyed_by_path_and_expires() -> None:
     assert c.lookups == 6
     c.forget_path(sh)
     assert not c._d
+
+
+def test_the_start_cost_benchmark_runs(tmp_path: Path) -> None:
+    from benchmarks.bench_runner_start import main
+    out = tmp_path / "r.json"
+    assert main(["--instances", "3", "--rounds", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["start_failures"] == 0 and len(res["cpu_ms_per_start_stop"]) == 1

@@ -21,8 +21,14 @@ Invariants:
 - Orphans: each child gets PR_SET_PDEATHSIG(SIGKILL), so it dies with the thread that started
   it (this actor's thread, alive as long as the node). Each started group is also recorded
   (pid, start time from /proc/<pid>/stat) in `<data-dir>/instances/procs.json`, rewritten
-  atomically on every change; `on_start` SIGKILLs every recorded group still alive (checked
-  against the start time, so a reused pid is left alone) BEFORE starting anything.
+  atomically after the spawn, at most once per actor loop turn: every start and reap of a
+  turn marks the records dirty and the end of the turn (`on_batch_end` / `on_idle`, before
+  any status report of the turn is sent) writes them once. So a started group is recorded
+  before its `Started` report leaves the node; a SIGKILL of the node between a spawn and the
+  end of its turn leaves that group unrecorded (its leader still dies by PDEATHSIG; a
+  grandchild forked in that window survives, as it did between a spawn and its own write
+  before). `on_start` SIGKILLs every recorded group still alive (checked against the start
+  time, so a reused pid is left alone) BEFORE starting anything.
 - Nothing a user's process does can fail the actor: a missing entry file, an unknown runtime,
   an exec failure become a `StartFailed` observation (a status with a clear message, counted).
 - An exit is observed (and reported) only once the pump has read both pipes of the process
@@ -180,6 +186,53 @@ def _pdeathsig_preexec(parent: int) -> Callable[[], None]:
     return pre
 
 
+class WhichCache:
+    """`shutil.which` results per (executable name, PATH), at most `max_entries` (the oldest
+    dropped first). A hit is used only while it is still an executable file (one `os.access`
+    and `isfile`: far cheaper than a PATH scan), else it is resolved again; `forget` drops an
+    entry (a start whose exec failed). A new executable earlier on PATH that shadows a cached
+    one still present is seen after `ttl` seconds. Misses (not found) are never cached.
+    Thread-safe (a lock); used by the runner thread."""
+
+    def __init__(self, max_entries: int = 64, ttl: float = 60.0) -> None:
+        self.max_entries, self.ttl = max(1, max_entries), ttl
+        self._lock = threading.Lock()
+        self._d: dict[tuple[str, str | None], tuple[str, float]] = {}
+        self.lookups = 0  # shutil.which calls made (a counter for tests and benchmarks)
+
+    def resolve(self, exe: str, path_env: str | None, now: float | None = None) -> str | None:
+        """The full path of `exe` on `path_env` (None: not found)."""
+        now = time.monotonic() if now is None else now
+        key = (exe, path_env)
+        with self._lock:
+            hit = self._d.get(key)
+        if hit is not None and now - hit[1] < self.ttl and os.access(hit[0], os.X_OK) \
+                and os.path.isfile(hit[0]):
+            return hit[0]
+        found = shutil.which(exe, path=path_env)
+        with self._lock:
+            self.lookups += 1
+            self._d.pop(key, None)
+            if found is not None:
+                while len(self._d) >= self.max_entries:
+                    del self._d[next(iter(self._d))]
+                self._d[key] = (found, now)
+        return found
+
+    def forget(self, exe: str, path_env: str | None) -> None:
+        with self._lock:
+            self._d.pop((exe, path_env), None)
+
+    def forget_path(self, path: str) -> None:
+        """Drop every entry that resolved to `path`."""
+        with self._lock:
+            for k in [k for k, v in self._d.items() if v[0] == path]:
+                del self._d[k]
+
+
+WHICH = WhichCache()
+
+
 def resolve_command(spec: InstanceSpec) -> tuple[list[str], str]:
     """(argv, cwd) for `spec`; ValueError with a user-facing message when it cannot run."""
     cwd = spec.cwd or os.getcwd()
@@ -197,7 +250,7 @@ def resolve_command(spec: InstanceSpec) -> tuple[list[str], str]:
     exe = RUNTIMES.get(runtime)
     if exe is None:
         raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(sorted(RUNTIMES))})")
-    path = exe if os.path.isabs(exe) else shutil.which(exe)
+    path = exe if os.path.isabs(exe) else WHICH.resolve(exe, os.environ.get("PATH"))
     if path is None:
         raise ValueError(f"runtime {runtime!r} not found on this node ({exe} not on PATH)")
     return [path, str(entry), *spec.args], cwd
@@ -491,6 +544,8 @@ class RunnerActor(Actor):
         self._draining: dict[str, tuple[int, int | None, float, float]] = {}
         self._last_flush = 0.0
         self._last_tick = 0.0
+        self._records_dirty = False  # procs.json is behind _procs (written at turn end)
+        self.records_writes = 0
         self._mono0 = time.monotonic()
         self._wall0 = time.time()
         self._pump: LogPump | None = None
@@ -558,9 +613,11 @@ class RunnerActor(Actor):
 
     def on_batch_end(self) -> None:
         self._tick()
+        self._sync_records()
 
     def on_idle(self) -> None:
         self._tick()
+        self._sync_records()
 
     # -------------------------------------------------------------------- internals
     def _now(self) -> float:
@@ -586,6 +643,7 @@ class RunnerActor(Actor):
                 self._apply(*self.core.observe(
                     Exited(instance=iid, pid=pid, code=code, at=at), self._now()))
         self._apply(*self.core.tick(self._now()))
+        self._sync_records()  # a start is on disk before its report is sent
         self._flush()
 
     def _drained(self, iid: str) -> bool:
@@ -638,6 +696,7 @@ class RunnerActor(Actor):
         except (OSError, ValueError, subprocess.SubprocessError) as e:
             for fd in (out_r, out_w, err_r, err_w):
                 os.close(fd)
+            WHICH.forget_path(argv[0])  # a vanished runtime is looked up again next time
             self.start_failures += 1
             return StartFailed(instance=spec.id, message=f"cannot start {argv[0]}: {e}", at=now)
         os.close(out_w)
@@ -649,7 +708,7 @@ class RunnerActor(Actor):
         self._pump.add(err_r, d, "stderr")
         self._procs[spec.id] = p
         self._starts[p.pid] = proc_start_time(p.pid)
-        self._write_records()
+        self._records_dirty = True  # written once at the end of this turn (module doc)
         self.starts += 1
         return Started(instance=spec.id, pid=p.pid, at=now)
 
@@ -662,7 +721,7 @@ class RunnerActor(Actor):
             code = None
         self._procs.pop(iid, None)
         self._starts.pop(p.pid, None)
-        self._write_records()
+        self._records_dirty = True
         return code
 
     def _records_path(self) -> Path:
@@ -676,9 +735,16 @@ class RunnerActor(Actor):
         except (OSError, ValueError):
             return []
 
+    def _sync_records(self) -> None:
+        """Write procs.json if a start or reap since the last write changed it."""
+        if self._records_dirty:
+            self._write_records()
+
     def _write_records(self) -> None:
         """procs.json := the groups started and not yet reaped (atomic rename; no fsync: it
         guards against a crashed process, and a crashed machine leaves no process)."""
+        self._records_dirty = False
+        self.records_writes += 1
         recs = [{"instance": iid, "pid": p.pid, "start": self._starts.get(p.pid)}
                 for iid, p in self._procs.items()]
         path = self._records_path()

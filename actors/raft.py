@@ -451,11 +451,15 @@ class RaftActor(Actor):
             self._last_leader = st.leader_id
         if st.membership is not self.status.membership:
             self._sync_replicators()
+        # Stats are refreshed at most every 0.1 s, and at once when the role or the
+        # membership changes, so a new leader never shows peers without a lag figure.
+        changed = (getattr(st, "role", None) != getattr(self.status, "role", None)
+                   or st.membership is not self.status.membership)
         self.status = st
         now = time.monotonic()
         if self._lingering:
             self._expire_lingering(now)
-        if now - self._last_stats >= 0.1:
+        if changed or now - self._last_stats >= 0.1:
             self._last_stats = now
             peer_drops = {r: n for r, n in self.decoder.drops.items() if r != "malformed"}
             self.stats = ShellStats(

@@ -42,7 +42,10 @@ def prisn_in(cwd: Path, *args: str, server: str) -> subprocess.CompletedProcess:
 
 
 def execution(node: ServerProc, exec_id: str) -> dict:
-    r = node.req("GET", f"/api/v1/executions/{exec_id}", timeout=10)
+    """The execution as a linearizable read: a node other than the one that answered the
+    POST may not have applied it yet (a default read is local)."""
+    r = node.req("GET", f"/api/v1/executions/{exec_id}", timeout=10,
+                 headers={"X-Prisn-Consistency": "strong"})
     assert r.status == 200, r.body
     return r.json()
 
@@ -96,7 +99,8 @@ def test_inline_source_async_answers_202_then_completes(cluster: list[ServerProc
     done = wait_for(lambda: (x := execution(cluster[0], e["id"]))["status"]
                     in ("Completed", "Failed") and x, WAIT, "the inline run finishes")
     assert done["status"] == "Completed" and done["exit_code"] == 0, done
-    r = cluster[1].req("GET", f"/api/v1/executions/{e['id']}/logs", timeout=15)
+    r = cluster[1].req("GET", f"/api/v1/executions/{e['id']}/logs", timeout=15,
+                       headers={"X-Prisn-Consistency": "strong"})
     assert r.status == 200 and r.json()["stdout"] == "inline\n", r.body
     # synchronous: 200 with the finished execution; the same text dedups to one artifact
     body = {**body, "async": False, "source": "import sys\nsys.exit(2)\n"}

@@ -112,7 +112,7 @@ def test_timeout_and_cancel(cluster: list[ServerProc]) -> None:
     r = cluster[1].req("POST", f"/api/v1/executions/{exec_id}/cancel", timeout=15)
     assert r.status == 200 and r.json()["status"] == "Cancelled", r.body
     wait_for(lambda: processes("sleep") == [], WAIT, "cancelled process stopped")
-    assert execution(cluster[2], exec_id)["status"] == "Cancelled"
+    assert execution(cluster[2], exec_id, strong=True)["status"] == "Cancelled"
 
 
 def _fires(node: ServerProc) -> list[dict]:

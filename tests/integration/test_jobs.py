@@ -84,7 +84,9 @@ def test_a_job_runs_on_demand_and_a_failing_one_reports_its_exit_code(
     assert e["status"] == "Completed" and e["exit_code"] == 0, e
     assert e["node"] in {n.node_id for n in cluster} and e["started_at"] and e["completed_at"]
     for n in cluster:  # from any node: the running node's files, over the peer link
-        r = n.req("GET", f"/api/v1/executions/{e['id']}/logs", timeout=15)
+        # (strong: only cluster[1], which answered the run, surely applied it)
+        r = n.req("GET", f"/api/v1/executions/{e['id']}/logs", timeout=15,
+                  headers={"X-Prisn-Consistency": "strong"})
         assert r.status == 200, r.body
         assert r.json()["stdout"] == "hello from a job\n" and r.json()["stderr"] == ""
     r = cluster[2].req("POST", "/api/v1/executions", {"name": "fail", "timeout": 60},
@@ -92,7 +94,8 @@ def test_a_job_runs_on_demand_and_a_failing_one_reports_its_exit_code(
     assert r.status == 200, r.body
     e = r.json()
     assert e["status"] == "Failed" and e["exit_code"] == 3, e
-    r = cluster[0].req("GET", "/api/v1/executions?status=Completed", timeout=10)
+    r = cluster[0].req("GET", "/api/v1/executions?status=Completed", timeout=10,
+                       headers={"X-Prisn-Consistency": "strong"})
     assert r.status == 200 and r.json()["total"] >= 1
 
 

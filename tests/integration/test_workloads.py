@@ -46,6 +46,15 @@ def status(node: ServerProc, name: str) -> dict:
     return r.json()["status"]
 
 
+def status_if_any(node: ServerProc, name: str) -> dict | None:
+    """`status`, or None while `node` has not applied the deployment yet (a local read)."""
+    r = node.req("GET", f"/api/v1/deployments/{name}", timeout=10)
+    if r.status == 404:
+        return None
+    assert r.status == 200, (r.status, r.body[:300])
+    return r.json()["status"]
+
+
 def running(node: ServerProc, name: str, n: int) -> dict | None:
     """The status once `n` instances of `name` are Running (and the phase agrees)."""
     try:
@@ -135,8 +144,8 @@ def test_service_runs_scales_and_deletes(cluster: list[ServerProc],
     assert processes("web") == [(inst["pid"], inst["node"])]
     # the same status from every node
     for n in cluster:
-        wait_for(lambda n=n: status(n, "web")["instances"] == s["instances"], WAIT,
-                 f"status on {n.node_id}")
+        wait_for(lambda n=n: (st := status_if_any(n, "web")) is not None
+                 and st["instances"] == s["instances"], WAIT, f"status on {n.node_id}")
 
     # port-less replicas: scale up, down, to 0
     create(leader, "idle", scripts["idle"], replicas=2)

@@ -61,8 +61,10 @@ def test_prisn_run_script_wait_exits_with_the_scripts_code(
     assert p.returncode == 4, (p.stdout, p.stderr)
     assert p.stdout == "adhoc says hi ['a', 'b']\n", (p.stdout, p.stderr)
     assert "uploaded artifact" in p.stderr and "Failed" in p.stderr
-    # listed, with no deployment, under the script's stem
-    r = cluster[0].req("GET", "/api/v1/executions?namespace=default&limit=1000", timeout=10)
+    # listed, with no deployment, under the script's stem (strong: cluster[1] answered the
+    # run; cluster[0]'s local state may not have applied its end yet)
+    r = cluster[0].req("GET", "/api/v1/executions?namespace=default&limit=1000", timeout=10,
+                       headers={"X-Prisn-Consistency": "strong"})
     assert r.status == 200, r.body
     [e] = [x for x in r.json()["items"] if x["name"] == "script"]
     assert e["deployment_id"] is None and e["status"] == "Failed" and e["exit_code"] == 4
@@ -71,7 +73,8 @@ def test_prisn_run_script_wait_exits_with_the_scripts_code(
     p = prisn_in(tmp_path, "executions", server=server)
     assert p.returncode == 0 and e["id"] in p.stdout and "script" in p.stdout, p.stderr
     for n in cluster:  # its output from any node (read on the node that ran it)
-        r = n.req("GET", f"/api/v1/executions/{e['id']}/logs", timeout=15)
+        r = n.req("GET", f"/api/v1/executions/{e['id']}/logs", timeout=15,
+                  headers={"X-Prisn-Consistency": "strong"})
         assert r.status == 200 and r.json()["stdout"] == "adhoc says hi ['a', 'b']\n", r.body
     p = prisn_in(tmp_path, "logs", e["id"], server=server)
     assert p.returncode == 0 and p.stdout == "adhoc says hi ['a', 'b']\n", p.stderr
@@ -134,6 +137,9 @@ def test_cancel_stops_an_adhoc_run(cluster: list[ServerProc]) -> None:
     exec_id = r.json()["id"]
     wait_for(lambda: execution(cluster[0], exec_id)["status"] == "Running", WAIT, "running")
     wait_for(lambda: len(_processes("sleeper")) == 1, WAIT, "its process")
+    # the cancel looks the execution up in cluster[1]'s local state: a strong read first
+    # makes cluster[1] apply the create (it may trail cluster[0])
+    execution(cluster[1], exec_id)
     r = cluster[1].req("POST", f"/api/v1/executions/{exec_id}/cancel", timeout=15)
     assert r.status == 200 and r.json()["status"] == "Cancelled", r.body
     wait_for(lambda: _processes("sleeper") == [], WAIT, "the cancelled process stopped")

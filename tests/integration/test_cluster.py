@@ -167,7 +167,9 @@ def test_full_restart_loses_nothing(cluster):
     leader = _leader_of(cluster)
     for i in range(30):
         assert _create(cluster[i % 3], f"r{i}") == 201
-    before = leader.req("GET", "/api/v1/deployments?limit=1000").json()["items"]
+    # strong: the writes were acknowledged by all three nodes, not all by the leader
+    before = leader.req("GET", "/api/v1/deployments?limit=1000",
+                        headers={"X-Prisn-Consistency": "strong"}).json()["items"]
     for n in cluster:
         assert n.stop() == 0
     for n in cluster:

@@ -108,7 +108,8 @@ def test_a_forward_the_leader_never_gets_fails_fast_then_a_retry_commits(tmp_pat
         wait_for(lambda: follower.req("POST", "/api/v1/deployments", body, headers=key,
                                       timeout=WRITE_TIMEOUT_S + 5).status == 201, 30,
                  "the retry with the same key commits")
-        items = leader.req("GET", "/api/v1/deployments?limit=1000").json()["items"]
+        items = leader.req("GET", "/api/v1/deployments?limit=1000",
+                           headers={"X-Prisn-Consistency": "strong"}).json()["items"]
         assert [d["name"] for d in items].count("cut") == 1
         assert all(n.alive() for n in nodes)
     finally:

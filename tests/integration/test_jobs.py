@@ -84,7 +84,9 @@ def test_a_job_runs_on_demand_and_a_failing_one_reports_its_exit_code(
     assert e["status"] == "Completed" and e["exit_code"] == 0, e
     assert e["node"] in {n.node_id for n in cluster} and e["started_at"] and e["completed_at"]
     for n in cluster:  # from any node: the running node's files, over the peer link
-        r = n.req("GET", f"/api/v1/executions/{e['id']}/logs", timeout=15)
+        # (strong: only cluster[1], which answered the run, surely applied it)
+        r = n.req("GET", f"/api/v1/executions/{e['id']}/logs", timeout=15,
+                  headers={"X-Prisn-Consistency": "strong"})
         assert r.status == 200, r.body
         assert r.json()["stdout"] == "hello from a job\n" and r.json()["stderr"] == ""
     r = cluster[2].req("POST", "/api/v1/executions", {"name": "fail", "timeout": 60},
@@ -92,7 +94,8 @@ def test_a_job_runs_on_demand_and_a_failing_one_reports_its_exit_code(
     assert r.status == 200, r.body
     e = r.json()
     assert e["status"] == "Failed" and e["exit_code"] == 3, e
-    r = cluster[0].req("GET", "/api/v1/executions?status=Completed", timeout=10)
+    r = cluster[0].req("GET", "/api/v1/executions?status=Completed", timeout=10,
+                       headers={"X-Prisn-Consistency": "strong"})
     assert r.status == 200 and r.json()["total"] >= 1
 
 
@@ -109,6 +112,9 @@ def test_timeout_and_cancel(cluster: list[ServerProc]) -> None:
     wait_for(lambda: execution(cluster[0], exec_id)["status"] == "Running", WAIT,
              "sleep running")
     wait_for(lambda: len(processes("sleep")) == 1, WAIT, "its process")
+    # the cancel looks the execution up in cluster[1]'s local state: a strong read first
+    # makes cluster[1] apply the create (it may trail cluster[0])
+    execution(cluster[1], exec_id, strong=True)
     r = cluster[1].req("POST", f"/api/v1/executions/{exec_id}/cancel", timeout=15)
     assert r.status == 200 and r.json()["status"] == "Cancelled", r.body
     wait_for(lambda: processes("sleep") == [], WAIT, "cancelled process stopped")

@@ -83,7 +83,8 @@ def test_logs_are_read_through_a_node_that_does_not_run_the_instance(
     path = "/api/v1/deployments/talker/logs"
 
     def first_lines() -> dict | None:
-        r = other.req("GET", path, timeout=15)
+        # strong: `other` may not have applied the placement yet (a local read would 404)
+        r = other.req("GET", path, timeout=15, headers={"X-Prisn-Consistency": "strong"})
         assert r.status == 200, r.body[:300]
         body = r.json()
         return body if "café" in body["data"] else None

@@ -171,7 +171,9 @@ def test_tokens_replicate_revoke_and_survive_restart_and_snapshot_install(cluste
     assert call(n4, "GET", "/api/v1/deployments", token=dev["secret"]).status == 401
     assert call(n4, "GET", "/api/v1/deployments", token=None).status == 401
 
-    # delete: gone everywhere
+    # delete through n4: a learner refuses to forward writes (503), so wait for its promotion
+    wait_for(lambda: next(x["state"] for x in status(n4)["nodes"] if x["id"] == "n4")
+             in ("leader", "follower"), 30, "n4 promoted to voter")
     assert call(n4, "DELETE", f"/api/v1/tokens/{dev['id']}").status == 204
     for n in cluster:
         wait_for(lambda n=n: call(n, "GET", f"/api/v1/tokens/{dev['id']}").status == 404, 10,

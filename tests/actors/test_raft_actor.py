@@ -4,6 +4,7 @@ socket's type filter and drop counters, status republishing and leader-change co
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -446,6 +447,19 @@ def test_leader_lag_and_replicator_stats(shell: Shell) -> None:
     shell.force_stats()
     shell.run([Tick()])
     assert shell.actor.stats.lag_seconds == {} and not shell.actor._appended
+
+
+def test_a_new_leader_publishes_peer_lags_in_the_turn_it_is_elected(shell: Shell) -> None:
+    """The stats throttle (0.1 s) must not hide a role change: a scrape right after an
+    election saw a leader listing peers without raft_replication_lag_seconds (CI)."""
+    shell.force_stats()
+    shell.run([Tick()])  # a follower's stats, refreshed just now: inside the throttle
+    assert shell.actor.stats.lag_seconds == {}
+    progress = {"n2": SimpleNamespace(match=0), "n3": SimpleNamespace(match=0)}
+    shell.core.next_status = [FakeStatus(role=Role.LEADER, leader_id="n1", progress=progress)]
+    shell.actor._last_stats = time.monotonic() + 3600  # the throttle alone would skip
+    shell.run([Tick()])
+    assert set(shell.actor.stats.lag_seconds) == {"n2", "n3"}
 
 
 # --------------------------------------------------------------------------- bugs

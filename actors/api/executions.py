@@ -31,11 +31,11 @@ import time
 from typing import Any
 
 from actors.api.auth import READ, WRITE
-from actors.api.errors import BadRequest, NotFound, PayloadTooLarge
+from actors.api.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable
 from actors.api.exec_logs import execution_logs, follow_execution
 from actors.api.handler import BaseHandler
 from actors.api.limits import response_wait
-from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT
+from actors.api.ops import DEFAULT_LIMIT, MAX_LIMIT, barrier
 from prisn.fsm.artifacts import ArtifactFactory
 from prisn.fsm.commands import COMMAND_VERSION, check_key, format_ts, new_id
 from prisn.fsm.executions import DEFAULT_HISTORY, DEFAULT_TIMEOUT, MAX_TIMEOUT, STATUSES
@@ -216,6 +216,23 @@ class _ExecutionBase(BaseHandler):
             raise NotFound(f"execution {exec_id[:64]} not found")
         return e
 
+    async def visible_for_write(self, exec_id: str) -> Any:
+        """`visible` for a write that must look the record up before proposing (cancel):
+        a local miss is looked up again after a read barrier, so a node that merely trails
+        the one that acknowledged the execution never answers 404 for it. 503 when the
+        barrier fails (no quorum: the write could not commit either)."""
+        try:
+            return self.visible(exec_id)
+        except NotFound:
+            pass
+        try:
+            await asyncio.shield(barrier(self.ctx))
+        except (Unavailable, TimeoutError) as exc:
+            reason = exc.message if isinstance(exc, Unavailable) else "read barrier timed out"
+            raise Unavailable(f"cannot look execution {exec_id[:64]} up: {reason}; retry"
+                              ) from None
+        return self.visible(exec_id)
+
 
 class ExecutionsHandler(_ExecutionBase):
     ROUTE = "/api/v1/executions"
@@ -345,7 +362,7 @@ class ExecutionCancelHandler(_ExecutionBase):
         if self._refused:
             return
         key = self.checked_key()
-        e = self.visible(exec_id)
+        e = await self.visible_for_write(exec_id)
         self.require_namespace(e.namespace, write=True)
         cf = self.ctx.commands
         clock = getattr(cf, "_clock", time.time)

@@ -105,6 +105,35 @@ class TestExecutions(ApiCase):
         assert self.call("GET", "/api/v1/executions")[1]["total"] == 0
 
 
+    def test_cancel_on_a_node_that_trails_looks_again_after_a_read_barrier(self) -> None:
+        """A cancel looks the execution up before proposing; a node that has not applied
+        the create yet (it trails the node that acknowledged it) must not answer 404: it
+        takes a read barrier and looks again. A barrier that fails is a 503, nothing
+        proposed; an id unknown after the barrier is still a 404."""
+        self.job()
+        code, e, _ = self.call("POST", "/api/v1/executions", {"name": "j", "async": True})
+        assert code == 202, e
+        node, store = self.node, self.node.store
+        real = store.execution
+        # this node "has not applied" the create until a barrier has been taken
+        store.execution = lambda eid: real(eid) if node.read_barriers else None  # type: ignore[method-assign]
+        try:
+            before = len(node.proposals)
+            node.fail_reads = "no leader"
+            code, out, resp = self.call("POST", f"/api/v1/executions/{e['id']}/cancel")
+            self.assert_error(503, out, resp, "Service Unavailable", contains="no leader")
+            assert len(node.proposals) == before
+            node.fail_reads = None
+            code, done, _ = self.call("POST", f"/api/v1/executions/{e['id']}/cancel")
+            assert code == 200 and done["status"] == "Cancelled", done
+            assert node.read_barriers == 1
+        finally:
+            store.execution = real  # type: ignore[method-assign]
+        code, out, resp = self.call("POST", "/api/v1/executions/nope/cancel")
+        self.assert_error(404, out, resp, "Not Found", contains="nope")
+        assert node.read_barriers == 2
+
+
 class TestAdhocExecutions(ApiCase):
     """Ad-hoc runs (no deployment): an inline source is put as an artifact, then the
     execution names it; refusals propose nothing; sizes are bounded."""

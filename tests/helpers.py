@@ -65,11 +65,24 @@ async def until(cond: Callable[[], Any], what: str = "condition", timeout: float
         await asyncio.sleep(interval)
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port returned in this process (bounded below)
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on (bound and released at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nobody listens on (bound and released at once), never one this
+    process handed out before: a port given to a node that is not listening yet (not
+    started, or down for a restart) is free to the kernel and came back twice (CI: a node's
+    HTTP port was another node's raft port)."""
+    if len(_HANDED_OUT) > 20_000:  # most of the ephemeral range: start over
+        _HANDED_OUT.clear()
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("free_port: 100 ports in a row were handed out before")
 
 
 PROMTOOL = shutil.which("promtool")  # tests that need it skip when it is None
